@@ -1,0 +1,479 @@
+/**
+ * The project's one CBOR codec (RFC 8949), written for PROTOCOL §1.
+ *
+ * Encoding is deterministic: definite lengths, shortest integer heads, an integer-valued
+ * number as a CBOR integer and any other number as float64, map keys sorted by their encoded
+ * bytes (which puts integer keys ascending and shorter text keys first), byte strings untagged.
+ *
+ * Decoding is general (any valid width, indefinite lengths, half floats, tags, simple values)
+ * but strict where leniency would let two verifiers disagree: duplicate map keys, invalid
+ * UTF-8, reserved header values, trailing bytes and nesting deeper than `maxDepth` are all
+ * refused with ERR_CBOR_MALFORMED. Every length is checked against the bytes that remain
+ * before anything is allocated, so hostile headers cannot make it allocate.
+ *
+ * Why not cbor-x: its decoder keeps the last of duplicate keys, replaces invalid UTF-8,
+ * turns tags into Dates and shared references, and its encoder writes integers above 2^32 as
+ * float64; each of those breaks byte equality or agreement between regions (README, Dependencies).
+ */
+import { QisError } from './errors.js';
+
+/** A CBOR tag with its content (tag 18 wraps COSE_Sign1). */
+export class CborTag {
+  constructor(readonly tag: number | bigint, readonly value: CborValue) {}
+}
+
+/** A CBOR simple value other than false, true, null and undefined. */
+export class CborSimple {
+  constructor(readonly value: number) {}
+}
+
+export type CborValue =
+  | number
+  | bigint
+  | string
+  | boolean
+  | null
+  | undefined
+  | Uint8Array
+  | CborValue[]
+  | Map<CborValue, CborValue>
+  | CborTag
+  | CborSimple
+  | { readonly [key: string]: CborValue };
+
+// ---------------------------------------------------------------------------------- encoding
+
+const TWO64 = 2n ** 64n;
+
+class Writer {
+  buf = new Uint8Array(256);
+  pos = 0;
+  private view = new DataView(this.buf.buffer);
+
+  ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.pos + n) size *= 2;
+    const next = new Uint8Array(size);
+    next.set(this.buf.subarray(0, this.pos));
+    this.buf = next;
+    this.view = new DataView(next.buffer);
+  }
+
+  head(major: number, arg: number | bigint): void {
+    const m = major << 5;
+    if (typeof arg === 'bigint') {
+      if (arg <= 0xffffffffn) {
+        this.head(major, Number(arg));
+        return;
+      }
+      this.ensure(9);
+      this.buf[this.pos++] = m | 27;
+      this.view.setBigUint64(this.pos, arg);
+      this.pos += 8;
+      return;
+    }
+    if (arg < 24) {
+      this.ensure(1);
+      this.buf[this.pos++] = m | arg;
+    } else if (arg < 0x100) {
+      this.ensure(2);
+      this.buf[this.pos++] = m | 24;
+      this.buf[this.pos++] = arg;
+    } else if (arg < 0x10000) {
+      this.ensure(3);
+      this.buf[this.pos++] = m | 25;
+      this.view.setUint16(this.pos, arg);
+      this.pos += 2;
+    } else if (arg < 0x100000000) {
+      this.ensure(5);
+      this.buf[this.pos++] = m | 26;
+      this.view.setUint32(this.pos, arg);
+      this.pos += 4;
+    } else {
+      this.head(major, BigInt(arg));
+    }
+  }
+
+  bytes(b: Uint8Array): void {
+    this.ensure(b.length);
+    this.buf.set(b, this.pos);
+    this.pos += b.length;
+  }
+
+  float64(v: number): void {
+    this.ensure(9);
+    this.buf[this.pos++] = 0xfb;
+    this.view.setFloat64(this.pos, v);
+    this.pos += 8;
+  }
+
+  result(): Uint8Array {
+    return this.buf.slice(0, this.pos);
+  }
+}
+
+const textEncoder = new TextEncoder();
+
+function writeInteger(w: Writer, v: bigint): void {
+  if (v >= 0n) {
+    if (v >= TWO64) throw new QisError('ERR_INVALID_ARGUMENT', `integer ${v} does not fit CBOR's 64-bit integers`);
+    w.head(0, v);
+  } else {
+    const n = -1n - v;
+    if (n >= TWO64) throw new QisError('ERR_INVALID_ARGUMENT', `integer ${v} does not fit CBOR's 64-bit integers`);
+    w.head(1, n);
+  }
+}
+
+function writeNumber(w: Writer, v: number): void {
+  // PROTOCOL §1: an integer-valued number is a CBOR integer (-0 is the integer 0); an integer
+  // too large for 64 bits has no untagged integer form and stays float64, as does every non-integer.
+  if (Number.isInteger(v)) {
+    if (v >= 0 && v <= Number.MAX_SAFE_INTEGER) {
+      w.head(0, v);
+      return;
+    }
+    if (v < 0 && v >= -Number.MAX_SAFE_INTEGER) {
+      w.head(1, -1 - v);
+      return;
+    }
+    const big = BigInt(v);
+    if (big < TWO64 && big >= -TWO64) {
+      writeInteger(w, big);
+      return;
+    }
+  }
+  w.float64(v);
+}
+
+function compareBytes(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const d = (a[i] as number) - (b[i] as number);
+    if (d !== 0) return d;
+  }
+  return a.length - b.length;
+}
+
+function writeMap(w: Writer, entries: Iterable<[CborValue, CborValue]>, depth: number): void {
+  const sorted: Array<[Uint8Array, CborValue]> = [];
+  for (const [k, v] of entries) sorted.push([encodeCbor(k, depth + 1), v]);
+  sorted.sort((a, b) => compareBytes(a[0], b[0]));
+  for (let i = 1; i < sorted.length; i++) {
+    if (compareBytes((sorted[i - 1] as [Uint8Array, CborValue])[0], (sorted[i] as [Uint8Array, CborValue])[0]) === 0) {
+      throw new QisError('ERR_INVALID_ARGUMENT', 'map has two keys with the same encoding');
+    }
+  }
+  w.head(5, sorted.length);
+  for (const [k, v] of sorted) {
+    w.bytes(k);
+    writeValue(w, v, depth + 1);
+  }
+}
+
+const MAX_ENCODE_DEPTH = 64;
+
+function writeValue(w: Writer, v: CborValue, depth: number): void {
+  if (depth > MAX_ENCODE_DEPTH) throw new QisError('ERR_INVALID_ARGUMENT', 'value nests too deeply to encode');
+  switch (typeof v) {
+    case 'number':
+      writeNumber(w, v);
+      return;
+    case 'bigint':
+      writeInteger(w, v);
+      return;
+    case 'string': {
+      const b = textEncoder.encode(v);
+      w.head(3, b.length);
+      w.bytes(b);
+      return;
+    }
+    case 'boolean':
+      w.ensure(1);
+      w.buf[w.pos++] = v ? 0xf5 : 0xf4;
+      return;
+    case 'undefined':
+      w.ensure(1);
+      w.buf[w.pos++] = 0xf7;
+      return;
+    case 'object':
+      break;
+    default:
+      throw new QisError('ERR_INVALID_ARGUMENT', `cannot encode a ${typeof v} as CBOR`);
+  }
+  if (v === null) {
+    w.ensure(1);
+    w.buf[w.pos++] = 0xf6;
+  } else if (v instanceof Uint8Array) {
+    w.head(2, v.length);
+    w.bytes(v);
+  } else if (Array.isArray(v)) {
+    w.head(4, v.length);
+    for (const item of v) writeValue(w, item, depth + 1);
+  } else if (v instanceof Map) {
+    writeMap(w, v, depth);
+  } else if (v instanceof CborTag) {
+    if (typeof v.tag === 'number') w.head(6, v.tag);
+    else writeInteger(w, v.tag);
+    writeValue(w, v.value, depth + 1);
+  } else if (v instanceof CborSimple) {
+    if (v.value < 24) {
+      w.ensure(1);
+      w.buf[w.pos++] = 0xe0 | v.value;
+    } else {
+      w.ensure(2);
+      w.buf[w.pos++] = 0xf8;
+      w.buf[w.pos++] = v.value;
+    }
+  } else {
+    writeMap(w, Object.entries(v), depth);
+  }
+}
+
+/**
+ * Deterministic CBOR encoding (PROTOCOL §1). Plain objects are maps with text keys; `Map`s may
+ * have any keys; `Uint8Array` is a byte string; `bigint` covers 64-bit integers.
+ *
+ * @example encodeCbor(new Map([[1, 1], [2, new Uint8Array(16)]]))
+ */
+export function encodeCbor(value: CborValue, depth = 0): Uint8Array {
+  const w = new Writer();
+  writeValue(w, value, depth);
+  return w.result();
+}
+
+// ---------------------------------------------------------------------------------- decoding
+
+const textDecoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const BREAK = Symbol('break');
+
+function malformed(msg: string, at: number): QisError {
+  return new QisError('ERR_CBOR_MALFORMED', `CBOR at byte ${at}: ${msg}`);
+}
+
+function halfToNumber(h: number): number {
+  const exp = (h >> 10) & 0x1f;
+  const mant = h & 0x3ff;
+  const sign = h & 0x8000 ? -1 : 1;
+  if (exp === 0) return sign * mant * 2 ** -24;
+  if (exp === 31) return mant === 0 ? sign * Infinity : NaN;
+  return sign * (1024 + mant) * 2 ** (exp - 25);
+}
+
+class Reader {
+  pos = 0;
+  private readonly view: DataView;
+  constructor(readonly buf: Uint8Array, readonly maxDepth: number) {
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  }
+
+  need(n: number): void {
+    if (n > this.buf.length - this.pos) throw malformed(`needs ${n} more bytes, ${this.buf.length - this.pos} left`, this.pos);
+  }
+
+  /** Reads a head's argument; returns -1 for indefinite length (ai 31). */
+  arg(ai: number, start: number): number | bigint {
+    if (ai < 24) return ai;
+    switch (ai) {
+      case 24:
+        this.need(1);
+        return this.buf[this.pos++] as number;
+      case 25: {
+        this.need(2);
+        const v = this.view.getUint16(this.pos);
+        this.pos += 2;
+        return v;
+      }
+      case 26: {
+        this.need(4);
+        const v = this.view.getUint32(this.pos);
+        this.pos += 4;
+        return v;
+      }
+      case 27: {
+        this.need(8);
+        const v = this.view.getBigUint64(this.pos);
+        this.pos += 8;
+        return v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+      }
+      case 31:
+        return -1;
+      default:
+        throw malformed(`reserved additional information ${ai}`, start);
+    }
+  }
+
+  length(arg: number | bigint, start: number): number {
+    // A length beyond the remaining bytes can never be satisfied: refuse before allocating.
+    if (typeof arg === 'bigint' || arg > this.buf.length - this.pos) {
+      throw malformed(`declared length ${arg} exceeds the ${this.buf.length - this.pos} bytes left`, start);
+    }
+    return arg;
+  }
+
+  chunks(major: number): Uint8Array {
+    const parts: Uint8Array[] = [];
+    for (;;) {
+      this.need(1);
+      if (this.buf[this.pos] === 0xff) {
+        this.pos++;
+        break;
+      }
+      const at = this.pos;
+      const ib = this.buf[this.pos++] as number;
+      if (ib >> 5 !== major || (ib & 31) === 31) throw malformed('indefinite string chunk of the wrong type', at);
+      const len = this.length(this.arg(ib & 31, at), at);
+      parts.push(this.buf.subarray(this.pos, this.pos + len));
+      this.pos += len;
+    }
+    let n = 0;
+    for (const p of parts) n += p.length;
+    const out = new Uint8Array(n);
+    let o = 0;
+    for (const p of parts) {
+      out.set(p, o);
+      o += p.length;
+    }
+    return out;
+  }
+
+  text(b: Uint8Array, at: number): string {
+    try {
+      return textDecoder.decode(b);
+    } catch {
+      throw malformed('text string is not valid UTF-8', at);
+    }
+  }
+
+  item(depth: number): CborValue | typeof BREAK {
+    if (depth > this.maxDepth) throw malformed(`nesting deeper than ${this.maxDepth}`, this.pos);
+    const start = this.pos;
+    this.need(1);
+    const ib = this.buf[this.pos++] as number;
+    const major = ib >> 5;
+    const ai = ib & 31;
+    if (major === 7) return this.simple(ai, start);
+    const arg = this.arg(ai, start);
+    switch (major) {
+      case 0:
+        if (arg === -1) throw malformed('indefinite length on an integer', start);
+        return arg;
+      case 1: {
+        if (arg === -1) throw malformed('indefinite length on an integer', start);
+        if (typeof arg === 'number' && arg < Number.MAX_SAFE_INTEGER) return -1 - arg;
+        const v = -1n - BigInt(arg);
+        return v >= BigInt(-Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+      }
+      case 2:
+      case 3: {
+        let b: Uint8Array;
+        if (arg === -1) b = this.chunks(major);
+        else {
+          const len = this.length(arg, start);
+          b = this.buf.subarray(this.pos, this.pos + len);
+          this.pos += len;
+        }
+        return major === 2 ? b : this.text(b, start);
+      }
+      case 4: {
+        const out: CborValue[] = [];
+        if (arg === -1) {
+          for (;;) {
+            const v = this.item(depth + 1);
+            if (v === BREAK) return out;
+            out.push(v);
+          }
+        }
+        const n = this.length(arg, start);
+        for (let i = 0; i < n; i++) out.push(this.value(depth + 1));
+        return out;
+      }
+      case 5: {
+        const out = new Map<CborValue, CborValue>();
+        const n = arg === -1 ? Infinity : this.length(arg, start);
+        for (let i = 0; i < n; i++) {
+          const kAt = this.pos;
+          const k = this.item(depth + 1);
+          if (k === BREAK) {
+            if (arg === -1) return out;
+            throw malformed('unexpected break', kAt);
+          }
+          const v = this.value(depth + 1);
+          const before = out.size;
+          out.set(k, v);
+          if (out.size === before) throw malformed('duplicate map key', kAt);
+        }
+        return out;
+      }
+      default: {
+        // major 6: tag
+        if (arg === -1) throw malformed('indefinite length on a tag', start);
+        return new CborTag(arg, this.value(depth + 1));
+      }
+    }
+  }
+
+  value(depth: number): CborValue {
+    const at = this.pos;
+    const v = this.item(depth);
+    if (v === BREAK) throw malformed('unexpected break', at);
+    return v;
+  }
+
+  simple(ai: number, start: number): CborValue | typeof BREAK {
+    switch (ai) {
+      case 20:
+        return false;
+      case 21:
+        return true;
+      case 22:
+        return null;
+      case 23:
+        return undefined;
+      case 24: {
+        this.need(1);
+        const v = this.buf[this.pos++] as number;
+        if (v < 32) throw malformed('simple value below 32 in two bytes', start);
+        return new CborSimple(v);
+      }
+      case 25: {
+        this.need(2);
+        const v = halfToNumber(this.view.getUint16(this.pos));
+        this.pos += 2;
+        return v;
+      }
+      case 26: {
+        this.need(4);
+        const v = this.view.getFloat32(this.pos);
+        this.pos += 4;
+        return v;
+      }
+      case 27: {
+        this.need(8);
+        const v = this.view.getFloat64(this.pos);
+        this.pos += 8;
+        return v;
+      }
+      case 31:
+        return BREAK;
+      default:
+        if (ai < 20) return new CborSimple(ai);
+        throw malformed(`reserved simple value ${ai}`, start);
+    }
+  }
+}
+
+/**
+ * Decodes exactly one CBOR item that fills `bytes`. Maps decode to `Map`, byte strings to
+ * `Uint8Array` views of the input (no copy), integers beyond 2^53 to `bigint`.
+ *
+ * @throws QisError ERR_CBOR_MALFORMED
+ * @example decodeCbor(Uint8Array.of(0x82, 0x01, 0x02)) // [1, 2]
+ */
+export function decodeCbor(bytes: Uint8Array, options: { maxDepth?: number } = {}): CborValue {
+  const r = new Reader(bytes, options.maxDepth ?? 16);
+  const v = r.value(0);
+  if (r.pos !== bytes.length) throw malformed(`${bytes.length - r.pos} bytes after the item`, r.pos);
+  return v;
+}

@@ -1,0 +1,61 @@
+/**
+ * The one error type of qis-mqtt. Every refusal anywhere (API, CLI, broker log, metrics label)
+ * carries one of these stable string codes; README's error table lists them all and a test
+ * keeps that table complete.
+ */
+
+/** Every code qis-mqtt can produce, and what it means (the README table is generated from the same words). */
+export const ERROR_CODES = {
+  ERR_INVALID_ARGUMENT: 'an API was called with an argument of the wrong type or range',
+  ERR_CLI_USAGE: 'unknown command or flag, a missing required flag, or a flag value of the wrong form',
+  ERR_INVALID_JSON: 'a JSON argument or file is not valid JSON',
+  ERR_FILE_IO: 'a file could not be read or written',
+  ERR_KEY_EXISTS: 'keygen refuses to overwrite an existing key file',
+  ERR_KEY_FILE_INVALID: 'a key file is not the documented JSON form (64-hex secretKey and publicKey, 26-char nodeId)',
+  ERR_KEY_PERMISSIONS: 'a key file can be read or written by group or others (must be mode 0600 or stricter)',
+  ERR_KEY_MISMATCH: "a key file's publicKey or nodeId does not belong to its secretKey",
+  ERR_TEMPLATE_PARSE: 'a template file is not valid YAML or JSON',
+  ERR_TEMPLATE_INVALID: 'a template breaks a rule of PROTOCOL §3 (the message names the field)',
+  ERR_FIELD_MISSING: 'a situation lacks a field the template routes on',
+  ERR_FIELD_VALUE: "a situation's value does not fit its field (wrong type, NaN, not in the closed set, too long)",
+  ERR_OUTCOME_INVALID: 'an outcome does not fit the template (unknown label, not a number, bad map)',
+  ERR_PACKET_FIELD: 'a packet field given to the signer is out of range (conf, n, seq, ts, exp, ctx)',
+  ERR_PACKET_EMPTY: 'a zero-length payload where a packet was expected (an MQTT retained delete)',
+  ERR_PACKET_TOO_LARGE: 'an encoded packet is larger than 512 bytes',
+  ERR_CBOR_MALFORMED: 'the bytes are not one well-formed CBOR item',
+  ERR_COSE_MALFORMED: 'the CBOR is not a COSE_Sign1 message of the form PROTOCOL §5 requires',
+  ERR_UNSUPPORTED_ALG: 'the protected header names an algorithm other than Ed25519 (-19) or EdDSA (-8)',
+  ERR_PAYLOAD_INVALID: 'the payload map lacks a required key or has a value of the wrong type',
+  ERR_UNSUPPORTED_VERSION: 'the payload version v is not 1',
+  ERR_BAD_SIGNATURE: 'the Ed25519 signature does not verify over the topic-bound Sig_structure',
+  ERR_TOPIC_INVALID: 'a topic is not a qis/1/o/<tplId>/<levels…>/<nodeId> outcome topic',
+  ERR_NODE_MISMATCH: "the packet's key (kid) does not hash to the node id in its topic",
+  ERR_FP_MISMATCH: "the packet's fingerprint is not the one expected for this cohort",
+  ERR_EXPIRED: "the packet's exp has passed",
+  ERR_TS_FUTURE: "the packet's ts is further in the future than the allowed clock skew",
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/**
+ * An error with a stable `code`. Compare on `code`, never on `message`.
+ *
+ * @example
+ * try { verifyPacket(topic, bytes) } catch (e) {
+ *   if (e instanceof QisError && e.code === 'ERR_BAD_SIGNATURE') dropped++
+ * }
+ */
+export class QisError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'QisError';
+    this.code = code;
+  }
+}
+
+/** Type guard that survives duplicate module instances (checks the shape, not the prototype). */
+export function isQisError(e: unknown): e is QisError {
+  const code = e instanceof Error ? (e as Error & { code?: unknown }).code : undefined;
+  return typeof code === 'string' && Object.hasOwn(ERROR_CODES, code);
+}

@@ -1,0 +1,106 @@
+/**
+ * Fingerprints and topic addresses (PROTOCOL §4).
+ *
+ *   L_i = b32(H(T || enc(c_1) || … || enc(c_i)))[0..10]
+ *   fp  = H(T || enc(c_1) || … || enc(c_k))[0..16]
+ */
+import { sha256 as nobleSha256 } from '@noble/hashes/sha2.js';
+import { b32, b32decode, enc } from './bytes.js';
+import { QisError } from './errors.js';
+import { isNodeId, type NodeId } from './identity.js';
+import { canon, isTplId, type Template, type TplId } from './template.js';
+
+/** Where a situation lives: its template, topic levels and full fingerprint. */
+export interface Address {
+  readonly tplId: TplId;
+  /** L_1 … L_k, most significant first, 10 base32 characters each. */
+  readonly levels: readonly string[];
+  /** The 16-byte full fingerprint carried in packets (payload key 2). */
+  readonly fp: Uint8Array;
+  /** The canonical value strings c_1 … c_k. */
+  readonly canon: readonly string[];
+}
+
+/** A situation: routed field name → value (context values may ride along and are ignored here). */
+export type Situation = Readonly<Record<string, unknown>>;
+
+export const LEVEL_LENGTH = 10;
+const LEVEL_RE = /^[a-z2-7]{10}$/;
+
+/**
+ * The address of a situation under a template.
+ * @throws QisError ERR_FIELD_MISSING | ERR_FIELD_VALUE | ERR_INVALID_ARGUMENT
+ * @example address(tpl, { machine_model: 'KX-200', bearing_type: 'roller', load_kn: 42.5, sealed: true }).levels
+ */
+export function address(tpl: Template, situation: Situation): Address {
+  if (typeof situation !== 'object' || situation === null || Array.isArray(situation)) {
+    throw new QisError('ERR_INVALID_ARGUMENT', 'a situation is an object of field name → value');
+  }
+  const h = nobleSha256.create().update(tpl.idBytes);
+  const levels: string[] = [];
+  const values: string[] = [];
+  let digest: Uint8Array = new Uint8Array(0);
+  for (let i = 0; i < tpl.fields.length; i++) {
+    const field = tpl.fields[i] as Template['fields'][number];
+    if (!Object.hasOwn(situation, field.name) || situation[field.name] === undefined) {
+      throw new QisError('ERR_FIELD_MISSING', `situation lacks field "${field.name}" (template ${tpl.doc.name} v${tpl.doc.version} routes on it)`);
+    }
+    const c = canon(field, situation[field.name], tpl.closedSets.get(field.name));
+    values.push(c);
+    h.update(enc(c));
+    digest = i === tpl.fields.length - 1 ? h.digest() : h.clone().digest();
+    levels.push(b32(digest.subarray(0, 7)).slice(0, LEVEL_LENGTH));
+  }
+  return { tplId: tpl.tplId, levels, fp: digest.slice(0, 16), canon: values };
+}
+
+/** `qis/1/o/<tplId>/<L_1>/…/<L_k>/<nodeId>`: a node's outcome topic. */
+export function outcomeTopic(addr: Pick<Address, 'tplId' | 'levels'>, nodeId: NodeId): string {
+  return `qis/1/o/${addr.tplId}/${addr.levels.join('/')}/${nodeId}`;
+}
+
+/**
+ * The cohort subscription filter. `widen: 0` is the exact cohort (`…/L_k/+`); `widen: n` drops the
+ * n least significant levels and matches everything below (`…/L_(k-n)/#`).
+ * @throws QisError ERR_INVALID_ARGUMENT when widen is not an integer in 0..k
+ */
+export function cohortFilter(addr: Pick<Address, 'tplId' | 'levels'>, widen = 0): string {
+  const k = addr.levels.length;
+  if (!Number.isInteger(widen) || widen < 0 || widen > k) {
+    throw new QisError('ERR_INVALID_ARGUMENT', `widen must be an integer from 0 to ${k}, not ${widen}`);
+  }
+  if (widen === 0) return `qis/1/o/${addr.tplId}/${addr.levels.join('/')}/+`;
+  const kept = addr.levels.slice(0, k - widen);
+  return `qis/1/o/${[addr.tplId, ...kept].join('/')}/#`;
+}
+
+/** The parts of an outcome topic. */
+export interface ParsedTopic {
+  readonly tplId: TplId;
+  readonly idBytes: Uint8Array;
+  readonly levels: readonly string[];
+  readonly nodeId: NodeId;
+}
+
+/**
+ * Parses `qis/1/o/<tplId>/<L_1>/…/<L_k>/<nodeId>`. With `depth` (k of a known template) the
+ * number of levels must match.
+ * @throws QisError ERR_TOPIC_INVALID
+ */
+export function parseOutcomeTopic(topic: string, depth?: number): ParsedTopic {
+  const bad = (what: string): never => {
+    throw new QisError('ERR_TOPIC_INVALID', `topic ${JSON.stringify(topic.slice(0, 200))}: ${what}`);
+  };
+  if (typeof topic !== 'string') return bad('not a string');
+  const parts = topic.split('/');
+  if (parts[0] !== 'qis' || parts[1] !== '1' || parts[2] !== 'o') return bad('does not start with qis/1/o/');
+  if (parts.length < 6) return bad('needs a template id, at least one level and a node id');
+  const tplId = parts[3] as string;
+  const nodeId = parts[parts.length - 1] as string;
+  const levels = parts.slice(4, -1);
+  if (!isTplId(tplId)) return bad(`"${tplId}" is not a template id`);
+  if (!isNodeId(nodeId)) return bad(`"${nodeId}" is not a node id`);
+  for (const l of levels) if (!LEVEL_RE.test(l)) return bad(`"${l}" is not a level (10 base32 characters)`);
+  if (depth !== undefined && levels.length !== depth) return bad(`has ${levels.length} levels, the template routes on ${depth}`);
+  return { tplId, idBytes: b32decode(tplId) as Uint8Array, levels, nodeId };
+}

@@ -1,0 +1,249 @@
+/**
+ * Node identity (PROTOCOL §2): Ed25519 keys, self-certifying node ids, key files, and the one
+ * verification policy every verifier of the system applies.
+ */
+import crypto from 'node:crypto';
+import { mkdir, open, link, unlink, readFile, stat } from 'node:fs/promises';
+import { dirname, join, basename } from 'node:path';
+import * as ed from '@noble/ed25519';
+import { sha512 } from '@noble/hashes/sha2.js';
+import { b32, b32decode, sha256, toHex, fromHex, equalBytes } from './bytes.js';
+import { QisError } from './errors.js';
+
+ed.hashes.sha512 = sha512;
+
+declare const nodeIdBrand: unique symbol;
+/** 26-character lowercase base32 node id: `b32(H(publicKey)[0..16])`. */
+export type NodeId = string & { readonly [nodeIdBrand]: true };
+
+/** A node's key pair. `secretKey` is the 32-byte RFC 8032 seed. */
+export interface NodeKey {
+  readonly secretKey: Uint8Array;
+  readonly publicKey: Uint8Array;
+  readonly nodeId: NodeId;
+}
+
+/**
+ * Ed25519 implementations. `node` is OpenSSL through node:crypto (about 10× faster here);
+ * `noble` is @noble/ed25519 in strict RFC 8032 mode. Both accept exactly the same signatures:
+ * the test suite pins them to all 151 Wycheproof cases.
+ */
+export type Ed25519Backend = 'node' | 'noble';
+export const ED25519_BACKENDS: readonly Ed25519Backend[] = ['node', 'noble'];
+
+/** `nodeId = b32(H(publicKey)[0..16])`. */
+export function nodeIdOf(publicKey: Uint8Array): NodeId {
+  return b32(sha256(publicKey).subarray(0, 16)) as NodeId;
+}
+
+/** True when `text` is a well-formed node id (26 base32 characters encoding 16 bytes). */
+export function isNodeId(text: string): text is NodeId {
+  return text.length === 26 && b32decode(text)?.length === 16;
+}
+
+// DER prefixes that wrap a raw Ed25519 seed (PKCS#8) and public key (SPKI), RFC 8410.
+const PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
+const SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
+
+const privateKeyObjects = new WeakMap<NodeKey, crypto.KeyObject>();
+
+function privateKeyObject(key: NodeKey): crypto.KeyObject {
+  let ko = privateKeyObjects.get(key);
+  if (!ko) {
+    ko = crypto.createPrivateKey({ key: Buffer.concat([PKCS8_PREFIX, key.secretKey]), format: 'der', type: 'pkcs8' });
+    privateKeyObjects.set(key, ko);
+  }
+  return ko;
+}
+
+/** The key pair of a 32-byte seed. */
+export function keyFromSeed(seed: Uint8Array): NodeKey {
+  if (!(seed instanceof Uint8Array) || seed.length !== 32) {
+    throw new QisError('ERR_INVALID_ARGUMENT', 'an Ed25519 seed is 32 bytes');
+  }
+  const secretKey = new Uint8Array(seed);
+  const ko = crypto.createPrivateKey({ key: Buffer.concat([PKCS8_PREFIX, secretKey]), format: 'der', type: 'pkcs8' });
+  const spki = crypto.createPublicKey(ko).export({ format: 'der', type: 'spki' });
+  const publicKey = new Uint8Array(spki.subarray(SPKI_PREFIX.length));
+  const key: NodeKey = Object.freeze({ secretKey, publicKey, nodeId: nodeIdOf(publicKey) });
+  privateKeyObjects.set(key, ko);
+  return key;
+}
+
+/** A new random key pair. */
+export function generateKey(): NodeKey {
+  return keyFromSeed(crypto.randomBytes(32));
+}
+
+/** Ed25519 signature (64 bytes) of `message`. Both backends give the same bytes (RFC 8032 is deterministic). */
+export function signEd25519(key: NodeKey, message: Uint8Array, backend: Ed25519Backend = 'node'): Uint8Array {
+  if (backend === 'noble') return ed.sign(message, key.secretKey);
+  return new Uint8Array(crypto.sign(null, message, privateKeyObject(key)));
+}
+
+// Public KeyObjects are cached: building one costs about a tenth of a verification, and a
+// broker sees the same few thousand keys again and again.
+const PUBLIC_CACHE_MAX = 4096;
+const publicKeyObjects = new Map<string, crypto.KeyObject>();
+
+function publicKeyObject(publicKey: Uint8Array): crypto.KeyObject | undefined {
+  const id = Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength).toString('latin1');
+  let ko = publicKeyObjects.get(id);
+  if (ko) return ko;
+  try {
+    ko = crypto.createPublicKey({ key: Buffer.concat([SPKI_PREFIX, publicKey]), format: 'der', type: 'spki' });
+  } catch {
+    return undefined;
+  }
+  if (publicKeyObjects.size >= PUBLIC_CACHE_MAX) {
+    const oldest = publicKeyObjects.keys().next();
+    if (!oldest.done) publicKeyObjects.delete(oldest.value);
+  }
+  publicKeyObjects.set(id, ko);
+  return ko;
+}
+
+/**
+ * The system's one Ed25519 verification policy: strict RFC 8032 §5.1.7 (canonical S < L,
+ * canonical encodings of R and A, cofactorless equation), exact lengths. OpenSSL applies it
+ * natively; noble is run with `zip215: false`, which is the same rule. Returns false for any
+ * malformed input rather than throwing.
+ */
+export function verifyEd25519(
+  signature: Uint8Array,
+  message: Uint8Array,
+  publicKey: Uint8Array,
+  backend: Ed25519Backend = 'node',
+): boolean {
+  if (signature.length !== 64 || publicKey.length !== 32) return false;
+  if (backend === 'noble') {
+    try {
+      return ed.verify(signature, message, publicKey, { zip215: false });
+    } catch {
+      return false;
+    }
+  }
+  const ko = publicKeyObject(publicKey);
+  if (!ko) return false;
+  try {
+    return crypto.verify(null, message, ko, signature);
+  } catch {
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------------------------- key files
+
+/** Key file contents (PROTOCOL-independent, documented in README). */
+export interface KeyFileJson {
+  secretKey: string;
+  publicKey: string;
+  nodeId: string;
+}
+
+/** The JSON form of a key. */
+export function keyToJson(key: NodeKey): KeyFileJson {
+  return { secretKey: toHex(key.secretKey), publicKey: toHex(key.publicKey), nodeId: key.nodeId };
+}
+
+/**
+ * Checks a parsed key file: the form, then that publicKey and nodeId belong to secretKey.
+ * @throws QisError ERR_KEY_FILE_INVALID | ERR_KEY_MISMATCH
+ */
+export function keyFromJson(json: unknown, source = 'key'): NodeKey {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new QisError('ERR_KEY_FILE_INVALID', `${source}: expected a JSON object with secretKey, publicKey and nodeId`);
+  }
+  const o = json as Record<string, unknown>;
+  const field = (name: keyof KeyFileJson, re: RegExp, what: string): string => {
+    const v = o[name];
+    if (typeof v !== 'string' || !re.test(v)) {
+      throw new QisError('ERR_KEY_FILE_INVALID', `${source}: "${name}" must be ${what}`);
+    }
+    return v;
+  };
+  const secretHex = field('secretKey', /^[0-9a-fA-F]{64}$/, '64 hex digits (the 32-byte Ed25519 seed)');
+  const publicHex = field('publicKey', /^[0-9a-fA-F]{64}$/, '64 hex digits (the 32-byte public key)');
+  const nodeId = field('nodeId', /^[a-z2-7]{26}$/, 'a 26-character lowercase base32 node id');
+  const key = keyFromSeed(fromHex(secretHex) as Uint8Array);
+  if (!equalBytes(key.publicKey, fromHex(publicHex) as Uint8Array)) {
+    throw new QisError('ERR_KEY_MISMATCH', `${source}: publicKey does not belong to secretKey`);
+  }
+  if (key.nodeId !== nodeId) {
+    throw new QisError('ERR_KEY_MISMATCH', `${source}: nodeId ${nodeId} does not belong to secretKey (its id is ${key.nodeId})`);
+  }
+  return key;
+}
+
+function ioError(path: string, e: unknown): QisError {
+  const code = (e as NodeJS.ErrnoException).code ?? 'error';
+  return new QisError('ERR_FILE_IO', `${path}: ${code}: ${(e as Error).message}`, { cause: e });
+}
+
+/**
+ * Writes a key file with mode 0600, atomically (temp file, fsync, link into place) and never
+ * over an existing file.
+ * @throws QisError ERR_KEY_EXISTS | ERR_FILE_IO
+ */
+export async function saveKeyFile(path: string, key: NodeKey): Promise<void> {
+  const dir = dirname(path);
+  const tmp = join(dir, `.${basename(path)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const fh = await open(tmp, 'wx', 0o600);
+    try {
+      await fh.writeFile(JSON.stringify(keyToJson(key), null, 2) + '\n');
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    try {
+      await link(tmp, path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') {
+        throw new QisError('ERR_KEY_EXISTS', `${path} already exists; refusing to overwrite a node key`);
+      }
+      throw e;
+    }
+    const dh = await open(dir, 'r');
+    try {
+      await dh.sync();
+    } finally {
+      await dh.close();
+    }
+  } catch (e) {
+    if (e instanceof QisError) throw e;
+    throw ioError(path, e);
+  } finally {
+    await unlink(tmp).catch(() => undefined);
+  }
+}
+
+/**
+ * Loads and checks a key file. On POSIX systems a file that group or others can read or write
+ * is refused, as ssh refuses such a private key.
+ * @throws QisError ERR_FILE_IO | ERR_KEY_PERMISSIONS | ERR_KEY_FILE_INVALID | ERR_KEY_MISMATCH
+ */
+export async function loadKeyFile(path: string): Promise<NodeKey> {
+  let text: string;
+  try {
+    const st = await stat(path);
+    if (process.platform !== 'win32' && (st.mode & 0o077) !== 0) {
+      throw new QisError(
+        'ERR_KEY_PERMISSIONS',
+        `${path} has mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}; a key file must not be accessible to group or others (chmod 600 ${path})`,
+      );
+    }
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    if (e instanceof QisError) throw e;
+    throw ioError(path, e);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new QisError('ERR_KEY_FILE_INVALID', `${path}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+  return keyFromJson(json, path);
+}

@@ -1,0 +1,72 @@
+/**
+ * qis-mqtt public surface. `broker/` and `firmware-bridge/` import only this file.
+ * @packageDocumentation
+ */
+export { QisError, ERROR_CODES, isQisError, type ErrorCode } from './errors.js';
+export { sha256, b32, b32decode, enc, toHex, fromHex, equalBytes, utf8Bytes } from './bytes.js';
+export { encodeCbor, decodeCbor, CborTag, CborSimple, type CborValue } from './cbor.js';
+export { jcs } from './jcs.js';
+export {
+  generateKey,
+  keyFromSeed,
+  nodeIdOf,
+  isNodeId,
+  signEd25519,
+  verifyEd25519,
+  saveKeyFile,
+  loadKeyFile,
+  keyToJson,
+  keyFromJson,
+  ED25519_BACKENDS,
+  type NodeKey,
+  type NodeId,
+  type Ed25519Backend,
+  type KeyFileJson,
+} from './identity.js';
+export {
+  compileTemplate,
+  parseTemplate,
+  loadTemplate,
+  canon,
+  isTplId,
+  MAX_FIELDS,
+  type Template,
+  type TemplateDoc,
+  type TplId,
+  type FieldSpec,
+  type OutcomeSpec,
+} from './template.js';
+export {
+  address,
+  outcomeTopic,
+  cohortFilter,
+  parseOutcomeTopic,
+  LEVEL_LENGTH,
+  type Address,
+  type Situation,
+  type ParsedTopic,
+} from './fingerprint.js';
+export {
+  encodePayload,
+  decodePayload,
+  sigStructure,
+  signPacket,
+  decodeSign1,
+  verifySign1,
+  decodePacket,
+  verifyPacket,
+  checkPacket,
+  MAX_PACKET_BYTES,
+  ALG_ED25519,
+  ALG_EDDSA,
+  COSE_SIGN1_TAG,
+  type Outcome,
+  type PacketFields,
+  type PayloadFields,
+  type Sign1,
+  type DecodedPacket,
+  type VerifiedPacket,
+  type VerifyOptions,
+  type CheckResult,
+} from './packet.js';
+export { createOutcomePacket, checkOutcomeFits, type OutcomePacketInput, type OutcomePacket } from './outcome.js';

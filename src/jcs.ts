@@ -1,0 +1,47 @@
+/**
+ * RFC 8785 JSON Canonicalization Scheme. ECMAScript's own number and string serialisation is
+ * what JCS specifies (RFC 8785 §3.2.2), so JSON.stringify does the leaves; this adds the member
+ * order (UTF-16 code units, §3.2.3) and the I-JSON checks (no lone surrogates, finite numbers).
+ */
+import { QisError } from './errors.js';
+
+function fail(path: string, what: string): never {
+  throw new QisError('ERR_TEMPLATE_INVALID', `${path || 'document'}: ${what} cannot be canonicalized (RFC 8785)`);
+}
+
+function walk(v: unknown, path: string, depth: number): string {
+  if (depth > 64) fail(path, 'nesting deeper than 64');
+  if (v === null) return 'null';
+  switch (typeof v) {
+    case 'boolean':
+      return v ? 'true' : 'false';
+    case 'number':
+      if (!Number.isFinite(v)) fail(path, `the number ${v}`);
+      return JSON.stringify(v);
+    case 'string':
+      if (!v.isWellFormed()) fail(path, 'a string with a lone surrogate');
+      return JSON.stringify(v);
+    case 'object': {
+      if (Array.isArray(v)) return `[${v.map((x, i) => walk(x, `${path}[${i}]`, depth + 1)).join(',')}]`;
+      const proto = Object.getPrototypeOf(v) as unknown;
+      if (proto !== Object.prototype && proto !== null) fail(path, 'a non-JSON object');
+      const keys = Object.keys(v);
+      for (const k of keys) if (!k.isWellFormed()) fail(path, 'a member name with a lone surrogate');
+      // Default sort compares UTF-16 code units, exactly RFC 8785 §3.2.3.
+      keys.sort();
+      const rec = v as Record<string, unknown>;
+      return `{${keys.map((k) => `${JSON.stringify(k)}:${walk(rec[k], path ? `${path}.${k}` : k, depth + 1)}`).join(',')}}`;
+    }
+    default:
+      return fail(path, `a value of type ${typeof v}`);
+  }
+}
+
+/**
+ * The RFC 8785 canonical JSON text of a JSON value.
+ * @throws QisError ERR_TEMPLATE_INVALID for values JSON cannot carry (NaN, Infinity, undefined, lone surrogates)
+ * @example jcs({ b: 1, a: [4.50, 'x'] }) // '{"a":[4.5,"x"],"b":1}'
+ */
+export function jcs(value: unknown): string {
+  return walk(value, '', 0);
+}

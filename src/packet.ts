@@ -1,0 +1,366 @@
+/**
+ * Outcome packets (PROTOCOL §5): COSE_Sign1 (RFC 9052) with Ed25519, kid = public key,
+ * external_aad = the MQTT topic, at most 512 bytes.
+ */
+import { CborTag, decodeCbor, encodeCbor, type CborValue } from './cbor.js';
+import { equalBytes, utf8Bytes } from './bytes.js';
+import { QisError, type ErrorCode } from './errors.js';
+import { nodeIdOf, signEd25519, verifyEd25519, type Ed25519Backend, type NodeId, type NodeKey } from './identity.js';
+import { parseOutcomeTopic } from './fingerprint.js';
+import type { TplId } from './template.js';
+
+/** The largest packet anyone may send or store (PROTOCOL §5). */
+export const MAX_PACKET_BYTES = 512;
+/** COSE algorithm ids: Ed25519 (RFC 9864, emitted) and EdDSA (RFC 9053, accepted). */
+export const ALG_ED25519 = -19;
+export const ALG_EDDSA = -8;
+export const COSE_SIGN1_TAG = 18;
+
+/** What a node observed: a category label, a number, or a map of named values. */
+export type Outcome = string | number | { readonly [key: string]: string | number };
+
+/** Payload fields a signer supplies (PROTOCOL §5 table). `v` is always 1. */
+export interface PacketFields {
+  readonly fp: Uint8Array;
+  readonly seq: number;
+  readonly ts: number;
+  readonly out?: Outcome;
+  readonly conf?: number;
+  readonly n?: number;
+  readonly ctx?: { readonly [key: string]: number };
+  readonly exp?: number;
+  /** true: a tombstone that withdraws the node's packet. */
+  readonly del?: boolean;
+}
+
+/** A decoded payload. Defaults are applied (`conf` 1, `n` 1, `del` false); unknown keys are kept in `extra`. */
+export interface PayloadFields {
+  readonly v: 1;
+  readonly fp: Uint8Array;
+  readonly seq: number;
+  readonly ts: number;
+  readonly out?: Outcome;
+  readonly conf: number;
+  readonly n: number;
+  readonly ctx?: { readonly [key: string]: number };
+  readonly exp?: number;
+  readonly del: boolean;
+  readonly extra: ReadonlyMap<CborValue, CborValue>;
+}
+
+/** The parts of a COSE_Sign1 message (RFC 9052 §4.2), as received. */
+export interface Sign1 {
+  readonly protectedBytes: Uint8Array;
+  readonly alg: typeof ALG_ED25519 | typeof ALG_EDDSA;
+  readonly unprotected: ReadonlyMap<CborValue, CborValue>;
+  readonly payload: Uint8Array;
+  readonly signature: Uint8Array;
+}
+
+/** A packet decoded without checking its signature (see {@link verifyPacket} for that). */
+export interface DecodedPacket extends PayloadFields {
+  readonly alg: Sign1['alg'];
+  readonly publicKey: Uint8Array;
+  /** The node id of the packet's key (not of any topic). */
+  readonly nodeId: NodeId;
+  readonly size: number;
+}
+
+/** A packet that passed every check of {@link verifyPacket}. */
+export interface VerifiedPacket extends DecodedPacket {
+  readonly topic: string;
+  readonly tplId: TplId;
+  readonly levels: readonly string[];
+  /** The bytes as received (what a broker stores and forwards). */
+  readonly bytes: Uint8Array;
+}
+
+export interface VerifyOptions {
+  /** Ed25519 implementation; both apply the same policy. Default `node`. */
+  readonly backend?: Ed25519Backend;
+  /** Current time in Unix ms for the expiry and skew checks. Default `Date.now()`. */
+  readonly now?: number;
+  /** Refuse with ERR_FP_MISMATCH unless the packet's fp equals this (an exact-cohort query). */
+  readonly expectFp?: Uint8Array;
+  /** Refuse with ERR_TS_FUTURE when ts is more than this many ms ahead of `now` (a broker's skew). */
+  readonly maxSkewMs?: number;
+  /** Number of routed fields of the template, when known: the topic must have that many levels. */
+  readonly depth?: number;
+}
+
+// PROTOCOL §5: the protected header every signer emits, {1: -19}.
+const PROTECTED_ED25519 = encodeCbor(new Map([[1, ALG_ED25519]]));
+
+function refuse(code: ErrorCode, message: string): never {
+  throw new QisError(code, message);
+}
+
+// ---------------------------------------------------------------------------------- signing
+
+const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+function checkOutcome(out: unknown, code: ErrorCode): Outcome {
+  if (typeof out === 'string') return out;
+  if (typeof out === 'number') {
+    if (!Number.isFinite(out)) refuse(code, `out must be a finite number, not ${out}`);
+    return out;
+  }
+  if (typeof out === 'object' && out !== null && !Array.isArray(out) && !(out instanceof Uint8Array)) {
+    const entries = out instanceof Map ? [...out.entries()] : Object.entries(out);
+    if (entries.length === 0) refuse(code, 'out map is empty');
+    const obj: Record<string, string | number> = {};
+    for (const [k, v] of entries) {
+      if (typeof k !== 'string') refuse(code, 'out map keys must be text');
+      if (!(typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v)))) {
+        refuse(code, `out["${k}"] must be text or a finite number`);
+      }
+      obj[k] = v;
+    }
+    return obj;
+  }
+  return refuse(code, 'out must be a text label, a number or a map of text to text/number');
+}
+
+function checkCtx(ctx: unknown, code: ErrorCode): { [key: string]: number } {
+  if (typeof ctx !== 'object' || ctx === null || Array.isArray(ctx)) refuse(code, 'ctx must be a map of text to number');
+  const entries = ctx instanceof Map ? [...ctx.entries()] : Object.entries(ctx);
+  const obj: Record<string, number> = {};
+  for (const [k, v] of entries) {
+    if (typeof k !== 'string') refuse(code, 'ctx keys must be text');
+    if (typeof v !== 'number' || !Number.isFinite(v)) refuse(code, `ctx["${k}"] must be a finite number`);
+    obj[k] = v;
+  }
+  return obj;
+}
+
+/**
+ * The deterministic CBOR payload of PROTOCOL §5 (keys ascending, v = 1).
+ * @throws QisError ERR_PACKET_FIELD | ERR_OUTCOME_INVALID
+ */
+export function encodePayload(f: PacketFields): Uint8Array {
+  if (!(f.fp instanceof Uint8Array) || f.fp.length !== 16) refuse('ERR_PACKET_FIELD', 'fp must be 16 bytes');
+  if (!isUint(f.seq)) refuse('ERR_PACKET_FIELD', `seq must be an integer from 0 to 2^53-1, not ${f.seq}`);
+  if (!isUint(f.ts)) refuse('ERR_PACKET_FIELD', `ts must be Unix milliseconds (an integer ≥ 0), not ${f.ts}`);
+  const m = new Map<CborValue, CborValue>([
+    [1, 1],
+    [2, f.fp],
+    [3, f.seq],
+    [4, f.ts],
+  ]);
+  if (f.out !== undefined) m.set(5, checkOutcome(f.out, 'ERR_OUTCOME_INVALID'));
+  else if (f.del !== true) refuse('ERR_OUTCOME_INVALID', 'out is required unless the packet is a tombstone (del)');
+  if (f.conf !== undefined) {
+    if (typeof f.conf !== 'number' || !(f.conf >= 0 && f.conf <= 1)) refuse('ERR_PACKET_FIELD', `conf must be a number from 0 to 1, not ${f.conf}`);
+    m.set(6, f.conf);
+  }
+  if (f.n !== undefined) {
+    if (!isUint(f.n) || f.n < 1) refuse('ERR_PACKET_FIELD', `n must be an integer ≥ 1, not ${f.n}`);
+    m.set(7, f.n);
+  }
+  if (f.ctx !== undefined) m.set(8, checkCtx(f.ctx, 'ERR_PACKET_FIELD'));
+  if (f.exp !== undefined) {
+    if (!isUint(f.exp)) refuse('ERR_PACKET_FIELD', `exp must be Unix seconds (an integer ≥ 0), not ${f.exp}`);
+    m.set(9, f.exp);
+  }
+  if (f.del === true) m.set(10, true);
+  else if (f.del !== undefined && f.del !== false) refuse('ERR_PACKET_FIELD', 'del must be true or absent');
+  return encodeCbor(m);
+}
+
+/** `Sig_structure = ["Signature1", protected, external_aad, payload]` (RFC 9052 §4.4). */
+export function sigStructure(protectedBytes: Uint8Array, externalAad: Uint8Array, payload: Uint8Array): Uint8Array {
+  return encodeCbor(['Signature1', protectedBytes, externalAad, payload]);
+}
+
+/**
+ * Signs payload fields for a topic and returns the COSE_Sign1 bytes.
+ * The topic must be an outcome topic of this key's node.
+ * @throws QisError ERR_TOPIC_INVALID | ERR_NODE_MISMATCH | ERR_PACKET_FIELD | ERR_OUTCOME_INVALID | ERR_PACKET_TOO_LARGE
+ * @example const bytes = signPacket(key, outcomeTopic(addr, key.nodeId), { fp: addr.fp, seq: 1, ts: Date.now(), out: 'failure' })
+ */
+export function signPacket(key: NodeKey, topic: string, fields: PacketFields, options: { backend?: Ed25519Backend } = {}): Uint8Array {
+  const parsed = parseOutcomeTopic(topic);
+  if (parsed.nodeId !== key.nodeId) refuse('ERR_NODE_MISMATCH', `topic belongs to node ${parsed.nodeId}, the key is ${key.nodeId}`);
+  const payload = encodePayload(fields);
+  const toSign = sigStructure(PROTECTED_ED25519, utf8Bytes(topic), payload);
+  const signature = signEd25519(key, toSign, options.backend);
+  const bytes = encodeCbor(
+    new CborTag(COSE_SIGN1_TAG, [PROTECTED_ED25519, new Map([[4, key.publicKey]]), payload, signature]),
+  );
+  if (bytes.length > MAX_PACKET_BYTES) {
+    refuse('ERR_PACKET_TOO_LARGE', `packet would be ${bytes.length} bytes; the limit is ${MAX_PACKET_BYTES} (shorten out or ctx)`);
+  }
+  return bytes;
+}
+
+// ---------------------------------------------------------------------------------- decoding
+
+/**
+ * Decodes a COSE_Sign1 message (tag 18 required) and its protected header. Does not verify.
+ * @throws QisError ERR_CBOR_MALFORMED | ERR_COSE_MALFORMED | ERR_UNSUPPORTED_ALG
+ */
+export function decodeSign1(bytes: Uint8Array): Sign1 {
+  const top = decodeCbor(bytes, { maxDepth: 8 });
+  if (!(top instanceof CborTag) || top.tag !== COSE_SIGN1_TAG) refuse('ERR_COSE_MALFORMED', 'not a COSE_Sign1 message (CBOR tag 18)');
+  const arr = top.value;
+  if (!Array.isArray(arr) || arr.length !== 4) refuse('ERR_COSE_MALFORMED', 'COSE_Sign1 must be an array of 4 items');
+  const [protectedBytes, unprotected, payload, signature] = arr as [CborValue, CborValue, CborValue, CborValue];
+  if (!(protectedBytes instanceof Uint8Array)) refuse('ERR_COSE_MALFORMED', 'protected header must be a byte string');
+  if (!(unprotected instanceof Map)) refuse('ERR_COSE_MALFORMED', 'unprotected header must be a map');
+  if (!(payload instanceof Uint8Array)) refuse('ERR_COSE_MALFORMED', 'payload must be a byte string (detached payloads are not used)');
+  if (!(signature instanceof Uint8Array)) refuse('ERR_COSE_MALFORMED', 'signature must be a byte string');
+  if (protectedBytes.length === 0) refuse('ERR_COSE_MALFORMED', 'protected header is empty; alg must be protected');
+  let header: CborValue;
+  try {
+    header = decodeCbor(protectedBytes, { maxDepth: 4 });
+  } catch (e) {
+    throw new QisError('ERR_COSE_MALFORMED', `protected header: ${(e as Error).message}`, { cause: e });
+  }
+  if (!(header instanceof Map)) refuse('ERR_COSE_MALFORMED', 'protected header must be a map');
+  if (header.has(2)) refuse('ERR_COSE_MALFORMED', 'critical header parameters (crit) are not supported');
+  const alg = header.get(1);
+  if (alg === undefined) refuse('ERR_COSE_MALFORMED', 'protected header has no alg (1)');
+  if (alg !== ALG_ED25519 && alg !== ALG_EDDSA) refuse('ERR_UNSUPPORTED_ALG', `alg ${String(alg)} is not Ed25519 (-19) or EdDSA (-8)`);
+  return { protectedBytes, alg, unprotected, payload, signature };
+}
+
+/** Verifies a COSE_Sign1 signature with a given Ed25519 public key and external_aad. */
+export function verifySign1(msg: Sign1, publicKey: Uint8Array, externalAad: Uint8Array, backend?: Ed25519Backend): boolean {
+  return verifyEd25519(msg.signature, sigStructure(msg.protectedBytes, externalAad, msg.payload), publicKey, backend);
+}
+
+function uintField(m: Map<CborValue, CborValue>, key: number, name: string): number | undefined {
+  const v = m.get(key);
+  if (v === undefined) return undefined;
+  if (typeof v === 'bigint') refuse('ERR_PAYLOAD_INVALID', `${name} ${v} is above 2^53-1, which this implementation does not accept`);
+  if (!isUint(v)) refuse('ERR_PAYLOAD_INVALID', `${name} must be an unsigned integer`);
+  return v;
+}
+
+/**
+ * Decodes and type-checks a payload (PROTOCOL §5 table).
+ * @throws QisError ERR_CBOR_MALFORMED | ERR_PAYLOAD_INVALID | ERR_UNSUPPORTED_VERSION
+ */
+export function decodePayload(payload: Uint8Array): PayloadFields {
+  const m = decodeCbor(payload);
+  if (!(m instanceof Map)) refuse('ERR_PAYLOAD_INVALID', 'payload must be a CBOR map');
+  const v = m.get(1);
+  if (v === undefined) refuse('ERR_PAYLOAD_INVALID', 'payload has no version (1)');
+  if (v !== 1) refuse('ERR_UNSUPPORTED_VERSION', `payload version ${String(v)} is not 1`);
+  const fp = m.get(2);
+  if (!(fp instanceof Uint8Array) || fp.length !== 16) refuse('ERR_PAYLOAD_INVALID', 'fp (2) must be a 16-byte byte string');
+  const seq = uintField(m, 3, 'seq (3)');
+  if (seq === undefined) refuse('ERR_PAYLOAD_INVALID', 'payload has no seq (3)');
+  const ts = uintField(m, 4, 'ts (4)');
+  if (ts === undefined) refuse('ERR_PAYLOAD_INVALID', 'payload has no ts (4)');
+  const del = m.get(10);
+  if (del !== undefined && del !== true) refuse('ERR_PAYLOAD_INVALID', 'del (10) must be true when present');
+  const rawOut = m.get(5);
+  if (rawOut === undefined && del !== true) refuse('ERR_PAYLOAD_INVALID', 'payload has no out (5) and is not a tombstone');
+  const out = rawOut === undefined ? undefined : checkOutcome(rawOut, 'ERR_PAYLOAD_INVALID');
+  const conf = m.get(6);
+  if (conf !== undefined && !(typeof conf === 'number' && conf >= 0 && conf <= 1)) {
+    refuse('ERR_PAYLOAD_INVALID', 'conf (6) must be a number from 0 to 1');
+  }
+  const n = uintField(m, 7, 'n (7)');
+  if (n === 0) refuse('ERR_PAYLOAD_INVALID', 'n (7) must be at least 1');
+  const rawCtx = m.get(8);
+  const ctx = rawCtx === undefined ? undefined : checkCtx(rawCtx, 'ERR_PAYLOAD_INVALID');
+  const exp = uintField(m, 9, 'exp (9)');
+  const extra = new Map<CborValue, CborValue>();
+  for (const [k, val] of m) {
+    if (!(typeof k === 'number' && k >= 1 && k <= 10 && Number.isInteger(k))) extra.set(k, val);
+  }
+  return {
+    v: 1,
+    fp,
+    seq,
+    ts,
+    ...(out !== undefined ? { out } : {}),
+    conf: conf ?? 1,
+    n: n ?? 1,
+    ...(ctx !== undefined ? { ctx } : {}),
+    ...(exp !== undefined ? { exp } : {}),
+    del: del === true,
+    extra,
+  };
+}
+
+function kidOf(msg: Sign1): Uint8Array {
+  const kid = msg.unprotected.get(4);
+  if (!(kid instanceof Uint8Array) || kid.length !== 32) refuse('ERR_COSE_MALFORMED', 'kid (4) must be the 32-byte Ed25519 public key');
+  return kid;
+}
+
+function checkSize(bytes: Uint8Array): void {
+  if (!(bytes instanceof Uint8Array)) refuse('ERR_INVALID_ARGUMENT', 'packet must be a Uint8Array');
+  if (bytes.length === 0) refuse('ERR_PACKET_EMPTY', 'empty payload (an MQTT retained delete); only a signed tombstone removes a packet');
+  // Checked before decoding: nothing larger is ever parsed.
+  if (bytes.length > MAX_PACKET_BYTES) refuse('ERR_PACKET_TOO_LARGE', `packet is ${bytes.length} bytes; the limit is ${MAX_PACKET_BYTES}`);
+}
+
+/**
+ * Decodes a packet without a topic, so without checking its signature (`qis decode`).
+ * @throws QisError (the decoding codes of {@link verifyPacket})
+ */
+export function decodePacket(bytes: Uint8Array): DecodedPacket {
+  checkSize(bytes);
+  const msg = decodeSign1(bytes);
+  const publicKey = kidOf(msg);
+  return { ...decodePayload(msg.payload), alg: msg.alg, publicKey, nodeId: nodeIdOf(publicKey), size: bytes.length };
+}
+
+/**
+ * Verifies a packet received on `topic` (PROTOCOL §5, and §6's per-packet checks): size, topic
+ * form, COSE structure and alg, kid owning the topic's node id, the signature over the bytes
+ * received with the topic as external_aad, payload types, then fp, expiry and skew as asked.
+ *
+ * @throws QisError with the code of the first check that fails
+ * @example
+ * const p = verifyPacket(topic, bytes, { expectFp: myAddress.fp })
+ * console.log(p.nodeId, p.seq, p.out)
+ */
+export function verifyPacket(topic: string, bytes: Uint8Array, options: VerifyOptions = {}): VerifiedPacket {
+  checkSize(bytes);
+  const parsed = parseOutcomeTopic(topic, options.depth);
+  const msg = decodeSign1(bytes);
+  const publicKey = kidOf(msg);
+  const nodeId = nodeIdOf(publicKey);
+  if (nodeId !== parsed.nodeId) refuse('ERR_NODE_MISMATCH', `key of node ${nodeId} signed a packet on node ${parsed.nodeId}'s topic`);
+  if (!verifySign1(msg, publicKey, utf8Bytes(topic), options.backend)) {
+    refuse('ERR_BAD_SIGNATURE', 'signature does not verify for this topic');
+  }
+  const fields = decodePayload(msg.payload);
+  if (options.expectFp && !equalBytes(fields.fp, options.expectFp)) refuse('ERR_FP_MISMATCH', 'fp is not the fingerprint of this cohort');
+  const now = options.now ?? Date.now();
+  if (fields.exp !== undefined && now > fields.exp * 1000) {
+    refuse('ERR_EXPIRED', `packet expired at ${new Date(fields.exp * 1000).toISOString()}`);
+  }
+  if (options.maxSkewMs !== undefined && fields.ts > now + options.maxSkewMs) {
+    refuse('ERR_TS_FUTURE', `ts is ${fields.ts - now} ms in the future; allowed skew is ${options.maxSkewMs} ms`);
+  }
+  return {
+    ...fields,
+    alg: msg.alg,
+    publicKey,
+    nodeId,
+    size: bytes.length,
+    topic,
+    tplId: parsed.tplId,
+    levels: parsed.levels,
+    bytes,
+  };
+}
+
+/** Result form of {@link verifyPacket} for hot paths that count refusals instead of catching. */
+export type CheckResult = { ok: true; packet: VerifiedPacket } | { ok: false; code: ErrorCode; message: string };
+
+/** {@link verifyPacket} without throwing. */
+export function checkPacket(topic: string, bytes: Uint8Array, options: VerifyOptions = {}): CheckResult {
+  try {
+    return { ok: true, packet: verifyPacket(topic, bytes, options) };
+  } catch (e) {
+    if (e instanceof QisError) return { ok: false, code: e.code, message: e.message };
+    throw e;
+  }
+}
