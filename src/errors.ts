@@ -33,6 +33,7 @@ export const ERROR_CODES = {
   ERR_FP_MISMATCH: "the packet's fingerprint is not the one expected for this cohort",
   ERR_EXPIRED: "the packet's exp has passed",
   ERR_TS_FUTURE: "the packet's ts is further in the future than the allowed clock skew",
+  ERR_INTERNAL: 'an unexpected failure inside qis: a bug (the CLI prints its stack to stderr); please report it',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -1,0 +1,68 @@
+#!/usr/bin/env node
+/** `qis`: the qis-mqtt command line. Dispatches `qis <command> [<subcommand>] [flags]`. */
+import { readFileSync } from 'node:fs';
+import { coreCommands } from './core-commands.js';
+import { EXIT_OK, EXIT_USAGE, runCommand, reportError, usage, type Command, type Io } from './run.js';
+
+const commands: readonly Command[] = [...coreCommands];
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function overview(): string {
+  const rows = commands.map((c) => `  ${c.path.join(' ').padEnd(16)} ${c.summary}`);
+  return [
+    'qis: share what happened to machines as signed outcome packets over MQTT',
+    '',
+    'Usage: qis <command> [flags]      qis <command> --help',
+    '',
+    'Commands:',
+    ...rows,
+    '',
+    'Every command takes --json (machine-readable output; errors as {"ok":false,"code":"ERR_…"}).',
+    'Exit status: 0 success, 1 refused or failed (with an error code), 2 usage error.',
+    '',
+  ].join('\n');
+}
+
+/** Finds the command whose path is the longest prefix of argv. */
+function find(argv: string[]): { cmd: Command; rest: string[] } | undefined {
+  let best: { cmd: Command; rest: string[] } | undefined;
+  for (const cmd of commands) {
+    if (cmd.path.every((w, i) => argv[i] === w) && (!best || cmd.path.length > best.cmd.path.length)) {
+      best = { cmd, rest: argv.slice(cmd.path.length) };
+    }
+  }
+  return best;
+}
+
+export async function main(argv: string[], io: Io): Promise<number> {
+  const first = argv[0];
+  if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
+    io.stdout.write(overview());
+    return first === undefined ? EXIT_USAGE : EXIT_OK;
+  }
+  if (first === '--version' || first === '-v') {
+    io.stdout.write(`${version()}\n`);
+    return EXIT_OK;
+  }
+  const found = find(argv);
+  if (!found) {
+    const group = commands.filter((c) => c.path[0] === first);
+    const hint = group.length > 0 ? `; "${first}" takes: ${group.map((c) => c.path.slice(1).join(' ')).join(', ')}` : '';
+    return reportError(usage(`unknown command "${argv.slice(0, 2).join(' ')}"${hint} (see: qis --help)`), argv.includes('--json'), io);
+  }
+  return runCommand(found.cmd, found.rest, io);
+}
+
+const io: Io = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr };
+main(process.argv.slice(2), io).then(
+  (status) => {
+    process.exitCode = status;
+  },
+  (e: unknown) => {
+    process.exitCode = reportError(e, process.argv.includes('--json'), io);
+  },
+);

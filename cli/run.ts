@@ -1,0 +1,154 @@
+/**
+ * The small framework under `qis`: flag parsing, `--help`, `--json`, and one way to report
+ * errors (a stable code, a non-zero exit status).
+ */
+import { parseArgs } from 'node:util';
+import { readFile } from 'node:fs/promises';
+import { QisError, isQisError } from '../src/index.js';
+
+export type FlagSpec = { type: 'string' | 'boolean'; short?: string; value?: string; help: string; required?: boolean };
+
+export interface Command {
+  /** Words after `qis`, e.g. ['packet', 'sign']. */
+  readonly path: readonly string[];
+  readonly summary: string;
+  /** Text after the flag list: examples, notes. */
+  readonly details?: string;
+  readonly flags: Readonly<Record<string, FlagSpec>>;
+  /** Returns the JSON result; `human` renders it for a person. */
+  run(flags: Record<string, string | boolean | undefined>, io: Io): Promise<CommandResult>;
+}
+
+export interface CommandResult {
+  readonly json: unknown;
+  readonly human: string;
+  /** Exit status; 0 unless the command itself reports a refusal (e.g. a packet that fails to verify). */
+  readonly status?: number;
+}
+
+export interface Io {
+  readonly stdin: NodeJS.ReadableStream & { isTTY?: boolean };
+  readonly stdout: NodeJS.WritableStream;
+  readonly stderr: NodeJS.WritableStream;
+}
+
+export const EXIT_OK = 0;
+export const EXIT_REFUSED = 1;
+export const EXIT_USAGE = 2;
+
+const COMMON: Record<string, FlagSpec> = {
+  json: { type: 'boolean', help: 'machine-readable output on stdout (errors too: {"ok":false,"code":…})' },
+  help: { type: 'boolean', short: 'h', help: 'show this help' },
+};
+
+export function usage(message: string): QisError {
+  return new QisError('ERR_CLI_USAGE', message);
+}
+
+export function helpText(cmd: Command): string {
+  const flags = { ...cmd.flags, ...COMMON };
+  const rows = Object.entries(flags).map(([name, f]) => {
+    const left = `  ${f.short ? `-${f.short}, ` : ''}--${name}${f.type === 'string' ? ` ${f.value ?? 'VALUE'}` : ''}`;
+    return `${left.padEnd(30)} ${f.help}${f.required ? ' (required)' : ''}`;
+  });
+  return [`qis ${cmd.path.join(' ')}: ${cmd.summary}`, '', 'Options:', ...rows, ...(cmd.details ? ['', cmd.details] : []), ''].join('\n');
+}
+
+/** Parses argv for a command; unknown flags, positionals and missing required flags are ERR_CLI_USAGE. */
+export function parseFlags(cmd: Command, argv: string[]): Record<string, string | boolean | undefined> {
+  const spec = { ...cmd.flags, ...COMMON };
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {};
+  for (const [name, f] of Object.entries(spec)) options[name] = f.short ? { type: f.type, short: f.short } : { type: f.type };
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false }) as {
+      values: Record<string, string | boolean | undefined>;
+    });
+  } catch (e) {
+    throw usage(`${(e as Error).message.replace(/\. To specify a positional.*$/s, '')} (see: qis ${cmd.path.join(' ')} --help)`);
+  }
+  if (values.help) return values;
+  for (const [name, f] of Object.entries(cmd.flags)) {
+    if (f.required && values[name] === undefined) throw usage(`--${name} is required (see: qis ${cmd.path.join(' ')} --help)`);
+  }
+  return values;
+}
+
+/** A JSON flag value: inline JSON, or `@path` to read it from a file. */
+export async function jsonFlag(name: string, value: string): Promise<unknown> {
+  let text = value;
+  if (value.startsWith('@')) {
+    try {
+      text = await readFile(value.slice(1), 'utf8');
+    } catch (e) {
+      throw new QisError('ERR_FILE_IO', `--${name} ${value}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new QisError('ERR_INVALID_JSON', `--${name} is not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** A JSON object flag (a situation, a context map). */
+export async function objectFlag(name: string, value: string): Promise<Record<string, unknown>> {
+  const v = await jsonFlag(name, value);
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw usage(`--${name} must be a JSON object, e.g. '{"field": "value"}'`);
+  return v as Record<string, unknown>;
+}
+
+/** A numeric flag; `integer` demands a safe non-negative integer. */
+export function numberFlag(name: string, value: string, integer: boolean): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || (integer && (!Number.isSafeInteger(n) || n < 0))) {
+    throw usage(`--${name} must be ${integer ? 'a non-negative integer' : 'a number'}, not "${value}"`);
+  }
+  return n;
+}
+
+/** Reads raw bytes from stdin (at most `limit`). */
+export async function readStdin(io: Io, limit = 1 << 20): Promise<Uint8Array> {
+  if (io.stdin.isTTY) throw usage('expected raw packet bytes on stdin (e.g. mosquitto_sub -C 1 -N -t TOPIC | qis …) or --hex');
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const chunk of io.stdin as AsyncIterable<Buffer | string>) {
+    const b = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    n += b.length;
+    if (n > limit) throw usage(`stdin holds more than ${limit} bytes; a packet is at most 512`);
+    chunks.push(b);
+  }
+  return new Uint8Array(Buffer.concat(chunks));
+}
+
+function writeJson(stream: NodeJS.WritableStream, value: unknown): void {
+  stream.write(
+    JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v)) + '\n',
+  );
+}
+
+/** Runs one command with its argv; returns the exit status. Never throws. */
+export async function runCommand(cmd: Command, argv: string[], io: Io): Promise<number> {
+  const json = argv.includes('--json');
+  try {
+    const flags = parseFlags(cmd, argv);
+    if (flags.help) {
+      io.stdout.write(helpText(cmd));
+      return EXIT_OK;
+    }
+    const result = await cmd.run(flags, io);
+    if (json) writeJson(io.stdout, result.json);
+    else io.stdout.write(result.human.endsWith('\n') ? result.human : result.human + '\n');
+    return result.status ?? EXIT_OK;
+  } catch (e) {
+    return reportError(e, json, io);
+  }
+}
+
+export function reportError(e: unknown, json: boolean, io: Io): number {
+  const err = isQisError(e) ? e : new QisError('ERR_INTERNAL', (e as Error)?.message ?? String(e), { cause: e });
+  if (!isQisError(e)) io.stderr.write(`${(e as Error)?.stack ?? String(e)}\n`);
+  if (json) writeJson(io.stdout, { ok: false, code: err.code, message: err.message });
+  else io.stderr.write(`qis: ${err.code}: ${err.message}\n`);
+  return err.code === 'ERR_CLI_USAGE' ? EXIT_USAGE : EXIT_REFUSED;
+}

@@ -1,0 +1,135 @@
+import t from 'tap';
+import { readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import {
+  ERROR_CODES,
+  QisError,
+  isQisError,
+  address,
+  cohortFilter,
+  compileTemplate,
+  createOutcomePacket,
+  decodeCbor,
+  encodeCbor,
+  encodePayload,
+  generateKey,
+  loadKeyFile,
+  outcomeTopic,
+  parseTemplate,
+  saveKeyFile,
+  signPacket,
+  verifyPacket,
+  CborTag,
+  sigStructure,
+  signEd25519,
+  utf8Bytes,
+  type CborValue,
+  type ErrorCode,
+} from '../src/index.js';
+import { jsonFlag, numberFlag, reportError } from '../cli/run.js';
+import { bearing, bearingDoc, situation, fixedKey } from './helpers/fixtures.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+const key = fixedKey(3);
+const addr = address(bearing, situation);
+const topic = outcomeTopic(addr, key.nodeId);
+const good = signPacket(key, topic, { fp: addr.fp, seq: 1, ts: 1000, out: 'failure', exp: 10, conf: 0.5 });
+
+/** A correctly signed envelope around a crafted payload, for the payload-level codes. */
+function signedPayload(payload: Map<CborValue, CborValue>): Uint8Array {
+  const prot = encodeCbor(new Map([[1, -19]]));
+  const pay = encodeCbor(payload);
+  const sig = signEd25519(key, sigStructure(prot, utf8Bytes(topic), pay));
+  return encodeCbor(new CborTag(18, [prot, new Map([[4, key.publicKey]]), pay, sig]));
+}
+
+/** One way to produce each code. The Record type makes the compiler demand an entry per code. */
+const triggers: Record<ErrorCode, () => unknown> = {
+  ERR_INVALID_ARGUMENT: () => cohortFilter(addr, 9),
+  ERR_CLI_USAGE: () => numberFlag('n', 'many', true),
+  ERR_INVALID_JSON: () => jsonFlag('situation', '{'),
+  ERR_FILE_IO: () => loadKeyFile(join(dir, 'none.key')),
+  ERR_KEY_EXISTS: async () => {
+    const f = join(dir, 'k.key');
+    await saveKeyFile(f, generateKey());
+    await saveKeyFile(f, generateKey());
+  },
+  ERR_KEY_FILE_INVALID: () => {
+    writeFileSync(join(dir, 'bad.key'), '[]', { mode: 0o600 });
+    return loadKeyFile(join(dir, 'bad.key'));
+  },
+  ERR_KEY_PERMISSIONS: () => {
+    writeFileSync(join(dir, 'open.key'), '{}', { mode: 0o644 });
+    return loadKeyFile(join(dir, 'open.key'));
+  },
+  ERR_KEY_MISMATCH: () => {
+    const k = generateKey();
+    writeFileSync(join(dir, 'mm.key'), JSON.stringify({ secretKey: Buffer.from(k.secretKey).toString('hex'), publicKey: Buffer.from(generateKey().publicKey).toString('hex'), nodeId: k.nodeId }), { mode: 0o600 });
+    return loadKeyFile(join(dir, 'mm.key'));
+  },
+  ERR_TEMPLATE_PARSE: () => parseTemplate('a: [1'),
+  ERR_TEMPLATE_INVALID: () => compileTemplate({ ...bearingDoc, fields: [] }),
+  ERR_FIELD_MISSING: () => address(bearing, {}),
+  ERR_FIELD_VALUE: () => address(bearing, { ...situation, sealed: 'yes' }),
+  ERR_OUTCOME_INVALID: () => createOutcomePacket({ key, template: bearing, situation, outcome: 'maybe', seq: 1, ts: 1 }),
+  ERR_PACKET_FIELD: () => encodePayload({ fp: addr.fp, seq: 1, ts: 1, out: 'failure', conf: 2 }),
+  ERR_PACKET_EMPTY: () => verifyPacket(topic, new Uint8Array(0)),
+  ERR_PACKET_TOO_LARGE: () => verifyPacket(topic, new Uint8Array(513)),
+  ERR_CBOR_MALFORMED: () => decodeCbor(Uint8Array.of(0x1c)),
+  ERR_COSE_MALFORMED: () => verifyPacket(topic, encodeCbor([1])),
+  ERR_UNSUPPORTED_ALG: () => verifyPacket(topic, encodeCbor(new CborTag(18, [encodeCbor(new Map([[1, -7]])), new Map(), new Uint8Array(0), new Uint8Array(0)]))),
+  ERR_PAYLOAD_INVALID: () => verifyPacket(topic, signedPayload(new Map<CborValue, CborValue>([[1, 1], [2, addr.fp], [4, 1], [5, 'x']]))),
+  ERR_UNSUPPORTED_VERSION: () => verifyPacket(topic, signedPayload(new Map<CborValue, CborValue>([[1, 2], [2, addr.fp], [3, 1], [4, 1], [5, 'x']]))),
+  ERR_BAD_SIGNATURE: () => {
+    const b = good.slice();
+    b[b.length - 1]! ^= 1;
+    return verifyPacket(topic, b, { now: 0 });
+  },
+  ERR_TOPIC_INVALID: () => verifyPacket('qis/1/o/nope', good),
+  ERR_NODE_MISMATCH: () => verifyPacket(outcomeTopic(addr, generateKey().nodeId), good),
+  ERR_FP_MISMATCH: () => verifyPacket(topic, good, { now: 0, expectFp: new Uint8Array(16) }),
+  ERR_EXPIRED: () => verifyPacket(topic, good, { now: 11_000 }),
+  ERR_TS_FUTURE: () => verifyPacket(topic, good, { now: 0, maxSkewMs: 500 }),
+  ERR_INTERNAL: () => {
+    const out = new PassThrough();
+    const status = reportError(new TypeError('boom'), true, { stdin: new PassThrough(), stdout: out, stderr: new PassThrough() });
+    const line = JSON.parse(String(out.read())) as { code: ErrorCode; message: string };
+    throw new QisError(line.code, `${line.message} (exit ${status})`);
+  },
+};
+
+t.test('errors - every code is produced by a real failure', async (t) => {
+  t.same(Object.keys(triggers).sort(), Object.keys(ERROR_CODES).sort(), 'a trigger for every code');
+  for (const [code, fn] of Object.entries(triggers)) {
+    let caught: unknown;
+    try {
+      await fn();
+    } catch (e) {
+      caught = e;
+    }
+    t.ok(isQisError(caught), `${code}: threw a QisError`);
+    t.equal((caught as QisError).code, code, `${code}: ${(caught as Error)?.message}`);
+  }
+});
+
+t.test('errors - README lists exactly the codes, with the same meaning', async (t) => {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const rows = [...readme.matchAll(/^\| `(ERR_[A-Z0-9_]+)` \| (.+?) \|$/gm)];
+  const listed = rows.map((m) => m[1]!);
+  t.same([...listed].sort(), Object.keys(ERROR_CODES).sort(), 'README error table = ERROR_CODES');
+  t.equal(new Set(listed).size, listed.length, 'no code listed twice');
+  for (const m of rows) t.equal(m[2], ERROR_CODES[m[1] as ErrorCode], `${m[1]} meaning`);
+});
+
+t.test('errors - QisError keeps code and cause; isQisError checks the code is known', async (t) => {
+  const cause = new Error('root');
+  const e = new QisError('ERR_FILE_IO', 'x', { cause });
+  t.equal(e.cause, cause);
+  t.equal(e.name, 'QisError');
+  t.ok(isQisError(e));
+  t.notOk(isQisError(Object.assign(new Error('y'), { code: 'ENOENT' })));
+  t.notOk(isQisError('ERR_FILE_IO'));
+});
