@@ -22,8 +22,16 @@ export class CborTag {
   constructor(readonly tag: number | bigint, readonly value: CborValue) {}
 }
 
-/** A CBOR simple value other than false, true, null and undefined. */
+/** A CBOR simple value other than false, true, null and undefined (0..19 or 32..255). */
 export class CborSimple {
+  constructor(readonly value: number) {}
+}
+
+/**
+ * A floating-point number as decoded with `markFloats`, so that callers can tell `1.0` from `1`:
+ * where the protocol says "uint", a float is the wrong type, whatever its value.
+ */
+export class CborFloat {
   constructor(readonly value: number) {}
 }
 
@@ -39,6 +47,7 @@ export type CborValue =
   | Map<CborValue, CborValue>
   | CborTag
   | CborSimple
+  | CborFloat
   | { readonly [key: string]: CborValue };
 
 // ---------------------------------------------------------------------------------- encoding
@@ -217,7 +226,12 @@ function writeValue(w: Writer, v: CborValue, depth: number): void {
     if (typeof v.tag === 'number') w.head(6, v.tag);
     else writeInteger(w, v.tag);
     writeValue(w, v.value, depth + 1);
+  } else if (v instanceof CborFloat) {
+    w.float64(v.value);
   } else if (v instanceof CborSimple) {
+    if (!Number.isInteger(v.value) || v.value < 0 || v.value > 255 || (v.value >= 20 && v.value < 32)) {
+      throw new QisError('ERR_INVALID_ARGUMENT', `simple value ${v.value} has no encoding of its own (0..19 or 32..255)`);
+    }
     if (v.value < 24) {
       w.ensure(1);
       w.buf[w.pos++] = 0xe0 | v.value;
@@ -264,7 +278,7 @@ function halfToNumber(h: number): number {
 class Reader {
   pos = 0;
   private readonly view: DataView;
-  constructor(readonly buf: Uint8Array, readonly maxDepth: number) {
+  constructor(readonly buf: Uint8Array, readonly maxDepth: number, readonly markFloats: boolean) {
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
@@ -312,8 +326,10 @@ class Reader {
     return arg;
   }
 
-  chunks(major: number): Uint8Array {
+  /** The chunks of an indefinite-length string (RFC 8949 §3.2.3); text chunks must each be valid UTF-8. */
+  chunks(major: number): Uint8Array | string {
     const parts: Uint8Array[] = [];
+    const texts: string[] = [];
     for (;;) {
       this.need(1);
       if (this.buf[this.pos] === 0xff) {
@@ -324,9 +340,12 @@ class Reader {
       const ib = this.buf[this.pos++] as number;
       if (ib >> 5 !== major || (ib & 31) === 31) throw malformed('indefinite string chunk of the wrong type', at);
       const len = this.length(this.arg(ib & 31, at), at);
-      parts.push(this.buf.subarray(this.pos, this.pos + len));
+      const chunk = this.buf.subarray(this.pos, this.pos + len);
+      if (major === 3) texts.push(this.text(chunk, at));
+      else parts.push(chunk);
       this.pos += len;
     }
+    if (major === 3) return texts.join('');
     let n = 0;
     for (const p of parts) n += p.length;
     const out = new Uint8Array(n);
@@ -367,13 +386,10 @@ class Reader {
       }
       case 2:
       case 3: {
-        let b: Uint8Array;
-        if (arg === -1) b = this.chunks(major);
-        else {
-          const len = this.length(arg, start);
-          b = this.buf.subarray(this.pos, this.pos + len);
-          this.pos += len;
-        }
+        if (arg === -1) return this.chunks(major);
+        const len = this.length(arg, start);
+        const b = this.buf.subarray(this.pos, this.pos + len);
+        this.pos += len;
         return major === 2 ? b : this.text(b, start);
       }
       case 4: {
@@ -391,6 +407,9 @@ class Reader {
       }
       case 5: {
         const out = new Map<CborValue, CborValue>();
+        // Keys that are objects (byte strings, arrays, maps, tags) are compared by their
+        // deterministic encoding, since Map compares objects by identity.
+        let objectKeys: Set<string> | undefined;
         const n = arg === -1 ? Infinity : this.length(arg, start);
         for (let i = 0; i < n; i++) {
           const kAt = this.pos;
@@ -403,6 +422,12 @@ class Reader {
           const before = out.size;
           out.set(k, v);
           if (out.size === before) throw malformed('duplicate map key', kAt);
+          if (typeof k === 'object' && k !== null) {
+            objectKeys ??= new Set();
+            const id = Buffer.from(encodeCbor(k)).toString('latin1');
+            if (objectKeys.has(id)) throw malformed('duplicate map key', kAt);
+            objectKeys.add(id);
+          }
         }
         return out;
       }
@@ -419,6 +444,10 @@ class Reader {
     const v = this.item(depth);
     if (v === BREAK) throw malformed('unexpected break', at);
     return v;
+  }
+
+  float(v: number): number | CborFloat {
+    return this.markFloats ? new CborFloat(v) : v;
   }
 
   simple(ai: number, start: number): CborValue | typeof BREAK {
@@ -441,19 +470,19 @@ class Reader {
         this.need(2);
         const v = halfToNumber(this.view.getUint16(this.pos));
         this.pos += 2;
-        return v;
+        return this.float(v);
       }
       case 26: {
         this.need(4);
         const v = this.view.getFloat32(this.pos);
         this.pos += 4;
-        return v;
+        return this.float(v);
       }
       case 27: {
         this.need(8);
         const v = this.view.getFloat64(this.pos);
         this.pos += 8;
-        return v;
+        return this.float(v);
       }
       case 31:
         return BREAK;
@@ -464,6 +493,16 @@ class Reader {
   }
 }
 
+export interface DecodeOptions {
+  /** Deepest nesting accepted (default 16, at most 256). */
+  readonly maxDepth?: number;
+  /** Return floats as {@link CborFloat} instead of number, to tell `1.0` from `1`. */
+  readonly markFloats?: boolean;
+}
+
+/** Nesting limit that no option can raise: far below what would exhaust the stack. */
+export const MAX_DECODE_DEPTH = 256;
+
 /**
  * Decodes exactly one CBOR item that fills `bytes`. Maps decode to `Map`, byte strings to
  * `Uint8Array` views of the input (no copy), integers beyond 2^53 to `bigint`.
@@ -471,8 +510,8 @@ class Reader {
  * @throws QisError ERR_CBOR_MALFORMED
  * @example decodeCbor(Uint8Array.of(0x82, 0x01, 0x02)) // [1, 2]
  */
-export function decodeCbor(bytes: Uint8Array, options: { maxDepth?: number } = {}): CborValue {
-  const r = new Reader(bytes, options.maxDepth ?? 16);
+export function decodeCbor(bytes: Uint8Array, options: DecodeOptions = {}): CborValue {
+  const r = new Reader(bytes, Math.min(options.maxDepth ?? 16, MAX_DECODE_DEPTH), options.markFloats ?? false);
   const v = r.value(0);
   if (r.pos !== bytes.length) throw malformed(`${bytes.length - r.pos} bytes after the item`, r.pos);
   return v;

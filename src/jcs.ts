@@ -22,7 +22,8 @@ function walk(v: unknown, path: string, depth: number): string {
       if (!v.isWellFormed()) fail(path, 'a string with a lone surrogate');
       return JSON.stringify(v);
     case 'object': {
-      if (Array.isArray(v)) return `[${v.map((x, i) => walk(x, `${path}[${i}]`, depth + 1)).join(',')}]`;
+      // Array.from visits holes (as undefined, refused below), where map() would skip them.
+      if (Array.isArray(v)) return `[${Array.from(v, (x, i) => walk(x, `${path}[${i}]`, depth + 1)).join(',')}]`;
       const proto = Object.getPrototypeOf(v) as unknown;
       if (proto !== Object.prototype && proto !== null) fail(path, 'a non-JSON object');
       const keys = Object.keys(v);

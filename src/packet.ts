@@ -2,7 +2,7 @@
  * Outcome packets (PROTOCOL §5): COSE_Sign1 (RFC 9052) with Ed25519, kid = public key,
  * external_aad = the MQTT topic, at most 512 bytes.
  */
-import { CborTag, decodeCbor, encodeCbor, type CborValue } from './cbor.js';
+import { CborFloat, CborTag, decodeCbor, encodeCbor, type CborValue } from './cbor.js';
 import { equalBytes, utf8Bytes } from './bytes.js';
 import { QisError, type ErrorCode } from './errors.js';
 import { nodeIdOf, signEd25519, verifyEd25519, type Ed25519Backend, type NodeId, type NodeKey } from './identity.js';
@@ -98,8 +98,11 @@ function refuse(code: ErrorCode, message: string): never {
 // ---------------------------------------------------------------------------------- signing
 
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+/** Where the protocol takes any number, a decoded float counts as its value (§1: any width). */
+const num = (v: unknown): unknown => (v instanceof CborFloat ? v.value : v);
 
-function checkOutcome(out: unknown, code: ErrorCode): Outcome {
+function checkOutcome(value: unknown, code: ErrorCode): Outcome {
+  const out = num(value);
   if (typeof out === 'string') return out;
   if (typeof out === 'number') {
     if (!Number.isFinite(out)) refuse(code, `out must be a finite number, not ${out}`);
@@ -109,7 +112,8 @@ function checkOutcome(out: unknown, code: ErrorCode): Outcome {
     const entries = out instanceof Map ? [...out.entries()] : Object.entries(out);
     if (entries.length === 0) refuse(code, 'out map is empty');
     const obj: Record<string, string | number> = {};
-    for (const [k, v] of entries) {
+    for (const [k, raw] of entries) {
+      const v = num(raw);
       if (typeof k !== 'string') refuse(code, 'out map keys must be text');
       if (!(typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v)))) {
         refuse(code, `out["${k}"] must be text or a finite number`);
@@ -125,7 +129,8 @@ function checkCtx(ctx: unknown, code: ErrorCode): { [key: string]: number } {
   if (typeof ctx !== 'object' || ctx === null || Array.isArray(ctx)) refuse(code, 'ctx must be a map of text to number');
   const entries = ctx instanceof Map ? [...ctx.entries()] : Object.entries(ctx);
   const obj: Record<string, number> = {};
-  for (const [k, v] of entries) {
+  for (const [k, raw] of entries) {
+    const v = num(raw);
     if (typeof k !== 'string') refuse(code, 'ctx keys must be text');
     if (typeof v !== 'number' || !Number.isFinite(v)) refuse(code, `ctx["${k}"] must be a finite number`);
     obj[k] = v;
@@ -200,7 +205,8 @@ export function signPacket(key: NodeKey, topic: string, fields: PacketFields, op
  * @throws QisError ERR_CBOR_MALFORMED | ERR_COSE_MALFORMED | ERR_UNSUPPORTED_ALG
  */
 export function decodeSign1(bytes: Uint8Array): Sign1 {
-  const top = decodeCbor(bytes, { maxDepth: 8 });
+  // markFloats: header labels and alg are integers; 1.0 is not 1 here (RFC 9052 §3).
+  const top = decodeCbor(bytes, { maxDepth: 8, markFloats: true });
   if (!(top instanceof CborTag) || top.tag !== COSE_SIGN1_TAG) refuse('ERR_COSE_MALFORMED', 'not a COSE_Sign1 message (CBOR tag 18)');
   const arr = top.value;
   if (!Array.isArray(arr) || arr.length !== 4) refuse('ERR_COSE_MALFORMED', 'COSE_Sign1 must be an array of 4 items');
@@ -212,7 +218,7 @@ export function decodeSign1(bytes: Uint8Array): Sign1 {
   if (protectedBytes.length === 0) refuse('ERR_COSE_MALFORMED', 'protected header is empty; alg must be protected');
   let header: CborValue;
   try {
-    header = decodeCbor(protectedBytes, { maxDepth: 4 });
+    header = decodeCbor(protectedBytes, { maxDepth: 4, markFloats: true });
   } catch (e) {
     throw new QisError('ERR_COSE_MALFORMED', `protected header: ${(e as Error).message}`, { cause: e });
   }
@@ -220,7 +226,10 @@ export function decodeSign1(bytes: Uint8Array): Sign1 {
   if (header.has(2)) refuse('ERR_COSE_MALFORMED', 'critical header parameters (crit) are not supported');
   const alg = header.get(1);
   if (alg === undefined) refuse('ERR_COSE_MALFORMED', 'protected header has no alg (1)');
-  if (alg !== ALG_ED25519 && alg !== ALG_EDDSA) refuse('ERR_UNSUPPORTED_ALG', `alg ${String(alg)} is not Ed25519 (-19) or EdDSA (-8)`);
+  if (alg !== ALG_ED25519 && alg !== ALG_EDDSA) {
+    const shown = alg instanceof CborFloat ? `${alg.value} (a float)` : typeof alg === 'object' ? 'of a non-integer type' : String(alg);
+    refuse('ERR_UNSUPPORTED_ALG', `alg ${shown} is not Ed25519 (-19) or EdDSA (-8)`);
+  }
   return { protectedBytes, alg, unprotected, payload, signature };
 }
 
@@ -242,11 +251,13 @@ function uintField(m: Map<CborValue, CborValue>, key: number, name: string): num
  * @throws QisError ERR_CBOR_MALFORMED | ERR_PAYLOAD_INVALID | ERR_UNSUPPORTED_VERSION
  */
 export function decodePayload(payload: Uint8Array): PayloadFields {
-  const m = decodeCbor(payload);
+  // markFloats: "uint" fields must be CBOR integers, not floats that happen to be whole.
+  const m = decodeCbor(payload, { markFloats: true });
   if (!(m instanceof Map)) refuse('ERR_PAYLOAD_INVALID', 'payload must be a CBOR map');
   const v = m.get(1);
   if (v === undefined) refuse('ERR_PAYLOAD_INVALID', 'payload has no version (1)');
-  if (v !== 1) refuse('ERR_UNSUPPORTED_VERSION', `payload version ${String(v)} is not 1`);
+  if (!isUint(v)) refuse('ERR_PAYLOAD_INVALID', 'version (1) must be an unsigned integer');
+  if (v !== 1) refuse('ERR_UNSUPPORTED_VERSION', `payload version ${v} is not 1`);
   const fp = m.get(2);
   if (!(fp instanceof Uint8Array) || fp.length !== 16) refuse('ERR_PAYLOAD_INVALID', 'fp (2) must be a 16-byte byte string');
   const seq = uintField(m, 3, 'seq (3)');
@@ -258,7 +269,7 @@ export function decodePayload(payload: Uint8Array): PayloadFields {
   const rawOut = m.get(5);
   if (rawOut === undefined && del !== true) refuse('ERR_PAYLOAD_INVALID', 'payload has no out (5) and is not a tombstone');
   const out = rawOut === undefined ? undefined : checkOutcome(rawOut, 'ERR_PAYLOAD_INVALID');
-  const conf = m.get(6);
+  const conf = num(m.get(6));
   if (conf !== undefined && !(typeof conf === 'number' && conf >= 0 && conf <= 1)) {
     refuse('ERR_PAYLOAD_INVALID', 'conf (6) must be a number from 0 to 1');
   }

@@ -1,5 +1,6 @@
 import t from 'tap';
 import {
+  CborFloat,
   CborTag,
   QisError,
   address,
@@ -181,13 +182,16 @@ t.test('packet - wrong types in any payload field are refused with a code, after
     ['payload not CBOR', Uint8Array.of(0xa1, 0x01), 'ERR_CBOR_MALFORMED'],
     ['v missing', payloadMap([], [1]), 'ERR_PAYLOAD_INVALID'],
     ['v = 2', payloadMap([[1, 2]]), 'ERR_UNSUPPORTED_VERSION'],
-    ['v text', payloadMap([[1, '1']]), 'ERR_UNSUPPORTED_VERSION'],
+    ['v text', payloadMap([[1, '1']]), 'ERR_PAYLOAD_INVALID'],
     ['fp 15 bytes', payloadMap([[2, new Uint8Array(15)]]), 'ERR_PAYLOAD_INVALID'],
     ['fp text', payloadMap([[2, 'abc']]), 'ERR_PAYLOAD_INVALID'],
     ['seq missing', payloadMap([], [3]), 'ERR_PAYLOAD_INVALID'],
     ['seq negative', payloadMap([[3, -1]]), 'ERR_PAYLOAD_INVALID'],
     ['seq float', payloadMap([[3, 1.5]]), 'ERR_PAYLOAD_INVALID'],
     ['seq beyond 2^53', payloadMap([[3, 2n ** 60n]]), 'ERR_PAYLOAD_INVALID'],
+    ['seq as the float 7.0', payloadMap([[3, new CborFloat(7)]]), 'ERR_PAYLOAD_INVALID'],
+    ['v as the float 1.0', payloadMap([[1, new CborFloat(1)]]), 'ERR_PAYLOAD_INVALID'],
+    ['n as the float 2.0', payloadMap([[7, new CborFloat(2)]]), 'ERR_PAYLOAD_INVALID'],
     ['ts missing', payloadMap([], [4]), 'ERR_PAYLOAD_INVALID'],
     ['ts text', payloadMap([[4, 'now']]), 'ERR_PAYLOAD_INVALID'],
     ['out missing', payloadMap([], [5]), 'ERR_PAYLOAD_INVALID'],
@@ -209,6 +213,13 @@ t.test('packet - wrong types in any payload field are refused with a code, after
   for (const [what, payload, want] of cases) {
     t.equal(code(() => verifyPacket(topic, craft(payload), { now: NOW })), want, what);
   }
+});
+
+t.test('packet - number fields accept any width: conf, ctx and out as float64 even when whole', async (t) => {
+  const p = verifyPacket(topic, craft(payloadMap([[5, new CborFloat(12)], [6, new CborFloat(1)], [8, new Map([['rpm', new CborFloat(1480)]])]])), { now: NOW });
+  t.equal(p.out, 12);
+  t.equal(p.conf, 1);
+  t.same(p.ctx, { rpm: 1480 });
 });
 
 t.test('packet - unknown payload keys are kept (signed) and ignored', async (t) => {
