@@ -53,8 +53,19 @@ export type CborValue =
 // ---------------------------------------------------------------------------------- encoding
 
 const TWO64 = 2n ** 64n;
+const textEncoder = new TextEncoder();
 
-class Writer {
+function isAscii(s: string): boolean {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return false;
+  return true;
+}
+
+/**
+ * Writes CBOR items one after another into a growing buffer. {@link encodeWith} lends one, for
+ * callers that know their layout (a payload whose integer keys are written in ascending order)
+ * and so need not build and sort a Map; {@link CborWriter.value} writes any value deterministically.
+ */
+export class CborWriter {
   buf = new Uint8Array(256);
   pos = 0;
   private view = new DataView(this.buf.buffer);
@@ -104,10 +115,41 @@ class Writer {
     }
   }
 
-  bytes(b: Uint8Array): void {
+  /** Bytes copied as they are (already encoded CBOR). */
+  raw(b: Uint8Array): void {
     this.ensure(b.length);
     this.buf.set(b, this.pos);
     this.pos += b.length;
+  }
+
+  byte(b: number): void {
+    this.ensure(1);
+    this.buf[this.pos++] = b;
+  }
+
+  /** A byte string. */
+  byteString(b: Uint8Array): void {
+    this.head(2, b.length);
+    this.raw(b);
+  }
+
+  /** The UTF-8 bytes of `s` as a text string (major 3) or a byte string (major 2). */
+  string(major: 2 | 3, s: string): void {
+    if (s.length < 256 && isAscii(s)) {
+      // Short ASCII: one byte per code unit, no TextEncoder call.
+      this.head(major, s.length);
+      this.ensure(s.length);
+      for (let i = 0; i < s.length; i++) this.buf[this.pos++] = s.charCodeAt(i);
+      return;
+    }
+    const b = textEncoder.encode(s);
+    this.head(major, b.length);
+    this.raw(b);
+  }
+
+  /** Any value, deterministically (PROTOCOL §1). */
+  value(v: CborValue): void {
+    writeValue(this, v, 0);
   }
 
   float64(v: number): void {
@@ -122,9 +164,8 @@ class Writer {
   }
 }
 
-const textEncoder = new TextEncoder();
 
-function writeInteger(w: Writer, v: bigint): void {
+function writeInteger(w: CborWriter, v: bigint): void {
   if (v >= 0n) {
     if (v >= TWO64) throw new QisError('ERR_INVALID_ARGUMENT', `integer ${v} does not fit CBOR's 64-bit integers`);
     w.head(0, v);
@@ -135,7 +176,7 @@ function writeInteger(w: Writer, v: bigint): void {
   }
 }
 
-function writeNumber(w: Writer, v: number): void {
+function writeNumber(w: CborWriter, v: number): void {
   // PROTOCOL §1: an integer-valued number is a CBOR integer (-0 is the integer 0); an integer
   // too large for 64 bits has no untagged integer form and stays float64, as does every non-integer.
   if (Number.isInteger(v)) {
@@ -165,9 +206,28 @@ function compareBytes(a: Uint8Array, b: Uint8Array): number {
   return a.length - b.length;
 }
 
-function writeMap(w: Writer, entries: Iterable<[CborValue, CborValue]>, depth: number): void {
+const isUintKey = (k: CborValue): k is number => typeof k === 'number' && k >= 0 && Number.isSafeInteger(k);
+
+function writeMap(w: CborWriter, entries: Iterable<[CborValue, CborValue]>, depth: number): void {
+  const list = Array.from(entries);
+  // Unsigned integer keys (every COSE header and payload map): their encoded order is their
+  // numeric order (shorter heads first, then big-endian), so none needs encoding to be sorted.
+  if (list.every(([k]) => isUintKey(k))) {
+    list.sort((a, b) => (a[0] as number) - (b[0] as number));
+    for (let i = 1; i < list.length; i++) {
+      if ((list[i - 1] as [CborValue, CborValue])[0] === (list[i] as [CborValue, CborValue])[0]) {
+        throw new QisError('ERR_INVALID_ARGUMENT', 'map has two keys with the same encoding');
+      }
+    }
+    w.head(5, list.length);
+    for (const [k, v] of list) {
+      w.head(0, k as number);
+      writeValue(w, v, depth + 1);
+    }
+    return;
+  }
   const sorted: Array<[Uint8Array, CborValue]> = [];
-  for (const [k, v] of entries) sorted.push([encodeCbor(k, depth + 1), v]);
+  for (const [k, v] of list) sorted.push([encodeCbor(k, depth + 1), v]);
   sorted.sort((a, b) => compareBytes(a[0], b[0]));
   for (let i = 1; i < sorted.length; i++) {
     if (compareBytes((sorted[i - 1] as [Uint8Array, CborValue])[0], (sorted[i] as [Uint8Array, CborValue])[0]) === 0) {
@@ -176,14 +236,30 @@ function writeMap(w: Writer, entries: Iterable<[CborValue, CborValue]>, depth: n
   }
   w.head(5, sorted.length);
   for (const [k, v] of sorted) {
-    w.bytes(k);
+    w.raw(k);
     writeValue(w, v, depth + 1);
+  }
+}
+
+/** A plain object is a map with text keys (unique by construction). For ASCII keys the encoded
+ *  order is: shorter first, then by code unit, so they sort without being encoded. */
+function writeObject(w: CborWriter, v: { readonly [key: string]: CborValue }, depth: number): void {
+  const keys = Object.keys(v);
+  if (!keys.every(isAscii)) {
+    writeMap(w, Object.entries(v), depth);
+    return;
+  }
+  keys.sort((a, b) => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0));
+  w.head(5, keys.length);
+  for (const k of keys) {
+    writeValue(w, k, depth + 1);
+    writeValue(w, v[k], depth + 1);
   }
 }
 
 const MAX_ENCODE_DEPTH = 64;
 
-function writeValue(w: Writer, v: CborValue, depth: number): void {
+function writeValue(w: CborWriter, v: CborValue, depth: number): void {
   if (depth > MAX_ENCODE_DEPTH) throw new QisError('ERR_INVALID_ARGUMENT', 'value nests too deeply to encode');
   switch (typeof v) {
     case 'number':
@@ -192,19 +268,14 @@ function writeValue(w: Writer, v: CborValue, depth: number): void {
     case 'bigint':
       writeInteger(w, v);
       return;
-    case 'string': {
-      const b = textEncoder.encode(v);
-      w.head(3, b.length);
-      w.bytes(b);
+    case 'string':
+      w.string(3, v);
       return;
-    }
     case 'boolean':
-      w.ensure(1);
-      w.buf[w.pos++] = v ? 0xf5 : 0xf4;
+      w.byte(v ? 0xf5 : 0xf4);
       return;
     case 'undefined':
-      w.ensure(1);
-      w.buf[w.pos++] = 0xf7;
+      w.byte(0xf7);
       return;
     case 'object':
       break;
@@ -212,11 +283,9 @@ function writeValue(w: Writer, v: CborValue, depth: number): void {
       throw new QisError('ERR_INVALID_ARGUMENT', `cannot encode a ${typeof v} as CBOR`);
   }
   if (v === null) {
-    w.ensure(1);
-    w.buf[w.pos++] = 0xf6;
+    w.byte(0xf6);
   } else if (v instanceof Uint8Array) {
-    w.head(2, v.length);
-    w.bytes(v);
+    w.byteString(v);
   } else if (Array.isArray(v)) {
     w.head(4, v.length);
     for (const item of v) writeValue(w, item, depth + 1);
@@ -233,15 +302,13 @@ function writeValue(w: Writer, v: CborValue, depth: number): void {
       throw new QisError('ERR_INVALID_ARGUMENT', `simple value ${v.value} has no encoding of its own (0..19 or 32..255)`);
     }
     if (v.value < 24) {
-      w.ensure(1);
-      w.buf[w.pos++] = 0xe0 | v.value;
+      w.byte(0xe0 | v.value);
     } else {
-      w.ensure(2);
-      w.buf[w.pos++] = 0xf8;
-      w.buf[w.pos++] = v.value;
+      w.byte(0xf8);
+      w.byte(v.value);
     }
   } else {
-    writeMap(w, Object.entries(v), depth);
+    writeObject(w, v, depth);
   }
 }
 
@@ -252,10 +319,31 @@ function writeValue(w: Writer, v: CborValue, depth: number): void {
  * @example encodeCbor(new Map([[1, 1], [2, new Uint8Array(16)]]))
  */
 export function encodeCbor(value: CborValue, depth = 0): Uint8Array {
-  const w = new Writer();
-  writeValue(w, value, depth);
-  return w.result();
+  return encodeWith((w) => writeValue(w, value, depth));
 }
+
+/**
+ * Runs `write` on a pooled {@link CborWriter} and returns a copy of what it wrote.
+ * @example encodeWith((w) => { w.head(4, 2); w.value(1); w.byteString(fp) })
+ */
+export function encodeWith(write: (w: CborWriter) => void): Uint8Array {
+  const w = writers[writersInUse] ?? (writers[writersInUse] = new CborWriter());
+  writersInUse++;
+  w.pos = 0;
+  try {
+    write(w);
+    return w.result();
+  } finally {
+    writersInUse--;
+    // Do not keep a buffer that one large value grew.
+    if (w.buf.length > 4096) writers[writersInUse] = new CborWriter();
+  }
+}
+
+// Writers are reused: a fresh buffer costs about 1 µs (off the JS heap), several times per packet.
+// A stack, because map keys are encoded while an outer value is still being written.
+const writers: CborWriter[] = [];
+let writersInUse = 0;
 
 // ---------------------------------------------------------------------------------- decoding
 

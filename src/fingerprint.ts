@@ -88,19 +88,31 @@ export interface ParsedTopic {
  * @throws QisError ERR_TOPIC_INVALID
  */
 export function parseOutcomeTopic(topic: string, depth?: number): ParsedTopic {
-  const bad = (what: string): never => {
-    throw new QisError('ERR_TOPIC_INVALID', `topic ${JSON.stringify(topic.slice(0, 200))}: ${what}`);
-  };
-  if (typeof topic !== 'string') return bad('not a string');
+  const m = typeof topic === 'string' ? OUTCOME_TOPIC_RE.exec(topic) : null;
+  if (m === null) return explainBadTopic(topic);
+  const levels = (m[2] as string).slice(1).split('/');
+  if (depth !== undefined && levels.length !== depth) badTopic(topic, `has ${levels.length} levels, the template routes on ${depth}`);
+  const tplId = m[1] as TplId;
+  return { tplId, idBytes: b32decode(tplId) as Uint8Array, levels, nodeId: m[3] as NodeId };
+}
+
+// The whole outcome topic in one pattern (ids: 26 base32 characters encoding 16 bytes, see isB32Id16).
+const OUTCOME_TOPIC_RE = /^qis\/1\/o\/([a-z2-7]{25}[aeimquy4])((?:\/[a-z2-7]{10})+)\/([a-z2-7]{25}[aeimquy4])$/;
+
+function badTopic(topic: string, what: string): never {
+  throw new QisError('ERR_TOPIC_INVALID', `topic ${JSON.stringify(String(topic).slice(0, 200))}: ${what}`);
+}
+
+/** Says which part of a topic that failed OUTCOME_TOPIC_RE is wrong. */
+function explainBadTopic(topic: string): never {
+  if (typeof topic !== 'string') return badTopic(String(topic), 'not a string');
   const parts = topic.split('/');
-  if (parts[0] !== 'qis' || parts[1] !== '1' || parts[2] !== 'o') return bad('does not start with qis/1/o/');
-  if (parts.length < 6) return bad('needs a template id, at least one level and a node id');
+  if (parts[0] !== 'qis' || parts[1] !== '1' || parts[2] !== 'o') return badTopic(topic, 'does not start with qis/1/o/');
+  if (parts.length < 6) return badTopic(topic, 'needs a template id, at least one level and a node id');
   const tplId = parts[3] as string;
   const nodeId = parts[parts.length - 1] as string;
-  const levels = parts.slice(4, -1);
-  if (!isTplId(tplId)) return bad(`"${tplId}" is not a template id`);
-  if (!isNodeId(nodeId)) return bad(`"${nodeId}" is not a node id`);
-  for (const l of levels) if (!LEVEL_RE.test(l)) return bad(`"${l}" is not a level (10 base32 characters)`);
-  if (depth !== undefined && levels.length !== depth) return bad(`has ${levels.length} levels, the template routes on ${depth}`);
-  return { tplId, idBytes: b32decode(tplId) as Uint8Array, levels, nodeId };
+  if (!isTplId(tplId)) return badTopic(topic, `"${tplId}" is not a template id`);
+  if (!isNodeId(nodeId)) return badTopic(topic, `"${nodeId}" is not a node id`);
+  const level = parts.slice(4, -1).find((l) => !LEVEL_RE.test(l));
+  return badTopic(topic, level === undefined ? 'is not an outcome topic' : `"${level}" is not a level (10 base32 characters)`);
 }

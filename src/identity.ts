@@ -7,7 +7,7 @@ import { mkdir, open, link, unlink, readFile, stat } from 'node:fs/promises';
 import { dirname, join, basename } from 'node:path';
 import * as ed from '@noble/ed25519';
 import { sha512 } from '@noble/hashes/sha2.js';
-import { b32, b32decode, sha256, toHex, fromHex, equalBytes } from './bytes.js';
+import { b32, isB32Id16, sha256, toHex, fromHex, equalBytes } from './bytes.js';
 import { QisError } from './errors.js';
 
 ed.hashes.sha512 = sha512;
@@ -38,7 +38,7 @@ export function nodeIdOf(publicKey: Uint8Array): NodeId {
 
 /** True when `text` is a well-formed node id (26 base32 characters encoding 16 bytes). */
 export function isNodeId(text: string): text is NodeId {
-  return text.length === 26 && b32decode(text)?.length === 16;
+  return isB32Id16(text);
 }
 
 // DER prefixes that wrap a raw Ed25519 seed (PKCS#8) and public key (SPKI), RFC 8410.
@@ -78,7 +78,7 @@ export function generateKey(): NodeKey {
 /** Ed25519 signature (64 bytes) of `message`. Both backends give the same bytes (RFC 8032 is deterministic). */
 export function signEd25519(key: NodeKey, message: Uint8Array, backend: Ed25519Backend = 'node'): Uint8Array {
   if (backend === 'noble') return ed.sign(message, key.secretKey);
-  return new Uint8Array(crypto.sign(null, message, privateKeyObject(key)));
+  return crypto.sign(null, message, privateKeyObject(key)); // a Buffer, which is a Uint8Array
 }
 
 // Public KeyObjects are cached: building one costs about a tenth of a verification, and a

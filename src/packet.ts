@@ -2,8 +2,8 @@
  * Outcome packets (PROTOCOL §5): COSE_Sign1 (RFC 9052) with Ed25519, kid = public key,
  * external_aad = the MQTT topic, at most 512 bytes.
  */
-import { CborFloat, CborTag, decodeCbor, encodeCbor, type CborValue } from './cbor.js';
-import { equalBytes, utf8Bytes } from './bytes.js';
+import { CborFloat, CborTag, decodeCbor, encodeCbor, encodeWith, type CborValue } from './cbor.js';
+import { equalBytes } from './bytes.js';
 import { QisError, type ErrorCode } from './errors.js';
 import { nodeIdOf, signEd25519, verifyEd25519, type Ed25519Backend, type NodeId, type NodeKey } from './identity.js';
 import { parseOutcomeTopic } from './fingerprint.js';
@@ -146,35 +146,52 @@ export function encodePayload(f: PacketFields): Uint8Array {
   if (!(f.fp instanceof Uint8Array) || f.fp.length !== 16) refuse('ERR_PACKET_FIELD', 'fp must be 16 bytes');
   if (!isUint(f.seq)) refuse('ERR_PACKET_FIELD', `seq must be an integer from 0 to 2^53-1, not ${f.seq}`);
   if (!isUint(f.ts)) refuse('ERR_PACKET_FIELD', `ts must be Unix milliseconds (an integer ≥ 0), not ${f.ts}`);
-  const m = new Map<CborValue, CborValue>([
+  if (f.out === undefined && f.del !== true) refuse('ERR_OUTCOME_INVALID', 'out is required unless the packet is a tombstone (del)');
+  const out = f.out === undefined ? undefined : checkOutcome(f.out, 'ERR_OUTCOME_INVALID');
+  if (f.conf !== undefined && (typeof f.conf !== 'number' || !(f.conf >= 0 && f.conf <= 1))) {
+    refuse('ERR_PACKET_FIELD', `conf must be a number from 0 to 1, not ${f.conf}`);
+  }
+  if (f.n !== undefined && (!isUint(f.n) || f.n < 1)) refuse('ERR_PACKET_FIELD', `n must be an integer ≥ 1, not ${f.n}`);
+  const ctx = f.ctx === undefined ? undefined : checkCtx(f.ctx, 'ERR_PACKET_FIELD');
+  if (f.exp !== undefined && !isUint(f.exp)) refuse('ERR_PACKET_FIELD', `exp must be Unix seconds (an integer ≥ 0), not ${f.exp}`);
+  if (f.del !== undefined && f.del !== true && f.del !== false) refuse('ERR_PACKET_FIELD', 'del must be true or absent');
+  const del = f.del === true;
+  // Keys written in ascending order, which is the deterministic order (PROTOCOL §1).
+  const entries: Array<[number, CborValue | undefined]> = [
     [1, 1],
     [2, f.fp],
     [3, f.seq],
     [4, f.ts],
-  ]);
-  if (f.out !== undefined) m.set(5, checkOutcome(f.out, 'ERR_OUTCOME_INVALID'));
-  else if (f.del !== true) refuse('ERR_OUTCOME_INVALID', 'out is required unless the packet is a tombstone (del)');
-  if (f.conf !== undefined) {
-    if (typeof f.conf !== 'number' || !(f.conf >= 0 && f.conf <= 1)) refuse('ERR_PACKET_FIELD', `conf must be a number from 0 to 1, not ${f.conf}`);
-    m.set(6, f.conf);
-  }
-  if (f.n !== undefined) {
-    if (!isUint(f.n) || f.n < 1) refuse('ERR_PACKET_FIELD', `n must be an integer ≥ 1, not ${f.n}`);
-    m.set(7, f.n);
-  }
-  if (f.ctx !== undefined) m.set(8, checkCtx(f.ctx, 'ERR_PACKET_FIELD'));
-  if (f.exp !== undefined) {
-    if (!isUint(f.exp)) refuse('ERR_PACKET_FIELD', `exp must be Unix seconds (an integer ≥ 0), not ${f.exp}`);
-    m.set(9, f.exp);
-  }
-  if (f.del === true) m.set(10, true);
-  else if (f.del !== undefined && f.del !== false) refuse('ERR_PACKET_FIELD', 'del must be true or absent');
-  return encodeCbor(m);
+    [5, out],
+    [6, f.conf],
+    [7, f.n],
+    [8, ctx],
+    [9, f.exp],
+    [10, del ? true : undefined],
+  ];
+  return encodeWith((w) => {
+    let count = 0;
+    for (const [, v] of entries) if (v !== undefined) count++;
+    w.head(5, count);
+    for (const [k, v] of entries) {
+      if (v === undefined) continue;
+      w.head(0, k);
+      w.value(v);
+    }
+  });
 }
 
 /** `Sig_structure = ["Signature1", protected, external_aad, payload]` (RFC 9052 §4.4). */
-export function sigStructure(protectedBytes: Uint8Array, externalAad: Uint8Array, payload: Uint8Array): Uint8Array {
-  return encodeCbor(['Signature1', protectedBytes, externalAad, payload]);
+export function sigStructure(protectedBytes: Uint8Array, externalAad: Uint8Array | string, payload: Uint8Array): Uint8Array {
+  return encodeWith((w) => {
+    w.head(4, 4);
+    w.string(3, 'Signature1');
+    w.byteString(protectedBytes);
+    // PROTOCOL §5: external_aad is the UTF-8 bytes of the topic; a string is written as those bytes.
+    if (typeof externalAad === 'string') w.string(2, externalAad);
+    else w.byteString(externalAad);
+    w.byteString(payload);
+  });
 }
 
 /**
@@ -187,11 +204,18 @@ export function signPacket(key: NodeKey, topic: string, fields: PacketFields, op
   const parsed = parseOutcomeTopic(topic);
   if (parsed.nodeId !== key.nodeId) refuse('ERR_NODE_MISMATCH', `topic belongs to node ${parsed.nodeId}, the key is ${key.nodeId}`);
   const payload = encodePayload(fields);
-  const toSign = sigStructure(PROTECTED_ED25519, utf8Bytes(topic), payload);
-  const signature = signEd25519(key, toSign, options.backend);
-  const bytes = encodeCbor(
-    new CborTag(COSE_SIGN1_TAG, [PROTECTED_ED25519, new Map([[4, key.publicKey]]), payload, signature]),
-  );
+  const signature = signEd25519(key, sigStructure(PROTECTED_ED25519, topic, payload), options.backend);
+  // 18([protected, {4: kid}, payload, signature]), written in order.
+  const bytes = encodeWith((w) => {
+    w.head(6, COSE_SIGN1_TAG);
+    w.head(4, 4);
+    w.byteString(PROTECTED_ED25519);
+    w.head(5, 1);
+    w.head(0, 4);
+    w.byteString(key.publicKey);
+    w.byteString(payload);
+    w.byteString(signature);
+  });
   if (bytes.length > MAX_PACKET_BYTES) {
     refuse('ERR_PACKET_TOO_LARGE', `packet would be ${bytes.length} bytes; the limit is ${MAX_PACKET_BYTES} (shorten out or ctx)`);
   }
@@ -234,7 +258,7 @@ export function decodeSign1(bytes: Uint8Array): Sign1 {
 }
 
 /** Verifies a COSE_Sign1 signature with a given Ed25519 public key and external_aad. */
-export function verifySign1(msg: Sign1, publicKey: Uint8Array, externalAad: Uint8Array, backend?: Ed25519Backend): boolean {
+export function verifySign1(msg: Sign1, publicKey: Uint8Array, externalAad: Uint8Array | string, backend?: Ed25519Backend): boolean {
   return verifyEd25519(msg.signature, sigStructure(msg.protectedBytes, externalAad, msg.payload), publicKey, backend);
 }
 
@@ -282,19 +306,24 @@ export function decodePayload(payload: Uint8Array): PayloadFields {
   for (const [k, val] of m) {
     if (!(typeof k === 'number' && k >= 1 && k <= 10 && Number.isInteger(k))) extra.set(k, val);
   }
-  return {
-    v: 1,
-    fp,
-    seq,
-    ts,
-    ...(out !== undefined ? { out } : {}),
-    conf: conf ?? 1,
-    n: n ?? 1,
-    ...(ctx !== undefined ? { ctx } : {}),
-    ...(exp !== undefined ? { exp } : {}),
-    del: del === true,
-    extra,
-  };
+  // Built by assignment: on Node 20 each property after an object spread takes a slow path.
+  const p: Mutable<PayloadFields> = { v: 1, fp, seq, ts, conf: conf ?? 1, n: n ?? 1, del: del === true, extra };
+  if (out !== undefined) p.out = out;
+  if (ctx !== undefined) p.ctx = ctx;
+  if (exp !== undefined) p.exp = exp;
+  return p;
+}
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
+/** Adds the envelope's facts to decoded payload fields (by assignment, see decodePayload). */
+function withEnvelope(fields: PayloadFields, msg: Sign1, publicKey: Uint8Array, nodeId: NodeId, size: number): DecodedPacket {
+  const p = fields as Mutable<DecodedPacket>;
+  p.alg = msg.alg;
+  p.publicKey = publicKey;
+  p.nodeId = nodeId;
+  p.size = size;
+  return p;
 }
 
 function kidOf(msg: Sign1): Uint8Array {
@@ -318,7 +347,7 @@ export function decodePacket(bytes: Uint8Array): DecodedPacket {
   checkSize(bytes);
   const msg = decodeSign1(bytes);
   const publicKey = kidOf(msg);
-  return { ...decodePayload(msg.payload), alg: msg.alg, publicKey, nodeId: nodeIdOf(publicKey), size: bytes.length };
+  return withEnvelope(decodePayload(msg.payload), msg, publicKey, nodeIdOf(publicKey), bytes.length);
 }
 
 /**
@@ -338,7 +367,7 @@ export function verifyPacket(topic: string, bytes: Uint8Array, options: VerifyOp
   const publicKey = kidOf(msg);
   const nodeId = nodeIdOf(publicKey);
   if (nodeId !== parsed.nodeId) refuse('ERR_NODE_MISMATCH', `key of node ${nodeId} signed a packet on node ${parsed.nodeId}'s topic`);
-  if (!verifySign1(msg, publicKey, utf8Bytes(topic), options.backend)) {
+  if (!verifySign1(msg, publicKey, topic, options.backend)) {
     refuse('ERR_BAD_SIGNATURE', 'signature does not verify for this topic');
   }
   const fields = decodePayload(msg.payload);
@@ -350,17 +379,12 @@ export function verifyPacket(topic: string, bytes: Uint8Array, options: VerifyOp
   if (options.maxSkewMs !== undefined && fields.ts > now + options.maxSkewMs) {
     refuse('ERR_TS_FUTURE', `ts is ${fields.ts - now} ms in the future; allowed skew is ${options.maxSkewMs} ms`);
   }
-  return {
-    ...fields,
-    alg: msg.alg,
-    publicKey,
-    nodeId,
-    size: bytes.length,
-    topic,
-    tplId: parsed.tplId,
-    levels: parsed.levels,
-    bytes,
-  };
+  const p = withEnvelope(fields, msg, publicKey, nodeId, bytes.length) as Mutable<VerifiedPacket>;
+  p.topic = topic;
+  p.tplId = parsed.tplId;
+  p.levels = parsed.levels;
+  p.bytes = bytes;
+  return p;
 }
 
 /** Result form of {@link verifyPacket} for hot paths that count refusals instead of catching. */

@@ -5,7 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
-import { b32, b32decode, sha256, utf8Bytes } from './bytes.js';
+import { b32, isB32Id16, sha256, utf8Bytes } from './bytes.js';
 import { QisError } from './errors.js';
 import { jcs } from './jcs.js';
 
@@ -49,7 +49,7 @@ export interface Template {
 
 /** True when `text` is a well-formed template id. */
 export function isTplId(text: string): text is TplId {
-  return text.length === 26 && b32decode(text)?.length === 16;
+  return isB32Id16(text);
 }
 
 const FIELD_KEYS: Record<FieldSpec['kind'], readonly string[]> = {

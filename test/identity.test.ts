@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, statSync, writeFileSync, readFileSync, chmodSync, 
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { b32, b32decode, enc, generateKey, keyFromSeed, loadKeyFile, nodeIdOf, isNodeId, saveKeyFile, keyFromJson } from '../src/index.js';
+import { b32, b32decode, isB32Id16, enc, generateKey, keyFromSeed, loadKeyFile, nodeIdOf, isNodeId, saveKeyFile, keyFromJson } from '../src/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-key-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -18,6 +18,24 @@ t.test('bytes - b32 is RFC 4648 base32, lowercase, unpadded (RFC 4648 §10 vecto
   t.equal(b32decode('MZXW6'), undefined, 'uppercase');
   t.equal(b32decode('mzx'), undefined, 'impossible length');
   t.same(enc('é'), Uint8Array.of(0, 2, 0xc3, 0xa9), 'enc: 2-byte big-endian UTF-8 length');
+});
+
+t.test('bytes - isB32Id16 accepts exactly the 26-character spellings b32decode reads as 16 bytes', async (t) => {
+  const alphabet = 'abcdefghijklmnopqrstuvwxyz234567A0=';
+  let seed = 99;
+  const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+  let agreeing = 0;
+  let valid = 0;
+  for (let i = 0; i < 20000; i++) {
+    const len = i % 10 === 0 ? 24 + rnd(4) : 26;
+    let s = '';
+    for (let j = 0; j < len; j++) s += alphabet[rnd(j === len - 1 ? alphabet.length : 32)];
+    const byDecode = s.length === 26 && b32decode(s)?.length === 16;
+    if (byDecode) valid++;
+    if (isB32Id16(s) === byDecode) agreeing++;
+  }
+  t.equal(agreeing, 20000);
+  t.ok(valid > 1000, `both answers occur (${valid} valid)`);
 });
 
 t.test('identity - nodeId is b32 of the first 16 bytes of SHA-256 of the public key', async (t) => {
