@@ -15,6 +15,7 @@
  * turns tags into Dates and shared references, and its encoder writes integers above 2^32 as
  * float64; each of those breaks byte equality or agreement between regions (README, Dependencies).
  */
+import { concat } from './bytes.js';
 import { QisError } from './errors.js';
 
 /** A CBOR tag with its content (tag 18 wraps COSE_Sign1). */
@@ -433,16 +434,7 @@ class Reader {
       else parts.push(chunk);
       this.pos += len;
     }
-    if (major === 3) return texts.join('');
-    let n = 0;
-    for (const p of parts) n += p.length;
-    const out = new Uint8Array(n);
-    let o = 0;
-    for (const p of parts) {
-      out.set(p, o);
-      o += p.length;
-    }
-    return out;
+    return major === 3 ? texts.join('') : concat(...parts);
   }
 
   text(b: Uint8Array, at: number): string {

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { ED25519_BACKENDS, keyFromSeed, signEd25519, verifyEd25519, type Ed25519Backend } from '../src/index.js';
 import { hex, toHexString, vector } from './helpers/vectors.js';
+import { prng } from './helpers/prng.js';
 
 interface WycheproofTest {
   tcId: number;
@@ -79,17 +80,6 @@ t.test('ed25519 - keyFromSeed refuses seeds that are not 32 bytes', async (t) =>
   for (const n of [0, 31, 33, 64]) t.throws(() => keyFromSeed(new Uint8Array(n)), { code: 'ERR_INVALID_ARGUMENT' }, `${n} bytes`);
 });
 
-/** Seeded PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 t.test('ed25519 - a signature made on one backend verifies on the other (200 random keys)', async (t) => {
   const rand = prng(25519);

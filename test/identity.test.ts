@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, statSync, writeFileSync, readFileSync, chmodSync, 
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { prng } from './helpers/prng.js';
 import { b32, b32decode, isB32Id16, enc, generateKey, keyFromSeed, loadKeyFile, nodeIdOf, isNodeId, saveKeyFile, keyFromJson } from '../src/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-key-'));
@@ -22,8 +23,8 @@ t.test('bytes - b32 is RFC 4648 base32, lowercase, unpadded (RFC 4648 §10 vecto
 
 t.test('bytes - isB32Id16 accepts exactly the 26-character spellings b32decode reads as 16 bytes', async (t) => {
   const alphabet = 'abcdefghijklmnopqrstuvwxyz234567A0=';
-  let seed = 99;
-  const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+  const rand = prng(99);
+  const rnd = (n: number): number => Math.floor(rand() * n);
   let agreeing = 0;
   let valid = 0;
   for (let i = 0; i < 20000; i++) {

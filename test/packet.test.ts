@@ -19,6 +19,7 @@ import {
   type PacketFields,
 } from '../src/index.js';
 import { bearing, situation, fixedKey } from './helpers/fixtures.js';
+import { prng } from './helpers/prng.js';
 
 const key = fixedKey(7);
 const other = fixedKey(8);
@@ -55,10 +56,7 @@ const code = (fn: () => unknown): string => {
 };
 
 t.test('packet - sign then verify round-trips every field, on both backends', async (t) => {
-  const rnd = (() => {
-    let s = 42;
-    return () => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
-  })();
+  const rnd = prng(42);
   for (let i = 0; i < 200; i++) {
     const f: PacketFields = {
       fp: addr.fp,
