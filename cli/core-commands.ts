@@ -66,7 +66,7 @@ const sign: Command = {
     key: { type: 'string', value: 'FILE', help: 'node key file (qis keygen)', required: true },
     template: { type: 'string', value: 'FILE', help: 'template file (YAML or JSON)', required: true },
     situation: { type: 'string', value: 'JSON', help: 'situation as JSON, or @FILE', required: true },
-    outcome: { type: 'string', value: 'JSON', help: 'outcome as JSON: "label", a number, or {"k": v} (required unless --del)' },
+    outcome: { type: 'string', value: 'VALUE', help: 'outcome: a label (failure), a number (1834), or JSON ({"h": 1834}); required unless --del' },
     conf: { type: 'string', value: 'X', help: 'confidence 0..1 (default 1, omitted from the packet)' },
     n: { type: 'string', value: 'N', help: 'observations behind the outcome (default 1)' },
     ctx: { type: 'string', value: 'JSON', help: "context values, e.g. '{\"rpm\":1480}' (the template's context names)" },
@@ -89,7 +89,7 @@ const sign: Command = {
     ]);
     const now = Date.now();
     const ctx = flags.ctx === undefined ? undefined : await objectFlag('ctx', str(flags.ctx));
-    const outcome = flags.outcome === undefined ? undefined : ((await jsonFlag('outcome', str(flags.outcome))) as Outcome);
+    const outcome = flags.outcome === undefined ? undefined : await outcomeFlag(str(flags.outcome));
     const { topic, packet } = createOutcomePacket({
       key,
       template,
@@ -118,12 +118,23 @@ const sign: Command = {
   },
 };
 
+/** An outcome flag: JSON when it parses as JSON ("x", 12, {"k": 1}), otherwise a bare label. */
+async function outcomeFlag(value: string): Promise<Outcome> {
+  if (value.startsWith('@')) return (await jsonFlag('outcome', value)) as Outcome;
+  try {
+    return JSON.parse(value) as Outcome;
+  } catch {
+    return value;
+  }
+}
+
 /** Packet bytes from --hex or stdin. A single trailing newline that a terminal tool added is
  *  dropped only when the packet does not decode with it. */
 async function packetBytes(flags: Record<string, string | boolean | undefined>, io: Io): Promise<Uint8Array> {
   if (flags.hex !== undefined) {
-    const b = fromHex(str(flags.hex).trim());
-    if (!b) throw usage('--hex must be an even number of hex digits');
+    // As xxd -p, od or a debugger print it: whitespace, colons and a 0x prefix are ignored.
+    const b = fromHex(str(flags.hex).replace(/^0x/i, '').replace(/[\s:]/g, ''));
+    if (!b) throw usage('--hex must be hex digits (an even number of them; spaces, colons and 0x are ignored)');
     return b;
   }
   return readStdin(io);
@@ -133,13 +144,14 @@ function withoutNewline(bytes: Uint8Array): Uint8Array | undefined {
   return bytes.length > 1 && bytes[bytes.length - 1] === 0x0a ? bytes.subarray(0, -1) : undefined;
 }
 
-/** Applies `fn` to the bytes; on ERR_CBOR_MALFORMED retries once without a trailing newline. */
+/** Applies `fn` to the bytes; when they do not decode (or are one byte too many) retries once
+ *  without a trailing newline. */
 function tolerant<T>(bytes: Uint8Array, fn: (b: Uint8Array) => T): T {
   try {
     return fn(bytes);
   } catch (e) {
     const trimmed = withoutNewline(bytes);
-    if (trimmed && e instanceof QisError && e.code === 'ERR_CBOR_MALFORMED') {
+    if (trimmed && e instanceof QisError && (e.code === 'ERR_CBOR_MALFORMED' || e.code === 'ERR_PACKET_TOO_LARGE')) {
       try {
         return fn(trimmed);
       } catch {
@@ -191,17 +203,23 @@ const verify: Command = {
   },
 };
 
+/** ISO time, or a note for a time no Date can hold (a valid packet may carry one). */
+function isoTime(ms: number): string {
+  const d = new Date(ms);
+  return Number.isNaN(d.getTime()) ? 'beyond the calendar' : d.toISOString();
+}
+
 function describe(p: DecodedPacket, verdict: string): string {
   const rows: Array<[string, string]> = [
     ['node', p.nodeId],
     ['seq', String(p.seq)],
-    ['time', `${new Date(p.ts).toISOString()} (${p.ts})`],
+    ['time', `${isoTime(p.ts)} (${p.ts})`],
     ['outcome', p.del ? '(tombstone: the node withdraws its packet)' : JSON.stringify(p.out)],
     ['confidence', String(p.conf)],
     ['n', String(p.n)],
   ];
   if (p.ctx) rows.push(['context', Object.entries(p.ctx).map(([k, v]) => `${k}=${v}`).join(' ')]);
-  if (p.exp !== undefined) rows.push(['expires', `${new Date(p.exp * 1000).toISOString()} (${p.exp})`]);
+  if (p.exp !== undefined) rows.push(['expires', `${isoTime(p.exp * 1000)} (${p.exp})`]);
   if (p.extra.size > 0) rows.push(['unknown keys', [...p.extra.keys()].map(String).join(', ')]);
   rows.push(['fp', toHex(p.fp)], ['size', `${p.size} bytes, alg ${p.alg}`], ['verified', verdict]);
   return rows.map(([k, v]) => `${k.padEnd(12)} ${v}`).join('\n');

@@ -40,17 +40,31 @@ function find(argv: string[]): { cmd: Command; rest: string[] } | undefined {
 
 export async function main(argv: string[], io: Io): Promise<number> {
   const first = argv[0];
-  if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
+  if (first === undefined) {
+    io.stderr.write(overview());
+    return EXIT_USAGE;
+  }
+  if (first === '--help' || first === '-h' || first === 'help') {
     io.stdout.write(overview());
-    return first === undefined ? EXIT_USAGE : EXIT_OK;
+    return EXIT_OK;
   }
   if (first === '--version' || first === '-v') {
     io.stdout.write(`${version()}\n`);
     return EXIT_OK;
   }
   const found = find(argv);
+  const group = commands.filter((c) => c.path[0] === first && c.path.length > 1);
+  if (!found && group.length > 0 && (argv[1] === undefined || argv[1] === '--help' || argv[1] === '-h')) {
+    // `qis packet` or `qis packet --help`: the group's subcommands.
+    const text = [`qis ${first}: ${group.map((c) => c.path[1]).join(', ')}`, '', ...group.map((c) => `  ${c.path.join(' ').padEnd(16)} ${c.summary}`), '', `See: qis ${first} <subcommand> --help`, ''].join('\n');
+    if (argv[1] === undefined) {
+      io.stderr.write(text);
+      return EXIT_USAGE;
+    }
+    io.stdout.write(text);
+    return EXIT_OK;
+  }
   if (!found) {
-    const group = commands.filter((c) => c.path[0] === first);
     const hint = group.length > 0 ? `; "${first}" takes: ${group.map((c) => c.path.slice(1).join(' ')).join(', ')}` : '';
     return reportError(usage(`unknown command "${argv.slice(0, 2).join(' ')}"${hint} (see: qis --help)`), argv.includes('--json'), io);
   }

@@ -118,6 +118,7 @@ export async function readStdin(io: Io, limit = 1 << 20): Promise<Uint8Array> {
     if (n > limit) throw usage(`stdin holds more than ${limit} bytes; a packet is at most 512`);
     chunks.push(b);
   }
+  if (n === 0) throw usage('stdin is empty: pipe a raw packet (e.g. mosquitto_sub -C 1 -N -t TOPIC | qis …) or give --hex');
   return new Uint8Array(Buffer.concat(chunks));
 }
 

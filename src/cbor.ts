@@ -228,7 +228,7 @@ function writeMap(w: CborWriter, entries: Iterable<[CborValue, CborValue]>, dept
     return;
   }
   const sorted: Array<[Uint8Array, CborValue]> = [];
-  for (const [k, v] of list) sorted.push([encodeCbor(k, depth + 1), v]);
+  for (const [k, v] of list) sorted.push([encodeWith((kw) => writeValue(kw, k, depth + 1)), v]);
   sorted.sort((a, b) => compareBytes(a[0], b[0]));
   for (let i = 1; i < sorted.length; i++) {
     if (compareBytes((sorted[i - 1] as [Uint8Array, CborValue])[0], (sorted[i] as [Uint8Array, CborValue])[0]) === 0) {
@@ -258,10 +258,11 @@ function writeObject(w: CborWriter, v: { readonly [key: string]: CborValue }, de
   }
 }
 
-const MAX_ENCODE_DEPTH = 64;
+/** Deepest nesting the codec writes or reads; a decoder's `maxDepth` cannot go past it. */
+export const MAX_DEPTH = 64;
 
 function writeValue(w: CborWriter, v: CborValue, depth: number): void {
-  if (depth > MAX_ENCODE_DEPTH) throw new QisError('ERR_INVALID_ARGUMENT', 'value nests too deeply to encode');
+  if (depth > MAX_DEPTH) throw new QisError('ERR_INVALID_ARGUMENT', 'value nests too deeply to encode');
   switch (typeof v) {
     case 'number':
       writeNumber(w, v);
@@ -319,8 +320,8 @@ function writeValue(w: CborWriter, v: CborValue, depth: number): void {
  *
  * @example encodeCbor(new Map([[1, 1], [2, new Uint8Array(16)]]))
  */
-export function encodeCbor(value: CborValue, depth = 0): Uint8Array {
-  return encodeWith((w) => writeValue(w, value, depth));
+export function encodeCbor(value: CborValue): Uint8Array {
+  return encodeWith((w) => writeValue(w, value, 0));
 }
 
 /**
@@ -574,14 +575,12 @@ class Reader {
 }
 
 export interface DecodeOptions {
-  /** Deepest nesting accepted (default 16, at most 256). */
+  /** Deepest nesting accepted (default 16, at most {@link MAX_DEPTH}). */
   readonly maxDepth?: number;
   /** Return floats as {@link CborFloat} instead of number, to tell `1.0` from `1`. */
   readonly markFloats?: boolean;
 }
 
-/** Nesting limit that no option can raise: far below what would exhaust the stack. */
-export const MAX_DECODE_DEPTH = 256;
 
 /**
  * Decodes exactly one CBOR item that fills `bytes`. Maps decode to `Map`, byte strings to
@@ -591,7 +590,7 @@ export const MAX_DECODE_DEPTH = 256;
  * @example decodeCbor(Uint8Array.of(0x82, 0x01, 0x02)) // [1, 2]
  */
 export function decodeCbor(bytes: Uint8Array, options: DecodeOptions = {}): CborValue {
-  const r = new Reader(bytes, Math.min(options.maxDepth ?? 16, MAX_DECODE_DEPTH), options.markFloats ?? false);
+  const r = new Reader(bytes, Math.min(options.maxDepth ?? 16, MAX_DEPTH), options.markFloats ?? false);
   const v = r.value(0);
   if (r.pos !== bytes.length) throw malformed(`${bytes.length - r.pos} bytes after the item`, r.pos);
   return v;

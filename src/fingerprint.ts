@@ -5,7 +5,7 @@
  *   fp  = H(T || enc(c_1) || … || enc(c_k))[0..16]
  */
 import { sha256 as nobleSha256 } from '@noble/hashes/sha2.js';
-import { b32, b32decode, enc } from './bytes.js';
+import { b32, enc } from './bytes.js';
 import { QisError } from './errors.js';
 import { isNodeId, type NodeId } from './identity.js';
 import { canon, isTplId, type Template, type TplId } from './template.js';
@@ -77,7 +77,6 @@ export function cohortFilter(addr: Pick<Address, 'tplId' | 'levels'>, widen = 0)
 /** The parts of an outcome topic. */
 export interface ParsedTopic {
   readonly tplId: TplId;
-  readonly idBytes: Uint8Array;
   readonly levels: readonly string[];
   readonly nodeId: NodeId;
 }
@@ -93,19 +92,20 @@ export function parseOutcomeTopic(topic: string, depth?: number): ParsedTopic {
   const levels = (m[2] as string).slice(1).split('/');
   if (depth !== undefined && levels.length !== depth) badTopic(topic, `has ${levels.length} levels, the template routes on ${depth}`);
   const tplId = m[1] as TplId;
-  return { tplId, idBytes: b32decode(tplId) as Uint8Array, levels, nodeId: m[3] as NodeId };
+  return { tplId, levels, nodeId: m[3] as NodeId };
 }
 
 // The whole outcome topic in one pattern (ids: 26 base32 characters encoding 16 bytes, see isB32Id16).
 const OUTCOME_TOPIC_RE = /^qis\/1\/o\/([a-z2-7]{25}[aeimquy4])((?:\/[a-z2-7]{10})+)\/([a-z2-7]{25}[aeimquy4])$/;
 
-function badTopic(topic: string, what: string): never {
-  throw new QisError('ERR_TOPIC_INVALID', `topic ${JSON.stringify(String(topic).slice(0, 200))}: ${what}`);
+function badTopic(topic: unknown, what: string): never {
+  const shown = typeof topic === 'string' ? JSON.stringify(topic.slice(0, 200)) : `(a ${typeof topic})`;
+  throw new QisError('ERR_TOPIC_INVALID', `topic ${shown}: ${what}`);
 }
 
 /** Says which part of a topic that failed OUTCOME_TOPIC_RE is wrong. */
 function explainBadTopic(topic: string): never {
-  if (typeof topic !== 'string') return badTopic(String(topic), 'not a string');
+  if (typeof topic !== 'string') return badTopic(topic, 'not a string');
   const parts = topic.split('/');
   if (parts[0] !== 'qis' || parts[1] !== '1' || parts[2] !== 'o') return badTopic(topic, 'does not start with qis/1/o/');
   if (parts.length < 6) return badTopic(topic, 'needs a template id, at least one level and a node id');

@@ -4,7 +4,7 @@
  */
 export { QisError, ERROR_CODES, isQisError, type ErrorCode } from './errors.js';
 export { sha256, b32, b32decode, isB32Id16, enc, toHex, fromHex, equalBytes, utf8Bytes } from './bytes.js';
-export { encodeCbor, decodeCbor, CborTag, CborSimple, CborFloat, MAX_DECODE_DEPTH, type CborValue, type DecodeOptions } from './cbor.js';
+export { encodeCbor, decodeCbor, CborTag, CborSimple, CborFloat, MAX_DEPTH, type CborValue, type DecodeOptions } from './cbor.js';
 export { jcs } from './jcs.js';
 export {
   generateKey,

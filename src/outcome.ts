@@ -5,7 +5,7 @@
 import { QisError } from './errors.js';
 import { address, outcomeTopic, type Address, type Situation } from './fingerprint.js';
 import type { Ed25519Backend, NodeKey } from './identity.js';
-import { signPacket, type Outcome, type PacketFields } from './packet.js';
+import { checkOutcome, signPacket, type Outcome, type PacketFields } from './packet.js';
 import type { Template } from './template.js';
 
 export interface OutcomePacketInput {
@@ -52,13 +52,12 @@ export function checkOutcomeFits(template: Template, outcome: unknown): Outcome 
       return outcome;
     case 'map': {
       if (typeof outcome !== 'object' || outcome === null || Array.isArray(outcome)) return bad('expected a map of name to text or number');
-      const entries = Object.entries(outcome as Record<string, unknown>);
-      if (entries.length === 0) return bad('map is empty');
-      for (const [k, v] of entries) {
-        if (spec.keys && !spec.keys.includes(k)) bad(`"${k}" is not one of the keys ${spec.keys.join(', ')}`);
-        if (!(typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v)))) bad(`"${k}" must be text or a finite number`);
-      }
-      return outcome as Outcome;
+      const map = checkOutcome(outcome, 'ERR_OUTCOME_INVALID') as Readonly<Record<string, string | number>>;
+      const keys = Object.keys(map);
+      if (keys.length === 0) return bad('map is empty');
+      const unknown = spec.keys && keys.find((k) => !spec.keys?.includes(k));
+      if (unknown) return bad(`"${unknown}" is not one of the keys ${spec.keys?.join(', ')}`);
+      return map;
     }
   }
 }

@@ -98,10 +98,15 @@ function refuse(code: ErrorCode, message: string): never {
 // ---------------------------------------------------------------------------------- signing
 
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-/** Where the protocol takes any number, a decoded float counts as its value (§1: any width). */
-const num = (v: unknown): unknown => (v instanceof CborFloat ? v.value : v);
+/** Where the protocol takes any number, any width counts (§1): a decoded float is its value, and an
+ *  integer beyond 2^53 (a bigint from the decoder) is the nearest number. */
+const num = (v: unknown): unknown => (v instanceof CborFloat ? v.value : typeof v === 'bigint' ? Number(v) : v);
 
-function checkOutcome(value: unknown, code: ErrorCode): Outcome {
+/**
+ * Checks that a value has the type of PROTOCOL §5 `out` (text, finite number, or map of text to
+ * text/number) and returns it as a plain value (maps as null-prototype objects).
+ */
+export function checkOutcome(value: unknown, code: ErrorCode): Outcome {
   const out = num(value);
   if (typeof out === 'string') return out;
   if (typeof out === 'number') {
@@ -110,8 +115,8 @@ function checkOutcome(value: unknown, code: ErrorCode): Outcome {
   }
   if (typeof out === 'object' && out !== null && !Array.isArray(out) && !(out instanceof Uint8Array)) {
     const entries = out instanceof Map ? [...out.entries()] : Object.entries(out);
-    if (entries.length === 0) refuse(code, 'out map is empty');
-    const obj: Record<string, string | number> = {};
+    // Null prototype: a key named "__proto__" is kept as data, not swallowed.
+    const obj: Record<string, string | number> = Object.create(null) as Record<string, string | number>;
     for (const [k, raw] of entries) {
       const v = num(raw);
       if (typeof k !== 'string') refuse(code, 'out map keys must be text');
@@ -128,7 +133,7 @@ function checkOutcome(value: unknown, code: ErrorCode): Outcome {
 function checkCtx(ctx: unknown, code: ErrorCode): { [key: string]: number } {
   if (typeof ctx !== 'object' || ctx === null || Array.isArray(ctx)) refuse(code, 'ctx must be a map of text to number');
   const entries = ctx instanceof Map ? [...ctx.entries()] : Object.entries(ctx);
-  const obj: Record<string, number> = {};
+  const obj: Record<string, number> = Object.create(null) as Record<string, number>;
   for (const [k, raw] of entries) {
     const v = num(raw);
     if (typeof k !== 'string') refuse(code, 'ctx keys must be text');
@@ -154,7 +159,7 @@ export function encodePayload(f: PacketFields): Uint8Array {
   if (f.n !== undefined && (!isUint(f.n) || f.n < 1)) refuse('ERR_PACKET_FIELD', `n must be an integer ≥ 1, not ${f.n}`);
   const ctx = f.ctx === undefined ? undefined : checkCtx(f.ctx, 'ERR_PACKET_FIELD');
   if (f.exp !== undefined && !isUint(f.exp)) refuse('ERR_PACKET_FIELD', `exp must be Unix seconds (an integer ≥ 0), not ${f.exp}`);
-  if (f.del !== undefined && f.del !== true && f.del !== false) refuse('ERR_PACKET_FIELD', 'del must be true or absent');
+  if (f.del !== undefined && f.del !== true && f.del !== false) refuse('ERR_PACKET_FIELD', 'del must be a boolean (true writes a tombstone)');
   const del = f.del === true;
   // Keys written in ascending order, which is the deterministic order (PROTOCOL §1).
   const entries: Array<[number, CborValue | undefined]> = [
@@ -288,8 +293,9 @@ export function decodePayload(payload: Uint8Array): PayloadFields {
   if (seq === undefined) refuse('ERR_PAYLOAD_INVALID', 'payload has no seq (3)');
   const ts = uintField(m, 4, 'ts (4)');
   if (ts === undefined) refuse('ERR_PAYLOAD_INVALID', 'payload has no ts (4)');
+  // §5 writes del only as true; a false from another signer is read as "not a tombstone".
   const del = m.get(10);
-  if (del !== undefined && del !== true) refuse('ERR_PAYLOAD_INVALID', 'del (10) must be true when present');
+  if (del !== undefined && typeof del !== 'boolean') refuse('ERR_PAYLOAD_INVALID', 'del (10) must be a boolean');
   const rawOut = m.get(5);
   if (rawOut === undefined && del !== true) refuse('ERR_PAYLOAD_INVALID', 'payload has no out (5) and is not a tombstone');
   const out = rawOut === undefined ? undefined : checkOutcome(rawOut, 'ERR_PAYLOAD_INVALID');

@@ -52,16 +52,11 @@ export function isTplId(text: string): text is TplId {
   return isB32Id16(text);
 }
 
-const FIELD_KEYS: Record<FieldSpec['kind'], readonly string[]> = {
-  category: ['name', 'kind', 'values'],
-  number: ['name', 'kind', 'bins'],
-  boolean: ['name', 'kind'],
-};
-const OUTCOME_KEYS: Record<OutcomeSpec['kind'], readonly string[]> = {
-  category: ['kind', 'labels'],
-  number: ['kind', 'unit'],
-  map: ['kind', 'keys'],
-};
+// Members that belong to one kind. Any other extra member (a unit, a description) is allowed,
+// hashed into the id and otherwise ignored, as another implementation would; but a member of
+// another kind (bins on a category) is a mistake and refused.
+const FIELD_KIND_KEYS: Record<FieldSpec['kind'], readonly string[]> = { category: ['values'], number: ['bins'], boolean: [] };
+const OUTCOME_KIND_KEYS: Record<OutcomeSpec['kind'], readonly string[]> = { category: ['labels'], number: ['unit'], map: ['keys'] };
 /** Most routed fields a template may have (each is a topic level). */
 export const MAX_FIELDS = 32;
 
@@ -73,9 +68,10 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function checkKeys(o: Record<string, unknown>, allowed: readonly string[], where: string): void {
-  for (const k of Object.keys(o)) {
-    if (!allowed.includes(k)) bad(where, `unknown key "${k}" (allowed: ${allowed.join(', ')})`);
+function checkKindKeys<K extends string>(o: Record<string, unknown>, kind: K, byKind: Record<K, readonly string[]>, where: string): void {
+  for (const [other, keys] of Object.entries(byKind) as Array<[K, readonly string[]]>) {
+    if (other === kind) continue;
+    for (const k of keys) if (k in o) bad(where, `"${k}" belongs to kind ${other}, not ${kind}`);
   }
 }
 
@@ -105,7 +101,7 @@ function validateField(f: unknown, i: number, closedSets: Map<string, ReadonlySe
   if (kind !== 'category' && kind !== 'number' && kind !== 'boolean') {
     bad(where, `kind must be category, number or boolean, not ${JSON.stringify(kind)}`);
   }
-  checkKeys(f, FIELD_KEYS[kind], where);
+  checkKindKeys(f, kind, FIELD_KIND_KEYS, where);
   if (kind === 'category' && f.values !== undefined) {
     closedSets.set(f.name, stringSet(f.values, `${where} values`));
   }
@@ -126,7 +122,7 @@ function validateOutcome(o: unknown): void {
   if (kind !== 'category' && kind !== 'number' && kind !== 'map') {
     bad('outcome', `kind must be category, number or map, not ${JSON.stringify(kind)}`);
   }
-  checkKeys(o, OUTCOME_KEYS[kind], 'outcome');
+  checkKindKeys(o, kind, OUTCOME_KIND_KEYS, 'outcome');
   if (kind === 'category') stringSet(o.labels, 'outcome labels');
   if (kind === 'number' && o.unit !== undefined && typeof o.unit !== 'string') bad('outcome', 'unit must be a string');
   if (kind === 'map' && o.keys !== undefined) stringSet(o.keys, 'outcome keys');
@@ -142,7 +138,11 @@ function validateOutcome(o: unknown): void {
  *   fields: [{ name: 'model', kind: 'category' }], outcome: { kind: 'number', unit: 'h' } })
  * t.tplId // 26 base32 characters
  */
-export function compileTemplate(doc: unknown): Template {
+export function compileTemplate(input: unknown): Template {
+  // Canonicalise first: it refuses what JSON cannot carry, and parsing the canonical text back
+  // gives a private deep copy, so what is validated and frozen is exactly what was hashed.
+  const canonicalJson = jcs(input, { safeIntegers: true });
+  const doc = JSON.parse(canonicalJson) as unknown;
   if (!isObject(doc)) bad('', 'must be an object with name, version, fields and outcome');
   if (!nonEmptyString(doc.name)) bad('name', 'must be a non-empty string');
   if (typeof doc.version !== 'number' || !Number.isSafeInteger(doc.version)) bad('version', 'must be an integer');
@@ -161,7 +161,7 @@ export function compileTemplate(doc: unknown): Template {
     }
   }
   validateOutcome(doc.outcome);
-  const canonicalJson = jcs(doc);
+  deepFreeze(doc);
   const idBytes = sha256(utf8Bytes(canonicalJson)).slice(0, 16);
   return Object.freeze({
     doc: doc as unknown as TemplateDoc,
@@ -173,16 +173,21 @@ export function compileTemplate(doc: unknown): Template {
   });
 }
 
+function deepFreeze(v: unknown): void {
+  if (typeof v !== 'object' || v === null) return;
+  Object.freeze(v);
+  for (const x of Object.values(v)) deepFreeze(x);
+}
+
 /**
- * Parses template text: JSON when it is JSON, otherwise YAML 1.2 (duplicate keys refused).
+ * Parses template text, YAML 1.2 or JSON (duplicate keys refused).
  * @throws QisError ERR_TEMPLATE_PARSE | ERR_TEMPLATE_INVALID
  */
 export function parseTemplate(text: string, source = 'template'): Template {
   let doc: unknown;
-  const trimmed = text.trimStart();
   try {
-    if (trimmed.startsWith('{')) doc = JSON.parse(text);
-    else doc = parseYaml(text, { uniqueKeys: true, prettyErrors: true });
+    // JSON is YAML 1.2, so one parser reads both and refuses duplicate keys in both.
+    doc = parseYaml(text, { uniqueKeys: true, prettyErrors: true });
   } catch (e) {
     throw new QisError('ERR_TEMPLATE_PARSE', `${source}: ${(e as Error).message}`, { cause: e });
   }
@@ -214,6 +219,8 @@ export async function loadTemplate(path: string): Promise<Template> {
  * @example canon({ name: 'load_kn', kind: 'number', bins: [0, 10, 50] }, 42.5) // 'b1'
  */
 export function canon(field: FieldSpec, value: unknown, closedSet?: ReadonlySet<string>): string {
+  // A compiled template passes its NFC set; a bare field spec gets one made here.
+  if (!closedSet && field.kind === 'category' && field.values) closedSet = new Set(field.values.map((v) => v.normalize('NFC')));
   const bad = (what: string): never => {
     throw new QisError('ERR_FIELD_VALUE', `field "${field.name}": ${what}`);
   };

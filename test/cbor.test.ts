@@ -630,8 +630,11 @@ t.test('cbor - nesting deeper than maxDepth refused, not a stack overflow', asyn
   t.throws(() => decodeCbor(maps), { code: 'ERR_CBOR_MALFORMED' }, '600 nested maps');
   t.doesNotThrow(() => decodeCbor(nested(0x81, 4), { maxDepth: 4 }), 'four arrays deep within maxDepth 4');
   t.throws(() => decodeCbor(nested(0x81, 5), { maxDepth: 4 }), { code: 'ERR_CBOR_MALFORMED' }, 'five arrays deep beyond maxDepth 4');
-  t.doesNotThrow(() => decodeCbor(nested(0x81, 200), { maxDepth: 1000 }), 'a larger maxDepth lets 200 levels through');
-  t.throws(() => decodeCbor(nested(0x81, 600), { maxDepth: 1000 }), { code: 'ERR_CBOR_MALFORMED', message: /deeper than 256/ }, 'no option raises the depth past MAX_DECODE_DEPTH');
+  t.doesNotThrow(() => decodeCbor(nested(0x81, 60), { maxDepth: 1000 }), 'a larger maxDepth lets 60 levels through');
+  t.throws(() => decodeCbor(nested(0x81, 65), { maxDepth: 1000 }), { code: 'ERR_CBOR_MALFORMED', message: /deeper than 64/ }, 'no option raises the depth past MAX_DEPTH');
+  // Object keys are compared by encoding them; that must not turn into an encoder error.
+  const deepKey = Uint8Array.from([0xa2, ...new Array(40).fill(0x81), 0, 0, ...new Array(40).fill(0x81), 0, 1]);
+  t.throws(() => decodeCbor(deepKey, { maxDepth: 64 }), { code: 'ERR_CBOR_MALFORMED', message: /duplicate/ }, 'deep duplicate array keys');
   t.throws(() => decodeCbor(nested(0x81, 100_000), { maxDepth: 1e9 }), { code: 'ERR_CBOR_MALFORMED' }, 'a huge maxDepth cannot overflow the stack');
 });
 
@@ -688,4 +691,33 @@ t.test('cbor - fuzz: random bytes and packet mutations decode or throw ERR_CBOR_
   t.ok(accepted - randomAccepted > 0, 'some packet mutations still decode');
   t.comment(`fuzz took ${ms.toFixed(0)} ms`);
   t.ok(ms < 10_000, 'fuzz finishes in reasonable time');
+});
+
+t.test('cbor - the fast map paths give the bytes of the general rule (keys sorted by their encodings)', async (t) => {
+  const rand = prng(0xfa57);
+  const reference = (entries: Array<[CborValue, CborValue]>): string => {
+    const parts = entries.map(([k, v]) => [toHexString(encodeCbor(k)), toHexString(encodeCbor(v))] as const);
+    parts.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)); // hex order = byte order
+    const n = parts.length;
+    const head = n < 24 ? (0xa0 + n).toString(16) : `b8${n.toString(16).padStart(2, '0')}`;
+    return head + parts.map(([k, v]) => k + v).join('');
+  };
+  let checked = 0;
+  for (let i = 0; i < 300; i++) {
+    const n = Math.floor(rand() * 30);
+    const ints = new Map<CborValue, CborValue>();
+    const obj: Record<string, CborValue> = {};
+    for (let j = 0; j < n; j++) {
+      ints.set(Math.floor(rand() * (j % 3 === 0 ? 70000 : 300)), j);
+      const len = Math.floor(rand() * 30);
+      let k = '';
+      for (let c = 0; c < len; c++) k += String.fromCharCode(0x20 + Math.floor(rand() * 95));
+      obj[k] = j;
+    }
+    if (toHexString(encodeCbor(ints)) !== reference([...ints.entries()])) t.fail(`integer keys #${i}`);
+    if (toHexString(encodeCbor(obj)) !== reference(Object.entries(obj))) t.fail(`ASCII object keys #${i}`);
+    if (toHexString(encodeCbor(obj)) !== toHexString(encodeCbor(new Map(Object.entries(obj))))) t.fail(`object = Map #${i}`);
+    checked++;
+  }
+  t.equal(checked, 300);
 });

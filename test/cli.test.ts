@@ -2,6 +2,7 @@ import t from 'tap';
 import { mkdtempSync, rmSync, statSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createOutcomePacket, keyFromJson, parseTemplate } from '../src/index.js';
 import { qis } from './helpers/cli.js';
 import { vector, hex } from './helpers/vectors.js';
 
@@ -22,7 +23,11 @@ t.test('cli - qis --help lists every command; each command has --help mentioning
   }
   const none = await qis([]);
   t.equal(none.status, 2, 'no command is a usage error');
-  t.match(none.stdout, /Commands:/);
+  t.match(none.stderr, /Commands:/);
+  const group = await qis(['packet', '--help']);
+  t.equal(group.status, 0, 'qis packet --help');
+  t.match(group.stdout, /packet sign[\s\S]*packet verify/);
+  t.equal((await qis(['packet'])).status, 2, 'qis packet alone is a usage error');
 });
 
 t.test('cli - usage errors exit 2 with ERR_CLI_USAGE, as JSON with --json', async (t) => {
@@ -101,6 +106,38 @@ t.test('cli - a refused packet exits 1 with its code', async (t) => {
   t.match(dec.stdout, /verified\s+INVALID ERR_NODE_MISMATCH/);
   const badHex = await qis(['decode', '--hex', 'xyz']);
   t.equal(badHex.status, 2);
+});
+
+t.test('cli - what people type: a bare label, hex from xxd, a newline from mosquitto_sub, odd times, empty stdin', async (t) => {
+  const file = join(dir, 'typing.key');
+  t.equal((await qis(['keygen', '--out', file])).status, 0);
+  const bare = await qis(['packet', 'sign', '--key', file, '--template', TPL, '--situation', SIT, '--outcome', 'failure', '--json']);
+  t.equal(bare.status, 0, bare.stderr);
+  const { topic, packet } = json(bare.stdout);
+  const spaced = packet.match(/.{1,60}/g).join('\n ');
+  const v = await qis(['packet', 'verify', '--topic', topic, '--hex', `0x${spaced}`, '--json']);
+  t.equal(json(v.stdout).out, 'failure', 'a bare --outcome is a label; hex may carry 0x and line breaks');
+  t.equal(json((await qis(['packet', 'sign', '--key', file, '--template', TPL, '--situation', SIT, '--outcome', 'exploded', '--json'])).stdout).code, 'ERR_OUTCOME_INVALID');
+  // The largest packet (512 bytes) plus the newline mosquitto_sub adds without -N.
+  const mapTpl = join(dir, 'map.yaml');
+  writeFileSync(mapTpl, 'name: m\nversion: 1\nfields: [{name: a, kind: boolean}]\noutcome: {kind: map}\n');
+  const key = keyFromJson(JSON.parse(readFileSync(file, 'utf8')));
+  const size = (pad: number): number =>
+    createOutcomePacket({ key, template: parseTemplate(readFileSync(mapTpl, 'utf8')), situation: { a: true }, outcome: { note: 'x'.repeat(pad) }, seq: 1, ts: 1 }).packet.length;
+  let pad = 300;
+  while (size(pad) < 512) pad++;
+  const r = await qis(['packet', 'sign', '--key', file, '--template', mapTpl, '--situation', '{"a":true}', '--outcome', JSON.stringify({ note: 'x'.repeat(pad) }), '--seq', '1', '--ts', '1', '--json']);
+  const big = json(r.stdout) as { topic: string; packet: string };
+  t.equal(big.packet.length, 1024, 'a 512-byte packet');
+  const withNewline = Buffer.concat([Buffer.from(big.packet, 'hex'), Buffer.from('\n')]);
+  t.equal((await qis(['packet', 'verify', '--topic', big.topic], withNewline)).status, 0, '512 bytes + newline verifies');
+  const far = await qis(['packet', 'sign', '--key', file, '--template', TPL, '--situation', SIT, '--outcome', 'failure', '--ts', '9000000000000000', '--exp', '9000000000000', '--json']);
+  const dec = await qis(['decode', '--hex', json(far.stdout).packet]);
+  t.equal(dec.status, 0, dec.stderr);
+  t.match(dec.stdout, /time\s+beyond the calendar/);
+  const empty = await qis(['decode']);
+  t.equal(empty.status, 2);
+  t.match(empty.stderr, /stdin is empty/);
 });
 
 t.test('cli - keygen writes a 0600 key once and refuses to overwrite it', async (t) => {

@@ -204,13 +204,25 @@ t.test('packet - wrong types in any payload field are refused with a code, after
     ['ctx not a map', payloadMap([[8, [1]]]), 'ERR_PAYLOAD_INVALID'],
     ['ctx text value', payloadMap([[8, new Map([['rpm', 'fast']])]]), 'ERR_PAYLOAD_INVALID'],
     ['exp negative', payloadMap([[9, -5]]), 'ERR_PAYLOAD_INVALID'],
-    ['del false', payloadMap([[10, false]]), 'ERR_PAYLOAD_INVALID'],
     ['del 1', payloadMap([[10, 1]]), 'ERR_PAYLOAD_INVALID'],
     ['deeply nested unknown key', Uint8Array.from([0xa6, 1, 1, 2, 0x50, ...addr.fp, 3, 7, 4, 0x1b, ...Buffer.from('000001a1ee565e00', 'hex'), 5, 0x61, 0x78, 0x18, 99, ...new Array(40).fill(0x81), 0]), 'ERR_CBOR_MALFORMED'],
   ];
   for (const [what, payload, want] of cases) {
     t.equal(code(() => verifyPacket(topic, craft(payload), { now: NOW })), want, what);
   }
+});
+
+t.test('packet - del false from another signer reads as no tombstone; out and ctx take big integers and odd keys', async (t) => {
+  t.equal(verifyPacket(topic, craft(payloadMap([[10, false]])), { now: NOW }).del, false);
+  const big = verifyPacket(topic, craft(payloadMap([[5, new Map([['k', 2n ** 60n]])], [8, new Map([['rpm', 10n ** 19n]])]])), { now: NOW });
+  t.same({ ...(big.out as object) }, { k: 2 ** 60 });
+  t.same({ ...big.ctx }, { rpm: 1e19 });
+  const signed = signPacket(key, topic, { ...base, ctx: { rpm: 1e19 }, out: -(2 ** 60) });
+  t.equal(verifyPacket(topic, signed, { now: NOW }).out, -(2 ** 60), 'what we sign, we accept');
+  const proto = JSON.parse('{"__proto__": "x", "y": 1}') as Record<string, string | number>;
+  const p = verifyPacket(topic, signPacket(key, topic, { ...base, out: proto }), { now: NOW });
+  t.same(Object.keys(p.out as object).sort(), ['__proto__', 'y'], 'a "__proto__" key is data');
+  t.equal(verifyPacket(topic, craft(payloadMap([[5, new Map()]])), { now: NOW }).out !== undefined, true, 'an empty out map is a map');
 });
 
 t.test('packet - number fields accept any width: conf, ctx and out as float64 even when whole', async (t) => {

@@ -62,11 +62,13 @@ t.test('template - validation errors name the offending field', async (t) => {
     ['unknown kind', (d) => (d.fields[0].kind = 'text'), /field "machine_model".*kind must be/],
     ['number without bins', (d) => delete d.fields[2].bins, /field "load_kn".*bins/],
     ['bins not increasing', (d) => (d.fields[2].bins = [0, 10, 10]), /field "load_kn".*strictly increasing/],
-    ['bins not finite', (d) => (d.fields[2].bins = [0, Infinity]), /field "load_kn".*finite/],
+    ['bins not finite', (d) => (d.fields[2].bins = [0, Infinity]), /fields\[2\]\.bins\[1\]: the number Infinity/],
+    ['bins beyond 2^53', (d) => (d.fields[2].bins = [0, 2 ** 60]), /fields\[2\]\.bins\[1\]: the integer .* beyond 2\^53-1/],
     ['bins not numbers', (d) => (d.fields[2].bins = [0, '10']), /field "load_kn".*bins\[1\]/],
     ['empty closed set', (d) => (d.fields[1].values = []), /field "bearing_type" values/],
     ['duplicate closed value', (d) => (d.fields[1].values = ['ball', 'ball']), /"ball" is listed twice/],
-    ['unknown field key', (d) => (d.fields[3].bins = [1]), /field "sealed".*unknown key "bins"/],
+    ['a member of another kind', (d) => (d.fields[3].bins = [1]), /field "sealed".*"bins" belongs to kind number/],
+    ['labels on a number outcome', (d) => (d.outcome = { kind: 'number', labels: ['a'] }), /outcome.*"labels" belongs to kind category/],
     ['no fields', (d) => (d.fields = []), /fields/],
     ['field without a name', (d) => (d.fields[0].name = ''), /fields\[0\]/],
     ['bad outcome kind', (d) => (d.outcome = { kind: 'text' }), /outcome/],
@@ -82,6 +84,19 @@ t.test('template - validation errors name the offending field', async (t) => {
     t.throws(() => compileTemplate(d), { code: 'ERR_TEMPLATE_INVALID', message: re }, what);
   }
   t.throws(() => compileTemplate([]), { code: 'ERR_TEMPLATE_INVALID' }, 'not an object');
+});
+
+t.test('template - other extra members are hashed and otherwise ignored; the compiled document is a frozen copy', async (t) => {
+  const d = clone(bearingDoc) as any;
+  d.fields[2].unit = 'kN';
+  d.outcome.description = 'bearing seized or spalled';
+  const tpl = compileTemplate(d);
+  t.not(tpl.tplId, compileTemplate(bearingDoc).tplId, 'extra members change the id');
+  t.match(tpl.canonicalJson, /"unit":"kN"/);
+  d.fields[2].bins.push(1000);
+  t.same((tpl.doc.fields[2] as unknown as { bins: number[] }).bins, [0, 10, 50, 200], 'later changes to the input do not reach the template');
+  t.ok(Object.isFrozen(tpl.doc.fields[2]), 'deeply frozen');
+  t.throws(() => parseTemplate('{"name": "a", "name": "b"}'), { code: 'ERR_TEMPLATE_PARSE' }, 'duplicate keys in JSON too');
 });
 
 t.test('template - unparsable text is ERR_TEMPLATE_PARSE with the source name', async (t) => {
@@ -106,6 +121,7 @@ t.test('template - canon follows PROTOCOL §3 for every kind', async (t) => {
   t.equal(canon({ name: 'b', kind: 'boolean' }, true), 'true');
   t.equal(canon({ name: 'b', kind: 'boolean' }, false), 'false');
   t.throws(() => canon({ name: 'b', kind: 'boolean' }, 'true'), { code: 'ERR_FIELD_VALUE' });
+  t.throws(() => canon({ name: 'c', kind: 'category', values: ['a', 'b'] }, 'z'), { code: 'ERR_FIELD_VALUE', message: /not one of a, b/ }, 'a bare field spec keeps its closed set');
   const cat = { name: 'm', kind: 'category' } as const;
   t.equal(canon(cat, 'KX-200'), 'KX-200', 'no case folding');
   t.equal(canon(cat, 'Cafe\u0301'), 'Caf\u00e9', 'NFC');
