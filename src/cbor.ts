@@ -160,9 +160,6 @@ export class CborWriter {
     this.pos += 8;
   }
 
-  result(): Uint8Array {
-    return this.buf.slice(0, this.pos);
-  }
 }
 
 
@@ -329,12 +326,20 @@ export function encodeCbor(value: CborValue): Uint8Array {
  * @example encodeWith((w) => { w.head(4, 2); w.value(1); w.byteString(fp) })
  */
 export function encodeWith(write: (w: CborWriter) => void): Uint8Array {
+  return encodeThen(write, (view) => view.slice());
+}
+
+/**
+ * Like {@link encodeWith}, but hands `use` a view of the pooled buffer instead of a copy. The view
+ * is valid only during the (synchronous) call: for bytes that are hashed or signed and dropped.
+ */
+export function encodeThen<T>(write: (w: CborWriter) => void, use: (view: Uint8Array) => T): T {
   const w = writers[writersInUse] ?? (writers[writersInUse] = new CborWriter());
   writersInUse++;
   w.pos = 0;
   try {
     write(w);
-    return w.result();
+    return use(w.buf.subarray(0, w.pos));
   } finally {
     writersInUse--;
     // Do not keep a buffer that one large value grew.

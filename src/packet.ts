@@ -2,7 +2,7 @@
  * Outcome packets (PROTOCOL §5): COSE_Sign1 (RFC 9052) with Ed25519, kid = public key,
  * external_aad = the MQTT topic, at most 512 bytes.
  */
-import { CborFloat, CborTag, decodeCbor, encodeCbor, encodeWith, type CborValue } from './cbor.js';
+import { CborFloat, CborTag, decodeCbor, encodeCbor, encodeThen, encodeWith, type CborValue, type CborWriter } from './cbor.js';
 import { equalBytes } from './bytes.js';
 import { QisError, type ErrorCode } from './errors.js';
 import { nodeIdOf, signEd25519, verifyEd25519, type Ed25519Backend, type NodeId, type NodeKey } from './identity.js';
@@ -188,7 +188,11 @@ export function encodePayload(f: PacketFields): Uint8Array {
 
 /** `Sig_structure = ["Signature1", protected, external_aad, payload]` (RFC 9052 §4.4). */
 export function sigStructure(protectedBytes: Uint8Array, externalAad: Uint8Array | string, payload: Uint8Array): Uint8Array {
-  return encodeWith((w) => {
+  return encodeWith(writeSigStructure(protectedBytes, externalAad, payload));
+}
+
+function writeSigStructure(protectedBytes: Uint8Array, externalAad: Uint8Array | string, payload: Uint8Array): (w: CborWriter) => void {
+  return (w) => {
     w.head(4, 4);
     w.string(3, 'Signature1');
     w.byteString(protectedBytes);
@@ -196,7 +200,7 @@ export function sigStructure(protectedBytes: Uint8Array, externalAad: Uint8Array
     if (typeof externalAad === 'string') w.string(2, externalAad);
     else w.byteString(externalAad);
     w.byteString(payload);
-  });
+  };
 }
 
 /**
@@ -209,7 +213,8 @@ export function signPacket(key: NodeKey, topic: string, fields: PacketFields, op
   const parsed = parseOutcomeTopic(topic);
   if (parsed.nodeId !== key.nodeId) refuse('ERR_NODE_MISMATCH', `topic belongs to node ${parsed.nodeId}, the key is ${key.nodeId}`);
   const payload = encodePayload(fields);
-  const signature = signEd25519(key, sigStructure(PROTECTED_ED25519, topic, payload), options.backend);
+  // The Sig_structure is signed straight from the encoder's buffer (no copy): signing is synchronous.
+  const signature = encodeThen(writeSigStructure(PROTECTED_ED25519, topic, payload), (toSign) => signEd25519(key, toSign, options.backend));
   // 18([protected, {4: kid}, payload, signature]), written in order.
   const bytes = encodeWith((w) => {
     w.head(6, COSE_SIGN1_TAG);
@@ -264,7 +269,9 @@ export function decodeSign1(bytes: Uint8Array): Sign1 {
 
 /** Verifies a COSE_Sign1 signature with a given Ed25519 public key and external_aad. */
 export function verifySign1(msg: Sign1, publicKey: Uint8Array, externalAad: Uint8Array | string, backend?: Ed25519Backend): boolean {
-  return verifyEd25519(msg.signature, sigStructure(msg.protectedBytes, externalAad, msg.payload), publicKey, backend);
+  return encodeThen(writeSigStructure(msg.protectedBytes, externalAad, msg.payload), (toVerify) =>
+    verifyEd25519(msg.signature, toVerify, publicKey, backend),
+  );
 }
 
 function uintField(m: Map<CborValue, CborValue>, key: number, name: string): number | undefined {
