@@ -114,30 +114,33 @@ export function checkOutcome(value: unknown, code: ErrorCode): Outcome {
     return out;
   }
   if (typeof out === 'object' && out !== null && !Array.isArray(out) && !(out instanceof Uint8Array)) {
-    const entries = out instanceof Map ? [...out.entries()] : Object.entries(out);
-    // Null prototype: a key named "__proto__" is kept as data, not swallowed.
-    const obj: Record<string, string | number> = Object.create(null) as Record<string, string | number>;
-    for (const [k, raw] of entries) {
-      const v = num(raw);
-      if (typeof k !== 'string') refuse(code, 'out map keys must be text');
-      if (!(typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v)))) {
-        refuse(code, `out["${k}"] must be text or a finite number`);
-      }
-      obj[k] = v;
-    }
-    return obj;
+    return checkMap(out, code, 'out', (v): v is string | number => typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v)), 'text or a finite number');
   }
   return refuse(code, 'out must be a text label, a number or a map of text to text/number');
 }
 
 function checkCtx(ctx: unknown, code: ErrorCode): { [key: string]: number } {
-  if (typeof ctx !== 'object' || ctx === null || Array.isArray(ctx)) refuse(code, 'ctx must be a map of text to number');
-  const entries = ctx instanceof Map ? [...ctx.entries()] : Object.entries(ctx);
-  const obj: Record<string, number> = Object.create(null) as Record<string, number>;
-  for (const [k, raw] of entries) {
+  if (typeof ctx !== 'object' || ctx === null || Array.isArray(ctx) || ctx instanceof Uint8Array) refuse(code, 'ctx must be a map of text to number');
+  return checkMap(ctx, code, 'ctx', (v): v is number => typeof v === 'number' && Number.isFinite(v), 'a finite number');
+}
+
+/**
+ * Checks a map of text keys. A decoded `Map` becomes a null-prototype object (so a key named
+ * "__proto__" stays data); a caller's plain object is checked and used as it is (no copy: it is
+ * only read, by the encoder, before the call returns).
+ */
+function checkMap<V>(m: object, code: ErrorCode, name: string, ok: (v: unknown) => v is V, what: string): { [key: string]: V } {
+  if (!(m instanceof Map)) {
+    for (const k of Object.keys(m)) {
+      if (!ok(num((m as Record<string, unknown>)[k]))) refuse(code, `${name}["${k}"] must be ${what}`);
+    }
+    return m as { [key: string]: V };
+  }
+  const obj = Object.create(null) as { [key: string]: V };
+  for (const [k, raw] of m) {
     const v = num(raw);
-    if (typeof k !== 'string') refuse(code, 'ctx keys must be text');
-    if (typeof v !== 'number' || !Number.isFinite(v)) refuse(code, `ctx["${k}"] must be a finite number`);
+    if (typeof k !== 'string') refuse(code, `${name} map keys must be text`);
+    if (!ok(v)) refuse(code, `${name}["${k}"] must be ${what}`);
     obj[k] = v;
   }
   return obj;
@@ -186,6 +189,8 @@ export function encodePayload(f: PacketFields): Uint8Array {
   });
 }
 
+const checkedTopics = new WeakMap<NodeKey, string>();
+
 /** `Sig_structure = ["Signature1", protected, external_aad, payload]` (RFC 9052 §4.4). */
 export function sigStructure(protectedBytes: Uint8Array, externalAad: Uint8Array | string, payload: Uint8Array): Uint8Array {
   return encodeWith(writeSigStructure(protectedBytes, externalAad, payload));
@@ -210,8 +215,12 @@ function writeSigStructure(protectedBytes: Uint8Array, externalAad: Uint8Array |
  * @example const bytes = signPacket(key, outcomeTopic(addr, key.nodeId), { fp: addr.fp, seq: 1, ts: Date.now(), out: 'failure' })
  */
 export function signPacket(key: NodeKey, topic: string, fields: PacketFields, options: { backend?: Ed25519Backend } = {}): Uint8Array {
-  const parsed = parseOutcomeTopic(topic);
-  if (parsed.nodeId !== key.nodeId) refuse('ERR_NODE_MISMATCH', `topic belongs to node ${parsed.nodeId}, the key is ${key.nodeId}`);
+  // A node signs on the same topic again and again: the last topic checked for a key is remembered.
+  if (checkedTopics.get(key) !== topic) {
+    const parsed = parseOutcomeTopic(topic);
+    if (parsed.nodeId !== key.nodeId) refuse('ERR_NODE_MISMATCH', `topic belongs to node ${parsed.nodeId}, the key is ${key.nodeId}`);
+    checkedTopics.set(key, topic);
+  }
   const payload = encodePayload(fields);
   // The Sig_structure is signed straight from the encoder's buffer (no copy): signing is synchronous.
   const signature = encodeThen(writeSigStructure(PROTECTED_ED25519, topic, payload), (toSign) => signEd25519(key, toSign, options.backend));
