@@ -322,6 +322,11 @@ if (JSON_OUT) {
     const range = `[${(Math.min(...r.rounds) * 100).toFixed(0)}–${(Math.max(...r.rounds) * 100).toFixed(0)}]`;
     lines.push(`  ${r.label.padEnd(48)}${`${(r.value * 100).toFixed(1)} %`.padStart(8)} ${range.padEnd(10)} ${verdict}`);
   }
+  const noisy = ops.filter((op) => (results[op.id] as Result).spread / 2 > 0.1).map((op) => op.id);
+  if (noisy.length > 0) {
+    lines.push('');
+    lines.push(`note: rounds varied by more than ±10 % (${noisy.join(', ')}): the machine was busy; run again before trusting a ratio`);
+  }
   process.stdout.write(lines.join('\n') + '\n');
 }
 if (sink === 0.5) process.stderr.write('\n'); // keeps `sink` observable
