@@ -14,17 +14,19 @@
  * the median of the per-round ratios (packet rate / baseline rate of the same round), which
  * cancels most of the drift of a shared 2-core machine. `--rounds=N --ms=M` change the plan.
  *
- * The data is the bearing-failure vector (test/vectors/protocol-v1.json `packet[0]`), embedded
- * here so the benchmark does not depend on test files; the packet built from it is checked
- * byte for byte against the vector before anything is timed.
+ * The data is the bearing-failure vector (test/vectors/protocol-v1.json `packet[0]`): the template
+ * from examples/bearing-failure.yaml, the seed and fields written here; the packet built from it is
+ * checked byte for byte against the vector before anything is timed.
  */
 import crypto from 'node:crypto';
 import os from 'node:os';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import * as ed from '@noble/ed25519';
 import { sha512 } from '@noble/hashes/sha2.js';
 import {
   address,
-  compileTemplate,
+  parseTemplate,
   decodePacket,
   decodeSign1,
   encodePayload,
@@ -61,18 +63,8 @@ const GOAL = 0.8;
 // ------------------------------------------------------------------------------ fixture
 
 const SEED_HEX = '9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60';
-const TEMPLATE = {
-  name: 'bearing-failure',
-  version: 1,
-  fields: [
-    { name: 'machine_model', kind: 'category' },
-    { name: 'bearing_type', kind: 'category', values: ['ball', 'roller', 'plain'] },
-    { name: 'load_kn', kind: 'number', bins: [0, 10, 50, 200] },
-    { name: 'sealed', kind: 'boolean' },
-  ],
-  context: ['ambient_c', 'rpm'],
-  outcome: { kind: 'category', labels: ['no_failure', 'failure'] },
-};
+// The example template every user sees first; its id and topic are checked against the vector below.
+const TEMPLATE_FILE = fileURLToPath(new URL('../../examples/bearing-failure.yaml', import.meta.url));
 const SITUATION = { machine_model: 'KX-200', bearing_type: 'roller', load_kn: 42.5, sealed: true };
 const EXPECTED_TOPIC =
   'qis/1/o/oot5cp3icuyzffz454i2beg6a4/a4i3z7jtki/uors66gee5/bubsegg34p/smotwpfig7/eh7ddx5bksrgcytl7bkai36se4';
@@ -87,7 +79,7 @@ const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byt
 const b64url = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64url');
 
 const key = keyFromSeed(new Uint8Array(Buffer.from(SEED_HEX, 'hex')));
-const tpl = compileTemplate(TEMPLATE);
+const tpl = parseTemplate(readFileSync(TEMPLATE_FILE, 'utf8'), TEMPLATE_FILE);
 const addr = address(tpl, SITUATION);
 const topic = outcomeTopic(addr, key.nodeId);
 const fields: PacketFields = {
