@@ -143,6 +143,8 @@ export class CborWriter {
       for (let i = 0; i < s.length; i++) this.buf[this.pos++] = s.charCodeAt(i);
       return;
     }
+    // TextEncoder would silently turn a lone surrogate into U+FFFD: the bytes would not be the text given.
+    if (!s.isWellFormed()) throw new QisError('ERR_INVALID_ARGUMENT', 'text with a lone surrogate has no UTF-8 encoding');
     const b = textEncoder.encode(s);
     this.head(major, b.length);
     this.raw(b);

@@ -113,15 +113,23 @@ export function checkOutcome(value: unknown, code: ErrorCode): Outcome {
     if (!Number.isFinite(out)) refuse(code, `out must be a finite number, not ${out}`);
     return out;
   }
-  if (typeof out === 'object' && out !== null && !Array.isArray(out) && !(out instanceof Uint8Array)) {
+  if (isMapLike(out)) {
     return checkMap(out, code, 'out', (v): v is string | number => typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v)), 'text or a finite number');
   }
   return refuse(code, 'out must be a text label, a number or a map of text to text/number');
 }
 
 function checkCtx(ctx: unknown, code: ErrorCode): { [key: string]: number } {
-  if (typeof ctx !== 'object' || ctx === null || Array.isArray(ctx) || ctx instanceof Uint8Array) refuse(code, 'ctx must be a map of text to number');
+  if (!isMapLike(ctx)) refuse(code, 'ctx must be a map of text to number');
   return checkMap(ctx, code, 'ctx', (v): v is number => typeof v === 'number' && Number.isFinite(v), 'a finite number');
+}
+
+/** A decoded CBOR map, or a caller's plain object; not a tag, a simple value, an array or bytes. */
+function isMapLike(v: unknown): v is object {
+  if (v instanceof Map) return true;
+  if (typeof v !== 'object' || v === null) return false;
+  const proto = Object.getPrototypeOf(v) as unknown;
+  return proto === Object.prototype || proto === null;
 }
 
 /**

@@ -721,3 +721,9 @@ t.test('cbor - the fast map paths give the bytes of the general rule (keys sorte
   }
   t.equal(checked, 300);
 });
+
+t.test('cbor - text with a lone surrogate is refused, not silently replaced', async (t) => {
+  t.throws(() => encodeCbor('a\ud800b'), { code: 'ERR_INVALID_ARGUMENT' });
+  t.throws(() => encodeCbor({ ['k\udc00']: 1 }), { code: 'ERR_INVALID_ARGUMENT' });
+  t.equal(toHexString(encodeCbor('\ud83d\ude00')), '64f09f9880', 'a surrogate pair is one code point');
+});

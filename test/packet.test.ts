@@ -1,6 +1,7 @@
 import t from 'tap';
 import {
   CborFloat,
+  CborSimple,
   CborTag,
   QisError,
   address,
@@ -198,6 +199,9 @@ t.test('packet - wrong types in any payload field are refused with a code, after
     ['out NaN', payloadMap([[5, NaN]]), 'ERR_PAYLOAD_INVALID'],
     ['out map with int key', payloadMap([[5, new Map([[1, 'x']])]]), 'ERR_PAYLOAD_INVALID'],
     ['out map with nested map', payloadMap([[5, new Map([['a', new Map()]])]]), 'ERR_PAYLOAD_INVALID'],
+    ['out a tag', payloadMap([[5, new CborTag(1, 1795000000)]]), 'ERR_PAYLOAD_INVALID'],
+    ['out a simple value', payloadMap([[5, new CborSimple(16)]]), 'ERR_PAYLOAD_INVALID'],
+    ['ctx a tag', payloadMap([[8, new CborTag(259, new Map([['rpm', 1]]))]]), 'ERR_PAYLOAD_INVALID'],
     ['conf 1.5', payloadMap([[6, 1.5]]), 'ERR_PAYLOAD_INVALID'],
     ['conf text', payloadMap([[6, 'high']]), 'ERR_PAYLOAD_INVALID'],
     ['n 0', payloadMap([[7, 0]]), 'ERR_PAYLOAD_INVALID'],
