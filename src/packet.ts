@@ -197,8 +197,6 @@ export function encodePayload(f: PacketFields): Uint8Array {
   });
 }
 
-const checkedTopics = new WeakMap<NodeKey, string>();
-
 /** `Sig_structure = ["Signature1", protected, external_aad, payload]` (RFC 9052 §4.4). */
 export function sigStructure(protectedBytes: Uint8Array, externalAad: Uint8Array | string, payload: Uint8Array): Uint8Array {
   return encodeWith(writeSigStructure(protectedBytes, externalAad, payload));
@@ -215,6 +213,9 @@ function writeSigStructure(protectedBytes: Uint8Array, externalAad: Uint8Array |
     w.byteString(payload);
   };
 }
+
+// The topic each key last signed on, already checked (signPacket).
+const checkedTopics = new WeakMap<NodeKey, string>();
 
 /**
  * Signs payload fields for a topic and returns the COSE_Sign1 bytes.

@@ -1,22 +1,10 @@
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { qis } from './helpers/cli.js';
 import { findBinary, startMosquitto } from './helpers/mosquitto.js';
-
-function run(bin: string, args: string[]): Promise<{ status: number | null; out: Buffer; err: string }> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    let err = '';
-    c.stdout.on('data', (b: Buffer) => out.push(b));
-    c.stderr.on('data', (b: Buffer) => (err += b.toString()));
-    c.on('error', reject);
-    c.on('close', (status) => resolve({ status, out: Buffer.concat(out), err }));
-  });
-}
+import { run } from './helpers/run.js';
 
 t.test('interop - a CLI-signed packet survives a real Mosquitto retained, byte for byte, and verifies', async (t) => {
   const broker = await startMosquitto();
@@ -35,11 +23,11 @@ t.test('interop - a CLI-signed packet survives a real Mosquitto retained, byte f
   const { topic, packet } = JSON.parse(signed.stdout) as { topic: string; packet: string };
   const common = ['-h', '127.0.0.1', '-p', String(broker.port)];
   const pub = await run(findBinary('mosquitto_pub'), [...common, '-t', topic, '-r', '-q', '1', '-f', bin]);
-  t.equal(pub.status, 0, pub.err);
+  t.equal(pub.status, 0, pub.stderr);
   // A late subscriber gets the retained packet; -N prints the raw payload without a newline.
   const cohort = topic.replace(/[a-z2-7]{26}$/, '+');
   const sub = await run(findBinary('mosquitto_sub'), [...common, '-t', cohort, '-C', '1', '-N', '-W', '10']);
-  t.equal(sub.status, 0, sub.err + broker.log());
+  t.equal(sub.status, 0, sub.stderr + broker.log());
   t.equal(sub.out.toString('hex'), packet, 'the bytes that come back are the bytes signed');
   const dec = await qis(['decode', '--topic', topic], sub.out);
   t.equal(dec.status, 0, dec.stderr);
