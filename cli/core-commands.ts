@@ -18,7 +18,7 @@ import {
   type Outcome,
   type VerifiedPacket,
 } from '../src/index.js';
-import { EXIT_REFUSED, jsonFlag, numberFlag, objectFlag, readStdin, usage, type Command, type Io } from './run.js';
+import { EXIT_REFUSED, jsonFlag, numberFlag, objectFlag, outcomeFlag, readStdin, usage, type Command, type Io } from './run.js';
 
 const str = (v: string | boolean | undefined): string => v as string;
 
@@ -119,14 +119,6 @@ const sign: Command = {
 };
 
 /** An outcome flag: JSON when it parses as JSON ("x", 12, {"k": 1}), otherwise a bare label. */
-async function outcomeFlag(value: string): Promise<Outcome> {
-  if (value.startsWith('@')) return (await jsonFlag('outcome', value)) as Outcome;
-  try {
-    return JSON.parse(value) as Outcome;
-  } catch {
-    return value;
-  }
-}
 
 /** Packet bytes from --hex or stdin. A single trailing newline that a terminal tool added is
  *  dropped only when the packet does not decode with it. */

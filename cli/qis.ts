@@ -2,9 +2,10 @@
 /** `qis`: the qis-mqtt command line. Dispatches `qis <command> [<subcommand>] [flags]`. */
 import { readFileSync } from 'node:fs';
 import { coreCommands } from './core-commands.js';
+import { nodeCommands } from './node-commands.js';
 import { EXIT_OK, EXIT_USAGE, runCommand, reportError, usage, type Command, type Io } from './run.js';
 
-const commands: readonly Command[] = [...coreCommands];
+const commands: readonly Command[] = [...coreCommands, ...nodeCommands];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

@@ -4,7 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { readFile } from 'node:fs/promises';
-import { QisError, isQisError } from '../src/index.js';
+import { QisError, isQisError, type Outcome } from '../src/index.js';
 
 export type FlagSpec = { type: 'string' | 'boolean'; short?: string; value?: string; help: string; required?: boolean };
 
@@ -24,6 +24,8 @@ export interface CommandResult {
   readonly human: string;
   /** Exit status; 0 unless the command itself reports a refusal (e.g. a packet that fails to verify). */
   readonly status?: number;
+  /** The command already wrote its output (a stream such as `qis watch`): print nothing more. */
+  readonly quiet?: boolean;
 }
 
 export interface Io {
@@ -98,6 +100,16 @@ export async function objectFlag(name: string, value: string): Promise<Record<st
   return v as Record<string, unknown>;
 }
 
+/** An outcome flag: a bare label, JSON (a number, a map), or `@path` to a JSON file. */
+export async function outcomeFlag(value: string): Promise<Outcome> {
+  if (value.startsWith('@')) return (await jsonFlag('outcome', value)) as Outcome;
+  try {
+    return JSON.parse(value) as Outcome;
+  } catch {
+    return value;
+  }
+}
+
 /** A numeric flag; `integer` demands a safe non-negative integer. */
 export function numberFlag(name: string, value: string, integer: boolean): number {
   const n = Number(value);
@@ -138,6 +150,7 @@ export async function runCommand(cmd: Command, argv: string[], io: Io): Promise<
       return EXIT_OK;
     }
     const result = await cmd.run(flags, io);
+    if (result.quiet) return result.status ?? EXIT_OK;
     if (json) writeJson(io.stdout, result.json);
     else io.stdout.write(result.human.endsWith('\n') ? result.human : result.human + '\n');
     return result.status ?? EXIT_OK;

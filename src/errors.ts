@@ -33,6 +33,14 @@ export const ERROR_CODES = {
   ERR_FP_MISMATCH: "the packet's fingerprint is not the one expected for this cohort",
   ERR_EXPIRED: "the packet's exp has passed",
   ERR_TS_FUTURE: "the packet's ts is further in the future than the allowed clock skew",
+  ERR_URL_INVALID: 'a broker URL is not mqtt://, mqtts://, ws:// or wss:// with a host',
+  ERR_CONNECT_REFUSED: 'the broker refused the connection (the CONNACK return code is in the message)',
+  ERR_SUBSCRIBE_DENIED: 'the broker refused a subscription (SUBACK 0x80)',
+  ERR_TIMEOUT: 'an operation did not finish within its time limit',
+  ERR_ABORTED: 'an operation was aborted through its AbortSignal',
+  ERR_CLOSED: 'the node was closed while the operation was pending, or used after close',
+  ERR_DATA_DIR_LOCKED: 'another live process is using the data directory',
+  ERR_OUTBOX_ENTRY_INVALID: 'an outbox file is unreadable or not a packet of this node; it is moved aside as <name>.bad',
   ERR_INTERNAL: 'an unexpected failure inside qis: a bug (the CLI prints its stack to stderr); please report it',
 } as const;
 

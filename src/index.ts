@@ -70,3 +70,38 @@ export {
   type CheckResult,
 } from './packet.js';
 export { createOutcomePacket, checkOutcomeFits, type OutcomePacketInput, type OutcomePacket } from './outcome.js';
+export { foldCohort, topicMatches, type CohortMessage, type CohortFold, type FoldOptions } from './cohort.js';
+export { backoffDelay, backoffBound, backoffOptions, BACKOFF_DEFAULTS, type BackoffOptions } from './backoff.js';
+export {
+  createNode,
+  BROKER_INFO_TOPIC,
+  type QisNode,
+  type NodeOptions,
+  type PublishOptions,
+  type PublishResult,
+  type QueryOptions,
+  type QueryResult,
+  type WatchOptions,
+  type WatchEvent,
+  type WatchIterator,
+  type NodeStatus,
+  type BrokerKind,
+  type TlsOptions,
+  type Timers,
+} from './node.js';
+export {
+  synthesize,
+  wilson,
+  weightedQuantile,
+  type Synthesis,
+  type SynthesisOptions,
+  type SynthesisContext,
+  type SynthPacket,
+  type CategorySummary,
+  type NumberSummary,
+  type MapSummary,
+  type InsufficientSummary,
+  type KeySummary,
+  type LabelStat,
+  type OutlierReport,
+} from './synthesis.js';

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -30,6 +30,9 @@ import {
 } from '../src/index.js';
 import { jsonFlag, numberFlag, reportError } from '../cli/run.js';
 import { bearing, bearingDoc, situation, fixedKey } from './helpers/fixtures.js';
+import { startAedes } from './helpers/aedes.js';
+import { freePort } from './helpers/mosquitto.js';
+import { createNode, type NodeOptions, type QisNode } from '../src/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -44,6 +47,22 @@ function signedPayload(payload: Map<CborValue, CborValue>): Uint8Array {
   const pay = encodeCbor(payload);
   const sig = signEd25519(key, sigStructure(prot, utf8Bytes(topic), pay));
   return encodeCbor(new CborTag(18, [prot, new Map([[4, key.publicKey]]), pay, sig]));
+}
+
+/** A node in a fresh data dir, closed after `fn`; unreachable broker unless `url` is given. */
+async function withNode(fn: (n: QisNode) => Promise<unknown>, o: Partial<NodeOptions> = {}): Promise<unknown> {
+  const n = await createNode({ url: `mqtt://127.0.0.1:${await freePort()}`, dataDir: mkdtempSync(join(dir, 'n-')), reconnect: { baseMs: 20, capMs: 100 }, ...o });
+  try {
+    return await fn(n);
+  } finally {
+    await n.close();
+  }
+}
+
+/** The first `refused` status event of a node, thrown as the QisError it carries. */
+async function firstRefusal(n: QisNode): Promise<never> {
+  for await (const s of n.status()) if (s.type === 'refused') throw new QisError(s.code, s.message);
+  throw new Error('status ended without a refusal');
 }
 
 /** One way to produce each code. The Record type makes the compiler demand an entry per code. */
@@ -93,6 +112,39 @@ const triggers: Record<ErrorCode, () => unknown> = {
   ERR_FP_MISMATCH: () => verifyPacket(topic, good, { now: 0, expectFp: new Uint8Array(16) }),
   ERR_EXPIRED: () => verifyPacket(topic, good, { now: 11_000 }),
   ERR_TS_FUTURE: () => verifyPacket(topic, good, { now: 0, maxSkewMs: 500 }),
+  ERR_URL_INVALID: () => createNode({ url: 'http://127.0.0.1/', dataDir: join(dir, 'url') }),
+  ERR_CONNECT_REFUSED: async () => {
+    const b = await startAedes();
+    b.broker.authenticate = (_c, _u, _p, done) => done(null, false);
+    try {
+      return await withNode(firstRefusal, { url: b.url });
+    } finally {
+      await b.close();
+    }
+  },
+  ERR_SUBSCRIBE_DENIED: async () => {
+    const b = await startAedes();
+    b.broker.authorizeSubscribe = (_c, sub, done) => done(null, sub.topic.startsWith('qis/1/o/') ? null : sub);
+    try {
+      return await withNode((n) => n.query(bearing, situation), { url: b.url });
+    } finally {
+      await b.close();
+    }
+  },
+  ERR_TIMEOUT: () => withNode((n) => n.query(bearing, situation, { timeoutMs: 100 })),
+  ERR_ABORTED: () => withNode((n) => n.query(bearing, situation, { signal: AbortSignal.abort() })),
+  ERR_CLOSED: async () => {
+    let node: QisNode | undefined;
+    await withNode(async (n) => (node = n));
+    return node?.publish(bearing, situation, 'failure');
+  },
+  ERR_DATA_DIR_LOCKED: () => withNode((n) => createNode({ url: 'mqtt://127.0.0.1:1', dataDir: join(dir, 'locked') }).then((m) => m.close()), { dataDir: join(dir, 'locked') }),
+  ERR_OUTBOX_ENTRY_INVALID: async () => {
+    const d = join(dir, 'badbox');
+    mkdirSync(join(d, 'outbox'), { recursive: true });
+    writeFileSync(join(d, 'outbox', `000000000001-${bearing.tplId}-p-1.json`), '{not json');
+    return withNode(firstRefusal, { dataDir: d });
+  },
   ERR_INTERNAL: () => {
     const out = new PassThrough();
     const status = reportError(new TypeError('boom'), true, { stdin: new PassThrough(), stdout: out, stderr: new PassThrough() });

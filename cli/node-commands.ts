@@ -1,0 +1,371 @@
+/** `qis publish`, `qis flush`, `qis query`, `qis watch`: the edge node runtime on the command line. */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  QisError,
+  createNode,
+  loadTemplate,
+  toHex,
+  type BrokerKind,
+  type NodeOptions,
+  type QisNode,
+  type QueryResult,
+  type Synthesis,
+  type VerifiedPacket,
+  type CategorySummary,
+  type KeySummary,
+  type NumberSummary,
+} from '../src/index.js';
+import { numberFlag, objectFlag, outcomeFlag, usage, type Command, type FlagSpec, type Io } from './run.js';
+
+const str = (v: string | boolean | undefined): string => v as string;
+type Flags = Record<string, string | boolean | undefined>;
+
+const CONNECTION: Record<string, FlagSpec> = {
+  url: { type: 'string', value: 'URL', help: 'broker: mqtt://host:1883, mqtts://host:8883, ws(s)://host/path', required: true },
+  ca: { type: 'string', value: 'FILE', help: "PEM CA certificate(s) to trust for the broker's certificate (mqtts, wss)" },
+  cert: { type: 'string', value: 'FILE', help: 'PEM client certificate, for brokers that require mTLS' },
+  'cert-key': { type: 'string', value: 'FILE', help: 'PEM private key of --cert' },
+  insecure: { type: 'boolean', help: "accept any broker certificate (testing only)" },
+  username: { type: 'string', value: 'NAME', help: 'MQTT user name' },
+  'password-file': { type: 'string', value: 'FILE', help: 'file holding the MQTT password (kept off the command line)' },
+  'broker-kind': { type: 'string', value: 'KIND', help: 'qis | mosquitto | unknown | auto (default: auto, asked once)' },
+};
+
+const SITUATION: Record<string, FlagSpec> = {
+  template: { type: 'string', value: 'FILE', help: 'template file (YAML or JSON)', required: true },
+  situation: { type: 'string', value: 'JSON', help: 'situation as JSON, or @FILE', required: true },
+};
+
+async function readOpt(flags: Flags, name: string): Promise<Buffer | undefined> {
+  const path = flags[name];
+  if (path === undefined) return undefined;
+  try {
+    return await readFile(str(path));
+  } catch (e) {
+    throw new QisError('ERR_FILE_IO', `--${name} ${str(path)}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+async function nodeOptions(flags: Flags, dataDir: string): Promise<NodeOptions> {
+  const kind = flags['broker-kind'];
+  if (kind !== undefined && !['qis', 'mosquitto', 'unknown', 'auto'].includes(str(kind))) {
+    throw usage(`--broker-kind must be qis, mosquitto, unknown or auto, not "${str(kind)}"`);
+  }
+  if ((flags.cert === undefined) !== (flags['cert-key'] === undefined)) throw usage('--cert and --cert-key go together');
+  const [ca, cert, key, password] = await Promise.all([readOpt(flags, 'ca'), readOpt(flags, 'cert'), readOpt(flags, 'cert-key'), readOpt(flags, 'password-file')]);
+  const tls = {
+    ...(ca ? { ca } : {}),
+    ...(cert ? { cert } : {}),
+    ...(key ? { key } : {}),
+    ...(flags.insecure === true ? { rejectUnauthorized: false } : {}),
+  };
+  return {
+    url: str(flags.url),
+    dataDir,
+    ...(Object.keys(tls).length > 0 ? { tls } : {}),
+    ...(flags.username !== undefined ? { username: str(flags.username) } : {}),
+    ...(password ? { password: password.toString('utf8').replace(/\r?\n$/, '') } : {}),
+    ...(kind !== undefined ? { brokerKind: str(kind) as BrokerKind | 'auto' } : {}),
+    connectTimeoutMs: 10_000,
+  };
+}
+
+/** Runs `fn` with a node on `--data-dir`, or on a throwaway one (a query needs no lasting identity). */
+async function withNode<T>(flags: Flags, fn: (node: QisNode) => Promise<T>): Promise<T> {
+  const given = flags['data-dir'] !== undefined;
+  const dir = given ? str(flags['data-dir']) : await mkdtemp(join(tmpdir(), 'qis-query-'));
+  try {
+    const node = await createNode(await nodeOptions(flags, dir));
+    try {
+      return await fn(node);
+    } finally {
+      await node.close();
+    }
+  } finally {
+    if (!given) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Stops a long-running command on Ctrl-C / SIGTERM. */
+function interruptSignal(): { signal: AbortSignal; dispose(): void } {
+  const ac = new AbortController();
+  const stop = (): void => ac.abort(new Error('interrupted'));
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return { signal: ac.signal, dispose: () => (process.off('SIGINT', stop), process.off('SIGTERM', stop)) };
+}
+
+const publish: Command = {
+  path: ['publish'],
+  summary: "sign a situation's outcome and publish it retained (store-and-forward: queued if the broker is away)",
+  flags: {
+    ...CONNECTION,
+    'data-dir': { type: 'string', value: 'DIR', help: "the node's directory: key.json, outbox/, state/ (created if missing)", required: true },
+    ...SITUATION,
+    outcome: { type: 'string', value: 'VALUE', help: 'a label (failure), a number (1834), or JSON ({"h": 1834})', required: true },
+    conf: { type: 'string', value: 'X', help: 'confidence 0..1 (default 1)' },
+    n: { type: 'string', value: 'N', help: 'observations behind the outcome (default 1)' },
+    ctx: { type: 'string', value: 'JSON', help: "context values, e.g. '{\"rpm\":1480}'" },
+    exp: { type: 'string', value: 'S', help: 'expiry, Unix seconds' },
+    ts: { type: 'string', value: 'MS', help: 'observation time, Unix ms (default: now)' },
+    'ack-timeout': { type: 'string', value: 'MS', help: 'how long to wait for the broker\'s PUBACK (default 10000)' },
+  },
+  details: `The packet is written durably to DIR/outbox before it is sent and removed after the broker's
+PUBACK. If the broker cannot be reached, the command still succeeds (exit 0) and says the packet
+is queued; deliver it later with: qis flush --data-dir DIR --url URL.
+seq is kept per template in DIR/state and always increases (Unix ms if the state is lost).
+When the situation lands in another bucket than last time, a signed tombstone for the old
+bucket is sent first, so any broker keeps one packet for this node.
+Example:
+  qis publish --url mqtt://localhost --data-dir /var/lib/qis --template examples/bearing-failure.yaml \\
+    --situation '{"machine_model":"KX-200","bearing_type":"roller","load_kn":42.5,"sealed":true}' \\
+    --outcome failure --ctx '{"rpm":1480,"ambient_c":31}'`,
+  async run(flags) {
+    const [template, situation] = await Promise.all([loadTemplate(str(flags.template)), objectFlag('situation', str(flags.situation))]);
+    const outcome = await outcomeFlag(str(flags.outcome));
+    const ctx = flags.ctx === undefined ? undefined : ((await objectFlag('ctx', str(flags.ctx))) as Record<string, number>);
+    return withNode(flags, async (node) => {
+      const r = await node.publish(template, situation, outcome, {
+        ...(flags.conf !== undefined ? { conf: numberFlag('conf', str(flags.conf), false) } : {}),
+        ...(flags.n !== undefined ? { n: numberFlag('n', str(flags.n), true) } : {}),
+        ...(ctx !== undefined ? { ctx } : {}),
+        ...(flags.exp !== undefined ? { exp: numberFlag('exp', str(flags.exp), true) } : {}),
+        ...(flags.ts !== undefined ? { ts: numberFlag('ts', str(flags.ts), true) } : {}),
+        ...(flags['ack-timeout'] !== undefined ? { ackTimeoutMs: numberFlag('ack-timeout', str(flags['ack-timeout']), true) } : {}),
+      });
+      const json = {
+        ok: true,
+        acked: r.acked,
+        queued: node.pending,
+        nodeId: node.nodeId,
+        topic: r.topic,
+        seq: r.seq,
+        packet: toHex(r.packet),
+        ...(r.tombstone ? { tombstone: { topic: r.tombstone.topic, seq: r.tombstone.seq } } : {}),
+      };
+      const state = r.acked
+        ? 'acknowledged by the broker'
+        : `NOT delivered yet: the broker did not acknowledge it; it is safe in ${join(str(flags['data-dir']), 'outbox')} (${node.pending} queued)\n          deliver with: qis flush --data-dir ${str(flags['data-dir'])} --url ${str(flags.url)}`;
+      const human = [
+        `published seq ${r.seq}: ${state}`,
+        `topic     ${r.topic}`,
+        ...(r.tombstone ? [`moved     tombstone seq ${r.tombstone.seq} on ${r.tombstone.topic}`] : []),
+      ].join('\n');
+      return { json, human };
+    });
+  },
+};
+
+const flush: Command = {
+  path: ['flush'],
+  summary: "deliver the packets queued in a node's outbox",
+  flags: {
+    ...CONNECTION,
+    'data-dir': { type: 'string', value: 'DIR', help: "the node's directory (as given to qis publish)", required: true },
+    timeout: { type: 'string', value: 'MS', help: 'give up after this long (default 30000); the outbox is kept' },
+  },
+  details: 'Exit status 0 when the outbox is empty, 1 (ERR_TIMEOUT) when packets are still queued.',
+  async run(flags) {
+    const timeoutMs = flags.timeout === undefined ? 30_000 : numberFlag('timeout', str(flags.timeout), true);
+    return withNode(flags, async (node) => {
+      const before = node.pending;
+      const intr = interruptSignal();
+      try {
+        await node.flush({ timeoutMs: Math.max(1, timeoutMs), signal: intr.signal });
+      } finally {
+        intr.dispose();
+      }
+      return { json: { ok: true, delivered: before, queued: 0 }, human: before === 0 ? 'outbox is empty: nothing to deliver' : `delivered ${before} queued packet(s); outbox is empty` };
+    });
+  },
+};
+
+const QUERY_FLAGS: Record<string, FlagSpec> = {
+  ...CONNECTION,
+  ...SITUATION,
+  widen: { type: 'string', value: 'N', help: 'drop the N least significant levels (0: exact cohort)' },
+  'data-dir': { type: 'string', value: 'DIR', help: 'node directory to use (default: a throwaway one)' },
+};
+
+const query: Command = {
+  path: ['query'],
+  summary: 'what happened to nodes exactly like mine: one-round-trip cohort query, verified, synthesised',
+  flags: {
+    ...QUERY_FLAGS,
+    'min-cohort': { type: 'string', value: 'N', help: 'fewest nodes for an answer (default 5)' },
+    'half-life': { type: 'string', value: 'MS', help: 'recency weighting half-life (default: off)' },
+    trim: { type: 'string', value: 'X', help: 'trimmed-mean fraction cut from each tail (default 0.1)' },
+    'exclude-outliers': { type: 'boolean', help: 'leave numeric outliers out of every figure' },
+    ctx: { type: 'string', value: 'JSON', help: 'your context values: nearer packets weigh more (docs/synthesis.md)' },
+    timeout: { type: 'string', value: 'MS', help: 'time limit including connecting (default 10000)' },
+    packets: { type: 'boolean', help: 'list the verified packets too' },
+  },
+  details: `Every packet is verified (signature, topic, fingerprint, expiry); one packet per node (highest
+seq) counts; dropped packets are counted by reason. On a broker that does not keep the sync
+marker's order (plain Aedes, unknown brokers) the query ends after a quiet period and says so.
+Example:
+  qis query --url mqtt://localhost --template examples/bearing-failure.yaml \\
+    --situation '{"machine_model":"KX-200","bearing_type":"roller","load_kn":42.5,"sealed":true}' --widen 1`,
+  async run(flags) {
+    const [template, situation] = await Promise.all([loadTemplate(str(flags.template)), objectFlag('situation', str(flags.situation))]);
+    const ctx = flags.ctx === undefined ? undefined : ((await objectFlag('ctx', str(flags.ctx))) as Record<string, number>);
+    const r = await withNode(flags, async (node) => {
+      const intr = interruptSignal();
+      try {
+        return await node.query(template, situation, {
+          signal: intr.signal,
+          ...(flags.widen !== undefined ? { widen: numberFlag('widen', str(flags.widen), true) } : {}),
+          ...(flags['min-cohort'] !== undefined ? { minCohort: numberFlag('min-cohort', str(flags['min-cohort']), true) } : {}),
+          ...(flags['half-life'] !== undefined ? { halfLifeMs: numberFlag('half-life', str(flags['half-life']), false) } : {}),
+          ...(flags.trim !== undefined ? { trim: numberFlag('trim', str(flags.trim), false) } : {}),
+          ...(flags['exclude-outliers'] === true ? { excludeOutliers: true } : {}),
+          ...(ctx !== undefined ? { context: { values: ctx } } : {}),
+          ...(flags.timeout !== undefined ? { timeoutMs: Math.max(1, numberFlag('timeout', str(flags.timeout), true)) } : {}),
+        });
+      } finally {
+        intr.dispose();
+      }
+    });
+    const json = {
+      ok: true,
+      tplId: r.tplId,
+      filter: r.filter,
+      widen: r.widen,
+      broker: r.broker,
+      completeness: r.completeness,
+      cohort: r.packets.length,
+      received: r.received,
+      dropped: r.dropped,
+      superseded: r.superseded,
+      withdrawn: r.withdrawn,
+      duplicates: r.duplicates,
+      elapsedMs: r.elapsedMs,
+      ...r.synthesis,
+      ...(flags.packets === true ? { packets: r.packets.map(packetJson) } : {}),
+    };
+    return { json, human: renderQuery(template.doc.name, template.doc.version, r, flags.packets === true) };
+  },
+};
+
+function packetJson(p: VerifiedPacket): Record<string, unknown> {
+  return {
+    topic: p.topic,
+    nodeId: p.nodeId,
+    seq: p.seq,
+    ts: p.ts,
+    ...(p.del ? { del: true } : { out: p.out }),
+    conf: p.conf,
+    n: p.n,
+    ...(p.ctx ? { ctx: p.ctx } : {}),
+    ...(p.exp !== undefined ? { exp: p.exp } : {}),
+    packet: toHex(p.bytes),
+  };
+}
+
+const pct = (x: number): string => `${(100 * x).toFixed(1)} %`;
+const fmt = (x: number): string => (Number.isInteger(x) ? String(x) : Math.abs(x) >= 100 ? x.toFixed(1) : x.toPrecision(4));
+
+function renderQuery(name: string, version: number, r: QueryResult, listPackets: boolean): string {
+  const drops = Object.entries(r.dropped).map(([c, n]) => `${c} ${n}`);
+  const lines = [
+    `cohort    ${name} v${version}, ${r.widen === 0 ? 'exact' : `widened by ${r.widen} level(s)`}: ${r.filter}`,
+    `broker    ${r.broker}: ${r.completeness === 'sync' ? 'complete (sync marker)' : 'ended after a quiet period (broker does not keep the sync order)'}`,
+    `nodes     ${r.packets.length}   (received ${r.received}; dropped ${drops.length ? drops.join(', ') : 'none'}; superseded ${r.superseded}; withdrawn ${r.withdrawn})`,
+    '',
+    ...renderSynthesis(r.synthesis, ''),
+  ];
+  if (listPackets) {
+    lines.push('', 'packets:');
+    for (const p of r.packets) lines.push(`  ${p.nodeId}  seq ${p.seq}  ${new Date(p.ts).toISOString()}  ${JSON.stringify(p.out)}${p.n > 1 ? `  n=${p.n}` : ''}${p.conf < 1 ? `  conf=${p.conf}` : ''}`);
+  }
+  return lines.join('\n');
+}
+
+function renderSynthesis(s: Synthesis | KeySummary, indent: string): string[] {
+  switch (s.kind) {
+    case 'insufficient':
+      return [`${indent}${s.message}`];
+    case 'category':
+      return renderCategory(s, indent);
+    case 'number':
+      return renderNumber(s, indent);
+    case 'map':
+      return Object.entries(s.keys).flatMap(([k, v]) => [`${indent}${k}:`, ...renderSynthesis(v, indent + '  ')]);
+    default:
+      return [];
+  }
+}
+
+function renderCategory(s: CategorySummary, indent: string): string[] {
+  const labels = Object.entries(s.labels);
+  const w = Math.max(5, ...labels.map(([l]) => l.length));
+  const head = `${indent}${'label'.padEnd(w)}  ${'nodes'.padStart(6)}  ${'weight'.padStart(8)}  ${'share'.padStart(8)}  ${Math.round(s.confidence * 100)} % interval`;
+  return [
+    head,
+    ...labels.map(([l, v]) => `${indent}${l.padEnd(w)}  ${String(v.count).padStart(6)}  ${fmt(v.weight).padStart(8)}  ${pct(v.proportion).padStart(8)}  ${pct(v.low)} – ${pct(v.high)}`),
+    `${indent}(${s.count} nodes, ${s.observations} observations, effective n ${fmt(s.effectiveN)})`,
+  ];
+}
+
+function renderNumber(s: NumberSummary, indent: string): string[] {
+  const u = s.unit ? ` ${s.unit}` : '';
+  return [
+    `${indent}nodes ${s.count}, observations ${s.observations}, effective n ${fmt(s.effectiveN)}`,
+    `${indent}median ${fmt(s.median)}${u}   trimmed mean ${fmt(s.trimmedMean)}${u}   mean ${fmt(s.mean)}${u}`,
+    `${indent}p10–p90 ${fmt(s.p10)} – ${fmt(s.p90)}${u}   MAD ${fmt(s.mad)}${u}   range ${fmt(s.min)} – ${fmt(s.max)}${u}`,
+    ...(s.outliers.length > 0
+      ? [`${indent}outliers ${s.outliers.length}${s.excluded > 0 ? ' (excluded)' : ' (included; --exclude-outliers leaves them out)'}: ${s.outliers.slice(0, 5).map((o) => fmt(o.value)).join(', ')}${s.outliers.length > 5 ? ', …' : ''}`]
+      : []),
+  ];
+}
+
+const watch: Command = {
+  path: ['watch'],
+  summary: "print a cohort's verified packets as they arrive (Ctrl-C to stop)",
+  flags: {
+    ...QUERY_FLAGS,
+    live: { type: 'boolean', help: 'only new packets, not the retained ones present at start' },
+    count: { type: 'string', value: 'N', help: 'stop after N packets' },
+    timeout: { type: 'string', value: 'MS', help: 'stop after this long' },
+  },
+  details: 'With --json, one JSON object per packet per line (NDJSON). Forged or foreign packets are not printed; the count of dropped ones is printed at the end.',
+  async run(flags, io: Io) {
+    const [template, situation] = await Promise.all([loadTemplate(str(flags.template)), objectFlag('situation', str(flags.situation))]);
+    const count = flags.count === undefined ? Infinity : numberFlag('count', str(flags.count), true);
+    const json = flags.json === true;
+    return withNode(flags, async (node) => {
+      const intr = interruptSignal();
+      const ac = new AbortController();
+      const timer = flags.timeout === undefined ? undefined : setTimeout(() => ac.abort(), numberFlag('timeout', str(flags.timeout), true));
+      intr.signal.addEventListener('abort', () => ac.abort(), { once: true });
+      const it = node.watch(template, situation, {
+        signal: ac.signal,
+        ...(flags.widen !== undefined ? { widen: numberFlag('widen', str(flags.widen), true) } : {}),
+        ...(flags.live === true ? { retained: false } : {}),
+      });
+      let seen = 0;
+      try {
+        if (seen < count) {
+          for await (const ev of it) {
+            const p = ev.packet;
+            if (json) io.stdout.write(JSON.stringify({ retained: ev.retained, ...packetJson(p) }) + '\n');
+            else io.stdout.write(`${new Date(p.ts).toISOString()}  ${p.nodeId}  seq ${p.seq}  ${p.del ? 'withdrawn' : JSON.stringify(p.out)}${ev.retained ? '  (retained)' : ''}\n`);
+            if (++seen >= count) break;
+          }
+        }
+      } finally {
+        if (timer) clearTimeout(timer);
+        intr.dispose();
+      }
+      const dropped = it.dropped;
+      const d = Object.entries(dropped).map(([c, n]) => `${c} ${n}`);
+      // Per-packet lines went out already; the summary goes to stderr so that stdout stays NDJSON.
+      io.stderr.write(`watched ${seen} packet(s); dropped ${d.length ? d.join(', ') : 'none'}\n`);
+      return { json: { ok: true, packets: seen, dropped }, human: '', quiet: true };
+    });
+  },
+};
+
+export const nodeCommands: readonly Command[] = [publish, flush, query, watch];

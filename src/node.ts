@@ -1,0 +1,943 @@
+/**
+ * The edge node runtime (PROTOCOL §5–§7): publish a situation's outcome as a signed, retained
+ * packet through a durable outbox, and read a cohort in one round trip.
+ *
+ * One MQTT connection (mqtt.js 5, MQTT 3.1.1, clean session): the outbox, not the broker's
+ * session, is what makes delivery survive power cuts. mqtt.js's own fixed-period reconnect is
+ * off; the node reconnects with exponential backoff and full jitter.
+ */
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { backoffDelay, backoffOptions, type BackoffOptions } from './backoff.js';
+import { toHex, fromHex } from './bytes.js';
+import { Channel } from './channel.js';
+import { foldCohort, topicMatches, type CohortMessage } from './cohort.js';
+import { ensureDir, lockDir } from './durable.js';
+import { QisError, isQisError, type ErrorCode } from './errors.js';
+import { address, cohortFilter, outcomeTopic, type Situation } from './fingerprint.js';
+import { generateKey, loadKeyFile, saveKeyFile, type Ed25519Backend, type NodeKey } from './identity.js';
+import { createOutcomePacket } from './outcome.js';
+import { Outbox, type OutboxEntry } from './outbox.js';
+import { checkPacket, signPacket, type Outcome, type VerifiedPacket } from './packet.js';
+import { synthesize, type Synthesis, type SynthesisOptions } from './synthesis.js';
+import type { Template } from './template.js';
+
+/** How a broker orders a query's sync marker (PROTOCOL §7). */
+export type BrokerKind = 'qis' | 'mosquitto' | 'unknown';
+
+/** Timer functions, replaceable in tests (a fake clock). */
+export interface Timers {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export interface TlsOptions {
+  /** PEM of the CA(s) that signed the broker's certificate. */
+  readonly ca?: string | Uint8Array;
+  /** PEM client certificate and key, for brokers that require mTLS. */
+  readonly cert?: string | Uint8Array;
+  readonly key?: string | Uint8Array;
+  /** Default true. false accepts any broker certificate: for tests only. */
+  readonly rejectUnauthorized?: boolean;
+  /** TLS SNI / certificate host name, when it differs from the URL's host. */
+  readonly servername?: string;
+}
+
+export interface NodeOptions {
+  /** `mqtt://host[:1883]`, `mqtts://host[:8883]`, `ws://host/path` or `wss://host/path`. */
+  readonly url: string;
+  /** Holds the key (`key.json`), the outbox and the per-template seq state. Created if missing. */
+  readonly dataDir: string;
+  /** Use this key instead of `<dataDir>/key.json` (which is created on first start otherwise). */
+  readonly key?: NodeKey;
+  /** MQTT client id. Default `qis-<nodeId>-<8 hex>`. */
+  readonly clientId?: string;
+  readonly username?: string;
+  readonly password?: string;
+  readonly tls?: TlsOptions;
+  /** MQTT keepalive, s. Default 30. */
+  readonly keepaliveS?: number;
+  /** Time allowed for TCP + TLS + CONNACK, ms. Default 10,000. */
+  readonly connectTimeoutMs?: number;
+  /** Reconnect backoff. Default base 500 ms, cap 30 s, full jitter. */
+  readonly reconnect?: BackoffOptions;
+  /** How long `publish` waits for the PUBACK before it reports the packet as queued. Default 10,000. */
+  readonly ackTimeoutMs?: number;
+  /** The broker's query ordering; default 'auto' (asked once per connection, PROTOCOL §7). */
+  readonly brokerKind?: BrokerKind | 'auto';
+  /** Quiet period that ends a query on a broker of unknown ordering, ms. Default 500. */
+  readonly quietMs?: number;
+  readonly backend?: Ed25519Backend;
+  /** Clock (Unix ms), jitter source and timers; replaceable in tests. */
+  readonly now?: () => number;
+  readonly random?: () => number;
+  readonly timers?: Timers;
+  readonly signal?: AbortSignal;
+}
+
+/** Packet options of {@link QisNode.publish} (PROTOCOL §5). */
+export interface PublishOptions {
+  readonly conf?: number;
+  readonly n?: number;
+  readonly ctx?: { readonly [key: string]: number };
+  /** Unix s after which the packet is stale. */
+  readonly exp?: number;
+  /** Unix ms when the outcome was observed. Default now. */
+  readonly ts?: number;
+  /** Wait at most this long for the PUBACK (default the node's ackTimeoutMs; 0: do not wait). */
+  readonly ackTimeoutMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+export interface PublishResult {
+  readonly topic: string;
+  readonly seq: number;
+  /** The packet exactly as signed and queued. */
+  readonly packet: Uint8Array;
+  /** The tombstone queued for the node's previous bucket, when the bucket changed. */
+  readonly tombstone?: { readonly topic: string; readonly seq: number; readonly packet: Uint8Array };
+  /** true: the broker acknowledged it. false: it is safe in the outbox and goes out on reconnect. */
+  readonly acked: boolean;
+}
+
+export interface QueryOptions extends SynthesisOptions {
+  /** Drop this many least significant levels: 0 is the exact cohort. */
+  readonly widen?: number;
+  /** Overall time limit including waiting for a connection, ms. Default 10,000. */
+  readonly timeoutMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+export interface QueryResult {
+  readonly tplId: string;
+  readonly filter: string;
+  readonly widen: number;
+  /** How the end of the retained messages was known: the sync marker, or a quiet period. */
+  readonly completeness: 'sync' | 'quiet-period';
+  readonly broker: BrokerKind;
+  /** The cohort: verified live packets, one per node (highest seq). */
+  readonly packets: readonly VerifiedPacket[];
+  readonly received: number;
+  readonly dropped: Partial<Record<ErrorCode, number>>;
+  readonly superseded: number;
+  readonly withdrawn: number;
+  readonly duplicates: number;
+  readonly synthesis: Synthesis;
+  readonly elapsedMs: number;
+}
+
+export interface WatchOptions {
+  readonly widen?: number;
+  /** Also yield the retained packets present when the watch starts. Default true. */
+  readonly retained?: boolean;
+  readonly signal?: AbortSignal;
+}
+
+/** One verified packet seen by {@link QisNode.watch}. Tombstones come too (`packet.del`). */
+export interface WatchEvent {
+  readonly packet: VerifiedPacket;
+  readonly retained: boolean;
+}
+
+export interface WatchIterator extends AsyncIterableIterator<WatchEvent> {
+  /** Messages on the filter that failed verification, by code. */
+  readonly dropped: Partial<Record<ErrorCode, number>>;
+}
+
+/** What `status()` reports. */
+export type NodeStatus =
+  | { readonly type: 'connecting'; readonly attempt: number; readonly url: string }
+  | { readonly type: 'connected'; readonly url: string }
+  | { readonly type: 'disconnected'; readonly reason: string }
+  | { readonly type: 'reconnecting'; readonly attempt: number; readonly delayMs: number }
+  | { readonly type: 'refused'; readonly code: ErrorCode; readonly message: string; readonly topic?: string }
+  | { readonly type: 'outbox-flushed'; readonly delivered: number };
+
+export interface QisNode extends AsyncDisposable {
+  readonly key: NodeKey;
+  readonly nodeId: string;
+  readonly clientId: string;
+  readonly connected: boolean;
+  /** Packets in the outbox, waiting for a PUBACK. */
+  readonly pending: number;
+  publish(template: Template, situation: Situation, outcome: Outcome, options?: PublishOptions): Promise<PublishResult>;
+  /** Withdraws the node's packet for a template (signed tombstone on its current bucket). */
+  withdraw(template: Template, options?: { readonly ackTimeoutMs?: number; readonly signal?: AbortSignal }): Promise<PublishResult | undefined>;
+  /** Resolves once the outbox is empty. @throws QisError ERR_TIMEOUT | ERR_ABORTED | ERR_CLOSED */
+  flush(options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<void>;
+  query(template: Template, situation: Situation, options?: QueryOptions): Promise<QueryResult>;
+  watch(template: Template, situation: Situation, options?: WatchOptions): WatchIterator;
+  status(options?: { readonly signal?: AbortSignal }): AsyncIterableIterator<NodeStatus>;
+  /** The broker's query ordering, as configured or detected on this connection. */
+  brokerKind(options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<BrokerKind>;
+  close(): Promise<void>;
+}
+
+interface Defaults {
+  readonly keepaliveS: number;
+  readonly connectTimeoutMs: number;
+  readonly ackTimeoutMs: number;
+  readonly brokerKind: BrokerKind | 'auto';
+  readonly quietMs: number;
+  readonly queryTimeoutMs: number;
+}
+const DEFAULTS: Defaults = Object.freeze({
+  keepaliveS: 30,
+  connectTimeoutMs: 10_000,
+  ackTimeoutMs: 10_000,
+  brokerKind: 'auto',
+  quietMs: 500,
+  queryTimeoutMs: 10_000,
+});
+type Merged = Defaults & NodeOptions;
+
+/** The retained topic where a qis broker says what it is (docs/protocol-choices.md). */
+export const BROKER_INFO_TOPIC = 'qis/1/broker';
+const MOSQUITTO_VERSION_TOPIC = '$SYS/broker/version';
+
+const CONNACK_REASONS: Record<number, string> = {
+  1: 'unacceptable protocol version',
+  2: 'client identifier rejected',
+  3: 'server unavailable',
+  4: 'bad user name or password',
+  5: 'not authorized',
+};
+
+function checkUrl(url: string): URL {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new QisError('ERR_URL_INVALID', `${JSON.stringify(url)} is not a URL; use mqtt://host:1883, mqtts://host:8883, ws://host/mqtt or wss://host/mqtt`);
+  }
+  if (!['mqtt:', 'mqtts:', 'ws:', 'wss:'].includes(u.protocol) || !u.hostname) {
+    throw new QisError('ERR_URL_INVALID', `${url}: the scheme must be mqtt, mqtts, ws or wss with a host`);
+  }
+  return u;
+}
+
+function positive(name: string, v: number | undefined, allowZero = false): void {
+  if (v === undefined) return;
+  if (!(Number.isFinite(v) && (allowZero ? v >= 0 : v > 0))) throw new QisError('ERR_INVALID_ARGUMENT', `${name} must be a ${allowZero ? 'non-negative' : 'positive'} number, got ${String(v)}`);
+}
+
+function abortError(signal: AbortSignal): QisError {
+  const why = signal.reason instanceof Error ? signal.reason.message : String(signal.reason ?? 'aborted');
+  return new QisError('ERR_ABORTED', `aborted: ${why}`, { cause: signal.reason });
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw abortError(signal);
+}
+
+/**
+ * Opens a node: takes the data directory's lock, loads or creates its key, reads the outbox and
+ * starts connecting (it does not wait for the broker: publishing works offline).
+ *
+ * @throws QisError ERR_URL_INVALID | ERR_DATA_DIR_LOCKED | ERR_FILE_IO | ERR_KEY_* | ERR_INVALID_ARGUMENT
+ * @example
+ * await using node = await createNode({ url: 'mqtt://localhost', dataDir: '/var/lib/qis' })
+ * await node.publish(template, { machine_model: 'X1', … }, 'failure', { ctx: { rpm: 1500 } })
+ * const r = await node.query(template, situation)
+ * console.log(r.synthesis)
+ */
+export async function createNode(options: NodeOptions): Promise<QisNode> {
+  const o: Merged = { ...DEFAULTS, ...stripUndefined(options) };
+  checkUrl(o.url);
+  const backoff = backoffOptions(o.reconnect);
+  positive('keepaliveS', o.keepaliveS, true);
+  positive('connectTimeoutMs', o.connectTimeoutMs);
+  positive('ackTimeoutMs', o.ackTimeoutMs, true);
+  positive('quietMs', o.quietMs);
+  if (!['auto', 'qis', 'mosquitto', 'unknown'].includes(o.brokerKind)) {
+    throw new QisError('ERR_INVALID_ARGUMENT', `brokerKind must be auto, qis, mosquitto or unknown, got ${String(o.brokerKind)}`);
+  }
+  if (typeof o.dataDir !== 'string' || o.dataDir === '') throw new QisError('ERR_INVALID_ARGUMENT', 'dataDir is required');
+  throwIfAborted(o.signal);
+  await ensureDir(o.dataDir);
+  const unlock = await lockDir(o.dataDir);
+  try {
+    const key = o.key ?? (await loadOrCreateKey(join(o.dataDir, 'key.json')));
+    throwIfAborted(o.signal);
+    const { outbox, bad } = await Outbox.open(o.dataDir, key.nodeId);
+    const node = new Node(o, backoff, key, outbox, unlock);
+    for (const b of bad) node.openRefusal({ type: 'refused', code: b.error.code, message: b.error.message });
+    node.start();
+    return node;
+  } catch (e) {
+    await unlock();
+    throw e;
+  }
+}
+
+async function loadOrCreateKey(path: string): Promise<NodeKey> {
+  try {
+    return await loadKeyFile(path);
+  } catch (e) {
+    const missing = isQisError(e) && e.code === 'ERR_FILE_IO' && (e.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
+    if (!missing) throw e;
+  }
+  const key = generateKey();
+  await saveKeyFile(path, key);
+  return key;
+}
+
+type Listener = (topic: string, payload: Uint8Array, retained: boolean) => void;
+type State = 'connecting' | 'connected' | 'waiting' | 'closed';
+
+class Node implements QisNode {
+  readonly key: NodeKey;
+  readonly nodeId: string;
+  readonly clientId: string;
+  readonly #o: Merged;
+  readonly #backoff: Required<BackoffOptions>;
+  readonly #outbox: Outbox;
+  readonly #unlock: () => Promise<void>;
+  readonly #now: () => number;
+  readonly #random: () => number;
+  readonly #timers: Timers;
+  #state: State = 'waiting';
+  #client: MqttClient | undefined;
+  /** Bumped on every connection: callbacks of an older connection are ignored. */
+  #gen = 0;
+  #attempt = 0;
+  #everSettled = false;
+  #reconnectTimer: unknown;
+  readonly #inflight = new Set<string>();
+  #delivered = 0;
+  readonly #listeners = new Set<Listener>();
+  /** Subscriptions kept across reconnects (watches), with reference counts. */
+  readonly #subs = new Map<string, number>();
+  readonly #statusChannels = new Set<Channel<NodeStatus>>();
+  readonly #watches = new Set<Channel<WatchEvent>>();
+  /** Waiters for changes: connection state, acks, outbox size. */
+  readonly #wakers = new Set<() => void>();
+  #brokerKind: Promise<BrokerKind> | undefined;
+  /** Serialises seq allocation and outbox writes. */
+  #writes: Promise<unknown> = Promise.resolve();
+  #closing: Promise<void> | undefined;
+
+  constructor(o: Merged, backoff: Required<BackoffOptions>, key: NodeKey, outbox: Outbox, unlock: () => Promise<void>) {
+    this.#o = o;
+    this.#backoff = backoff;
+    this.key = key;
+    this.nodeId = key.nodeId;
+    this.clientId = o.clientId ?? `qis-${key.nodeId}-${randomBytes(4).toString('hex')}`;
+    this.#outbox = outbox;
+    this.#unlock = unlock;
+    this.#now = o.now ?? Date.now;
+    this.#random = o.random ?? Math.random;
+    this.#timers = o.timers ?? { setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) };
+  }
+
+  get connected(): boolean {
+    return this.#state === 'connected';
+  }
+
+  get pending(): number {
+    return this.#outbox.size;
+  }
+
+  // ------------------------------------------------------------------ status and wake-ups
+
+  emit(s: NodeStatus): void {
+    for (const c of this.#statusChannels) c.push(s);
+  }
+
+  /** Refusals found while opening (bad outbox files): every status() iterator starts with them. */
+  readonly #openEvents: NodeStatus[] = [];
+  openRefusal(s: NodeStatus): void {
+    this.#openEvents.push(s);
+  }
+
+  #wake(): void {
+    for (const w of [...this.#wakers]) w();
+  }
+
+  /**
+   * Waits until `ready()` is true, re-checking on every state change, or rejects on timeout,
+   * abort or close.
+   */
+  #until<T>(ready: () => T | undefined, o: { deadline?: number; signal?: AbortSignal | undefined; what: string }): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let timer: unknown;
+      const done = (): void => {
+        this.#wakers.delete(check);
+        if (timer !== undefined) this.#timers.clearTimeout(timer);
+        o.signal?.removeEventListener('abort', onAbort);
+      };
+      const onAbort = (): void => {
+        done();
+        reject(abortError(o.signal as AbortSignal));
+      };
+      const check = (): void => {
+        if (this.#state === 'closed') {
+          done();
+          return reject(new QisError('ERR_CLOSED', `node closed while waiting for ${o.what}`));
+        }
+        let v: T | undefined;
+        try {
+          v = ready();
+        } catch (e) {
+          done();
+          return reject(e as Error);
+        }
+        if (v !== undefined) {
+          done();
+          resolve(v);
+        }
+      };
+      if (o.signal?.aborted) return reject(abortError(o.signal));
+      o.signal?.addEventListener('abort', onAbort, { once: true });
+      this.#wakers.add(check);
+      if (o.deadline !== undefined) {
+        const ms = Math.max(0, o.deadline - this.#now());
+        timer = this.#timers.setTimeout(() => {
+          done();
+          reject(new QisError('ERR_TIMEOUT', `timed out after ${ms} ms waiting for ${o.what}`));
+        }, ms);
+      }
+      check();
+    });
+  }
+
+  status(options: { signal?: AbortSignal } = {}): AsyncIterableIterator<NodeStatus> {
+    const ch: Channel<NodeStatus> = new Channel(1000, () => this.#statusChannels.delete(ch));
+    for (const s of this.#openEvents) ch.push(s);
+    if (this.#state === 'closed') ch.end();
+    else this.#statusChannels.add(ch);
+    if (options.signal) {
+      if (options.signal.aborted) ch.end();
+      options.signal.addEventListener('abort', () => ch.end(), { once: true });
+    }
+    return ch;
+  }
+
+  // ------------------------------------------------------------------ connection
+
+  start(): void {
+    this.#connect();
+  }
+
+  #connect(): void {
+    if (this.#state === 'closed') return;
+    const gen = ++this.#gen;
+    this.#state = 'connecting';
+    this.emit({ type: 'connecting', attempt: this.#attempt, url: this.#o.url });
+    const tls = this.#o.tls;
+    const opts: IClientOptions = {
+      clientId: this.clientId,
+      protocolVersion: 4,
+      clean: true,
+      keepalive: this.#o.keepaliveS,
+      connectTimeout: this.#o.connectTimeoutMs,
+      reconnectPeriod: 0, // ours: backoff with jitter
+      resubscribe: false,
+      queueQoSZero: false,
+      ...(this.#o.username !== undefined ? { username: this.#o.username } : {}),
+      ...(this.#o.password !== undefined ? { password: this.#o.password } : {}),
+      ...(tls?.ca !== undefined ? { ca: Buffer.from(tls.ca) } : {}),
+      ...(tls?.cert !== undefined ? { cert: Buffer.from(tls.cert) } : {}),
+      ...(tls?.key !== undefined ? { key: Buffer.from(tls.key) } : {}),
+      ...(tls?.rejectUnauthorized !== undefined ? { rejectUnauthorized: tls.rejectUnauthorized } : {}),
+      ...(tls?.servername !== undefined ? { servername: tls.servername } : {}),
+    };
+    let client: MqttClient;
+    try {
+      client = mqtt.connect(this.#o.url, opts);
+    } catch (e) {
+      this.emit({ type: 'refused', code: 'ERR_URL_INVALID', message: (e as Error).message });
+      this.#lost(gen, (e as Error).message);
+      return;
+    }
+    this.#client = client;
+    let lastError = '';
+    client.on('connect', () => {
+      if (gen !== this.#gen) return;
+      this.#state = 'connected';
+      this.#attempt = 0;
+      this.#everSettled = true;
+      this.#brokerKind = undefined;
+      this.emit({ type: 'connected', url: this.#o.url });
+      const filters = [...this.#subs.keys()];
+      if (filters.length > 0) {
+        client.subscribe(Object.fromEntries(filters.map((f) => [f, { qos: 1 as const }])), (err) => {
+          if (err && gen === this.#gen) this.emit({ type: 'refused', code: 'ERR_SUBSCRIBE_DENIED', message: err.message });
+        });
+      }
+      this.#wake();
+      this.#drain();
+    });
+    client.on('message', (topic, payload, packet) => {
+      if (gen !== this.#gen) return;
+      const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
+      for (const l of this.#listeners) l(topic, bytes, packet.retain);
+    });
+    client.on('error', (err: Error & { code?: unknown }) => {
+      if (gen !== this.#gen) return;
+      if (typeof err.code === 'number') {
+        const why = CONNACK_REASONS[err.code] ?? 'refused';
+        lastError = `broker refused the connection: ${why} (CONNACK return code ${err.code})`;
+        this.emit({ type: 'refused', code: 'ERR_CONNECT_REFUSED', message: lastError });
+      } else {
+        lastError = err.message;
+      }
+    });
+    client.on('close', () => {
+      if (gen !== this.#gen) return;
+      this.#lost(gen, lastError || 'connection closed');
+    });
+  }
+
+  #lost(gen: number, reason: string): void {
+    if (gen !== this.#gen || this.#state === 'closed') return;
+    const wasConnected = this.#state === 'connected';
+    this.#gen++; // ignore anything more from this connection
+    this.#client?.end(true);
+    this.#client = undefined;
+    this.#state = 'waiting';
+    this.#everSettled = true;
+    this.#inflight.clear(); // unacknowledged entries stay in the outbox and go again
+    if (wasConnected) this.emit({ type: 'disconnected', reason });
+    const delayMs = backoffDelay(this.#attempt, this.#backoff, this.#random);
+    this.#attempt++;
+    this.emit({ type: 'reconnecting', attempt: this.#attempt, delayMs });
+    this.#reconnectTimer = this.#timers.setTimeout(() => {
+      this.#reconnectTimer = undefined;
+      this.#connect();
+    }, delayMs);
+    this.#wake();
+  }
+
+  #waitConnected(deadline: number, signal: AbortSignal | undefined): Promise<MqttClient> {
+    return this.#until(() => (this.#state === 'connected' ? this.#client : undefined), {
+      deadline,
+      signal,
+      what: `a connection to ${this.#o.url}`,
+    });
+  }
+
+  // ------------------------------------------------------------------ publishing
+
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#writes.then(fn, fn);
+    this.#writes = run.catch(() => undefined);
+    return run;
+  }
+
+  #nextSeq(tplId: string, count: number): number {
+    // Strictly increasing across restarts; Unix ms when the counter was lost (PROTOCOL §5).
+    const first = Math.max(this.#outbox.lastSeq(tplId) + 1, Math.floor(this.#now()));
+    return first + count - 1;
+  }
+
+  async publish(template: Template, situation: Situation, outcome: Outcome, options: PublishOptions = {}): Promise<PublishResult> {
+    this.#checkOpen();
+    throwIfAborted(options.signal);
+    positive('ackTimeoutMs', options.ackTimeoutMs, true);
+    const addr = address(template, situation);
+    const topic = outcomeTopic(addr, this.key.nodeId);
+    const result = await this.#serial(async () => {
+      this.#checkOpen();
+      throwIfAborted(options.signal);
+      const prev = this.#outbox.bucket(template.tplId);
+      const moved = prev !== undefined && prev.topic !== topic;
+      const seq = this.#nextSeq(template.tplId, moved ? 2 : 1);
+      const ts = options.ts ?? Math.floor(this.#now());
+      // Sign first: an outcome that does not fit the template is refused before anything is written.
+      const signed = createOutcomePacket({
+        key: this.key,
+        template,
+        situation,
+        outcome,
+        seq,
+        ts,
+        ...(options.conf !== undefined ? { conf: options.conf } : {}),
+        ...(options.n !== undefined ? { n: options.n } : {}),
+        ...(options.ctx !== undefined ? { ctx: options.ctx } : {}),
+        ...(options.exp !== undefined ? { exp: options.exp } : {}),
+        ...(this.#o.backend ? { backend: this.#o.backend } : {}),
+      });
+      let tomb: { topic: string; seq: number; packet: Uint8Array } | undefined;
+      if (moved) {
+        // The old bucket gets a signed tombstone one seq below the new packet, sent before it, so
+        // any broker (Mosquitto too) ends with one live packet for this node.
+        const tseq = seq - 1;
+        tomb = { topic: prev.topic, seq: tseq, packet: signPacket(this.key, prev.topic, { fp: hexFp(prev.fp), seq: tseq, ts, del: true }, this.#backend()) };
+      }
+      await this.#outbox.setState(template.tplId, { seq, topic, fp: toHex(addr.fp) });
+      if (tomb) await this.#outbox.add('tombstone', template.tplId, tomb.topic, tomb.seq, tomb.packet);
+      const entry = await this.#outbox.add('packet', template.tplId, topic, seq, signed.packet, options.exp);
+      return { entry, tomb };
+    });
+    this.#wake();
+    this.#drain();
+    const acked = await this.#waitAck(result.entry, options.ackTimeoutMs ?? this.#o.ackTimeoutMs, options.signal);
+    return {
+      topic,
+      seq: result.entry.seq,
+      packet: result.entry.packet,
+      ...(result.tomb ? { tombstone: result.tomb } : {}),
+      acked,
+    };
+  }
+
+  async withdraw(template: Template, options: { ackTimeoutMs?: number; signal?: AbortSignal } = {}): Promise<PublishResult | undefined> {
+    this.#checkOpen();
+    throwIfAborted(options.signal);
+    const entry = await this.#serial(async () => {
+      const prev = this.#outbox.bucket(template.tplId);
+      if (!prev) return undefined;
+      const seq = this.#nextSeq(template.tplId, 1);
+      const packet = signPacket(this.key, prev.topic, { fp: hexFp(prev.fp), seq, ts: Math.floor(this.#now()), del: true }, this.#backend());
+      await this.#outbox.setState(template.tplId, { ...prev, seq });
+      return this.#outbox.add('tombstone', template.tplId, prev.topic, seq, packet);
+    });
+    if (!entry) return undefined;
+    this.#wake();
+    this.#drain();
+    const acked = await this.#waitAck(entry, options.ackTimeoutMs ?? this.#o.ackTimeoutMs, options.signal);
+    return { topic: entry.topic, seq: entry.seq, packet: entry.packet, acked };
+  }
+
+  #backend(): { backend?: Ed25519Backend } {
+    return this.#o.backend ? { backend: this.#o.backend } : {};
+  }
+
+  /** true once acknowledged; false when it stays queued (offline, superseded, or not acked in time). */
+  async #waitAck(entry: OutboxEntry, ackTimeoutMs: number, signal: AbortSignal | undefined): Promise<boolean> {
+    if (ackTimeoutMs === 0) return false;
+    const deadline = this.#now() + ackTimeoutMs;
+    try {
+      return await this.#until<boolean>(
+        () => {
+          if (!this.#outbox.has(entry.name)) return this.#ackedNames.has(entry.name);
+          // Offline (and the first attempt already failed): it is safe in the outbox; say so now.
+          if (this.#state === 'waiting' && this.#everSettled) return false;
+          return undefined;
+        },
+        { deadline, signal, what: 'the PUBACK' },
+      );
+    } catch (e) {
+      if (isQisError(e) && e.code === 'ERR_TIMEOUT') return false;
+      throw e;
+    } finally {
+      this.#ackedNames.delete(entry.name);
+    }
+  }
+
+  readonly #ackedNames = new Set<string>();
+
+  #drain(): void {
+    const client = this.#client;
+    if (this.#state !== 'connected' || !client) return;
+    const gen = this.#gen;
+    for (const e of this.#outbox.entries()) {
+      if (this.#inflight.has(e.name)) continue;
+      if (e.exp !== undefined && this.#now() > e.exp * 1000) {
+        // A stale packet would be refused by any conforming broker; drop it here and say so.
+        this.emit({ type: 'refused', code: 'ERR_EXPIRED', message: `queued packet seq ${e.seq} expired before it could be sent; dropped`, topic: e.topic });
+        void this.#outbox.remove(e.name).catch((err: unknown) => this.#ioFailure(err));
+        continue;
+      }
+      this.#inflight.add(e.name);
+      client.publish(e.topic, Buffer.from(e.packet), { qos: 1, retain: true }, (err) => {
+        if (gen !== this.#gen) return; // that connection is gone: the entry goes again on the next one
+        this.#inflight.delete(e.name);
+        if (err) return;
+        void this.#acked(e).catch((er: unknown) => this.#ioFailure(er));
+      });
+    }
+  }
+
+  async #acked(e: OutboxEntry): Promise<void> {
+    if (this.#outbox.has(e.name)) {
+      this.#ackedNames.add(e.name);
+      // Only waiters read this set; keep it from growing when nobody waits.
+      if (this.#ackedNames.size > 1000) this.#ackedNames.delete(this.#ackedNames.values().next().value as string);
+      await this.#outbox.remove(e.name);
+    }
+    this.#delivered++;
+    if (this.#outbox.size === 0 && this.#inflight.size === 0) {
+      this.emit({ type: 'outbox-flushed', delivered: this.#delivered });
+      this.#delivered = 0;
+    }
+    this.#wake();
+  }
+
+  #ioFailure(e: unknown): void {
+    const err = isQisError(e) ? e : new QisError('ERR_FILE_IO', (e as Error).message, { cause: e });
+    this.emit({ type: 'refused', code: err.code, message: err.message });
+  }
+
+  async flush(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+    this.#checkOpen();
+    positive('timeoutMs', options.timeoutMs);
+    const deadline = options.timeoutMs === undefined ? undefined : this.#now() + options.timeoutMs;
+    await this.#until(() => (this.#outbox.size === 0 ? true : undefined), {
+      ...(deadline !== undefined ? { deadline } : {}),
+      signal: options.signal,
+      what: `the outbox to empty (${this.#outbox.size} packet(s) left)`,
+    });
+  }
+
+  // ------------------------------------------------------------------ subscriptions
+
+  async #subscribe(client: MqttClient, filters: readonly string[]): Promise<void> {
+    let granted: { topic: string; qos: number }[];
+    try {
+      granted = await client.subscribeAsync(Object.fromEntries(filters.map((f) => [f, { qos: 1 as const }])));
+    } catch (e) {
+      // mqtt.js 5 turns a SUBACK failure code (0x80) into this error.
+      if ((e as Error).message.startsWith('Subscribe error')) {
+        throw new QisError('ERR_SUBSCRIBE_DENIED', `the broker refused a subscription to ${filters.join(', ')} (SUBACK 0x80)`, { cause: e });
+      }
+      throw e;
+    }
+    const denied = granted.filter((g) => g.qos === 128);
+    if (denied.length > 0) {
+      throw new QisError('ERR_SUBSCRIBE_DENIED', `the broker refused the subscription to ${denied.map((d) => d.topic).join(', ')} (SUBACK 0x80)`);
+    }
+  }
+
+  #unsubscribe(client: MqttClient, filters: readonly string[]): void {
+    const drop = filters.filter((f) => !this.#subs.has(f));
+    if (drop.length > 0 && this.#client === client && this.#state === 'connected') client.unsubscribe(drop, () => undefined);
+  }
+
+  brokerKind(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<BrokerKind> {
+    this.#checkOpen();
+    if (this.#o.brokerKind !== 'auto') return Promise.resolve(this.#o.brokerKind);
+    const deadline = this.#now() + (options.timeoutMs ?? DEFAULTS.queryTimeoutMs);
+    const p = (this.#brokerKind ??= this.#detect(deadline, options.signal));
+    p.catch(() => {
+      if (this.#brokerKind === p) this.#brokerKind = undefined; // ask again next time
+    });
+    return p;
+  }
+
+  /**
+   * Asks the broker what it is, once per connection: a qis broker keeps `qis/1/broker` retained
+   * and holds sync markers (PROTOCOL §7); Mosquitto keeps `$SYS/broker/version` and delivers a
+   * subscription's retained messages before it reads the next packet. Anything else gets the
+   * quiet period.
+   */
+  async #detect(deadline: number, signal: AbortSignal | undefined): Promise<BrokerKind> {
+    const client = await this.#waitConnected(deadline, signal);
+    const sync = `qis/1/sync/${this.clientId}/${randomBytes(6).toString('hex')}`;
+    let kind: BrokerKind = 'unknown';
+    let synced = false;
+    const listener: Listener = (topic, payload) => {
+      if (topic === sync) synced = true;
+      else if (synced) return;
+      else if (topic === BROKER_INFO_TOPIC) kind = 'qis';
+      else if (topic === MOSQUITTO_VERSION_TOPIC && kind === 'unknown' && Buffer.from(payload).toString('utf8').startsWith('mosquitto')) kind = 'mosquitto';
+      this.#wake();
+    };
+    this.#listeners.add(listener);
+    const filters = [sync, BROKER_INFO_TOPIC, MOSQUITTO_VERSION_TOPIC];
+    try {
+      try {
+        await this.#subscribe(client, filters);
+        await client.publishAsync(sync, Buffer.from('?'), { qos: 1 });
+      } catch (e) {
+        if (isQisError(e) && e.code === 'ERR_SUBSCRIBE_DENIED') return 'unknown';
+        throw new QisError('ERR_TIMEOUT', `connection lost while asking the broker what it is: ${(e as Error).message}`, { cause: e });
+      }
+      try {
+        await this.#until(() => (synced ? true : undefined), { deadline, signal, what: 'the sync marker' });
+      } catch (e) {
+        if (isQisError(e) && e.code === 'ERR_TIMEOUT') return 'unknown';
+        throw e;
+      }
+      return kind;
+    } finally {
+      this.#listeners.delete(listener);
+      this.#unsubscribe(client, filters);
+    }
+  }
+
+  // ------------------------------------------------------------------ query and watch
+
+  #checkWiden(template: Template, widen: number): void {
+    const k = template.fields.length;
+    if (!Number.isInteger(widen) || widen < 0 || widen > k) throw new QisError('ERR_INVALID_ARGUMENT', `widen must be an integer from 0 to ${k}, got ${String(widen)}`);
+  }
+
+  async query(template: Template, situation: Situation, options: QueryOptions = {}): Promise<QueryResult> {
+    this.#checkOpen();
+    throwIfAborted(options.signal);
+    const started = this.#now();
+    const widen = options.widen ?? 0;
+    this.#checkWiden(template, widen);
+    positive('timeoutMs', options.timeoutMs);
+    const addr = address(template, situation);
+    const filter = cohortFilter(addr, widen);
+    const deadline = started + (options.timeoutMs ?? DEFAULTS.queryTimeoutMs);
+    for (;;) {
+      const kind = await this.brokerKind({ timeoutMs: Math.max(1, deadline - this.#now()), ...(options.signal ? { signal: options.signal } : {}) });
+      const client = await this.#waitConnected(deadline, options.signal);
+      const got = await this.#collect(client, filter, kind, deadline, options.signal);
+      if (got === 'lost') continue; // the connection dropped mid-query: ask again on the next one
+      const fold = foldCohort(got, { address: addr, widen, now: this.#now(), ...this.#backend() });
+      const synthesis = synthesize(
+        template,
+        fold.packets.flatMap((p) => (p.out === undefined ? [] : [{ nodeId: p.nodeId, out: p.out, conf: p.conf, n: p.n, ts: p.ts, ...(p.ctx ? { ctx: p.ctx } : {}) }])),
+        synthesisOptions(options),
+      );
+      return {
+        tplId: template.tplId,
+        filter,
+        widen,
+        completeness: kind === 'unknown' ? 'quiet-period' : 'sync',
+        broker: kind,
+        ...fold,
+        synthesis,
+        elapsedMs: this.#now() - started,
+      };
+    }
+  }
+
+  /** One round trip: subscribe to the sync topic and the cohort, publish the marker, collect until it returns. */
+  async #collect(client: MqttClient, filter: string, kind: BrokerKind, deadline: number, signal: AbortSignal | undefined): Promise<CohortMessage[] | 'lost'> {
+    const gen = this.#gen;
+    const sync = `qis/1/sync/${this.clientId}/${randomBytes(6).toString('hex')}`;
+    const messages: CohortMessage[] = [];
+    let synced = false;
+    let lastAt = this.#now();
+    const listener: Listener = (topic, payload) => {
+      if (topic === sync) {
+        synced = true;
+        this.#wake();
+      } else if (!synced && topicMatches(filter, topic)) {
+        messages.push({ topic, payload });
+        lastAt = this.#now();
+      }
+    };
+    this.#listeners.add(listener);
+    const filters = kind === 'unknown' ? [filter] : [sync, filter];
+    const lost = (): 'lost' | undefined => (gen !== this.#gen ? 'lost' : undefined);
+    try {
+      try {
+        await this.#subscribe(client, filters);
+        lastAt = this.#now();
+        if (kind !== 'unknown') await client.publishAsync(sync, Buffer.from('sync'), { qos: 1 });
+      } catch (e) {
+        if (isQisError(e)) throw e;
+        if (lost()) return 'lost';
+        throw new QisError('ERR_TIMEOUT', `query failed: ${(e as Error).message}`, { cause: e });
+      }
+      if (kind !== 'unknown') {
+        const r = await this.#until<true | 'lost'>(() => lost() ?? (synced ? true : undefined), { deadline, signal, what: 'the sync marker' });
+        return r === 'lost' ? 'lost' : messages;
+      }
+      // Unknown ordering: the query ends after quietMs without a new cohort message (PROTOCOL §7).
+      for (;;) {
+        const wait = lastAt + this.#o.quietMs - this.#now();
+        if (wait <= 0) return messages;
+        if (this.#now() + wait > deadline) {
+          throw new QisError('ERR_TIMEOUT', `retained messages kept arriving until the query's time limit (${messages.length} so far)`);
+        }
+        const r = await this.#sleep(wait, signal, lost);
+        if (r === 'lost') return 'lost';
+      }
+    } finally {
+      this.#listeners.delete(listener);
+      this.#unsubscribe(client, filters);
+    }
+  }
+
+  #sleep(ms: number, signal: AbortSignal | undefined, lost: () => 'lost' | undefined): Promise<'lost' | true> {
+    let elapsed = false;
+    const t = this.#timers.setTimeout(() => {
+      elapsed = true;
+      this.#wake();
+    }, ms);
+    return this.#until<'lost' | true>(() => lost() ?? (elapsed ? true : undefined), { signal, what: 'the quiet period' }).finally(() => this.#timers.clearTimeout(t));
+  }
+
+  watch(template: Template, situation: Situation, options: WatchOptions = {}): WatchIterator {
+    this.#checkOpen();
+    const widen = options.widen ?? 0;
+    this.#checkWiden(template, widen);
+    const addr = address(template, situation);
+    const filter = cohortFilter(addr, widen);
+    const wantRetained = options.retained ?? true;
+    const dropped: Partial<Record<ErrorCode, number>> = {};
+    const listener: Listener = (topic, payload, retained) => {
+      if (!topicMatches(filter, topic) || (retained && !wantRetained)) return;
+      const fold = foldCohort([{ topic, payload }], { address: addr, widen, now: this.#now(), ...this.#backend() });
+      const codes = Object.entries(fold.dropped) as [ErrorCode, number][];
+      for (const [code, n] of codes) dropped[code] = (dropped[code] ?? 0) + n;
+      if (codes.length > 0) return;
+      // foldCohort keeps tombstones out of `packets`; re-check to hand the tombstone itself out.
+      const r = checkPacket(topic, payload, { now: this.#now(), depth: addr.levels.length, ...this.#backend() });
+      if (r.ok) ch.push({ packet: r.packet, retained });
+    };
+    const ch = new Channel<WatchEvent>(10_000, () => {
+      this.#listeners.delete(listener);
+      this.#watches.delete(ch);
+      const n = (this.#subs.get(filter) ?? 1) - 1;
+      if (n > 0) this.#subs.set(filter, n);
+      else {
+        this.#subs.delete(filter);
+        if (this.#client) this.#unsubscribe(this.#client, [filter]);
+      }
+    });
+    this.#watches.add(ch);
+    this.#listeners.add(listener);
+    this.#subs.set(filter, (this.#subs.get(filter) ?? 0) + 1);
+    if (this.#state === 'connected' && this.#client) {
+      this.#subscribe(this.#client, [filter]).catch((e: unknown) => ch.end(isQisError(e) ? e : new QisError('ERR_TIMEOUT', (e as Error).message, { cause: e })));
+    }
+    if (options.signal) {
+      if (options.signal.aborted) ch.end();
+      options.signal.addEventListener('abort', () => ch.end(), { once: true });
+    }
+    return Object.assign(ch, { dropped });
+  }
+
+  // ------------------------------------------------------------------ lifecycle
+
+  #checkOpen(): void {
+    if (this.#state === 'closed') throw new QisError('ERR_CLOSED', 'the node is closed');
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#state = 'closed';
+      this.#gen++;
+      if (this.#reconnectTimer !== undefined) this.#timers.clearTimeout(this.#reconnectTimer);
+      this.#wake(); // pending waits reject with ERR_CLOSED
+      for (const c of [...this.#watches]) c.end();
+      for (const c of [...this.#statusChannels]) c.end();
+      await this.#writes.catch(() => undefined);
+      const client = this.#client;
+      this.#client = undefined;
+      if (client) await client.endAsync(true).catch(() => undefined);
+      await this.#unlock();
+    })();
+    return this.#closing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function synthesisOptions(o: QueryOptions): SynthesisOptions {
+  const { widen: _w, timeoutMs: _t, signal: _s, ...rest } = o;
+  return rest;
+}
+
+function hexFp(hex: string): Uint8Array {
+  const fp = fromHex(hex);
+  if (!fp || fp.length !== 16) throw new QisError('ERR_INTERNAL', `state file holds a bad fp ${JSON.stringify(hex)}`);
+  return fp;
+}
+
+/** `{ a: undefined }` must not override a default. */
+function stripUndefined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}
