@@ -265,7 +265,7 @@ function packetJson(p: VerifiedPacket): Record<string, unknown> {
 }
 
 const pct = (x: number): string => `${(100 * x).toFixed(1)} %`;
-const fmt = (x: number): string => (Number.isInteger(x) ? String(x) : Math.abs(x) >= 100 ? x.toFixed(1) : x.toPrecision(4));
+const fmt = (x: number): string => (Number.isInteger(x) ? String(x) : Math.abs(x) >= 100 ? x.toFixed(1) : String(Number(x.toPrecision(4))));
 
 function renderQuery(name: string, version: number, r: QueryResult, listPackets: boolean): string {
   const drops = Object.entries(r.dropped).map(([c, n]) => `${c} ${n}`);
