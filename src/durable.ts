@@ -3,7 +3,7 @@
  * content or its new content after a crash at any instant, never a torn mix.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { QisError } from './errors.js';
 
@@ -80,18 +80,32 @@ function pidAlive(pid: number): boolean {
   }
 }
 
+/** Directories this process holds the lock of (real paths). */
+const lockedHere = new Set<string>();
+
 /**
  * Takes `dir/lock` for this process: two processes on one data directory would hand out the
- * same seq twice. A lock left by a dead process (kill -9, power cut) is taken over.
+ * same seq twice. A lock left by a dead process (kill -9, power cut) is taken over; so is one
+ * holding this process's own pid when this process does not hold it (a container restarts its
+ * main process as pid 1 every time).
  * @returns a function that releases the lock
  * @throws QisError ERR_DATA_DIR_LOCKED | ERR_FILE_IO
  */
 export async function lockDir(dir: string): Promise<() => Promise<void>> {
   const path = join(dir, 'lock');
-  for (let tries = 0; tries < 3; tries++) {
+  let real: string;
+  try {
+    real = await realpath(dir);
+  } catch (e) {
+    throw ioError(dir, e);
+  }
+  if (lockedHere.has(real)) throw new QisError('ERR_DATA_DIR_LOCKED', `${dir} is already open in this process; close the other node first`);
+  for (let tries = 0; tries < 20; tries++) {
     try {
       await writeFile(path, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      lockedHere.add(real);
       return async () => {
+        lockedHere.delete(real);
         // Only remove a lock that is still ours.
         const now = await readFile(path, 'utf8').catch(() => '');
         if (now.trim() === String(process.pid)) await unlink(path).catch(() => undefined);
@@ -101,11 +115,15 @@ export async function lockDir(dir: string): Promise<() => Promise<void>> {
     }
     const text = await readFile(path, 'utf8').catch(() => '');
     const pid = Number.parseInt(text.trim(), 10);
-    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && pidAlive(pid)) {
+    if (!(Number.isSafeInteger(pid) && pid > 0)) {
+      // Empty or garbled: another process may have just created it and not written its pid yet.
+      const age = await stat(path).then((st) => Date.now() - st.mtimeMs, () => Infinity);
+      if (age < 1_000) {
+        await new Promise((r) => setTimeout(r, Math.min(1_000 - age, 1_000) + 10));
+        continue;
+      }
+    } else if (pid !== process.pid && pidAlive(pid)) {
       throw new QisError('ERR_DATA_DIR_LOCKED', `${dir} is in use by process ${pid} (a node or qis command); stop it or use another --data-dir`);
-    }
-    if (pid === process.pid) {
-      throw new QisError('ERR_DATA_DIR_LOCKED', `${dir} is already open in this process; close the other node first`);
     }
     await unlink(path).catch(() => undefined); // stale: its process is gone
   }

@@ -417,7 +417,8 @@ class Node implements QisNode {
   // ------------------------------------------------------------------ connection
 
   start(): void {
-    this.#connect();
+    // Next tick: a status() iterator opened right after createNode() sees the first attempt.
+    setImmediate(() => this.#connect());
   }
 
   #connect(): void {
@@ -566,9 +567,14 @@ class Node implements QisNode {
         const tseq = seq - 1;
         tomb = { topic: prev.topic, seq: tseq, packet: signPacket(this.key, prev.topic, { fp: hexFp(prev.fp), seq: tseq, ts, del: true }, this.#backend()) };
       }
-      await this.#outbox.setState(template.tplId, { seq, topic, fp: toHex(addr.fp) });
+      // Reserve the seq before anything is queued, but record the new bucket only once both the
+      // tombstone and the packet are queued: after a crash in between, the next publish still
+      // knows the old bucket and owes it a tombstone.
+      if (moved) await this.#outbox.setState(template.tplId, { ...prev, seq });
+      else await this.#outbox.setState(template.tplId, { seq, topic, fp: toHex(addr.fp) });
       if (tomb) await this.#outbox.add('tombstone', template.tplId, tomb.topic, tomb.seq, tomb.packet);
       const entry = await this.#outbox.add('packet', template.tplId, topic, seq, signed.packet, options.exp);
+      if (moved) await this.#outbox.setState(template.tplId, { seq, topic, fp: toHex(addr.fp) });
       return { entry, tomb };
     });
     this.#wake();
@@ -706,15 +712,17 @@ class Node implements QisNode {
     if (drop.length > 0 && this.#client === client && this.#state === 'connected') client.unsubscribe(drop, () => undefined);
   }
 
-  brokerKind(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<BrokerKind> {
+  async brokerKind(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<BrokerKind> {
     this.#checkOpen();
     if (this.#o.brokerKind !== 'auto') return Promise.resolve(this.#o.brokerKind);
     const deadline = this.#now() + (options.timeoutMs ?? DEFAULTS.queryTimeoutMs);
     const p = (this.#brokerKind ??= this.#detect(deadline, options.signal));
-    p.catch(() => {
+    try {
+      return await p;
+    } catch (e) {
       if (this.#brokerKind === p) this.#brokerKind = undefined; // ask again next time
-    });
-    return p;
+      throw e;
+    }
   }
 
   /**

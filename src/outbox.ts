@@ -6,13 +6,13 @@
  * packet per template plus the tombstones still owed for buckets the node has left, so it is
  * bounded by construction however long an outage lasts.
  */
-import { readdir, readFile, rename } from 'node:fs/promises';
+import { readdir, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fromHex, toHex } from './bytes.js';
 import { ensureDir, ioError, unlinkDurable, writeFileDurable } from './durable.js';
 import { QisError } from './errors.js';
 import type { NodeId } from './identity.js';
-import { decodePacket } from './packet.js';
+import { checkPacket, decodePacket } from './packet.js';
 
 export type OutboxKind = 'packet' | 'tombstone';
 
@@ -107,6 +107,7 @@ export class Outbox {
     } catch (e) {
       throw ioError(dir, e);
     }
+    await removeTempFiles(dir, names);
     for (const name of names) {
       if (name.startsWith('.') || name.endsWith('.bad')) continue; // temp files of an interrupted write; set-aside files
       try {
@@ -130,6 +131,7 @@ export class Outbox {
     } catch (e) {
       throw ioError(stateDir, e);
     }
+    await removeTempFiles(stateDir, stateNames);
     for (const name of stateNames) {
       const m = /^([a-z2-7]{26})\.json$/.exec(name);
       if (!m?.[1]) continue;
@@ -220,9 +222,19 @@ async function readEntry(dir: string, name: string, nodeId: NodeId): Promise<Out
     return invalid(`packet does not decode (${(e as QisError).code ?? (e as Error).message})`);
   }
   const kind: OutboxKind = m[3] === 'p' ? 'packet' : 'tombstone';
+  // The file is only as good as the packet in it: it must verify on the topic it names, and that
+  // topic must be under the template its name says (a swapped or tampered file is set aside).
+  if (!topic.startsWith(`qis/1/o/${m[2]}/`)) return invalid(`topic ${topic} is not under template ${m[2]}`);
+  const check = checkPacket(topic, packet, { now: 0 });
+  if (!check.ok) return invalid(`packet does not verify on its topic (${check.code})`);
   if (decoded.nodeId !== nodeId) return invalid(`signed by node ${decoded.nodeId}, not by this node ${nodeId}`);
   if (decoded.seq !== seq || String(seq) !== m[4]) return invalid('seq differs from the file name');
   if (decoded.del !== (kind === 'tombstone')) return invalid('kind differs from the packet');
   const base = { name, order: Number(m[1]), kind, tplId: m[2], topic, seq, packet };
   return typeof exp === 'number' ? { ...base, exp } : base;
+}
+
+/** Temp files of a durable write that a crash interrupted (`.<name>.<pid>.<hex>.tmp`): safe to remove under the lock. */
+async function removeTempFiles(dir: string, names: readonly string[]): Promise<void> {
+  for (const name of names) if (name.startsWith('.') && name.endsWith('.tmp')) await unlink(join(dir, name)).catch(() => undefined);
 }
