@@ -570,11 +570,19 @@ class Node implements QisNode {
       // Reserve the seq before anything is queued, but record the new bucket only once both the
       // tombstone and the packet are queued: after a crash in between, the next publish still
       // knows the old bucket and owes it a tombstone.
-      if (moved) await this.#outbox.setState(template.tplId, { ...prev, seq });
-      else await this.#outbox.setState(template.tplId, { seq, topic, fp: toHex(addr.fp) });
+      if (!moved) {
+        // Same bucket: the state file and the queued packet are independent (either one alone
+        // keeps seq increasing after a crash), so both durable writes go at once.
+        const [, entry] = await Promise.all([
+          this.#outbox.setState(template.tplId, { seq, topic, fp: toHex(addr.fp) }),
+          this.#outbox.add('packet', template.tplId, topic, seq, signed.packet, options.exp),
+        ]);
+        return { entry, tomb };
+      }
+      await this.#outbox.setState(template.tplId, { ...prev, seq });
       if (tomb) await this.#outbox.add('tombstone', template.tplId, tomb.topic, tomb.seq, tomb.packet);
       const entry = await this.#outbox.add('packet', template.tplId, topic, seq, signed.packet, options.exp);
-      if (moved) await this.#outbox.setState(template.tplId, { seq, topic, fp: toHex(addr.fp) });
+      await this.#outbox.setState(template.tplId, { seq, topic, fp: toHex(addr.fp) });
       return { entry, tomb };
     });
     this.#wake();
@@ -634,6 +642,8 @@ class Node implements QisNode {
   }
 
   readonly #ackedNames = new Set<string>();
+  /** Outbox files of acknowledged packets still being removed. */
+  readonly #removals = new Set<Promise<void>>();
 
   #drain(): void {
     const client = this.#client;
@@ -662,7 +672,17 @@ class Node implements QisNode {
       this.#ackedNames.add(e.name);
       // Only waiters read this set; keep it from growing when nobody waits.
       if (this.#ackedNames.size > 1000) this.#ackedNames.delete(this.#ackedNames.values().next().value as string);
-      await this.#outbox.remove(e.name);
+      // The entry leaves the outbox's index at once, so waiters learn of the PUBACK now; its file
+      // goes in the background (close() waits). A crash before the unlink only resends a packet
+      // the broker drops as stale.
+      const removal = this.#outbox.remove(e.name);
+      this.#wake();
+      this.#removals.add(removal);
+      try {
+        await removal;
+      } finally {
+        this.#removals.delete(removal);
+      }
     }
     this.#delivered++;
     if (this.#outbox.size === 0 && this.#inflight.size === 0) {
@@ -690,10 +710,15 @@ class Node implements QisNode {
 
   // ------------------------------------------------------------------ subscriptions
 
-  async #subscribe(client: MqttClient, filters: readonly string[]): Promise<void> {
+  /**
+   * Subscribes (one SUBSCRIBE). Queries use QoS 0: on one clean-session connection, TCP already
+   * delivers the retained packets in order, and QoS 1 would cost the broker a stored in-flight
+   * message and the client a PUBACK per packet of the cohort; a lost connection restarts the query.
+   */
+  async #subscribe(client: MqttClient, filters: readonly string[], qos: 0 | 1 = 1): Promise<void> {
     let granted: { topic: string; qos: number }[];
     try {
-      granted = await client.subscribeAsync(Object.fromEntries(filters.map((f) => [f, { qos: 1 as const }])));
+      granted = await client.subscribeAsync(Object.fromEntries(filters.map((f) => [f, { qos }])));
     } catch (e) {
       // mqtt.js 5 turns a SUBACK failure code (0x80) into this error.
       if ((e as Error).message.startsWith('Subscribe error')) {
@@ -747,7 +772,7 @@ class Node implements QisNode {
     const filters = [sync, BROKER_INFO_TOPIC, MOSQUITTO_VERSION_TOPIC];
     try {
       try {
-        await this.#subscribe(client, filters);
+        await this.#subscribe(client, filters, 0);
         await client.publishAsync(sync, Buffer.from('?'), { qos: 1 });
       } catch (e) {
         if (isQisError(e) && e.code === 'ERR_SUBSCRIBE_DENIED') return 'unknown';
@@ -828,7 +853,7 @@ class Node implements QisNode {
     const lost = (): 'lost' | undefined => (gen !== this.#gen ? 'lost' : undefined);
     try {
       try {
-        await this.#subscribe(client, filters);
+        await this.#subscribe(client, filters, 0);
         lastAt = this.#now();
         if (kind !== 'unknown') await client.publishAsync(sync, Buffer.from('sync'), { qos: 1 });
       } catch (e) {
@@ -921,6 +946,7 @@ class Node implements QisNode {
       for (const c of [...this.#watches]) c.end();
       for (const c of [...this.#statusChannels]) c.end();
       await this.#writes.catch(() => undefined);
+      await Promise.allSettled([...this.#removals]);
       const client = this.#client;
       this.#client = undefined;
       if (client) await client.endAsync(true).catch(() => undefined);
