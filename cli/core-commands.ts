@@ -18,9 +18,8 @@ import {
   type Outcome,
   type VerifiedPacket,
 } from '../src/index.js';
-import { EXIT_REFUSED, jsonFlag, numberFlag, objectFlag, outcomeFlag, readStdin, usage, type Command, type Io } from './run.js';
+import { EXIT_REFUSED, jsonFlag, numberFlag, objectFlag, outcomeFlag, readStdin, usage, type Command, type Io, type Flags, str } from './run.js';
 
-const str = (v: string | boolean | undefined): string => v as string;
 
 const keygen: Command = {
   path: ['keygen'],
@@ -122,7 +121,7 @@ const sign: Command = {
 
 /** Packet bytes from --hex or stdin. A single trailing newline that a terminal tool added is
  *  dropped only when the packet does not decode with it. */
-async function packetBytes(flags: Record<string, string | boolean | undefined>, io: Io): Promise<Uint8Array> {
+async function packetBytes(flags: Flags, io: Io): Promise<Uint8Array> {
   if (flags.hex !== undefined) {
     // As xxd -p, od or a debugger print it: whitespace, colons and a 0x prefix are ignored.
     const b = fromHex(str(flags.hex).replace(/^0x/i, '').replace(/[\s:]/g, ''));

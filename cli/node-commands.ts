@@ -17,10 +17,8 @@ import {
   type KeySummary,
   type NumberSummary,
 } from '../src/index.js';
-import { numberFlag, objectFlag, outcomeFlag, usage, type Command, type FlagSpec, type Io } from './run.js';
+import { numberFlag, objectFlag, outcomeFlag, usage, type Command, type FlagSpec, type Io, str, type Flags } from './run.js';
 
-const str = (v: string | boolean | undefined): string => v as string;
-type Flags = Record<string, string | boolean | undefined>;
 
 const CONNECTION: Record<string, FlagSpec> = {
   url: { type: 'string', value: 'URL', help: 'broker: mqtt://host:1883, mqtts://host:8883, ws(s)://host/path', required: true },
@@ -267,7 +265,7 @@ function packetJson(p: VerifiedPacket): Record<string, unknown> {
 const pct = (x: number): string => `${(100 * x).toFixed(1)} %`;
 const fmt = (x: number): string => (Number.isInteger(x) ? String(x) : Math.abs(x) >= 100 ? x.toFixed(1) : String(Number(x.toPrecision(4))));
 
-function renderQuery(name: string, version: number, r: QueryResult, listPackets: boolean): string {
+export function renderQuery(name: string, version: number, r: QueryResult, listPackets: boolean): string {
   const drops = Object.entries(r.dropped).map(([c, n]) => `${c} ${n}`);
   const lines = [
     `cohort    ${name} v${version}, ${r.widen === 0 ? 'exact' : `widened by ${r.widen} level(s)`}: ${r.filter}`,

@@ -1,18 +1,44 @@
 #!/usr/bin/env node
 /** `qis`: the qis-mqtt command line. Dispatches `qis <command> [<subcommand>] [flags]`. */
 import { readFileSync } from 'node:fs';
-import { coreCommands } from './core-commands.js';
-import { nodeCommands } from './node-commands.js';
 import { EXIT_OK, EXIT_USAGE, runCommand, reportError, usage, type Command, type Io } from './run.js';
 
-const commands: readonly Command[] = [...coreCommands, ...nodeCommands];
+/**
+ * Command modules, loaded only when used: `qis publish` on a gateway should not pay for loading
+ * the broker. The first word of a command names its module; `qis --help` loads them all.
+ */
+const MODULES: Readonly<Record<string, () => Promise<readonly Command[]>>> = {
+  core: async () => (await import('./core-commands.js')).coreCommands,
+  node: async () => (await import('./node-commands.js')).nodeCommands,
+  broker: async () => [(await import('./broker-command.js')).brokerCommand],
+  demo: async () => [(await import('./demo.js')).demoCommand],
+};
+const MODULE_OF: Readonly<Record<string, keyof typeof MODULES>> = {
+  keygen: 'core',
+  address: 'core',
+  packet: 'core',
+  decode: 'core',
+  publish: 'node',
+  flush: 'node',
+  query: 'node',
+  watch: 'node',
+  broker: 'broker',
+  demo: 'demo',
+};
+
+/** The commands of `first`'s module; all of them for an unknown word (so a command missing from MODULE_OF still works). */
+async function load(first?: string): Promise<readonly Command[]> {
+  const mod = first === undefined ? undefined : MODULE_OF[first];
+  const names = mod ? [mod] : (Object.keys(MODULES) as (keyof typeof MODULES)[]);
+  return (await Promise.all(names.map((n) => MODULES[n]!()))).flat();
+}
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
 
-function overview(): string {
+function overview(commands: readonly Command[]): string {
   const rows = commands.map((c) => `  ${c.path.join(' ').padEnd(16)} ${c.summary}`);
   return [
     'qis: share what happened to machines as signed outcome packets over MQTT',
@@ -29,7 +55,7 @@ function overview(): string {
 }
 
 /** Finds the command whose path is the longest prefix of argv. */
-function find(argv: string[]): { cmd: Command; rest: string[] } | undefined {
+function find(commands: readonly Command[], argv: string[]): { cmd: Command; rest: string[] } | undefined {
   let best: { cmd: Command; rest: string[] } | undefined;
   for (const cmd of commands) {
     if (cmd.path.every((w, i) => argv[i] === w) && (!best || cmd.path.length > best.cmd.path.length)) {
@@ -42,18 +68,19 @@ function find(argv: string[]): { cmd: Command; rest: string[] } | undefined {
 export async function main(argv: string[], io: Io): Promise<number> {
   const first = argv[0];
   if (first === undefined) {
-    io.stderr.write(overview());
+    io.stderr.write(overview(await load()));
     return EXIT_USAGE;
   }
   if (first === '--help' || first === '-h' || first === 'help') {
-    io.stdout.write(overview());
+    io.stdout.write(overview(await load()));
     return EXIT_OK;
   }
   if (first === '--version' || first === '-v') {
     io.stdout.write(`${version()}\n`);
     return EXIT_OK;
   }
-  const found = find(argv);
+  const commands = await load(first);
+  const found = find(commands, argv);
   const group = commands.filter((c) => c.path[0] === first && c.path.length > 1);
   if (!found && group.length > 0 && (argv[1] === undefined || argv[1] === '--help' || argv[1] === '-h')) {
     // `qis packet` or `qis packet --help`: the group's subcommands.

@@ -6,7 +6,13 @@ import { parseArgs } from 'node:util';
 import { readFile } from 'node:fs/promises';
 import { QisError, isQisError, type Outcome } from '../src/index.js';
 
-export type FlagSpec = { type: 'string' | 'boolean'; short?: string; value?: string; help: string; required?: boolean };
+/** Parsed flags: a string, true, or for `multiple` flags every value given. */
+export type Flags = Record<string, string | boolean | string[] | undefined>;
+
+/** A string flag's value (the command declared it a single string flag). */
+export const str = (v: Flags[string]): string => (Array.isArray(v) ? (v[v.length - 1] ?? '') : (v as string));
+
+export type FlagSpec = { type: 'string' | 'boolean'; short?: string; value?: string; help: string; required?: boolean; /** may be given several times (an array of values) */ multiple?: boolean };
 
 export interface Command {
   /** Words after `qis`, e.g. ['packet', 'sign']. */
@@ -16,7 +22,7 @@ export interface Command {
   readonly details?: string;
   readonly flags: Readonly<Record<string, FlagSpec>>;
   /** Returns the JSON result; `human` renders it for a person. */
-  run(flags: Record<string, string | boolean | undefined>, io: Io): Promise<CommandResult>;
+  run(flags: Flags, io: Io): Promise<CommandResult>;
 }
 
 export interface CommandResult {
@@ -57,14 +63,14 @@ export function helpText(cmd: Command): string {
 }
 
 /** Parses argv for a command; unknown flags, positionals and missing required flags are ERR_CLI_USAGE. */
-export function parseFlags(cmd: Command, argv: string[]): Record<string, string | boolean | undefined> {
+export function parseFlags(cmd: Command, argv: string[]): Flags {
   const spec = { ...cmd.flags, ...COMMON };
-  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {};
-  for (const [name, f] of Object.entries(spec)) options[name] = f.short ? { type: f.type, short: f.short } : { type: f.type };
-  let values: Record<string, string | boolean | undefined>;
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }> = {};
+  for (const [name, f] of Object.entries(spec)) options[name] = { type: f.type, ...(f.short ? { short: f.short } : {}), ...(f.multiple ? { multiple: true } : {}) };
+  let values: Flags;
   try {
     ({ values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false }) as {
-      values: Record<string, string | boolean | undefined>;
+      values: Flags;
     });
   } catch (e) {
     throw usage(`${(e as Error).message.replace(/\. To specify a positional.*$/s, '')} (see: qis ${cmd.path.join(' ')} --help)`);

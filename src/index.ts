@@ -105,3 +105,4 @@ export {
   type LabelStat,
   type OutlierReport,
 } from './synthesis.js';
+export { writeFileDurable, syncDir, lockDir } from './durable.js';

@@ -29,8 +29,10 @@ import {
   type ErrorCode,
 } from '../src/index.js';
 import { jsonFlag, numberFlag, reportError } from '../cli/run.js';
+import { parseBrokerConfig } from '../broker/config.js';
 import { bearing, bearingDoc, situation, fixedKey } from './helpers/fixtures.js';
 import { startAedes } from './helpers/aedes.js';
+import { RateLimiter, checkConnect, checkRate, checkSync, checkTemplateDoc, decide, isDecision, precheckOutcome, type Decision } from '../broker/admission.js';
 import { freePort } from './helpers/mosquitto.js';
 import { createNode, type NodeOptions, type QisNode } from '../src/index.js';
 
@@ -63,6 +65,12 @@ async function withNode(fn: (n: QisNode) => Promise<unknown>, o: Partial<NodeOpt
 async function firstRefusal(n: QisNode): Promise<never> {
   for await (const s of n.status()) if (s.type === 'refused') throw new QisError(s.code, s.message);
   throw new Error('status ended without a refusal');
+}
+
+/** A broker decision that refuses or drops, thrown as the QisError it names. */
+function throwDecision(d: Decision): never {
+  if (d.action === 'refuse' || d.action === 'drop') throw new QisError(d.code, d.message);
+  throw new Error(`expected a refusal, got ${d.action}`);
 }
 
 /** One way to produce each code. The Record type makes the compiler demand an entry per code. */
@@ -145,6 +153,29 @@ const triggers: Record<ErrorCode, () => unknown> = {
     writeFileSync(join(d, 'outbox', `000000000001-${bearing.tplId}-p-1.json`), '{not json');
     return withNode(firstRefusal, { dataDir: d });
   },
+  ERR_CONFIG_INVALID: () => parseBrokerConfig('fsync: sometimes', 'x.yaml'),
+  ERR_SEQ_STALE: () => throwDecision(decide({ ok: true, packet: { seq: 5, del: false } }, 5)),
+  ERR_TEMPLATE_UNKNOWN: () => {
+    const r = precheckOutcome(topic, good.length, { registry: 'closed', templates: [] }, () => undefined);
+    if (isDecision(r)) throwDecision(r);
+  },
+  ERR_TEMPLATE_HASH: () => {
+    // A curator signs a template document, but publishes it under another template's id.
+    const other = compileTemplate({ ...bearingDoc, version: 99 });
+    const t = `qis/1/t/${other.tplId}`;
+    const prot = encodeCbor(new Map([[1, -19]]));
+    const pay = utf8Bytes(bearing.canonicalJson);
+    const doc = encodeCbor(new CborTag(18, [prot, new Map([[4, key.publicKey]]), pay, signEd25519(key, sigStructure(prot, utf8Bytes(t), pay))]));
+    const r = checkTemplateDoc(t, doc, { registry: 'open', templates: [] });
+    if (!r.ok) throw new QisError(r.code, r.message);
+  },
+  ERR_RATE_LIMITED: () => {
+    const limiter = new RateLimiter(1, 1);
+    checkRate(limiter, 'c', 0);
+    throwDecision(checkRate(limiter, 'c', 0));
+  },
+  ERR_NOT_AUTHORIZED: () => throwDecision(checkSync('qis/1/sync/someone-else/1', 'me', false)),
+  ERR_CLIENT_ID: () => throwDecision(checkConnect('', false)),
   ERR_INTERNAL: () => {
     const out = new PassThrough();
     const status = reportError(new TypeError('boom'), true, { stdin: new PassThrough(), stdout: out, stderr: new PassThrough() });

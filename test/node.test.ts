@@ -10,6 +10,7 @@ import {
   createNode,
   createOutcomePacket,
   keyFromSeed,
+  signPacket,
   outcomeTopic,
   type QisNode,
   type QueryResult,
@@ -18,6 +19,7 @@ import {
 import { startAedes } from './helpers/aedes.js';
 import { bearing } from './helpers/fixtures.js';
 import { startMosquitto } from './helpers/mosquitto.js';
+import { startQisBroker } from './helpers/qis-broker.js';
 import { prng } from './helpers/prng.js';
 
 interface Broker {
@@ -32,6 +34,14 @@ const BROKERS: Record<string, { start: () => Promise<Broker>; kind: string; comp
     start: async () => {
       const m = await startMosquitto();
       return { url: `mqtt://127.0.0.1:${m.port}`, close: () => m.stop() };
+    },
+  },
+  'qis broker': {
+    kind: 'qis',
+    completeness: 'sync',
+    start: async () => {
+      const b = await startQisBroker();
+      return { url: b.url, close: () => b.close() };
     },
   },
   'plain Aedes': {
@@ -147,8 +157,8 @@ for (const [brokerName, spec] of Object.entries(BROKERS)) {
       members.C.push(mover.nodeId);
     });
 
-    t.test('query - a forged packet and a packet of another fingerprint are dropped, with the reason', async (t) => {
-      const raw = await mqtt.connectAsync(broker.url, { clientId: `raw-${Date.now()}` });
+    t.test('query - a forged packet and a packet of another fingerprint never count, and the query says why', async (t) => {
+      const raw = await mqtt.connectAsync(broker.url, { clientId: `raw-${Date.now()}`, reconnectPeriod: 0 });
       t.teardown(() => raw.endAsync(true));
       const intruder = keyFromSeed(new Uint8Array(32).fill(0xee));
       const addrA = address(bearing, A);
@@ -157,12 +167,31 @@ for (const [brokerName, spec] of Object.entries(BROKERS)) {
       const good = createOutcomePacket({ key: intruder, template: bearing, situation: A, outcome: 'failure', seq: 5, ts: Date.now() });
       const forged = Uint8Array.from(good.packet);
       forged[forged.length - 1] = (forged[forged.length - 1] as number) ^ 1;
-      await raw.publishAsync(good.topic, Buffer.from(forged), { qos: 1, retain: true });
       // 2. Another fingerprint: B's packet signed for a topic inside A's bucket.
       const liar = keyFromSeed(new Uint8Array(32).fill(0xef));
       const topicInA = outcomeTopic(addrA, liar.nodeId);
-      const { signPacket } = await import('../src/index.js');
       const foreign = signPacket(liar, topicInA, { fp: addrB.fp, seq: 1, ts: Date.now(), out: 'failure' });
+      if (spec.kind === 'qis') {
+        // The qis broker refuses the forgery at admission and disconnects its sender; the foreign
+        // fingerprint is not a §6 refusal (the broker does not know the template's fields), so the
+        // query must still drop it.
+        const closed = new Promise<void>((r) => raw.once('close', () => r()));
+        raw.publish(good.topic, Buffer.from(forged), { qos: 1, retain: true });
+        await closed;
+        t.pass('the forger was disconnected');
+        const raw2 = await mqtt.connectAsync(broker.url, { clientId: `raw2-${Date.now()}`, reconnectPeriod: 0 });
+        t.teardown(() => raw2.endAsync(true));
+        await raw2.publishAsync(topicInA, Buffer.from(foreign), { qos: 1, retain: true });
+        const r = await querier.query(bearing, A, { minCohort: 1 });
+        t.same(r.dropped, { ERR_FP_MISMATCH: 1 }, 'the forgery was never stored; the foreign packet is dropped by the query');
+        t.same(ids(r), [...members.A].sort(), 'the cohort is unchanged');
+        const w = await querier.query(bearing, A, { widen: 1, minCohort: 1 });
+        t.equal(w.dropped.ERR_FP_MISMATCH, 1, 'widened, its topic level does not match its fp');
+        // Withdraw it with a signed tombstone: the only delete a qis broker takes.
+        await raw2.publishAsync(topicInA, Buffer.from(signPacket(liar, topicInA, { fp: addrB.fp, seq: 2, ts: Date.now(), del: true })), { qos: 1, retain: true });
+        return;
+      }
+      await raw.publishAsync(good.topic, Buffer.from(forged), { qos: 1, retain: true });
       await raw.publishAsync(topicInA, Buffer.from(foreign), { qos: 1, retain: true });
       const r = await querier.query(bearing, A, { minCohort: 1 });
       t.same(r.dropped, { ERR_BAD_SIGNATURE: 1, ERR_FP_MISMATCH: 1 }, 'both dropped, counted by reason');
@@ -188,20 +217,21 @@ for (const [brokerName, spec] of Object.entries(BROKERS)) {
       })();
       // Let the subscription land before publishing.
       await new Promise((r) => setTimeout(r, 200));
-      const raw = await mqtt.connectAsync(broker.url, { clientId: `raw2-${Date.now()}` });
+      const raw = await mqtt.connectAsync(broker.url, { clientId: `raw3-${Date.now()}`, reconnectPeriod: 0 });
       t.teardown(() => raw.endAsync(true));
       const liar = keyFromSeed(new Uint8Array(32).fill(0xed));
       const bad = createOutcomePacket({ key: liar, template: bearing, situation: B, outcome: 'failure', seq: 1, ts: Date.now() });
       const broken = Uint8Array.from(bad.packet);
       broken[10] = (broken[10] as number) ^ 0xff;
-      await raw.publishAsync(bad.topic, Buffer.from(broken), { qos: 1, retain: false });
+      await raw.publishAsync(bad.topic, Buffer.from(broken), { qos: 0, retain: false }); // a qis broker disconnects the sender
       const p1 = nodes[4] as QisNode; // in B
       const p2 = nodes[7] as QisNode; // in B
       await p1.publish(bearing, B, 'failure');
       await p2.publish(bearing, B, 'no_failure');
       await done;
       t.same(seen.sort(), [`${p1.nodeId}:failure:false`, `${p2.nodeId}:no_failure:false`].sort());
-      t.ok(Object.values(it.dropped).reduce((a, b) => a + b, 0) >= 1, 'the broken packet was dropped and counted');
+      if (spec.kind === 'qis') t.same(it.dropped, {}, 'the broker refused the broken packet: it never reached the watcher');
+      else t.ok(Object.values(it.dropped).reduce((a, b) => a + b, 0) >= 1, 'the broken packet was dropped and counted');
     });
   });
 }

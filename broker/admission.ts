@@ -1,0 +1,239 @@
+/**
+ * Admission (PROTOCOL §6) as pure functions: what the broker does with one PUBLISH, given what
+ * verification found and what the store holds. The Aedes wiring (broker/server.ts) only carries
+ * out the decision.
+ */
+import { QisError, b32, compileTemplate, decodeSign1, nodeIdOf, parseOutcomeTopic, sha256, topicMatches, verifySign1, type CheckResult, type ErrorCode } from '../src/index.js';
+import type { AclRule, AdmissionOptions } from './options.js';
+
+/** Which rules a topic falls under. */
+export type TopicClass = 'outcome' | 'template' | 'sync' | 'broker-info' | 'qis-reserved' | 'ordinary';
+
+export const SYNC_PREFIX = 'qis/1/sync/';
+export const BROKER_INFO_TOPIC = 'qis/1/broker';
+
+/** Classifies a PUBLISH topic. */
+export function classify(topic: string): TopicClass {
+  if (!topic.startsWith('qis/1/')) return 'ordinary';
+  if (topic.startsWith('qis/1/o/')) return 'outcome';
+  if (topic.startsWith('qis/1/t/')) return 'template';
+  if (topic.startsWith(SYNC_PREFIX)) return 'sync';
+  if (topic === BROKER_INFO_TOPIC) return 'broker-info';
+  return 'qis-reserved';
+}
+
+/** What the broker does with a publish. */
+export type Decision =
+  /** Store it (a newer packet, or a tombstone that removes the node's packet), then forward it. */
+  | { readonly action: 'store'; readonly del: boolean }
+  /** Acknowledge and drop, without disconnecting (a stale seq: a replay or an honest resend). */
+  | { readonly action: 'drop'; readonly code: ErrorCode; readonly message: string }
+  /** Refuse: count, log, and disconnect the client (forged, malformed, not allowed…). */
+  | { readonly action: 'refuse'; readonly code: ErrorCode; readonly message: string }
+  /** Let it through unchanged (ordinary topics allowed by the ACL, sync markers). */
+  | { readonly action: 'pass' };
+
+const refuse = (code: ErrorCode, message: string): Decision => ({ action: 'refuse', code, message });
+
+/** The checks that need no signature work: done first, so junk costs no verification. */
+export interface Precheck {
+  readonly tplId: string;
+  readonly nodeId: string;
+  /** Routed fields of the template when the broker knows it (the topic must have that many levels). */
+  readonly depth?: number;
+}
+
+/**
+ * Cheap admission checks of an outcome publish: topic form, registry, empty payload, size.
+ * @returns the parsed ids, or a refusal
+ */
+export function precheckOutcome(
+  topic: string,
+  payloadLength: number,
+  o: Pick<AdmissionOptions, 'registry' | 'templates'>,
+  depthOf: (tplId: string) => number | undefined,
+): Precheck | Decision {
+  let parsed;
+  try {
+    parsed = parseOutcomeTopic(topic);
+  } catch (e) {
+    return refuse('ERR_TOPIC_INVALID', (e as Error).message);
+  }
+  if (o.registry === 'closed' && !o.templates.includes(parsed.tplId)) {
+    return refuse('ERR_TEMPLATE_UNKNOWN', `template ${parsed.tplId} is not in this broker's registry`);
+  }
+  const depth = depthOf(parsed.tplId);
+  if (depth !== undefined && parsed.levels.length !== depth) {
+    return refuse('ERR_TOPIC_INVALID', `template ${parsed.tplId} routes on ${depth} fields; the topic has ${parsed.levels.length} levels`);
+  }
+  if (payloadLength === 0) return refuse('ERR_PACKET_EMPTY', 'an empty retained payload cannot delete a packet here: publish a signed tombstone (del: true)');
+  if (payloadLength > 512) return refuse('ERR_PACKET_TOO_LARGE', `packet of ${payloadLength} bytes; at most 512`);
+  return depth === undefined ? { tplId: parsed.tplId, nodeId: parsed.nodeId } : { tplId: parsed.tplId, nodeId: parsed.nodeId, depth };
+}
+
+/** True when `x` is a decision rather than a precheck result. */
+export function isDecision(x: Precheck | Decision): x is Decision {
+  return 'action' in x;
+}
+
+/** The fields of a verified packet admission needs (what a verify worker sends back). */
+export interface Verified {
+  readonly seq: number;
+  readonly del: boolean;
+  readonly exp?: number;
+}
+
+/**
+ * The decision after verification: a refused check refuses (and disconnects); a seq not above
+ * the stored one is dropped quietly; anything else is stored.
+ * @param storedSeq the highest seq the store knows for (node, template), live or deleted
+ */
+export function decide(check: { ok: true; packet: Verified } | { ok: false; code: ErrorCode; message: string }, storedSeq: number | undefined): Decision {
+  if (!check.ok) return refuse(check.code, check.message);
+  const p = check.packet;
+  if (storedSeq !== undefined && p.seq <= storedSeq) {
+    return { action: 'drop', code: 'ERR_SEQ_STALE', message: `seq ${p.seq} is not above the stored ${storedSeq}` };
+  }
+  return { action: 'store', del: p.del };
+}
+
+/** Narrows a full {@link CheckResult} to what {@link decide} needs. */
+export function verifiedOf(r: CheckResult): { ok: true; packet: Verified } | { ok: false; code: ErrorCode; message: string } {
+  if (!r.ok) return r;
+  const p = r.packet;
+  return { ok: true, packet: p.exp === undefined ? { seq: p.seq, del: p.del } : { seq: p.seq, del: p.del, exp: p.exp } };
+}
+
+/**
+ * A sync marker (PROTOCOL §7) may only be published by the client it names, and never retained.
+ */
+export function checkSync(topic: string, clientId: string, retain: boolean): Decision {
+  const rest = topic.slice(SYNC_PREFIX.length);
+  const slash = rest.indexOf('/');
+  const owner = slash < 0 ? rest : rest.slice(0, slash);
+  if (owner !== clientId) return refuse('ERR_NOT_AUTHORIZED', `sync topic belongs to client "${owner}", not "${clientId}"`);
+  if (retain) return refuse('ERR_NOT_AUTHORIZED', 'a sync marker must not be retained');
+  return { action: 'pass' };
+}
+
+/** The first matching ACL rule decides; no rule matches → allowed (the default is allow). */
+export function aclAllows(rules: readonly AclRule[], topic: string, clientId: string): boolean {
+  for (const r of rules) {
+    if (r.clients && !r.clients.includes(clientId)) continue;
+    if (topicMatches(r.topic, topic)) return r.allow;
+  }
+  return true;
+}
+
+/**
+ * Whether a subscription filter is covered by an ACL rule's filter: used for SUBSCRIBE, where
+ * the client gives a filter, not a topic. A rule covers a filter when every topic the filter
+ * can match, the rule matches too (checked level by level).
+ */
+export function filterCovers(rule: string, filter: string): boolean {
+  const r = rule.split('/');
+  const f = filter.split('/');
+  for (let i = 0; i < r.length; i++) {
+    const rl = r[i];
+    if (rl === '#') return true;
+    const fl = f[i];
+    if (fl === undefined) return false;
+    if (fl === '#') return false; // the filter reaches deeper than this rule level allows
+    if (rl === '+') continue;
+    if (fl === '+' || fl !== rl) return false;
+  }
+  return f.length === r.length;
+}
+
+/** ACL decision for SUBSCRIBE: first rule that covers or overlaps the filter decides. */
+export function aclAllowsSubscribe(rules: readonly AclRule[], filter: string, clientId: string): boolean {
+  for (const r of rules) {
+    if (r.clients && !r.clients.includes(clientId)) continue;
+    if (filterCovers(r.topic, filter) || (!r.allow && filtersOverlap(r.topic, filter))) return r.allow;
+  }
+  return true;
+}
+
+/** True when some topic matches both filters. */
+export function filtersOverlap(a: string, b: string): boolean {
+  const x = a.split('/');
+  const y = b.split('/');
+  for (let i = 0; ; i++) {
+    const p = x[i];
+    const q = y[i];
+    if (p === '#' || q === '#') return true;
+    if (p === undefined || q === undefined) return p === q;
+    if (p !== '+' && q !== '+' && p !== q) return false;
+  }
+}
+
+/** A token bucket per client (rate per second, burst). */
+export class RateLimiter {
+  readonly #rate: number;
+  readonly #burst: number;
+  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+  constructor(ratePerSecond: number, burst: number) {
+    this.#rate = ratePerSecond;
+    this.#burst = burst;
+  }
+  /** Takes one token for `clientId`; false when the bucket is empty. Always true when the rate is 0 (off). */
+  take(clientId: string, now: number): boolean {
+    if (this.#rate <= 0) return true;
+    let b = this.#buckets.get(clientId);
+    if (!b) {
+      b = { tokens: this.#burst, at: now };
+      this.#buckets.set(clientId, b);
+    }
+    b.tokens = Math.min(this.#burst, b.tokens + ((now - b.at) / 1000) * this.#rate);
+    b.at = now;
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+  /**
+   * Forgets buckets that have refilled completely: they behave exactly like a new one, so memory
+   * stays bounded by the clients active within one refill period. (Forgetting on disconnect would
+   * let a refused client reconnect with a full burst.)
+   */
+  prune(now: number): void {
+    if (this.#rate <= 0) return;
+    for (const [id, b] of this.#buckets) if (b.tokens + ((now - b.at) / 1000) * this.#rate >= this.#burst) this.#buckets.delete(id);
+  }
+}
+
+/** The rate limit as a decision: refuse with ERR_RATE_LIMITED when the client's bucket is empty. */
+export function checkRate(limiter: RateLimiter, clientId: string, now: number): Decision {
+  return limiter.take(clientId, now) ? { action: 'pass' } : refuse('ERR_RATE_LIMITED', `client ${clientId} exceeded the publish rate limit`);
+}
+
+/** MQTT 3.1.1 [MQTT-3.1.3-8]: a zero-length client id is only allowed with clean session. */
+export function checkConnect(clientId: string, clean: boolean): Decision {
+  return clientId === '' && !clean ? refuse('ERR_CLIENT_ID', 'a zero-length client id requires clean session (CONNACK 2, identifier rejected)') : { action: 'pass' };
+}
+
+/**
+ * A template document on `qis/1/t/<tplId>` (PROTOCOL §4): a COSE_Sign1 whose kid signed it for
+ * this topic, whose payload hashes to tplId and is that template's canonical JSON.
+ */
+export function checkTemplateDoc(
+  topic: string,
+  payload: Uint8Array,
+  o: Pick<AdmissionOptions, 'registry' | 'templates'>,
+): { ok: true; tplId: string; depth: number } | { ok: false; code: ErrorCode; message: string } {
+  const tplId = topic.slice('qis/1/t/'.length);
+  if (o.registry === 'closed' && !o.templates.includes(tplId)) return { ok: false, code: 'ERR_TEMPLATE_UNKNOWN', message: `template ${tplId} is not in this broker's registry` };
+  if (payload.length === 0) return { ok: false, code: 'ERR_PACKET_EMPTY', message: 'an empty payload cannot delete a template' };
+  try {
+    const msg = decodeSign1(payload);
+    const kid = msg.unprotected.get(4);
+    if (!(kid instanceof Uint8Array) || kid.length !== 32) return { ok: false, code: 'ERR_COSE_MALFORMED', message: 'template envelope lacks a 32-byte kid' };
+    if (!verifySign1(msg, kid, topic)) return { ok: false, code: 'ERR_BAD_SIGNATURE', message: `template signature of curator ${nodeIdOf(kid)} does not verify` };
+    if (b32(sha256(msg.payload).subarray(0, 16)) !== tplId) return { ok: false, code: 'ERR_TEMPLATE_HASH', message: `payload does not hash to ${tplId}` };
+    const tpl = compileTemplate(JSON.parse(Buffer.from(msg.payload).toString('utf8')));
+    if (tpl.tplId !== tplId) return { ok: false, code: 'ERR_TEMPLATE_HASH', message: `payload is not the canonical JSON of template ${tplId}` };
+    return { ok: true, tplId, depth: tpl.fields.length };
+  } catch (e) {
+    const code: ErrorCode = e instanceof QisError && e.code !== 'ERR_TEMPLATE_INVALID' ? e.code : 'ERR_TEMPLATE_HASH';
+    return { ok: false, code, message: (e as Error).message };
+  }
+}

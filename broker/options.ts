@@ -1,0 +1,84 @@
+/**
+ * The regional broker's options: what `createBroker()` takes and what a YAML config file
+ * (`qis broker --config FILE`) or flags produce. One frozen defaults object, merged once.
+ */
+
+/** One network listener. */
+export type ListenerOptions =
+  | { readonly type: 'tcp'; readonly host: string; readonly port: number }
+  | {
+      readonly type: 'tls';
+      readonly host: string;
+      readonly port: number;
+      /** PEM file paths. */
+      readonly cert: string;
+      readonly key: string;
+      /** CA that signs client certificates; with `requestCert` the broker demands them (mTLS). */
+      readonly ca?: string;
+      readonly requestCert?: boolean;
+    }
+  | { readonly type: 'ws'; readonly host: string; readonly port: number; readonly path: string };
+
+/** An ordered access rule for ordinary (non-`qis/1/`) topics: the first matching rule decides. */
+export interface AclRule {
+  readonly allow: boolean;
+  /** MQTT filter the topic must match (`+`, `#`). */
+  readonly topic: string;
+  /** Only for these client ids (MQTT filter syntax on the id is not used: exact ids), default all. */
+  readonly clients?: readonly string[];
+}
+
+export interface AdmissionOptions {
+  /** How far `ts` may lie in the future, ms (PROTOCOL §6; default 5 minutes). */
+  readonly maxSkewMs: number;
+  /** open: any template id; closed: only `templates` (and template documents whose hash checks). */
+  readonly registry: 'open' | 'closed';
+  readonly templates: readonly string[];
+  /** Token bucket per client on `qis/1/` publishes: sustained rate per second and burst. 0 = off. */
+  readonly ratePerSecond: number;
+  readonly burst: number;
+}
+
+export interface BrokerOptions {
+  readonly listeners: readonly ListenerOptions[];
+  /** Durable store directory (retained packets, index, templates). */
+  readonly dataDir: string;
+  /** always: PUBACK only after fdatasync (group commit); interval: every fsyncIntervalMs; never. */
+  readonly fsync: 'always' | 'interval' | 'never';
+  readonly fsyncIntervalMs: number;
+  readonly admission: AdmissionOptions;
+  /** Rules for ordinary topics; default: allow everything. `qis/1/` topics follow PROTOCOL §6. */
+  readonly acl: { readonly publish: readonly AclRule[]; readonly subscribe: readonly AclRule[] };
+  /** `/healthz` and Prometheus `/metrics`; omit to run without. */
+  readonly http?: { readonly host: string; readonly port: number };
+  readonly log: { readonly level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+  /** `redis://host:port`: several broker processes as one region (mqemitter-redis + Redis store). */
+  readonly cluster?: string;
+  /** Threads that verify signatures; 0 verifies on the main thread. Default: the machine's cores. */
+  readonly verifyWorkers?: number;
+  /** How often packets past their `exp` are swept, ms. */
+  readonly sweepIntervalMs: number;
+  /** Broker id (Aedes id, log field); default random. */
+  readonly id?: string;
+}
+
+/** Every key of {@link BrokerOptions} has this default unless noted. */
+export const BROKER_DEFAULTS: BrokerOptions = Object.freeze({
+  listeners: Object.freeze([Object.freeze({ type: 'tcp' as const, host: '127.0.0.1', port: 1883 })]),
+  dataDir: './qis-broker-data',
+  fsync: 'always' as const,
+  fsyncIntervalMs: 100,
+  admission: Object.freeze({ maxSkewMs: 300_000, registry: 'open' as const, templates: Object.freeze([]), ratePerSecond: 0, burst: 100 }),
+  acl: Object.freeze({ publish: Object.freeze([]), subscribe: Object.freeze([]) }),
+  log: Object.freeze({ level: 'info' as const }),
+  sweepIntervalMs: 60_000,
+});
+
+/** A partial, nested override of the defaults (what a config file or createBroker's caller gives). */
+export type BrokerConfig = {
+  readonly [K in keyof BrokerOptions]?: BrokerOptions[K] extends readonly unknown[]
+    ? BrokerOptions[K]
+    : BrokerOptions[K] extends object | undefined
+      ? Partial<NonNullable<BrokerOptions[K]>>
+      : BrokerOptions[K];
+};
