@@ -33,8 +33,8 @@
 import { createRequire } from 'node:module';
 import type { Readable } from 'node:stream';
 import { Redis, type RedisOptions } from 'ioredis';
-import { MAX_PACKET_BYTES, QisError, isNodeId, isTplId, parseOutcomeTopic } from '../src/index.js';
-import { STORE_DEFAULTS, type PutResult, type RecoveryReport, type RemoveResult, type Store, type StoreStats, type StoredPacket, type Tombstone } from './store.js';
+import { QisError, isNodeId, isTplId } from '../src/index.js';
+import { STORE_DEFAULTS, argError, checkStoredPacket, parseFilter, show, type PutResult, type RecoveryReport, type RemoveResult, type Store, type StoreStats, type StoredPacket, type Tombstone } from './store.js';
 
 // ------------------------------------------------------------------------------ public API
 
@@ -661,7 +661,7 @@ class RedisStore implements Store {
 
   async put(p: StoredPacket): Promise<PutResult> {
     this.assertOpen();
-    const v = checkPacket(p);
+    const v = checkStoredPacket(p);
     const field = `${v.tpl}/${v.node}`;
     const e = this.index.get(field);
     // The mirror is never ahead of Redis: what it calls stale, Redis would too.
@@ -761,45 +761,6 @@ function closeMq(mq: MqEmitter): Promise<void> {
   return new Promise((resolve) => mq.close(() => resolve()));
 }
 
-interface Checked {
-  readonly tpl: string;
-  readonly node: string;
-  readonly seq: number;
-  readonly exp: number;
-}
-
-/** The boundary check of put(), the same as broker/store.ts's. */
-function checkPacket(p: StoredPacket): Checked {
-  if (typeof p !== 'object' || p === null) throw argError('put() takes a StoredPacket');
-  let parsed;
-  try {
-    parsed = parseOutcomeTopic(p.topic);
-  } catch (e) {
-    throw new QisError('ERR_INVALID_ARGUMENT', `put(): ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-  }
-  if (p.topic.length > MAX_TOPIC) throw argError(`put(): a topic of ${p.topic.length} characters is longer than ${MAX_TOPIC}`);
-  if (p.tplId !== parsed.tplId || p.nodeId !== parsed.nodeId) {
-    throw argError(`put(): tplId ${show(p.tplId)} and nodeId ${show(p.nodeId)} are not those of topic ${p.topic}`);
-  }
-  if (!Number.isSafeInteger(p.seq) || p.seq < 0) throw argError(`put(): seq must be an integer from 0 to 2^53-1, not ${show(p.seq)}`);
-  if (!(p.packet instanceof Uint8Array) || p.packet.length < 1 || p.packet.length > MAX_PACKET_BYTES) {
-    throw argError(`put(): packet must be 1 to ${MAX_PACKET_BYTES} bytes (a Uint8Array)`);
-  }
-  if (p.exp !== undefined && (!Number.isSafeInteger(p.exp) || p.exp < 0)) throw argError(`put(): exp must be Unix seconds, not ${show(p.exp)}`);
-  return { tpl: parsed.tplId, node: parsed.nodeId, seq: p.seq, exp: p.exp ?? -1 };
-}
-
-/** Splits an MQTT filter into levels, checking the wildcard rules of MQTT 3.1.1 §4.7.1. */
-function parseFilter(filter: string): string[] {
-  if (typeof filter !== 'string' || filter.length === 0 || filter.length > 65535) throw argError(`match(): ${show(filter)} is not a topic filter`);
-  const levels = filter.split('/');
-  levels.forEach((l, i) => {
-    if (l.includes('#') && (l !== '#' || i !== levels.length - 1)) throw argError(`match(): '#' must be a whole last level, in ${show(filter)}`);
-    if (l.includes('+') && l !== '+') throw argError(`match(): '+' must be a whole level, in ${show(filter)}`);
-  });
-  return levels;
-}
-
 /** A CLIENT SETNAME name (no spaces or quotes allowed there). */
 function connectionName(role: string, id: string | undefined): string {
   return `qis-${role}${id !== undefined ? `-${id}` : ''}`.replace(/[^\w.:-]/g, '_').slice(0, 128);
@@ -815,12 +776,3 @@ function ioError(what: string, cause: unknown): QisError {
   return new QisError('ERR_FILE_IO', `${what}: ${why}`, { cause });
 }
 
-function argError(message: string): QisError {
-  return new QisError('ERR_INVALID_ARGUMENT', message);
-}
-
-function show(v: unknown): string {
-  if (typeof v === 'string') return JSON.stringify(v.length > 80 ? `${v.slice(0, 80)}…` : v);
-  if (typeof v === 'number' || typeof v === 'boolean' || v === undefined || v === null) return String(v);
-  return `(a ${typeof v})`;
-}

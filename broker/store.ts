@@ -643,7 +643,7 @@ class LogStore implements Store {
 
   async put(p: StoredPacket): Promise<PutResult> {
     this.assertWritable();
-    const v = checkPacket(p);
+    const v = checkStoredPacket(p);
     const ti = this.index.get(v.tpl);
     const e = ti?.nodes.get(v.node);
     if (e !== undefined && this.blocks(e, v.seq)) return STALE;
@@ -1246,15 +1246,16 @@ function resolveOptions(options: StoreOptions): Resolved {
   return o;
 }
 
-interface Checked {
+/** A put's fields as checked. */
+export interface Checked {
   readonly tpl: string;
   readonly node: string;
   readonly seq: number;
   readonly exp: number;
 }
 
-/** The boundary check of put(): everything the log and the index rely on. */
-function checkPacket(p: StoredPacket): Checked {
+/** The boundary check of put(): everything the log and the index rely on (the Redis store uses it too). */
+export function checkStoredPacket(p: StoredPacket): Checked {
   if (typeof p !== 'object' || p === null) throw argError('put() takes a StoredPacket');
   let parsed;
   try {
@@ -1275,7 +1276,7 @@ function checkPacket(p: StoredPacket): Checked {
 }
 
 /** Splits an MQTT filter into levels, checking the wildcard rules of MQTT 3.1.1 §4.7.1. */
-function parseFilter(filter: string): string[] {
+export function parseFilter(filter: string): string[] {
   if (typeof filter !== 'string' || filter.length === 0 || filter.length > 65535) throw argError(`match(): ${show(filter)} is not a topic filter`);
   const levels = filter.split('/');
   levels.forEach((l, i) => {
@@ -1379,11 +1380,12 @@ function ioError(what: string, cause: unknown): QisError {
   return new QisError('ERR_FILE_IO', `${what}: ${why}`, { cause });
 }
 
-function argError(message: string): QisError {
+export function argError(message: string): QisError {
   return new QisError('ERR_INVALID_ARGUMENT', message);
 }
 
-function show(v: unknown): string {
+/** A value for an error message, cut short. */
+export function show(v: unknown): string {
   if (typeof v === 'string') return JSON.stringify(v.length > 80 ? `${v.slice(0, 80)}…` : v);
   if (typeof v === 'number' || typeof v === 'boolean' || v === undefined || v === null) return String(v);
   return `(a ${typeof v})`;

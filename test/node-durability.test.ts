@@ -7,7 +7,6 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import mqtt from 'mqtt';
 import {
   backoffBound,
   backoffDelay,
@@ -29,6 +28,7 @@ import { qis } from './helpers/cli.js';
 import { bearing, fixedKey, situation } from './helpers/fixtures.js';
 import { freePort } from './helpers/mosquitto.js';
 import { prng } from './helpers/prng.js';
+import { readRetained } from './helpers/retained.js';
 
 const SIT: Situation = { ...situation };
 const TPL = 'examples/bearing-failure.yaml';
@@ -72,25 +72,6 @@ function recordStatus(node: QisNode): NodeStatus[] {
   return seen;
 }
 
-/** The retained packet on `topic`, read by a raw mqtt.js client (Aedes streams retained asynchronously). */
-async function readRetained(url: string, topic: string, timeoutMs = 3000): Promise<Uint8Array | undefined> {
-  const c = await mqtt.connectAsync(url, { reconnectPeriod: 0, clean: true });
-  try {
-    const got = new Promise<Uint8Array | undefined>((resolve) => {
-      const timer = setTimeout(() => resolve(undefined), timeoutMs);
-      c.on('message', (tp, payload, packet) => {
-        if (tp === topic && packet.retain) {
-          clearTimeout(timer);
-          resolve(new Uint8Array(payload));
-        }
-      });
-    });
-    await c.subscribeAsync(topic, { qos: 1 });
-    return await got;
-  } finally {
-    await c.endAsync(true);
-  }
-}
 
 const codeOf = (e: unknown): unknown => (e as { code?: unknown } | undefined)?.code;
 

@@ -6,7 +6,6 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import mqtt from 'mqtt';
 import {
   address,
   compileTemplate,
@@ -26,6 +25,7 @@ import { startAedes } from './helpers/aedes.js';
 import { bearing, bearingDoc, fixedKey, situation } from './helpers/fixtures.js';
 import { freePort } from './helpers/mosquitto.js';
 import { prng } from './helpers/prng.js';
+import { readRetained } from './helpers/retained.js';
 
 const KEY = fixedKey(7);
 const SIT: Situation = { ...situation };
@@ -46,25 +46,6 @@ async function offlineNode(t: Test, dataDir: string, extra: Partial<NodeOptions>
 
 const outboxFiles = (dataDir: string): string[] => readdirSync(join(dataDir, 'outbox')).filter((n) => !n.startsWith('.') && !n.endsWith('.bad')).sort();
 
-/** The retained packet on `topic`, read by a raw mqtt.js client (Aedes streams retained asynchronously). */
-async function readRetained(url: string, topic: string, timeoutMs = 3000): Promise<Uint8Array | undefined> {
-  const c = await mqtt.connectAsync(url, { reconnectPeriod: 0, clean: true });
-  try {
-    const got = new Promise<Uint8Array | undefined>((resolve) => {
-      const timer = setTimeout(() => resolve(undefined), timeoutMs);
-      c.on('message', (tp, payload, packet) => {
-        if (tp === topic && packet.retain) {
-          clearTimeout(timer);
-          resolve(new Uint8Array(payload));
-        }
-      });
-    });
-    await c.subscribeAsync(topic, { qos: 1 });
-    return await got;
-  } finally {
-    await c.endAsync(true);
-  }
-}
 
 // ---------------------------------------------------------------------------------- pure rules
 
