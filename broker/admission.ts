@@ -108,10 +108,11 @@ export function verifiedOf(r: CheckResult): { ok: true; packet: Verified } | { o
  * A sync marker (PROTOCOL §7) may only be published by the client it names, and never retained.
  */
 export function checkSync(topic: string, clientId: string, retain: boolean): Decision {
-  const rest = topic.slice(SYNC_PREFIX.length);
-  const slash = rest.indexOf('/');
-  const owner = slash < 0 ? rest : rest.slice(0, slash);
-  if (owner !== clientId) return refuse('ERR_NOT_AUTHORIZED', `sync topic belongs to client "${owner}", not "${clientId}"`);
+  // The client id may itself contain '/', so compare the whole prefix, then one nonce level.
+  const own = `${SYNC_PREFIX}${clientId}/`;
+  if (!topic.startsWith(own) || topic.length === own.length || topic.indexOf('/', own.length) >= 0) {
+    return refuse('ERR_NOT_AUTHORIZED', `${topic} is not a sync topic of client "${clientId}" (qis/1/sync/<clientId>/<nonce>)`);
+  }
   if (retain) return refuse('ERR_NOT_AUTHORIZED', 'a sync marker must not be retained');
   return { action: 'pass' };
 }

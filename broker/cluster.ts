@@ -725,6 +725,13 @@ class RedisStore implements Store {
   }
 
   /** Nothing to rewrite: Redis holds the data (its own AOF rewrite compacts its log). */
+  /** Every write resolved only after Redis replied: durable as Redis's persistence makes it. */
+  durable(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  readonly failure: QisError | null = null;
+
   async compact(): Promise<void> {
     this.assertOpen();
   }

@@ -49,6 +49,10 @@ import { createVerifier, defaultWorkers, type Verifier } from './verifier.js';
 const DROP_TOPIC = '$qis/dropped';
 /** Longest a sync marker is held waiting for retained delivery (a safety net; normally ms). */
 const SYNC_HOLD_LIMIT_MS = 30_000;
+/** Largest template document (a template is a few hundred bytes of JSON). */
+const MAX_TEMPLATE_BYTES = 64 * 1024;
+/** Most template documents one broker keeps. */
+const MAX_TEMPLATES = 10_000;
 
 export interface BrokerAddress {
   readonly type: ListenerOptions['type'] | 'http';
@@ -112,7 +116,9 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const rate = new RateLimiter(o.admission.ratePerSecond, o.admission.burst);
   const syncs = new WeakMap<Client, SyncState>();
   const emptyIdDirty = new WeakSet<Client>();
-  let lastSubscribe: { client: Client; n: number } | undefined;
+  /** The SUBSCRIBE Aedes is completing: its client, how many grants, and the QoS granted per filter. */
+  let lastSubscribe: { client: Client; n: number; qos: Map<string, number> } | undefined;
+  const holdTimers = new Set<NodeJS.Timeout>();
 
   // ---------------------------------------------------------------- persistence: qis packets from the store
   const { default: memory } = (await import('aedes-persistence')) as unknown as { default: () => AedesPersistence };
@@ -127,7 +133,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   persistence.createRetainedStreamCombi = (patterns: string[]) => {
     const sub = lastSubscribe;
     lastSubscribe = undefined;
-    const from = Readable.from(retainedFor(patterns, baseStream(patterns)), { objectMode: true });
+    const from = Readable.from(retainedFor(patterns, baseStream(patterns), sub?.qos), { objectMode: true });
     if (!sub) return from;
     // Aedes pipes this stream into the writer that delivers each message to the client; when
     // that writer finishes, every retained message of this SUBSCRIBE has been written.
@@ -148,13 +154,15 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   };
   persistence.createRetainedStream = (pattern: string) => persistence.createRetainedStreamCombi([pattern]);
 
-  async function* retainedFor(patterns: string[], base: Readable): AsyncGenerator<unknown> {
+  async function* retainedFor(patterns: string[], base: Readable, granted: Map<string, number> | undefined): AsyncGenerator<unknown> {
     const t = now() / 1000;
     for (const p of patterns) {
       if (!filtersOverlap(p, 'qis/1/o/#')) continue;
+      // MQTT-3.8.4-6: delivered at min(the packet's QoS 1, the QoS granted to this filter).
+      const qos = Math.min(1, granted?.get(p) ?? 1);
       for (const sp of store.match(p)) {
         if (sp.exp !== undefined && t > sp.exp) continue;
-        yield retainedPacket(sp);
+        yield retainedPacket(sp, qos);
       }
     }
     for await (const p of base) yield p;
@@ -181,12 +189,20 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
       clearTimeout(timer);
       done();
     };
+    // Releasing the marker early would make the client believe an incomplete cohort is complete;
+    // past the limit the client is disconnected instead, and its query starts again.
     const timer = setTimeout(() => {
-      logger.warn({ clientId: client.id }, 'sync marker held too long; released');
-      s.pending = 0;
-      once();
+      fired = true;
+      holdTimers.delete(timer);
+      logger.warn({ clientId: client.id }, 'retained delivery took longer than the sync hold limit; client disconnected');
+      client.close();
     }, SYNC_HOLD_LIMIT_MS);
-    s.waiters.push(once);
+    timer.unref();
+    holdTimers.add(timer);
+    s.waiters.push(() => {
+      holdTimers.delete(timer);
+      once();
+    });
   }
 
   // ---------------------------------------------------------------- refusals
@@ -196,12 +212,20 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     cb(new QisError(code, message));
   }
   function drop(client: Client | null, packet: AedesPublishPacket, code: ErrorCode, message: string, cb: (e?: Error | null) => void): void {
-    metrics.dropped.inc({ code });
-    logger.debug({ code, clientId: client?.id, topic: packet.topic }, message);
-    // Acknowledged (Aedes writes the PUBACK after this callback) but delivered to nobody.
-    packet.topic = DROP_TOPIC;
-    packet.retain = false;
-    cb(null);
+    const topic = packet.topic;
+    // The record that made this publish stale may still be on its way to the disk: acknowledge
+    // only once it is durable, or a resend could be acknowledged for a packet a crash then loses.
+    store.durable().then(
+      () => {
+        metrics.dropped.inc({ code });
+        logger.debug({ code, clientId: client?.id, topic }, message);
+        // Acknowledged (Aedes writes the PUBACK after this callback) but delivered to nobody.
+        packet.topic = DROP_TOPIC;
+        packet.retain = false;
+        cb(null);
+      },
+      (e: unknown) => refuse(client, topic, 'ERR_FILE_IO', (e as Error).message, cb),
+    );
   }
   function carryOut(d: Decision, client: Client | null, packet: AedesPublishPacket, cb: (e?: Error | null) => void): boolean {
     if (d.action === 'refuse') refuse(client, packet.topic, d.code, d.message, cb);
@@ -214,6 +238,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   async function admitOutcome(client: Client | null, packet: AedesPublishPacket, cb: (e?: Error | null) => void): Promise<void> {
     const topic = packet.topic;
     const payload = packet.payload as Buffer;
+    if (store.failure) return refuse(client, topic, 'ERR_FILE_IO', store.failure.message, cb);
     const pre = precheckOutcome(topic, payload.length, o.admission, (id) => templates.get(id)?.depth);
     if (isDecision(pre)) {
       carryOut(pre, client, packet, cb);
@@ -228,6 +253,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
       if ('stale' in r) return drop(client, packet, 'ERR_SEQ_STALE', 'tombstone not newer than the stored seq', cb);
       metrics.admitted.inc({ kind: 'tombstone' });
       packet.retain = false; // live watchers see the withdrawal; nothing is retained
+      forwardIfGone(client, packet);
       return cb(null);
     }
     // The store copies the bytes out of Aedes' read buffer.
@@ -236,7 +262,17 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     if (!r.stored) return drop(client, packet, 'ERR_SEQ_STALE', 'a newer packet was stored meanwhile', cb);
     metrics.admitted.inc({ kind: r.replaced && r.replaced.topic !== topic ? 'move' : 'packet' });
     packet.retain = true;
+    forwardIfGone(client, packet);
     cb(null);
+  }
+
+  /**
+   * Aedes forwards a publish to live subscribers only after writing its PUBACK; when the publisher
+   * left during admission that write fails and the stored packet would reach no live watcher.
+   */
+  function forwardIfGone(client: Client | null, packet: AedesPublishPacket): void {
+    if (!client || !(client as Client & { closed?: boolean }).closed) return;
+    aedes.publish({ cmd: 'publish', topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: false, dup: false } as Parameters<Aedes['publish']>[0], () => undefined);
   }
 
   // ---------------------------------------------------------------- template documents (qis/1/t/<tplId>)
@@ -290,6 +326,12 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
           return refuse(client, topic, 'ERR_TOPIC_INVALID', 'not a qis/1 topic this broker knows (o, t, sync)', cb);
         case 'template': {
           if (carryOut(checkRate(rate, clientId, now()), client, packet, cb)) return;
+          // Template documents are small and few; they are kept forever, so both are bounded.
+          const size = (packet.payload as Buffer).length;
+          if (size > MAX_TEMPLATE_BYTES) return refuse(client, topic, 'ERR_PACKET_TOO_LARGE', `template document of ${size} bytes; at most ${MAX_TEMPLATE_BYTES}`, cb);
+          if (!templates.has(topic.slice('qis/1/t/'.length)) && templates.size >= MAX_TEMPLATES) {
+            return refuse(client, topic, 'ERR_TEMPLATE_UNKNOWN', `this broker already holds ${MAX_TEMPLATES} template documents`, cb);
+          }
           const c = checkTemplate(topic, packet.payload as Buffer);
           if (!c.ok) return refuse(client, topic, c.code, c.message, cb);
           const bytes = Uint8Array.from(packet.payload as Buffer);
@@ -316,7 +358,9 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     },
     authorizeSubscribe(client, sub, cb) {
       const topic = sub.topic;
-      const denied = topic.startsWith('$qis') || (!topic.startsWith('qis/1/') && !topic.startsWith('$SYS') && !aclAllowsSubscribe(o.acl.subscribe, topic, client.id));
+      // The ACL applies to every filter (cohorts included: an operator may keep them to some
+      // clients); `$qis` is internal and never granted.
+      const denied = topic.startsWith('$qis') || !aclAllowsSubscribe(o.acl.subscribe, topic, client.id);
       if (denied) {
         metrics.refused.inc({ code: 'ERR_NOT_AUTHORIZED' });
         logger.info({ code: 'ERR_NOT_AUTHORIZED', clientId: client.id, topic }, 'subscription denied (SUBACK 0x80)');
@@ -329,7 +373,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   });
   aedes.on('subscribe', (subs, client) => {
     const n = subs.filter((s) => (s.qos as number) !== 128).length;
-    if (n > 0) lastSubscribe = { client, n };
+    if (n > 0) lastSubscribe = { client, n, qos: new Map(subs.map((x) => [x.topic, x.qos as number])) };
   });
   aedes.on('clientError', (client, err) => logger.debug({ clientId: client.id, err: err.message }, 'client error'));
   aedes.on('connectionError', (_client, err) => logger.debug({ err: err.message }, 'connection error'));
@@ -377,6 +421,8 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
         const http = createHttpServer();
         http.on('connection', track);
         const wss = new WebSocketServer({ server: http, path: l.path });
+        // ws re-emits the HTTP server's errors (EADDRINUSE…); listen() below reports those.
+        wss.on('error', (e) => logger.debug({ err: e.message }, 'WebSocket server error'));
         wss.on('connection', (ws) => {
           const stream = createWebSocketStream(ws);
           stream.on('error', () => stream.destroy());
@@ -410,7 +456,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
           },
         );
       } else if (req.url === '/healthz') {
-        const body = { ok: !aedes.closed, packets: store.size, clients: aedes.connectedClients, uptimeS: Math.round(process.uptime()) };
+        const body = { ok: !aedes.closed && store.failure === null, ...(store.failure ? { error: store.failure.message } : {}), packets: store.size, clients: aedes.connectedClients, uptimeS: Math.round(process.uptime()) };
         res.writeHead(body.ok ? 200 : 503, { 'content-type': 'application/json' });
         res.end(JSON.stringify(body));
       } else {
@@ -418,8 +464,20 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
         res.end('try /healthz or /metrics\n');
       }
     });
-    await listen(http, o.http.port, o.http.host);
+    try {
+      await listen(http, o.http.port, o.http.host);
+    } catch (e) {
+      http.close();
+      for (const x of servers) x.server.close();
+      for (const x of sockets) x.destroy();
+      await new Promise<void>((r) => aedes.close(() => r()));
+      await verifier.close();
+      await closeStore();
+      throw new QisError('ERR_FILE_IO', `cannot listen for HTTP on ${o.http.host}:${o.http.port}: ${(e as Error).message}`, { cause: e });
+    }
+    http.on('error', (e) => logger.error({ err: e.message }, 'HTTP server error'));
   }
+  for (const x of servers) x.server.on('error', (e) => logger.error({ err: e.message, listener: x.type }, 'listener error'));
 
   const sweep = setInterval(() => {
     rate.prune(now());
@@ -452,6 +510,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       clearInterval(sweep);
+      for (const t of holdTimers) clearTimeout(t);
       for (const s of servers) s.server.close();
       http?.close();
       for (const s of sockets) s.destroy();
@@ -497,9 +556,9 @@ function listen(server: NetServer | HttpServer, port: number, host: string): Pro
 }
 
 /** What Aedes' retained stream yields for a stored packet. */
-function retainedPacket(sp: StoredPacket): Record<string, unknown> {
+function retainedPacket(sp: StoredPacket, qos: number): Record<string, unknown> {
   const payload = Buffer.isBuffer(sp.packet) ? sp.packet : Buffer.from(sp.packet.buffer, sp.packet.byteOffset, sp.packet.byteLength);
-  return { cmd: 'publish', topic: sp.topic, payload, qos: 1, retain: true, dup: false };
+  return { cmd: 'publish', topic: sp.topic, payload, qos, retain: true, dup: false };
 }
 
 /** The parts of aedes-persistence this module replaces. */

@@ -131,6 +131,14 @@ export interface Store {
   stats(): StoreStats;
   /** Rewrites the log with live packets and unexpired tombstones only; puts go on meanwhile. */
   compact(): Promise<void>;
+  /**
+   * Resolves when every put and remove issued so far is durable per the fsync policy; rejects
+   * with the store's failure. A broker awaits it before acknowledging a publish it drops as
+   * stale: the record that made it stale may still be on its way to the disk.
+   */
+  durable(): Promise<void>;
+  /** The error that stopped the store (a failed write or sync), or null while it is healthy. */
+  readonly failure: QisError | null;
   /** Waits for queued writes and any compaction, syncs, closes the log and releases the lock. Idempotent. */
   close(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
@@ -845,6 +853,19 @@ class LogStore implements Store {
     b.bufs.push(rec);
     b.bytes += rec.length;
     return b.done;
+  }
+
+  durable(): Promise<void> {
+    if (this.failed !== null) return Promise.reject(this.failed);
+    // An open batch is flushed after everything queued before it; otherwise wait for the chain.
+    if (this.batch !== null) return this.batch.done;
+    return this.exclusive(async () => {
+      if (this.failed !== null) throw this.failed;
+    });
+  }
+
+  get failure(): QisError | null {
+    return this.failed;
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {

@@ -110,7 +110,9 @@ class Pool implements Verifier {
     const id = this.#next++;
     return new Promise((resolve) => {
       this.#waiting.set(id, resolve);
-      this.#queue.push({ id, topic, bytes, ...o });
+      // A copy of just these bytes: postMessage would otherwise clone the whole socket read buffer
+      // the payload is a view of (tens of kilobytes per packet).
+      this.#queue.push({ id, topic, bytes: bytes.slice(), ...o });
       this.#schedule();
     });
   }

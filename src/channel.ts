@@ -5,7 +5,7 @@
  */
 export class Channel<T> implements AsyncIterableIterator<T> {
   readonly #items: T[] = [];
-  readonly #waiting: ((r: IteratorResult<T>) => void)[] = [];
+  readonly #waiting: { resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void }[] = [];
   readonly #limit: number;
   readonly #onEnd: (() => void) | undefined;
   #ended = false;
@@ -25,7 +25,7 @@ export class Channel<T> implements AsyncIterableIterator<T> {
   push(item: T): void {
     if (this.#ended) return;
     const w = this.#waiting.shift();
-    if (w) return w({ value: item, done: false });
+    if (w) return w.resolve({ value: item, done: false });
     this.#items.push(item);
     if (this.#items.length > this.#limit) {
       this.#items.shift();
@@ -37,8 +37,15 @@ export class Channel<T> implements AsyncIterableIterator<T> {
   end(error?: unknown): void {
     if (this.#ended) return;
     this.#ended = true;
-    this.#error = error;
-    for (const w of this.#waiting.splice(0)) w({ value: undefined, done: true });
+    const waiting = this.#waiting.splice(0);
+    // A consumer already waiting gets the error now; otherwise the next pull does.
+    const first = waiting.shift();
+    if (first && error !== undefined) first.reject(error);
+    else {
+      this.#error = error;
+      first?.resolve({ value: undefined, done: true });
+    }
+    for (const w of waiting) w.resolve({ value: undefined, done: true });
     this.#onEnd?.();
   }
 
@@ -50,7 +57,7 @@ export class Channel<T> implements AsyncIterableIterator<T> {
       this.#error = undefined;
       return e === undefined ? Promise.resolve({ value: undefined, done: true }) : Promise.reject(e);
     }
-    return new Promise((resolve) => this.#waiting.push(resolve));
+    return new Promise((resolve, reject) => this.#waiting.push({ resolve, reject }));
   }
 
   return(): Promise<IteratorResult<T>> {

@@ -3,7 +3,7 @@
  * content or its new content after a crash at any instant, never a torn mix.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { link, mkdir, open, readFile, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { QisError } from './errors.js';
 
@@ -125,7 +125,21 @@ export async function lockDir(dir: string): Promise<() => Promise<void>> {
     } else if (pid !== process.pid && pidAlive(pid)) {
       throw new QisError('ERR_DATA_DIR_LOCKED', `${dir} is in use by process ${pid} (a node or qis command); stop it or use another --data-dir`);
     }
-    await unlink(path).catch(() => undefined); // stale: its process is gone
+    // Stale: its process is gone. Take it over atomically: only one of several processes doing
+    // this at once can rename the file away; a plain unlink could delete a lock another process
+    // has just created.
+    const aside = `${path}.stale.${process.pid}.${randomBytes(4).toString('hex')}`;
+    try {
+      await rename(path, aside);
+    } catch {
+      continue; // someone else moved or replaced it: look again
+    }
+    const moved = await readFile(aside, 'utf8').catch(() => '');
+    if (moved !== text) {
+      // Between our read and the rename, another process took the lock: give it back.
+      await link(aside, path).catch(() => undefined);
+    }
+    await unlink(aside).catch(() => undefined);
   }
   throw new QisError('ERR_DATA_DIR_LOCKED', `${dir}: could not take the lock (another process keeps taking it)`);
 }

@@ -48,6 +48,7 @@ export const ERROR_CODES = {
   ERR_NOT_AUTHORIZED: "the ACL or the qis topic rules do not let this client publish or subscribe there",
   ERR_CLIENT_ID: "a zero-length client id with clean session false (MQTT 3.1.1 [MQTT-3.1.3-8])",
   ERR_CONFIG_INVALID: 'a broker or bridge config is invalid (the message names the file, the key and what was expected)',
+  ERR_DELIVERY_REFUSED: 'the broker closed the connection each time a queued packet was sent (its way to refuse it); the packet is set aside as <name>.bad',
   ERR_INTERNAL: 'an unexpected failure inside qis: a bug (the CLI prints its stack to stderr); please report it',
 } as const;
 

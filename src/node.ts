@@ -192,6 +192,15 @@ const DEFAULTS: Defaults = Object.freeze({
 });
 type Merged = Defaults & NodeOptions;
 
+/** How long a node waits for its broker-kind sync marker before treating the broker as unknown. */
+const DETECT_TIMEOUT_MS = 2_000;
+/** A connection that stays up this long resets the reconnect backoff. */
+const STABLE_CONNECTION_MS = 10_000;
+/** A connection lost within this time of sending an entry counts as a refusal of that entry. */
+const REFUSAL_WINDOW_MS = 3_000;
+/** Refusals in a row after which a queued entry is set aside. */
+const REFUSALS_BEFORE_SET_ASIDE = 5;
+
 /** The retained topic where a qis broker says what it is (docs/protocol-choices.md). */
 export const BROKER_INFO_TOPIC = 'qis/1/broker';
 const MOSQUITTO_VERSION_TOPIC = '$SYS/broker/version';
@@ -254,6 +263,10 @@ export async function createNode(options: NodeOptions): Promise<QisNode> {
     throw new QisError('ERR_INVALID_ARGUMENT', `brokerKind must be auto, qis, mosquitto or unknown, got ${String(o.brokerKind)}`);
   }
   if (typeof o.dataDir !== 'string' || o.dataDir === '') throw new QisError('ERR_INVALID_ARGUMENT', 'dataDir is required');
+  if (o.clientId !== undefined && (o.clientId === '' || /[/+#]/.test(o.clientId))) {
+    // It is a topic level of the node's sync markers (qis/1/sync/<clientId>/<nonce>).
+    throw new QisError('ERR_INVALID_ARGUMENT', `clientId must be non-empty and free of '/', '+' and '#', got ${JSON.stringify(o.clientId)}`);
+  }
   throwIfAborted(o.signal);
   await ensureDir(o.dataDir);
   const unlock = await lockDir(o.dataDir);
@@ -284,6 +297,11 @@ async function loadOrCreateKey(path: string): Promise<NodeKey> {
 }
 
 type Listener = (topic: string, payload: Uint8Array, retained: boolean) => void;
+/** One connection's answer to "what broker is this?"; `lost` when the connection dropped first. */
+interface KindEntry {
+  readonly gen: number;
+  result: BrokerKind | 'lost' | undefined;
+}
 type State = 'connecting' | 'connected' | 'waiting' | 'closed';
 
 class Node implements QisNode {
@@ -304,7 +322,11 @@ class Node implements QisNode {
   #attempt = 0;
   #everSettled = false;
   #reconnectTimer: unknown;
-  readonly #inflight = new Set<string>();
+  /** Entries sent on this connection and not yet acknowledged, with when they were sent. */
+  readonly #inflight = new Map<string, number>();
+  /** Connections lost right after sending an entry, per entry: the way a broker refuses a publish. */
+  readonly #refusals = new Map<string, number>();
+  #stableTimer: unknown;
   #delivered = 0;
   readonly #listeners = new Set<Listener>();
   /** Subscriptions kept across reconnects (watches), with reference counts. */
@@ -313,7 +335,8 @@ class Node implements QisNode {
   readonly #watches = new Set<Channel<WatchEvent>>();
   /** Waiters for changes: connection state, acks, outbox size. */
   readonly #wakers = new Set<() => void>();
-  #brokerKind: Promise<BrokerKind> | undefined;
+  /** The broker-kind detection of the current connection. */
+  #kind: KindEntry | undefined;
   /** Serialises seq allocation and outbox writes. */
   #writes: Promise<unknown> = Promise.resolve();
   #closing: Promise<void> | undefined;
@@ -457,9 +480,13 @@ class Node implements QisNode {
     client.on('connect', () => {
       if (gen !== this.#gen) return;
       this.#state = 'connected';
-      this.#attempt = 0;
+      // The backoff starts over only once a connection has proved itself (stayed up, or carried a
+      // PUBACK): a broker that accepts the connection and then refuses a packet must not make
+      // the node reconnect in a tight loop.
+      this.#stableTimer = this.#timers.setTimeout(() => {
+        if (gen === this.#gen) this.#attempt = 0;
+      }, STABLE_CONNECTION_MS);
       this.#everSettled = true;
-      this.#brokerKind = undefined;
       this.emit({ type: 'connected', url: this.#o.url });
       const filters = [...this.#subs.keys()];
       if (filters.length > 0) {
@@ -499,6 +526,8 @@ class Node implements QisNode {
     this.#client = undefined;
     this.#state = 'waiting';
     this.#everSettled = true;
+    if (this.#stableTimer !== undefined) this.#timers.clearTimeout(this.#stableTimer);
+    this.#noteRefusals();
     this.#inflight.clear(); // unacknowledged entries stay in the outbox and go again
     if (wasConnected) this.emit({ type: 'disconnected', reason });
     const delayMs = backoffDelay(this.#attempt, this.#backoff, this.#random);
@@ -509,6 +538,33 @@ class Node implements QisNode {
       this.#connect();
     }, delayMs);
     this.#wake();
+  }
+
+  /**
+   * MQTT 3.1.1 has no negative PUBACK: a broker refuses a publish by closing the connection. An
+   * entry whose sending was followed by a lost connection, again and again, is set aside as
+   * `<name>.bad` and reported, so one refused packet cannot block the node forever.
+   */
+  #noteRefusals(): void {
+    const now = this.#now();
+    for (const [name, sentAt] of this.#inflight) {
+      if (now - sentAt > REFUSAL_WINDOW_MS) continue;
+      const n = (this.#refusals.get(name) ?? 0) + 1;
+      this.#refusals.set(name, n);
+      if (n < REFUSALS_BEFORE_SET_ASIDE) continue;
+      this.#refusals.delete(name);
+      const e = this.#outbox.entries().find((x) => x.name === name);
+      this.emit({
+        type: 'refused',
+        code: 'ERR_DELIVERY_REFUSED',
+        message: `the broker closed the connection each of the ${n} times packet seq ${e?.seq ?? '?'} was sent; it is set aside as outbox/${name}.bad`,
+        ...(e ? { topic: e.topic } : {}),
+      });
+      void this.#outbox.setAside(name).then(
+        () => this.#wake(),
+        (err: unknown) => this.#ioFailure(err),
+      );
+    }
   }
 
   #waitConnected(deadline: number, signal: AbortSignal | undefined): Promise<MqttClient> {
@@ -654,14 +710,19 @@ class Node implements QisNode {
       if (e.exp !== undefined && this.#now() > e.exp * 1000) {
         // A stale packet would be refused by any conforming broker; drop it here and say so.
         this.emit({ type: 'refused', code: 'ERR_EXPIRED', message: `queued packet seq ${e.seq} expired before it could be sent; dropped`, topic: e.topic });
-        void this.#outbox.remove(e.name).catch((err: unknown) => this.#ioFailure(err));
+        this.#outbox.remove(e.name).then(
+          () => this.#wake(), // a flush() waiting for an empty outbox
+          (err: unknown) => this.#ioFailure(err),
+        );
         continue;
       }
-      this.#inflight.add(e.name);
+      this.#inflight.set(e.name, this.#now());
       client.publish(e.topic, Buffer.from(e.packet), { qos: 1, retain: true }, (err) => {
         if (gen !== this.#gen) return; // that connection is gone: the entry goes again on the next one
         this.#inflight.delete(e.name);
         if (err) return;
+        this.#attempt = 0; // a PUBACK: this connection works
+        this.#refusals.delete(e.name);
         void this.#acked(e).catch((er: unknown) => this.#ioFailure(er));
       });
     }
@@ -739,25 +800,39 @@ class Node implements QisNode {
 
   async brokerKind(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<BrokerKind> {
     this.#checkOpen();
-    if (this.#o.brokerKind !== 'auto') return Promise.resolve(this.#o.brokerKind);
+    if (this.#o.brokerKind !== 'auto') return this.#o.brokerKind;
     const deadline = this.#now() + (options.timeoutMs ?? DEFAULTS.queryTimeoutMs);
-    const p = (this.#brokerKind ??= this.#detect(deadline, options.signal));
-    try {
-      return await p;
-    } catch (e) {
-      if (this.#brokerKind === p) this.#brokerKind = undefined; // ask again next time
-      throw e;
+    for (;;) {
+      await this.#waitConnected(deadline, options.signal);
+      const gen = this.#gen;
+      // One detection per connection, shared by every caller; each caller waits with its own
+      // deadline and signal, so aborting one query does not abort another's detection.
+      let entry = this.#kind;
+      if (!entry || entry.gen !== gen) {
+        const fresh: KindEntry = { gen, result: undefined };
+        this.#kind = entry = fresh;
+        void this.#detect(fresh);
+      }
+      const e = entry;
+      const r = await this.#until(() => e.result, { deadline, signal: options.signal, what: 'the broker kind' });
+      if (r !== 'lost') return r;
+      if (this.#kind === e) this.#kind = undefined; // the connection dropped: ask on the next one
     }
   }
 
   /**
    * Asks the broker what it is, once per connection: a qis broker keeps `qis/1/broker` retained
    * and holds sync markers (PROTOCOL §7); Mosquitto keeps `$SYS/broker/version` and delivers a
-   * subscription's retained messages before it reads the next packet. Anything else gets the
-   * quiet period.
+   * subscription's retained messages before it reads the next packet. Anything else (or no
+   * marker within DETECT_TIMEOUT_MS) gets the quiet period. Never rejects.
    */
-  async #detect(deadline: number, signal: AbortSignal | undefined): Promise<BrokerKind> {
-    const client = await this.#waitConnected(deadline, signal);
+  async #detect(entry: KindEntry): Promise<void> {
+    const client = this.#client;
+    const settle = (r: BrokerKind | 'lost'): void => {
+      entry.result ??= r;
+      this.#wake();
+    };
+    if (!client || entry.gen !== this.#gen) return settle('lost');
     const sync = `qis/1/sync/${this.clientId}/${randomBytes(6).toString('hex')}`;
     let kind: BrokerKind = 'unknown';
     let synced = false;
@@ -769,25 +844,39 @@ class Node implements QisNode {
       this.#wake();
     };
     this.#listeners.add(listener);
-    const filters = [sync, BROKER_INFO_TOPIC, MOSQUITTO_VERSION_TOPIC];
+    const subscribed: string[] = [];
+    const lost = (): 'lost' | undefined => (entry.gen !== this.#gen ? 'lost' : undefined);
     try {
       try {
-        await this.#subscribe(client, filters, 0);
+        await this.#subscribe(client, [sync, BROKER_INFO_TOPIC], 0);
+        subscribed.push(sync, BROKER_INFO_TOPIC);
+        // An ACL may deny $SYS; that only rules out recognising Mosquitto.
+        await this.#subscribe(client, [MOSQUITTO_VERSION_TOPIC], 0).then(
+          () => subscribed.push(MOSQUITTO_VERSION_TOPIC),
+          (e: unknown) => {
+            if (!(isQisError(e) && e.code === 'ERR_SUBSCRIBE_DENIED')) throw e;
+          },
+        );
         await client.publishAsync(sync, Buffer.from('?'), { qos: 1 });
       } catch (e) {
-        if (isQisError(e) && e.code === 'ERR_SUBSCRIBE_DENIED') return 'unknown';
-        throw new QisError('ERR_TIMEOUT', `connection lost while asking the broker what it is: ${(e as Error).message}`, { cause: e });
+        return settle(lost() ?? 'unknown'); // denied, or the connection went away
       }
+      let timedOut = false;
+      const t = this.#timers.setTimeout(() => {
+        timedOut = true;
+        this.#wake();
+      }, DETECT_TIMEOUT_MS);
       try {
-        await this.#until(() => (synced ? true : undefined), { deadline, signal, what: 'the sync marker' });
-      } catch (e) {
-        if (isQisError(e) && e.code === 'ERR_TIMEOUT') return 'unknown';
-        throw e;
+        const r = await this.#until<'lost' | 'synced' | 'timeout'>(() => lost() ?? (synced ? 'synced' : timedOut ? 'timeout' : undefined), { what: 'the sync marker' });
+        settle(r === 'lost' ? 'lost' : r === 'timeout' ? 'unknown' : kind);
+      } finally {
+        this.#timers.clearTimeout(t);
       }
-      return kind;
+    } catch {
+      settle('lost'); // closed
     } finally {
       this.#listeners.delete(listener);
-      this.#unsubscribe(client, filters);
+      this.#unsubscribe(client, subscribed);
     }
   }
 
@@ -853,7 +942,8 @@ class Node implements QisNode {
     const lost = (): 'lost' | undefined => (gen !== this.#gen ? 'lost' : undefined);
     try {
       try {
-        await this.#subscribe(client, filters, 0);
+        // QoS 0, unless a watch holds the same filter at QoS 1 (a SUBSCRIBE replaces its QoS).
+        await this.#subscribe(client, filters, this.#subs.has(filter) ? 1 : 0);
         lastAt = this.#now();
         if (kind !== 'unknown') await client.publishAsync(sync, Buffer.from('sync'), { qos: 1 });
       } catch (e) {
@@ -922,7 +1012,11 @@ class Node implements QisNode {
     this.#listeners.add(listener);
     this.#subs.set(filter, (this.#subs.get(filter) ?? 0) + 1);
     if (this.#state === 'connected' && this.#client) {
-      this.#subscribe(this.#client, [filter]).catch((e: unknown) => ch.end(isQisError(e) ? e : new QisError('ERR_TIMEOUT', (e as Error).message, { cause: e })));
+      // A denied subscription ends the watch with its error; a connection lost meanwhile does
+      // not (the filter is subscribed again on the next connection).
+      this.#subscribe(this.#client, [filter]).catch((e: unknown) => {
+        if (isQisError(e) && e.code === 'ERR_SUBSCRIBE_DENIED') ch.end(e);
+      });
     }
     if (options.signal) {
       if (options.signal.aborted) ch.end();
@@ -942,6 +1036,7 @@ class Node implements QisNode {
       this.#state = 'closed';
       this.#gen++;
       if (this.#reconnectTimer !== undefined) this.#timers.clearTimeout(this.#reconnectTimer);
+      if (this.#stableTimer !== undefined) this.#timers.clearTimeout(this.#stableTimer);
       this.#wake(); // pending waits reject with ERR_CLOSED
       for (const c of [...this.#watches]) c.end();
       for (const c of [...this.#statusChannels]) c.end();

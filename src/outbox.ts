@@ -9,7 +9,7 @@
 import { readdir, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fromHex, toHex } from './bytes.js';
-import { ensureDir, ioError, unlinkDurable, writeFileDurable } from './durable.js';
+import { ensureDir, ioError, syncDir, unlinkDurable, writeFileDurable } from './durable.js';
 import { QisError } from './errors.js';
 import type { NodeId } from './identity.js';
 import { checkPacket, decodePacket } from './packet.js';
@@ -191,6 +191,17 @@ export class Outbox {
     this.#entries.set(name, entry);
     for (const q of old) await this.remove(q.name);
     return entry;
+  }
+
+  /** Moves an entry aside as `<name>.bad` (kept for a person to inspect, never sent again). */
+  async setAside(name: string): Promise<void> {
+    this.#entries.delete(name);
+    try {
+      await rename(join(this.#dir, name), join(this.#dir, `${name}.bad`));
+      await syncDir(this.#dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(join(this.#dir, name), e);
+    }
   }
 
   /** Removes an entry (after its PUBACK, or when it expired); gone already is fine. */

@@ -912,3 +912,56 @@ t.test('listeners - tls with a self-signed certificate, and mTLS', async (t) => 
   t.equal(ok.acked, true, 'mTLS: a node with a certificate signed by the CA publishes');
   t.equal((await readRetained(b, `qis/1/o/${TPL}/#`)).length, 2, 'two packets stored (the anonymous one never arrived)');
 });
+
+// ---------------------------------------------------------------------------------- review fixes
+
+t.test('admission - a client id containing "/" may use its own sync topics', async (t) => {
+  const b = await brokerFor(t);
+  const id = `plant7/line2/gw-${process.pid}`;
+  const c = await b.client({ clientId: id });
+  const marker = new Promise<string>((resolve) => c.on('message', (topic) => resolve(topic)));
+  await c.subscribeAsync(`qis/1/sync/${id}/n1`, { qos: 1 });
+  await c.publishAsync(`qis/1/sync/${id}/n1`, 'x', { qos: 1 });
+  t.equal(await withTimeout(marker, 5000, 'the marker'), `qis/1/sync/${id}/n1`, 'its marker came back');
+  t.equal(await refusedCount(b, 'ERR_NOT_AUTHORIZED'), 0);
+  // Another client's prefix (even one that is a prefix of this id) is still refused.
+  const other = await b.client({ clientId: `plant7-${process.pid}` });
+  const closed = new Promise<void>((r) => other.once('close', () => r()));
+  other.publish(`qis/1/sync/plant7/line2/x`, 'x', { qos: 1 });
+  await withTimeout(closed, 5000, 'the refusal');
+  t.equal(await refusedCount(b, 'ERR_NOT_AUTHORIZED'), 1);
+});
+
+t.test('admission - a template document larger than 64 KiB is refused before it is decoded', async (t) => {
+  const b = await brokerFor(t);
+  const c = await b.client();
+  const closed = new Promise<void>((r) => c.once('close', () => r()));
+  c.publish(`qis/1/t/${TPL}`, Buffer.alloc(65 * 1024, 1), { qos: 1, retain: true });
+  await withTimeout(closed, 5000, 'the disconnect');
+  t.equal(await refusedCount(b, 'ERR_PACKET_TOO_LARGE'), 1);
+});
+
+t.test('retained - a QoS 0 cohort subscription gets the retained packets at QoS 0 (MQTT-3.8.4-6)', async (t) => {
+  const b = await brokerFor(t);
+  const pub = await b.client();
+  const p = pkt(fixedKey(0x71));
+  await pub.publishAsync(p.topic, p.packet, { qos: 1, retain: true });
+  const sub = await b.client();
+  const got = new Promise<number>((resolve) => sub.on('message', (_topic, _payload, packet) => resolve(packet.qos)));
+  await sub.subscribeAsync(`qis/1/o/${TPL}/#`, { qos: 0 });
+  t.equal(await withTimeout(got, 5000, 'the retained packet'), 0);
+});
+
+t.test('listeners - a WebSocket port already in use is an error from createBroker, not a crash', async (t) => {
+  const first = await brokerFor(t, { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }, { type: 'ws', host: '127.0.0.1', port: 0, path: '/mqtt' }] });
+  const port = first.broker.addresses().find((a) => a.type === 'ws')?.port as number;
+  const dir = mkdtempSync(join(root, 'ws-busy-'));
+  await t.rejects(
+    createBroker({ listeners: [{ type: 'ws', host: '127.0.0.1', port, path: '/mqtt' }], dataDir: dir, verifyWorkers: 0 }, { logger: pino({ level: 'silent' }) }),
+    { code: 'ERR_FILE_IO' },
+  );
+  // And everything it opened was closed again: the same data directory opens at once.
+  const again = await createBroker({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], dataDir: dir, verifyWorkers: 0 }, { logger: pino({ level: 'silent' }) });
+  await again.close();
+  t.pass('the store lock was released');
+});

@@ -32,6 +32,7 @@ import { jsonFlag, numberFlag, reportError } from '../cli/run.js';
 import { parseBrokerConfig } from '../broker/config.js';
 import { bearing, bearingDoc, situation, fixedKey } from './helpers/fixtures.js';
 import { startAedes } from './helpers/aedes.js';
+import { startQisBroker } from './helpers/qis-broker.js';
 import { RateLimiter, checkConnect, checkRate, checkSync, checkTemplateDoc, decide, isDecision, precheckOutcome, type Decision } from '../broker/admission.js';
 import { freePort } from './helpers/mosquitto.js';
 import { createNode, type NodeOptions, type QisNode } from '../src/index.js';
@@ -176,6 +177,22 @@ const triggers: Record<ErrorCode, () => unknown> = {
   },
   ERR_NOT_AUTHORIZED: () => throwDecision(checkSync('qis/1/sync/someone-else/1', 'me', false)),
   ERR_CLIENT_ID: () => throwDecision(checkConnect('', false)),
+  ERR_DELIVERY_REFUSED: async () => {
+    // A broker with a closed registry refuses every packet of this template by disconnecting.
+    const b = await startQisBroker({ admission: { registry: 'closed', templates: [] } });
+    try {
+      return await withNode(
+        async (n) => {
+          const refusal = firstRefusal(n);
+          await n.publish(bearing, situation, 'failure', { ackTimeoutMs: 0 });
+          return await refusal;
+        },
+        { url: b.url },
+      );
+    } finally {
+      await b.close();
+    }
+  },
   ERR_INTERNAL: () => {
     const out = new PassThrough();
     const status = reportError(new TypeError('boom'), true, { stdin: new PassThrough(), stdout: out, stderr: new PassThrough() });

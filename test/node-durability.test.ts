@@ -29,6 +29,7 @@ import { bearing, fixedKey, situation } from './helpers/fixtures.js';
 import { freePort } from './helpers/mosquitto.js';
 import { prng } from './helpers/prng.js';
 import { readRetained } from './helpers/retained.js';
+import { startQisBroker } from './helpers/qis-broker.js';
 
 const SIT: Situation = { ...situation };
 const TPL = 'examples/bearing-failure.yaml';
@@ -358,12 +359,22 @@ t.test('node - reconnect backoff with random()=0.999 grows monotonically to the 
   for (let k = 0; k < 9; k++) delays.push(await fake.fire());
   t.same(delays, [49, 99, 199, 399, 799, 1598, 1998, 1998, 1998], 'floor(0.999 · min(cap, base·2^k))');
   delays.forEach((d, k) => k > 0 && t.ok(d >= delays[k - 1]!, `non-decreasing at ${k}`));
-  // The broker comes back: the next attempt connects, and the next outage starts from base again.
+  // The broker comes back: the next attempt connects. A connection that drops before it has
+  // proved itself does not reset the backoff (a broker that refuses a packet by disconnecting
+  // must not cause a tight reconnect loop)…
   await aedes.start();
   t.equal(await fake.fire(), 1998, 'the attempt that reconnects');
   await waitFor('the connection', () => node.connected);
   await aedes.stop();
-  t.equal(await fake.fire(), 49, 'after a successful connection the backoff restarts at base');
+  await waitFor('the disconnection', () => !node.connected);
+  await aedes.start();
+  t.equal(await fake.fire(), 1998, 'a connection lost at once: the backoff stays at the cap');
+  // …while one that stays up 10 s starts the next outage from base again.
+  await waitFor('the connection', () => node.connected);
+  t.equal(await fake.fire(), 10_000, 'the connection proves itself after 10 s');
+  await aedes.stop();
+  await waitFor('the disconnection', () => !node.connected);
+  t.equal(await fake.fire(), 49, 'after a stable connection the backoff restarts at base');
 });
 
 // ---------------------------------------------------------------------------------- lifecycle
@@ -435,4 +446,62 @@ t.test('node - an aborted signal is ERR_ABORTED; an offline flush with a short t
   t.equal(node.pending, 1, 'the packet stays queued');
   t.ok(readdirSync(join(dataDir, 'outbox')).some((n) => n.endsWith(`-p-${r.seq}.json`)), 'its file too');
   await t.rejects(node.flush({ timeoutMs: 0 }), { code: 'ERR_INVALID_ARGUMENT' }, 'timeoutMs must be positive');
+});
+
+// ---------------------------------------------------------------------------------- refusals and detection
+
+t.test('node - a packet the broker keeps refusing is set aside, and the node works on', async (t) => {
+  // A closed registry that does not list the template: the broker disconnects at every send.
+  const b = await startQisBroker({ admission: { registry: 'closed', templates: [] } });
+  t.teardown(() => b.close());
+  const dataDir = tempDir(t);
+  const node = await nodeFor(t, { url: b.url, dataDir, key: fixedKey(0x61), reconnect: { baseMs: 20, capMs: 100 } });
+  const seen = recordStatus(node);
+  const r = await node.publish(bearing, SIT, 'failure', { ackTimeoutMs: 0 });
+  await waitFor('the refusal', () => seen.some((s) => s.type === 'refused' && s.code === 'ERR_DELIVERY_REFUSED'), 20_000);
+  await waitFor('the outbox to empty', () => node.pending === 0);
+  t.ok(readdirSync(join(dataDir, 'outbox')).some((n) => n.endsWith('.bad') && n.includes(`-${r.seq}.json`)), 'kept as .bad for a person to inspect');
+  const q = await node.query(bearing, SIT, { minCohort: 1, timeoutMs: 10_000 });
+  t.equal(q.completeness, 'sync', 'queries work again');
+});
+
+t.test('node - createNode refuses a clientId that cannot be a topic level', async (t) => {
+  for (const clientId of ['plant/7', 'a+b', 'x#', '']) {
+    await t.rejects(createNode({ url: 'mqtt://127.0.0.1:1', dataDir: tempDir(t), clientId }), { code: 'ERR_INVALID_ARGUMENT' }, JSON.stringify(clientId));
+  }
+});
+
+t.test('node - flush() returns when the last queued packet expires instead of being sent', async (t) => {
+  const a = await aedesFor(t);
+  await a.stop();
+  const node = await nodeFor(t, { url: a.url, dataDir: tempDir(t), key: fixedKey(0x62), reconnect: FAST });
+  const exp = Math.floor(Date.now() / 1000) + 1;
+  await node.publish(bearing, SIT, 'failure', { exp, ackTimeoutMs: 0 });
+  await sleep(2100); // past exp
+  await a.start();
+  await node.flush({ timeoutMs: 5_000 });
+  t.equal(node.pending, 0);
+});
+
+t.test('node - aborting one query does not abort another one running alongside', async (t) => {
+  const b = await startQisBroker();
+  t.teardown(() => b.close());
+  const node = await nodeFor(t, { url: b.url, dataDir: tempDir(t), key: fixedKey(0x63), reconnect: FAST });
+  const ac = new AbortController();
+  const first = node.query(bearing, SIT, { signal: ac.signal, minCohort: 1 });
+  const second = node.query(bearing, SIT, { minCohort: 1 });
+  ac.abort();
+  await t.rejects(first, { code: 'ERR_ABORTED' });
+  const r = await second;
+  t.equal(r.broker, 'qis');
+  t.equal(r.completeness, 'sync');
+});
+
+t.test('node - a watch whose subscription is denied ends with ERR_SUBSCRIBE_DENIED', async (t) => {
+  const b = await startQisBroker({ acl: { subscribe: [{ allow: false, topic: 'qis/1/o/#' }] } });
+  t.teardown(() => b.close());
+  const node = await nodeFor(t, { url: b.url, dataDir: tempDir(t), key: fixedKey(0x64), reconnect: FAST });
+  await waitFor('the connection', () => node.connected);
+  const it = node.watch(bearing, SIT);
+  await t.rejects(it.next(), { code: 'ERR_SUBSCRIBE_DENIED' });
 });
