@@ -59,10 +59,11 @@
 import crypto from 'node:crypto';
 import os from 'node:os';
 import { fork, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
-import { delimiter, join } from 'node:path';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { findBinary, freePort, waitForPort } from './net.js';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { MqttClient } from 'mqtt';
 
@@ -541,39 +542,6 @@ const aedesTarget: Target = {
   start: () => startOurs('aedes', ['--child=aedes'], ['--expose-gc']),
 };
 
-// Mosquitto: the few lines of test/helpers/mosquitto.ts this needs (test/ is not compiled to dist).
-function findBinary(name: string): string {
-  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/bin'];
-  for (const d of dirs) if (d && existsSync(join(d, name))) return join(d, name);
-  throw new Error(`${name} not found: install Debian's mosquitto (.ci/run does)`);
-}
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const a = srv.address();
-      srv.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
-    });
-  });
-}
-function waitForPort(port: number, deadline: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const attempt = (): void => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve();
-      });
-      s.once('error', () => {
-        s.destroy();
-        if (Date.now() > deadline) reject(new Error(`nothing listens on 127.0.0.1:${port}`));
-        else setTimeout(attempt, 20);
-      });
-    };
-    attempt();
-  });
-}
 let mosquittoVersion = 'unknown';
 const mosquittoTarget: Target = {
   id: 'mosquitto',
@@ -592,7 +560,7 @@ const mosquittoTarget: Target = {
     child.stderr?.on('data', (b: Buffer) => (out = (out + b.toString()).slice(-4000)));
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     try {
-      await Promise.race([waitForPort(port, Date.now() + 10_000), exited.then(() => Promise.reject(new Error(`mosquitto exited: ${out}`)))]);
+      await Promise.race([waitForPort(port, Date.now() + 10_000, 20), exited.then(() => Promise.reject(new Error(`mosquitto exited: ${out}`)))]);
     } catch (e) {
       await stopChild(child);
       throw e;

@@ -51,9 +51,9 @@ import crypto from 'node:crypto';
 import os from 'node:os';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { findBinary, freePort, waitForPort } from './net.js';
 import mqtt, { type MqttClient } from 'mqtt';
 import {
   address,
@@ -139,42 +139,6 @@ function tempDir(prefix: string): string {
 }
 
 // ------------------------------------------------------------------------------ mosquitto
-// (the few lines of test/helpers/mosquitto.ts this needs; test/ is not compiled to dist)
-
-function findBinary(name: string): string {
-  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/bin'];
-  for (const d of dirs) if (d && existsSync(join(d, name))) return join(d, name);
-  throw new Error(`${name} not found: install Debian's mosquitto (.ci/run does)`);
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const a = srv.address();
-      srv.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
-function waitForPort(port: number, deadline: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const attempt = (): void => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve();
-      });
-      s.once('error', () => {
-        s.destroy();
-        if (Date.now() > deadline) reject(new Error(`nothing listens on 127.0.0.1:${port}`));
-        else setTimeout(attempt, 50);
-      });
-    };
-    attempt();
-  });
-}
 
 interface Broker {
   readonly url: string;

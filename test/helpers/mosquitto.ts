@@ -1,46 +1,12 @@
 // Starts a real Mosquitto (Debian package `mosquitto`, installed by .ci/run) on a free loopback
 // port with a throwaway config, and stops it again.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, delimiter } from 'node:path';
+import { join } from 'node:path';
+import { findBinary, freePort, waitForPort } from '../../bench/net.js';
 
-export function findBinary(name: string): string {
-  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/usr/bin'];
-  for (const d of dirs) if (d && existsSync(join(d, name))) return join(d, name);
-  throw new Error(`${name} not found: install Debian's mosquitto and mosquitto-clients (.ci/run does)`);
-}
-
-/** A port the OS just handed out on 127.0.0.1 (closed again, for a child process to bind). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
-function waitForPort(port: number, deadline: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const attempt = (): void => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve();
-      });
-      s.once('error', () => {
-        s.destroy();
-        if (Date.now() > deadline) reject(new Error(`nothing listens on 127.0.0.1:${port}`));
-        else setTimeout(attempt, 50);
-      });
-    };
-    attempt();
-  });
-}
+export { findBinary, freePort } from '../../bench/net.js';
 
 export interface Mosquitto { readonly port: number; readonly log: () => string; stop(): Promise<void> }
 
