@@ -15,6 +15,11 @@ export function run(command: string, args: readonly string[], options: { input?:
       const o = Buffer.concat(out);
       resolve({ status, stdout: o.toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), out: o });
     });
+    // A child that exits without reading all its input closes the pipe (EPIPE): its status and
+    // output say what happened, so that is not an error of the run itself.
+    child.stdin.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EPIPE') reject(e);
+    });
     child.stdin.end(options.input ?? '');
   });
 }
