@@ -379,7 +379,7 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'http', key: 'http', value: 'HOST:PORT', help: '/healthz and /metrics listener' },
   { name: 'log-level', key: 'log.level', value: 'LEVEL', help: 'fatal | error | warn | info | debug | trace | silent' },
   { name: 'cluster', key: 'cluster', value: 'URL', help: 'redis://HOST:PORT shared by the brokers of one region' },
-  { name: 'verify-workers', key: 'verifyWorkers', value: 'N', help: 'signature verification threads, 0..64 (default: the cores)' },
+  { name: 'verify-workers', key: 'verifyWorkers', value: 'N', help: 'signature verification threads, 0..64 (default: the cores minus one, at least 1)' },
   { name: 'sweep-interval-ms', key: 'sweepIntervalMs', value: 'MS', help: 'how often expired packets are swept' },
   { name: 'id', key: 'id', value: 'ID', help: 'broker id (default: random)' },
 ].map((f) => Object.freeze(f)));

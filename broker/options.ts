@@ -54,7 +54,7 @@ export interface BrokerOptions {
   readonly log: { readonly level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   /** `redis://host:port`: several broker processes as one region (mqemitter-redis + Redis store). */
   readonly cluster?: string;
-  /** Threads that verify signatures; 0 verifies on the main thread. Default: the machine's cores. */
+  /** Threads that verify signatures; 0 verifies on the main thread. Default: the machine's cores minus one (at least 1). */
   readonly verifyWorkers?: number;
   /** How often packets past their `exp` are swept, ms. */
   readonly sweepIntervalMs: number;
