@@ -59,28 +59,20 @@
 import crypto from 'node:crypto';
 import os from 'node:os';
 import { fork, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { findBinary, freePort, waitForPort } from './net.js';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { MqttClient } from 'mqtt';
+import { argv, JSON_OUT, optNum, optStr } from './args.js';
+import { cleanup, cleanups, tempDir } from './cleanup.js';
 
 // ------------------------------------------------------------------------------ options
 
-const argv = process.argv.slice(2);
 const SELF = fileURLToPath(import.meta.url);
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const JSON_OUT = argv.includes('--json');
-const optNum = (name: string, dflt: number, allowZero = false): number => {
-  const a = argv.find((x) => x.startsWith(`--${name}=`));
-  if (a === undefined) return dflt;
-  const v = Number(a.slice(name.length + 3));
-  if (!Number.isFinite(v) || v < 0 || (v === 0 && !allowZero)) throw new Error(`--${name} must be a positive number`);
-  return v;
-};
-const optStr = (name: string): string | undefined => argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3);
 const CHILD = optStr('child');
 const PART = optNum('part', 0, true); // 0: all
 const N = Math.round(optNum('n', 20_000));
@@ -172,22 +164,6 @@ function dirBytes(dir: string): { bytes: number; allocated: number } {
 
 // ------------------------------------------------------------------------------ cleanup
 
-const cleanups: (() => Promise<void> | void)[] = [];
-async function cleanup(): Promise<void> {
-  while (cleanups.length > 0) {
-    const fn = cleanups.pop() as () => Promise<void> | void;
-    try {
-      await fn();
-    } catch (e) {
-      process.stderr.write(`cleanup: ${(e as Error).message}\n`);
-    }
-  }
-}
-function tempDir(prefix: string): string {
-  const d = mkdtempSync(join(os.tmpdir(), prefix));
-  cleanups.push(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
 /** Stops a child: SIGTERM (or a polite message), SIGKILL after a grace period. */
 async function stopChild(child: ChildProcess, graceMs = 3000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;

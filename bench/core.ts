@@ -38,20 +38,12 @@ import {
   verifyPacket,
   type PacketFields,
 } from '../src/index.js';
+import { JSON_OUT, optNum } from './args.js';
 
 ed.hashes.sha512 = sha512;
 
 // ------------------------------------------------------------------------------ options
 
-const argv = process.argv.slice(2);
-const JSON_OUT = argv.includes('--json');
-const optNum = (name: string, dflt: number): number => {
-  const a = argv.find((x) => x.startsWith(`--${name}=`));
-  if (a === undefined) return dflt;
-  const v = Number(a.slice(name.length + 3));
-  if (!Number.isFinite(v) || v <= 0) throw new Error(`--${name} must be a positive number`);
-  return v;
-};
 /** Measured time of one round of one operation. */
 const ROUND_MS = optNum('ms', 600);
 const ROUNDS = Math.round(optNum('rounds', 5));

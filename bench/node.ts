@@ -50,7 +50,7 @@
 import crypto from 'node:crypto';
 import os from 'node:os';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { findBinary, freePort, waitForPort } from './net.js';
@@ -78,18 +78,11 @@ import {
   type QisNode,
   type Template,
 } from '../src/index.js';
+import { JSON_OUT, optNum } from './args.js';
+import { cleanup, cleanups, tempDir } from './cleanup.js';
 
 // ------------------------------------------------------------------------------ options
 
-const argv = process.argv.slice(2);
-const JSON_OUT = argv.includes('--json');
-const optNum = (name: string, dflt: number): number => {
-  const a = argv.find((x) => x.startsWith(`--${name}=`));
-  if (a === undefined) return dflt;
-  const v = Number(a.slice(name.length + 3));
-  if (!Number.isFinite(v) || v <= 0) throw new Error(`--${name} must be a positive number`);
-  return v;
-};
 const PART = optNum('part', 0); // 0: both
 const NODES = Math.round(optNum('nodes', 10_000));
 const REPS = Math.round(optNum('reps', 5));
@@ -113,17 +106,6 @@ const log = (s: string): void => {
 
 // ------------------------------------------------------------------------------ cleanup
 
-const cleanups: (() => Promise<void> | void)[] = [];
-async function cleanup(): Promise<void> {
-  while (cleanups.length > 0) {
-    const fn = cleanups.pop() as () => Promise<void> | void;
-    try {
-      await fn();
-    } catch (e) {
-      process.stderr.write(`cleanup: ${(e as Error).message}\n`);
-    }
-  }
-}
 let interrupted = false;
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.once(sig, () => {
@@ -131,11 +113,6 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.stderr.write(`bench: ${sig}, stopping Mosquitto and removing temp dirs\n`);
     void cleanup().finally(() => process.exit(130));
   });
-}
-function tempDir(prefix: string): string {
-  const d = mkdtempSync(join(os.tmpdir(), prefix));
-  cleanups.push(() => rmSync(d, { recursive: true, force: true }));
-  return d;
 }
 
 // ------------------------------------------------------------------------------ mosquitto

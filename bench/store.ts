@@ -33,16 +33,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { address, b32, createOutcomePacket, keyFromSeed, loadTemplate, type Template } from '../src/index.js';
 import { openStore, STORE_FILES, type FsyncPolicy, type StoredPacket } from '../broker/store.js';
+import { argv, JSON_OUT, optNum } from './args.js';
 
-const argv = process.argv.slice(2);
-const JSON_OUT = argv.includes('--json');
-const optNum = (name: string, dflt: number): number => {
-  const a = argv.find((x) => x.startsWith(`--${name}=`));
-  if (a === undefined) return dflt;
-  const v = Number(a.slice(name.length + 3));
-  if (!Number.isFinite(v) || v <= 0) throw new Error(`--${name} must be a positive number`);
-  return v;
-};
 const N = Math.round(optNum('n', 1_000_000));
 const ROUND_MS = optNum('ms', 700);
 const ROUNDS = Math.round(optNum('rounds', 3));
