@@ -10,7 +10,7 @@ import { Redis } from 'ioredis';
 import mqtt from 'mqtt';
 import { createClusterParts, isRedisStore, openRedisStore, type RedisStoreOptions } from '../broker/cluster.js';
 import type { Store, StoredPacket } from '../broker/store.js';
-import { QisError, compileTemplate, createNode, createOutcomePacket, keyFromSeed, type NodeKey, type QisNode, type Situation, type Template } from '../src/index.js';
+import { QisError, topicMatches, compileTemplate, createNode, createOutcomePacket, keyFromSeed, type NodeKey, type QisNode, type Situation, type Template } from '../src/index.js';
 import { bearing, bearingDoc, situation } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
 import { startQisBroker, type TestBroker } from './helpers/qis-broker.js';
@@ -82,16 +82,6 @@ async function until(cond: () => boolean, what: string, ms = 3000): Promise<void
 const state = (s: Store, filter = '#'): string[] => [...s.match(filter)].map((p) => `${p.topic} ${p.seq}`).sort();
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 
-function mqttMatch(filter: string, topic: string): boolean {
-  const f = filter.split('/');
-  const tp = topic.split('/');
-  for (let i = 0; i < f.length; i++) {
-    if (f[i] === '#') return true;
-    if (i >= tp.length) return false;
-    if (f[i] !== '+' && f[i] !== tp[i]) return false;
-  }
-  return f.length === tp.length;
-}
 
 // ------------------------------------------------------------------------------ the store
 
@@ -236,7 +226,7 @@ t.test('redis store - match equals a brute-force MQTT filter, on both', async (t
     'nothing/#',
   ];
   for (const f of filters) {
-    const want = topics.filter((tp) => mqttMatch(f, tp)).sort();
+    const want = topics.filter((tp) => topicMatches(f, tp)).sort();
     t.same([...a.match(f)].map((p) => p.topic).sort(), want, `A: ${f}`);
     t.same([...b.match(f)].map((p) => p.topic).sort(), want, `B: ${f}`);
   }

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { openStore, STORE_FILES, type Store, type StoreOptions, type StoredPacket } from '../broker/store.js';
-import { QisError, b32, createOutcomePacket, keyFromSeed, signPacket, type NodeKey } from '../src/index.js';
+import { QisError, topicMatches, b32, createOutcomePacket, keyFromSeed, signPacket, type NodeKey } from '../src/index.js';
 import { bearing, situation } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
 
@@ -83,17 +83,6 @@ const codeOf = async (p: Promise<unknown> | (() => unknown)): Promise<string> =>
 const state = (s: Store): string[] => [...s.match('#')].map((p) => `${p.topic} ${p.seq}`).sort();
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 
-/** MQTT 3.1.1 §4.7 written the plain way, to check the trie against. */
-function mqttMatch(filter: string, topic: string): boolean {
-  const f = filter.split('/');
-  const tp = topic.split('/');
-  for (let i = 0; i < f.length; i++) {
-    if (f[i] === '#') return true;
-    if (i >= tp.length) return false;
-    if (f[i] !== '+' && f[i] !== tp[i]) return false;
-  }
-  return f.length === tp.length;
-}
 
 /** Offsets where each record of a log ends (the frame is u32 body length, u32 CRC, body). */
 function recordEnds(log: Buffer): number[] {
@@ -306,7 +295,7 @@ t.test('store - match with + and # at every depth equals a brute-force filter', 
   }
   let compared = 0;
   for (const f of filters) {
-    const want = all.filter((p) => mqttMatch(f, p.topic)).map((p) => `${p.topic} ${p.seq}`).sort();
+    const want = all.filter((p) => topicMatches(f, p.topic)).map((p) => `${p.topic} ${p.seq}`).sort();
     const got = [...s.match(f)].map((p) => `${p.topic} ${p.seq}`).sort();
     if (JSON.stringify(got) !== JSON.stringify(want)) {
       t.same(got, want, `filter ${f}`);
