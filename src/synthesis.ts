@@ -57,6 +57,12 @@ export interface SynthesisOptions {
   readonly context?: SynthesisContext;
   /** Level of the proportion intervals; default 0.95. */
   readonly confidence?: number;
+  /**
+   * Largest share of the cohort's total weight one node may hold, in (0, 1]; weights above it
+   * are capped at a common level found by water-filling (docs/synthesis.md, "Weight caps").
+   * Default: max(0.05, 2/N) for N contributing nodes. 1 turns capping off.
+   */
+  readonly maxNodeShare?: number;
 }
 
 /** How many packets (for a map key: values) took no part, and why. */
@@ -90,6 +96,10 @@ export interface WeightedSummary extends SynthesisAccounting {
   readonly weight: number;
   /** (Σ n·c)² / Σ n·c², c = conf × recency × kernel (docs/synthesis.md). */
   readonly effectiveN: number;
+  /** The cap on one node's share of `weight` that was applied: the option, or its default max(0.05, 2/count). */
+  readonly maxNodeShare: number;
+  /** Nodes whose weight was cut down to the cap (0: the cap did not bind). */
+  readonly capped: number;
   /** Context fields of the query that at least one packet carried, sorted. */
   readonly contextFields: readonly string[];
 }
@@ -103,6 +113,21 @@ export interface LabelStat {
   /** Wilson interval for `proportion` with n = effectiveN. */
   readonly low: number;
   readonly high: number;
+  /** count / contributing nodes: the label's share of the one-node-one-vote count. */
+  readonly voteShare: number;
+}
+
+/**
+ * The robust decision: one node, one vote, whatever its n, conf or weight (docs/synthesis.md,
+ * "Collusion bounds"). k lying nodes can change `top` away from the honest nodes' plurality only
+ * if k ≥ margin.
+ */
+export interface LabelVote {
+  readonly rule: 'one-node-one-vote';
+  /** The label with the most nodes; ties: more weight, then the first in `labels`. */
+  readonly top: string;
+  /** Nodes voting `top` minus nodes voting the runner-up (0 on a tie). */
+  readonly margin: number;
 }
 
 export interface CategorySummary extends WeightedSummary {
@@ -111,6 +136,8 @@ export interface CategorySummary extends WeightedSummary {
   readonly labels: { readonly [label: string]: LabelStat };
   /** The label with the most weight (ties: the first in `labels`). */
   readonly top: string;
+  /** The one-node-one-vote decision, which claimed n cannot steer. */
+  readonly vote: LabelVote;
   readonly confidence: number;
   /** Normal quantile of the interval: z for `confidence`. */
   readonly z: number;
@@ -140,6 +167,12 @@ export interface NumberSummary extends WeightedSummary {
   readonly outliers: readonly OutlierReport[];
   /** How many outliers were removed before the figures above (0 unless excludeOutliers). */
   readonly excluded: number;
+  /**
+   * Median and trimmed mean with every node counted once (weight 1, same `trim`), over the same
+   * nodes as the figures above: what a fraction ε of lying nodes can move by ε of the count,
+   * whatever n they claim (docs/synthesis.md, "Collusion bounds").
+   */
+  readonly byNode: { readonly median: number; readonly trimmedMean: number };
   readonly unit?: string;
 }
 
@@ -187,9 +220,15 @@ interface Resolved {
   readonly context: { readonly values: ReadonlyMap<string, number>; readonly bandwidth: number } | undefined;
   readonly confidence: number;
   readonly z: number;
+  /** undefined: the default max(0.05, 2/N), which depends on the cohort. */
+  readonly maxNodeShare: number | undefined;
 }
 
-const OPTION_NAMES = new Set(['minCohort', 'now', 'halfLifeMs', 'trim', 'outlierK', 'excludeOutliers', 'context', 'confidence']);
+const OPTION_NAMES = new Set(['minCohort', 'now', 'halfLifeMs', 'trim', 'outlierK', 'excludeOutliers', 'context', 'confidence', 'maxNodeShare']);
+/** Default cap on one node's share in a large cohort (docs/synthesis.md, "Weight caps"). */
+const DEFAULT_MAX_NODE_SHARE = 0.05;
+/** In a cohort of N < 40 the default cap is this many times the average share, 1/N. */
+const DEFAULT_SHARE_MULTIPLE = 2;
 
 function invalid(what: string): never {
   throw new QisError('ERR_INVALID_ARGUMENT', what);
@@ -223,6 +262,10 @@ function resolve(template: Template, options: unknown): Resolved {
   if (halfLifeMs !== undefined && (!finite(halfLifeMs) || halfLifeMs <= 0)) {
     invalid(`synthesize: halfLifeMs must be a number > 0, got ${String(halfLifeMs)}`);
   }
+  const maxNodeShare = o.maxNodeShare;
+  if (maxNodeShare !== undefined && (!finite(maxNodeShare) || maxNodeShare <= 0 || maxNodeShare > 1)) {
+    invalid(`synthesize: maxNodeShare must be a number in (0, 1], got ${String(maxNodeShare)}`);
+  }
   let context: Resolved['context'];
   if (o.context !== undefined) {
     const c = o.context;
@@ -251,6 +294,7 @@ function resolve(template: Template, options: unknown): Resolved {
     confidence,
     // Lower tail: 1 − confidence is exact in binary (Sterbenz), 1 − (1 − confidence)/2 is not.
     z: -normalQuantile((1 - confidence) / 2),
+    maxNodeShare,
   };
 }
 
@@ -451,6 +495,70 @@ function insufficient(count: number, minCohort: number, skipped: number, zeroWei
   };
 }
 
+/**
+ * Caps positive weights so that none exceeds `maxShare` of the capped total, by water-filling:
+ * every weight above a common level T is cut to T, where T solves T = maxShare × Σ min(w, T).
+ * With the weights sorted w(1) ≥ … ≥ w(N), T = s·R_k / (1 − k·s) for the fewest capped k that is
+ * consistent (w(k+1) ≤ T ≤ w(k)), R_k being the sum of the N − k uncapped weights. When
+ * N × maxShare ≤ 1 no level gives every node at most maxShare; then every weight becomes the
+ * smallest one (T = w(N)), the limit of the rule as maxShare falls to 1/N: one node, one weight.
+ * The result does not depend on the order of `weights`; zero weights stay 0.
+ *
+ * @throws QisError ERR_INVALID_ARGUMENT unless maxShare is in (0, 1] and every weight is finite and ≥ 0
+ * @example
+ * capWeights([10, 1, 1, 1, 1], 0.4) // { level: 8/3, weights: [8/3, 1, 1, 1, 1], capped: 1 }
+ */
+export function capWeights(weights: readonly number[], maxShare: number): { level: number; weights: number[]; capped: number } {
+  if (!Array.isArray(weights)) invalid('capWeights: weights must be an array');
+  if (!finite(maxShare) || maxShare <= 0 || maxShare > 1) invalid(`capWeights: maxShare must be a number in (0, 1], got ${String(maxShare)}`);
+  weights.forEach((w: unknown, i) => {
+    if (!finite(w) || w < 0) invalid(`capWeights: weights[${i}] must be a finite number ≥ 0`);
+  });
+  const desc = weights.filter((w) => w > 0).sort((a, b) => b - a);
+  if (desc.length === 0) return { level: 0, weights: [...weights], capped: 0 };
+  // Ascending sums of the smallest weights, so R_k is exact whatever k (no subtraction).
+  const N = desc.length;
+  const rest = new Array<number>(N + 1).fill(0);
+  for (let i = N - 1; i >= 0; i--) rest[i] = (rest[i + 1] as number) + (desc[i] as number);
+  let level = desc[N - 1] as number;
+  for (let k = 0; k < N; k++) {
+    if (k * maxShare >= 1) break;
+    const T = (maxShare * (rest[k] as number)) / (1 - k * maxShare);
+    const above = k === 0 ? Infinity : (desc[k - 1] as number);
+    // Cap consistent: the k largest reach the level, the next one does not exceed it.
+    if ((desc[k] as number) <= T && T <= above) {
+      level = T;
+      break;
+    }
+  }
+  let capped = 0;
+  const out = weights.map((w) => {
+    if (w <= level) return w;
+    capped++;
+    return level;
+  });
+  return { level, weights: out, capped };
+}
+
+/** The share cap for a cohort of `count` nodes: the option, or max(0.05, 2/count). */
+function shareFor(o: Resolved, count: number): number {
+  return o.maxNodeShare ?? Math.min(1, Math.max(DEFAULT_MAX_NODE_SHARE, DEFAULT_SHARE_MULTIPLE / count));
+}
+
+/** The entries with their weights capped (c scaled with w, so n_eff sees the cap), and the figures of the cap. */
+function capEntries<V>(live: ReadonlyArray<Entry<V>>, o: Resolved): { entries: Array<Entry<V>>; maxNodeShare: number; capped: number } {
+  const maxNodeShare = shareFor(o, live.length);
+  const r = capWeights(
+    live.map((e) => e.w),
+    maxNodeShare,
+  );
+  const entries = live.map((e, i) => {
+    const w = r.weights[i] as number;
+    return w === e.w ? e : { ...e, w, c: w / e.n };
+  });
+  return { entries, maxNodeShare, capped: r.capped };
+}
+
 /** n_eff = (Σ n·c)² / Σ n·c²: Kish's effective size over the nodes' individual observations. */
 function effectiveN(entries: ReadonlyArray<Entry<unknown>>): number {
   let s1 = 0;
@@ -479,9 +587,10 @@ function summarizeCategory(
   skipped: number,
   contextFields: readonly string[],
 ): CategorySummary | InsufficientSummary {
-  const live = all.filter((e) => e.w > 0);
-  const zeroWeight = all.length - live.length;
-  if (live.length < o.minCohort) return insufficient(live.length, o.minCohort, skipped, zeroWeight);
+  const raw = all.filter((e) => e.w > 0);
+  const zeroWeight = all.length - raw.length;
+  if (raw.length < o.minCohort) return insufficient(raw.length, o.minCohort, skipped, zeroWeight);
+  const { entries: live, maxNodeShare, capped } = capEntries(raw, o);
   const b = basics(live);
   let top = labels[0] as string;
   let topWeight = -1;
@@ -499,20 +608,32 @@ function summarizeCategory(
       topWeight = weight;
     }
     const proportion = Math.min(1, weight / b.weight);
-    return [label, { count, weight, proportion, ...wilson(proportion, b.effectiveN, o.z) }];
+    return [label, { count, weight, proportion, ...wilson(proportion, b.effectiveN, o.z), voteShare: count / live.length }];
   });
   return {
     kind: 'category',
     count: live.length,
     ...b,
+    maxNodeShare,
+    capped,
     labels: Object.fromEntries(stats),
     top,
+    vote: vote(stats),
     confidence: o.confidence,
     z: o.z,
     skipped,
     zeroWeight,
     contextFields,
   };
+}
+
+/** One node, one vote: most nodes; ties by weight, then label order (stable sort keeps it). */
+function vote(stats: ReadonlyArray<[string, LabelStat]>): LabelVote {
+  const ranked = [...stats].sort(([, a], [, b]) => b.count - a.count || b.weight - a.weight);
+  const [first, second] = ranked;
+  const top = (first as [string, LabelStat])[0];
+  const margin = (first as [string, LabelStat])[1].count - (second ? second[1].count : 0);
+  return { rule: 'one-node-one-vote', top, margin };
 }
 
 interface NumberStats {
@@ -528,6 +649,7 @@ interface NumberStats {
   readonly p90: number;
   readonly min: number;
   readonly max: number;
+  readonly byNode: { readonly median: number; readonly trimmedMean: number };
 }
 
 /** Every numeric figure of entries sorted by value (then node id), all with positive weight. */
@@ -555,6 +677,7 @@ function numberStats(sorted: ReadonlyArray<Entry<number>>, trim: number): Number
     for (const d of dev) s += d.w * d.d;
     scale = MEAN_AD_TO_SIGMA * (s / W);
   }
+  const ones = xs.map(() => 1);
   return {
     ...b,
     mean: sum / W,
@@ -566,6 +689,10 @@ function numberStats(sorted: ReadonlyArray<Entry<number>>, trim: number): Number
     p90: quantileSorted(xs, ws, W, 0.9),
     min: xs[0] as number,
     max: xs[xs.length - 1] as number,
+    byNode: {
+      median: quantileSorted(xs, ones, xs.length, 0.5),
+      trimmedMean: trimmedMeanSorted(xs, ones, xs.length, trim),
+    },
   };
 }
 
@@ -579,7 +706,8 @@ function summarizeNumber(
   const live = all.filter((e) => e.w > 0).sort((a, b) => a.value - b.value || cmp(a.nodeId, b.nodeId));
   const zeroWeight = all.length - live.length;
   if (live.length < o.minCohort) return insufficient(live.length, o.minCohort, skipped, zeroWeight);
-  let stats = numberStats(live, o.trim);
+  let cap = capEntries(live, o);
+  let stats = numberStats(cap.entries, o.trim);
   const whole = stats;
   const z = (x: number): number => (whole.scale > 0 ? Math.abs(x - whole.median) / whole.scale : 0);
   const outliers = live.filter((e) => z(e.value) > o.outlierK).map((e) => ({ nodeId: e.nodeId, value: e.value, z: z(e.value) }));
@@ -589,12 +717,16 @@ function summarizeNumber(
     const out = new Set(outliers.map((x) => x.nodeId));
     kept = live.filter((e) => !out.has(e.nodeId));
     if (kept.length < o.minCohort) return insufficient(kept.length, o.minCohort, skipped, zeroWeight, outliers.length);
-    stats = numberStats(kept, o.trim);
+    // The cap is worked out again on what is left, from the uncapped weights.
+    cap = capEntries(kept, o);
+    stats = numberStats(cap.entries, o.trim);
   }
   const s: NumberSummary = {
     kind: 'number',
     count: kept.length,
     ...stats,
+    maxNodeShare: cap.maxNodeShare,
+    capped: cap.capped,
     outliers,
     excluded: live.length - kept.length,
     skipped,

@@ -131,7 +131,7 @@ t.test('synthesis - category lists every template label with Wilson bounds for s
   const all = asCategory(t, synthesize(bearing, [...Array(8).keys()].map((i) => pk(i, 'failure'))));
   const hit = all.labels.failure;
   const miss = all.labels.no_failure;
-  t.same(miss, { count: 0, weight: 0, proportion: 0, low: 0, high: miss?.high }, 'a label nobody reported is listed');
+  t.same(miss, { count: 0, weight: 0, proportion: 0, low: 0, high: miss?.high, voteShare: 0 }, 'a label nobody reported is listed');
   t.equal(hit?.proportion, 1);
   t.equal(hit?.high, 1, 'all hits: high is exactly 1');
   t.equal(miss?.low, 0, 'no hits: low is exactly 0');
@@ -154,9 +154,11 @@ t.test('synthesis - the interval level sets z from the inverse normal', async (t
 });
 
 t.test('synthesis - n and conf weight packets; effective N counts observations at their weight', async (t) => {
+  // These check the raw weighting, so the per-node cap (test/synthesis-bounds.test.ts) is off.
+  const off = { maxNodeShare: 1 };
   // One node with n = 4 is four observations: the same as four nodes with n = 1.
-  const one = asCategory(t, synthesize(bearing, [pk(0, 'failure', { n: 4 }), ...[1, 2, 3, 4, 5].map((i) => pk(i, 'no_failure'))]));
-  const four = asCategory(t, synthesize(bearing, [0, 6, 7, 8].map((i) => pk(i, 'failure')).concat([1, 2, 3, 4, 5].map((i) => pk(i, 'no_failure')))));
+  const one = asCategory(t, synthesize(bearing, [pk(0, 'failure', { n: 4 }), ...[1, 2, 3, 4, 5].map((i) => pk(i, 'no_failure'))], off));
+  const four = asCategory(t, synthesize(bearing, [0, 6, 7, 8].map((i) => pk(i, 'failure')).concat([1, 2, 3, 4, 5].map((i) => pk(i, 'no_failure'))), off));
   t.equal(one.count, 6);
   t.equal(one.observations, 9);
   t.equal(one.effectiveN, 9);
@@ -171,7 +173,7 @@ t.test('synthesis - n and conf weight packets; effective N counts observations a
     pk(3, 'no_failure', { n: 5, conf: 0.2 }),
     pk(4, 'no_failure', { n: 1, conf: 0.7 }),
   ];
-  const s = asCategory(t, synthesize(bearing, packets));
+  const s = asCategory(t, synthesize(bearing, packets, off));
   const w = packets.map((p) => p.n * p.conf);
   const W = w.reduce((a, b) => a + b, 0);
   const neff = W ** 2 / packets.reduce((a, p) => a + p.n * p.conf ** 2, 0);
@@ -210,7 +212,7 @@ t.test('synthesis - recency half-life: a packet one half-life old weighs half', 
   const off = asCategory(t, synthesize(bearing, packets, { now: T0 }));
   t.equal(off.weight, 6, 'no half-life, no decay');
   // Default now: the newest packet (T0 + 5H), never the clock.
-  const d = asCategory(t, synthesize(bearing, packets, { halfLifeMs: H }));
+  const d = asCategory(t, synthesize(bearing, packets, { halfLifeMs: H, maxNodeShare: 1 }));
   near(t, d.labels.failure?.weight, 0.5 ** 6 + 0.5 ** 7, 'ages from the newest ts');
   near(t, d.labels.no_failure?.weight, 0.5 ** 5 + 1 + 2 * 0.5 ** 6, 'ages from the newest ts');
 });
@@ -236,7 +238,7 @@ t.test('synthesis - context kernel weighs nearer packets more; a packet without 
     0,
   ];
   for (const bw of [1, 0.5]) {
-    const s = asNumber(synthesize(pump, packets, { context: { values: query, bandwidth: bw } }));
+    const s = asNumber(synthesize(pump, packets, { context: { values: query, bandwidth: bw }, maxNodeShare: 1 }));
     const k = d2s.map((d2) => kernel(d2, bw));
     const W = k.reduce((a, b) => a + b, 0);
     near(t, s.weight, W, `total weight, bandwidth ${bw}`);
@@ -278,7 +280,7 @@ t.test('synthesis - numeric statistics match brute force over expanded integer w
     const ns = values.map(() => 1 + Math.floor(rand() * 6));
     const trim = [0, 0.1, 0.25, 0.05 + rand() * 0.3][round % 4] as number;
     const packets = values.map((v, i) => pk(i, v, { n: ns[i]! }));
-    const s = asNumber(synthesize(pump, packets, { trim, minCohort: 1 }));
+    const s = asNumber(synthesize(pump, packets, { trim, minCohort: 1, maxNodeShare: 1 }));
     const x = expand(values, ns);
     const med = type2(x, 0.5);
     const mad = type2(
