@@ -196,6 +196,7 @@ const query: Command = {
     'half-life': { type: 'string', value: 'MS', help: 'recency weighting half-life (default: off)' },
     trim: { type: 'string', value: 'X', help: 'trimmed-mean fraction cut from each tail (default 0.1)' },
     'exclude-outliers': { type: 'boolean', help: 'leave numeric outliers out of every figure' },
+    'max-node-share': { type: 'string', value: 'X', help: "cap on one node's share of the weight, (0, 1] (default max(0.05, 2/N); 1: off)" },
     ctx: { type: 'string', value: 'JSON', help: 'your context values: nearer packets weigh more (docs/synthesis.md)' },
     timeout: { type: 'string', value: 'MS', help: 'time limit including connecting (default 10000)' },
     packets: { type: 'boolean', help: 'list the verified packets too' },
@@ -219,6 +220,7 @@ Example:
           ...(flags['half-life'] !== undefined ? { halfLifeMs: numberFlag('half-life', str(flags['half-life']), false) } : {}),
           ...(flags.trim !== undefined ? { trim: numberFlag('trim', str(flags.trim), false) } : {}),
           ...(flags['exclude-outliers'] === true ? { excludeOutliers: true } : {}),
+          ...(flags['max-node-share'] !== undefined ? { maxNodeShare: numberFlag('max-node-share', str(flags['max-node-share']), false) } : {}),
           ...(ctx !== undefined ? { context: { values: ctx } } : {}),
           ...(flags.timeout !== undefined ? { timeoutMs: Math.max(1, numberFlag('timeout', str(flags.timeout), true)) } : {}),
         });
@@ -304,7 +306,18 @@ function renderCategory(s: CategorySummary, indent: string): string[] {
     head,
     ...labels.map(([l, v]) => `${indent}${l.padEnd(w)}  ${String(v.count).padStart(6)}  ${fmt(v.weight).padStart(8)}  ${pct(v.proportion).padStart(8)}  ${pct(v.low)} – ${pct(v.high)}`),
     `${indent}(${s.count} nodes, ${s.observations} observations, effective n ${fmt(s.effectiveN)})`,
+    `${indent}vote      ${s.vote.top} by ${plural(s.vote.margin, 'node')} (one node, one vote)`,
+    ...capLine(s, indent),
   ];
+}
+
+function plural(k: number, word: string): string {
+  return `${k} ${word}${k === 1 ? '' : 's'}`;
+}
+
+/** Said only when the cap on one node's share of the weight cut someone down. */
+function capLine(s: CategorySummary | NumberSummary, indent: string): string[] {
+  return s.capped > 0 ? [`${indent}capped    ${plural(s.capped, 'node')} at ${pct(s.maxNodeShare)} of the weight each (--max-node-share)`] : [];
 }
 
 function renderNumber(s: NumberSummary, indent: string): string[] {
@@ -313,6 +326,8 @@ function renderNumber(s: NumberSummary, indent: string): string[] {
     `${indent}nodes ${s.count}, observations ${s.observations}, effective n ${fmt(s.effectiveN)}`,
     `${indent}median ${fmt(s.median)}${u}   trimmed mean ${fmt(s.trimmedMean)}${u}   mean ${fmt(s.mean)}${u}`,
     `${indent}p10–p90 ${fmt(s.p10)} – ${fmt(s.p90)}${u}   MAD ${fmt(s.mad)}${u}   range ${fmt(s.min)} – ${fmt(s.max)}${u}`,
+    `${indent}by node (each counted once): median ${fmt(s.byNode.median)}${u}   trimmed mean ${fmt(s.byNode.trimmedMean)}${u}`,
+    ...capLine(s, indent),
     ...(s.outliers.length > 0
       ? [`${indent}outliers ${s.outliers.length}${s.excluded > 0 ? ' (excluded)' : ' (included; --exclude-outliers leaves them out)'}: ${s.outliers.slice(0, 5).map((o) => fmt(o.value)).join(', ')}${s.outliers.length > 5 ? ', …' : ''}`]
       : []),
