@@ -196,7 +196,7 @@ const query: Command = {
     'half-life': { type: 'string', value: 'MS', help: 'recency weighting half-life (default: off)' },
     trim: { type: 'string', value: 'X', help: 'trimmed-mean fraction cut from each tail (default 0.1)' },
     'exclude-outliers': { type: 'boolean', help: 'leave numeric outliers out of every figure' },
-    'max-node-share': { type: 'string', value: 'X', help: "cap on one node's share of the weight, (0, 1] (default max(0.05, 2/N); 1: off)" },
+    'max-node-share': { type: 'string', value: 'X', help: "cap on one node's share of the weight, (0, 1] (default 2/N: twice the average; 1: off)" },
     ctx: { type: 'string', value: 'JSON', help: 'your context values: nearer packets weigh more (docs/synthesis.md)' },
     timeout: { type: 'string', value: 'MS', help: 'time limit including connecting (default 10000)' },
     packets: { type: 'boolean', help: 'list the verified packets too' },

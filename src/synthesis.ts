@@ -60,7 +60,7 @@ export interface SynthesisOptions {
   /**
    * Largest share of the cohort's total weight one node may hold, in (0, 1]; weights above it
    * are capped at a common level found by water-filling (docs/synthesis.md, "Weight caps").
-   * Default: max(0.05, 2/N) for N contributing nodes. 1 turns capping off.
+   * Default: 2/N for N contributing nodes (twice the average share; 1 when N ≤ 2). 1 turns capping off.
    */
   readonly maxNodeShare?: number;
 }
@@ -96,7 +96,7 @@ export interface WeightedSummary extends SynthesisAccounting {
   readonly weight: number;
   /** (Σ n·c)² / Σ n·c², c = conf × recency × kernel (docs/synthesis.md). */
   readonly effectiveN: number;
-  /** The cap on one node's share of `weight` that was applied: the option, or its default max(0.05, 2/count). */
+  /** The cap on one node's share of `weight` that was applied: the option, or its default min(1, 2/count). */
   readonly maxNodeShare: number;
   /** Nodes whose weight was cut down to the cap (0: the cap did not bind). */
   readonly capped: number;
@@ -220,14 +220,12 @@ interface Resolved {
   readonly context: { readonly values: ReadonlyMap<string, number>; readonly bandwidth: number } | undefined;
   readonly confidence: number;
   readonly z: number;
-  /** undefined: the default max(0.05, 2/N), which depends on the cohort. */
+  /** undefined: the default min(1, 2/N), which depends on the cohort. */
   readonly maxNodeShare: number | undefined;
 }
 
 const OPTION_NAMES = new Set(['minCohort', 'now', 'halfLifeMs', 'trim', 'outlierK', 'excludeOutliers', 'context', 'confidence', 'maxNodeShare']);
-/** Default cap on one node's share in a large cohort (docs/synthesis.md, "Weight caps"). */
-const DEFAULT_MAX_NODE_SHARE = 0.05;
-/** In a cohort of N < 40 the default cap is this many times the average share, 1/N. */
+/** The default cap is this many times the average share 1/N (docs/synthesis.md, "Weight caps"). */
 const DEFAULT_SHARE_MULTIPLE = 2;
 
 function invalid(what: string): never {
@@ -540,9 +538,9 @@ export function capWeights(weights: readonly number[], maxShare: number): { leve
   return { level, weights: out, capped };
 }
 
-/** The share cap for a cohort of `count` nodes: the option, or max(0.05, 2/count). */
+/** The share cap for a cohort of `count` nodes: the option, or min(1, 2/count). */
 function shareFor(o: Resolved, count: number): number {
-  return o.maxNodeShare ?? Math.min(1, Math.max(DEFAULT_MAX_NODE_SHARE, DEFAULT_SHARE_MULTIPLE / count));
+  return o.maxNodeShare ?? Math.min(1, DEFAULT_SHARE_MULTIPLE / count);
 }
 
 /** The entries with their weights capped (c scaled with w, so n_eff sees the cap), and the figures of the cap. */

@@ -256,18 +256,19 @@ t.test('bounds - weighted median and trimmed mean under an explicit cap: bounded
   }
 });
 
-t.test('bounds - the default cap stops one node, not a coalition', async (t) => {
+t.test('bounds - the default cap 2/N: k colluders hold at most 2k/N of the weight', async (t) => {
   const rand = prng(0xdef);
-  const h = honestLives(rand, 99, () => 1 + Math.floor(rand() * 3), () => 1);
-  const one = asNumber(synthesize(life, [...h.packets, ...liars(1, 'high', h)]));
-  t.equal(one.maxNodeShare, 0.05, 'default in a cohort of 100: 5 %');
-  t.equal(one.capped, 1);
-  t.ok(within(one.median, medianBound(h.values, h.weights, 0.05)), 'one liar is held to 5 % of the weight: the weighted median stays within the ε_w = 0.05 bound');
-  const h89 = { ...h, packets: h.packets.slice(0, 89), values: h.values.slice(0, 89), weights: h.weights.slice(0, 89) };
-  const eleven = asNumber(synthesize(life, [...h89.packets, ...liars(11, 'high', h89)]));
-  t.equal(eleven.capped, 11);
-  t.ok(eleven.median > Math.max(...h89.values), `11 liars × 5 % = 55 % of the weight: the weighted median (${eleven.median}) leaves the honest range`);
-  t.ok(within(eleven.byNode.median, medianBound(h89.values, h89.values.map(() => 1), 0.11)), 'the by-node median does not');
+  const h = honestLives(rand, 90, () => 1 + Math.floor(rand() * 3), () => 1);
+  const Wh = h.weights.reduce((a, b) => a + b, 0);
+  t.ok(Math.max(...h.weights) <= 0.02 * Wh, 'precondition: no honest node above 2 % of the honest weight, so none is capped');
+  const ten = asNumber(synthesize(life, [...h.packets, ...liars(10, 'high', h)]));
+  t.equal(ten.maxNodeShare, 0.02, 'default in a cohort of 100: 2/100');
+  t.equal(ten.capped, 10, 'every liar cut to the cap');
+  t.ok(within(ten.median, medianBound(h.values, h.weights, 0.2)), `10 % liars hold ≤ 20 % of the weight: weighted median ${ten.median} within the ε_w = 0.2 bound`);
+  const h70 = honestLives(rand, 70, () => 1 + Math.floor(rand() * 3), () => 1);
+  const thirty = asNumber(synthesize(life, [...h70.packets, ...liars(30, 'high', h70)]));
+  t.ok(thirty.median > Math.max(...h70.values), `30 % liars hold 60 % of the weight: the weighted median (${thirty.median}) leaves the honest range`);
+  t.ok(within(thirty.byNode.median, medianBound(h70.values, h70.values.map(() => 1), 0.3)), 'the by-node median does not');
 });
 
 // ---- The weight cap itself ----
@@ -348,9 +349,11 @@ t.test('cap - synthesize reports the cap, applies it before every figure, and ta
   t.equal(off.capped, 0);
   t.equal(off.top, 'seal', 'uncapped, one node with n = 10 outweighs four');
   t.equal(off.vote.top, 'wear', 'while the vote does not follow it');
-  const big = asCategory(synthesize(mode, [...Array(60).keys()].map((i) => p(i, 'wear', 1))));
-  t.equal(big.maxNodeShare, 0.05, 'default in a cohort of 60: 5 %');
-  t.equal(big.capped, 0);
+  const big = asCategory(synthesize(mode, [...Array(60).keys()].map((i) => p(i, i < 59 ? 'wear' : 'seal', i < 59 ? 1 : 3))));
+  t.equal(big.maxNodeShare, 2 / 60, 'default in a cohort of 60: 2/60');
+  t.equal(big.capped, 1, 'n = 3 is above twice the average');
+  t.ok(near(big.labels.seal!.weight, (2 / 60) * 59 / (1 - 2 / 60)), 'cut to s·R/(1 − s)');
+  t.ok(near(big.labels.seal!.proportion, 2 / 60), 'its share is the cap');
   // A number outcome with excludeOutliers: the cap is worked out again over the kept nodes.
   const nums = [1, 2, 3, 4, 5, 6, 1000].map((v, i): SynthPacket => ({ nodeId: `m${i}`, out: v, conf: 1, n: i === 0 ? 50 : 1, ts: T0 }));
   const ex = asNumber(synthesize(life, nums, { excludeOutliers: true }));
