@@ -207,6 +207,8 @@ const DEFAULTS = Object.freeze({
 const MAD_TO_SIGMA = 1.4826;
 /** √(π/2): the same for the mean absolute deviation, used when the MAD is 0. */
 const MEAN_AD_TO_SIGMA = Math.sqrt(Math.PI / 2);
+/** Relative slack when checking a water-filling level against the weights around it. */
+const CAP_SLACK = 1e-12;
 /** Relative tolerance for "cumulative weight equals q·W" in quantiles (float sums of weights). */
 const TIE_TOLERANCE = 1e-12;
 
@@ -523,8 +525,9 @@ export function capWeights(weights: readonly number[], maxShare: number): { leve
     if (k * maxShare >= 1) break;
     const T = (maxShare * (rest[k] as number)) / (1 - k * maxShare);
     const above = k === 0 ? Infinity : (desc[k - 1] as number);
-    // Cap consistent: the k largest reach the level, the next one does not exceed it.
-    if ((desc[k] as number) <= T && T <= above) {
+    // Cap consistent: the k largest reach the level, the next one does not exceed it. The slack
+    // absorbs float crumbs where the level falls exactly on a weight (k and k + 1 both hold then).
+    if ((desc[k] as number) <= T * (1 + CAP_SLACK) && T <= above * (1 + CAP_SLACK)) {
       level = T;
       break;
     }

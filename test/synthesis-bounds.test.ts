@@ -288,6 +288,9 @@ t.test('cap - water-filling on hand-computed cases', async (t) => {
   t.ok(near(b.level, 1.5), `level ${b.level} = 1.5`);
   t.ok([1, 1.5, 1.5, 1].every((x, i) => near(b.weights[i], x)), `order kept, both heavy nodes at the level: ${b.weights.join(', ')}`);
   t.equal(b.capped, 2);
+  // The level falls exactly on a weight ([10, 2, 1, 1] at 1/3: T = 2 whether 1 or 2 nodes count as capped).
+  const g = capWeights([10, 2, 1, 1], 1 / 3);
+  t.ok([2, 2, 1, 1].every((x, i) => near(g.weights[i], x)), `level on a weight: ${g.weights.join(', ')}`);
   // Nothing above the cap: unchanged.
   const c = capWeights([1, 1, 1, 1, 1], 0.25);
   t.same(c.weights, [1, 1, 1, 1, 1]);
