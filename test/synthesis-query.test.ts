@@ -89,3 +89,15 @@ t.test('qis query - a liar claiming n = 10⁹ is capped, the vote ignores n, --m
   t.equal(j.ok, false);
   t.equal(j.code, 'ERR_INVALID_ARGUMENT');
 });
+
+t.test('renderQuery - a number summary shows the by-node figures and the cap', async (t) => {
+  const { renderQuery } = await import('../cli/node-commands.js');
+  const { compileTemplate } = await import('../src/template.js');
+  const { synthesize } = await import('../src/synthesis.js');
+  const life = compileTemplate({ name: 'pump-life', version: 1, fields: [{ name: 'model', kind: 'category' }], outcome: { kind: 'number', unit: 'h' } });
+  const packets = [100, 200, 300, 400, 500].map((v, i) => ({ nodeId: `n${i}`, out: v, conf: 1, n: i === 4 ? 1000 : 1, ts: 0 }));
+  const synthesis = synthesize(life, packets);
+  const text = renderQuery('pump-life', 1, { tplId: 'x', filter: 'f', widen: 0, completeness: 'sync', broker: 'qis', packets: [], received: 5, dropped: {}, superseded: 0, withdrawn: 0, duplicates: 0, synthesis, elapsedMs: 1 } as never, false);
+  t.match(text, /by node \(each counted once\): median 300 h {3}trimmed mean 300 h/, 'one node one value: the median of 100…500');
+  t.match(text, /capped\s+1 node at 40\.0 % of the weight each/, 'the n = 1000 node at 2/5');
+});
