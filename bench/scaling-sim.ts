@@ -421,6 +421,7 @@ function main(): void {
   const zipf = optNum('zipf', 1, true);
   const locality = optNum('locality', 0.8, true);
   const qpu = optNum('queries', 1, true);
+  const rate = optNum('rate', 1); // updates per node per hour
   if (locality > 1) throw new Error('--locality must be at most 1');
   const RS = [3, 10, 30, 100];
   const NS = [10_000, 100_000, 1_000_000];
@@ -440,7 +441,7 @@ function main(): void {
   for (const z of [0, 0.5, 1.2]) sweeps.push({ locality, zipf: z, modes: simulate(makeWorld({ regions: SR, nodes: SN, cohort, zipf: z, locality, seed })) });
   const seconds = (performance.now() - t0) / 1000;
 
-  const params = { seed, cohort, zipf, locality, queriesPerUpdate: qpu, packetBytes: PACKET_BYTES };
+  const params = { seed, cohort, zipf, locality, queriesPerUpdate: qpu, updatesPerNodePerHour: rate, packetBytes: PACKET_BYTES };
   if (JSON_OUT) {
     process.stdout.write(JSON.stringify({ params, seconds, grid, sweeps: { regions: SR, nodes: SN, runs: sweeps } }) + '\n');
     return;
@@ -458,6 +459,19 @@ function main(): void {
     L.push(`  ${HEADER}`);
     const base = g.modes[0] as ModeResult;
     for (const m of g.modes) L.push(`  ${row(m, base, qpu)}`);
+  }
+  L.push('');
+  L.push(`summary: packets each region receives over its links per second (updates + ${qpu} quer${qpu === 1 ? 'y' : 'ies'} per update, each node updating ${rate}×/hour),`);
+  L.push('and packets stored per region (the most loaded region), MiB at 320 B/packet');
+  const modesShown = [0, 1, 3, 4];
+  L.push(`  ${'R'.padStart(4)}${'N'.padStart(11)}  ${modesShown.map((i) => `${(grid[0]?.modes[i] as ModeResult).mode} in/s`.padStart(20)).join('')}  ${modesShown.slice(1).map((i) => `${i === 1 ? 'full' : (grid[0]?.modes[i] as ModeResult).mode} MiB`.padStart(19)).join('')}`);
+  for (const g of grid) {
+    const perRegion = (m: ModeResult): number => (traffic(m, qpu) * g.nodes * rate) / 3600 / g.regions;
+    const maxMib = (m: ModeResult): string => mib(m.storeMax);
+    L.push(
+      `  ${String(g.regions).padStart(4)}${fmt(g.nodes).padStart(11)}  ${modesShown.map((i) => fmt(perRegion(g.modes[i] as ModeResult)).padStart(20)).join('')}` +
+        `  ${modesShown.slice(1).map((i) => maxMib(g.modes[i] as ModeResult).padStart(19)).join('')}`,
+    );
   }
   L.push('');
   L.push(`sensitivity at R = ${SR}, N = ${fmt(SN)} (full replication is the same in every run: ring ${fmt((grid.find((g) => g.regions === SR && g.nodes === SN)?.modes[0] as ModeResult).msgsPerUpdate, 0)} msgs/update, N packets per region)`);
