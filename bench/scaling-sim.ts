@@ -447,7 +447,7 @@ function main(): void {
     return;
   }
   const L: string[] = [];
-  L.push(`federation scaling simulation: seed ${seed}, mean cohort ${cohort} nodes/bucket, Zipf s=${zipf}, locality λ=${locality}, ${qpu} quer${qpu === 1 ? "y" : "ies"} per update, ${PACKET_BYTES} B/packet (${seconds.toFixed(1)} s)`);
+  L.push(`federation scaling simulation: seed ${seed}, mean cohort ${cohort} nodes/bucket, Zipf s=${zipf}, locality λ=${locality}, ${qpu} quer${qpu === 1 ? 'y' : 'ies'} per update, ${PACKET_BYTES} B/packet (${seconds.toFixed(1)} s)`);
   L.push('msgs/upd: inter-region packet transfers per update (each verified at the receiving broker); hops: link hops to the farthest copy;');
   L.push('stored/region: packets per region (mean; max/mean = imbalance); home bkt: buckets homed per region, max/mean; q remote%: queries');
   L.push('needing an inter-region round trip; q pkts: packets crossing a link per query; traffic: packets crossing links per update plus');
@@ -461,7 +461,7 @@ function main(): void {
     for (const m of g.modes) L.push(`  ${row(m, base, qpu)}`);
   }
   L.push('');
-  L.push(`summary: packets each region receives over its links per second (updates + ${qpu} quer${qpu === 1 ? 'y' : 'ies'} per update, each node updating ${rate}×/hour),`);
+  L.push(`summary: packets a region receives over its links per second, mean over regions (updates + ${qpu} quer${qpu === 1 ? 'y' : 'ies'} per update, each node updating ${rate}×/hour),`);
   L.push('and packets stored per region (the most loaded region), MiB at 320 B/packet');
   const modesShown = [0, 1, 3, 4];
   L.push(`  ${'R'.padStart(4)}${'N'.padStart(11)}  ${modesShown.map((i) => `${(grid[0]?.modes[i] as ModeResult).mode} in/s`.padStart(20)).join('')}  ${modesShown.slice(1).map((i) => `${i === 1 ? 'full' : (grid[0]?.modes[i] as ModeResult).mode} MiB`.padStart(19)).join('')}`);
