@@ -87,13 +87,16 @@ async function serve(start: (onEvent: (e: BridgeEvent) => void) => Promise<{ clo
   process.once('SIGTERM', onSignal);
   try {
     const bridge = await start((e) => io.stdout.write(json ? JSON.stringify(e) + '\n' : line(e)));
+    let signal: NodeJS.Signals;
     try {
-      const signal = await stopped;
+      signal = await stopped;
       if (!json) io.stderr.write(`qis bridge: ${signal}: closing\n`);
-      return { json: { ok: true, event: 'closed', signal }, human: '', quiet: true };
     } finally {
       await bridge.close();
     }
+    if (json) io.stdout.write(JSON.stringify({ ok: true, event: 'closed', signal }) + '\n');
+    else io.stderr.write('qis bridge: closed\n');
+    return { json: { ok: true, event: 'closed', signal }, human: '', quiet: true };
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

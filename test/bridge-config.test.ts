@@ -96,7 +96,7 @@ const mapping = `    situation: { machine_model: KX-200, bearing_type: roller, l
       - { when: { threshold: temp, above: 90 }, outcome: failure, conf: 0.5 }
       - { when: { every: 10m }, template: press-temperature.yaml, outcome: { reading: temp } }`;
 
-async function refusal(text: string, parse = parseModbusConfig): Promise<string> {
+async function refusal(text: string, parse: (text: string, file: string) => Promise<unknown> = parseModbusConfig): Promise<string> {
   try {
     await parse(text, file);
   } catch (e) {
@@ -116,6 +116,13 @@ t.test('config - a valid modbus config resolves defaults and paths', async (t) =
   t.equal(m.rules.length, 3);
   t.same(m.rules[2]!.when, { kind: 'every', everyMs: 600_000 });
   t.equal(m.rules[2]!.template.doc.name, 'press-temperature');
+});
+
+t.test('config - the example config is valid', async (t) => {
+  const c = await loadModbusConfig(join(examples, 'modbus-bridge.yaml'));
+  t.equal(c.machines[0]!.name, 'press-7');
+  t.equal(c.machines[0]!.rules.length, 3);
+  t.same(c.machines[0]!.readings.get('run_hours'), { table: 'input', address: 2, type: 'uint32', wordOrder: 'little', scale: 0.1, offset: 0 });
 });
 
 t.test('config - each error names the file, the key and what was expected', async (t) => {

@@ -41,7 +41,8 @@ t.test('sparkplug codec - aliases, historical flags and the datatype from the bi
   t.equal(p.metrics[1]!.isHistorical, true);
   t.equal(p.metrics[0]!.isHistorical, false);
   // Without a datatype of its own, a negative Int16 needs the birth's datatype to read as signed.
-  const m = { ...p.metrics[0]!, datatype: undefined };
+  const { datatype, ...m } = p.metrics[0]!;
+  t.equal(datatype, 2, 'sparkplug-payload sent the datatype');
   t.equal(metricValue(m, 2), -2);
 });
 
@@ -77,7 +78,7 @@ t.test('edge node state - births, seq wrap 255 → 0, and live values', async (t
   const s = new EdgeNodeState();
   const birth = s.handle('NBIRTH', undefined, dec(0, [{ name: 'bdSeq', type: 'UInt64', value: 0 }, { name: 'Temp', alias: 1, type: 'Float', value: 20 }]));
   t.match(birth, { kind: 'update', birth: true });
-  t.equal((birth as { values: Map<string, unknown> }).values.get('Temp'), 20);
+  t.equal((birth as unknown as { values: Map<string, unknown> }).values.get('Temp'), 20);
   t.match(s.handle('DBIRTH', 'press', dec(1, [{ name: 'Fault', alias: 2, type: 'UInt16', value: 0 }])), { kind: 'update', device: 'press', birth: true });
   let seq = 2;
   for (let i = 0; i < 300; i++) {
@@ -110,9 +111,9 @@ t.test('edge node state - historical metrics never overwrite live values', async
   s.handle('DBIRTH', 'press', dec(1, [{ name: 'Fault', alias: 2, type: 'UInt16', value: 0 }]));
   const r = s.handle('DDATA', 'press', dec(2, [{ alias: 2, type: 'UInt16', value: 7, isHistorical: true }]));
   t.match(r, { kind: 'update', historical: 1 });
-  t.notOk((r as { values: Map<string, unknown> }).values.has('Fault'), 'the historical value is not a live value');
+  t.notOk((r as unknown as { values: Map<string, unknown> }).values.has('Fault'), 'the historical value is not a live value');
   const live = s.handle('DDATA', 'press', dec(3, [{ alias: 2, type: 'UInt16', value: 3, isHistorical: true }, { alias: 2, type: 'UInt16', value: 0 }]));
-  t.same([...(live as { values: Map<string, unknown> }).values], [['Fault', 0]]);
+  t.same([...(live as unknown as { values: Map<string, unknown> }).values], [['Fault', 0]]);
 });
 
 t.test('edge node state - NDEATH forgets the node; DDEATH keeps seq running', async (t) => {
