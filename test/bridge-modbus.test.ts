@@ -154,3 +154,25 @@ t.test('modbus bridge - a dead and a silent device never stall a live one', asyn
   t.equal(sub.packets[0]!.topic.split('/').pop(), bridge.nodes.get('live')!.nodeId, 'from the live machine');
   t.not(bridge.nodes.get('live')!.nodeId, bridge.nodes.get('dead')!.nodeId, 'each machine is its own node');
 });
+
+t.test('modbus bridge - a periodic rule publishes the current numeric reading under its own template', async (t) => {
+  const broker = await startQisBroker();
+  t.teardown(() => broker.close());
+  const sub = await collect(broker.url);
+  t.teardown(() => sub.close());
+  const port = await freePort();
+  const server = await startModbusServer(port, [...INITIAL, 'ir 4 215']);
+  t.teardown(() => server.kill());
+  const rules = `      - { when: { every: 300ms }, template: ${join(examples, 'press-temperature.yaml')}, outcome: { reading: temp } }`;
+  const text = header(broker.url, join(dir, 'c')) + machine('press-9', port, `${READINGS}\n      temp: { table: input, address: 4, type: int16, scale: 0.1 }`, rules);
+  const bridge = await startModbusBridge(await parseModbusConfig(text, join(dir, 'c.yaml')), { nodeReconnect: { baseMs: 50, capMs: 300 } });
+  t.teardown(() => bridge.close());
+  await waitFor(() => sub.packets.length >= 1, 'a periodic packet');
+  const template = await loadTemplate(join(examples, 'press-temperature.yaml'));
+  t.equal(sub.packets[0]!.topic.split('/')[3], template.tplId, 'under the rule’s template');
+  t.equal(sub.packets[0]!.out, 21.5);
+  t.same(sub.packets[0]!.ctx, { run_hours: 1234.5 });
+  await server.set('ir', 4, 65526); // -1.0 °C as int16
+  await waitFor(() => sub.packets.some((p) => p.out === -1), 'a periodic packet with the new value');
+  t.pass('the next period carries the new reading');
+});
