@@ -43,7 +43,53 @@ class Reader {
   get done(): boolean {
     return this.pos >= this.end;
   }
+  /** A varint's low 32 bits, unsigned (int_value: encoders differ in sign-extending negative ints). */
+  uint32(): number {
+    const start = this.pos;
+    let v = 0;
+    let mul = 1;
+    for (let i = 0; i < 5; i++) {
+      if (this.pos >= this.end) throw malformed('truncated varint');
+      const byte = this.b[this.pos++]!;
+      v += (byte & 0x7f) * mul;
+      if ((byte & 0x80) === 0) return v % 2 ** 32;
+      mul *= 128;
+    }
+    this.pos = start;
+    return Number(this.varintBig() & 0xffffffffn);
+  }
+  /** A varint as a number: the fast path for tags, lengths and values below 2^49. */
+  uint(): number {
+    let v = 0;
+    let mul = 1;
+    const start = this.pos;
+    for (let i = 0; i < 7; i++) {
+      if (this.pos >= this.end) throw malformed('truncated varint');
+      const byte = this.b[this.pos++]!;
+      v += (byte & 0x7f) * mul;
+      if ((byte & 0x80) === 0) return v;
+      mul *= 128;
+    }
+    this.pos = start;
+    const big = this.varintBig();
+    if (big > BigInt(Number.MAX_SAFE_INTEGER)) throw malformed(`length or tag ${big} too large`);
+    return Number(big);
+  }
   varint(): bigint {
+    const start = this.pos;
+    let v = 0;
+    let mul = 1;
+    for (let i = 0; i < 7; i++) {
+      if (this.pos >= this.end) throw malformed('truncated varint');
+      const byte = this.b[this.pos++]!;
+      v += (byte & 0x7f) * mul;
+      if ((byte & 0x80) === 0) return BigInt(v);
+      mul *= 128;
+    }
+    this.pos = start;
+    return this.varintBig();
+  }
+  private varintBig(): bigint {
     let v = 0n;
     for (let shift = 0n; shift < 70n; shift += 7n) {
       if (this.pos >= this.end) throw malformed('truncated varint');
@@ -53,6 +99,14 @@ class Reader {
     }
     throw malformed('varint longer than 10 bytes');
   }
+  float(): number {
+    const b = this.bytes(4);
+    return new DataView(b.buffer, b.byteOffset, 4).getFloat32(0, true);
+  }
+  double(): number {
+    const b = this.bytes(8);
+    return new DataView(b.buffer, b.byteOffset, 8).getFloat64(0, true);
+  }
   bytes(n: number): Uint8Array {
     if (n < 0 || this.pos + n > this.end) throw malformed(`length ${n} beyond the end`);
     const out = this.b.subarray(this.pos, this.pos + n);
@@ -60,9 +114,7 @@ class Reader {
     return out;
   }
   delimited(): Uint8Array {
-    const n = this.varint();
-    if (n > BigInt(this.end - this.pos)) throw malformed(`length ${n} beyond the end`);
-    return this.bytes(Number(n));
+    return this.bytes(this.uint());
   }
   /** Skips a field of `wire` type. */
   skip(wire: number): void {
@@ -73,10 +125,10 @@ class Reader {
     else throw malformed(`unsupported wire type ${wire}`);
   }
   tag(): { field: number; wire: number } {
-    const t = this.varint();
-    const field = Number(t >> 3n);
+    const t = this.uint();
+    const field = Math.floor(t / 8);
     if (field === 0) throw malformed('field number 0');
-    return { field, wire: Number(t & 7n) };
+    return { field, wire: t % 8 };
   }
 }
 
@@ -105,10 +157,10 @@ function decodeMetric(b: Uint8Array): Metric {
       case 4: expectWire(field, wire, 0); m.datatype = Number(r.varint() & 0xffffffffn); break;
       case 5: expectWire(field, wire, 0); m.isHistorical = r.varint() !== 0n; break;
       case 7: expectWire(field, wire, 0); m.isNull = r.varint() !== 0n; break;
-      case 10: expectWire(field, wire, 0); m.raw = { field, value: r.varint() & 0xffffffffn }; break;
+      case 10: expectWire(field, wire, 0); m.raw = { field, value: r.uint32() }; break;
       case 11: expectWire(field, wire, 0); m.raw = { field, value: r.varint() }; break;
-      case 12: expectWire(field, wire, 5); m.raw = { field, value: Buffer.from(r.bytes(4)).readFloatLE(0) }; break;
-      case 13: expectWire(field, wire, 1); m.raw = { field, value: Buffer.from(r.bytes(8)).readDoubleLE(0) }; break;
+      case 12: expectWire(field, wire, 5); m.raw = { field, value: r.float() }; break;
+      case 13: expectWire(field, wire, 1); m.raw = { field, value: r.double() }; break;
       case 14: expectWire(field, wire, 0); m.raw = { field, value: r.varint() !== 0n }; break;
       case 15: expectWire(field, wire, 2); m.raw = { field, value: utf8(r.delimited()) }; break;
       case 16: expectWire(field, wire, 2); m.raw = { field, value: r.delimited() }; break;
@@ -157,6 +209,16 @@ export function metricValue(m: Metric, datatype: number | undefined): MetricValu
     }
   }
   if (v instanceof Uint8Array) return undefined;
+  if (m.raw.field === 10 && typeof v === 'number') {
+    // int_value: 32 bits; signed types are two's complement (8/16-bit ones either sign-extended or not)
+    const s = v | 0;
+    switch (dt) {
+      case DATATYPE.Int8: return s > 127 ? (s << 24) >> 24 : s;
+      case DATATYPE.Int16: return s > 32767 ? (s << 16) >> 16 : s;
+      case DATATYPE.Int32: return s;
+      default: return v;
+    }
+  }
   return v;
 }
 

@@ -3,6 +3,7 @@
 import t from 'tap';
 import { createRequire } from 'node:module';
 import { isQisError } from '../src/index.js';
+import { prng } from './helpers/prng.js';
 import { decodeSparkplugPayload, EdgeNodeState, encodeRebirthRequest, metricValue, parseSparkplugTopic, type Payload } from '../firmware-bridge/index.js';
 
 const require = createRequire(import.meta.url);
@@ -64,6 +65,28 @@ t.test('sparkplug codec - malformed payloads are ERR_SPARKPLUG_PAYLOAD, never a 
   t.throws(() => decodeSparkplugPayload(Uint8Array.of(0x12, 0x03, 0x0a, 0x01, 0xff)), { code: 'ERR_SPARKPLUG_PAYLOAD' }, 'invalid UTF-8 name');
   t.throws(() => parseSparkplugTopic('spBv1.0/g/NOPE/e'), { code: 'ERR_SPARKPLUG_PAYLOAD' });
   t.same(parseSparkplugTopic('spBv1.0/g/DDATA/e/d'), { group: 'g', type: 'DDATA', edgeNode: 'e', device: 'd' });
+});
+
+t.test('sparkplug codec - random and mutated bytes: a payload or ERR_SPARKPLUG_PAYLOAD, nothing else', async (t) => {
+  const rnd = prng(6);
+  const good = enc(9, [{ name: 'a', alias: 1, type: 'Int16', value: -3 }, { name: 'b', type: 'Double', value: 2.5 }, { name: 's', type: 'String', value: 'x' }]);
+  let other = 0;
+  for (let i = 0; i < 3000; i++) {
+    let b: Uint8Array;
+    if (i % 2 === 0) {
+      b = Uint8Array.from({ length: Math.floor(rnd() * 64) }, () => Math.floor(rnd() * 256));
+    } else {
+      b = good.slice();
+      for (let k = 0; k < 1 + Math.floor(rnd() * 3); k++) b[Math.floor(rnd() * b.length)] = Math.floor(rnd() * 256);
+    }
+    try {
+      const p = decodeSparkplugPayload(b);
+      for (const m of p.metrics) metricValue(m, undefined);
+    } catch (e) {
+      if (!(isQisError(e) && e.code === 'ERR_SPARKPLUG_PAYLOAD')) other++;
+    }
+  }
+  t.equal(other, 0, 'no other error');
 });
 
 t.test('sparkplug codec - the rebirth request decodes with sparkplug-payload as Node Control/Rebirth = true', async (t) => {
