@@ -290,6 +290,13 @@ interface Table {
 
 const emptyTable = (): Table => ({ byAlias: new Map(), byName: new Map() });
 
+/** The `bdSeq` metric of an NBIRTH or NDEATH, if it has one. */
+function bdSeqOf(p: Payload): number | undefined {
+  const m = p.metrics.find((x) => x.name === 'bdSeq');
+  const v = m ? metricValue(m, DATATYPE.UInt64) : undefined;
+  return typeof v === 'number' ? v : undefined;
+}
+
 /**
  * A host application's view of one edge node: birth tables, expected `seq`, and whether it is
  * waiting for a rebirth. Pure (no I/O): `handle()` says what to do.
@@ -299,6 +306,8 @@ export class EdgeNodeState {
   private nextSeq: number | undefined;
   private node: Table = emptyTable();
   private devices = new Map<string, Table>();
+  /** The bdSeq of the current NBIRTH, to recognise a stale NDEATH. */
+  private bdSeq: number | undefined;
 
   get born(): boolean {
     return this.nextSeq !== undefined;
@@ -309,11 +318,15 @@ export class EdgeNodeState {
     this.nextSeq = undefined;
     this.node = emptyTable();
     this.devices.clear();
+    this.bdSeq = undefined;
   }
 
   handle(type: MessageType, device: string | undefined, p: Payload): Outcome {
     if (type === 'NCMD' || type === 'DCMD' || type === 'STATE') return { kind: 'ignored', reason: `${type} is not edge-node data` };
     if (type === 'NDEATH') {
+      // A will from an earlier session can arrive after the node's new NBIRTH: its bdSeq says so.
+      const bd = bdSeqOf(p);
+      if (bd !== undefined && this.bdSeq !== undefined && bd !== this.bdSeq) return { kind: 'ignored', reason: `NDEATH with bdSeq ${bd}, but the current session has bdSeq ${this.bdSeq}` };
       this.reset();
       return { kind: 'death' };
     }
@@ -324,6 +337,7 @@ export class EdgeNodeState {
       const problem = this.learn(t, p);
       if (problem) return { kind: 'rebirth', reason: problem };
       this.node = t;
+      this.bdSeq = bdSeqOf(p);
       this.nextSeq = (Number(p.seq) + 1) % 256;
       return this.values(t, undefined, p, true);
     }

@@ -145,7 +145,9 @@ t.test('edge node state - NDEATH forgets the node; DDEATH keeps seq running', as
   s.handle('DBIRTH', 'press', dec(1, [{ name: 'Fault', alias: 2, type: 'UInt16', value: 0 }]));
   t.match(s.handle('DDEATH', 'press', dec(2, [])), { kind: 'death', device: 'press' });
   t.match(s.handle('DDATA', 'press', dec(3, [{ alias: 2, type: 'UInt16', value: 1 }])), { kind: 'rebirth', reason: /without its DBIRTH/ });
-  s.handle('NBIRTH', undefined, dec(0, []));
-  t.match(s.handle('NDEATH', undefined, dec(undefined, [{ name: 'bdSeq', type: 'UInt64', value: 0 }])), { kind: 'death' });
+  s.handle('NBIRTH', undefined, dec(0, [{ name: 'bdSeq', type: 'UInt64', value: 4 }]));
+  t.match(s.handle('NDEATH', undefined, dec(undefined, [{ name: 'bdSeq', type: 'UInt64', value: 3 }])), { kind: 'ignored', reason: /bdSeq 3/ }, "an earlier session's will");
+  t.ok(s.born, 'the current session stays');
+  t.match(s.handle('NDEATH', undefined, dec(undefined, [{ name: 'bdSeq', type: 'UInt64', value: 4 }])), { kind: 'death' });
   t.notOk(s.born);
 });
