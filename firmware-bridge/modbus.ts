@@ -136,6 +136,9 @@ export class ModbusTcpClient {
       const timer = setTimeout(() => fail(`no connection within ${timeoutMs} ms`), timeoutMs);
       socket.once('error', (e) => fail(e.message));
       socket.once('connect', () => {
+        // With nothing listening on a local port in the ephemeral range, the kernel can connect
+        // a socket to itself (TCP simultaneous open): that is not the device.
+        if (socket.localPort === socket.remotePort && socket.localAddress === socket.remoteAddress) return fail('nothing listens (the connection reached itself)');
         clearTimeout(timer);
         socket.removeAllListeners('error');
         socket.setNoDelay(true);

@@ -36,6 +36,13 @@ machines:
 `;
 
 t.test('qis bridge - help lists both bridges', async (t) => {
+  const top = await qis(['--help']);
+  t.match(top.stdout, /bridge modbus[\s\S]*bridge sparkplug/, 'qis --help lists them');
+  const usage = await qis(['bridge']);
+  t.equal(usage.status, 2, 'qis bridge alone is a usage error');
+  const missing = await qis(['bridge', 'modbus', '--json']);
+  t.equal(missing.status, 2);
+  t.match(JSON.parse(missing.stdout), { code: 'ERR_CLI_USAGE', message: /--config is required/ });
   const r = await qis(['bridge', '--help']);
   t.equal(r.status, 0);
   t.match(r.stdout, /bridge modbus/);

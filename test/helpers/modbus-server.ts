@@ -17,7 +17,21 @@ export interface ModbusServer {
   kill(): Promise<void>;
 }
 
+/**
+ * Starts the server on `port`; if it does not listen within 15 s (the port taken for a moment),
+ * kills it and tries again, three times in all.
+ */
 export async function startModbusServer(port: number, initial: string[] = []): Promise<ModbusServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(port, initial, 15_000);
+    } catch (e) {
+      if (attempt >= 3) throw e;
+    }
+  }
+}
+
+async function startOnce(port: number, initial: string[], waitMs: number): Promise<ModbusServer> {
   if (!existsSync(PYTHON)) throw new Error(`${PYTHON} not found: install Debian's python3-pymodbus and python3-serial (.ci/run does)`);
   const child: ChildProcess = spawn(PYTHON, [SCRIPT, String(port), ...initial], { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
@@ -39,13 +53,14 @@ export async function startModbusServer(port: number, initial: string[] = []): P
   child.stdin!.on('error', () => undefined);
   try {
     await Promise.race([
-      waitForPort(port, Date.now() + 30_000),
+      waitForPort(port, Date.now() + waitMs),
       exited.then(() => {
         throw new Error(`modbus server exited: ${stderr}`);
       }),
     ]);
   } catch (e) {
     child.kill('SIGKILL');
+    await exited;
     throw e;
   }
   return {
