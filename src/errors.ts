@@ -50,6 +50,10 @@ export const ERROR_CODES = {
   ERR_CONFIG_INVALID: 'a broker or bridge config is invalid (the message names the file, the key and what was expected)',
   ERR_DELIVERY_REFUSED: 'the broker closed the connection each time a queued packet was sent (its way to refuse it); the packet is set aside as <name>.bad',
   ERR_INTERNAL: 'an unexpected failure inside qis: a bug (the CLI prints its stack to stderr); please report it',
+  // issue 6: firmware-bridge
+  ERR_DEVICE_UNREACHABLE: 'a Modbus device refused or dropped the connection, or sent a malformed response; the bridge reconnects with backoff',
+  ERR_MODBUS_EXCEPTION: 'a Modbus device answered with an exception response (illegal function, illegal data address…); logged with the device and code',
+  ERR_SPARKPLUG_PAYLOAD: 'a Sparkplug B message is not a valid Sparkplug B protobuf payload, or its topic is not a Sparkplug B topic',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

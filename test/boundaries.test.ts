@@ -41,9 +41,13 @@ t.test('boundaries - the rules flag each forbidden edge and allow src/index', as
     { path: 'firmware-bridge/bad2.ts', text: "const p = await import('../src/packet.js');" },
     { path: 'src/bad.ts', text: "import { createBroker } from '../broker/server.js';" },
     { path: 'cli/ok.ts', text: "import { main } from '../broker/server.js';" },
+    { path: 'cli/ok2.ts', text: "const b = await import('../firmware-bridge/index.js');" },
+    { path: 'firmware-bridge/ok.ts', text: "import { x } from './modbus.js'; import { y } from '../src/index.js';" },
+    { path: 'firmware-bridge/bad3.ts', text: "import { usage } from '../cli/run.js';" },
   ];
   const v = boundaryViolations(files);
-  t.equal(v.length, 4, v.join('\n'));
+  t.equal(v.length, 5, v.join('\n'));
+  t.match(v.join('\n'), /firmware-bridge\/bad3\.ts.*imports only src\/index/);
   t.match(v.join('\n'), /broker\/bad\.ts.*src\/cbor/);
   t.match(v.join('\n'), /firmware-bridge\/bad1\.ts.*must not import broker/);
   t.match(v.join('\n'), /firmware-bridge\/bad2\.ts.*src\/packet/);
@@ -51,7 +55,8 @@ t.test('boundaries - the rules flag each forbidden edge and allow src/index', as
 });
 
 t.test('boundaries - the repository keeps them', async (t) => {
-  const files = [...sources('src'), ...sources('broker'), ...sources('firmware-bridge')];
+  const files = [...sources('src'), ...sources('broker'), ...sources('firmware-bridge'), ...sources('cli')];
+  t.ok(files.some((f) => f.path === 'firmware-bridge/modbus.ts'), 'walks firmware-bridge/');
   t.ok(files.some((f) => f.path === 'src/index.ts'), 'walks src/');
   t.same(boundaryViolations(files), []);
 });

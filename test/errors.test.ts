@@ -36,6 +36,7 @@ import { startQisBroker } from './helpers/qis-broker.js';
 import { RateLimiter, checkConnect, checkRate, checkSync, checkTemplateDoc, decide, isDecision, precheckOutcome, type Decision } from '../broker/admission.js';
 import { freePort } from './helpers/mosquitto.js';
 import { createNode, type NodeOptions, type QisNode } from '../src/index.js';
+import { ModbusTcpClient, decodeSparkplugPayload, parseReadResponse } from '../firmware-bridge/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -193,6 +194,10 @@ const triggers: Record<ErrorCode, () => unknown> = {
       await b.close();
     }
   },
+  // issue 6: firmware-bridge (test/bridge-modbus.test.ts and test/bridge-sparkplug.test.ts produce them end to end)
+  ERR_DEVICE_UNREACHABLE: async () => ModbusTcpClient.connect('127.0.0.1', await freePort(), 5000),
+  ERR_MODBUS_EXCEPTION: () => parseReadResponse(Buffer.from([0x83, 0x02]), 3, 1),
+  ERR_SPARKPLUG_PAYLOAD: () => decodeSparkplugPayload(Uint8Array.of(0x12, 0x7f)),
   ERR_INTERNAL: () => {
     const out = new PassThrough();
     const status = reportError(new TypeError('boom'), true, { stdin: new PassThrough(), stdout: out, stderr: new PassThrough() });

@@ -23,7 +23,8 @@ export function specifiers(text: string): string[] {
 const top = (p: string): string => p.split('/')[0] ?? '';
 
 /** Violations of: broker/ and firmware-bridge/ use only src/index; firmware-bridge never uses
- *  broker/; src/ uses nothing outside src/. */
+ *  broker/ (nor cli/ or anything else outside it); src/ uses nothing outside src/. cli/ may use
+ *  broker/ and firmware-bridge/. */
 export function boundaryViolations(files: readonly SourceFile[]): string[] {
   const problems: string[] = [];
   for (const f of files) {
@@ -37,6 +38,7 @@ export function boundaryViolations(files: readonly SourceFile[]): string[] {
         problems.push(`${f.path} imports ${spec}: outside src/, import only src/index`);
       }
       if (from === 'firmware-bridge' && to === 'broker') problems.push(`${f.path} imports ${spec}: firmware-bridge must not import broker/`);
+      else if (from === 'firmware-bridge' && to !== 'src' && to !== 'firmware-bridge') problems.push(`${f.path} imports ${spec}: firmware-bridge imports only src/index and its own files`);
       if (from === 'src' && to !== 'src') problems.push(`${f.path} imports ${spec}: src/ must not import ${to}/`);
     }
   }

@@ -1,0 +1,375 @@
+/**
+ * The bridges at run time. Every machine is its own node: `createNode` with its own data
+ * directory (`<dataDir>/<machine>/key.json`, its outbox and seq state) and its own MQTT
+ * connection, so its packets are signed by its own key and the broker keeps one packet per
+ * machine and template; outages of the qis broker are covered by each node's durable outbox.
+ *
+ * One connection per machine, not one shared: a node's connection carries its client id, its
+ * reconnect and PUBACK bookkeeping, and the broker's per-client rate limit and refusals; sharing
+ * one would need a second publishing path beside the runtime's. A bridge serves tens to a few
+ * hundred machines, well within what a broker holds.
+ */
+import { join } from 'node:path';
+import mqtt from 'mqtt';
+import {
+  backoffDelay,
+  backoffOptions,
+  createNode,
+  isQisError,
+  type ErrorCode,
+  type NodeStatus,
+  type QisNode,
+} from '../src/index.js';
+import type { BrokerTarget, Machine, ModbusBridgeConfig, ModbusMachine, SparkplugBridgeConfig, SparkplugMachine } from './config.js';
+import { isSkip, MachineMapper, type Emission, type ReadingValue, type Skip } from './mapping.js';
+import { decodeRegisters, ModbusException, ModbusTcpClient, registerCount } from './modbus.js';
+import { decodeSparkplugPayload, EdgeNodeState, encodeRebirthRequest, ncmdTopic, parseSparkplugTopic } from './sparkplug.js';
+
+export type BridgeEvent =
+  | { readonly type: 'device-up'; readonly machine: string; readonly device: string }
+  | { readonly type: 'device-down'; readonly machine: string; readonly device: string; readonly code: ErrorCode; readonly message: string; readonly retryInMs: number }
+  | { readonly type: 'modbus-exception'; readonly machine: string; readonly device: string; readonly reading: string; readonly exception: number; readonly message: string }
+  | { readonly type: 'published'; readonly machine: string; readonly rule: string; readonly topic: string; readonly seq: number; readonly outcome: unknown; readonly acked: boolean }
+  | { readonly type: 'skipped'; readonly machine: string; readonly rule: string; readonly reason: string }
+  | { readonly type: 'publish-failed'; readonly machine: string; readonly rule: string; readonly code: ErrorCode; readonly message: string }
+  | { readonly type: 'node-refused'; readonly machine: string; readonly code: ErrorCode; readonly message: string }
+  | { readonly type: 'sparkplug-connected'; readonly url: string; readonly filter: string }
+  | { readonly type: 'sparkplug-disconnected'; readonly reason: string }
+  | { readonly type: 'rebirth-requested'; readonly edgeNode: string; readonly reason: string; readonly topic: string }
+  | { readonly type: 'sparkplug-dropped'; readonly topic: string; readonly code: ErrorCode; readonly message: string }
+  | { readonly type: 'historical'; readonly edgeNode: string; readonly device?: string; readonly count: number };
+
+export interface DeviceStatus {
+  readonly machine: string;
+  readonly device: string;
+  readonly state: 'connecting' | 'up' | 'down';
+  readonly lastError?: { readonly code: ErrorCode; readonly message: string; readonly at: number };
+  readonly lastPollAt?: number;
+  readonly polls: number;
+  readonly exceptions: number;
+  readonly published: number;
+}
+
+export interface BridgeOptions {
+  /** Every event (log lines for the CLI). */
+  readonly onEvent?: (e: BridgeEvent) => void;
+  /** Node options for tests: faster reconnects of the machines' connections to the qis broker. */
+  readonly nodeReconnect?: { readonly baseMs: number; readonly capMs: number };
+  readonly random?: () => number;
+}
+
+export interface Bridge {
+  status(): DeviceStatus[];
+  /** The machines' nodes, by machine name. */
+  readonly nodes: ReadonlyMap<string, QisNode>;
+  close(): Promise<void>;
+}
+
+const codeOf = (e: unknown): ErrorCode => (isQisError(e) ? e.code : 'ERR_INTERNAL');
+
+/** One node per machine, publishing in order; every result is an event. */
+class Publisher {
+  private chain: Promise<void> = Promise.resolve();
+  published = 0;
+  constructor(readonly node: QisNode, private readonly emit: (e: BridgeEvent) => void) {}
+
+  send(items: readonly (Emission | Skip)[]): void {
+    for (const e of items) {
+      if (isSkip(e)) {
+        this.emit({ type: 'skipped', machine: e.machine, rule: e.rule, reason: e.reason });
+        continue;
+      }
+      this.chain = this.chain.then(async () => {
+        try {
+          // ackTimeoutMs 0: the packet is durable in the outbox when publish returns; the node
+          // delivers it (now or after an outage) without holding up the poll loop.
+          const r = await this.node.publish(e.template, e.situation, e.outcome, {
+            ackTimeoutMs: 0,
+            ...(e.ctx ? { ctx: e.ctx } : {}),
+            ...(e.conf === undefined ? {} : { conf: e.conf }),
+            ...(e.n === undefined ? {} : { n: e.n }),
+          });
+          this.published++;
+          this.emit({ type: 'published', machine: e.machine, rule: e.rule, topic: r.topic, seq: r.seq, outcome: e.outcome, acked: r.acked });
+        } catch (err) {
+          this.emit({ type: 'publish-failed', machine: e.machine, rule: e.rule, code: codeOf(err), message: (err as Error).message });
+        }
+      });
+    }
+  }
+
+  idle(): Promise<void> {
+    return this.chain;
+  }
+}
+
+async function openNodes(machines: readonly Machine<unknown>[], dataDir: string, broker: BrokerTarget, o: BridgeOptions, emit: (e: BridgeEvent) => void): Promise<Map<string, Publisher>> {
+  const out = new Map<string, Publisher>();
+  try {
+    for (const m of machines) {
+      const node = await createNode({
+        url: broker.url,
+        dataDir: join(dataDir, m.name),
+        ...(broker.username === undefined ? {} : { username: broker.username }),
+        ...(broker.password === undefined ? {} : { password: broker.password }),
+        ...(o.nodeReconnect ? { reconnect: o.nodeReconnect } : {}),
+      });
+      out.set(m.name, new Publisher(node, emit));
+      void (async () => {
+        for await (const s of node.status() as AsyncIterable<NodeStatus>) {
+          if (s.type === 'refused') emit({ type: 'node-refused', machine: m.name, code: s.code, message: s.message });
+        }
+      })().catch(() => undefined);
+    }
+  } catch (e) {
+    await Promise.all([...out.values()].map((p) => p.node.close()));
+    throw e;
+  }
+  return out;
+}
+
+/** Periodic (`every`) rules of a machine: one timer each. */
+function startPeriodic(mapper: MachineMapper, pub: Publisher): NodeJS.Timeout[] {
+  return mapper.machine.rules.flatMap((rule) => (rule.when.kind === 'every' ? [setInterval(() => pub.send([mapper.build(rule)]), rule.when.everyMs)] : []));
+}
+
+/** Reads every reading of a machine once; exceptions are reported and leave that reading out. */
+export async function readMachine(
+  client: ModbusTcpClient,
+  m: ModbusMachine,
+  onException: (reading: string, e: ModbusException) => void,
+): Promise<Map<string, ReadingValue>> {
+  const values = new Map<string, ReadingValue>();
+  for (const [name, r] of m.readings) {
+    const bits = r.table === 'coil' || r.table === 'discrete';
+    try {
+      const data = await client.read(m.device.unitId, r.table, r.address, bits ? 1 : registerCount(r.type), m.device.timeoutMs);
+      values.set(name, Array.isArray(data) ? data[0]! : decodeRegisters(data, r.type, r.wordOrder, r.scale, r.offset));
+    } catch (e) {
+      if (e instanceof ModbusException) onException(name, e);
+      else throw e; // the connection is gone or the device is silent
+    }
+  }
+  return values;
+}
+
+const deviceLabel = (m: ModbusMachine): string => `${m.device.host}:${m.device.port}/${m.device.unitId}`;
+
+/**
+ * Runs `qis bridge modbus`: one poll loop per machine's device, each with its own connection,
+ * timeouts and reconnect backoff, so a dead or slow device never stalls another.
+ */
+export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOptions = {}): Promise<Bridge> {
+  const emit = (e: BridgeEvent): void => o.onEvent?.(e);
+  const pubs = await openNodes(config.machines, config.dataDir, config.broker, o, emit);
+  const backoff = backoffOptions(config.reconnect);
+  const random = o.random ?? Math.random;
+  const stop = new AbortController();
+  const statuses = new Map<string, { -readonly [K in keyof DeviceStatus]: DeviceStatus[K] }>();
+  const timers: NodeJS.Timeout[] = [];
+  const clients = new Set<ModbusTcpClient>();
+  const wait = (ms: number): Promise<void> =>
+    new Promise((resolve) => {
+      if (stop.signal.aborted) return resolve();
+      const t = setTimeout(done, ms);
+      function done(): void {
+        clearTimeout(t);
+        stop.signal.removeEventListener('abort', done);
+        resolve();
+      }
+      stop.signal.addEventListener('abort', done, { once: true });
+    });
+
+  const loop = async (m: ModbusMachine): Promise<void> => {
+    const pub = pubs.get(m.name)!;
+    const mapper = new MachineMapper(m);
+    timers.push(...startPeriodic(mapper, pub));
+    const device = deviceLabel(m);
+    const st = statuses.get(m.name)!;
+    let attempt = 0;
+    while (!stop.signal.aborted) {
+      let client: ModbusTcpClient | undefined;
+      try {
+        st.state = 'connecting';
+        client = await ModbusTcpClient.connect(m.device.host, m.device.port, m.device.timeoutMs, device);
+        clients.add(client);
+        if (stop.signal.aborted) break;
+        st.state = 'up';
+        emit({ type: 'device-up', machine: m.name, device });
+        while (!stop.signal.aborted) {
+          const started = Date.now();
+          const values = await readMachine(client, m, (reading, e) => {
+            st.exceptions++;
+            emit({ type: 'modbus-exception', machine: m.name, device, reading, exception: e.exception, message: `${device} ${reading}: ${e.message}` });
+          });
+          attempt = 0; // a full poll: the device is back
+          st.polls++;
+          st.lastPollAt = Date.now();
+          pub.send(mapper.update(values));
+          st.published = pub.published;
+          await wait(Math.max(0, m.device.pollMs - (Date.now() - started)));
+        }
+      } catch (e) {
+        if (stop.signal.aborted) break;
+        const code = codeOf(e);
+        const delay = backoffDelay(attempt++, backoff, random);
+        st.state = 'down';
+        st.lastError = { code, message: (e as Error).message, at: Date.now() };
+        emit({ type: 'device-down', machine: m.name, device, code, message: (e as Error).message, retryInMs: delay });
+        if (code === 'ERR_INTERNAL') throw e;
+        await wait(delay);
+      } finally {
+        client?.close();
+        if (client) clients.delete(client);
+      }
+    }
+  };
+
+  for (const m of config.machines) statuses.set(m.name, { machine: m.name, device: deviceLabel(m), state: 'connecting', polls: 0, exceptions: 0, published: 0 });
+  const loops = config.machines.map((m) =>
+    loop(m).catch((e: unknown) => {
+      emit({ type: 'device-down', machine: m.name, device: deviceLabel(m), code: codeOf(e), message: `poll loop stopped: ${(e as Error).message}`, retryInMs: -1 });
+    }),
+  );
+  let closing: Promise<void> | undefined;
+  return {
+    nodes: new Map([...pubs].map(([k, p]) => [k, p.node])),
+    status: () => [...statuses.values()].map((s) => ({ ...s, published: pubs.get(s.machine)!.published })),
+    close() {
+      closing ??= (async () => {
+        stop.abort();
+        for (const t of timers) clearInterval(t);
+        for (const c of clients) c.close();
+        await Promise.all(loops);
+        await Promise.all([...pubs.values()].map((p) => p.idle()));
+        await Promise.all([...pubs.values()].map((p) => p.node.close()));
+      })();
+      return closing;
+    },
+  };
+}
+
+/**
+ * Runs `qis bridge sparkplug`: subscribes to `spBv1.0/<group>/#` on the factory broker, keeps
+ * each edge node's birth tables and seq, asks for a rebirth (NCMD `Node Control/Rebirth`) on a
+ * gap or an unknown alias instead of guessing, and maps live metrics to outcomes.
+ */
+export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: BridgeOptions = {}): Promise<Bridge & { readonly connected: Promise<void> }> {
+  const emit = (e: BridgeEvent): void => o.onEvent?.(e);
+  const pubs = await openNodes(config.machines, config.dataDir, config.broker, o, emit);
+  const sp = config.sparkplug;
+  const filter = `spBv1.0/${sp.group}/#`;
+  const states = new Map<string, EdgeNodeState>();
+  const lastRebirth = new Map<string, number>();
+  const mappers = config.machines.map((m) => ({ m, mapper: new MachineMapper(m), pub: pubs.get(m.name)! }));
+  const timers = mappers.flatMap(({ mapper, pub }) => startPeriodic(mapper, pub));
+  const statuses = new Map(config.machines.map((m) => [m.name, { polls: 0, lastPollAt: undefined as number | undefined }]));
+  let up = false;
+
+  const client = mqtt.connect(sp.url, {
+    clean: true,
+    reconnectPeriod: 1000,
+    connectTimeout: 10_000,
+    ...(sp.clientId === undefined ? {} : { clientId: sp.clientId }),
+    ...(sp.username === undefined ? {} : { username: sp.username }),
+    ...(sp.password === undefined ? {} : { password: sp.password }),
+  });
+  let resolveConnected: () => void = () => {};
+  const connected = new Promise<void>((r) => (resolveConnected = r));
+
+  client.on('connect', () => {
+    // A new session: whatever happened meanwhile is unknown, so every edge node starts unborn.
+    for (const s of states.values()) s.reset();
+    client.subscribe(filter, { qos: 0 }, (err, granted) => {
+      if (err || granted?.some((g) => g.qos === 128)) {
+        emit({ type: 'sparkplug-disconnected', reason: `subscription to ${filter} refused` });
+        return;
+      }
+      up = true;
+      emit({ type: 'sparkplug-connected', url: sp.url, filter });
+      resolveConnected();
+    });
+  });
+  client.on('close', () => {
+    if (up) emit({ type: 'sparkplug-disconnected', reason: 'connection closed' });
+    up = false;
+  });
+  client.on('error', () => undefined); // reported through close; mqtt.js reconnects
+
+  const rebirth = (edgeNode: string, reason: string): void => {
+    const now = Date.now();
+    const last = lastRebirth.get(edgeNode);
+    if (last !== undefined && now - last < sp.rebirthIntervalMs) return;
+    lastRebirth.set(edgeNode, now);
+    const topic = ncmdTopic(sp.group, edgeNode);
+    client.publish(topic, Buffer.from(encodeRebirthRequest(now)), { qos: 0 });
+    emit({ type: 'rebirth-requested', edgeNode, reason, topic });
+  };
+
+  client.on('message', (topic, payload) => {
+    let t;
+    let p;
+    try {
+      t = parseSparkplugTopic(topic);
+      if (t.type === 'STATE' || t.type === 'NCMD' || t.type === 'DCMD') return;
+      p = decodeSparkplugPayload(payload);
+    } catch (e) {
+      emit({ type: 'sparkplug-dropped', topic, code: codeOf(e), message: (e as Error).message });
+      return;
+    }
+    let state = states.get(t.edgeNode);
+    if (!state) states.set(t.edgeNode, (state = new EdgeNodeState()));
+    const r = state.handle(t.type, t.device, p);
+    if (r.kind === 'rebirth') return rebirth(t.edgeNode, r.reason);
+    if (r.kind === 'ignored') return;
+    for (const { m, mapper, pub } of mappers) {
+      if (m.edgeNode !== t.edgeNode) continue;
+      if (r.kind === 'death') {
+        // NDEATH covers the node and its devices; DDEATH one device.
+        if (r.device === undefined || r.device === m.device) mapper.forget(m.readings.keys());
+        continue;
+      }
+      if (r.device !== m.device) continue;
+      if (r.historical > 0) emit({ type: 'historical', edgeNode: t.edgeNode, ...(r.device === undefined ? {} : { device: r.device }), count: r.historical });
+      const values = new Map<string, ReadingValue>();
+      for (const [name, reading] of m.readings) {
+        const v = r.values.get(reading.metric);
+        if (v === undefined) continue;
+        values.set(name, typeof v === 'number' ? v * reading.scale + reading.offset : v);
+      }
+      const st = statuses.get(m.name)!;
+      st.polls++;
+      st.lastPollAt = Date.now();
+      if (values.size > 0) pub.send(mapper.update(values));
+    }
+  });
+
+  let closing: Promise<void> | undefined;
+  return {
+    connected,
+    nodes: new Map([...pubs].map(([k, p]) => [k, p.node])),
+    status: () =>
+      config.machines.map((m) => {
+        const st = statuses.get(m.name)!;
+        return {
+          machine: m.name,
+          device: `${sp.group}/${m.edgeNode}${m.device === undefined ? '' : `/${m.device}`}`,
+          state: up && states.get(m.edgeNode)?.born ? 'up' : up ? 'connecting' : 'down',
+          ...(st.lastPollAt === undefined ? {} : { lastPollAt: st.lastPollAt }),
+          polls: st.polls,
+          exceptions: 0,
+          published: pubs.get(m.name)!.published,
+        } satisfies DeviceStatus;
+      }),
+    close() {
+      closing ??= (async () => {
+        for (const t of timers) clearInterval(t);
+        await new Promise<void>((r) => client.end(true, {}, () => r()));
+        await Promise.all([...pubs.values()].map((p) => p.idle()));
+        await Promise.all([...pubs.values()].map((p) => p.node.close()));
+      })();
+      return closing;
+    },
+  };
+}
+

@@ -1,0 +1,411 @@
+/**
+ * The bridge's YAML config, shared by `qis bridge modbus` and `qis bridge sparkplug`: where the
+ * outcomes go, the data directory, and per machine its source (a Modbus device, or a Sparkplug
+ * edge node / device), its named readings, and the mapping from readings to a template's
+ * situation, context and outcome with triggers. Every error is ERR_CONFIG_INVALID naming the
+ * file, the key path and what was expected.
+ */
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { QisError, canon, loadTemplate, type Template } from '../src/index.js';
+import type { RegisterType, Table, WordOrder } from './modbus.js';
+
+export type Scalar = string | number | boolean;
+/** A value in the mapping: a constant, or the current value of a named reading. */
+export type ValueSpec = { readonly const: Scalar } | { readonly reading: string };
+
+export type Trigger =
+  | { readonly kind: 'change'; readonly reading: string; readonly from?: Scalar; readonly to?: Scalar }
+  | { readonly kind: 'threshold'; readonly reading: string; readonly above?: number; readonly below?: number }
+  | { readonly kind: 'every'; readonly everyMs: number };
+
+export interface Rule {
+  /** `machines[i].outcomes[j]`, for messages. */
+  readonly key: string;
+  readonly when: Trigger;
+  readonly template: Template;
+  readonly outcome: ValueSpec;
+  readonly conf?: number;
+  readonly n?: number;
+}
+
+export interface ModbusReading {
+  readonly table: Table;
+  readonly address: number;
+  readonly type: RegisterType;
+  readonly wordOrder: WordOrder;
+  readonly scale: number;
+  readonly offset: number;
+}
+
+export interface SparkplugReading {
+  readonly metric: string;
+  readonly scale: number;
+  readonly offset: number;
+}
+
+export interface ModbusDevice {
+  readonly host: string;
+  readonly port: number;
+  readonly unitId: number;
+  readonly pollMs: number;
+  readonly timeoutMs: number;
+}
+
+export interface Machine<R> {
+  readonly name: string;
+  readonly template: Template;
+  readonly readings: ReadonlyMap<string, R>;
+  readonly situation: ReadonlyMap<string, ValueSpec>;
+  readonly context: ReadonlyMap<string, ValueSpec>;
+  readonly rules: readonly Rule[];
+}
+
+export interface ModbusMachine extends Machine<ModbusReading> {
+  readonly device: ModbusDevice;
+}
+
+export interface SparkplugMachine extends Machine<SparkplugReading> {
+  readonly edgeNode: string;
+  readonly device?: string;
+}
+
+export interface BrokerTarget {
+  readonly url: string;
+  readonly username?: string;
+  readonly password?: string;
+}
+
+export interface ModbusBridgeConfig {
+  readonly file: string;
+  readonly broker: BrokerTarget;
+  readonly dataDir: string;
+  readonly reconnect: { readonly baseMs: number; readonly capMs: number };
+  readonly machines: readonly ModbusMachine[];
+}
+
+export interface SparkplugBridgeConfig {
+  readonly file: string;
+  readonly broker: BrokerTarget;
+  readonly dataDir: string;
+  readonly sparkplug: { readonly url: string; readonly group: string; readonly clientId?: string; readonly username?: string; readonly password?: string; readonly rebirthIntervalMs: number };
+  readonly machines: readonly SparkplugMachine[];
+}
+
+type Obj = Record<string, unknown>;
+
+/** Error helper bound to one file. */
+class Check {
+  constructor(readonly file: string) {}
+  fail(key: string, expected: string, got?: unknown): never {
+    const shown = got === undefined ? 'nothing' : JSON.stringify(got);
+    throw new QisError('ERR_CONFIG_INVALID', `${this.file}: ${key}: expected ${expected}, got ${shown}`);
+  }
+  obj(v: unknown, key: string, allowed: readonly string[]): Obj {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) this.fail(key, 'a mapping', v);
+    for (const k of Object.keys(v)) if (!allowed.includes(k)) this.fail(`${key}.${k}`, `one of the keys ${allowed.join(', ')} (unknown key)`, (v as Obj)[k]);
+    return v as Obj;
+  }
+  str(v: unknown, key: string, pattern?: RegExp, what = 'a non-empty string'): string {
+    if (typeof v !== 'string' || v === '' || (pattern && !pattern.test(v))) this.fail(key, what, v);
+    return v;
+  }
+  num(v: unknown, key: string, o: { min?: number; max?: number; int?: boolean; def?: number } = {}): number {
+    if (v === undefined && o.def !== undefined) return o.def;
+    const what = `${o.int ? 'an integer' : 'a number'}${o.min !== undefined ? ` ≥ ${o.min}` : ''}${o.max !== undefined ? ` ≤ ${o.max}` : ''}`;
+    if (typeof v !== 'number' || !Number.isFinite(v) || (o.int && !Number.isInteger(v)) || (o.min !== undefined && v < o.min) || (o.max !== undefined && v > o.max)) this.fail(key, what, v);
+    return v;
+  }
+  oneOf<T extends string>(v: unknown, key: string, values: readonly T[], def?: T): T {
+    if (v === undefined && def !== undefined) return def;
+    if (typeof v !== 'string' || !values.includes(v as T)) this.fail(key, `one of ${values.join(', ')}`, v);
+    return v as T;
+  }
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/;
+
+/** `500ms`, `30s`, `10m`, `2h`, or a number of seconds, in ms. */
+function duration(c: Check, v: unknown, key: string): number {
+  if (typeof v === 'number' && Number.isFinite(v) && v > 0) return v * 1000;
+  const m = typeof v === 'string' ? DURATION.exec(v.trim()) : null;
+  if (!m) c.fail(key, 'a duration such as 30s, 10m or 2h (or a number of seconds)', v);
+  const ms = Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+  if (!(ms >= 100)) c.fail(key, 'a duration of at least 100ms', v);
+  return ms;
+}
+
+function scalar(c: Check, v: unknown, key: string): Scalar {
+  if (typeof v === 'string' || typeof v === 'boolean' || (typeof v === 'number' && Number.isFinite(v))) return v;
+  return c.fail(key, 'a string, number or boolean', v);
+}
+
+function valueSpec(c: Check, v: unknown, key: string, readings: ReadonlyMap<string, unknown>): ValueSpec {
+  if (typeof v === 'object' && v !== null && !Array.isArray(v)) {
+    const o = c.obj(v, key, ['reading']);
+    const r = c.str(o['reading'], `${key}.reading`);
+    if (!readings.has(r)) c.fail(`${key}.reading`, `the name of a reading of this machine (${[...readings.keys()].join(', ') || 'none declared'})`, r);
+    return { reading: r };
+  }
+  return { const: scalar(c, v, key) };
+}
+
+async function readConfig(file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (e) {
+    throw new QisError('ERR_CONFIG_INVALID', `${file}: cannot read the config: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** Parses YAML (or JSON) config text into a mapping; ERR_CONFIG_INVALID otherwise. */
+export function parseConfigText(text: string, file: string): Obj {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text, { uniqueKeys: true, prettyErrors: true });
+  } catch (e) {
+    throw new QisError('ERR_CONFIG_INVALID', `${file}: not valid YAML: ${(e as Error).message}`, { cause: e });
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new QisError('ERR_CONFIG_INVALID', `${file}: (top level): expected a mapping, got ${JSON.stringify(doc ?? null)}`);
+  return doc as Obj;
+}
+
+/** Loads each template once; a template that does not load is a config error at the key naming it. */
+class Templates {
+  private cache = new Map<string, Promise<Template>>();
+  constructor(private readonly c: Check, private readonly base: string) {}
+  async get(v: unknown, key: string): Promise<Template> {
+    const rel = this.c.str(v, key, undefined, 'the path of a template file (YAML or JSON)');
+    const path = resolve(this.base, rel);
+    let p = this.cache.get(path);
+    if (!p) this.cache.set(path, (p = loadTemplate(path)));
+    try {
+      return await p;
+    } catch (e) {
+      return this.c.fail(key, `a loadable template (${(e as Error).message})`, rel);
+    }
+  }
+}
+
+async function password(c: Check, base: string, o: Obj, key: string): Promise<string | undefined> {
+  if (o['passwordFile'] === undefined) return undefined;
+  const f = resolve(base, c.str(o['passwordFile'], `${key}.passwordFile`));
+  try {
+    return (await readFile(f, 'utf8')).replace(/\r?\n$/, '');
+  } catch (e) {
+    return c.fail(`${key}.passwordFile`, `a readable file (${(e as Error).message})`, o['passwordFile']);
+  }
+}
+
+async function brokerTarget(c: Check, base: string, v: unknown): Promise<BrokerTarget> {
+  if (typeof v === 'string') return { url: c.str(v, 'broker', /^(mqtts?|wss?):\/\/./, 'an mqtt://, mqtts://, ws:// or wss:// URL') };
+  const o = c.obj(v, 'broker', ['url', 'username', 'passwordFile']);
+  const url = c.str(o['url'], 'broker.url', /^(mqtts?|wss?):\/\/./, 'an mqtt://, mqtts://, ws:// or wss:// URL');
+  const pw = await password(c, base, o, 'broker');
+  return { url, ...(o['username'] === undefined ? {} : { username: c.str(o['username'], 'broker.username') }), ...(pw === undefined ? {} : { password: pw }) };
+}
+
+type Common<R> = Omit<Machine<R>, 'readings'> & { readings: ReadonlyMap<string, R> };
+
+/** The parts of a machine both bridges share: name, template, situation, context, outcome rules. */
+async function machineCommon<R>(c: Check, tpl: Templates, m: Obj, key: string, readings: ReadonlyMap<string, R>): Promise<Common<R>> {
+  const name = c.str(m['name'], `${key}.name`, NAME, 'a name of letters, digits, "_", "." or "-" (at most 64; it names the data directory)');
+  const template = await tpl.get(m['template'], `${key}.template`);
+  const sit = c.obj(m['situation'] ?? {}, `${key}.situation`, template.fields.map((f) => f.name));
+  const situation = new Map<string, ValueSpec>();
+  for (const f of template.fields) {
+    const k = `${key}.situation.${f.name}`;
+    if (sit[f.name] === undefined) c.fail(k, `a value for the template's field "${f.name}" (a constant or { reading: NAME })`);
+    const spec = valueSpec(c, sit[f.name], k, readings);
+    if ('const' in spec) {
+      try {
+        canon(f, spec.const);
+      } catch (e) {
+        c.fail(k, `a value that fits the field (${(e as Error).message})`, spec.const);
+      }
+    }
+    situation.set(f.name, spec);
+  }
+  const allowedCtx = template.doc.context ?? [];
+  const ctxObj = c.obj(m['context'] ?? {}, `${key}.context`, allowedCtx);
+  const context = new Map<string, ValueSpec>();
+  for (const [k, v] of Object.entries(ctxObj)) {
+    const spec = valueSpec(c, v, `${key}.context.${k}`, readings);
+    if ('const' in spec && typeof spec.const !== 'number') c.fail(`${key}.context.${k}`, 'a number or { reading: NAME } (context values are numbers)', spec.const);
+    context.set(k, spec);
+  }
+  const list = m['outcomes'];
+  if (!Array.isArray(list) || list.length === 0) c.fail(`${key}.outcomes`, 'a non-empty list of outcome rules ({ when, outcome, … })', list);
+  const rules: Rule[] = [];
+  for (const [j, r] of list.entries()) {
+    const rk = `${key}.outcomes[${j}]`;
+    const o = c.obj(r, rk, ['when', 'outcome', 'template', 'conf', 'n']);
+    const w = c.obj(o['when'], `${rk}.when`, ['change', 'from', 'to', 'threshold', 'above', 'below', 'every']);
+    let when: Trigger;
+    const reading = (v: unknown, k: string): string => {
+      const s = c.str(v, k);
+      if (!readings.has(s)) c.fail(k, `the name of a reading of this machine (${[...readings.keys()].join(', ') || 'none declared'})`, s);
+      return s;
+    };
+    if (w['change'] !== undefined) {
+      if (w['threshold'] !== undefined || w['every'] !== undefined || w['above'] !== undefined || w['below'] !== undefined) c.fail(`${rk}.when`, 'exactly one trigger: change (with from/to), threshold (with above/below) or every', w);
+      when = {
+        kind: 'change',
+        reading: reading(w['change'], `${rk}.when.change`),
+        ...(w['from'] === undefined ? {} : { from: scalar(c, w['from'], `${rk}.when.from`) }),
+        ...(w['to'] === undefined ? {} : { to: scalar(c, w['to'], `${rk}.when.to`) }),
+      };
+    } else if (w['threshold'] !== undefined) {
+      if (w['every'] !== undefined || w['from'] !== undefined || w['to'] !== undefined) c.fail(`${rk}.when`, 'exactly one trigger: change (with from/to), threshold (with above/below) or every', w);
+      if ((w['above'] === undefined) === (w['below'] === undefined)) c.fail(`${rk}.when`, 'a threshold with exactly one of above or below', w);
+      when = {
+        kind: 'threshold',
+        reading: reading(w['threshold'], `${rk}.when.threshold`),
+        ...(w['above'] === undefined ? {} : { above: c.num(w['above'], `${rk}.when.above`) }),
+        ...(w['below'] === undefined ? {} : { below: c.num(w['below'], `${rk}.when.below`) }),
+      };
+    } else if (w['every'] !== undefined) {
+      if (Object.keys(w).length !== 1) c.fail(`${rk}.when`, 'exactly one trigger: change (with from/to), threshold (with above/below) or every', w);
+      when = { kind: 'every', everyMs: duration(c, w['every'], `${rk}.when.every`) };
+    } else {
+      c.fail(`${rk}.when`, 'a trigger: { change: READING, from?, to? }, { threshold: READING, above | below: N } or { every: 10m }', w);
+    }
+    const rt = o['template'] === undefined ? template : await tpl.get(o['template'], `${rk}.template`);
+    if (rt !== template) {
+      for (const f of rt.fields) if (!situation.has(f.name)) c.fail(`${rk}.template`, `a template whose fields the machine's situation gives (it lacks "${f.name}")`, o['template']);
+    }
+    if (o['outcome'] === undefined) c.fail(`${rk}.outcome`, 'an outcome: a label, a number, or { reading: NAME }');
+    const outcome = valueSpec(c, o['outcome'], `${rk}.outcome`, readings);
+    if ('const' in outcome) {
+      const oc = rt.doc.outcome;
+      if (oc.kind === 'category' && !(typeof outcome.const === 'string' && (oc.labels as readonly string[]).includes(outcome.const))) c.fail(`${rk}.outcome`, `one of the template's labels (${oc.labels.join(', ')})`, outcome.const);
+      if (oc.kind === 'number' && typeof outcome.const !== 'number') c.fail(`${rk}.outcome`, 'a number (the template has a numeric outcome)', outcome.const);
+    }
+    rules.push({
+      key: rk,
+      when,
+      template: rt,
+      outcome,
+      ...(o['conf'] === undefined ? {} : { conf: c.num(o['conf'], `${rk}.conf`, { min: 0, max: 1 }) }),
+      ...(o['n'] === undefined ? {} : { n: c.num(o['n'], `${rk}.n`, { min: 1, int: true }) }),
+    });
+  }
+  return { name, template, situation, context, rules, readings };
+}
+
+function machineList(c: Check, v: unknown): Obj[] {
+  if (!Array.isArray(v) || v.length === 0) c.fail('machines', 'a non-empty list of machines');
+  return v as Obj[];
+}
+
+function uniqueNames(c: Check, machines: readonly { name: string }[]): void {
+  const seen = new Set<string>();
+  for (const [i, m] of machines.entries()) {
+    if (seen.has(m.name)) c.fail(`machines[${i}].name`, 'a name no other machine has (each machine is its own node)', m.name);
+    seen.add(m.name);
+  }
+}
+
+const MACHINE_KEYS = ['name', 'template', 'readings', 'situation', 'context', 'outcomes'];
+
+/** Parses a `qis bridge modbus` config (already read as text). */
+export async function parseModbusConfig(text: string, file: string): Promise<ModbusBridgeConfig> {
+  const c = new Check(file);
+  const base = dirname(resolve(file));
+  const top = c.obj(parseConfigText(text, file), '(top level)', ['broker', 'dataDir', 'reconnect', 'machines']);
+  const broker = await brokerTarget(c, base, top['broker']);
+  const dataDir = resolve(base, c.str(top['dataDir'], 'dataDir', undefined, 'a directory path (one key and outbox per machine below it)'));
+  const rc = c.obj(top['reconnect'] ?? {}, 'reconnect', ['baseMs', 'capMs']);
+  const baseMs = c.num(rc['baseMs'], 'reconnect.baseMs', { min: 1, def: 500 });
+  const reconnect = { baseMs, capMs: c.num(rc['capMs'], 'reconnect.capMs', { min: baseMs, def: 30_000 }) };
+  const tpl = new Templates(c, base);
+  const machines: ModbusMachine[] = [];
+  for (const [i, raw] of machineList(c, top['machines']).entries()) {
+    const key = `machines[${i}]`;
+    const m = c.obj(raw, key, [...MACHINE_KEYS, 'device']);
+    const d = c.obj(m['device'], `${key}.device`, ['host', 'port', 'unitId', 'pollMs', 'timeoutMs']);
+    const device: ModbusDevice = {
+      host: c.str(d['host'], `${key}.device.host`, undefined, 'a host name or IP address'),
+      port: c.num(d['port'], `${key}.device.port`, { min: 1, max: 65535, int: true, def: 502 }),
+      unitId: c.num(d['unitId'], `${key}.device.unitId`, { min: 0, max: 255, int: true, def: 1 }),
+      pollMs: c.num(d['pollMs'], `${key}.device.pollMs`, { min: 50, def: 1000 }),
+      timeoutMs: c.num(d['timeoutMs'], `${key}.device.timeoutMs`, { min: 10, def: 1000 }),
+    };
+    const rs = c.obj(m['readings'], `${key}.readings`, Object.keys((m['readings'] as Obj | undefined) ?? {}));
+    const readings = new Map<string, ModbusReading>();
+    for (const [name, spec] of Object.entries(rs)) {
+      const rk = `${key}.readings.${name}`;
+      const r = c.obj(spec, rk, ['table', 'address', 'type', 'wordOrder', 'scale', 'offset']);
+      const table = c.oneOf(r['table'], `${rk}.table`, ['holding', 'input', 'coil', 'discrete'] as const);
+      const bits = table === 'coil' || table === 'discrete';
+      if (bits && (r['type'] !== undefined || r['wordOrder'] !== undefined || r['scale'] !== undefined || r['offset'] !== undefined)) c.fail(rk, `no type, wordOrder, scale or offset on a ${table} (it reads as true/false)`, r);
+      const type = bits ? 'uint16' : c.oneOf(r['type'], `${rk}.type`, ['int16', 'uint16', 'int32', 'uint32', 'float32'] as const, 'uint16');
+      readings.set(name, {
+        table,
+        address: c.num(r['address'], `${rk}.address`, { min: 0, max: type === 'int16' || type === 'uint16' ? 65535 : 65534, int: true }),
+        type,
+        wordOrder: c.oneOf(r['wordOrder'], `${rk}.wordOrder`, ['big', 'little'] as const, 'big'),
+        scale: c.num(r['scale'], `${rk}.scale`, { def: 1 }),
+        offset: c.num(r['offset'], `${rk}.offset`, { def: 0 }),
+      });
+    }
+    const common = await machineCommon(c, tpl, m, key, readings);
+    machines.push({ ...common, device });
+  }
+  uniqueNames(c, machines);
+  return { file, broker, dataDir, reconnect, machines };
+}
+
+/** Parses a `qis bridge sparkplug` config (already read as text). */
+export async function parseSparkplugConfig(text: string, file: string): Promise<SparkplugBridgeConfig> {
+  const c = new Check(file);
+  const base = dirname(resolve(file));
+  const top = c.obj(parseConfigText(text, file), '(top level)', ['broker', 'dataDir', 'sparkplug', 'machines']);
+  const broker = await brokerTarget(c, base, top['broker']);
+  const dataDir = resolve(base, c.str(top['dataDir'], 'dataDir', undefined, 'a directory path (one key and outbox per machine below it)'));
+  const s = c.obj(top['sparkplug'], 'sparkplug', ['url', 'group', 'clientId', 'username', 'passwordFile', 'rebirthIntervalMs']);
+  const TOKEN = /^[^/+#]+$/;
+  const pw = await password(c, base, s, 'sparkplug');
+  const sparkplug = {
+    url: c.str(s['url'], 'sparkplug.url', /^(mqtts?|wss?):\/\/./, "the factory broker's mqtt://, mqtts://, ws:// or wss:// URL"),
+    group: c.str(s['group'], 'sparkplug.group', TOKEN, 'a Sparkplug group id (no "/", "+" or "#")'),
+    rebirthIntervalMs: c.num(s['rebirthIntervalMs'], 'sparkplug.rebirthIntervalMs', { min: 0, def: 5000 }),
+    ...(s['clientId'] === undefined ? {} : { clientId: c.str(s['clientId'], 'sparkplug.clientId') }),
+    ...(s['username'] === undefined ? {} : { username: c.str(s['username'], 'sparkplug.username') }),
+    ...(pw === undefined ? {} : { password: pw }),
+  };
+  const tpl = new Templates(c, base);
+  const machines: SparkplugMachine[] = [];
+  for (const [i, raw] of machineList(c, top['machines']).entries()) {
+    const key = `machines[${i}]`;
+    const m = c.obj(raw, key, [...MACHINE_KEYS, 'source']);
+    const src = c.obj(m['source'], `${key}.source`, ['edgeNode', 'device']);
+    const edgeNode = c.str(src['edgeNode'], `${key}.source.edgeNode`, TOKEN, 'a Sparkplug edge node id (no "/", "+" or "#")');
+    const device = src['device'] === undefined ? undefined : c.str(src['device'], `${key}.source.device`, TOKEN, 'a Sparkplug device id (no "/", "+" or "#")');
+    const rs = c.obj(m['readings'], `${key}.readings`, Object.keys((m['readings'] as Obj | undefined) ?? {}));
+    const readings = new Map<string, SparkplugReading>();
+    for (const [name, spec] of Object.entries(rs)) {
+      const rk = `${key}.readings.${name}`;
+      if (typeof spec === 'string') {
+        readings.set(name, { metric: c.str(spec, rk), scale: 1, offset: 0 });
+        continue;
+      }
+      const r = c.obj(spec, rk, ['metric', 'scale', 'offset']);
+      readings.set(name, { metric: c.str(r['metric'], `${rk}.metric`, undefined, 'a metric name as in the NBIRTH/DBIRTH'), scale: c.num(r['scale'], `${rk}.scale`, { def: 1 }), offset: c.num(r['offset'], `${rk}.offset`, { def: 0 }) });
+    }
+    const common = await machineCommon(c, tpl, m, key, readings);
+    machines.push({ ...common, edgeNode, ...(device === undefined ? {} : { device }) });
+  }
+  uniqueNames(c, machines);
+  return { file, broker, dataDir, sparkplug, machines };
+}
+
+export async function loadModbusConfig(file: string): Promise<ModbusBridgeConfig> {
+  return parseModbusConfig(await readConfig(file), file);
+}
+
+export async function loadSparkplugConfig(file: string): Promise<SparkplugBridgeConfig> {
+  return parseSparkplugConfig(await readConfig(file), file);
+}

@@ -1,0 +1,18 @@
+/** firmware-bridge: outcomes from PLCs (Modbus TCP) and factory MQTT (Sparkplug B). */
+export { startModbusBridge, startSparkplugBridge, readMachine, type Bridge, type BridgeEvent, type BridgeOptions, type DeviceStatus } from './bridge.js';
+export {
+  loadModbusConfig,
+  loadSparkplugConfig,
+  parseModbusConfig,
+  parseSparkplugConfig,
+  type ModbusBridgeConfig,
+  type SparkplugBridgeConfig,
+  type ModbusMachine,
+  type SparkplugMachine,
+  type Rule,
+  type Trigger,
+  type ValueSpec,
+} from './config.js';
+export { MachineMapper, isSkip, type Emission, type Skip, type ReadingValue } from './mapping.js';
+export { ModbusTcpClient, ModbusException, decodeRegisters, encodeReadRequest, parseReadResponse, takeFrame, registerCount, EXCEPTION_NAMES, type Table, type RegisterType, type WordOrder } from './modbus.js';
+export { decodeSparkplugPayload, encodeRebirthRequest, metricValue, parseSparkplugTopic, ncmdTopic, EdgeNodeState, DATATYPE, type Payload, type Metric, type MetricValue, type SparkplugTopic } from './sparkplug.js';

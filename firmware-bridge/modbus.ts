@@ -1,0 +1,213 @@
+/**
+ * A small Modbus TCP client: MBAP framing and the four read functions (1 coils, 2 discrete
+ * inputs, 3 holding registers, 4 input registers), plus decoding of register values (int16,
+ * uint16, int32, uint32, float32 with word order, scale and offset). Written here instead of
+ * taken from a package: the framing is about a hundred lines, and the bridge needs exactly these
+ * four reads with its own timeout and reconnect policy.
+ */
+import { connect, type Socket } from 'node:net';
+import { QisError } from '../src/index.js';
+
+export type Table = 'coil' | 'discrete' | 'holding' | 'input';
+export type RegisterType = 'int16' | 'uint16' | 'int32' | 'uint32' | 'float32';
+export type WordOrder = 'big' | 'little';
+
+/** Modbus function code of each table's read. */
+export const READ_FUNCTION: Readonly<Record<Table, number>> = { coil: 1, discrete: 2, holding: 3, input: 4 };
+
+/** Modbus exception codes (Modbus Application Protocol v1.1b3 §7). */
+export const EXCEPTION_NAMES: Readonly<Record<number, string>> = {
+  1: 'illegal function',
+  2: 'illegal data address',
+  3: 'illegal data value',
+  4: 'server device failure',
+  5: 'acknowledge',
+  6: 'server device busy',
+  8: 'memory parity error',
+  10: 'gateway path unavailable',
+  11: 'gateway target device failed to respond',
+};
+
+/** A device's exception response: `exception` is the Modbus exception code. */
+export class ModbusException extends QisError {
+  readonly exception: number;
+  readonly fn: number;
+  constructor(fn: number, exception: number) {
+    super('ERR_MODBUS_EXCEPTION', `function ${fn}: exception ${exception} (${EXCEPTION_NAMES[exception] ?? 'unknown'})`);
+    this.fn = fn;
+    this.exception = exception;
+  }
+}
+
+/** Number of 16-bit registers a type takes. */
+export const registerCount = (type: RegisterType): number => (type === 'int16' || type === 'uint16' ? 1 : 2);
+
+/** The request ADU for reading `count` items from `address` (MBAP header + PDU). */
+export function encodeReadRequest(txId: number, unitId: number, fn: number, address: number, count: number): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeUInt16BE(txId & 0xffff, 0);
+  b.writeUInt16BE(0, 2); // protocol id: Modbus
+  b.writeUInt16BE(6, 4); // unit id + 5 PDU bytes
+  b.writeUInt8(unitId, 6);
+  b.writeUInt8(fn, 7);
+  b.writeUInt16BE(address, 8);
+  b.writeUInt16BE(count, 10);
+  return b;
+}
+
+/** One complete ADU taken from the front of `buf`, or undefined when more bytes are needed. */
+export function takeFrame(buf: Buffer): { txId: number; unitId: number; pdu: Buffer; rest: Buffer } | undefined {
+  if (buf.length < 7) return undefined;
+  const protocol = buf.readUInt16BE(2);
+  const length = buf.readUInt16BE(4);
+  if (protocol !== 0 || length < 2 || length > 254) throw new QisError('ERR_DEVICE_UNREACHABLE', `not a Modbus TCP response (protocol id ${protocol}, length ${length})`);
+  if (buf.length < 6 + length) return undefined;
+  return { txId: buf.readUInt16BE(0), unitId: buf.readUInt8(6), pdu: buf.subarray(7, 6 + length), rest: buf.subarray(6 + length) };
+}
+
+/**
+ * The data of a read response PDU: register bytes (functions 3, 4) or bits (functions 1, 2).
+ * @throws ModbusException for an exception response; QisError ERR_DEVICE_UNREACHABLE for a malformed one
+ */
+export function parseReadResponse(pdu: Buffer, fn: number, count: number): Buffer | boolean[] {
+  const got = pdu.readUInt8(0);
+  if (got === (fn | 0x80)) throw new ModbusException(fn, pdu.length > 1 ? pdu.readUInt8(1) : 0);
+  const bad = (why: string): QisError => new QisError('ERR_DEVICE_UNREACHABLE', `malformed response to function ${fn}: ${why}`);
+  if (got !== fn) throw bad(`function ${got}`);
+  const n = pdu.readUInt8(1);
+  const data = pdu.subarray(2);
+  if (data.length !== n) throw bad(`byte count ${n} but ${data.length} bytes`);
+  if (fn === 3 || fn === 4) {
+    if (n !== count * 2) throw bad(`${n} bytes for ${count} registers`);
+    return Buffer.from(data);
+  }
+  if (n !== Math.ceil(count / 8)) throw bad(`${n} bytes for ${count} bits`);
+  return Array.from({ length: count }, (_, i) => ((data[i >> 3]! >> (i & 7)) & 1) === 1);
+}
+
+/** A register value from its registers' bytes (big-endian within a register), then × scale + offset. */
+export function decodeRegisters(bytes: Buffer, type: RegisterType, wordOrder: WordOrder = 'big', scale = 1, offset = 0): number {
+  let b = bytes;
+  if (registerCount(type) === 2 && wordOrder === 'little') b = Buffer.concat([bytes.subarray(2, 4), bytes.subarray(0, 2)]);
+  let raw: number;
+  switch (type) {
+    case 'int16': raw = b.readInt16BE(0); break;
+    case 'uint16': raw = b.readUInt16BE(0); break;
+    case 'int32': raw = b.readInt32BE(0); break;
+    case 'uint32': raw = b.readUInt32BE(0); break;
+    case 'float32': raw = b.readFloatBE(0); break;
+  }
+  return raw * scale + offset;
+}
+
+interface Pending {
+  readonly fn: number;
+  readonly count: number;
+  readonly resolve: (v: Buffer | boolean[]) => void;
+  readonly reject: (e: Error) => void;
+  readonly timer: NodeJS.Timeout;
+}
+
+/**
+ * One TCP connection to one Modbus device. Requests are sent one at a time (many PLCs and
+ * gateways answer only one); a request that gets no answer within its timeout rejects with
+ * ERR_TIMEOUT and the caller is expected to close the connection (a late answer is ignored).
+ */
+export class ModbusTcpClient {
+  private socket: Socket | undefined;
+  private buf: Buffer = Buffer.alloc(0);
+  private txId = 0;
+  private pending = new Map<number, Pending>();
+  private queue: Promise<unknown> = Promise.resolve();
+  private closedError: Error | undefined;
+
+  private constructor(readonly label: string) {}
+
+  /** Connects, or rejects with ERR_DEVICE_UNREACHABLE (refused, unreachable, or not connected within timeoutMs). */
+  static connect(host: string, port: number, timeoutMs: number, label = `${host}:${port}`): Promise<ModbusTcpClient> {
+    const c = new ModbusTcpClient(label);
+    return new Promise((resolve, reject) => {
+      const socket = connect({ host, port });
+      const fail = (why: string): void => {
+        clearTimeout(timer);
+        socket.destroy();
+        reject(new QisError('ERR_DEVICE_UNREACHABLE', `${label}: ${why}`));
+      };
+      const timer = setTimeout(() => fail(`no connection within ${timeoutMs} ms`), timeoutMs);
+      socket.once('error', (e) => fail(e.message));
+      socket.once('connect', () => {
+        // With nothing listening on a local port in the ephemeral range, the kernel can connect
+        // a socket to itself (TCP simultaneous open): that is not the device.
+        if (socket.localPort === socket.remotePort && socket.localAddress === socket.remoteAddress) return fail('nothing listens (the connection reached itself)');
+        clearTimeout(timer);
+        socket.removeAllListeners('error');
+        socket.setNoDelay(true);
+        c.attach(socket);
+        resolve(c);
+      });
+    });
+  }
+
+  private attach(socket: Socket): void {
+    this.socket = socket;
+    socket.on('data', (chunk: Buffer) => {
+      this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+      try {
+        for (let f = takeFrame(this.buf); f; f = takeFrame(this.buf)) {
+          this.buf = f.rest;
+          const p = this.pending.get(f.txId);
+          if (!p) continue; // a late answer to a request that timed out
+          this.pending.delete(f.txId);
+          clearTimeout(p.timer);
+          try {
+            p.resolve(parseReadResponse(f.pdu, p.fn, p.count));
+          } catch (e) {
+            p.reject(e as Error);
+          }
+        }
+      } catch (e) {
+        this.fail(e as Error);
+      }
+    });
+    socket.on('error', (e) => this.fail(new QisError('ERR_DEVICE_UNREACHABLE', `${this.label}: ${e.message}`)));
+    socket.on('close', () => this.fail(new QisError('ERR_DEVICE_UNREACHABLE', `${this.label}: connection closed`)));
+  }
+
+  private fail(e: Error): void {
+    this.closedError ??= e;
+    this.socket?.destroy();
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(this.closedError);
+    }
+    this.pending.clear();
+  }
+
+  get closed(): boolean {
+    return this.closedError !== undefined;
+  }
+
+  /** Reads `count` items of `table` from `address`: register bytes or bits. */
+  read(unitId: number, table: Table, address: number, count: number, timeoutMs: number): Promise<Buffer | boolean[]> {
+    const run = (): Promise<Buffer | boolean[]> =>
+      new Promise((resolve, reject) => {
+        if (this.closedError) return reject(this.closedError);
+        const fn = READ_FUNCTION[table];
+        this.txId = (this.txId + 1) & 0xffff;
+        const id = this.txId;
+        const timer = setTimeout(() => {
+          this.pending.delete(id);
+          reject(new QisError('ERR_TIMEOUT', `${this.label}: no answer to function ${fn} at ${address} within ${timeoutMs} ms`));
+        }, timeoutMs);
+        this.pending.set(id, { fn, count, resolve, reject, timer });
+        this.socket!.write(encodeReadRequest(id, unitId, fn, address, count));
+      });
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
+
+  close(): void {
+    this.fail(new QisError('ERR_CLOSED', `${this.label}: closed`));
+  }
+}
