@@ -205,6 +205,8 @@ function section(checks: Record<string, Check>, expected = 'a mapping'): Check {
   };
 }
 
+const positiveMs = (c: Ctx, v: unknown, p: string): number => int(c, v, p, 1, Number.MAX_SAFE_INTEGER, 'a positive integer (milliseconds)');
+
 const PEER_KEYS = ['url', 'name', 'ca', 'cert', 'key', 'rejectUnauthorized', 'username', 'passwordFile', 'share', 'accept', 'rateLimit'] as const;
 
 function templateList(c: Ctx, v: unknown, p: string): string[] {
@@ -244,13 +246,20 @@ function peer(c: Ctx, v: unknown, path: string): Obj {
 }
 
 function federation(c: Ctx, v: unknown, path: string): Obj {
-  const m = mapping(c, v, path, ['region', 'peers'], 'a mapping {region: NAME, peers: [{url, …}, …]}');
+  const m = mapping(c, v, path, ['region', 'peers', 'reconnect'], 'a mapping {region: NAME, peers: [{url, …}, …], reconnect?: {baseMs, capMs}}');
   const region = typeof m.region === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(m.region) ? m.region : c.fail(`${path}.region`, "a region name (1-64 letters, digits, '.', '_' or '-')", m.region);
   const peers = m.peers === undefined ? [] : list(c, m.peers, `${path}.peers`, 'a list of peers {url, …}').map((x, i) => peer(c, x, `${path}.peers[${i}]`));
-  return { region, peers };
+  const out: Obj = { region, peers };
+  if (m.reconnect !== undefined) {
+    const r = mapping(c, m.reconnect, `${path}.reconnect`, ['baseMs', 'capMs'], 'a mapping {baseMs, capMs}');
+    const baseMs = r.baseMs === undefined ? 500 : positiveMs(c, r.baseMs, `${path}.reconnect.baseMs`);
+    const capMs = r.capMs === undefined ? Math.max(30_000, baseMs) : positiveMs(c, r.capMs, `${path}.reconnect.capMs`);
+    if (capMs < baseMs) c.fail(`${path}.reconnect.capMs`, `at least baseMs (${baseMs})`, capMs);
+    out.reconnect = { baseMs, capMs };
+  }
+  return out;
 }
 
-const positiveMs = (c: Ctx, v: unknown, p: string): number => int(c, v, p, 1, Number.MAX_SAFE_INTEGER, 'a positive integer (milliseconds)');
 
 /** One check per key of BrokerOptions: the Record type makes the compiler demand each. */
 const TOP: Record<keyof BrokerOptions, Check> = {

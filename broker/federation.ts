@@ -306,7 +306,7 @@ class Link {
   private admitting = 0;
   private readonly waiters = new Map<string, (payload: Buffer) => void>();
   private readonly rate: RateLimiter;
-  private readonly backoff = backoffOptions({ baseMs: 500, capMs: 30_000 });
+  private readonly backoff: ReturnType<typeof backoffOptions>;
   private later: NodeJS.Timeout | undefined;
   private bytes = 0;
 
@@ -321,6 +321,7 @@ class Link {
     this.clientId = `${LINK_CLIENT_PREFIX}${o.region}-${i}`;
     this.log = host.logger.child({ peer: this.name });
     this.rate = new RateLimiter(p.rateLimit, Math.max(100, p.rateLimit));
+    this.backoff = backoffOptions(o.reconnect ?? {});
     this.m.up.set({ peer: this.name }, 0);
     this.connect();
   }

@@ -65,6 +65,8 @@ export interface FederationOptions {
   /** This region's name (letters, digits, '.', '_', '-'): the links' client ids are qis-fed-<region>-<i>. */
   readonly region: string;
   readonly peers: readonly PeerOptions[];
+  /** Link reconnect backoff with full jitter, ms (default base 500, cap 30,000). */
+  readonly reconnect?: { readonly baseMs: number; readonly capMs: number };
 }
 
 export interface BrokerOptions {
