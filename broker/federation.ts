@@ -72,6 +72,8 @@ export interface LinkStatus {
   readonly peerKind: 'qis' | 'mqtt' | 'unknown';
   readonly catchUps: number;
   readonly lastCatchUp?: CatchUpReport;
+  /** The last 8 catch-ups, oldest first. */
+  readonly history: readonly CatchUpReport[];
 }
 
 export interface CatchUpReport {
@@ -180,6 +182,25 @@ export function answerRequest(store: Store, req: Req): Record<string, unknown> {
   }
 }
 
+/** A batch of forwarded packets from a peer's link (op 'put'), or undefined when the payload is not one. */
+export function parsePut(payload: Buffer): { id: string; items: [string, Buffer][] } | undefined {
+  if (!payload.subarray(0, 64).includes('"op":"put"')) return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(payload.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  const r = v as { id?: unknown; op?: unknown; items?: unknown };
+  if (typeof r !== 'object' || r === null || r.op !== 'put' || typeof r.id !== 'string' || r.id.length > 64 || !Array.isArray(r.items) || r.items.length > 10_000) return undefined;
+  const items: [string, Buffer][] = [];
+  for (const it of r.items as unknown[]) {
+    if (!Array.isArray(it) || typeof it[0] !== 'string' || typeof it[1] !== 'string') return undefined;
+    items.push([it[0], Buffer.from(it[1], 'base64')]);
+  }
+  return { id: r.id, items };
+}
+
 /** A catch-up request's payload → the response payload (undefined for a malformed request). */
 export function answerPayload(store: Store, payload: Buffer): Buffer | undefined {
   const req = parseReq(payload);
@@ -246,6 +267,14 @@ const MAX_INBOX = 20_000;
 /** Admissions of received packets in flight at once. */
 const ADMIT_CONCURRENCY = 32;
 const KEYS_PER_GET = 500;
+/** Packets per 'put' batch to a qis peer. */
+const BATCH = 256;
+
+function chunks<T>(xs: readonly T[], n: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < xs.length; i += n) out.push(xs.slice(i, i + n));
+  return out;
+}
 const RANGES_PER_LIST = 64;
 
 /**
@@ -298,6 +327,7 @@ class Link {
   private peerKind: 'qis' | 'mqtt' | 'unknown' = 'unknown';
   private catchUps = 0;
   private lastCatchUp: CatchUpReport | undefined;
+  private readonly history: CatchUpReport[] = [];
   private catching: Promise<void> | undefined;
   private catchAgain = false;
   private pending = 0;
@@ -327,7 +357,7 @@ class Link {
   }
 
   status(): LinkStatus {
-    return { peer: this.name, connected: this.connected, peerKind: this.peerKind, catchUps: this.catchUps, ...(this.lastCatchUp ? { lastCatchUp: this.lastCatchUp } : {}) };
+    return { peer: this.name, connected: this.connected, peerKind: this.peerKind, catchUps: this.catchUps, ...(this.lastCatchUp ? { lastCatchUp: this.lastCatchUp } : {}), history: [...this.history] };
   }
 
   private connect(): void {
@@ -455,6 +485,8 @@ class Link {
         const report: CatchUpReport = { ...r, bytes: this.bytes, ms: Math.round(performance.now() - t0) };
         this.catchUps++;
         this.lastCatchUp = report;
+        this.history.push(report);
+        if (this.history.length > 8) this.history.shift();
         this.m.catchUps.inc({ peer: this.name, mode: report.mode });
         this.m.catchUpBytes.inc({ peer: this.name }, report.bytes);
         this.log.info(report, 'federation catch-up done');
@@ -471,10 +503,10 @@ class Link {
     return this.p.share.includes('*') || this.p.accept.includes('*') ? '*' : [...new Set([...this.p.share, ...this.p.accept])].sort();
   }
 
-  private async request(c: MqttClient, body: Record<string, unknown>): Promise<Record<string, unknown>> {
+  private async request(c: MqttClient, body: Record<string, unknown>, count = true): Promise<Record<string, unknown>> {
     const id = randomBytes(6).toString('hex');
     const payload = Buffer.from(JSON.stringify({ id, ...body }));
-    this.bytes += payload.length;
+    if (count) this.bytes += payload.length;
     const answer = new Promise<Buffer>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiters.delete(id);
@@ -489,7 +521,7 @@ class Link {
     });
     c.publish(`${FED_REQ}${this.clientId}`, payload, { qos: 1 });
     const res = await answer;
-    this.bytes += res.length;
+    if (count) this.bytes += res.length;
     return JSON.parse(res.toString('utf8')) as Record<string, unknown>;
   }
 
@@ -514,20 +546,17 @@ class Link {
       if (!passes(this.p.accept, tplId)) continue;
       if ((this.host.store.seqOf(tplId, nodeId) ?? -1) < seq) want.push([tplId, nodeId]);
     }
-    let sent = 0;
+    const push: [string, Uint8Array][] = [];
     for (const r of diff) {
       for (const k of mine.byRange.get(r) ?? []) {
         if (!passes(this.p.share, k.tplId)) continue;
         const theirSeq = remote.get(`${k.tplId}/${k.nodeId}`)?.[0] ?? -1;
         if (theirSeq >= k.seq) continue;
         const bytes = this.packetOf(k);
-        if (bytes) {
-          this.bytes += bytes[1].length;
-          this.send(bytes[0], bytes[1]);
-          sent++;
-        }
+        if (bytes) push.push(bytes);
       }
     }
+    const sending = Promise.all(chunks(push, BATCH).map((items) => this.put(c, items, true)));
     let received = 0;
     for (let i = 0; i < want.length; i += KEYS_PER_GET) {
       const res = await this.request(c, { op: 'get', keys: want.slice(i, i + KEYS_PER_GET) });
@@ -539,7 +568,7 @@ class Link {
         }),
       );
     }
-    await this.drained();
+    const sent = (await sending).reduce((n, x) => n + x, 0);
     return { mode: 'digest', received, sent };
   }
 
@@ -586,9 +615,16 @@ class Link {
     this.send(topic, payload);
   }
 
+  /** Forwards one packet: to a qis peer in batches (admitted there concurrently, so its disk syncs are shared); otherwise a retained QoS 1 publish. */
   private send(topic: string, payload: Uint8Array): void {
     const c = this.client;
     if (!c) return;
+    if (this.peerKind === 'qis') {
+      this.batch.push([topic, Uint8Array.from(payload)]);
+      if (this.batch.length >= BATCH) this.flushBatch();
+      else this.batchTimer ??= setImmediate(() => this.flushBatch());
+      return;
+    }
     const t0 = performance.now();
     this.pending++;
     this.m.pending.set({ peer: this.name }, this.pending);
@@ -600,14 +636,56 @@ class Link {
         this.m.forwarded.inc({ peer: this.name, direction: 'out' });
         this.m.lag.set({ peer: this.name }, performance.now() - t0);
       }
-      if (this.pending === 0) {
-        for (const w of this.drainWaiters.splice(0)) w();
-        if (this.overflow) {
-          this.overflow = false;
-          void this.catchUpNow();
-        }
-      }
+      this.afterAck();
     });
+  }
+
+  private batch: [string, Uint8Array][] = [];
+  private batchTimer: NodeJS.Immediate | undefined;
+
+  private flushBatch(): void {
+    if (this.batchTimer) clearImmediate(this.batchTimer);
+    this.batchTimer = undefined;
+    const items = this.batch;
+    this.batch = [];
+    const c = this.client;
+    if (items.length === 0 || !c) return;
+    void this.put(c, items, false);
+  }
+
+  /** One batch of packets to a qis peer (op 'put'); resolves with how many it stored. Failures leave the rest to a catch-up. */
+  private async put(c: MqttClient, items: [string, Uint8Array][], count: boolean): Promise<number> {
+    const t0 = performance.now();
+    this.pending += items.length;
+    this.m.pending.set({ peer: this.name }, this.pending);
+    let stored = 0;
+    try {
+      const res = await this.request(c, { op: 'put', items: items.map(([t, b]) => [t, Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64')]) }, count);
+      stored = typeof res.stored === 'number' ? res.stored : 0;
+      this.m.forwarded.inc({ peer: this.name, direction: 'out' }, items.length);
+      this.m.lag.set({ peer: this.name }, performance.now() - t0);
+    } catch (e) {
+      if (this.client === c) {
+        this.log.warn({ err: (e as Error).message, packets: items.length }, 'a batch to the peer failed; a catch-up will send what differs');
+        this.catchUpSoon();
+      }
+    } finally {
+      if (this.client === c) {
+        this.pending = Math.max(0, this.pending - items.length);
+        this.m.pending.set({ peer: this.name }, this.pending);
+        this.afterAck();
+      }
+    }
+    return stored;
+  }
+
+  private afterAck(): void {
+    if (this.pending !== 0) return;
+    for (const w of this.drainWaiters.splice(0)) w();
+    if (this.overflow) {
+      this.overflow = false;
+      void this.catchUpNow();
+    }
   }
 
   private readonly drainWaiters: (() => void)[] = [];

@@ -44,7 +44,7 @@ import type { BrokerConfig, BrokerOptions, ListenerOptions } from './options.js'
 import { createClusterParts } from './cluster.js';
 import { openStore, type Store, type StoredPacket } from './store.js';
 import { createVerifier, defaultWorkers, type Verifier } from './verifier.js';
-import { FEDERATION_PREFIX, FED_REQ, FED_RES, LINK_CLIENT_PREFIX, answerPayload, startFederation, type Federation, type PeerAdmission } from './federation.js';
+import { FEDERATION_PREFIX, FED_REQ, FED_RES, LINK_CLIENT_PREFIX, answerPayload, parsePut, startFederation, type Federation, type PeerAdmission } from './federation.js';
 
 /** Where a dropped (stale) publish is sent instead of its topic: nobody may subscribe here. */
 const DROP_TOPIC = '$qis/dropped';
@@ -339,6 +339,27 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     if (!id.startsWith(LINK_CLIENT_PREFIX) || packet.topic !== `${FED_REQ}${id}` || packet.retain) {
       return refuse(client, packet.topic, 'ERR_NOT_AUTHORIZED', `only a federation link (client id ${LINK_CLIENT_PREFIX}…) may publish on ${FED_REQ}<its client id>, not retained`, cb);
     }
+    const put = parsePut(packet.payload as Buffer);
+    packet.topic = DROP_TOPIC; // acknowledged, delivered to nobody
+    packet.retain = false;
+    if (put) {
+      // Forwarded packets in a batch: each through admission (concurrently, so they share disk
+      // syncs), under the same per-client rate limit as single publishes.
+      cb(null);
+      const counts = { stored: 0, stale: 0, refused: 0 };
+      void Promise.all(
+        put.items.map(async ([topic, payload]) => {
+          if (!rate.take(id, now())) {
+            metrics.refused.inc({ code: 'ERR_RATE_LIMITED' });
+            counts.refused++;
+            return;
+          }
+          const r = await admitFromPeer(topic, payload, id);
+          counts[r.result]++;
+        }),
+      ).then(() => aedes.publish({ cmd: 'publish', topic: `${FED_RES}${id}`, payload: Buffer.from(JSON.stringify({ id: put.id, ...counts })), qos: 1, retain: false, dup: false } as Parameters<Aedes['publish']>[0], () => undefined));
+      return;
+    }
     let answer: Buffer | undefined;
     try {
       // Without links of its own a broker still answers the peers that link to it.
@@ -347,8 +368,6 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     } catch (e) {
       logger.warn({ clientId: id, err: (e as Error).message }, 'federation catch-up request failed');
     }
-    packet.topic = DROP_TOPIC; // acknowledged, delivered to nobody
-    packet.retain = false;
     cb(null);
     if (answer) aedes.publish({ cmd: 'publish', topic: `${FED_RES}${id}`, payload: answer, qos: 1, retain: false, dup: false } as Parameters<Aedes['publish']>[0], () => undefined);
   }
