@@ -490,6 +490,9 @@ class Link {
         this.m.catchUps.inc({ peer: this.name, mode: report.mode });
         this.m.catchUpBytes.inc({ peer: this.name }, report.bytes);
         this.log.info(report, 'federation catch-up done');
+        // Something changed hands: other links may have brought more to the peer meanwhile (a hub
+        // hears from several regions at once), so check again shortly; in sync it costs ~120 bytes.
+        if (report.sent > 0 || report.received > 0) this.catchUpSoon(1_000);
       } while (this.catchAgain);
     };
     this.catching = run()
@@ -504,6 +507,8 @@ class Link {
   }
 
   private async request(c: MqttClient, body: Record<string, unknown>, count = true): Promise<Record<string, unknown>> {
+    // Never queued by mqtt.js while offline: a catch-up at the next connection covers it.
+    if (!c.connected) throw new QisError('ERR_CLOSED', 'link not connected');
     const id = randomBytes(6).toString('hex');
     const payload = Buffer.from(JSON.stringify({ id, ...body }));
     if (count) this.bytes += payload.length;
@@ -768,12 +773,12 @@ class Link {
   }
 
   /** After dropping received packets: a catch-up a little later fetches them again. */
-  private catchUpSoon(): void {
+  private catchUpSoon(delayMs = 5_000): void {
     if (this.later) return;
     this.later = setTimeout(() => {
       this.later = undefined;
       void this.catchUpNow();
-    }, 5_000);
+    }, delayMs);
     this.later.unref();
   }
 

@@ -93,7 +93,14 @@ t.test('federation - partition: publish and delete on both sides, heal: stores i
   t.not(digestOf(a), digestOf(b), 'the sides differ during the partition');
 
   await m.start();
-  await until(() => digestOf(a) === digestOf(b) && digestOf(b) === digestOf(m), 'A, B and M agree after the heal');
+  await until(() => digestOf(a) === digestOf(b) && digestOf(b) === digestOf(m), 'A, B and M agree after the heal').catch(async (e: unknown) => {
+    const show = (r: Region): string => JSON.stringify(r.broker.store.keys?.().map((k) => `${k.nodeId.slice(0, 6)}:${k.seq}${k.del ? 'd' : ''}`).sort());
+    for (const r of [a, b, m]) t.comment(`${r.name} ${show(r)}`);
+    for (const r of [a, b]) t.comment(JSON.stringify(r.broker.federation?.status()));
+    for (const r of [a, b, m]) void r.broker.metricsText().then((x) => t.comment(r.name + '\n' + x.split('\n').filter((l) => /^qis_(fed|refused|dropped|admitted)/.test(l)).join('\n')));
+    await new Promise((r) => setTimeout(r, 200));
+    throw e;
+  });
   // Expected, computed from the scenario (not from the code): 60 − 10 − 10 − 5 (45-49) + 5 new = 40 live.
   for (const r of [a, b, m]) {
     t.equal(r.broker.store.size, 40, `${r.name}: 40 live packets`);
@@ -230,7 +237,7 @@ t.test('federation - catch-up when the stores agree is a digest exchange under 1
   await b.stop();
   await publishAll(a.url, [packetOf(5000, 13, 1)]);
   await b.start();
-  await until(() => b.broker.store.size === 2001, 'B got the one new packet');
+  await until(() => b.broker.store.size === 2001 && (a.broker.federation?.status()[0]?.catchUps ?? 0) >= 3, 'B got the one new packet');
   const r2 = a.broker.federation?.status()[0]?.lastCatchUp;
   t.equal(r2?.sent, 1);
   t.ok(r2 !== undefined && r2.bytes < storeBytes / 50, `one difference costs ${r2?.bytes} bytes`);
