@@ -207,6 +207,60 @@ function section(checks: Record<string, Check>, expected = 'a mapping'): Check {
 
 const positiveMs = (c: Ctx, v: unknown, p: string): number => int(c, v, p, 1, Number.MAX_SAFE_INTEGER, 'a positive integer (milliseconds)');
 
+const PEER_KEYS = ['url', 'name', 'ca', 'cert', 'key', 'rejectUnauthorized', 'username', 'passwordFile', 'share', 'accept', 'rateLimit'] as const;
+
+function templateList(c: Ctx, v: unknown, p: string): string[] {
+  const items = list(c, v, p, "a list of template ids or ['*']");
+  if (items.length === 0) c.fail(p, "at least one template id, or '*' for all", v);
+  return items.map((id, i) => (id === '*' || (typeof id === 'string' && isTplId(id)) ? id : c.fail(`${p}[${i}]`, "a template id (26 lowercase base32 characters) or '*'", id)));
+}
+
+function peer(c: Ctx, v: unknown, path: string): Obj {
+  const r = mapping(c, v, path, PEER_KEYS, 'a peer mapping {url, share?, accept?, rateLimit?, ca?, cert?, key?, …}', 'for a federation peer ');
+  let url: URL | undefined;
+  try {
+    url = typeof r.url === 'string' ? new URL(r.url) : undefined;
+  } catch {
+    url = undefined;
+  }
+  if (!url || !['mqtt:', 'mqtts:', 'tcp:', 'tls:'].includes(url.protocol) || url.hostname === '') c.fail(`${path}.url`, 'an mqtt:// or mqtts:// URL with a host', r.url);
+  const out: Obj = { url: r.url, share: ['*'], accept: ['*'], rateLimit: 0 };
+  if (r.name !== undefined) out.name = text(c, r.name, `${path}.name`, 'a peer name (non-empty string)');
+  for (const k of ['ca', 'cert', 'key', 'passwordFile'] as const) {
+    const f = r[k];
+    if (f === undefined) continue;
+    out[k] = text(c, f, `${path}.${k}`, 'a readable file path');
+    try {
+      accessSync(f as string, fsConstants.R_OK);
+    } catch (e) {
+      c.fail(`${path}.${k}`, `a readable file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, f);
+    }
+  }
+  if ((r.cert === undefined) !== (r.key === undefined)) c.fail(`${path}.${r.cert === undefined ? 'cert' : 'key'}`, 'cert and key together (client certificate for mTLS)', undefined);
+  if (r.rejectUnauthorized !== undefined) out.rejectUnauthorized = typeof r.rejectUnauthorized === 'boolean' ? r.rejectUnauthorized : c.fail(`${path}.rejectUnauthorized`, 'true or false', r.rejectUnauthorized);
+  if (r.username !== undefined) out.username = text(c, r.username, `${path}.username`, 'a user name (non-empty string)');
+  if (r.share !== undefined) out.share = templateList(c, r.share, `${path}.share`);
+  if (r.accept !== undefined) out.accept = templateList(c, r.accept, `${path}.accept`);
+  if (r.rateLimit !== undefined) out.rateLimit = typeof r.rateLimit === 'number' && Number.isFinite(r.rateLimit) && r.rateLimit >= 0 ? r.rateLimit : c.fail(`${path}.rateLimit`, 'a number >= 0 (packets per second from this peer; 0: no limit)', r.rateLimit);
+  return out;
+}
+
+function federation(c: Ctx, v: unknown, path: string): Obj {
+  const m = mapping(c, v, path, ['region', 'peers', 'reconnect'], 'a mapping {region: NAME, peers: [{url, …}, …], reconnect?: {baseMs, capMs}}');
+  const region = typeof m.region === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(m.region) ? m.region : c.fail(`${path}.region`, "a region name (1-64 letters, digits, '.', '_' or '-')", m.region);
+  const peers = m.peers === undefined ? [] : list(c, m.peers, `${path}.peers`, 'a list of peers {url, …}').map((x, i) => peer(c, x, `${path}.peers[${i}]`));
+  const out: Obj = { region, peers };
+  if (m.reconnect !== undefined) {
+    const r = mapping(c, m.reconnect, `${path}.reconnect`, ['baseMs', 'capMs'], 'a mapping {baseMs, capMs}');
+    const baseMs = r.baseMs === undefined ? 500 : positiveMs(c, r.baseMs, `${path}.reconnect.baseMs`);
+    const capMs = r.capMs === undefined ? Math.max(30_000, baseMs) : positiveMs(c, r.capMs, `${path}.reconnect.capMs`);
+    if (capMs < baseMs) c.fail(`${path}.reconnect.capMs`, `at least baseMs (${baseMs})`, capMs);
+    out.reconnect = { baseMs, capMs };
+  }
+  return out;
+}
+
+
 /** One check per key of BrokerOptions: the Record type makes the compiler demand each. */
 const TOP: Record<keyof BrokerOptions, Check> = {
   listeners,
@@ -229,6 +283,7 @@ const TOP: Record<keyof BrokerOptions, Check> = {
   verifyWorkers: (c, v, p) => int(c, v, p, 0, 64, 'an integer 0..64 (0: verify on the main thread)'),
   sweepIntervalMs: positiveMs,
   id: (c, v, p) => text(c, v, p, 'a broker id (non-empty string)'),
+  federation,
 };
 
 const checkLayer = section(TOP, 'a mapping of broker options (listeners, dataDir, fsync, admission, …)') as (c: Ctx, v: unknown, path: string) => Obj;
@@ -329,6 +384,10 @@ export function resolveBrokerOptions(config: BrokerConfig, overrides: BrokerConf
   const httpCtx = b.http !== undefined ? over : base;
   if (isObj(merged.http)) for (const k of ['host', 'port'] as const) HTTP[k](httpCtx, merged.http[k], `http.${k}`);
 
+  if (merged.federation !== undefined && merged.cluster !== undefined) {
+    (b.federation !== undefined ? over : base).fail('federation', 'no federation together with cluster (a clustered region federates through one of its brokers without cluster: not supported yet)', 'both');
+  }
+
   const listenCtx = b.listeners !== undefined ? over : base;
   (merged.listeners as readonly Obj[]).forEach((l, i) => {
     if (l.type !== 'tls') return;
@@ -382,6 +441,8 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'verify-workers', key: 'verifyWorkers', value: 'N', help: 'signature verification threads, 0..64 (default: the cores minus one, at least 1)' },
   { name: 'sweep-interval-ms', key: 'sweepIntervalMs', value: 'MS', help: 'how often expired packets are swept' },
   { name: 'id', key: 'id', value: 'ID', help: 'broker id (default: random)' },
+  { name: 'federation.region', key: 'federation.region', value: 'NAME', help: 'this region\'s name (enables federation with --federation.peer)' },
+  { name: 'federation.peer', key: 'federation.peers', value: 'URL', list: true, help: 'mqtt[s]://HOST:PORT[?share=ID,…&accept=ID,…&rateLimit=N&name=N&ca=F&cert=F&key=F] a peer region\'s broker; replaces the peers of the file' },
 ].map((f) => Object.freeze(f)));
 
 const NUMERIC = new Set(['fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'sweepIntervalMs']);
@@ -417,6 +478,26 @@ function httpFlag(value: string): Obj {
   const m = /^(\[[^\]]*\]|[^:]*):([^:]*)$/.exec(value);
   if (!m) throw cliUsage(`--http expects HOST:PORT (e.g. 127.0.0.1:9100), not "${value}"`);
   return { host: (m[1] ?? '').replace(/^\[(.*)\]$/, '$1'), port: num(m[2] ?? '') };
+}
+
+/** `mqtt://h:p?share=a,b&accept=*&rateLimit=100`: a peer mapping, for the validator to judge. */
+function peerFlag(value: string): Obj {
+  let u: URL;
+  try {
+    u = new URL(value);
+  } catch {
+    throw cliUsage(`--federation.peer expects mqtt://HOST:PORT[?share=ID,…&accept=ID,…&rateLimit=N], not "${value}"`);
+  }
+  const out: Obj = {};
+  for (const [k, v] of u.searchParams) {
+    if (k === 'share' || k === 'accept') out[k] = v.split(',');
+    else if (k === 'rateLimit') out[k] = num(v);
+    else if (k === 'rejectUnauthorized') out[k] = v === 'true' ? true : v === 'false' ? false : v;
+    else out[k] = v;
+  }
+  u.search = '';
+  out.url = u.toString().replace(/\/$/, '');
+  return out;
 }
 
 function aclFlag(name: string, value: string): Obj {
@@ -474,7 +555,7 @@ export function configFromFlags(argv: readonly string[]): BrokerConfig {
         named.set(flag.key, `--${name}`);
       }
       named.set(`${flag.key}[${items.length}]`, `--${name} ${value}`);
-      items.push(name === 'listen' ? listenFlag(value) : name.startsWith('acl.') ? aclFlag(name, value) : value);
+      items.push(name === 'listen' ? listenFlag(value) : name.startsWith('acl.') ? aclFlag(name, value) : name === 'federation.peer' ? peerFlag(value) : value);
     } else {
       parent[leaf] = name === 'http' ? httpFlag(value) : NUMERIC.has(flag.key) ? num(value) : value;
       named.set(flag.key, name === 'http' ? `--http ${value}` : `--${name}`);

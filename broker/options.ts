@@ -39,6 +39,36 @@ export interface AdmissionOptions {
   readonly burst: number;
 }
 
+/** One federation peer (issue 5): a link from this broker to another region's broker. */
+export interface PeerOptions {
+  /** mqtt:// or mqtts:// URL of the peer broker (a qis broker, or any MQTT 3.1.1 broker such as Mosquitto). */
+  readonly url: string;
+  /** Display name in logs and metric labels; default the URL's scheme, host and port. */
+  readonly name?: string;
+  /** TLS: PEM file paths (CA of the peer, client certificate and key for mTLS). */
+  readonly ca?: string;
+  readonly cert?: string;
+  readonly key?: string;
+  readonly rejectUnauthorized?: boolean;
+  readonly username?: string;
+  /** A file whose content (trimmed) is the password. */
+  readonly passwordFile?: string;
+  /** Template ids whose packets go to this peer; ['*'] (default): all. */
+  readonly share: readonly string[];
+  /** Template ids whose packets are taken from this peer; ['*'] (default): all. */
+  readonly accept: readonly string[];
+  /** Packets per second taken from this peer (beyond that they are dropped and fetched by a later catch-up); 0 (default): no limit. */
+  readonly rateLimit: number;
+}
+
+export interface FederationOptions {
+  /** This region's name (letters, digits, '.', '_', '-'): the links' client ids are qis-fed-<region>-<i>. */
+  readonly region: string;
+  readonly peers: readonly PeerOptions[];
+  /** Link reconnect backoff with full jitter, ms (default base 500, cap 30,000). */
+  readonly reconnect?: { readonly baseMs: number; readonly capMs: number };
+}
+
 export interface BrokerOptions {
   readonly listeners: readonly ListenerOptions[];
   /** Durable store directory (retained packets, index, templates). */
@@ -60,6 +90,8 @@ export interface BrokerOptions {
   readonly sweepIntervalMs: number;
   /** Broker id (Aedes id, log field); default random. */
   readonly id?: string;
+  /** Links to other regions' brokers (docs/protocol-choices.md, "Federation"). Default: none. */
+  readonly federation?: FederationOptions;
 }
 
 /** Every key of {@link BrokerOptions} has this default unless noted. */

@@ -44,6 +44,7 @@ import type { BrokerConfig, BrokerOptions, ListenerOptions } from './options.js'
 import { createClusterParts } from './cluster.js';
 import { openStore, type Store, type StoredPacket } from './store.js';
 import { createVerifier, defaultWorkers, type Verifier } from './verifier.js';
+import { FEDERATION_PREFIX, FED_REQ, FED_RES, LINK_CLIENT_PREFIX, answerPayload, parsePut, startFederation, type Federation, type PeerAdmission } from './federation.js';
 
 /** Where a dropped (stale) publish is sent instead of its topic: nobody may subscribe here. */
 const DROP_TOPIC = '$qis/dropped';
@@ -66,6 +67,8 @@ export interface QisBroker extends AsyncDisposable {
   readonly aedes: Aedes;
   readonly store: Store;
   readonly logger: Logger;
+  /** The links to other regions (undefined without `federation` in the options). */
+  readonly federation: Federation | undefined;
   /** Where each listener (and the HTTP endpoint) is bound; ports are real when 0 was asked. */
   addresses(): BrokerAddress[];
   /** Prometheus text exposition of the broker's metrics. */
@@ -133,7 +136,9 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   persistence.createRetainedStreamCombi = (patterns: string[]) => {
     const sub = lastSubscribe;
     lastSubscribe = undefined;
-    const from = Readable.from(retainedFor(patterns, baseStream(patterns), sub?.qos), { objectMode: true });
+    // A federation link gets no stored packets at SUBSCRIBE: its catch-up exchanges only what differs.
+    const link = sub !== undefined && sub.client.id.startsWith(LINK_CLIENT_PREFIX);
+    const from = Readable.from(retainedFor(patterns, baseStream(patterns), sub?.qos, link), { objectMode: true });
     if (!sub) return from;
     // Aedes pipes this stream into the writer that delivers each message to the client; when
     // that writer finishes, every retained message of this SUBSCRIBE has been written.
@@ -154,10 +159,10 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   };
   persistence.createRetainedStream = (pattern: string) => persistence.createRetainedStreamCombi([pattern]);
 
-  async function* retainedFor(patterns: string[], base: Readable, granted: Map<string, number> | undefined): AsyncGenerator<unknown> {
+  async function* retainedFor(patterns: string[], base: Readable, granted: Map<string, number> | undefined, link = false): AsyncGenerator<unknown> {
     const t = now() / 1000;
     for (const p of patterns) {
-      if (!filtersOverlap(p, 'qis/1/o/#')) continue;
+      if (link || !filtersOverlap(p, 'qis/1/o/#')) continue;
       // MQTT-3.8.4-6: delivered at min(the packet's QoS 1, the QoS granted to this filter).
       const qos = Math.min(1, granted?.get(p) ?? 1);
       for (const sp of store.match(p)) {
@@ -235,7 +240,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   }
 
   // ---------------------------------------------------------------- admission of outcome packets
-  async function admitOutcome(client: Client | null, packet: AedesPublishPacket, cb: (e?: Error | null) => void): Promise<void> {
+  async function admitOutcome(client: Client | null, packet: AedesPublishPacket, cb: (e?: Error | null) => void, origin?: string): Promise<void> {
     const topic = packet.topic;
     const payload = packet.payload as Buffer;
     if (store.failure) return refuse(client, topic, 'ERR_FILE_IO', store.failure.message, cb);
@@ -249,11 +254,13 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     const d = decide(v, store.seqOf(pre.tplId, pre.nodeId));
     if (carryOut(d, client, packet, cb) || !v.ok) return;
     if (v.packet.del) {
-      const r = await store.remove({ tplId: pre.tplId, nodeId: pre.nodeId, seq: v.packet.seq });
+      // The signed tombstone is kept (for the tombstone TTL) as the proof a federation peer needs.
+      const r = await store.remove({ tplId: pre.tplId, nodeId: pre.nodeId, seq: v.packet.seq, topic, packet: bytes });
       if ('stale' in r) return drop(client, packet, 'ERR_SEQ_STALE', 'tombstone not newer than the stored seq', cb);
       metrics.admitted.inc({ kind: 'tombstone' });
       packet.retain = false; // live watchers see the withdrawal; nothing is retained
       forwardIfGone(client, packet);
+      federation?.admitted(topic, bytes, origin);
       return cb(null);
     }
     // The store copies the bytes out of Aedes' read buffer.
@@ -263,8 +270,58 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     metrics.admitted.inc({ kind: r.replaced && r.replaced.topic !== topic ? 'move' : 'packet' });
     packet.retain = true;
     forwardIfGone(client, packet);
+    federation?.admitted(topic, bytes, origin);
     cb(null);
   }
+
+  /** A template document (qis/1/t/<tplId>): checked, written durably, kept; forwarded to peers when new. */
+  function admitTemplate(client: Client | null, packet: AedesPublishPacket, cb: (e?: Error | null) => void, origin?: string): void {
+    const topic = packet.topic;
+    // Template documents are small and few; they are kept forever, so both are bounded.
+    const size = (packet.payload as Buffer).length;
+    if (size > MAX_TEMPLATE_BYTES) return refuse(client, topic, 'ERR_PACKET_TOO_LARGE', `template document of ${size} bytes; at most ${MAX_TEMPLATE_BYTES}`, cb);
+    if (!templates.has(topic.slice('qis/1/t/'.length)) && templates.size >= MAX_TEMPLATES) {
+      return refuse(client, topic, 'ERR_TEMPLATE_UNKNOWN', `this broker already holds ${MAX_TEMPLATES} template documents`, cb);
+    }
+    const c = checkTemplate(topic, packet.payload as Buffer);
+    if (!c.ok) return refuse(client, topic, c.code, c.message, cb);
+    const bytes = Uint8Array.from(packet.payload as Buffer);
+    const old = templates.get(c.tplId);
+    const isNew = old === undefined || Buffer.compare(old.packet, bytes) !== 0;
+    writeFileDurable(join(templateDir, `${c.tplId}.cose`), bytes).then(
+      () => {
+        templates.set(c.tplId, { depth: c.depth, packet: bytes });
+        packet.retain = true;
+        metrics.admitted.inc({ kind: 'template' });
+        // Only a new document travels on: the same bytes again would circle a ring for ever.
+        if (isNew) federation?.admitted(topic, bytes, origin);
+        cb(null);
+      },
+      (e: unknown) => refuse(client, topic, 'ERR_FILE_IO', (e as Error).message, cb),
+    );
+  }
+
+  /** A packet received over a federation link: the same admission as a client's publish, then local delivery. */
+  function admitFromPeer(topic: string, payload: Buffer, origin: string): Promise<PeerAdmission> {
+    return new Promise((resolve) => {
+      const packet = { cmd: 'publish', topic, payload, qos: 1, retain: true, dup: false, messageId: 0 } as unknown as AedesPublishPacket;
+      const cb = (e?: Error | null): void => {
+        if (e) {
+          const code: ErrorCode = e instanceof QisError ? e.code : 'ERR_INTERNAL';
+          return resolve({ result: 'refused', code, message: e.message });
+        }
+        if (packet.topic === DROP_TOPIC) return resolve({ result: 'stale' });
+        aedes.publish({ cmd: 'publish', topic: packet.topic, payload, qos: 1, retain: packet.retain, dup: false } as Parameters<Aedes['publish']>[0], () => resolve({ result: 'stored' }));
+      };
+      if (topic.startsWith('qis/1/t/')) return admitTemplate(null, packet, cb, origin);
+      if (!topic.startsWith('qis/1/o/')) return resolve({ result: 'refused', code: 'ERR_TOPIC_INVALID', message: `${topic} is not forwarded between regions` });
+      admitOutcome(null, packet, cb, origin).catch((e: unknown) => {
+        logger.error({ err: e, origin }, 'admission of a peer packet failed');
+        cb(e instanceof Error ? e : new Error(String(e)));
+      });
+    });
+  }
+  let federation: Federation | undefined;
 
   /**
    * Aedes forwards a publish to live subscribers only after writing its PUBACK; when the publisher
@@ -273,6 +330,46 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   function forwardIfGone(client: Client | null, packet: AedesPublishPacket): void {
     if (!client || !(client as Client & { closed?: boolean }).closed) return;
     aedes.publish({ cmd: 'publish', topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: false, dup: false } as Parameters<Aedes['publish']>[0], () => undefined);
+  }
+
+  // ---------------------------------------------------------------- federation catch-up requests (qis/1/f/req/<clientId>)
+  /** A peer's link asks for digests or packets: answered on qis/1/f/res/<its clientId>, to it alone. */
+  function federationRequest(client: Client | null, packet: AedesPublishPacket, cb: (e?: Error | null) => void): void {
+    const id = client?.id ?? '';
+    if (!id.startsWith(LINK_CLIENT_PREFIX) || packet.topic !== `${FED_REQ}${id}` || packet.retain) {
+      return refuse(client, packet.topic, 'ERR_NOT_AUTHORIZED', `only a federation link (client id ${LINK_CLIENT_PREFIX}…) may publish on ${FED_REQ}<its client id>, not retained`, cb);
+    }
+    const put = parsePut(packet.payload as Buffer);
+    packet.topic = DROP_TOPIC; // acknowledged, delivered to nobody
+    packet.retain = false;
+    if (put) {
+      // Forwarded packets in a batch: each through admission (concurrently, so they share disk
+      // syncs), under the same per-client rate limit as single publishes.
+      cb(null);
+      const counts = { stored: 0, stale: 0, refused: 0 };
+      void Promise.all(
+        put.items.map(async ([topic, payload]) => {
+          if (!rate.take(id, now())) {
+            metrics.refused.inc({ code: 'ERR_RATE_LIMITED' });
+            counts.refused++;
+            return;
+          }
+          const r = await admitFromPeer(topic, payload, id);
+          counts[r.result]++;
+        }),
+      ).then(() => aedes.publish({ cmd: 'publish', topic: `${FED_RES}${id}`, payload: Buffer.from(JSON.stringify({ id: put.id, ...counts })), qos: 1, retain: false, dup: false } as Parameters<Aedes['publish']>[0], () => undefined));
+      return;
+    }
+    let answer: Buffer | undefined;
+    try {
+      // Without links of its own a broker still answers the peers that link to it.
+      answer = answerPayload(store, packet.payload as Buffer);
+      if (!answer) logger.warn({ clientId: id }, 'malformed federation catch-up request ignored');
+    } catch (e) {
+      logger.warn({ clientId: id, err: (e as Error).message }, 'federation catch-up request failed');
+    }
+    cb(null);
+    if (answer) aedes.publish({ cmd: 'publish', topic: `${FED_RES}${id}`, payload: answer, qos: 1, retain: false, dup: false } as Parameters<Aedes['publish']>[0], () => undefined);
   }
 
   // ---------------------------------------------------------------- template documents (qis/1/t/<tplId>)
@@ -323,28 +420,11 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
         case 'broker-info':
           return refuse(client, topic, 'ERR_NOT_AUTHORIZED', `${BROKER_INFO_TOPIC} is written by the broker only`, cb);
         case 'qis-reserved':
+          if (topic.startsWith(FEDERATION_PREFIX)) return federationRequest(client, packet, cb);
           return refuse(client, topic, 'ERR_TOPIC_INVALID', 'not a qis/1 topic this broker knows (o, t, sync)', cb);
         case 'template': {
           if (carryOut(checkRate(rate, clientId, now()), client, packet, cb)) return;
-          // Template documents are small and few; they are kept forever, so both are bounded.
-          const size = (packet.payload as Buffer).length;
-          if (size > MAX_TEMPLATE_BYTES) return refuse(client, topic, 'ERR_PACKET_TOO_LARGE', `template document of ${size} bytes; at most ${MAX_TEMPLATE_BYTES}`, cb);
-          if (!templates.has(topic.slice('qis/1/t/'.length)) && templates.size >= MAX_TEMPLATES) {
-            return refuse(client, topic, 'ERR_TEMPLATE_UNKNOWN', `this broker already holds ${MAX_TEMPLATES} template documents`, cb);
-          }
-          const c = checkTemplate(topic, packet.payload as Buffer);
-          if (!c.ok) return refuse(client, topic, c.code, c.message, cb);
-          const bytes = Uint8Array.from(packet.payload as Buffer);
-          writeFileDurable(join(templateDir, `${c.tplId}.cose`), bytes).then(
-            () => {
-              templates.set(c.tplId, { depth: c.depth, packet: bytes });
-              packet.retain = true;
-              metrics.admitted.inc({ kind: 'template' });
-              cb(null);
-            },
-            (e: unknown) => refuse(client, topic, 'ERR_FILE_IO', (e as Error).message, cb),
-          );
-          return;
+          return admitTemplate(client, packet, cb, undefined);
         }
         case 'outcome':
           if (carryOut(checkRate(rate, clientId, now()), client, packet, cb)) return;
@@ -505,11 +585,22 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     return out;
   };
   logger.info({ listeners: addresses(), verifyWorkers: verifier.workers, fsync: o.fsync }, 'broker listening');
+  if (o.federation !== undefined && o.federation.peers.length > 0) {
+    federation = startFederation(o.federation, {
+      store,
+      logger: logger.child({ region: o.federation.region }),
+      registry: metrics.registry,
+      admit: admitFromPeer,
+      templates: () => [...templates].map(([id, t]): [string, Uint8Array] => [`qis/1/t/${id}`, t.packet]),
+      now,
+    });
+  }
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       clearInterval(sweep);
+      await federation?.close();
       for (const t of holdTimers) clearTimeout(t);
       for (const s of servers) s.server.close();
       http?.close();
@@ -525,6 +616,9 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     aedes,
     store,
     logger,
+    get federation() {
+      return federation;
+    },
     addresses,
     metricsText: () => metrics.registry.metrics(),
     close,

@@ -39,6 +39,17 @@ export interface Tombstone {
   readonly seq: number;
   /** Unix ms when the deletion was stored. */
   readonly at: number;
+  /** The signed tombstone's topic and bytes (the proof a federation peer needs), kept for the tombstone TTL when given to `remove`. */
+  readonly topic?: string;
+  readonly packet?: Uint8Array;
+}
+
+/** One (template, node) the store knows: its seq and whether it is deleted (for federation digests). */
+export interface StoreKey {
+  readonly tplId: string;
+  readonly nodeId: string;
+  readonly seq: number;
+  readonly del: boolean;
 }
 
 /** When `put`/`remove` resolve, relative to the disk. docs/store.md says what survives what. */
@@ -55,7 +66,10 @@ export interface StoreOptions {
   readonly fsync?: FsyncPolicy;
   /** Sync period for `fsync: 'interval'`. Default 100 ms. */
   readonly fsyncIntervalMs?: number;
-  /** How long a deletion's (template, node, seq) blocks older packets. Default 30 days. */
+  /**
+   * How long the signed bytes of a tombstone are kept (to prove the deletion to a federation
+   * peer). Default 30 days. The seq floor of a deleted (template, node) is kept for ever.
+   */
   readonly tombstoneTtlMs?: number;
   /** Rewrite the log when it exceeds `compactRatio` × live bytes (and `compactMinBytes`). Default 2. */
   readonly compactRatio?: number;
@@ -109,8 +123,10 @@ export interface Store {
   get(tplId: string, nodeId: string): StoredPacket | undefined;
   /** The live packet retained on exactly this topic (undefined for any other string). */
   getByTopic(topic: string): StoredPacket | undefined;
-  /** The remembered deletion of (tpl, node), while within its TTL. */
+  /** The remembered deletion of (tpl, node) (kept for ever); `topic` and `packet` only within the tombstone TTL. */
   tombstone(tplId: string, nodeId: string): Tombstone | undefined;
+  /** Every (template, node) known, live or deleted, with its seq (a snapshot; federation digests). */
+  keys?(): StoreKey[];
   /**
    * Stores p if p.seq > seqOf(…); returns what it replaced (its topic may differ: a bucket move)
    * or 'stale'. The index changes at once; the promise resolves when the record is durable per
@@ -118,8 +134,11 @@ export interface Store {
    * @throws QisError ERR_INVALID_ARGUMENT (malformed p) | ERR_FILE_IO (closed, or the log failed)
    */
   put(p: StoredPacket): Promise<PutResult>;
-  /** A signed tombstone (del: true) accepted by admission: removes the live packet, remembers seq. */
-  remove(t: { readonly tplId: string; readonly nodeId: string; readonly seq: number }): Promise<RemoveResult>;
+  /**
+   * A signed tombstone (del: true) accepted by admission: removes the live packet, remembers seq
+   * (for ever). With `topic` and `packet` (the signed tombstone) the proof is kept for the TTL.
+   */
+  remove(t: { readonly tplId: string; readonly nodeId: string; readonly seq: number; readonly topic?: string; readonly packet?: Uint8Array }): Promise<RemoveResult>;
   /** Live, unexpired packets whose topic matches an MQTT filter (`+`, `#`, MQTT 3.1.1 §4.7), walked lazily from a topic-level trie. */
   match(filter: string): Iterable<StoredPacket>;
   /** Removes packets whose exp (Unix s) has passed (each leaves a tombstone with its seq); resolves when durable. */
@@ -208,6 +227,8 @@ const FRAME = 8;
 const FIXED = 20;
 const TYPE_PUT = 1;
 const TYPE_REMOVE = 2;
+/** A removal with its proof: text = the tombstone's topic, packet = the signed tombstone bytes. */
+const TYPE_TOMB = 3;
 const FLAG_EXP = 1;
 const ID_CHARS = 26;
 // 'qis/1/o/' + tplId + '/' + one 10-character level + '/' + nodeId
@@ -274,6 +295,16 @@ function writeRemove(out: Buffer, off: number, tpl: string, node: string, seq: n
   return b + body;
 }
 
+/** A removal with its proof (type 3): same layout as a put, `at` in place of exp. */
+function writeTomb(out: Buffer, off: number, topic: string, seq: number, at: number, packet: Uint8Array): number {
+  const end = writePut(out, off, topic, seq, at, packet);
+  const b = off + FRAME;
+  out[b] = TYPE_TOMB;
+  out[b + 1] = 0;
+  out.writeUInt32LE(crc32(view(out, b, end - b)), off + 4);
+  return end;
+}
+
 const putBytes = (topicLength: number, packetLength: number): number => FRAME + FIXED + topicLength + packetLength;
 const REMOVE_BYTES = FRAME + FIXED + KEY_CHARS;
 
@@ -289,6 +320,9 @@ function frameAt(buf: Buffer, i: number, avail: number): number {
   if (type === TYPE_PUT) {
     const packet = body - FIXED - text;
     if (flags > FLAG_EXP || text < MIN_TOPIC || text > MAX_TOPIC || packet < 1 || packet > MAX_PACKET_BYTES) return 0;
+  } else if (type === TYPE_TOMB) {
+    const packet = body - FIXED - text;
+    if (flags !== 0 || text < MIN_TOPIC || text > MAX_TOPIC || packet < 1 || packet > MAX_PACKET_BYTES) return 0;
   } else if (type !== TYPE_REMOVE || flags !== 0 || text !== KEY_CHARS || body !== FIXED + KEY_CHARS) {
     return 0;
   }
@@ -316,6 +350,8 @@ class Entry {
   rec = 0;
   /** Live: its index in bucket.leaves. */
   slot = 0;
+  /** Tombstone with its proof: the tombstone's topic (its bytes are at slab/off/len). null: no proof. */
+  ttopic: string | null = null;
   constructor(
     readonly tpl: string,
     readonly node: string,
@@ -532,9 +568,8 @@ class LogStore implements Store {
   }
 
   seqOf(tplId: string, nodeId: string): number | undefined {
-    const e = this.index.get(tplId)?.nodes.get(nodeId);
-    if (e === undefined || (e.bucket === null && this.forgotten(e, this.o.now()))) return undefined;
-    return e.seq;
+    // A deletion's seq is a floor kept for ever: a packet older than it never comes back.
+    return this.index.get(tplId)?.nodes.get(nodeId)?.seq;
   }
 
   get(tplId: string, nodeId: string): StoredPacket | undefined {
@@ -554,8 +589,16 @@ class LogStore implements Store {
 
   tombstone(tplId: string, nodeId: string): Tombstone | undefined {
     const e = this.index.get(tplId)?.nodes.get(nodeId);
-    if (e === undefined || e.bucket !== null || this.forgotten(e, this.o.now())) return undefined;
-    return { tplId: e.tpl, nodeId: e.node, seq: e.seq, at: e.at };
+    if (e === undefined || e.bucket !== null) return undefined;
+    const t = { tplId: e.tpl, nodeId: e.node, seq: e.seq, at: e.at };
+    if (e.ttopic === null || e.slab === null || this.forgotten(e, this.o.now())) return t;
+    return { ...t, topic: e.ttopic, packet: e.slab.subarray(e.off, e.off + e.len) };
+  }
+
+  keys(): StoreKey[] {
+    const out: StoreKey[] = [];
+    for (const ti of this.index.values()) for (const e of ti.nodes.entries()) out.push({ tplId: e.tpl, nodeId: e.node, seq: e.seq, del: e.bucket === null });
+    return out;
   }
 
   match(filter: string): Iterable<StoredPacket> {
@@ -579,7 +622,7 @@ class LogStore implements Store {
     };
   }
 
-  /** A tombstone past its TTL no longer blocks anything (compaction drops it). */
+  /** A tombstone past its TTL has no proof any more (compaction drops the bytes); its seq still blocks. */
   private forgotten(e: Entry, nowMs: number): boolean {
     return e.at + this.o.tombstoneTtlMs <= nowMs;
   }
@@ -589,9 +632,8 @@ class LogStore implements Store {
   }
 
   /** Whether an operation with `seq` must be refused as stale. */
-  private blocks(e: Entry, seq: number, nowMs?: number): boolean {
-    if (seq > e.seq) return false;
-    return !(e.bucket === null && e.at >= 0 && this.forgotten(e, nowMs ?? this.o.now()));
+  private blocks(e: Entry, seq: number): boolean {
+    return seq <= e.seq;
   }
 
   private view(e: Entry): StoredPacket {
@@ -665,7 +707,7 @@ class LogStore implements Store {
     return replaced !== undefined ? { stored: true, replaced } : { stored: true };
   }
 
-  async remove(t: { readonly tplId: string; readonly nodeId: string; readonly seq: number }): Promise<RemoveResult> {
+  async remove(t: { readonly tplId: string; readonly nodeId: string; readonly seq: number; readonly topic?: string; readonly packet?: Uint8Array }): Promise<RemoveResult> {
     this.assertWritable();
     if (typeof t !== 'object' || t === null) throw argError('remove() takes { tplId, nodeId, seq }');
     if (typeof t.tplId !== 'string' || !isTplId(t.tplId)) throw argError(`remove(): ${show(t.tplId)} is not a template id`);
@@ -676,9 +718,20 @@ class LogStore implements Store {
     if (e !== undefined && this.blocks(e, t.seq)) return { stale: true };
     const removed = e !== undefined && e.bucket !== null ? this.view(e) : undefined;
     const at = this.clock();
-    const rec = Buffer.allocUnsafe(REMOVE_BYTES);
-    writeRemove(rec, 0, t.tplId, t.nodeId, t.seq, at);
-    this.installTomb(ti ?? this.tplIndex(flat(t.tplId)), e, e?.node ?? flat(t.nodeId), t.seq, at, REMOVE_BYTES);
+    let proof: { topic: string; packet: Uint8Array } | undefined;
+    if (t.topic !== undefined || t.packet !== undefined) {
+      checkStoredPacket({ tplId: t.tplId, nodeId: t.nodeId, topic: t.topic as string, seq: t.seq, packet: t.packet as Uint8Array });
+      proof = { topic: flat(t.topic as string), packet: t.packet as Uint8Array };
+    }
+    const rec = Buffer.allocUnsafe(proof ? putBytes(proof.topic.length, proof.packet.length) : REMOVE_BYTES);
+    if (proof) writeTomb(rec, 0, proof.topic, t.seq, at, proof.packet);
+    else writeRemove(rec, 0, t.tplId, t.nodeId, t.seq, at);
+    const te = this.installTomb(ti ?? this.tplIndex(flat(t.tplId)), e, e?.node ?? flat(t.nodeId), t.seq, at, rec.length);
+    if (proof) {
+      te.ttopic = proof.topic;
+      te.len = proof.packet.length;
+      this.keepBytes(te, proof.packet);
+    }
     await this.append(rec);
     return removed !== undefined ? { removed } : {};
   }
@@ -746,6 +799,7 @@ class LogStore implements Store {
       e.bucket = b;
     }
     e.slab = null; // the caller places the bytes
+    e.ttopic = null;
     e.len = len;
     e.seq = seq;
     e.exp = exp;
@@ -758,7 +812,7 @@ class LogStore implements Store {
   }
 
   /** Turns (ti, node) into a tombstone. `found` and `node` as for installPut. */
-  private installTomb(ti: TplIndex, found: Entry | undefined, node: string, seq: number, at: number, rec: number): void {
+  private installTomb(ti: TplIndex, found: Entry | undefined, node: string, seq: number, at: number, rec: number): Entry {
     let e = found;
     if (e === undefined) {
       e = new Entry(ti.tpl, node);
@@ -777,8 +831,11 @@ class LogStore implements Store {
     e.at = at;
     e.exp = -1;
     e.rec = rec;
+    e.slab = null;
+    e.ttopic = null; // the caller adds a proof
     this.liveBytes += rec;
     this.tombCount++;
+    return e;
   }
 
   /** Copies a live entry's packet into the arena. */
@@ -996,7 +1053,7 @@ class LogStore implements Store {
     for (let i = 0; i < applied.length; i++) {
       const e = applied[i] as Entry;
       const at = appliedAt[i] as number;
-      if (e.bucket === null || e.slab !== null || e.off !== at) continue; // superseded or removed
+      if ((e.bucket === null && e.ttopic === null) || e.slab !== null || e.off !== at) continue; // superseded or removed
       if (at + e.len > winEnd) {
         winStart = at;
         const want = Math.min(buf.length, end - at);
@@ -1039,7 +1096,7 @@ class LogStore implements Store {
       const at = t + text - ID_CHARS;
       const e = ti.nodes.getAt(buf, at, hashIdAt(buf, at));
       // Log order is acceptance order, so this only skips the duplicates a compaction may write.
-      if (e !== undefined && this.blocks(e, seq, nowMs)) return;
+      if (e !== undefined && this.blocks(e, seq)) return;
       const len = n - FRAME - FIXED - text;
       const exp = (buf.readUInt8(b + 1) & FLAG_EXP) !== 0 ? x : -1;
       const node = e !== undefined ? e.node : buf.toString('latin1', at, at + ID_CHARS);
@@ -1048,6 +1105,22 @@ class LogStore implements Store {
       stored.off = base + t + text;
       this.applied.push(stored);
       this.appliedAt.push(stored.off);
+    } else if (type === TYPE_TOMB) {
+      // A removal with its proof: text is the tombstone's topic, then its signed bytes.
+      const tpl = buf.toString('latin1', t + 8, t + 8 + ID_CHARS);
+      const ti = this.index.get(tpl) ?? this.tplIndex(tpl);
+      const at = t + text - ID_CHARS;
+      const e = ti.nodes.getAt(buf, at, hashIdAt(buf, at));
+      if (e !== undefined && (e.bucket !== null ? seq < e.seq : this.blocks(e, seq))) return;
+      const te = this.installTomb(ti, e, e !== undefined ? e.node : buf.toString('latin1', at, at + ID_CHARS), seq, x, n);
+      // Past its TTL the proof is not loaded (the next compaction drops it from the log).
+      if (!this.forgotten(te, nowMs)) {
+        te.ttopic = buf.toString('latin1', t, t + text);
+        te.len = n - FRAME - FIXED - text;
+        te.off = base + t + text;
+        this.applied.push(te);
+        this.appliedAt.push(te.off);
+      }
     } else {
       // A removal's text is tplId + '/' + nodeId.
       const tpl = buf.toString('latin1', t, t + ID_CHARS);
@@ -1055,7 +1128,7 @@ class LogStore implements Store {
       const at = t + ID_CHARS + 1;
       const e = ti.nodes.getAt(buf, at, hashIdAt(buf, at));
       // sweepExpired removes a packet under its own seq, so a removal may equal a live seq.
-      if (e !== undefined && (e.bucket !== null ? seq < e.seq : this.blocks(e, seq, nowMs))) return;
+      if (e !== undefined && (e.bucket !== null ? seq < e.seq : this.blocks(e, seq))) return;
       this.installTomb(ti, e, e !== undefined ? e.node : buf.toString('latin1', at, at + ID_CHARS), seq, x, REMOVE_BYTES);
     }
   }
@@ -1144,25 +1217,35 @@ class LogStore implements Store {
         }
         if (b.children !== null) for (const c of b.children.values()) stack.push(c);
       }
-      // Then the tombstones still within their TTL; those past it are forgotten here.
+      // Then every tombstone: its seq floor for ever, its proof (signed bytes) within the TTL;
+      // past it the proof is dropped here, from memory too.
       const tombs: Entry[] = [];
-      for (const [tpl, ti] of this.index) {
+      for (const ti of this.index.values()) {
         for (const e of ti.nodes.entries()) {
           if (e.bucket !== null) continue;
-          if (!this.forgotten(e, nowMs)) {
-            tombs.push(e);
-            continue;
+          if (e.ttopic !== null && this.forgotten(e, nowMs)) {
+            e.ttopic = null;
+            e.slab = null;
+            this.liveBytes += REMOVE_BYTES - e.rec;
+            e.rec = REMOVE_BYTES;
           }
-          ti.nodes.delete(e);
-          this.tombCount--;
-          this.liveBytes -= e.rec;
+          tombs.push(e);
         }
-        if (ti.nodes.size === 0) this.index.delete(tpl);
       }
       for (const e of tombs) {
         await room();
         if (e.bucket !== null) continue; // live again meanwhile: captured
-        o = writeRemove(out, o, e.tpl, e.node, e.seq, e.at);
+        if (e.ttopic !== null && e.slab !== null) {
+          if (!arena.slabs.has(e.slab)) {
+            const off = arena.alloc(e.len);
+            e.slab.copy(arena.slab, off, e.off, e.off + e.len);
+            e.slab = arena.slab;
+            e.off = off;
+          }
+          o = writeTomb(out, o, e.ttopic, e.seq, e.at, view(e.slab, e.off, e.len));
+        } else {
+          o = writeRemove(out, o, e.tpl, e.node, e.seq, e.at);
+        }
       }
       await writeAll(tmp, out.subarray(0, o), filePos);
       filePos += o;

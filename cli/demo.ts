@@ -238,6 +238,21 @@ function shown(p: string): string {
 }
 const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
+/** The demo's second region: a broker on an OS-chosen port whose one link goes to the first. */
+async function startWest(dir: string, eastUrl: string): Promise<{ broker: import('../broker/server.js').QisBroker; port: number }> {
+  const [{ createBroker }, { pino }] = await Promise.all([import('../broker/server.js'), import('pino')]);
+  const logger = pino({ level: 'warn', base: { broker: 'demo-west' } }, pino.destination({ fd: 2, sync: true }));
+  const broker = await createBroker(
+    {
+      listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }],
+      dataDir: join(dir, 'broker-west'),
+      federation: { region: 'west', peers: [{ url: eastUrl, name: 'east', share: ['*'], accept: ['*'], rateLimit: 0 }], reconnect: { baseMs: 100, capMs: 2000 } },
+    },
+    { logger },
+  );
+  return { broker, port: broker.addresses().find((x) => x.type === 'tcp')!.port };
+}
+
 async function startBroker(dir: string, port: number, io: Io, json: boolean): Promise<{ broker: import('../broker/server.js').QisBroker; mqttPort: number; httpPort: number | undefined; fellBack: boolean }> {
   // Loaded only here: `qis --help` needs neither Aedes, the store nor pino.
   const [{ createBroker }, { pino }] = await Promise.all([import('../broker/server.js'), import('pino')]);
@@ -318,14 +333,21 @@ Examples:
       const tplOf = (m: Model): Template => templates.get(m)!;
 
       const { broker, mqttPort, httpPort, fellBack } = await startBroker(dir, port, io, json);
+      // A second region, "west", federated with this one ("east") by one link (issue 5).
+      const west = await startWest(dir, `mqtt://127.0.0.1:${mqttPort}`).catch(async (e: unknown) => {
+        await broker.close();
+        throw e;
+      });
       try {
         const url = `mqtt://127.0.0.1:${mqttPort}`;
+        const westUrl = `mqtt://127.0.0.1:${west.port}`;
         const atStart = broker.store.size;
         const tStarted = performance.now();
         out(`qis demo: a qis broker, a simulated fleet of ${machines} nodes, and what their cohorts say`);
         out();
         out(`broker    ${url}   (store ${shown(join(dir, 'broker'))}: ${atStart} packet(s) from earlier runs; started in ${((tStarted - t0) / 1000).toFixed(1)} s)`);
         if (httpPort !== undefined) out(`          http://127.0.0.1:${httpPort}/metrics and /healthz`);
+        out(`regions   east ${url} and west ${westUrl} (store ${shown(join(dir, 'broker-west'))}), federated: odd machines publish in west, even in east; the queries ask east`);
         const counts = new Map<Model, number>();
         for (let i = 0; i < machines; i++) {
           const m = machineAt(i).model;
@@ -348,7 +370,7 @@ Examples:
           const { model, machine } = machineAt(i);
           const nodeDir = join(dir, 'fleet', String(i));
           if (!existsSync(join(nodeDir, 'key.json'))) newKeys++;
-          const node = await createNode({ url, dataDir: nodeDir, brokerKind: 'qis', clientId: `demo-${i}-${process.pid}`, signal: ac.signal });
+          const node = await createNode({ url: i % 2 === 1 ? westUrl : url, dataDir: nodeDir, brokerKind: 'qis', clientId: `demo-${i}-${process.pid}`, signal: ac.signal });
           try {
             const r = await node.publish(tplOf(model), machine.situation, machine.outcome, { conf: machine.conf, n: machine.n, ctx: machine.ctx, signal: ac.signal });
             if (r.acked) acked++;
@@ -367,6 +389,11 @@ Examples:
         } finally {
           bar.end(done);
         }
+        // Until east holds west's packets too (the link forwards them as they are admitted).
+        const { storeDigest } = await import('../broker/federation.js');
+        const tSync = Date.now();
+        while (storeDigest(broker.store) !== storeDigest(west.broker.store) && Date.now() - tSync < 60_000 && !ac.signal.aborted) await new Promise((r) => setTimeout(r, 50));
+        out(`regions   east holds ${broker.store.size} packet(s), west ${west.broker.store.size}: ${storeDigest(broker.store) === storeDigest(west.broker.store) ? 'in sync' : 'NOT in sync yet'}`);
         const tFleet = performance.now();
         const fleetS = (tFleet - tStarted) / 1000;
         const inBroker = nodeIds.filter((id, i) => broker.store.get(tplOf(machineAt(i).model).tplId, id) !== undefined).length;
@@ -439,6 +466,7 @@ Examples:
           const summary = {
             ok: true,
             broker: { url, port: mqttPort, portFellBack: fellBack, httpPort: httpPort ?? null, dataDir: join(dir, 'broker'), packetsAtStart: atStart, packets: broker.store.size },
+            regions: { east: { url, packets: broker.store.size }, west: { url: westUrl, packets: west.broker.store.size, dataDir: join(dir, 'broker-west') } },
             fleet: { machines, byTemplate: Object.fromEntries(MODELS.map((m) => [tplOf(m).doc.name, counts.get(m) ?? 0])), acked, queued, newKeys, reusedKeys: machines - newKeys, inBroker, nodeIdsDigest: digest, seqMin: machines > 0 ? seqMin : null, seqMax: machines > 0 ? seqMax : null },
             cohorts,
             hints,
@@ -453,6 +481,7 @@ Examples:
           if (!json) io.stderr.write('\nqis demo: closing the broker\n');
         }
       } finally {
+        await west.broker.close();
         await broker.close();
       }
       if (flags.exit !== true && !json) io.stderr.write('qis demo: closed\n');

@@ -136,7 +136,7 @@ t.test('broker config - each bad value is ERR_CONFIG_INVALID naming the file, th
     ['verifyWorkers: -1', /verifyWorkers: .*got -1/],
     ['sweepIntervalMs: 0', /sweepIntervalMs: expected a positive integer \(milliseconds\), got 0/],
     ['id: ""', /^bad\.yaml: id: expected a broker id \(non-empty string\), got ""$/],
-    ['datadir: x', /^bad\.yaml: datadir: unknown key \(expected one of: listeners, dataDir, fsync, fsyncIntervalMs, admission, acl, http, log, cluster, verifyWorkers, sweepIntervalMs, id\)$/],
+    ['datadir: x', /^bad\.yaml: datadir: unknown key \(expected one of: listeners, dataDir, fsync, fsyncIntervalMs, admission, acl, http, log, cluster, verifyWorkers, sweepIntervalMs, id, federation\)$/],
     ['fsync: null', /fsync: expected one of always, interval, never, got null/],
     ['- a\n- b', /^bad\.yaml: expected a mapping of broker options.*got a list$/],
     ['just text', /^bad\.yaml: expected a mapping of broker options.*got "just text"$/],
@@ -216,7 +216,7 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
     id: 'eu-west-1',
   });
   const keys = new Set(BROKER_FLAGS.map((f) => f.key.split('.')[0]));
-  t.same([...keys].sort(), Object.keys({ ...BROKER_DEFAULTS, http: 0, cluster: 0, verifyWorkers: 0, id: 0 }).sort(), 'a flag for every top-level key');
+  t.same([...keys].sort(), Object.keys({ ...BROKER_DEFAULTS, http: 0, cluster: 0, verifyWorkers: 0, id: 0, federation: 0 }).sort(), 'a flag for every top-level key');
   t.same(resolveBrokerOptions(file, configFromFlags([])).dataDir, '/from/file', 'no flags: the file');
 });
 

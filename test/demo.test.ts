@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { qis } from './helpers/cli.js';
 
 interface Summary {
+  regions: { west: { packets: number } };
   ok: boolean;
   broker: { port: number; packetsAtStart: number; packets: number };
   fleet: { machines: number; acked: number; queued: number; newKeys: number; reusedKeys: number; inBroker: number; nodeIdsDigest: string; seqMin: number; seqMax: number };
@@ -21,6 +22,8 @@ t.test('qis demo --exit: tables and hints; a second run reuses the keys and the 
   const first = await qis([...args]);
   t.equal(first.status, 0, first.stderr);
   t.match(first.stdout, /120 acknowledged, 0 queued/);
+  t.match(first.stdout, /regions\s+east mqtt:\/\/127\.0\.0\.1:\d+ and west mqtt:\/\/127\.0\.0\.1:\d+/, 'two regions');
+  t.match(first.stdout, /regions\s+east holds 120 packet\(s\), west 120: in sync/, 'west\'s packets reached east and the other way round');
   t.match(first.stdout, /keys\s+120 new, 0 reused/);
   t.match(first.stdout, /KX-200 roller bearings, 10–50 kN, sealed: what happened\?/);
   t.match(first.stdout, /cohort\s+bearing-failure v1, exact: qis\/1\/o\//, 'an exact cohort table');
@@ -46,6 +49,7 @@ t.test('qis demo --exit: tables and hints; a second run reuses the keys and the 
   t.equal(s.fleet.acked, 120, 'every seq was newer than the stored one');
   t.equal(s.fleet.inBroker, 120, 'every node of the fleet has its packet in the broker');
   t.equal(s.broker.packets, 120, 'the same node ids: still one packet per node');
+  t.equal(s.regions.west.packets, 120, 'west holds every packet too');
   t.equal(s.cohorts.length, 4);
   for (const c of s.cohorts) t.equal(c.completeness, 'sync', c.question);
   t.ok(s.cohorts[2]!.cohort >= s.cohorts[0]!.cohort, 'the widened cohort holds the exact one');

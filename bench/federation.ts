@@ -1,0 +1,224 @@
+/**
+ * Federation benchmark (issue 5): the latency a federation hop adds, the time to converge after a
+ * partition, and catch-up bytes when the stores agree. Brokers are real qis brokers (createBroker,
+ * default verify threads, fsync 'always') on loopback, linked as a chain A → B → C; clients are
+ * mqtt.js connections. All run in this one process, so broker work and clients share its event
+ * loop (pessimistic for the hop: three brokers and the subscribers compete for one thread).
+ *
+ *   npm run bench                      (build, the other benches, then this)
+ *   node dist/bench/federation.js      (about a minute)
+ *   node dist/bench/federation.js --json --rate=1000 --seconds=10 --updates=10000
+ *
+ * Part 1, latency per hop: `--rate` (1,000) signed packets a second for `--seconds` (10), paced
+ * (each is sent at its scheduled time), published at QoS 1 to A over 20 connections; 100 nodes with
+ * increasing seq (a node always on the same connection). Subscribers on A (the baseline: the same publish without a hop), on B (one hop)
+ * and on C (two hops) timestamp arrivals on the same clock. Latency = arrival − scheduled send;
+ * the first second is warm-up and not counted. Added per hop = (percentile at C − percentile at A) / 2
+ * and at B − at A.
+ *
+ * Part 2, convergence after a partition: A and B hold the same `--updates` (10,000) nodes; B stops;
+ * every node gets a new packet at A (10,000 updates); B starts again. Time = B listening → B's store
+ * digest equals A's. Baseline, same run: the same 10,000 packets published by a client straight
+ * into a fresh broker (admission alone, pipelined QoS 1). Ratio = convergence / baseline.
+ *
+ * Part 3, catch-up bytes when the stores agree: after part 2, A's link to B catches up again; its
+ * bytes (requests and answers, both directions) against the store's bytes (topics + packets).
+ */
+import { pino } from 'pino';
+import mqtt, { type MqttClient } from 'mqtt';
+import { createBroker, type QisBroker } from '../broker/server.js';
+import { storeDigest } from '../broker/federation.js';
+import { compileTemplate, createOutcomePacket, decodePacket, keyFromSeed, type NodeKey, type Situation } from '../src/index.js';
+import { JSON_OUT, optNum } from './args.js';
+import { cleanup, cleanups, tempDir } from './cleanup.js';
+import { freePort } from './net.js';
+import { readFileSync } from 'node:fs';
+import { parse } from 'yaml';
+
+const RATE = optNum('rate', 1000);
+const SECONDS = optNum('seconds', 10);
+const UPDATES = optNum('updates', 10_000);
+
+const template = compileTemplate(parse(readFileSync(new URL('../../examples/bearing-failure.yaml', import.meta.url), 'utf8')));
+const SIT: Situation = { machine_model: 'KX-200', bearing_type: 'roller', load_kn: 42.5, sealed: true };
+const log = (s: string): void => {
+  if (!JSON_OUT) process.stdout.write(`${s}\n`);
+};
+
+function keyOf(i: number, salt: number): NodeKey {
+  const s = new Uint8Array(32);
+  new DataView(s.buffer).setUint32(0, salt);
+  new DataView(s.buffer).setUint32(4, i);
+  return keyFromSeed(s);
+}
+const sign = (key: NodeKey, seq: number, i: number): { topic: string; packet: Uint8Array } =>
+  createOutcomePacket({ key, template, situation: { ...SIT, machine_model: `KX-${i % 50}` }, outcome: seq % 2 ? 'failure' : 'no_failure', seq, ts: Date.now() });
+
+async function region(name: string, port: number, peers: number[], dataDir = tempDir(`qis-fedbench-${name}-`)): Promise<QisBroker> {
+  const b = await createBroker(
+    {
+      listeners: [{ type: 'tcp', host: '127.0.0.1', port }],
+      dataDir,
+      federation: { region: name, peers: peers.map((p) => ({ url: `mqtt://127.0.0.1:${p}`, share: ['*'], accept: ['*'], rateLimit: 0 })), reconnect: { baseMs: 100, capMs: 1000 } },
+    },
+    { logger: pino({ level: process.env['FEDBENCH_LOG'] ?? 'silent' }, pino.destination(2)) },
+  );
+  cleanups.push(() => b.close());
+  return b;
+}
+
+async function until(cond: () => boolean, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+const linked = (b: QisBroker, n = 1): boolean => (b.federation?.status() ?? []).every((s) => s.connected && s.catchUps >= n);
+
+function pct(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] as number;
+}
+
+async function subscriber(port: number, arrivals: Map<string, number>): Promise<MqttClient> {
+  const c = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, { clientId: `sub-${port}-${Math.random().toString(36).slice(2)}`, reconnectPeriod: 0 });
+  c.on('message', (_t, payload) => {
+    const p = decodePacket(payload);
+    const k = `${p.nodeId}/${p.seq}`;
+    if (!arrivals.has(k)) arrivals.set(k, performance.now());
+  });
+  await c.subscribeAsync(`qis/1/o/${template.tplId}/#`, { qos: 1 });
+  cleanups.push(() => c.endAsync(true));
+  return c;
+}
+
+async function latency(): Promise<Record<string, number>> {
+  const [pa, pb, pc] = [await freePort(), await freePort(), await freePort()];
+  const c = await region('c', pc, []);
+  const b = await region('b', pb, [pc]);
+  const a = await region('a', pa, [pb]);
+  await until(() => linked(a) && linked(b), 30_000);
+  const nodes = Array.from({ length: 100 }, (_, i) => keyOf(i, 1));
+  // A node's packets go out in seq order on one connection: node i always uses connection i mod 20.
+  const total = RATE * SECONDS;
+  const msgs = Array.from({ length: total }, (_, k) => {
+    const key = nodes[k % nodes.length] as NodeKey;
+    return { ...sign(key, 1 + Math.floor(k / nodes.length), k % nodes.length), id: `${key.nodeId}/${1 + Math.floor(k / nodes.length)}` };
+  });
+  const at = [new Map<string, number>(), new Map<string, number>(), new Map<string, number>()];
+  await subscriber(pa, at[0] as Map<string, number>);
+  await subscriber(pb, at[1] as Map<string, number>);
+  await subscriber(pc, at[2] as Map<string, number>);
+  // Many nodes publish, each on its own connection (the broker admits one connection's publishes
+  // in order, one disk sync each); 20 connections take the messages in turn.
+  const pubs = await Promise.all(Array.from({ length: 20 }, (_, i) => mqtt.connectAsync(`mqtt://127.0.0.1:${pa}`, { clientId: `bench-pub-${i}`, reconnectPeriod: 0 })));
+  for (const p of pubs) cleanups.push(() => p.endAsync(true));
+  const sched: number[] = [];
+  const t0 = performance.now() + 50;
+  let k = 0;
+  await new Promise<void>((resolve) => {
+    const tick = (): void => {
+      const now = performance.now();
+      while (k < total && t0 + (k * 1000) / RATE <= now) {
+        const m = msgs[k] as (typeof msgs)[number];
+        sched[k] = t0 + (k * 1000) / RATE;
+        (pubs[k % pubs.length] as MqttClient).publish(m.topic, Buffer.from(m.packet), { qos: 1, retain: true });
+        k++;
+      }
+      if (k < total) setTimeout(tick, 1);
+      else resolve();
+    };
+    setTimeout(tick, 50);
+  });
+  await until(() => (at[2] as Map<string, number>).size >= total, 60_000).catch(() => undefined);
+  const warm = RATE; // first second not counted
+  const lat = at.map((m) => {
+    const xs: number[] = [];
+    for (let i = warm; i < total; i++) {
+      const v = m.get((msgs[i] as (typeof msgs)[number]).id);
+      if (v !== undefined) xs.push(v - (sched[i] as number));
+    }
+    return xs;
+  });
+  const [la, lb, lc] = lat as [number[], number[], number[]];
+  const r = {
+    rate: RATE,
+    counted: total - warm,
+    receivedA: la.length,
+    receivedB: lb.length,
+    receivedC: lc.length,
+    p50A: pct(la, 50),
+    p99A: pct(la, 99),
+    p50B: pct(lb, 50),
+    p99B: pct(lb, 99),
+    p50C: pct(lc, 50),
+    p99C: pct(lc, 99),
+  };
+  const f = (x: number): string => x.toFixed(1);
+  log(`\nPart 1: latency per federation hop, ${RATE} msg/s paced for ${SECONDS} s (first second not counted), chain A → B → C`);
+  log(`  origin A (baseline, no hop)  p50 ${f(r.p50A)} ms  p99 ${f(r.p99A)} ms  (${la.length}/${total - warm} received)`);
+  log(`  B, one hop                   p50 ${f(r.p50B)} ms  p99 ${f(r.p99B)} ms  (${lb.length}) → added p50 ${f(r.p50B - r.p50A)} ms, p99 ${f(r.p99B - r.p99A)} ms; ratio p50 ${(r.p50B / r.p50A).toFixed(2)}×`);
+  log(`  C, two hops                  p50 ${f(r.p50C)} ms  p99 ${f(r.p99C)} ms  (${lc.length}) → per hop p50 ${f((r.p50C - r.p50A) / 2)} ms, p99 ${f((r.p99C - r.p99A) / 2)} ms`);
+  await cleanup();
+  return r;
+}
+
+async function partition(): Promise<Record<string, number>> {
+  log(`\nPart 2: convergence after a partition with ${UPDATES} updates (A and B, then B stopped, ${UPDATES} nodes updated at A, B restarted)`);
+  const t0 = performance.now();
+  const keys = Array.from({ length: UPDATES }, (_, i) => keyOf(i, 2));
+  const v1 = keys.map((k, i) => sign(k, 1, i));
+  const v2 = keys.map((k, i) => sign(k, 2, i));
+  log(`  (${UPDATES} keys and ${2 * UPDATES} packets signed in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  const publishAll = async (port: number, ps: { topic: string; packet: Uint8Array }[]): Promise<void> => {
+    const c = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, { clientId: `load-${Math.random().toString(36).slice(2)}`, reconnectPeriod: 0 });
+    for (let i = 0; i < ps.length; i += 2000) await Promise.all(ps.slice(i, i + 2000).map((p) => c.publishAsync(p.topic, Buffer.from(p.packet), { qos: 1, retain: true })));
+    await c.endAsync();
+  };
+  // Baseline: the same updates straight into one broker.
+  const pz = await freePort();
+  const z = await region('z', pz, []);
+  await publishAll(pz, v1);
+  const tb = performance.now();
+  await publishAll(pz, v2);
+  const baselineMs = performance.now() - tb;
+  await z.close();
+
+  const [pa, pb] = [await freePort(), await freePort()];
+  const dirB = tempDir('qis-fedbench-b-');
+  let b = await region('b', pb, [], dirB);
+  const a = await region('a', pa, [pb]);
+  await until(() => linked(a), 30_000);
+  await publishAll(pa, v1);
+  await until(() => storeDigest(a.store) === storeDigest(b.store), 120_000);
+  await b.close();
+  await publishAll(pa, v2);
+  const before = a.federation?.status()[0]?.catchUps ?? 0;
+  const tc = performance.now();
+  b = await region('b', pb, [], dirB);
+  await until(() => storeDigest(a.store) === storeDigest(b.store), 300_000);
+  const convergeMs = performance.now() - tc;
+  await until(() => (a.federation?.status()[0]?.catchUps ?? 0) > before, 60_000);
+  const st = a.federation?.status()[0];
+  const cu = st?.history.slice(-((st?.catchUps ?? 0) - before)).reduce((x, r) => ({ sent: x.sent + r.sent, bytes: x.bytes + r.bytes, ms: x.ms + r.ms }), { sent: 0, bytes: 0, ms: 0 });
+  log(`  converged in ${(convergeMs / 1000).toFixed(2)} s (catch-up: ${cu?.sent} packets sent, ${cu?.bytes} bytes, ${cu?.ms} ms)`);
+  log(`  baseline: the same ${UPDATES} updates published straight into one broker: ${(baselineMs / 1000).toFixed(2)} s → ratio ${(convergeMs / baselineMs).toFixed(2)}×`);
+
+  log(`\nPart 3: catch-up bytes when the stores agree`);
+  await a.federation?.catchUp();
+  const agree = a.federation?.status()[0]?.lastCatchUp;
+  let storeBytes = 0;
+  for (const p of a.store.match('#')) storeBytes += p.topic.length + p.packet.length;
+  log(`  ${agree?.bytes} bytes (${agree?.mode}) for a store of ${a.store.size} packets, ${storeBytes} bytes → ${(((agree?.bytes ?? 0) / storeBytes) * 100).toFixed(3)} % of the store`);
+  await cleanup();
+  return { updates: UPDATES, convergeMs, baselineMs, ratio: convergeMs / baselineMs, catchUpBytesInSync: agree?.bytes ?? -1, storeBytes, storePackets: a.store.size };
+}
+
+try {
+  const lat = await latency();
+  const part = await partition();
+  if (JSON_OUT) process.stdout.write(`${JSON.stringify({ latency: lat, partition: part })}\n`);
+} finally {
+  await cleanup();
+}
