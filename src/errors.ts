@@ -50,6 +50,9 @@ export const ERROR_CODES = {
   ERR_CONFIG_INVALID: 'a broker or bridge config is invalid (the message names the file, the key and what was expected)',
   ERR_DELIVERY_REFUSED: 'the broker closed the connection each time a queued packet was sent (its way to refuse it); the packet is set aside as <name>.bad',
   ERR_INTERNAL: 'an unexpected failure inside qis: a bug (the CLI prints its stack to stderr); please report it',
+  // issue 7 section 1: the template registry
+  ERR_TEMPLATE_NOT_FOUND: 'the broker holds no template document for the template id asked for',
+  ERR_TEMPLATE_REFUSED: 'the broker closed the connection instead of acknowledging a template document (its way to refuse it; the broker log names the code)',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
