@@ -20,8 +20,13 @@ import {
   fetchTemplate,
   listTemplates,
   publishTemplate,
+  b32,
+  sameRouting,
   saveKeyFile,
+  sha256,
   signTemplate,
+  supersedesOf,
+  verifyTemplateDoc,
   templateTopic,
   toHex,
   type NodeKey,
@@ -33,6 +38,8 @@ import { qis } from './helpers/cli.js';
 import { bearing, bearingDoc, fixedKey, situation } from './helpers/fixtures.js';
 import { startAedes } from './helpers/aedes.js';
 import { startQisBroker, type TestBroker } from './helpers/qis-broker.js';
+import { checkTemplateDoc, precheckOutcome } from '../broker/admission.js';
+import { configFromFlags, parseBrokerConfig, resolveBrokerOptions } from '../broker/config.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-registry-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -326,4 +333,100 @@ t.test('superseded cohorts - included with per-version counts; a changed routed 
   t.same(cj.versions.map((v) => [v.tplId, v.packets]), [[v3.tplId, 1], [v2.tplId, 2], [bearing.tplId, 3]]);
   const human = await qis(['query', '--url', b.url, '--template', v3.tplId, '--situation', JSON.stringify(situation), '--include-superseded', '--min-cohort', '1']);
   t.match(human.stdout, `bearing-failure v2 (${v2.tplId}): 2`);
+});
+
+// ------------------------------------------------------------------------------ pure parts
+
+t.test('sameRouting - same routed field specs in the same order and the same outcome, nothing else', async (t) => {
+  const base = bearingDoc as TemplateDoc;
+  const v = (over: Record<string, unknown>): Template => compileTemplate({ ...base, version: 2, ...over } as TemplateDoc);
+  t.same(sameRouting(v({ supersedes: bearing.tplId }), bearing), { ok: true }, 'version and supersedes differ: same routing');
+  t.same(sameRouting(v({ context: ['rpm'], name: 'renamed' }), bearing), { ok: true }, 'context and name may change');
+  const swapped = v({ fields: [base.fields[1], base.fields[0], base.fields[2], base.fields[3]] });
+  t.match(sameRouting(swapped, bearing), { ok: false, reason: /routed field 1 changed/ }, 'order matters');
+  const moreValues = v({ fields: base.fields.map((f) => (f.name === 'bearing_type' ? { ...f, values: ['ball', 'roller', 'plain', 'needle'] } : f)) });
+  t.match(sameRouting(moreValues, bearing), { ok: false, reason: /routed field 2 changed/ }, 'a closed set changed');
+  const fewer = v({ fields: base.fields.slice(0, 3) });
+  t.match(sameRouting(fewer, bearing), { ok: false, reason: /routes on 4 fields, the newer template on 3/ });
+  const outcome = v({ outcome: { kind: 'category', labels: ['no_failure', 'failure', 'unknown'] } });
+  t.match(sameRouting(outcome, bearing), { ok: false, reason: /outcome spec changed/ });
+  t.equal(supersedesOf(v({ supersedes: bearing.tplId })), bearing.tplId);
+  t.equal(supersedesOf(v({ supersedes: 'not-an-id' })), undefined, 'a malformed supersedes is ignored');
+  t.equal(supersedesOf(bearing), undefined);
+});
+
+t.test('verifyTemplateDoc - signature bound to the id, payload hashing to it, canonical and valid', async (t) => {
+  const doc = signTemplate(curatorA, bearing);
+  const v = verifyTemplateDoc(bearing.tplId, doc);
+  t.equal(v.curator, curatorA.nodeId);
+  t.equal(v.template.tplId, bearing.tplId);
+  const code = (f: () => unknown): string | undefined => {
+    try {
+      f();
+    } catch (e) {
+      return (e as QisError).code;
+    }
+    return undefined;
+  };
+  t.equal(code(() => verifyTemplateDoc(pump.tplId, doc)), 'ERR_BAD_SIGNATURE', 'signed for another id');
+  const tampered = Uint8Array.from(doc);
+  tampered[tampered.length - 1]! ^= 1;
+  t.equal(code(() => verifyTemplateDoc(bearing.tplId, tampered)), 'ERR_BAD_SIGNATURE', 'a flipped signature bit');
+  t.equal(code(() => verifyTemplateDoc(bearing.tplId, new Uint8Array())), 'ERR_PACKET_EMPTY');
+  t.equal(code(() => verifyTemplateDoc(bearing.tplId, Uint8Array.of(0xff))), 'ERR_CBOR_MALFORMED');
+  // Signed for its own topic and hashing to its id, but not canonical JSON (whitespace): refused.
+  const loose = utf8Bytes(JSON.stringify(JSON.parse(bearing.canonicalJson), null, 1));
+  const looseId = b32(sha256(loose).subarray(0, 16));
+  const prot = encodeCbor(new Map([[1, -19]]));
+  const looseDoc = encodeCbor(new CborTag(18, [prot, new Map([[4, curatorA.publicKey]]), loose, signEd25519(curatorA, sigStructure(prot, templateTopic(looseId), loose))]));
+  t.equal(code(() => verifyTemplateDoc(looseId, looseDoc)), 'ERR_TEMPLATE_HASH', 'not the canonical JSON of the template');
+  // Canonical JSON of something that is not a valid template.
+  const junk = utf8Bytes('{"name":"x"}');
+  const junkId = b32(sha256(junk).subarray(0, 16));
+  const junkDoc = encodeCbor(new CborTag(18, [prot, new Map([[4, curatorA.publicKey]]), junk, signEd25519(curatorA, sigStructure(prot, templateTopic(junkId), junk))]));
+  t.equal(code(() => verifyTemplateDoc(junkId, junkDoc)), 'ERR_TEMPLATE_HASH', 'not a valid template');
+});
+
+t.test('checkTemplateDoc - closed registries by id and by curator (node id or public key hex)', async (t) => {
+  const doc = signTemplate(curatorA, bearing);
+  const topic = templateTopic(bearing.tplId);
+  t.match(checkTemplateDoc(topic, doc, { registry: 'open', templates: [] }), { ok: true, curator: curatorA.nodeId, depth: 4 });
+  t.match(checkTemplateDoc(topic, doc, { registry: 'closed', templates: [] }), { ok: false, code: 'ERR_TEMPLATE_UNKNOWN' });
+  t.match(checkTemplateDoc(topic, doc, { registry: 'closed', templates: [bearing.tplId] }), { ok: true });
+  t.match(checkTemplateDoc(topic, doc, { registry: 'closed', templates: [], curators: [curatorA.nodeId] }), { ok: true });
+  t.match(checkTemplateDoc(topic, doc, { registry: 'closed', templates: [], curators: [toHex(curatorA.publicKey)] }), { ok: true });
+  t.match(checkTemplateDoc(topic, doc, { registry: 'closed', templates: [], curators: [curatorB.nodeId] }), { ok: false, code: 'ERR_TEMPLATE_UNKNOWN', message: /curator .* is not a listed curator/ });
+  // A listed curator's signature over another id is still a bad signature.
+  t.match(checkTemplateDoc(templateTopic(pump.tplId), doc, { registry: 'closed', templates: [], curators: [curatorA.nodeId] }), { ok: false, code: 'ERR_BAD_SIGNATURE' });
+  t.match(checkTemplateDoc('qis/1/t/short', doc, { registry: 'open', templates: [] }), { ok: false, code: 'ERR_TOPIC_INVALID' });
+  // Outcome prechecks: a closed registry admits listed ids and registered templates.
+  const p = createOutcomePacket({ key: fixedKey(60), template: bearing, situation, outcome: 'failure', seq: 1, ts: 1 });
+  t.match(precheckOutcome(p.topic, p.packet.length, { registry: 'closed', templates: [] }, () => undefined), { action: 'refuse', code: 'ERR_TEMPLATE_UNKNOWN' });
+  t.match(precheckOutcome(p.topic, p.packet.length, { registry: 'closed', templates: [] }, () => 4), { tplId: bearing.tplId, depth: 4 }, 'registered');
+});
+
+t.test('broker config - admission.curators and --admission.curator, validated with the key named', async (t) => {
+  const o = resolveBrokerOptions(parseBrokerConfig(`admission: {registry: closed, curators: [${curatorA.nodeId}, ${toHex(curatorB.publicKey).toUpperCase()}]}`, 'c.yaml'));
+  t.same(o.admission.curators, [curatorA.nodeId, toHex(curatorB.publicKey)], 'public keys are kept in lowercase');
+  t.same(resolveBrokerOptions({}).admission.curators, [], 'default: none');
+  const bad = (text: string): string => {
+    try {
+      resolveBrokerOptions(parseBrokerConfig(text, 'bad.yaml'));
+    } catch (e) {
+      t.equal((e as QisError).code, 'ERR_CONFIG_INVALID');
+      return (e as Error).message;
+    }
+    return 'accepted';
+  };
+  t.match(bad('admission: {curators: [abc]}'), /^bad\.yaml: admission\.curators\[0\]: expected a curator key: a node id \(26 lowercase base32 characters\) or an Ed25519 public key \(64 hex characters\), got "abc"$/);
+  t.match(bad('admission: {curators: abc}'), /admission\.curators: expected a list of curator keys, got "abc"/);
+  t.match(bad(`admission: {curators: [${curatorA.nodeId.toUpperCase()}]}`), /admission\.curators\[0\]: expected a curator key/);
+  const flags = resolveBrokerOptions(configFromFlags(['--admission.registry', 'closed', '--admission.curator', curatorA.nodeId, '--admission.curator', curatorB.nodeId]));
+  t.same(flags.admission.curators, [curatorA.nodeId, curatorB.nodeId]);
+  try {
+    resolveBrokerOptions(configFromFlags(['--admission.curator', 'nope']));
+    t.fail('accepted');
+  } catch (e) {
+    t.match((e as Error).message, /^--admission\.curator nope \(admission\.curators\[0\]\): expected a curator key/);
+  }
 });
