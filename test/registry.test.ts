@@ -167,6 +167,14 @@ t.test('registry CLI - template publish, list and show (--json and human)', asyn
   const noId = await qis(['template', 'show', '--url', b.url]);
   t.equal(noId.status, 2, 'a missing ID is a usage error');
   t.match(noId.stderr, /ID is required/);
+  // A closed registry that does not list this curator: exit 1 with the code.
+  const closed = await broker(t, { admission: { registry: 'closed', curators: [curatorB.nodeId] } });
+  const refusedRun = await qis(['template', 'publish', '--url', closed.url, '--key', keyFile, '--template', 'examples/bearing-failure.yaml', '--json']);
+  t.equal(refusedRun.status, 1);
+  t.equal((JSON.parse(refusedRun.stdout) as { code: string }).code, 'ERR_TEMPLATE_REFUSED');
+  const noKey = await qis(['template', 'publish', '--url', b.url, '--key', join(dir, 'missing.json'), '--template', 'examples/bearing-failure.yaml']);
+  t.equal(noKey.status, 1);
+  t.match(noKey.stderr, /^qis: ERR_FILE_IO: /);
   const help = await qis(['template', 'show', '--help']);
   t.equal(help.status, 0);
   t.match(help.stdout, /Arguments:\n {2}ID/);
