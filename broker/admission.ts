@@ -3,7 +3,7 @@
  * verification found and what the store holds. The Aedes wiring (broker/server.ts) only carries
  * out the decision.
  */
-import { QisError, b32, compileTemplate, decodeSign1, nodeIdOf, parseOutcomeTopic, sha256, topicMatches, verifySign1, type CheckResult, type ErrorCode } from '../src/index.js';
+import { QisError, isTplId, nodeIdOf, parseOutcomeTopic, toHex, topicMatches, verifyTemplateDoc, type CheckResult, type ErrorCode } from '../src/index.js';
 import type { AclRule, AdmissionOptions } from './options.js';
 
 /** Which rules a topic falls under. */
@@ -59,10 +59,12 @@ export function precheckOutcome(
   } catch (e) {
     return refuse('ERR_TOPIC_INVALID', (e as Error).message);
   }
-  if (o.registry === 'closed' && !o.templates.includes(parsed.tplId)) {
+  const depth = depthOf(parsed.tplId);
+  // A closed registry admits the listed ids and the templates it registered (documents it holds,
+  // which in closed mode are listed ids or signed by a listed curator).
+  if (o.registry === 'closed' && !o.templates.includes(parsed.tplId) && depth === undefined) {
     return refuse('ERR_TEMPLATE_UNKNOWN', `template ${parsed.tplId} is not in this broker's registry`);
   }
-  const depth = depthOf(parsed.tplId);
   if (depth !== undefined && parsed.levels.length !== depth) {
     return refuse('ERR_TOPIC_INVALID', `template ${parsed.tplId} routes on ${depth} fields; the topic has ${parsed.levels.length} levels`);
   }
@@ -212,29 +214,40 @@ export function checkConnect(clientId: string, clean: boolean): Decision {
   return clientId === '' && !clean ? refuse('ERR_CLIENT_ID', 'a zero-length client id requires clean session (CONNACK 2, identifier rejected)') : { action: 'pass' };
 }
 
+/** True when a curator entry (node id, or public key hex) names this key. */
+export function isListedCurator(curators: readonly string[], kid: Uint8Array): boolean {
+  if (curators.length === 0) return false;
+  const id = nodeIdOf(kid);
+  const hex = toHex(kid);
+  return curators.some((c) => c === id || c.toLowerCase() === hex);
+}
+
 /**
  * A template document on `qis/1/t/<tplId>` (PROTOCOL §4): a COSE_Sign1 whose kid signed it for
- * this topic, whose payload hashes to tplId and is that template's canonical JSON.
+ * this topic, whose payload hashes to tplId and is that template's canonical JSON. A closed
+ * registry admits it when tplId is listed or its curator (the kid) is.
  */
 export function checkTemplateDoc(
   topic: string,
   payload: Uint8Array,
-  o: Pick<AdmissionOptions, 'registry' | 'templates'>,
-): { ok: true; tplId: string; depth: number } | { ok: false; code: ErrorCode; message: string } {
+  o: Pick<AdmissionOptions, 'registry' | 'templates'> & { readonly curators?: readonly string[] },
+): { ok: true; tplId: string; depth: number; curator: string } | { ok: false; code: ErrorCode; message: string } {
   const tplId = topic.slice('qis/1/t/'.length);
-  if (o.registry === 'closed' && !o.templates.includes(tplId)) return { ok: false, code: 'ERR_TEMPLATE_UNKNOWN', message: `template ${tplId} is not in this broker's registry` };
+  const curators = o.curators ?? [];
+  const listed = o.registry === 'open' || o.templates.includes(tplId);
+  // Without curator keys, an unlisted id is refused before any signature work.
+  if (!listed && curators.length === 0) return { ok: false, code: 'ERR_TEMPLATE_UNKNOWN', message: `template ${tplId} is not in this broker's registry` };
   if (payload.length === 0) return { ok: false, code: 'ERR_PACKET_EMPTY', message: 'an empty payload cannot delete a template' };
+  if (!isTplId(tplId)) return { ok: false, code: 'ERR_TOPIC_INVALID', message: `${topic} is not qis/1/t/<tplId> (26 lowercase base32 characters)` };
+  let v;
   try {
-    const msg = decodeSign1(payload);
-    const kid = msg.unprotected.get(4);
-    if (!(kid instanceof Uint8Array) || kid.length !== 32) return { ok: false, code: 'ERR_COSE_MALFORMED', message: 'template envelope lacks a 32-byte kid' };
-    if (!verifySign1(msg, kid, topic)) return { ok: false, code: 'ERR_BAD_SIGNATURE', message: `template signature of curator ${nodeIdOf(kid)} does not verify` };
-    if (b32(sha256(msg.payload).subarray(0, 16)) !== tplId) return { ok: false, code: 'ERR_TEMPLATE_HASH', message: `payload does not hash to ${tplId}` };
-    const tpl = compileTemplate(JSON.parse(Buffer.from(msg.payload).toString('utf8')));
-    if (tpl.tplId !== tplId) return { ok: false, code: 'ERR_TEMPLATE_HASH', message: `payload is not the canonical JSON of template ${tplId}` };
-    return { ok: true, tplId, depth: tpl.fields.length };
+    v = verifyTemplateDoc(tplId, payload);
   } catch (e) {
-    const code: ErrorCode = e instanceof QisError && e.code !== 'ERR_TEMPLATE_INVALID' ? e.code : 'ERR_TEMPLATE_HASH';
+    const code: ErrorCode = e instanceof QisError ? e.code : 'ERR_TEMPLATE_HASH';
     return { ok: false, code, message: (e as Error).message };
   }
+  if (!listed && !isListedCurator(curators, v.curatorKey)) {
+    return { ok: false, code: 'ERR_TEMPLATE_UNKNOWN', message: `template ${tplId} is not in this broker's registry and its curator ${v.curator} is not a listed curator` };
+  }
+  return { ok: true, tplId, depth: v.template.fields.length, curator: v.curator };
 }

@@ -7,7 +7,7 @@
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { parseDocument } from 'yaml';
-import { QisError, isTplId } from '../src/index.js';
+import { QisError, isNodeId, isTplId } from '../src/index.js';
 import { BROKER_DEFAULTS, type BrokerConfig, type BrokerOptions } from './options.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -184,6 +184,10 @@ const ADMISSION: Record<keyof BrokerOptions['admission'], Check> = {
   templates: (c, v, p) =>
     list(c, v, p, 'a list of template ids').map((id, i) =>
       typeof id === 'string' && isTplId(id) ? id : c.fail(`${p}[${i}]`, 'a template id (26 lowercase base32 characters)', id),
+    ),
+  curators: (c, v, p) =>
+    list(c, v, p, 'a list of curator keys').map((k, i) =>
+      typeof k === 'string' && (isNodeId(k) || /^[0-9a-fA-F]{64}$/.test(k)) ? k.toLowerCase() : c.fail(`${p}[${i}]`, 'a curator key: a node id (26 lowercase base32 characters) or an Ed25519 public key (64 hex characters)', k),
     ),
   ratePerSecond: (c, v, p) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : c.fail(p, 'a number >= 0 (publishes per second; 0: no limit)', v)),
   burst: (c, v, p) => int(c, v, p, 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1'),
@@ -429,8 +433,9 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'fsync', key: 'fsync', value: 'MODE', help: 'always | interval | never' },
   { name: 'fsync-interval-ms', key: 'fsyncIntervalMs', value: 'MS', help: 'fsync period with --fsync interval' },
   { name: 'admission.max-skew-ms', key: 'admission.maxSkewMs', value: 'MS', help: 'how far a packet ts may lie in the future' },
-  { name: 'admission.registry', key: 'admission.registry', value: 'MODE', help: 'open (any template) | closed (only --admission.template ids)' },
+  { name: 'admission.registry', key: 'admission.registry', value: 'MODE', help: 'open (any template) | closed (only --admission.template ids and --admission.curator templates)' },
   { name: 'admission.template', key: 'admission.templates', value: 'ID', list: true, help: 'a template id admitted by a closed registry; replaces the list of the file' },
+  { name: 'admission.curator', key: 'admission.curators', value: 'KEY', list: true, help: 'a curator (node id or public key hex) whose signed template documents a closed registry admits; replaces the list of the file' },
   { name: 'admission.rate-per-second', key: 'admission.ratePerSecond', value: 'N', help: 'sustained qis/1/ publishes per client per second, 0: no limit' },
   { name: 'admission.burst', key: 'admission.burst', value: 'N', help: 'token bucket size for --admission.rate-per-second' },
   { name: 'acl.publish', key: 'acl.publish', value: 'RULE', list: true, help: 'allow:FILTER or deny:FILTER for ordinary topics; replaces the rules of the file' },

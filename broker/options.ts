@@ -31,9 +31,14 @@ export interface AclRule {
 export interface AdmissionOptions {
   /** How far `ts` may lie in the future, ms (PROTOCOL §6; default 5 minutes). */
   readonly maxSkewMs: number;
-  /** open: any template id; closed: only `templates` (and template documents whose hash checks). */
+  /**
+   * open: any template id. closed: only the ids in `templates`, and templates whose document is
+   * signed by a key in `curators` (once that document is registered here).
+   */
   readonly registry: 'open' | 'closed';
   readonly templates: readonly string[];
+  /** Curator keys of a closed registry (issue 7): node ids (26 base32) or public keys (64 hex). */
+  readonly curators: readonly string[];
   /** Token bucket per client on `qis/1/` publishes: sustained rate per second and burst. 0 = off. */
   readonly ratePerSecond: number;
   readonly burst: number;
@@ -100,7 +105,7 @@ export const BROKER_DEFAULTS: BrokerOptions = Object.freeze({
   dataDir: './qis-broker-data',
   fsync: 'always' as const,
   fsyncIntervalMs: 100,
-  admission: Object.freeze({ maxSkewMs: 300_000, registry: 'open' as const, templates: Object.freeze([]), ratePerSecond: 0, burst: 100 }),
+  admission: Object.freeze({ maxSkewMs: 300_000, registry: 'open' as const, templates: Object.freeze([]), curators: Object.freeze([]), ratePerSecond: 0, burst: 100 }),
   acl: Object.freeze({ publish: Object.freeze([]), subscribe: Object.freeze([]) }),
   log: Object.freeze({ level: 'info' as const }),
   sweepIntervalMs: 60_000,

@@ -21,7 +21,7 @@ const KEY_FLAGS: Record<string, FlagSpec> = Object.fromEntries(
 );
 
 const DETAILS = `Settings: the defaults shown above, then the --config file, then the flags. Mappings merge
-key by key; a list flag (--listen, --admission.template, --acl.*) replaces the file's list, so
+key by key; a list flag (--listen, --admission.template, --admission.curator, --acl.*) replaces the file's list, so
 several listeners, templates or ACL rules belong in the file. Every key of the file is also a
 flag: its dotted path in kebab case (admission.maxSkewMs: --admission.max-skew-ms 60000).
 Relative paths are relative to the working directory. Everything is checked before anything

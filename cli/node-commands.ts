@@ -1,11 +1,15 @@
 /** `qis publish`, `qis flush`, `qis query`, `qis watch`: the edge node runtime on the command line. */
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   QisError,
   createNode,
+  isTplId,
   loadTemplate,
+  type RegistryOptions,
+  type Template,
   toHex,
   type BrokerKind,
   type NodeOptions,
@@ -20,7 +24,7 @@ import {
 import { numberFlag, objectFlag, outcomeFlag, usage, type Command, type FlagSpec, type Io, str, type Flags } from './run.js';
 
 
-const CONNECTION: Record<string, FlagSpec> = {
+export const CONNECTION: Record<string, FlagSpec> = {
   url: { type: 'string', value: 'URL', help: 'broker: mqtt://host:1883, mqtts://host:8883, ws(s)://host/path', required: true },
   ca: { type: 'string', value: 'FILE', help: "PEM CA certificate(s) to trust for the broker's certificate (mqtts, wss)" },
   cert: { type: 'string', value: 'FILE', help: 'PEM client certificate, for brokers that require mTLS' },
@@ -32,7 +36,7 @@ const CONNECTION: Record<string, FlagSpec> = {
 };
 
 const SITUATION: Record<string, FlagSpec> = {
-  template: { type: 'string', value: 'FILE', help: 'template file (YAML or JSON)', required: true },
+  template: { type: 'string', value: 'FILE|ID', help: 'template file (YAML or JSON), or a template id to fetch from the registry (verified, cached in the data dir)', required: true },
   situation: { type: 'string', value: 'JSON', help: 'situation as JSON, or @FILE', required: true },
 };
 
@@ -44,6 +48,29 @@ async function readOpt(flags: Flags, name: string): Promise<Buffer | undefined> 
   } catch (e) {
     throw new QisError('ERR_FILE_IO', `--${name} ${str(path)}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/** `--template FILE`, or a template id (26 base32 characters that is not an existing file), which the node fetches from the registry. */
+async function templateFlag(value: string): Promise<Template | string> {
+  if (isTplId(value) && !existsSync(value)) return value;
+  return loadTemplate(value);
+}
+
+/** A template id resolved through the node (registry fetch, or its cache). */
+async function resolveTemplate(node: QisNode, t: Template | string, signal?: AbortSignal): Promise<Template> {
+  return typeof t === 'string' ? node.template(t, signal ? { signal } : {}) : t;
+}
+
+/** The connection flags as registry options (`qis template …`). */
+export async function registryOptions(flags: Flags): Promise<RegistryOptions> {
+  const o = await nodeOptions(flags, '-');
+  return {
+    url: o.url,
+    ...(o.tls ? { tls: o.tls } : {}),
+    ...(o.username !== undefined ? { username: o.username } : {}),
+    ...(o.password !== undefined ? { password: o.password } : {}),
+    ...(o.brokerKind !== undefined ? { brokerKind: o.brokerKind } : {}),
+  };
 }
 
 async function nodeOptions(flags: Flags, dataDir: string): Promise<NodeOptions> {
@@ -121,7 +148,7 @@ Example:
     --situation '{"machine_model":"KX-200","bearing_type":"roller","load_kn":42.5,"sealed":true}' \\
     --outcome failure --ctx '{"rpm":1480,"ambient_c":31}'`,
   async run(flags) {
-    const [template, situation] = await Promise.all([loadTemplate(str(flags.template)), objectFlag('situation', str(flags.situation))]);
+    const [template, situation] = await Promise.all([templateFlag(str(flags.template)), objectFlag('situation', str(flags.situation))]);
     const outcome = await outcomeFlag(str(flags.outcome));
     const ctx = flags.ctx === undefined ? undefined : ((await objectFlag('ctx', str(flags.ctx))) as Record<string, number>);
     return withNode(flags, async (node) => {
@@ -200,6 +227,7 @@ const query: Command = {
     ctx: { type: 'string', value: 'JSON', help: 'your context values: nearer packets weigh more (docs/synthesis.md)' },
     timeout: { type: 'string', value: 'MS', help: 'time limit including connecting (default 10000)' },
     packets: { type: 'boolean', help: 'list the verified packets too' },
+    'include-superseded': { type: 'boolean', help: "also count the cohorts of the templates this one supersedes, when their routed fields are unchanged (docs/registry.md)" },
   },
   details: `Every packet is verified (signature, topic, fingerprint, expiry); one packet per node (highest
 seq) counts; dropped packets are counted by reason. On a broker that does not keep the sync
@@ -208,13 +236,16 @@ Example:
   qis query --url mqtt://localhost --template examples/bearing-failure.yaml \\
     --situation '{"machine_model":"KX-200","bearing_type":"roller","load_kn":42.5,"sealed":true}' --widen 1`,
   async run(flags) {
-    const [template, situation] = await Promise.all([loadTemplate(str(flags.template)), objectFlag('situation', str(flags.situation))]);
+    const [given, situation] = await Promise.all([templateFlag(str(flags.template)), objectFlag('situation', str(flags.situation))]);
     const ctx = flags.ctx === undefined ? undefined : ((await objectFlag('ctx', str(flags.ctx))) as Record<string, number>);
+    let template = given as Template;
     const r = await withNode(flags, async (node) => {
       const intr = interruptSignal();
       try {
+        template = await resolveTemplate(node, given, intr.signal);
         return await node.query(template, situation, {
           signal: intr.signal,
+          ...(flags['include-superseded'] === true ? { includeSuperseded: true } : {}),
           ...(flags.widen !== undefined ? { widen: numberFlag('widen', str(flags.widen), true) } : {}),
           ...(flags['min-cohort'] !== undefined ? { minCohort: numberFlag('min-cohort', str(flags['min-cohort']), true) } : {}),
           ...(flags['half-life'] !== undefined ? { halfLifeMs: numberFlag('half-life', str(flags['half-life']), false) } : {}),
@@ -242,6 +273,7 @@ Example:
       withdrawn: r.withdrawn,
       duplicates: r.duplicates,
       elapsedMs: r.elapsedMs,
+      ...(r.versions ? { versions: r.versions, notIncluded: r.notIncluded ?? [] } : {}),
       ...r.synthesis,
       ...(flags.packets === true ? { packets: r.packets.map(packetJson) } : {}),
     };
@@ -273,6 +305,8 @@ export function renderQuery(name: string, version: number, r: QueryResult, listP
     `cohort    ${name} v${version}, ${r.widen === 0 ? 'exact' : `widened by ${r.widen} level(s)`}: ${r.filter}`,
     `broker    ${r.broker}: ${r.completeness === 'sync' ? 'complete (sync marker)' : 'ended after a quiet period (broker does not keep the sync order)'}`,
     `nodes     ${r.packets.length}   (received ${r.received}; dropped ${drops.length ? drops.join(', ') : 'none'}; superseded ${r.superseded}; withdrawn ${r.withdrawn})`,
+    ...(r.versions ? [`versions  ${r.versions.map((v) => `${v.name} v${v.version} (${v.tplId}): ${v.packets}`).join('; ')}`] : []),
+    ...(r.notIncluded ?? []).map((x) => `left out ${x.tplId}: ${x.reason}`),
     '',
     ...renderSynthesis(r.synthesis, ''),
   ];
@@ -345,10 +379,11 @@ const watch: Command = {
   },
   details: 'With --json, one JSON object per packet per line (NDJSON). Forged or foreign packets are not printed; the count of dropped ones is printed at the end.',
   async run(flags, io: Io) {
-    const [template, situation] = await Promise.all([loadTemplate(str(flags.template)), objectFlag('situation', str(flags.situation))]);
+    const [given, situation] = await Promise.all([templateFlag(str(flags.template)), objectFlag('situation', str(flags.situation))]);
     const count = flags.count === undefined ? Infinity : numberFlag('count', str(flags.count), true);
     const json = flags.json === true;
     return withNode(flags, async (node) => {
+      const template = await resolveTemplate(node, given);
       const intr = interruptSignal();
       const ac = new AbortController();
       const timer = flags.timeout === undefined ? undefined : setTimeout(() => ac.abort(), numberFlag('timeout', str(flags.timeout), true));

@@ -13,6 +13,7 @@ const MODULES: Readonly<Record<string, () => Promise<readonly Command[]>>> = {
   broker: async () => [(await import('./broker-command.js')).brokerCommand],
   demo: async () => [(await import('./demo.js')).demoCommand],
   bridge: async () => (await import('./bridge-command.js')).bridgeCommands,
+  template: async () => (await import('./template-commands.js')).templateCommands,
 };
 const MODULE_OF: Readonly<Record<string, keyof typeof MODULES>> = {
   keygen: 'core',
@@ -26,6 +27,7 @@ const MODULE_OF: Readonly<Record<string, keyof typeof MODULES>> = {
   broker: 'broker',
   demo: 'demo',
   bridge: 'bridge',
+  template: 'template',
 };
 
 /** The commands of `first`'s module; all of them for an unknown word (so a command missing from MODULE_OF still works). */

@@ -21,6 +21,8 @@ export interface Command {
   /** Text after the flag list: examples, notes. */
   readonly details?: string;
   readonly flags: Readonly<Record<string, FlagSpec>>;
+  /** Positional arguments (`qis template show ID`), in order; each lands in flags under its name. */
+  readonly positionals?: readonly { readonly name: string; readonly help: string }[];
   /** Returns the JSON result; `human` renders it for a person. */
   run(flags: Flags, io: Io): Promise<CommandResult>;
 }
@@ -59,7 +61,8 @@ export function helpText(cmd: Command): string {
     const left = `  ${f.short ? `-${f.short}, ` : ''}--${name}${f.type === 'string' ? ` ${f.value ?? 'VALUE'}` : ''}`;
     return `${left.padEnd(30)} ${f.help}${f.required ? ' (required)' : ''}`;
   });
-  return [`qis ${cmd.path.join(' ')}: ${cmd.summary}`, '', 'Options:', ...rows, ...(cmd.details ? ['', cmd.details] : []), ''].join('\n');
+  const pos = (cmd.positionals ?? []).map((p) => `  ${p.name.toUpperCase().padEnd(28)} ${p.help} (required)`);
+  return [`qis ${cmd.path.join(' ')}${(cmd.positionals ?? []).map((p) => ` ${p.name.toUpperCase()}`).join('')}: ${cmd.summary}`, '', ...(pos.length > 0 ? ['Arguments:', ...pos, ''] : []), 'Options:', ...rows, ...(cmd.details ? ['', cmd.details] : []), ''].join('\n');
 }
 
 /** Parses argv for a command; unknown flags, positionals and missing required flags are ERR_CLI_USAGE. */
@@ -68,14 +71,23 @@ export function parseFlags(cmd: Command, argv: string[]): Flags {
   const options: Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean }> = {};
   for (const [name, f] of Object.entries(spec)) options[name] = { type: f.type, ...(f.short ? { short: f.short } : {}), ...(f.multiple ? { multiple: true } : {}) };
   let values: Flags;
+  let positionals: string[];
+  const wanted = cmd.positionals ?? [];
   try {
-    ({ values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false }) as {
+    ({ values, positionals } = parseArgs({ args: argv, options, strict: true, allowPositionals: wanted.length > 0 }) as {
       values: Flags;
+      positionals: string[];
     });
   } catch (e) {
     throw usage(`${(e as Error).message.replace(/\. To specify a positional.*$/s, '')} (see: qis ${cmd.path.join(' ')} --help)`);
   }
   if (values.help) return values;
+  if (positionals.length > wanted.length) throw usage(`unexpected argument "${positionals[wanted.length]}" (see: qis ${cmd.path.join(' ')} --help)`);
+  for (const [i, p] of wanted.entries()) {
+    const v = positionals[i];
+    if (v === undefined) throw usage(`${p.name.toUpperCase()} is required (see: qis ${cmd.path.join(' ')} --help)`);
+    values[p.name] = v;
+  }
   for (const [name, f] of Object.entries(cmd.flags)) {
     if (f.required && values[name] === undefined) throw usage(`--${name} is required (see: qis ${cmd.path.join(' ')} --help)`);
   }

@@ -54,6 +54,9 @@ export const ERROR_CODES = {
   ERR_DEVICE_UNREACHABLE: 'a Modbus device refused or dropped the connection, or sent a malformed response; the bridge reconnects with backoff',
   ERR_MODBUS_EXCEPTION: 'a Modbus device answered with an exception response (illegal function, illegal data address…); logged with the device and code',
   ERR_SPARKPLUG_PAYLOAD: 'a Sparkplug B message is not a valid Sparkplug B protobuf payload, or its topic is not a Sparkplug B topic',
+  // issue 7 section 1: the template registry
+  ERR_TEMPLATE_NOT_FOUND: 'the broker holds no template document for the template id asked for',
+  ERR_TEMPLATE_REFUSED: 'the broker closed the connection instead of acknowledging a template document (its way to refuse it; the broker log names the code)',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

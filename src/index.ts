@@ -105,4 +105,20 @@ export {
   type LabelStat,
   type OutlierReport,
 } from './synthesis.js';
+export {
+  signTemplate,
+  verifyTemplateDoc,
+  publishTemplate,
+  listTemplates,
+  fetchTemplate,
+  describeEntry,
+  sameRouting,
+  supersedesOf,
+  templateTopic,
+  TEMPLATE_TOPIC_PREFIX,
+  type VerifiedTemplate,
+  type RegistryOptions,
+  type RegistryEntry,
+  type RegistryList,
+} from './registry.js';
 export { writeFileDurable, syncDir, lockDir } from './durable.js';

@@ -7,13 +7,14 @@
  * off; the node reconnects with exponential backoff and full jitter.
  */
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { backoffDelay, backoffOptions, type BackoffOptions } from './backoff.js';
 import { toHex, fromHex } from './bytes.js';
 import { Channel } from './channel.js';
 import { foldCohort, topicMatches, type CohortMessage } from './cohort.js';
-import { ensureDir, lockDir } from './durable.js';
+import { ensureDir, lockDir, writeFileDurable } from './durable.js';
 import { QisError, isQisError, type ErrorCode } from './errors.js';
 import { address, cohortFilter, outcomeTopic, type Situation } from './fingerprint.js';
 import { generateKey, loadKeyFile, saveKeyFile, type Ed25519Backend, type NodeKey } from './identity.js';
@@ -21,7 +22,8 @@ import { createOutcomePacket } from './outcome.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
 import { checkPacket, signPacket, type Outcome, type VerifiedPacket } from './packet.js';
 import { synthesize, type Synthesis, type SynthesisOptions } from './synthesis.js';
-import type { Template } from './template.js';
+import { isTplId, type Template } from './template.js';
+import { sameRouting, supersedesOf, templateTopic, verifyTemplateDoc } from './registry.js';
 
 /** How a broker orders a query's sync marker (PROTOCOL §7). */
 export type BrokerKind = 'qis' | 'mosquitto' | 'unknown';
@@ -104,6 +106,11 @@ export interface PublishResult {
 export interface QueryOptions extends SynthesisOptions {
   /** Drop this many least significant levels: 0 is the exact cohort. */
   readonly widen?: number;
+  /**
+   * Also read the cohorts of the templates this one supersedes (`supersedes: <tplId>`, followed
+   * as a chain) as long as their routed fields and outcome are unchanged (docs/registry.md).
+   */
+  readonly includeSuperseded?: boolean;
   /** Overall time limit including waiting for a connection, ms. Default 10,000. */
   readonly timeoutMs?: number;
   readonly signal?: AbortSignal;
@@ -125,6 +132,13 @@ export interface QueryResult {
   readonly duplicates: number;
   readonly synthesis: Synthesis;
   readonly elapsedMs: number;
+  /**
+   * With `includeSuperseded`: the template versions whose cohorts answered, newest first, with
+   * the packets each contributed (one per node overall: a node's packet under the newest
+   * template wins), and the older templates left out, with why.
+   */
+  readonly versions?: readonly { readonly tplId: string; readonly name: string; readonly version: number; readonly packets: number }[];
+  readonly notIncluded?: readonly { readonly tplId: string; readonly reason: string }[];
 }
 
 export interface WatchOptions {
@@ -161,12 +175,19 @@ export interface QisNode extends AsyncDisposable {
   readonly connected: boolean;
   /** Packets in the outbox, waiting for a PUBACK. */
   readonly pending: number;
-  publish(template: Template, situation: Situation, outcome: Outcome, options?: PublishOptions): Promise<PublishResult>;
+  /** `template` may be a template id: it is fetched from the registry (see {@link QisNode.template}). */
+  publish(template: Template | string, situation: Situation, outcome: Outcome, options?: PublishOptions): Promise<PublishResult>;
   /** Withdraws the node's packet for a template (signed tombstone on its current bucket). */
-  withdraw(template: Template, options?: { readonly ackTimeoutMs?: number; readonly signal?: AbortSignal }): Promise<PublishResult | undefined>;
+  withdraw(template: Template | string, options?: { readonly ackTimeoutMs?: number; readonly signal?: AbortSignal }): Promise<PublishResult | undefined>;
   /** Resolves once the outbox is empty. @throws QisError ERR_TIMEOUT | ERR_ABORTED | ERR_CLOSED */
   flush(options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<void>;
-  query(template: Template, situation: Situation, options?: QueryOptions): Promise<QueryResult>;
+  query(template: Template | string, situation: Situation, options?: QueryOptions): Promise<QueryResult>;
+  /**
+   * A template by id from the registry (`qis/1/t/<tplId>`), verified (curator signature, hash,
+   * valid template) and cached in `<dataDir>/templates/`: later calls need no broker.
+   * @throws QisError ERR_TEMPLATE_NOT_FOUND | ERR_TEMPLATE_HASH | ERR_BAD_SIGNATURE | ERR_TIMEOUT | ERR_INVALID_ARGUMENT
+   */
+  template(tplId: string, options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<Template>;
   watch(template: Template, situation: Situation, options?: WatchOptions): WatchIterator;
   status(options?: { readonly signal?: AbortSignal }): AsyncIterableIterator<NodeStatus>;
   /** The broker's query ordering, as configured or detected on this connection. */
@@ -589,10 +610,11 @@ class Node implements QisNode {
     return first + count - 1;
   }
 
-  async publish(template: Template, situation: Situation, outcome: Outcome, options: PublishOptions = {}): Promise<PublishResult> {
+  async publish(t: Template | string, situation: Situation, outcome: Outcome, options: PublishOptions = {}): Promise<PublishResult> {
     this.#checkOpen();
     throwIfAborted(options.signal);
     positive('ackTimeoutMs', options.ackTimeoutMs, true);
+    const template = await this.#resolve(t, options.signal);
     const addr = address(template, situation);
     const topic = outcomeTopic(addr, this.key.nodeId);
     const result = await this.#serial(async () => {
@@ -653,9 +675,10 @@ class Node implements QisNode {
     };
   }
 
-  async withdraw(template: Template, options: { ackTimeoutMs?: number; signal?: AbortSignal } = {}): Promise<PublishResult | undefined> {
+  async withdraw(t: Template | string, options: { ackTimeoutMs?: number; signal?: AbortSignal } = {}): Promise<PublishResult | undefined> {
     this.#checkOpen();
     throwIfAborted(options.signal);
+    const template = await this.#resolve(t, options.signal);
     const entry = await this.#serial(async () => {
       const prev = this.#outbox.bucket(template.tplId);
       if (!prev) return undefined;
@@ -887,10 +910,16 @@ class Node implements QisNode {
     if (!Number.isInteger(widen) || widen < 0 || widen > k) throw new QisError('ERR_INVALID_ARGUMENT', `widen must be an integer from 0 to ${k}, got ${String(widen)}`);
   }
 
-  async query(template: Template, situation: Situation, options: QueryOptions = {}): Promise<QueryResult> {
+  async query(t: Template | string, situation: Situation, options: QueryOptions = {}): Promise<QueryResult> {
     this.#checkOpen();
     throwIfAborted(options.signal);
     const started = this.#now();
+    const template = await this.#resolve(t, options.signal, options.timeoutMs);
+    if (options.includeSuperseded === true) return this.#queryVersions(template, situation, options, started);
+    return this.#queryOne(template, situation, options, started);
+  }
+
+  async #queryOne(template: Template, situation: Situation, options: QueryOptions, started: number): Promise<QueryResult> {
     const widen = options.widen ?? 0;
     this.#checkWiden(template, widen);
     positive('timeoutMs', options.timeoutMs);
@@ -919,6 +948,127 @@ class Node implements QisNode {
         elapsedMs: this.#now() - started,
       };
     }
+  }
+
+  // ------------------------------------------------------------------ templates by id (issue 7)
+
+  /** Templates fetched or read from the cache, by id. */
+  readonly #templates = new Map<string, Template>();
+
+  #resolve(t: Template | string, signal: AbortSignal | undefined, timeoutMs?: number): Promise<Template> {
+    if (typeof t !== 'string') return Promise.resolve(t);
+    return this.template(t, { ...(signal ? { signal } : {}), ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
+  }
+
+  async template(tplId: string, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Template> {
+    this.#checkOpen();
+    throwIfAborted(options.signal);
+    if (typeof tplId !== 'string' || !isTplId(tplId)) throw new QisError('ERR_INVALID_ARGUMENT', `a template id is 26 lowercase base32 characters, got ${JSON.stringify(tplId)}`);
+    positive('timeoutMs', options.timeoutMs);
+    const known = this.#templates.get(tplId);
+    if (known) return known;
+    const dir = join(this.#o.dataDir, 'templates');
+    const file = join(dir, `${tplId}.cose`);
+    let cached: Uint8Array | undefined;
+    try {
+      cached = new Uint8Array(await readFile(file));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new QisError('ERR_FILE_IO', `${file}: ${(e as Error).message}`, { cause: e });
+    }
+    if (cached) {
+      try {
+        const v = verifyTemplateDoc(tplId, cached, this.#o.backend);
+        this.#templates.set(tplId, v.template);
+        return v.template;
+      } catch {
+        // A damaged cache file is fetched again (and replaced) below.
+      }
+    }
+    const deadline = this.#now() + (options.timeoutMs ?? DEFAULTS.queryTimeoutMs);
+    const topic = templateTopic(tplId);
+    for (;;) {
+      const kind = await this.brokerKind({ timeoutMs: Math.max(1, deadline - this.#now()), ...(options.signal ? { signal: options.signal } : {}) });
+      const client = await this.#waitConnected(deadline, options.signal);
+      const got = await this.#collect(client, topic, kind, deadline, options.signal);
+      if (got === 'lost') continue;
+      const last = got[got.length - 1];
+      if (!last) throw new QisError('ERR_TEMPLATE_NOT_FOUND', `the broker at ${this.#o.url} holds no template document ${tplId}`);
+      const v = verifyTemplateDoc(tplId, last.payload, this.#o.backend);
+      await ensureDir(dir);
+      await writeFileDurable(file, v.bytes);
+      this.#templates.set(tplId, v.template);
+      return v.template;
+    }
+  }
+
+  /**
+   * A query over a template and the chain of templates it supersedes whose routing is unchanged
+   * ({@link sameRouting}): one cohort read per version, merged one packet per node (the newest
+   * template's packet wins), synthesised together.
+   */
+  async #queryVersions(template: Template, situation: Situation, options: QueryOptions, started: number): Promise<QueryResult> {
+    const results: { template: Template; r: QueryResult }[] = [];
+    const notIncluded: { tplId: string; reason: string }[] = [];
+    const deadline = started + (options.timeoutMs ?? DEFAULTS.queryTimeoutMs);
+    const seen = new Set<string>([template.tplId]);
+    let current: Template | undefined = template;
+    while (current) {
+      const left = Math.max(1, deadline - this.#now());
+      results.push({ template: current, r: await this.#queryOne(current, situation, { ...options, timeoutMs: left }, this.#now()) });
+      const older = supersedesOf(current);
+      current = undefined;
+      if (older === undefined || seen.has(older)) break;
+      seen.add(older);
+      let t: Template;
+      try {
+        t = await this.template(older, { timeoutMs: Math.max(1, deadline - this.#now()), ...(options.signal ? { signal: options.signal } : {}) });
+      } catch (e) {
+        if (!isQisError(e) || e.code === 'ERR_CLOSED' || e.code === 'ERR_ABORTED' || e.code === 'ERR_TIMEOUT') throw e;
+        notIncluded.push({ tplId: older, reason: `${e.code}: ${e.message}` });
+        break;
+      }
+      const same = sameRouting(template, t);
+      if (!same.ok) {
+        notIncluded.push({ tplId: older, reason: same.reason });
+        break;
+      }
+      current = t;
+    }
+    const first = results[0]!.r;
+    if (results.length === 1) return { ...first, versions: [{ tplId: template.tplId, name: template.doc.name, version: template.doc.version, packets: first.packets.length }], notIncluded, elapsedMs: this.#now() - started };
+    const byNode = new Set<string>();
+    const packets: VerifiedPacket[] = [];
+    const versions = results.map(({ template: t, r }) => {
+      let n = 0;
+      for (const p of r.packets) {
+        if (byNode.has(p.nodeId)) continue;
+        byNode.add(p.nodeId);
+        packets.push(p);
+        n++;
+      }
+      return { tplId: t.tplId, name: t.doc.name, version: t.doc.version, packets: n };
+    });
+    const dropped: Partial<Record<ErrorCode, number>> = {};
+    for (const { r } of results) for (const [c, n] of Object.entries(r.dropped) as [ErrorCode, number][]) dropped[c] = (dropped[c] ?? 0) + n;
+    const sum = (f: (r: QueryResult) => number): number => results.reduce((a, x) => a + f(x.r), 0);
+    const synthesis = synthesize(
+      template,
+      packets.flatMap((p) => (p.out === undefined ? [] : [{ nodeId: p.nodeId, out: p.out, conf: p.conf, n: p.n, ts: p.ts, ...(p.ctx ? { ctx: p.ctx } : {}) }])),
+      synthesisOptions(options),
+    );
+    return {
+      ...first,
+      packets,
+      received: sum((r) => r.received),
+      dropped,
+      superseded: sum((r) => r.superseded),
+      withdrawn: sum((r) => r.withdrawn),
+      duplicates: sum((r) => r.duplicates) + sum((r) => r.packets.length) - packets.length,
+      synthesis,
+      elapsedMs: this.#now() - started,
+      versions,
+      notIncluded,
+    };
   }
 
   /** One round trip: subscribe to the sync topic and the cohort, publish the marker, collect until it returns. */
@@ -1056,7 +1206,7 @@ class Node implements QisNode {
 }
 
 function synthesisOptions(o: QueryOptions): SynthesisOptions {
-  const { widen: _w, timeoutMs: _t, signal: _s, ...rest } = o;
+  const { widen: _w, timeoutMs: _t, signal: _s, includeSuperseded: _i, ...rest } = o;
   return rest;
 }
 

@@ -35,7 +35,7 @@ import { startAedes } from './helpers/aedes.js';
 import { startQisBroker } from './helpers/qis-broker.js';
 import { RateLimiter, checkConnect, checkRate, checkSync, checkTemplateDoc, decide, isDecision, precheckOutcome, type Decision } from '../broker/admission.js';
 import { freePort } from './helpers/mosquitto.js';
-import { createNode, type NodeOptions, type QisNode } from '../src/index.js';
+import { createNode, fetchTemplate, publishTemplate, type NodeOptions, type QisNode } from '../src/index.js';
 import { ModbusTcpClient, decodeSparkplugPayload, parseReadResponse } from '../firmware-bridge/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
@@ -203,6 +203,24 @@ const triggers: Record<ErrorCode, () => unknown> = {
     const status = reportError(new TypeError('boom'), true, { stdin: new PassThrough(), stdout: out, stderr: new PassThrough() });
     const line = JSON.parse(String(out.read())) as { code: ErrorCode; message: string };
     throw new QisError(line.code, `${line.message} (exit ${status})`);
+  },
+  // issue 7 section 1 (more in test/registry.test.ts)
+  ERR_TEMPLATE_NOT_FOUND: async () => {
+    const b = await startQisBroker();
+    try {
+      return await fetchTemplate(bearing.tplId, { url: b.url });
+    } finally {
+      await b.close();
+    }
+  },
+  ERR_TEMPLATE_REFUSED: async () => {
+    // A closed registry that lists neither the id nor the curator.
+    const b = await startQisBroker({ admission: { registry: 'closed', templates: [] } });
+    try {
+      return await publishTemplate(key, bearing, { url: b.url });
+    } finally {
+      await b.close();
+    }
   },
 };
 
