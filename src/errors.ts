@@ -50,6 +50,8 @@ export const ERROR_CODES = {
   ERR_CONFIG_INVALID: 'a broker or bridge config is invalid (the message names the file, the key and what was expected)',
   ERR_DELIVERY_REFUSED: 'the broker closed the connection each time a queued packet was sent (its way to refuse it); the packet is set aside as <name>.bad',
   ERR_INTERNAL: 'an unexpected failure inside qis: a bug (the CLI prints its stack to stderr); please report it',
+  // issue 7 §3 (Darwinism: scores)
+  ERR_NO_PREDICTION: 'report(): the node holds no unscored prediction for this template and situation made before the observation (query first)',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -106,3 +106,37 @@ export {
   type OutlierReport,
 } from './synthesis.js';
 export { writeFileDurable, syncDir, lockDir } from './durable.js';
+export {
+  signScorePacket,
+  verifyScorePacket,
+  checkScorePacket,
+  encodeScorePayload,
+  decodeScorePayload,
+  scoreTopic,
+  scoreFilter,
+  parseScoreTopic,
+  REL_BINS,
+  type ScoreFields,
+  type VerifiedScore,
+  type ScoreVerifyOptions,
+} from './score.js';
+export {
+  scorePrediction,
+  addScore,
+  scoreFieldsOf,
+  rankTemplates,
+  poolRecord,
+  thompsonChoose,
+  sampleBeta,
+  betaCdf,
+  betaQuantile,
+  calibrationSvg,
+  relBin,
+  EMPTY_TOTALS,
+  type Prediction,
+  type PredictionScore,
+  type ScoreTotals,
+  type TrackRecord,
+  type RankRow,
+  type ThompsonDraw,
+} from './darwin.js';
