@@ -19,7 +19,7 @@ export type Prediction =
 export interface PredictionScore {
   /** Σ_l (p_l − [l happened])², 0 (perfect) … 2 (certain and wrong); categorical outcomes. */
   readonly brier?: number;
-  /** The most probable label (ties: the first in the template's label order) came true. */
+  /** The single most probable label came true (a tie for the top is not a hit: it names no label). */
   readonly hit?: boolean;
   /** |predicted − observed|; numeric outcomes (the prediction is the cohort's median). */
   readonly absError?: number;
@@ -37,15 +37,17 @@ export function scorePrediction(p: Prediction, actual: Outcome, labels: readonly
     let brier = 0;
     let best: string | undefined;
     let bestP = -1;
+    let tie = false;
     for (const l of all) {
       const q = p.probs[l] ?? 0;
       brier += (q - (l === actual ? 1 : 0)) ** 2;
       if (q > bestP) {
         bestP = q;
         best = l;
-      }
+        tie = false;
+      } else if (q === bestP) tie = true;
     }
-    return { brier, hit: best === actual };
+    return { brier, hit: !tie && best === actual };
   }
   if (typeof actual !== 'number') throw new QisError('ERR_OUTCOME_INVALID', 'a numeric prediction is scored against a number');
   return { absError: Math.abs(p.value - actual) };
