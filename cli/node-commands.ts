@@ -20,7 +20,7 @@ import {
 import { numberFlag, objectFlag, outcomeFlag, usage, type Command, type FlagSpec, type Io, str, type Flags } from './run.js';
 
 
-const CONNECTION: Record<string, FlagSpec> = {
+export const CONNECTION: Record<string, FlagSpec> = {
   url: { type: 'string', value: 'URL', help: 'broker: mqtt://host:1883, mqtts://host:8883, ws(s)://host/path', required: true },
   ca: { type: 'string', value: 'FILE', help: "PEM CA certificate(s) to trust for the broker's certificate (mqtts, wss)" },
   cert: { type: 'string', value: 'FILE', help: 'PEM client certificate, for brokers that require mTLS' },
@@ -31,7 +31,7 @@ const CONNECTION: Record<string, FlagSpec> = {
   'broker-kind': { type: 'string', value: 'KIND', help: 'qis | mosquitto | unknown | auto (default: auto, asked once)' },
 };
 
-const SITUATION: Record<string, FlagSpec> = {
+export const SITUATION: Record<string, FlagSpec> = {
   template: { type: 'string', value: 'FILE', help: 'template file (YAML or JSON)', required: true },
   situation: { type: 'string', value: 'JSON', help: 'situation as JSON, or @FILE', required: true },
 };
@@ -71,7 +71,7 @@ async function nodeOptions(flags: Flags, dataDir: string): Promise<NodeOptions> 
 }
 
 /** Runs `fn` with a node on `--data-dir`, or on a throwaway one (a query needs no lasting identity). */
-async function withNode<T>(flags: Flags, fn: (node: QisNode) => Promise<T>): Promise<T> {
+export async function withNode<T>(flags: Flags, fn: (node: QisNode) => Promise<T>): Promise<T> {
   const given = flags['data-dir'] !== undefined;
   const dir = given ? str(flags['data-dir']) : await mkdtemp(join(tmpdir(), 'qis-query-'));
   try {

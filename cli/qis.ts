@@ -12,6 +12,7 @@ const MODULES: Readonly<Record<string, () => Promise<readonly Command[]>>> = {
   node: async () => (await import('./node-commands.js')).nodeCommands,
   broker: async () => [(await import('./broker-command.js')).brokerCommand],
   demo: async () => [(await import('./demo.js')).demoCommand],
+  darwin: async () => (await import('./darwin-commands.js')).darwinCommands,
 };
 const MODULE_OF: Readonly<Record<string, keyof typeof MODULES>> = {
   keygen: 'core',
@@ -24,6 +25,8 @@ const MODULE_OF: Readonly<Record<string, keyof typeof MODULES>> = {
   watch: 'node',
   broker: 'broker',
   demo: 'demo',
+  report: 'darwin',
+  templates: 'darwin',
 };
 
 /** The commands of `first`'s module; all of them for an unknown word (so a command missing from MODULE_OF still works). */
