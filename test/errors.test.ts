@@ -199,6 +199,8 @@ const triggers: Record<ErrorCode, () => unknown> = {
     const line = JSON.parse(String(out.read())) as { code: ErrorCode; message: string };
     throw new QisError(line.code, `${line.message} (exit ${status})`);
   },
+  // issue 7 §3: report() with no prediction to score (offline node: no broker is needed to refuse).
+  ERR_NO_PREDICTION: () => withNode((n) => n.report(bearing, situation, 'failure', { ackTimeoutMs: 0 })),
 };
 
 t.test('errors - every code is produced by a real failure', async (t) => {
