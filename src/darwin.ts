@@ -6,6 +6,8 @@
  */
 import { QisError } from './errors.js';
 import type { Outcome } from './packet.js';
+import type { Synthesis } from './synthesis.js';
+import type { Template } from './template.js';
 import { REL_BINS, type ScoreFields } from './score.js';
 
 // ------------------------------------------------------------------------------ predictions and scores
@@ -14,6 +16,22 @@ import { REL_BINS, type ScoreFields } from './score.js';
 export type Prediction =
   | { readonly kind: 'category'; readonly probs: { readonly [label: string]: number } }
   | { readonly kind: 'number'; readonly value: number };
+
+/**
+ * The prediction a synthesis gives (PROTOCOL §9 scores it later): label proportions, or the
+ * median of a numeric cohort. A cohort too small to answer is, for categorical outcomes, the
+ * uniform forecast (it says nothing, and is scored as such); numeric and map outcomes are not kept.
+ */
+export function predictionOf(template: Template, s: Synthesis): Prediction | undefined {
+  const spec = template.doc.outcome;
+  if (spec.kind === 'category') {
+    const probs: Record<string, number> = {};
+    for (const l of spec.labels) probs[l] = s.kind === 'category' ? (s.labels[l]?.proportion ?? 0) : 1 / spec.labels.length;
+    return { kind: 'category', probs };
+  }
+  if (spec.kind === 'number' && s.kind === 'number') return { kind: 'number', value: s.median };
+  return undefined;
+}
 
 /** How one prediction fared against what happened. */
 export interface PredictionScore {
@@ -334,8 +352,14 @@ export interface ThompsonDraw {
 export function thompsonChoose(records: readonly TrackRecord[], rng: () => number): ThompsonDraw[] {
   if (records.length === 0) throw new QisError('ERR_INVALID_ARGUMENT', 'Thompson sampling needs at least one template');
   const draws = records.map((r) => {
-    const row = poolRecord(r);
-    return { tplId: r.tplId, hits: row.hits, k: row.kHits, sample: sampleBeta(1 + row.hits, 1 + row.kHits - row.hits, rng) };
+    let hits = 0;
+    let k = 0;
+    for (const s of r.scores) {
+      if (s.hits === undefined) continue;
+      hits += s.hits;
+      k += s.k;
+    }
+    return { tplId: r.tplId, hits, k, sample: sampleBeta(1 + hits, 1 + k - hits, rng) };
   });
   return draws.sort((a, b) => b.sample - a.sample);
 }

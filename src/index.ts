@@ -135,6 +135,7 @@ export {
   betaCdf,
   betaQuantile,
   calibrationSvg,
+  predictionOf,
   relBin,
   EMPTY_TOTALS,
   type Prediction,

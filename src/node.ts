@@ -23,7 +23,7 @@ import { checkPacket, signPacket, type Outcome, type VerifiedPacket } from './pa
 import { synthesize, type Synthesis, type SynthesisOptions } from './synthesis.js';
 import type { Template } from './template.js';
 import { checkOutcomeFits } from './outcome.js';
-import { addScore, scoreFieldsOf, scorePrediction, thompsonChoose, type Prediction, type PredictionScore, type ThompsonDraw } from './darwin.js';
+import { addScore, predictionOf, scoreFieldsOf, scorePrediction, thompsonChoose, type Prediction, type PredictionScore, type ThompsonDraw } from './darwin.js';
 import { PredictionStore } from './predictions.js';
 import { checkScorePacket, scoreFilter, signScorePacket, type ScoreFields, type VerifiedScore } from './score.js';
 import { jcs } from './jcs.js';
@@ -1234,22 +1234,6 @@ class Node implements QisNode {
 function synthesisOptions(o: QueryOptions): SynthesisOptions {
   const { widen: _w, timeoutMs: _t, signal: _s, remember: _r, ...rest } = o;
   return rest;
-}
-
-/**
- * The prediction a synthesis gives (PROTOCOL §9 scores it later): label proportions, or the
- * median of a numeric cohort. A cohort too small to answer is, for categorical outcomes, the
- * uniform forecast (it says nothing, and is scored as such); numeric and map outcomes are not kept.
- */
-function predictionOf(template: Template, s: Synthesis): Prediction | undefined {
-  const spec = template.doc.outcome;
-  if (spec.kind === 'category') {
-    const probs: Record<string, number> = {};
-    for (const l of spec.labels) probs[l] = s.kind === 'category' ? (s.labels[l]?.proportion ?? 0) : 1 / spec.labels.length;
-    return { kind: 'category', probs };
-  }
-  if (spec.kind === 'number' && s.kind === 'number') return { kind: 'number', value: s.median };
-  return undefined;
 }
 
 function hexFp(hex: string): Uint8Array {
