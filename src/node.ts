@@ -986,7 +986,9 @@ class Node implements QisNode {
       );
       const prediction = predictionOf(template, synthesis);
       if (options.remember !== false && prediction) {
-        await this.#predictions.record(template.tplId, toHex(addr.fp), { at: Math.floor(this.#now()), prediction });
+        // Written durably in the background: the query's latency stays the network's. A report()
+        // waits for it (the store serialises its files); close() waits too.
+        this.#predictions.record(template.tplId, toHex(addr.fp), { at: Math.floor(this.#now()), prediction }).catch((e: unknown) => this.#ioFailure(e));
       }
       return {
         tplId: template.tplId,
@@ -1217,6 +1219,7 @@ class Node implements QisNode {
       for (const c of [...this.#watches]) c.end();
       for (const c of [...this.#statusChannels]) c.end();
       await this.#writes.catch(() => undefined);
+      await this.#predictions.settled();
       await Promise.allSettled([...this.#removals]);
       const client = this.#client;
       this.#client = undefined;

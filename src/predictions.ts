@@ -56,6 +56,11 @@ export class PredictionStore {
     return run;
   }
 
+  /** Resolves when every write started so far has finished (or failed). */
+  settled(): Promise<void> {
+    return this.#chain.then(() => undefined);
+  }
+
   #file(tplId: string, fpHex: string): string {
     return join(this.#dir, tplId, `${fpHex}.json`);
   }
@@ -65,7 +70,7 @@ export class PredictionStore {
     return Array.isArray(j) ? j.filter(isPrediction) : [];
   }
 
-  /** Remembers a prediction received for a situation (durably, before the query returns). */
+  /** Remembers a prediction received for a situation (durably; operations run in call order). */
   record(tplId: string, fpHex: string, p: StoredPrediction): Promise<void> {
     return this.#serial(async () => {
       const list = [...(await this.#read(tplId, fpHex)), p].sort((a, b) => a.at - b.at).slice(-MAX_PER_SITUATION);

@@ -175,6 +175,32 @@ t.test('report() scores the latest prediction before the observation and publish
   t.equal(r3.totals.hits, 2);
 });
 
+t.test('a score packet reported while the broker is away waits in the outbox, survives a restart of the node, and is delivered', async (t) => {
+  const dataDir = mkdtempSync(join(dir, 'b-'));
+  let b = await startQisBroker({}, dataDir);
+  t.teardown(() => b.close());
+  await seedCohort(b.url, ['failure', 'no_failure', 'failure'], 0xa0);
+  const nodeDir = mkdtempSync(join(dir, 'offline-'));
+  const key = fixedKey(0xa8);
+  const n1 = await createNode({ url: b.url, dataDir: nodeDir, key });
+  await n1.query(bearing, situation, { minCohort: 3 });
+  await n1.close();
+  await b.close(true);
+  // The broker is down: report() scores, queues the packet durably and says it is not delivered.
+  const offline = await createNode({ url: b.url, dataDir: nodeDir, key, reconnect: { baseMs: 20, capMs: 100 } });
+  const r = await offline.report(bearing, situation, 'failure', { ackTimeoutMs: 0 });
+  t.equal(r.acked, false, 'not acknowledged while the broker is away');
+  t.equal(offline.pending, 1, 'the score packet waits in the outbox');
+  await offline.close();
+  b = await startQisBroker({}, dataDir);
+  const back = await createNode({ url: b.url, dataDir: nodeDir, key });
+  t.teardown(() => back.close());
+  t.equal(back.pending, 1, 'after a restart of the node the queued score packet is still there (verified as a score packet)');
+  await back.flush({ timeoutMs: 20_000 });
+  const got = await readRetained(b.url, scoreTopic(bearing.tplId, key.nodeId), 10_000);
+  t.same(got, r.packet, 'and the broker holds it once delivered');
+});
+
 t.test('scores() reads rival track records in one round trip; consult() with Thompson sampling prefers the proven template; CLI rank prints and charts them', async (t) => {
   const b = await startQisBroker();
   t.teardown(() => b.close());
