@@ -288,3 +288,23 @@ t.test('qis query then qis report on the same data dir publishes the score', asy
   t.equal(again.status, 1);
   t.match(again.stdout, /ERR_NO_PREDICTION/);
 });
+
+t.test('cli - report and templates rank have --help (mentioning --json), are listed, and refuse bad usage', async (t) => {
+  const top = await qis(['--help']);
+  t.match(top.stdout, /report/);
+  t.match(top.stdout, /templates rank/);
+  for (const c of [['report'], ['templates', 'rank']]) {
+    const h = await qis([...c, '--help']);
+    t.equal(h.status, 0, `${c.join(' ')} --help`);
+    t.match(h.stdout, /--json/);
+  }
+  const group = await qis(['templates', '--help']);
+  t.equal(group.status, 0);
+  t.match(group.stdout, /templates rank/);
+  const noTpl = await qis(['templates', 'rank', '--url', 'mqtt://127.0.0.1:1', '--json']);
+  t.equal(noTpl.status, 2, 'rank without --template is a usage error');
+  t.match(noTpl.stdout, /ERR_CLI_USAGE/);
+  const noOutcome = await qis(['report', '--url', 'mqtt://127.0.0.1:1', '--data-dir', join(dir, 'x'), '--template', 'examples/bearing-failure.yaml', '--situation', '{}']);
+  t.equal(noOutcome.status, 2, 'report without --outcome is a usage error');
+  t.match(noOutcome.stderr, /--outcome is required/);
+});
