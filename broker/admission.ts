@@ -3,11 +3,11 @@
  * verification found and what the store holds. The Aedes wiring (broker/server.ts) only carries
  * out the decision.
  */
-import { QisError, isTplId, nodeIdOf, parseOutcomeTopic, toHex, topicMatches, verifyTemplateDoc, type CheckResult, type ErrorCode } from '../src/index.js';
+import { QisError, isTplId, nodeIdOf, parseOutcomeTopic, parseScoreTopic, toHex, topicMatches, verifyTemplateDoc, type CheckResult, type ErrorCode } from '../src/index.js';
 import type { AclRule, AdmissionOptions } from './options.js';
 
 /** Which rules a topic falls under. */
-export type TopicClass = 'outcome' | 'template' | 'sync' | 'broker-info' | 'qis-reserved' | 'ordinary';
+export type TopicClass = 'outcome' | 'template' | 'score' | 'sync' | 'broker-info' | 'qis-reserved' | 'ordinary';
 
 export const SYNC_PREFIX = 'qis/1/sync/';
 export const BROKER_INFO_TOPIC = 'qis/1/broker';
@@ -17,6 +17,7 @@ export function classify(topic: string): TopicClass {
   if (!topic.startsWith('qis/1/')) return 'ordinary';
   if (topic.startsWith('qis/1/o/')) return 'outcome';
   if (topic.startsWith('qis/1/t/')) return 'template';
+  if (topic.startsWith('qis/1/s/')) return 'score';
   if (topic.startsWith(SYNC_PREFIX)) return 'sync';
   if (topic === BROKER_INFO_TOPIC) return 'broker-info';
   return 'qis-reserved';
@@ -250,4 +251,55 @@ export function checkTemplateDoc(
     return { ok: false, code: 'ERR_TEMPLATE_UNKNOWN', message: `template ${tplId} is not in this broker's registry and its curator ${v.curator} is not a listed curator` };
   }
   return { ok: true, tplId, depth: v.template.fields.length, curator: v.curator };
+}
+
+// ------------------------------------------------------------------------------ score packets (PROTOCOL §9)
+
+/**
+ * Cheap admission checks of a score publish (`qis/1/s/<tplId>/<nodeId>`): topic form, registry,
+ * empty payload, size. The envelope, owner, signature and skew are checked by verifyScorePacket.
+ */
+export function precheckScore(topic: string, payloadLength: number, o: Pick<AdmissionOptions, 'registry' | 'templates'>): { tplId: string; nodeId: string } | Decision {
+  let parsed;
+  try {
+    parsed = parseScoreTopic(topic);
+  } catch (e) {
+    return refuse('ERR_TOPIC_INVALID', (e as Error).message);
+  }
+  if (o.registry === 'closed' && !o.templates.includes(parsed.tplId)) {
+    return refuse('ERR_TEMPLATE_UNKNOWN', `template ${parsed.tplId} is not in this broker's registry`);
+  }
+  if (payloadLength === 0) return refuse('ERR_PACKET_EMPTY', 'an empty retained payload cannot delete a score packet');
+  if (payloadLength > 512) return refuse('ERR_PACKET_TOO_LARGE', `score packet of ${payloadLength} bytes; at most 512`);
+  return { tplId: parsed.tplId, nodeId: parsed.nodeId };
+}
+
+/**
+ * Score packets live in a second store (the outcome store's format is keyed by outcome topics):
+ * each is filed under the outcome-shaped key `qis/1/o/<tplId>/<SCORE_LEVEL>/<nodeId>`, which keeps
+ * one packet per (template, node) with the same seq rule, and is served back under its own topic.
+ */
+export const SCORE_LEVEL = 'ssssssssss';
+
+/** The key a score packet is filed under in the score store. */
+export function scoreStoreTopic(tplId: string, nodeId: string): string {
+  return `qis/1/o/${tplId}/${SCORE_LEVEL}/${nodeId}`;
+}
+
+/** The score topic of a score-store key. */
+export function scoreTopicOfStored(stored: string): string {
+  const p = stored.split('/');
+  return `qis/1/s/${p[3]}/${p[5]}`;
+}
+
+/**
+ * The score-store filter that covers every score topic a subscription filter can match (the
+ * caller still checks each topic against the filter), or undefined when it matches none.
+ */
+export function scoreStoreFilter(filter: string): string | undefined {
+  if (!filtersOverlap(filter, 'qis/1/s/+/+')) return undefined;
+  const f = filter.split('/');
+  const tpl = f[3] !== undefined && f[3] !== '#' ? f[3] : '+';
+  const node = f.length === 5 && f[4] !== '#' ? f[4] : '+';
+  return `qis/1/o/${tpl}/${SCORE_LEVEL}/${node}`;
 }

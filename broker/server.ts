@@ -21,7 +21,7 @@ import type { IPublishPacket } from 'mqtt-packet';
 type AedesPublishPacket = IPublishPacket;
 import { pino, type Logger } from 'pino';
 import { WebSocketServer, createWebSocketStream } from 'ws';
-import { QisError, writeFileDurable, type ErrorCode } from '../src/index.js';
+import { QisError, topicMatches, verifyScorePacket, writeFileDurable, type ErrorCode } from '../src/index.js';
 import {
   BROKER_INFO_TOPIC,
   RateLimiter,
@@ -36,6 +36,10 @@ import {
   filtersOverlap,
   isDecision,
   precheckOutcome,
+  precheckScore,
+  scoreStoreFilter,
+  scoreStoreTopic,
+  scoreTopicOfStored,
   type Decision,
 } from './admission.js';
 import { createMetrics, type Metrics } from './metrics.js';
@@ -66,6 +70,8 @@ export interface QisBroker extends AsyncDisposable {
   readonly options: BrokerOptions;
   readonly aedes: Aedes;
   readonly store: Store;
+  /** Score packets (PROTOCOL §9), one per (template, node), in `<dataDir>/scores`. */
+  readonly scoreStore: Store;
   readonly logger: Logger;
   /** The links to other regions (undefined without `federation` in the options). */
   readonly federation: Federation | undefined;
@@ -110,7 +116,15 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   // compactRatio 1.5: the log never holds much more than 1.5× the live packets, so a restart
   // with 1M packets replays at most ~1.5M records (docs/store.md measures it).
   const store = parts?.store ?? (await openStore({ dir: join(o.dataDir, 'store'), fsync: o.fsync, fsyncIntervalMs: o.fsyncIntervalMs, compactRatio: 1.5, now }));
-  const closeStore = (): Promise<void> => (parts ? parts.close() : store.close());
+  // Score packets (PROTOCOL §9): a store of their own, local to this broker (also in a cluster).
+  const scoreStore = await openStore({ dir: join(o.dataDir, 'scores'), fsync: o.fsync, fsyncIntervalMs: o.fsyncIntervalMs, now }).catch(async (e: unknown) => {
+    await (parts ? parts.close() : store.close());
+    throw e;
+  });
+  const closeStore = async (): Promise<void> => {
+    await scoreStore.close();
+    await (parts ? parts.close() : store.close());
+  };
   const rec = store.recovery;
   logger.info({ packets: store.size, records: rec.records, tornBytes: rec.tornBytes, openMs: Math.round(rec.openMs), cluster: parts !== undefined }, 'store opened');
   const verifier = createVerifier(o.verifyWorkers ?? defaultWorkers());
@@ -130,7 +144,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const baseStream = persistence.createRetainedStreamCombi.bind(persistence);
   persistence.storeRetained = (packet: AedesPublishPacket) => {
     // qis outcome packets were stored durably by admission before the PUBACK; nothing else may write there.
-    if (packet.topic.startsWith('qis/1/o/')) return Promise.resolve();
+    if (packet.topic.startsWith('qis/1/o/') || packet.topic.startsWith('qis/1/s/')) return Promise.resolve();
     return baseStore(packet);
   };
   persistence.createRetainedStreamCombi = (patterns: string[]) => {
@@ -168,6 +182,21 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
       for (const sp of store.match(p)) {
         if (sp.exp !== undefined && t > sp.exp) continue;
         yield retainedPacket(sp, qos);
+      }
+    }
+    for (const p of patterns) {
+      const sf = scoreStoreFilter(p);
+      if (sf === undefined) continue;
+      const qos = Math.min(1, granted?.get(p) ?? 1);
+      let matches: Iterable<StoredPacket>;
+      try {
+        matches = scoreStore.match(sf);
+      } catch {
+        continue; // a filter level the store cannot hold matches no score
+      }
+      for (const sp of matches) {
+        const topic = scoreTopicOfStored(sp.topic);
+        if (topicMatches(p, topic)) yield retainedPacket({ ...sp, topic }, qos);
       }
     }
     for await (const p of base) yield p;
@@ -372,6 +401,51 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     if (answer) aedes.publish({ cmd: 'publish', topic: `${FED_RES}${id}`, payload: answer, qos: 1, retain: false, dup: false } as Parameters<Aedes['publish']>[0], () => undefined);
   }
 
+  // ---------------------------------------------------------------- score packets (qis/1/s/<tplId>/<nodeId>, PROTOCOL §9)
+  /** §6's rules for a score packet: topic, registry, size, owner, signature (topic aad), skew, seq. */
+  async function admitScore(client: Client | null, packet: AedesPublishPacket, cb: (e?: Error | null) => void): Promise<void> {
+    const topic = packet.topic;
+    const payload = packet.payload as Buffer;
+    if (scoreStore.failure) return refuse(client, topic, 'ERR_FILE_IO', scoreStore.failure.message, cb);
+    const pre = precheckScore(topic, payload.length, o.admission);
+    if (isDecision(pre)) {
+      carryOut(pre, client, packet, cb);
+      return;
+    }
+    const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
+    let v: { ok: true; packet: { seq: number; del: boolean } } | { ok: false; code: ErrorCode; message: string };
+    try {
+      // Score packets are few (one per node per template, sent after an observation): verified
+      // on the main thread, not by the outcome verifier threads.
+      v = { ok: true, packet: { seq: verifyScorePacket(topic, bytes, { now: now(), maxSkewMs: o.admission.maxSkewMs }).seq, del: false } };
+    } catch (e) {
+      if (!(e instanceof QisError)) throw e;
+      v = { ok: false, code: e.code, message: e.message };
+    }
+    const d = decide(v, scoreStore.seqOf(pre.tplId, pre.nodeId));
+    if (d.action === 'refuse') return refuse(client, topic, d.code, d.message, cb);
+    if (d.action === 'drop') return dropScore(client, packet, d.code, d.message, cb);
+    if (!v.ok) return;
+    const r = await scoreStore.put({ tplId: pre.tplId, nodeId: pre.nodeId, topic: scoreStoreTopic(pre.tplId, pre.nodeId), seq: v.packet.seq, packet: bytes });
+    if (!r.stored) return dropScore(client, packet, 'ERR_SEQ_STALE', 'a newer score packet was stored meanwhile', cb);
+    metrics.admitted.inc({ kind: 'score' });
+    packet.retain = true;
+    forwardIfGone(client, packet);
+    cb(null);
+  }
+  function dropScore(client: Client | null, packet: AedesPublishPacket, code: ErrorCode, message: string, cb: (e?: Error | null) => void): void {
+    scoreStore.durable().then(
+      () => {
+        metrics.dropped.inc({ code });
+        logger.debug({ code, clientId: client?.id, topic: packet.topic }, message);
+        packet.topic = DROP_TOPIC;
+        packet.retain = false;
+        cb(null);
+      },
+      (e: unknown) => refuse(client, packet.topic, 'ERR_FILE_IO', (e as Error).message, cb),
+    );
+  }
+
   // ---------------------------------------------------------------- template documents (qis/1/t/<tplId>)
   const checkTemplate = (topic: string, payload: Uint8Array) => checkTemplateDoc(topic, payload, o.admission);
   const templateDir = join(o.dataDir, 'templates');
@@ -421,11 +495,19 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
           return refuse(client, topic, 'ERR_NOT_AUTHORIZED', `${BROKER_INFO_TOPIC} is written by the broker only`, cb);
         case 'qis-reserved':
           if (topic.startsWith(FEDERATION_PREFIX)) return federationRequest(client, packet, cb);
-          return refuse(client, topic, 'ERR_TOPIC_INVALID', 'not a qis/1 topic this broker knows (o, t, sync)', cb);
+          return refuse(client, topic, 'ERR_TOPIC_INVALID', 'not a qis/1 topic this broker knows (o, t, s, sync)', cb);
         case 'template': {
           if (carryOut(checkRate(rate, clientId, now()), client, packet, cb)) return;
           return admitTemplate(client, packet, cb, undefined);
         }
+        case 'score':
+          if (carryOut(checkRate(rate, clientId, now()), client, packet, cb)) return;
+          admitScore(client, packet, cb).catch((e: unknown) => {
+            const code: ErrorCode = e instanceof QisError ? e.code : 'ERR_INTERNAL';
+            logger.error({ err: e, clientId }, 'score admission failed');
+            refuse(client, topic, code, (e as Error).message, cb);
+          });
+          return;
         case 'outcome':
           if (carryOut(checkRate(rate, clientId, now()), client, packet, cb)) return;
           admitOutcome(client, packet, cb).catch((e: unknown) => {
@@ -615,6 +697,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     options: o,
     aedes,
     store,
+    scoreStore,
     logger,
     get federation() {
       return federation;

@@ -35,7 +35,7 @@ export const CONNECTION: Record<string, FlagSpec> = {
   'broker-kind': { type: 'string', value: 'KIND', help: 'qis | mosquitto | unknown | auto (default: auto, asked once)' },
 };
 
-const SITUATION: Record<string, FlagSpec> = {
+export const SITUATION: Record<string, FlagSpec> = {
   template: { type: 'string', value: 'FILE|ID', help: 'template file (YAML or JSON), or a template id to fetch from the registry (verified, cached in the data dir)', required: true },
   situation: { type: 'string', value: 'JSON', help: 'situation as JSON, or @FILE', required: true },
 };
@@ -98,7 +98,7 @@ async function nodeOptions(flags: Flags, dataDir: string): Promise<NodeOptions> 
 }
 
 /** Runs `fn` with a node on `--data-dir`, or on a throwaway one (a query needs no lasting identity). */
-async function withNode<T>(flags: Flags, fn: (node: QisNode) => Promise<T>): Promise<T> {
+export async function withNode<T>(flags: Flags, fn: (node: QisNode) => Promise<T>): Promise<T> {
   const given = flags['data-dir'] !== undefined;
   const dir = given ? str(flags['data-dir']) : await mkdtemp(join(tmpdir(), 'qis-query-'));
   try {

@@ -14,6 +14,7 @@ const MODULES: Readonly<Record<string, () => Promise<readonly Command[]>>> = {
   demo: async () => [(await import('./demo.js')).demoCommand],
   bridge: async () => (await import('./bridge-command.js')).bridgeCommands,
   template: async () => (await import('./template-commands.js')).templateCommands,
+  darwin: async () => (await import('./darwin-commands.js')).darwinCommands,
 };
 const MODULE_OF: Readonly<Record<string, keyof typeof MODULES>> = {
   keygen: 'core',
@@ -28,6 +29,8 @@ const MODULE_OF: Readonly<Record<string, keyof typeof MODULES>> = {
   demo: 'demo',
   bridge: 'bridge',
   template: 'template',
+  report: 'darwin',
+  templates: 'darwin',
 };
 
 /** The commands of `first`'s module; all of them for an unknown word (so a command missing from MODULE_OF still works). */

@@ -57,6 +57,8 @@ export const ERROR_CODES = {
   // issue 7 section 1: the template registry
   ERR_TEMPLATE_NOT_FOUND: 'the broker holds no template document for the template id asked for',
   ERR_TEMPLATE_REFUSED: 'the broker closed the connection instead of acknowledging a template document (its way to refuse it; the broker log names the code)',
+  // issue 7 §3 (Darwinism: scores)
+  ERR_NO_PREDICTION: 'report(): the node holds no unscored prediction for this template and situation made before the observation (query first)',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

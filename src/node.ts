@@ -24,6 +24,11 @@ import { checkPacket, signPacket, type Outcome, type VerifiedPacket } from './pa
 import { synthesize, type Synthesis, type SynthesisOptions } from './synthesis.js';
 import { isTplId, type Template } from './template.js';
 import { sameRouting, supersedesOf, templateTopic, verifyTemplateDoc } from './registry.js';
+import { checkOutcomeFits } from './outcome.js';
+import { addScore, predictionOf, scoreFieldsOf, scorePrediction, thompsonChoose, type Prediction, type PredictionScore, type ThompsonDraw } from './darwin.js';
+import { PredictionStore } from './predictions.js';
+import { checkScorePacket, scoreFilter, signScorePacket, type ScoreFields, type VerifiedScore } from './score.js';
+import { jcs } from './jcs.js';
 
 /** How a broker orders a query's sync marker (PROTOCOL §7). */
 export type BrokerKind = 'qis' | 'mosquitto' | 'unknown';
@@ -76,6 +81,14 @@ export interface NodeOptions {
   readonly random?: () => number;
   readonly timers?: Timers;
   readonly signal?: AbortSignal;
+  /**
+   * How {@link QisNode.consult} picks among rival templates: `thompson` samples each one's Beta
+   * posterior on its hit rate (read from the broker's score packets, PROTOCOL §9) and consults the
+   * best draw; `first` (default) consults the first template given.
+   */
+  readonly choose?: 'thompson' | 'first';
+  /** Uniform [0, 1) source of the Thompson draws (seed it in tests). Default Math.random. */
+  readonly chooseRandom?: () => number;
 }
 
 /** Packet options of {@link QisNode.publish} (PROTOCOL §5). */
@@ -114,6 +127,8 @@ export interface QueryOptions extends SynthesisOptions {
   /** Overall time limit including waiting for a connection, ms. Default 10,000. */
   readonly timeoutMs?: number;
   readonly signal?: AbortSignal;
+  /** Remember the prediction in the data directory for a later `report` (default true). */
+  readonly remember?: boolean;
 }
 
 export interface QueryResult {
@@ -139,6 +154,49 @@ export interface QueryResult {
    */
   readonly versions?: readonly { readonly tplId: string; readonly name: string; readonly version: number; readonly packets: number }[];
   readonly notIncluded?: readonly { readonly tplId: string; readonly reason: string }[];
+}
+
+/** Options of {@link QisNode.report}. */
+export interface ReportOptions {
+  /** Unix ms when the outcome was observed (default now): only predictions received before it are scored. */
+  readonly ts?: number;
+  /** Wait at most this long for the score packet's PUBACK (default the node's ackTimeoutMs; 0: do not wait). */
+  readonly ackTimeoutMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+/** What {@link QisNode.report} scored and published. */
+export interface ReportResult {
+  readonly tplId: string;
+  /** The prediction scored, and when the node received it (Unix ms). */
+  readonly prediction: Prediction;
+  readonly predictedAt: number;
+  readonly score: PredictionScore;
+  /** The node's updated track record for the template, as signed in the score packet. */
+  readonly totals: ScoreFields;
+  readonly topic: string;
+  readonly seq: number;
+  readonly packet: Uint8Array;
+  /** true: the broker acknowledged the score packet; false: it waits in the outbox. */
+  readonly acked: boolean;
+}
+
+/** Track records read from the broker (PROTOCOL §9), one query round trip for all templates. */
+export interface ScoresResult {
+  readonly completeness: 'sync' | 'quiet-period';
+  readonly broker: BrokerKind;
+  /** Per template asked, one verified score packet per node (highest seq). */
+  readonly records: readonly { readonly tplId: string; readonly scores: readonly VerifiedScore[] }[];
+  readonly dropped: Partial<Record<ErrorCode, number>>;
+}
+
+/** A query answered by one of several rival templates. */
+export interface ConsultResult extends QueryResult {
+  /** The template consulted. */
+  readonly chosen: string;
+  readonly choose: 'thompson' | 'first';
+  /** The Thompson draws, best first (choose: 'thompson'). */
+  readonly draws?: readonly ThompsonDraw[];
 }
 
 export interface WatchOptions {
@@ -188,6 +246,20 @@ export interface QisNode extends AsyncDisposable {
    * @throws QisError ERR_TEMPLATE_NOT_FOUND | ERR_TEMPLATE_HASH | ERR_BAD_SIGNATURE | ERR_TIMEOUT | ERR_INVALID_ARGUMENT
    */
   template(tplId: string, options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<Template>;
+  query(template: Template, situation: Situation, options?: QueryOptions): Promise<QueryResult>;
+  /**
+   * Several templates answer the same question (same outcome): picks one (NodeOptions.choose) and
+   * queries it. @throws QisError ERR_INVALID_ARGUMENT when the outcomes differ, or any query error
+   */
+  consult(templates: readonly Template[], situation: Situation, options?: QueryOptions): Promise<ConsultResult>;
+  /**
+   * Scores the latest prediction this node received for (template, situation) before the
+   * observation, adds it to its running totals and publishes its score packet (retained, QoS 1,
+   * through the outbox). @throws QisError ERR_NO_PREDICTION | ERR_OUTCOME_INVALID | ERR_FIELD_* | ERR_FILE_IO
+   */
+  report(template: Template, situation: Situation, outcome: Outcome, options?: ReportOptions): Promise<ReportResult>;
+  /** Reads the track records of templates (qis/1/s/<tplId>/+) in one round trip. */
+  scores(tplIds: readonly string[], options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<ScoresResult>;
   watch(template: Template, situation: Situation, options?: WatchOptions): WatchIterator;
   status(options?: { readonly signal?: AbortSignal }): AsyncIterableIterator<NodeStatus>;
   /** The broker's query ordering, as configured or detected on this connection. */
@@ -295,6 +367,9 @@ export async function createNode(options: NodeOptions): Promise<QisNode> {
     const key = o.key ?? (await loadOrCreateKey(join(o.dataDir, 'key.json')));
     throwIfAborted(o.signal);
     const { outbox, bad } = await Outbox.open(o.dataDir, key.nodeId);
+    if (o.choose !== undefined && o.choose !== 'thompson' && o.choose !== 'first') {
+      throw new QisError('ERR_INVALID_ARGUMENT', `choose must be thompson or first, got ${String(o.choose)}`);
+    }
     const node = new Node(o, backoff, key, outbox, unlock);
     for (const b of bad) node.openRefusal({ type: 'refused', code: b.error.code, message: b.error.message });
     node.start();
@@ -361,6 +436,7 @@ class Node implements QisNode {
   /** Serialises seq allocation and outbox writes. */
   #writes: Promise<unknown> = Promise.resolve();
   #closing: Promise<void> | undefined;
+  readonly #predictions: PredictionStore;
 
   constructor(o: Merged, backoff: Required<BackoffOptions>, key: NodeKey, outbox: Outbox, unlock: () => Promise<void>) {
     this.#o = o;
@@ -369,6 +445,7 @@ class Node implements QisNode {
     this.nodeId = key.nodeId;
     this.clientId = o.clientId ?? `qis-${key.nodeId}-${randomBytes(4).toString('hex')}`;
     this.#outbox = outbox;
+    this.#predictions = new PredictionStore(o.dataDir);
     this.#unlock = unlock;
     this.#now = o.now ?? Date.now;
     this.#random = o.random ?? Math.random;
@@ -937,6 +1014,12 @@ class Node implements QisNode {
         fold.packets.flatMap((p) => (p.out === undefined ? [] : [{ nodeId: p.nodeId, out: p.out, conf: p.conf, n: p.n, ts: p.ts, ...(p.ctx ? { ctx: p.ctx } : {}) }])),
         synthesisOptions(options),
       );
+      const prediction = predictionOf(template, synthesis);
+      if (options.remember !== false && prediction) {
+        // Written durably in the background: the query's latency stays the network's. A report()
+        // waits for it (the store serialises its files); close() waits too.
+        this.#predictions.record(template.tplId, toHex(addr.fp), { at: Math.floor(this.#now()), prediction }).catch((e: unknown) => this.#ioFailure(e));
+      }
       return {
         tplId: template.tplId,
         filter,
@@ -1072,7 +1155,8 @@ class Node implements QisNode {
   }
 
   /** One round trip: subscribe to the sync topic and the cohort, publish the marker, collect until it returns. */
-  async #collect(client: MqttClient, filter: string, kind: BrokerKind, deadline: number, signal: AbortSignal | undefined): Promise<CohortMessage[] | 'lost'> {
+  async #collect(client: MqttClient, filter: string | readonly string[], kind: BrokerKind, deadline: number, signal: AbortSignal | undefined): Promise<CohortMessage[] | 'lost'> {
+    const wanted = typeof filter === 'string' ? [filter] : filter;
     const gen = this.#gen;
     const sync = `qis/1/sync/${this.clientId}/${randomBytes(6).toString('hex')}`;
     const messages: CohortMessage[] = [];
@@ -1082,18 +1166,18 @@ class Node implements QisNode {
       if (topic === sync) {
         synced = true;
         this.#wake();
-      } else if (!synced && topicMatches(filter, topic)) {
+      } else if (!synced && wanted.some((f) => topicMatches(f, topic))) {
         messages.push({ topic, payload });
         lastAt = this.#now();
       }
     };
     this.#listeners.add(listener);
-    const filters = kind === 'unknown' ? [filter] : [sync, filter];
+    const filters = kind === 'unknown' ? [...wanted] : [sync, ...wanted];
     const lost = (): 'lost' | undefined => (gen !== this.#gen ? 'lost' : undefined);
     try {
       try {
         // QoS 0, unless a watch holds the same filter at QoS 1 (a SUBSCRIBE replaces its QoS).
-        await this.#subscribe(client, filters, this.#subs.has(filter) ? 1 : 0);
+        await this.#subscribe(client, filters, wanted.some((f) => this.#subs.has(f)) ? 1 : 0);
         lastAt = this.#now();
         if (kind !== 'unknown') await client.publishAsync(sync, Buffer.from('sync'), { qos: 1 });
       } catch (e) {
@@ -1128,6 +1212,101 @@ class Node implements QisNode {
       this.#wake();
     }, ms);
     return this.#until<'lost' | true>(() => lost() ?? (elapsed ? true : undefined), { signal, what: 'the quiet period' }).finally(() => this.#timers.clearTimeout(t));
+  }
+
+  // ------------------------------------------------------------------ scores (PROTOCOL §9)
+
+  async scores(tplIds: readonly string[], options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ScoresResult> {
+    this.#checkOpen();
+    throwIfAborted(options.signal);
+    positive('timeoutMs', options.timeoutMs);
+    const ids = [...new Set(tplIds)];
+    const filters = ids.map(scoreFilter);
+    const deadline = this.#now() + (options.timeoutMs ?? DEFAULTS.queryTimeoutMs);
+    for (;;) {
+      const kind = await this.brokerKind({ timeoutMs: Math.max(1, deadline - this.#now()), ...(options.signal ? { signal: options.signal } : {}) });
+      const client = await this.#waitConnected(deadline, options.signal);
+      const got = await this.#collect(client, filters, kind, deadline, options.signal);
+      if (got === 'lost') continue;
+      const dropped: Partial<Record<ErrorCode, number>> = {};
+      const best = new Map<string, VerifiedScore>();
+      for (const m of got) {
+        const r = checkScorePacket(m.topic, m.payload, { now: this.#now(), ...this.#backend() });
+        if (!r.ok) {
+          dropped[r.code] = (dropped[r.code] ?? 0) + 1;
+          continue;
+        }
+        const prev = best.get(m.topic);
+        if (!prev || r.score.seq > prev.seq) best.set(m.topic, r.score);
+      }
+      const records = ids.map((tplId) => ({ tplId, scores: [...best.values()].filter((x) => x.tplId === tplId) }));
+      return { completeness: kind === 'unknown' ? 'quiet-period' : 'sync', broker: kind, records, dropped };
+    }
+  }
+
+  async consult(templates: readonly Template[], situation: Situation, options: QueryOptions = {}): Promise<ConsultResult> {
+    this.#checkOpen();
+    if (!Array.isArray(templates) || templates.length === 0) throw new QisError('ERR_INVALID_ARGUMENT', 'consult() needs at least one template');
+    const outcome = jcs((templates[0] as Template).doc.outcome);
+    const other = templates.find((t) => jcs(t.doc.outcome) !== outcome);
+    if (other) throw new QisError('ERR_INVALID_ARGUMENT', `template ${other.doc.name} v${other.doc.version} has another outcome than ${(templates[0] as Template).doc.name}: rival templates must answer the same question`);
+    const choose = this.#o.choose ?? 'first';
+    if (choose === 'first' || templates.length === 1) {
+      const r = await this.query(templates[0] as Template, situation, options);
+      return { ...r, chosen: r.tplId, choose };
+    }
+    const started = this.#now();
+    const sc = await this.scores(
+      templates.map((t) => t.tplId),
+      { ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}), ...(options.signal ? { signal: options.signal } : {}) },
+    );
+    const draws = thompsonChoose(sc.records, this.#o.chooseRandom ?? Math.random);
+    const chosen = templates.find((t) => t.tplId === draws[0]?.tplId) as Template;
+    const left = options.timeoutMs === undefined ? undefined : Math.max(1, options.timeoutMs - (this.#now() - started));
+    const r = await this.query(chosen, situation, { ...options, ...(left !== undefined ? { timeoutMs: left } : {}) });
+    return { ...r, chosen: chosen.tplId, choose, draws };
+  }
+
+  async report(template: Template, situation: Situation, outcome: Outcome, options: ReportOptions = {}): Promise<ReportResult> {
+    this.#checkOpen();
+    throwIfAborted(options.signal);
+    positive('ackTimeoutMs', options.ackTimeoutMs, true);
+    if (options.ts !== undefined && !(Number.isSafeInteger(options.ts) && options.ts >= 0)) throw new QisError('ERR_INVALID_ARGUMENT', `ts must be Unix ms, got ${String(options.ts)}`);
+    if (template.doc.outcome.kind === 'map') throw new QisError('ERR_OUTCOME_INVALID', `template ${template.doc.name}: map outcomes are not scored (PROTOCOL §9 scores labels and numbers)`);
+    const actual = checkOutcomeFits(template, outcome);
+    const fpHex = toHex(address(template, situation).fp);
+    const observedAt = options.ts ?? Math.floor(this.#now());
+    const labels = template.doc.outcome.kind === 'category' ? template.doc.outcome.labels : [];
+    const done = await this.#serial(async () => {
+      this.#checkOpen();
+      const taken = await this.#predictions.take(template.tplId, fpHex, observedAt);
+      if (!taken) {
+        throw new QisError('ERR_NO_PREDICTION', `no unscored prediction for this situation of ${template.doc.name} v${template.doc.version} received before ${new Date(observedAt).toISOString()}: query first, then report`);
+      }
+      const score = scorePrediction(taken.prediction, actual, labels);
+      const before = await this.#predictions.totals(template.tplId);
+      const seq = Math.max(before.seq + 1, Math.floor(this.#now()));
+      const totals = { ...addScore(before, taken.prediction, score, actual, observedAt), seq };
+      const fields = scoreFieldsOf(totals, seq, Math.floor(this.#now()));
+      const { topic, bytes } = signScorePacket(this.key, template.tplId, fields, this.#backend());
+      await this.#predictions.saveTotals(template.tplId, totals);
+      const entry = await this.#outbox.add('score', template.tplId, topic, seq, bytes);
+      return { taken, score, fields, entry };
+    });
+    this.#wake();
+    this.#drain();
+    const acked = await this.#waitAck(done.entry, options.ackTimeoutMs ?? this.#o.ackTimeoutMs, options.signal);
+    return {
+      tplId: template.tplId,
+      prediction: done.taken.prediction,
+      predictedAt: done.taken.at,
+      score: done.score,
+      totals: done.fields,
+      topic: done.entry.topic,
+      seq: done.entry.seq,
+      packet: done.entry.packet,
+      acked,
+    };
   }
 
   watch(template: Template, situation: Situation, options: WatchOptions = {}): WatchIterator {
@@ -1191,6 +1370,7 @@ class Node implements QisNode {
       for (const c of [...this.#watches]) c.end();
       for (const c of [...this.#statusChannels]) c.end();
       await this.#writes.catch(() => undefined);
+      await this.#predictions.settled();
       await Promise.allSettled([...this.#removals]);
       const client = this.#client;
       this.#client = undefined;
@@ -1206,7 +1386,7 @@ class Node implements QisNode {
 }
 
 function synthesisOptions(o: QueryOptions): SynthesisOptions {
-  const { widen: _w, timeoutMs: _t, signal: _s, includeSuperseded: _i, ...rest } = o;
+  const { widen: _w, timeoutMs: _t, signal: _s, includeSuperseded: _i, remember: _r, ...rest } = o;
   return rest;
 }
 

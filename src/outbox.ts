@@ -13,8 +13,10 @@ import { ensureDir, ioError, syncDir, unlinkDurable, writeFileDurable } from './
 import { QisError } from './errors.js';
 import type { NodeId } from './identity.js';
 import { checkPacket, decodePacket } from './packet.js';
+import { checkScorePacket } from './score.js';
 
-export type OutboxKind = 'packet' | 'tombstone';
+/** `score`: the node's score packet for a template (PROTOCOL §9, topic qis/1/s/…). */
+export type OutboxKind = 'packet' | 'tombstone' | 'score';
 
 /** One packet waiting for its PUBACK. */
 export interface OutboxEntry {
@@ -40,17 +42,20 @@ export interface TemplateState {
   readonly fp: string;
 }
 
-const ENTRY_RE = /^(\d{12})-([a-z2-7]{26})-([pt])-(\d+)\.json$/;
+const ENTRY_RE = /^(\d{12})-([a-z2-7]{26})-([pts])-(\d+)\.json$/;
+const KIND_CHAR: Record<OutboxKind, string> = { packet: 'p', tombstone: 't', score: 's' };
+const CHAR_KIND: Record<string, OutboxKind> = { p: 'packet', t: 'tombstone', s: 'score' };
 
 function entryName(order: number, tplId: string, kind: OutboxKind, seq: number): string {
-  return `${String(order).padStart(12, '0')}-${tplId}-${kind === 'packet' ? 'p' : 't'}-${seq}.json`;
+  return `${String(order).padStart(12, '0')}-${tplId}-${KIND_CHAR[kind]}-${seq}.json`;
 }
 
 /**
  * Which queued entries a new entry makes pointless (pure; used on add and again on load, so a
  * crash between writing the new entry and removing the old ones is repaired at restart):
  * - a packet replaces every older packet of its template, and an older tombstone on its own topic;
- * - a tombstone replaces older entries of its template on its topic (packet or tombstone).
+ * - a tombstone replaces older entries of its template on its topic (packet or tombstone);
+ * - a score packet replaces the older score packets of its template, and nothing else.
  */
 export function supersededBy(queued: readonly OutboxEntry[], e: OutboxEntry): OutboxEntry[] {
   return queued.filter(
@@ -58,7 +63,7 @@ export function supersededBy(queued: readonly OutboxEntry[], e: OutboxEntry): Ou
       q.name !== e.name &&
       q.tplId === e.tplId &&
       q.order < e.order &&
-      (e.kind === 'packet' ? q.kind === 'packet' || q.topic === e.topic : q.topic === e.topic),
+      (e.kind === 'score' || q.kind === 'score' ? e.kind === q.kind : e.kind === 'packet' ? q.kind === 'packet' || q.topic === e.topic : q.topic === e.topic),
   );
 }
 
@@ -163,10 +168,10 @@ export class Outbox {
     return this.#state.get(tplId);
   }
 
-  /** Highest seq known for a template (state or outbox), 0 when none. */
+  /** Highest outcome-packet seq known for a template (state or outbox), 0 when none (score packets count apart). */
   lastSeq(tplId: string): number {
     let seq = this.#state.get(tplId)?.seq ?? 0;
-    for (const e of this.#entries.values()) if (e.tplId === tplId && e.seq > seq) seq = e.seq;
+    for (const e of this.#entries.values()) if (e.tplId === tplId && e.kind !== 'score' && e.seq > seq) seq = e.seq;
     return seq;
   }
 
@@ -226,13 +231,22 @@ async function readEntry(dir: string, name: string, nodeId: NodeId): Promise<Out
   const { topic, packet: hex, seq, exp } = json;
   if (typeof topic !== 'string' || typeof hex !== 'string' || typeof seq !== 'number') return invalid('missing topic, packet or seq');
   const packet = fromHex(hex) ?? invalid('packet is not hex');
+  const kind = CHAR_KIND[m[3]] as OutboxKind;
+  if (kind === 'score') {
+    // A score packet (PROTOCOL §9): the same checks against its own topic form.
+    if (!topic.startsWith(`qis/1/s/${m[2]}/`)) return invalid(`topic ${topic} is not a score topic of template ${m[2]}`);
+    const sc = checkScorePacket(topic, packet);
+    if (!sc.ok) return invalid(`score packet does not verify on its topic (${sc.code})`);
+    if (sc.score.nodeId !== nodeId) return invalid(`signed by node ${sc.score.nodeId}, not by this node ${nodeId}`);
+    if (sc.score.seq !== seq || String(seq) !== m[4]) return invalid('seq differs from the file name');
+    return { name, order: Number(m[1]), kind, tplId: m[2], topic, seq, packet };
+  }
   let decoded;
   try {
     decoded = decodePacket(packet);
   } catch (e) {
     return invalid(`packet does not decode (${(e as QisError).code ?? (e as Error).message})`);
   }
-  const kind: OutboxKind = m[3] === 'p' ? 'packet' : 'tombstone';
   // The file is only as good as the packet in it: it must verify on the topic it names, and that
   // topic must be under the template its name says (a swapped or tampered file is set aside).
   if (!topic.startsWith(`qis/1/o/${m[2]}/`)) return invalid(`topic ${topic} is not under template ${m[2]}`);

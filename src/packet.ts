@@ -97,10 +97,10 @@ function refuse(code: ErrorCode, message: string): never {
 
 // ---------------------------------------------------------------------------------- signing
 
-const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+export const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 /** Where the protocol takes any number, any width counts (§1): a decoded float is its value, and an
  *  integer beyond 2^53 (a bigint from the decoder) is the nearest number. */
-const num = (v: unknown): unknown => (v instanceof CborFloat ? v.value : typeof v === 'bigint' ? Number(v) : v);
+export const num = (v: unknown): unknown => (v instanceof CborFloat ? v.value : typeof v === 'bigint' ? Number(v) : v);
 
 /**
  * Checks that a value has the type of PROTOCOL §5 `out` (text, finite number, or map of text to
@@ -230,9 +230,18 @@ export function signPacket(key: NodeKey, topic: string, fields: PacketFields, op
     if (parsed.nodeId !== key.nodeId) refuse('ERR_NODE_MISMATCH', `topic belongs to node ${parsed.nodeId}, the key is ${key.nodeId}`);
     checkedTopics.set(key, topic);
   }
-  const payload = encodePayload(fields);
+  return signEnvelope(key, topic, encodePayload(fields), options.backend, 'shorten out or ctx');
+}
+
+/**
+ * The COSE_Sign1 envelope of PROTOCOL §5 around any payload (outcome packets here, score packets
+ * in score.ts): protected {1: -19}, kid = public key, external_aad = the topic, ≤ 512 bytes.
+ * The caller has checked that the topic belongs to `key`.
+ * @throws QisError ERR_PACKET_TOO_LARGE
+ */
+export function signEnvelope(key: NodeKey, topic: string, payload: Uint8Array, backend?: Ed25519Backend, hint = 'shorten the payload'): Uint8Array {
   // The Sig_structure is signed straight from the encoder's buffer (no copy): signing is synchronous.
-  const signature = encodeThen(writeSigStructure(PROTECTED_ED25519, topic, payload), (toSign) => signEd25519(key, toSign, options.backend));
+  const signature = encodeThen(writeSigStructure(PROTECTED_ED25519, topic, payload), (toSign) => signEd25519(key, toSign, backend));
   // 18([protected, {4: kid}, payload, signature]), written in order.
   const bytes = encodeWith((w) => {
     w.head(6, COSE_SIGN1_TAG);
@@ -245,7 +254,7 @@ export function signPacket(key: NodeKey, topic: string, fields: PacketFields, op
     w.byteString(signature);
   });
   if (bytes.length > MAX_PACKET_BYTES) {
-    refuse('ERR_PACKET_TOO_LARGE', `packet would be ${bytes.length} bytes; the limit is ${MAX_PACKET_BYTES} (shorten out or ctx)`);
+    refuse('ERR_PACKET_TOO_LARGE', `packet would be ${bytes.length} bytes; the limit is ${MAX_PACKET_BYTES} (${hint})`);
   }
   return bytes;
 }
@@ -370,6 +379,31 @@ function checkSize(bytes: Uint8Array): void {
   if (bytes.length > MAX_PACKET_BYTES) refuse('ERR_PACKET_TOO_LARGE', `packet is ${bytes.length} bytes; the limit is ${MAX_PACKET_BYTES}`);
 }
 
+/** What {@link openEnvelope} found: the message, its key and that key's node id. */
+export interface OpenedEnvelope {
+  readonly msg: Sign1;
+  readonly publicKey: Uint8Array;
+  readonly nodeId: NodeId;
+}
+
+/**
+ * The envelope checks shared by every signed qis packet (outcome §5, score §9): size, COSE
+ * structure and alg, kid hashing to the topic's node id, and the signature over the bytes
+ * received with the topic as external_aad. The payload is left to the caller.
+ * @throws QisError ERR_PACKET_EMPTY | ERR_PACKET_TOO_LARGE | ERR_CBOR_MALFORMED | ERR_COSE_MALFORMED | ERR_UNSUPPORTED_ALG | ERR_NODE_MISMATCH | ERR_BAD_SIGNATURE
+ */
+export function openEnvelope(topic: string, topicNodeId: string, bytes: Uint8Array, backend?: Ed25519Backend): OpenedEnvelope {
+  checkSize(bytes);
+  const msg = decodeSign1(bytes);
+  const publicKey = kidOf(msg);
+  const nodeId = nodeIdOf(publicKey);
+  if (nodeId !== topicNodeId) refuse('ERR_NODE_MISMATCH', `key of node ${nodeId} signed a packet on node ${topicNodeId}'s topic`);
+  if (!verifySign1(msg, publicKey, topic, backend)) {
+    refuse('ERR_BAD_SIGNATURE', 'signature does not verify for this topic');
+  }
+  return { msg, publicKey, nodeId };
+}
+
 /**
  * Decodes a packet without a topic, so without checking its signature (`qis decode`).
  * @throws QisError (the decoding codes of {@link verifyPacket})
@@ -394,13 +428,7 @@ export function decodePacket(bytes: Uint8Array): DecodedPacket {
 export function verifyPacket(topic: string, bytes: Uint8Array, options: VerifyOptions = {}): VerifiedPacket {
   checkSize(bytes);
   const parsed = parseOutcomeTopic(topic, options.depth);
-  const msg = decodeSign1(bytes);
-  const publicKey = kidOf(msg);
-  const nodeId = nodeIdOf(publicKey);
-  if (nodeId !== parsed.nodeId) refuse('ERR_NODE_MISMATCH', `key of node ${nodeId} signed a packet on node ${parsed.nodeId}'s topic`);
-  if (!verifySign1(msg, publicKey, topic, options.backend)) {
-    refuse('ERR_BAD_SIGNATURE', 'signature does not verify for this topic');
-  }
+  const { msg, publicKey, nodeId } = openEnvelope(topic, parsed.nodeId, bytes, options.backend);
   const fields = decodePayload(msg.payload);
   if (options.expectFp && !equalBytes(fields.fp, options.expectFp)) refuse('ERR_FP_MISMATCH', 'fp is not the fingerprint of this cohort');
   const now = options.now ?? Date.now();

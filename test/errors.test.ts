@@ -222,6 +222,8 @@ const triggers: Record<ErrorCode, () => unknown> = {
       await b.close();
     }
   },
+  // issue 7 §3: report() with no prediction to score (offline node: no broker is needed to refuse).
+  ERR_NO_PREDICTION: () => withNode((n) => n.report(bearing, situation, 'failure', { ackTimeoutMs: 0 })),
 };
 
 t.test('errors - every code is produced by a real failure', async (t) => {
