@@ -40,6 +40,7 @@
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { JSON_OUT, optNum } from './args.js';
+import { prng } from '../src/index.js';
 
 /** Bytes per stored packet (bench/store.ts measures 318–335 B on disk). */
 export const PACKET_BYTES = 320;
@@ -122,23 +123,12 @@ export interface WorldOptions {
   readonly seed: number;
 }
 
-/** Seeded PRNG (mulberry32, as test/helpers/prng.ts). */
-export function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Places every node: a bucket drawn from Zipf(s), then its region (origin with probability λ). */
 export function makeWorld(o: WorldOptions): World {
   const R = o.regions;
   const B = Math.max(1, Math.round(o.nodes / o.cohort));
-  const rand = mulberry32(o.seed);
+  const rand = prng(o.seed);
   const cdf = new Float64Array(B);
   let acc = 0;
   for (let b = 0; b < B; b++) cdf[b] = acc += 1 / Math.pow(b + 1, o.zipf);

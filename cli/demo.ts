@@ -9,7 +9,7 @@ import { setMaxListeners } from 'node:events';
 import { existsSync } from 'node:fs';
 import { join, relative, resolve, isAbsolute } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { QisError, createNode, loadTemplate, type QueryResult, type Situation, type Template } from '../src/index.js';
+import { QisError, createNode, prng, loadTemplate, type QueryResult, type Situation, type Template } from '../src/index.js';
 import { renderQuery } from './node-commands.js';
 import { numberFlag, usage, type Command, type Io, str, type Flags } from './run.js';
 
@@ -18,17 +18,6 @@ const EXAMPLES = fileURLToPath(new URL('../../examples/', import.meta.url));
 
 // ------------------------------------------------------------------ the simulation
 
-/** Deterministic PRNG (mulberry32): machine i draws the same situation and outcome on every run. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function pick<T extends string>(r: () => number, weights: Readonly<Record<T, number>>): T {
   const entries = Object.entries(weights) as [T, number][];
@@ -161,7 +150,7 @@ const MODELS: readonly Model[] = [bearingModel, maizeModel];
 /** Machine i of the fleet: 3 of 5 are bearing machines, 2 of 5 maize fields. */
 function machineAt(i: number): { model: Model; machine: Machine } {
   const model = i % 5 < 3 ? bearingModel : maizeModel;
-  return { model, machine: model.draw(rng(0x51f15e ^ Math.imul(i + 1, 0x9e3779b1))) };
+  return { model, machine: model.draw(prng(0x51f15e ^ Math.imul(i + 1, 0x9e3779b1))) };
 }
 
 interface Cohort {

@@ -35,6 +35,7 @@ import {
   type ScoreTotals,
   type SynthPacket,
   type Template,
+  prng,
 } from '../src/index.js';
 
 const OUTCOME = { kind: 'category', labels: ['good', 'poor'] } as const;
@@ -79,17 +80,6 @@ export interface SimResult {
   readonly ranking: readonly RankRow[];
 }
 
-/** mulberry32: the seeded uniform source of the simulation (the world and the Thompson draws). */
-export function rng32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** What the loop needs from a network of nodes: the in-memory one or real nodes on a broker. */
 interface Net {
@@ -251,9 +241,9 @@ function resolved(o: SimOptions): Required<SimOptions> {
 /** The simulation in memory (the library's functions, no network). */
 export async function simulate(options: SimOptions = {}): Promise<SimResult> {
   const o = resolved(options);
-  const net = memoryNet(o.nodes, rng32(o.seed * 7919 + 1));
+  const net = memoryNet(o.nodes, prng(o.seed * 7919 + 1));
   try {
-    return await run(net, o, rng32(o.seed), false);
+    return await run(net, o, prng(o.seed), false);
   } finally {
     await net.close();
   }
@@ -262,9 +252,9 @@ export async function simulate(options: SimOptions = {}): Promise<SimResult> {
 /** The same simulation with real nodes on an in-process qis broker over loopback. */
 export async function simulateReal(options: SimOptions = {}): Promise<SimResult> {
   const o = resolved(options);
-  const net = await realNet(o.nodes, rng32(o.seed * 7919 + 1));
+  const net = await realNet(o.nodes, prng(o.seed * 7919 + 1));
   try {
-    return await run(net, o, rng32(o.seed), true);
+    return await run(net, o, prng(o.seed), true);
   } finally {
     await net.close();
   }

@@ -161,3 +161,4 @@ export {
   type RankRow,
   type ThompsonDraw,
 } from './darwin.js';
+export { prng } from './prng.js';

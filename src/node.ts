@@ -23,6 +23,7 @@ import { Outbox, type OutboxEntry } from './outbox.js';
 import { checkPacket, signPacket, type Outcome, type VerifiedPacket } from './packet.js';
 import { synthesize, type Synthesis, type SynthesisOptions } from './synthesis.js';
 import { isTplId, type Template } from './template.js';
+import { tlsClientOptions, type TlsOptions } from './tls.js';
 import { sameRouting, supersedesOf, templateTopic, verifyTemplateDoc } from './registry.js';
 import { checkOutcomeFits } from './outcome.js';
 import { addScore, predictionOf, scoreFieldsOf, scorePrediction, thompsonChoose, type Prediction, type PredictionScore, type ThompsonDraw } from './darwin.js';
@@ -39,17 +40,7 @@ export interface Timers {
   clearTimeout(handle: unknown): void;
 }
 
-export interface TlsOptions {
-  /** PEM of the CA(s) that signed the broker's certificate. */
-  readonly ca?: string | Uint8Array;
-  /** PEM client certificate and key, for brokers that require mTLS. */
-  readonly cert?: string | Uint8Array;
-  readonly key?: string | Uint8Array;
-  /** Default true. false accepts any broker certificate: for tests only. */
-  readonly rejectUnauthorized?: boolean;
-  /** TLS SNI / certificate host name, when it differs from the URL's host. */
-  readonly servername?: string;
-}
+export type { TlsOptions } from './tls.js';
 
 export interface NodeOptions {
   /** `mqtt://host[:1883]`, `mqtts://host[:8883]`, `ws://host/path` or `wss://host/path`. */
@@ -559,11 +550,7 @@ class Node implements QisNode {
       queueQoSZero: false,
       ...(this.#o.username !== undefined ? { username: this.#o.username } : {}),
       ...(this.#o.password !== undefined ? { password: this.#o.password } : {}),
-      ...(tls?.ca !== undefined ? { ca: Buffer.from(tls.ca) } : {}),
-      ...(tls?.cert !== undefined ? { cert: Buffer.from(tls.cert) } : {}),
-      ...(tls?.key !== undefined ? { key: Buffer.from(tls.key) } : {}),
-      ...(tls?.rejectUnauthorized !== undefined ? { rejectUnauthorized: tls.rejectUnauthorized } : {}),
-      ...(tls?.servername !== undefined ? { servername: tls.servername } : {}),
+      ...tlsClientOptions(tls),
     };
     let client: MqttClient;
     try {

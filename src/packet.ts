@@ -185,6 +185,14 @@ export function encodePayload(f: PacketFields): Uint8Array {
     [9, f.exp],
     [10, del ? true : undefined],
   ];
+  return encodeIntKeyMap(entries);
+}
+
+/**
+ * A CBOR map with unsigned integer keys from `entries` given in ascending key order (the
+ * deterministic order, PROTOCOL §1); entries whose value is undefined are left out.
+ */
+export function encodeIntKeyMap(entries: ReadonlyArray<readonly [number, CborValue | undefined]>): Uint8Array {
   return encodeWith((w) => {
     let count = 0;
     for (const [, v] of entries) if (v !== undefined) count++;

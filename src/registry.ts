@@ -18,7 +18,8 @@ import { jcs } from './jcs.js';
 import { checkPacket, decodeSign1, sigStructure, verifySign1, ALG_ED25519, COSE_SIGN1_TAG } from './packet.js';
 import { compileTemplate, isTplId, type Template, type TplId } from './template.js';
 import { CborTag } from './cbor.js';
-import type { BrokerKind, TlsOptions } from './node.js';
+import type { BrokerKind } from './node.js';
+import { tlsClientOptions, type TlsOptions } from './tls.js';
 
 /** Where a template document lives (PROTOCOL §4). */
 export const TEMPLATE_TOPIC_PREFIX = 'qis/1/t/';
@@ -351,11 +352,7 @@ async function withSession<T>(o: RegistryOptions, fn: (s: Session) => Promise<T>
     reconnectPeriod: 0,
     ...(o.username !== undefined ? { username: o.username } : {}),
     ...(o.password !== undefined ? { password: o.password } : {}),
-    ...(tls?.ca !== undefined ? { ca: Buffer.from(tls.ca) } : {}),
-    ...(tls?.cert !== undefined ? { cert: Buffer.from(tls.cert) } : {}),
-    ...(tls?.key !== undefined ? { key: Buffer.from(tls.key) } : {}),
-    ...(tls?.rejectUnauthorized !== undefined ? { rejectUnauthorized: tls.rejectUnauthorized } : {}),
-    ...(tls?.servername !== undefined ? { servername: tls.servername } : {}),
+    ...tlsClientOptions(tls),
   };
   let client: MqttClient;
   try {

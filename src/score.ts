@@ -9,7 +9,7 @@
 import { decodeCbor, encodeWith, type CborValue } from './cbor.js';
 import { QisError, type ErrorCode } from './errors.js';
 import { isNodeId, type Ed25519Backend, type NodeId, type NodeKey } from './identity.js';
-import { isUint, num, openEnvelope, signEnvelope } from './packet.js';
+import { encodeIntKeyMap, isUint, num, openEnvelope, signEnvelope } from './packet.js';
 import { isTplId, type TplId } from './template.js';
 
 /** Bins of the reliability histogram (key 25): predicted probability in [i/10, (i+1)/10). */
@@ -119,16 +119,7 @@ export function encodeScorePayload(f: ScoreFields): Uint8Array {
     [24, f.since],
     [25, rel],
   ];
-  return encodeWith((w) => {
-    let count = 0;
-    for (const [, v] of entries) if (v !== undefined) count++;
-    w.head(5, count);
-    for (const [k, v] of entries) {
-      if (v === undefined) continue;
-      w.head(0, k);
-      w.value(v);
-    }
-  });
+  return encodeIntKeyMap(entries);
 }
 
 /**

@@ -13,19 +13,12 @@ import { parseModbusConfig, startModbusBridge, type BridgeEvent } from '../firmw
 import { freePort } from './helpers/mosquitto.js';
 import { startModbusServer } from './helpers/modbus-server.js';
 import { startQisBroker } from './helpers/qis-broker.js';
+import { waitFor } from './helpers/wait.js';
 
 const examples = fileURLToPath(new URL('../examples/', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'qis-bridge-modbus-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
-/** Resolves when `cond()` holds; rejects with `what` after `ms`. */
-async function waitFor(cond: () => boolean, what: string, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** Every packet published on qis/1/o/# at `url`, verified. */
 async function collect(url: string): Promise<{ packets: (VerifiedPacket & { topic: string })[]; close(): Promise<void> }> {

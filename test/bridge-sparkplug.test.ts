@@ -12,6 +12,7 @@ import { address, loadTemplate, outcomeTopic, verifyPacket, type NodeId, type Ve
 import { parseSparkplugConfig, startSparkplugBridge, type BridgeEvent } from '../firmware-bridge/index.js';
 import { startAedes } from './helpers/aedes.js';
 import { startQisBroker } from './helpers/qis-broker.js';
+import { waitFor } from './helpers/wait.js';
 
 const require = createRequire(import.meta.url);
 interface SpMetric { name?: string; alias?: number; type: string; value: unknown; isHistorical?: boolean }
@@ -21,13 +22,6 @@ const examples = fileURLToPath(new URL('../examples/', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'qis-bridge-sp-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
-async function waitFor(cond: () => boolean, what: string, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 t.test('sparkplug bridge - births, data, historical data, a seq gap and an unknown alias', async (t) => {
   const factory = await startAedes();
