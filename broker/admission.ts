@@ -259,14 +259,21 @@ export function checkTemplateDoc(
  * Cheap admission checks of a score publish (`qis/1/s/<tplId>/<nodeId>`): topic form, registry,
  * empty payload, size. The envelope, owner, signature and skew are checked by verifyScorePacket.
  */
-export function precheckScore(topic: string, payloadLength: number, o: Pick<AdmissionOptions, 'registry' | 'templates'>): { tplId: string; nodeId: string } | Decision {
+export function precheckScore(
+  topic: string,
+  payloadLength: number,
+  o: Pick<AdmissionOptions, 'registry' | 'templates'>,
+  registered: (tplId: string) => boolean = () => false,
+): { tplId: string; nodeId: string } | Decision {
   let parsed;
   try {
     parsed = parseScoreTopic(topic);
   } catch (e) {
     return refuse('ERR_TOPIC_INVALID', (e as Error).message);
   }
-  if (o.registry === 'closed' && !o.templates.includes(parsed.tplId)) {
+  // As for outcome packets: the listed ids and the templates the registry holds (registered by a
+  // listed curator) are admitted by a closed registry.
+  if (o.registry === 'closed' && !o.templates.includes(parsed.tplId) && !registered(parsed.tplId)) {
     return refuse('ERR_TEMPLATE_UNKNOWN', `template ${parsed.tplId} is not in this broker's registry`);
   }
   if (payloadLength === 0) return refuse('ERR_PACKET_EMPTY', 'an empty retained payload cannot delete a score packet');

@@ -407,7 +407,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     const topic = packet.topic;
     const payload = packet.payload as Buffer;
     if (scoreStore.failure) return refuse(client, topic, 'ERR_FILE_IO', scoreStore.failure.message, cb);
-    const pre = precheckScore(topic, payload.length, o.admission);
+    const pre = precheckScore(topic, payload.length, o.admission, (id) => templates.has(id));
     if (isDecision(pre)) {
       carryOut(pre, client, packet, cb);
       return;

@@ -1,7 +1,7 @@
 /** `qis report` and `qis templates rank`: scoring predictions and ranking rival templates (PROTOCOL §9). */
 import { writeFile } from 'node:fs/promises';
 import { QisError, calibrationSvg, isTplId, loadTemplate, rankTemplates, toHex, type RankRow, type ScoresResult } from '../src/index.js';
-import { CONNECTION, SITUATION, withNode } from './node-commands.js';
+import { CONNECTION, SITUATION, templateFlag, withNode } from './node-commands.js';
 import { numberFlag, objectFlag, outcomeFlag, usage, type Command, type Flags, str } from './run.js';
 
 const pct = (x: number): string => `${(100 * x).toFixed(1)} %`;
@@ -26,7 +26,7 @@ Example:
   qis query  --url mqtt://localhost --data-dir ./node1 --template bearing.yaml --situation @s.json
   qis report --url mqtt://localhost --data-dir ./node1 --template bearing.yaml --situation @s.json --outcome failure`,
   async run(flags) {
-    const [template, situation] = await Promise.all([loadTemplate(str(flags.template)), objectFlag('situation', str(flags.situation))]);
+    const [template, situation] = await Promise.all([templateFlag(str(flags.template)), objectFlag('situation', str(flags.situation))]);
     const outcome = await outcomeFlag(str(flags.outcome));
     return withNode(flags, async (node) => {
       const r = await node.report(template, situation, outcome, {

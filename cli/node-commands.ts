@@ -51,7 +51,7 @@ async function readOpt(flags: Flags, name: string): Promise<Buffer | undefined> 
 }
 
 /** `--template FILE`, or a template id (26 base32 characters that is not an existing file), which the node fetches from the registry. */
-async function templateFlag(value: string): Promise<Template | string> {
+export async function templateFlag(value: string): Promise<Template | string> {
   if (isTplId(value) && !existsSync(value)) return value;
   return loadTemplate(value);
 }

@@ -216,7 +216,8 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
         st.state = 'down';
         st.lastError = { code, message: (e as Error).message, at: Date.now() };
         emit({ type: 'device-down', machine: m.name, device, code, message: (e as Error).message, retryInMs: delay });
-        if (code === 'ERR_INTERNAL') throw e;
+        // Even an unexpected failure (a bug) is reported and retried with backoff: one machine's
+        // poll loop never stops for good while the bridge runs.
         await wait(delay);
       } finally {
         client?.close();

@@ -60,7 +60,7 @@ export function takeFrame(buf: Buffer): { txId: number; unitId: number; pdu: Buf
   if (buf.length < 7) return undefined;
   const protocol = buf.readUInt16BE(2);
   const length = buf.readUInt16BE(4);
-  if (protocol !== 0 || length < 2 || length > 254) throw new QisError('ERR_DEVICE_UNREACHABLE', `not a Modbus TCP response (protocol id ${protocol}, length ${length})`);
+  if (protocol !== 0 || length < 3 || length > 254) throw new QisError('ERR_DEVICE_UNREACHABLE', `not a Modbus TCP response (protocol id ${protocol}, length ${length})`);
   if (buf.length < 6 + length) return undefined;
   return { txId: buf.readUInt16BE(0), unitId: buf.readUInt8(6), pdu: buf.subarray(7, 6 + length), rest: buf.subarray(6 + length) };
 }
@@ -70,10 +70,12 @@ export function takeFrame(buf: Buffer): { txId: number; unitId: number; pdu: Buf
  * @throws ModbusException for an exception response; QisError ERR_DEVICE_UNREACHABLE for a malformed one
  */
 export function parseReadResponse(pdu: Buffer, fn: number, count: number): Buffer | boolean[] {
+  if (pdu.length === 0) throw new QisError('ERR_DEVICE_UNREACHABLE', `malformed response to function ${fn}: empty PDU`);
   const got = pdu.readUInt8(0);
   if (got === (fn | 0x80)) throw new ModbusException(fn, pdu.length > 1 ? pdu.readUInt8(1) : 0);
   const bad = (why: string): QisError => new QisError('ERR_DEVICE_UNREACHABLE', `malformed response to function ${fn}: ${why}`);
   if (got !== fn) throw bad(`function ${got}`);
+  if (pdu.length < 2) throw bad('no byte count');
   const n = pdu.readUInt8(1);
   const data = pdu.subarray(2);
   if (data.length !== n) throw bad(`byte count ${n} but ${data.length} bytes`);

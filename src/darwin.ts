@@ -85,6 +85,12 @@ export interface ScoreTotals {
   readonly since?: number;
   /** The reliability histogram of key 25: [n_0, y_0, …]. */
   readonly rel: readonly number[];
+  /**
+   * The prediction counted last (situation fp hex, when it was received, its score): a report
+   * interrupted after its totals were saved but before its prediction was forgotten finds it here
+   * on retry and is not counted twice.
+   */
+  readonly last?: { readonly fp: string; readonly at: number; readonly score: PredictionScore };
 }
 
 export const EMPTY_TOTALS: ScoreTotals = Object.freeze({ seq: 0, k: 0, brierSum: 0, brierCount: 0, hits: 0, absErrorSum: 0, absErrorCount: 0, rel: Object.freeze(new Array<number>(2 * REL_BINS).fill(0)) });

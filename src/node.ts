@@ -242,13 +242,13 @@ export interface QisNode extends AsyncDisposable {
    * Several templates answer the same question (same outcome): picks one (NodeOptions.choose) and
    * queries it. @throws QisError ERR_INVALID_ARGUMENT when the outcomes differ, or any query error
    */
-  consult(templates: readonly Template[], situation: Situation, options?: QueryOptions): Promise<ConsultResult>;
+  consult(templates: readonly (Template | string)[], situation: Situation, options?: QueryOptions): Promise<ConsultResult>;
   /**
    * Scores the latest prediction this node received for (template, situation) before the
    * observation, adds it to its running totals and publishes its score packet (retained, QoS 1,
    * through the outbox). @throws QisError ERR_NO_PREDICTION | ERR_OUTCOME_INVALID | ERR_FIELD_* | ERR_FILE_IO
    */
-  report(template: Template, situation: Situation, outcome: Outcome, options?: ReportOptions): Promise<ReportResult>;
+  report(template: Template | string, situation: Situation, outcome: Outcome, options?: ReportOptions): Promise<ReportResult>;
   /** Reads the track records of templates (qis/1/s/<tplId>/+) in one round trip. */
   scores(tplIds: readonly string[], options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<ScoresResult>;
   watch(template: Template, situation: Situation, options?: WatchOptions): WatchIterator;
@@ -983,6 +983,15 @@ class Node implements QisNode {
     return this.#queryOne(template, situation, options, started);
   }
 
+  /** Keeps the prediction a query gave, to be scored by a later report() (PROTOCOL §9). */
+  #remember(template: Template, fp: Uint8Array, synthesis: Synthesis): void {
+    const prediction = predictionOf(template, synthesis);
+    if (!prediction) return;
+    // Written durably in the background: the query's latency stays the network's. A report()
+    // waits for it (the store serialises its files); close() waits too.
+    this.#predictions.record(template.tplId, toHex(fp), { at: Math.floor(this.#now()), prediction }).catch((e: unknown) => this.#ioFailure(e));
+  }
+
   async #queryOne(template: Template, situation: Situation, options: QueryOptions, started: number): Promise<QueryResult> {
     const widen = options.widen ?? 0;
     this.#checkWiden(template, widen);
@@ -1001,12 +1010,7 @@ class Node implements QisNode {
         fold.packets.flatMap((p) => (p.out === undefined ? [] : [{ nodeId: p.nodeId, out: p.out, conf: p.conf, n: p.n, ts: p.ts, ...(p.ctx ? { ctx: p.ctx } : {}) }])),
         synthesisOptions(options),
       );
-      const prediction = predictionOf(template, synthesis);
-      if (options.remember !== false && prediction) {
-        // Written durably in the background: the query's latency stays the network's. A report()
-        // waits for it (the store serialises its files); close() waits too.
-        this.#predictions.record(template.tplId, toHex(addr.fp), { at: Math.floor(this.#now()), prediction }).catch((e: unknown) => this.#ioFailure(e));
-      }
+      if (options.remember !== false) this.#remember(template, addr.fp, synthesis);
       return {
         tplId: template.tplId,
         filter,
@@ -1084,7 +1088,8 @@ class Node implements QisNode {
     let current: Template | undefined = template;
     while (current) {
       const left = Math.max(1, deadline - this.#now());
-      results.push({ template: current, r: await this.#queryOne(current, situation, { ...options, timeoutMs: left }, this.#now()) });
+      // Each version's own answer is not what the caller is given: only the merged one is remembered.
+      results.push({ template: current, r: await this.#queryOne(current, situation, { ...options, timeoutMs: left, remember: false }, this.#now()) });
       const older = supersedesOf(current);
       current = undefined;
       if (older === undefined || seen.has(older)) break;
@@ -1105,6 +1110,10 @@ class Node implements QisNode {
       current = t;
     }
     const first = results[0]!.r;
+    const remember = (synthesis: Synthesis): void => {
+      if (options.remember !== false) this.#remember(template, address(template, situation).fp, synthesis);
+    };
+    if (results.length === 1) remember(first.synthesis);
     if (results.length === 1) return { ...first, versions: [{ tplId: template.tplId, name: template.doc.name, version: template.doc.version, packets: first.packets.length }], notIncluded, elapsedMs: this.#now() - started };
     const byNode = new Set<string>();
     const packets: VerifiedPacket[] = [];
@@ -1126,6 +1135,7 @@ class Node implements QisNode {
       packets.flatMap((p) => (p.out === undefined ? [] : [{ nodeId: p.nodeId, out: p.out, conf: p.conf, n: p.n, ts: p.ts, ...(p.ctx ? { ctx: p.ctx } : {}) }])),
       synthesisOptions(options),
     );
+    remember(synthesis);
     return {
       ...first,
       packets,
@@ -1231,9 +1241,11 @@ class Node implements QisNode {
     }
   }
 
-  async consult(templates: readonly Template[], situation: Situation, options: QueryOptions = {}): Promise<ConsultResult> {
+  async consult(given: readonly (Template | string)[], situation: Situation, options: QueryOptions = {}): Promise<ConsultResult> {
     this.#checkOpen();
-    if (!Array.isArray(templates) || templates.length === 0) throw new QisError('ERR_INVALID_ARGUMENT', 'consult() needs at least one template');
+    if (!Array.isArray(given) || given.length === 0) throw new QisError('ERR_INVALID_ARGUMENT', 'consult() needs at least one template');
+    const templates: Template[] = [];
+    for (const t of given) templates.push(await this.#resolve(t, options.signal, options.timeoutMs));
     const outcome = jcs((templates[0] as Template).doc.outcome);
     const other = templates.find((t) => jcs(t.doc.outcome) !== outcome);
     if (other) throw new QisError('ERR_INVALID_ARGUMENT', `template ${other.doc.name} v${other.doc.version} has another outcome than ${(templates[0] as Template).doc.name}: rival templates must answer the same question`);
@@ -1254,10 +1266,11 @@ class Node implements QisNode {
     return { ...r, chosen: chosen.tplId, choose, draws };
   }
 
-  async report(template: Template, situation: Situation, outcome: Outcome, options: ReportOptions = {}): Promise<ReportResult> {
+  async report(t: Template | string, situation: Situation, outcome: Outcome, options: ReportOptions = {}): Promise<ReportResult> {
     this.#checkOpen();
     throwIfAborted(options.signal);
     positive('ackTimeoutMs', options.ackTimeoutMs, true);
+    const template = await this.#resolve(t, options.signal);
     if (options.ts !== undefined && !(Number.isSafeInteger(options.ts) && options.ts >= 0)) throw new QisError('ERR_INVALID_ARGUMENT', `ts must be Unix ms, got ${String(options.ts)}`);
     if (template.doc.outcome.kind === 'map') throw new QisError('ERR_OUTCOME_INVALID', `template ${template.doc.name}: map outcomes are not scored (PROTOCOL §9 scores labels and numbers)`);
     const actual = checkOutcomeFits(template, outcome);
@@ -1266,18 +1279,29 @@ class Node implements QisNode {
     const labels = template.doc.outcome.kind === 'category' ? template.doc.outcome.labels : [];
     const done = await this.#serial(async () => {
       this.#checkOpen();
-      const taken = await this.#predictions.take(template.tplId, fpHex, observedAt);
+      // Crash-safe order: count the score and queue its packet, then forget the prediction. A
+      // report cut short after its totals were saved finds the prediction counted (totals.last)
+      // and only queues the packet again (same seq: the broker drops a duplicate as stale).
+      const taken = await this.#predictions.peek(template.tplId, fpHex, observedAt);
       if (!taken) {
         throw new QisError('ERR_NO_PREDICTION', `no unscored prediction for this situation of ${template.doc.name} v${template.doc.version} received before ${new Date(observedAt).toISOString()}: query first, then report`);
       }
-      const score = scorePrediction(taken.prediction, actual, labels);
       const before = await this.#predictions.totals(template.tplId);
-      const seq = Math.max(before.seq + 1, Math.floor(this.#now()));
-      const totals = { ...addScore(before, taken.prediction, score, actual, observedAt), seq };
-      const fields = scoreFieldsOf(totals, seq, Math.floor(this.#now()));
+      const counted = before.last !== undefined && before.last.fp === fpHex && before.last.at === taken.at;
+      let totals = before;
+      let score: PredictionScore;
+      if (counted) {
+        score = before.last!.score;
+      } else {
+        score = scorePrediction(taken.prediction, actual, labels);
+        const seq = Math.max(before.seq + 1, Math.floor(this.#now()));
+        totals = { ...addScore(before, taken.prediction, score, actual, observedAt), seq, last: { fp: fpHex, at: taken.at, score } };
+        await this.#predictions.saveTotals(template.tplId, totals);
+      }
+      const fields = scoreFieldsOf(totals, totals.seq, Math.floor(this.#now()));
       const { topic, bytes } = signScorePacket(this.key, template.tplId, fields, this.#backend());
-      await this.#predictions.saveTotals(template.tplId, totals);
-      const entry = await this.#outbox.add('score', template.tplId, topic, seq, bytes);
+      const entry = await this.#outbox.add('score', template.tplId, topic, totals.seq, bytes);
+      await this.#predictions.forget(template.tplId, fpHex, taken.at);
       return { taken, score, fields, entry };
     });
     this.#wake();

@@ -39,6 +39,12 @@ function isPrediction(x: unknown): x is StoredPrediction {
   return p.kind === 'category' && typeof p.probs === 'object' && p.probs !== null && Object.values(p.probs).every((v) => typeof v === 'number' && Number.isFinite(v));
 }
 
+function isLast(v: unknown): v is NonNullable<ScoreTotals['last']> {
+  if (!v || typeof v !== 'object') return false;
+  const l = v as { fp?: unknown; at?: unknown; score?: unknown };
+  return typeof l.fp === 'string' && typeof l.at === 'number' && !!l.score && typeof l.score === 'object';
+}
+
 export class PredictionStore {
   readonly #dir: string;
   readonly #scoresDir: string;
@@ -79,19 +85,23 @@ export class PredictionStore {
     });
   }
 
+  /** The newest prediction received at or before `observedAt` (nothing is forgotten). */
+  peek(tplId: string, fpHex: string, observedAt: number): Promise<StoredPrediction | undefined> {
+    return this.#serial(async () => {
+      const before = (await this.#read(tplId, fpHex)).filter((x) => x.at <= observedAt);
+      return before[before.length - 1];
+    });
+  }
+
   /**
-   * Takes the newest prediction received at or before `observedAt` and forgets it and every older
-   * one (each observation scores one prediction, each prediction at most once). Predictions
-   * received after the observation stay for later observations.
+   * Forgets the predictions received at or before `at` (each observation scores one prediction,
+   * each prediction at most once). Predictions received later stay for later observations.
    */
-  take(tplId: string, fpHex: string, observedAt: number): Promise<StoredPrediction | undefined> {
+  forget(tplId: string, fpHex: string, at: number): Promise<void> {
     return this.#serial(async () => {
       const list = await this.#read(tplId, fpHex);
-      const before = list.filter((x) => x.at <= observedAt);
-      const chosen = before[before.length - 1];
-      if (!chosen) return undefined;
-      await writeFileDurable(this.#file(tplId, fpHex), JSON.stringify(list.filter((x) => x.at > observedAt)) + '\n');
-      return chosen;
+      if (!list.some((x) => x.at <= at)) return;
+      await writeFileDurable(this.#file(tplId, fpHex), JSON.stringify(list.filter((x) => x.at > at)) + '\n');
     });
   }
 
@@ -111,6 +121,7 @@ export class PredictionStore {
       absErrorCount: n(j.absErrorCount),
       ...(typeof j.since === 'number' ? { since: j.since } : {}),
       rel,
+      ...(isLast(j.last) ? { last: j.last } : {}),
     };
   }
 

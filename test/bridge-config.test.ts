@@ -61,6 +61,9 @@ t.test('modbus - response frames: split, whole, registers, bits, exceptions', as
   t.match((ex as Error).message, /illegal data address/);
   t.throws(() => parseReadResponse(hex('03 04 0000'), 3, 2), { code: 'ERR_DEVICE_UNREACHABLE' }, 'byte count and data disagree');
   t.throws(() => takeFrame(hex('0001 0007 0003 01 03 00')), { code: 'ERR_DEVICE_UNREACHABLE' }, 'not protocol 0');
+  t.throws(() => takeFrame(hex('0001 0000 0002 01 03')), { code: 'ERR_DEVICE_UNREACHABLE' }, 'MBAP length 2: no room for a function and its data');
+  t.throws(() => parseReadResponse(hex('03'), 3, 1), { code: 'ERR_DEVICE_UNREACHABLE' }, 'a function code without a byte count');
+  t.throws(() => parseReadResponse(hex(''), 3, 1), { code: 'ERR_DEVICE_UNREACHABLE' }, 'an empty PDU');
 });
 
 t.test('modbus - register types, word order, scale and offset', async (t) => {

@@ -7,6 +7,8 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import {
   CborTag,
+  address,
+  publishTemplate,
   compileTemplate,
   createNode,
   encodeCbor,
@@ -108,6 +110,18 @@ t.test('a closed registry refuses score packets of unlisted templates', async (t
   t.equal((await refused(b, 'ERR_TEMPLATE_UNKNOWN')) - before, 1, 'counted under ERR_TEMPLATE_UNKNOWN');
 });
 
+t.test('a registry closed to curator keys admits score packets of the templates a listed curator registered', async (t) => {
+  const curator = fixedKey(0x54);
+  const b = await startQisBroker({ admission: { registry: 'closed', templates: [], curators: [curator.nodeId] } });
+  t.teardown(() => b.close());
+  const s = signScorePacket(fixedKey(0x55), bearing.tplId, { seq: 1, ts: Date.now(), k: 1 });
+  t.equal(await publishOnce(b.url, s.topic, s.bytes), 'closed', 'refused before the curator registered the template');
+  await publishTemplate(curator, bearing, { url: b.url });
+  const s2 = signScorePacket(fixedKey(0x55), bearing.tplId, { seq: 2, ts: Date.now(), k: 1 });
+  t.equal(await publishOnce(b.url, s2.topic, s2.bytes), 'acked', 'admitted once a listed curator registered it');
+  t.same(await readRetained(b.url, s2.topic, 10_000), s2.bytes, 'and served retained');
+});
+
 /** Nodes that publish the given outcomes for `situation` (one node each), then close. */
 async function seedCohort(url: string, outcomes: readonly string[], seedByte: number): Promise<void> {
   for (const [i, out] of outcomes.entries()) {
@@ -199,6 +213,34 @@ t.test('a score packet reported while the broker is away waits in the outbox, su
   await back.flush({ timeoutMs: 20_000 });
   const got = await readRetained(b.url, scoreTopic(bearing.tplId, key.nodeId), 10_000);
   t.same(got, r.packet, 'and the broker holds it once delivered');
+});
+
+t.test('a report cut short after its totals were saved (prediction not yet forgotten) is not counted twice on retry', async (t) => {
+  const b = await startQisBroker();
+  t.teardown(() => b.close());
+  await seedCohort(b.url, ['failure', 'no_failure', 'failure'], 0xb0);
+  const nodeDir = mkdtempSync(join(dir, 'crash-'));
+  const key = fixedKey(0xb8);
+  const node = await createNode({ url: b.url, dataDir: nodeDir, key });
+  t.teardown(() => node.close());
+  await node.query(bearing, situation, { minCohort: 3 });
+  await node.close();
+  // The prediction file as it was before the report: restoring it after the report recreates
+  // the state of a crash between saving the totals and forgetting the prediction.
+  const predFile = join(nodeDir, 'predictions', bearing.tplId, `${Buffer.from(address(bearing, situation).fp).toString('hex')}.json`);
+  const saved = readFileSync(predFile);
+  const n1 = await createNode({ url: b.url, dataDir: nodeDir, key });
+  const r1 = await n1.report(bearing, situation, 'failure');
+  t.equal(r1.totals.k, 1, 'the first report counts one prediction');
+  await n1.close();
+  writeFileSync(predFile, saved);
+  const n2 = await createNode({ url: b.url, dataDir: nodeDir, key });
+  t.teardown(() => n2.close());
+  const r2 = await n2.report(bearing, situation, 'failure');
+  t.equal(r2.totals.k, 1, 'the retried report finds the prediction already counted: k stays 1');
+  t.same(r2.score, r1.score, 'and returns the score counted the first time');
+  t.equal(r2.seq, r1.seq, 'with the same seq (a duplicate the broker drops)');
+  await t.rejects(n2.report(bearing, situation, 'failure'), { code: 'ERR_NO_PREDICTION' }, 'after which the prediction is forgotten');
 });
 
 t.test('scores() reads rival track records in one round trip; consult() with Thompson sampling prefers the proven template; CLI rank prints and charts them', async (t) => {
