@@ -6,7 +6,7 @@
  */
 import { QisError } from './errors.js';
 import type { Outcome } from './packet.js';
-import type { Synthesis } from './synthesis.js';
+import { capWeights, type Synthesis } from './synthesis.js';
 import type { Template } from './template.js';
 import { REL_BINS, type ScoreFields } from './score.js';
 
@@ -259,7 +259,12 @@ export interface RankRow {
   readonly hits: number;
   /** Predictions behind `hits` (those of packets that carry hits). */
   readonly kHits: number;
-  /** Posterior mean of the hit rate, (1 + hits) / (2 + kHits), and its equal-tailed interval. */
+  /** Nodes whose claimed k was cut by the per-node cap ({@link cappedK}) before pooling. */
+  readonly capped: number;
+  /**
+   * Posterior mean of the hit rate, Beta(1 + h, 1 + K − h) with h and K the pooled hits and k
+   * after the per-node cap ((1 + hits) / (2 + kHits) when nobody is capped), and its equal-tailed interval.
+   */
   readonly hitRate: number;
   readonly hitInterval: readonly [number, number];
   /** Mean Brier weighted by k; normal-approximation interval (docs/protocol-choices.md). */
@@ -287,26 +292,56 @@ function pooledMean(items: readonly { m: number; k: number }[], fallbackSd: numb
   return { mean, interval: [Math.max(0, mean - half), mean + half] };
 }
 
-/** Pools one template's track record. */
+/**
+ * The weight each node's claims get when a template's record is pooled: its `k`, capped by the
+ * same water-filling rule as synthesis weights (docs/synthesis.md) at 2/N of the pooled total for
+ * N ≥ 3 nodes, so one node claiming a huge record cannot carry a ranking or a Thompson draw: k
+ * colluding nodes hold at most 2k/N of it. With one or two nodes nothing is capped.
+ */
+export function cappedK(scores: readonly { readonly k: number }[]): { k: number[]; capped: number } {
+  const ks = scores.map((x) => x.k);
+  if (ks.length < 3) return { k: ks, capped: 0 };
+  const c = capWeights(ks, 2 / ks.length);
+  return { k: c.weights, capped: c.capped };
+}
+
+/** Pooled hits over the nodes that report them, each node's claim scaled to its capped k. */
+function pooledHits(live: readonly ScoreFields[]): { hits: number; k: number; rawHits: number; rawK: number } {
+  const withHits = live.filter((x) => x.hits !== undefined);
+  const { k } = cappedK(withHits);
+  let hits = 0;
+  let kk = 0;
+  let rawHits = 0;
+  let rawK = 0;
+  withHits.forEach((x, i) => {
+    const ki = k[i] as number;
+    hits += ((x.hits as number) * ki) / x.k;
+    kk += ki;
+    rawHits += x.hits as number;
+    rawK += x.k;
+  });
+  return { hits, k: kk, rawHits, rawK };
+}
+
+/** Pools one template's track record (each node's claims capped as {@link cappedK} says). */
 export function poolRecord(r: TrackRecord): RankRow {
   const live = r.scores.filter((s) => s.k > 0);
-  let hits = 0;
-  let kHits = 0;
+  const capped = cappedK(live);
+  const eff = (i: number): number => capped.k[i] as number;
+  const pooled = pooledHits(live);
+  const hits = pooled.rawHits;
+  const kHits = pooled.rawK;
   let rel: number[] | undefined;
   for (const s of live) {
-    if (s.hits !== undefined) {
-      hits += s.hits;
-      kHits += s.k;
-    }
     if (s.rel !== undefined) {
       rel ??= new Array<number>(2 * REL_BINS).fill(0);
       for (let i = 0; i < rel.length; i++) rel[i] = (rel[i] as number) + (s.rel[i] ?? 0);
     }
   }
-  const a = 1 + hits;
-  const b = 1 + kHits - hits;
-  const brier = pooledMean(live.flatMap((s) => (s.brier === undefined ? [] : [{ m: s.brier, k: s.k }])), 0.5);
-  const maeItems = live.flatMap((s) => (s.mae === undefined ? [] : [{ m: s.mae, k: s.k }]));
+  const a = 1 + pooled.hits;
+  const b = 1 + pooled.k - pooled.hits;
+  const brier = pooledMean(live.flatMap((s, i) => (s.brier === undefined ? [] : [{ m: s.brier, k: eff(i) }])), 0.5);
+  const maeItems = live.flatMap((s, i) => (s.mae === undefined ? [] : [{ m: s.mae, k: eff(i) }]));
   // Numeric errors have no natural bound: with one node the spread is taken as the mean itself.
   const mae = pooledMean(maeItems, maeItems[0]?.m ?? 0);
   return {
@@ -316,6 +351,7 @@ export function poolRecord(r: TrackRecord): RankRow {
     k: live.reduce((s, x) => s + x.k, 0),
     hits,
     kHits,
+    capped: capped.capped,
     hitRate: a / (a + b),
     hitInterval: [betaQuantile(0.025, a, b), betaQuantile(0.975, a, b)],
     ...(brier ? { brier: brier.mean, brierInterval: brier.interval } : {}),
@@ -357,17 +393,35 @@ export interface ThompsonDraw {
  */
 export function thompsonChoose(records: readonly TrackRecord[], rng: () => number): ThompsonDraw[] {
   if (records.length === 0) throw new QisError('ERR_INVALID_ARGUMENT', 'Thompson sampling needs at least one template');
-  const draws = records.map((r) => {
-    let hits = 0;
-    let k = 0;
-    for (const s of r.scores) {
-      if (s.hits === undefined) continue;
-      hits += s.hits;
-      k += s.k;
-    }
-    return { tplId: r.tplId, hits, k, sample: sampleBeta(1 + hits, 1 + k - hits, rng) };
+  const pooled = records.map((r) => pooledHits(r.scores.filter((s) => s.k > 0)));
+  const anyHits = pooled.some((p) => p.rawK > 0);
+  const maes = records.map((r) => poolRecord(r));
+  const anyMae = !anyHits && maes.some((m) => m.mae !== undefined);
+  if (anyMae) {
+    // Numeric outcomes have no hits: draw each template's mean absolute error from a normal
+    // posterior (its pooled mean, its standard error) and prefer the lowest draw. A template
+    // nobody has scored draws around the others' mean with their mean as spread, so it is tried.
+    const known = maes.flatMap((m) => (m.mae === undefined ? [] : [m.mae]));
+    const prior = known.reduce((s, x) => s + x, 0) / known.length;
+    const draws = records.map((r, i) => {
+      const m = maes[i] as RankRow;
+      const se = m.mae !== undefined && m.maeInterval ? (m.maeInterval[1] - m.mae) / 1.96 : prior;
+      const mean = m.mae ?? prior;
+      return { tplId: r.tplId, hits: 0, k: m.k, sample: -(mean + se * normalSample(rng)) };
+    });
+    return draws.sort((a, b) => b.sample - a.sample);
+  }
+  const draws = records.map((r, i) => {
+    const p = pooled[i] as ReturnType<typeof pooledHits>;
+    return { tplId: r.tplId, hits: p.rawHits, k: p.rawK, sample: sampleBeta(1 + p.hits, 1 + p.k - p.hits, rng) };
   });
   return draws.sort((a, b) => b.sample - a.sample);
+}
+
+/** One standard normal draw (Box–Muller) from a uniform source. */
+function normalSample(rng: () => number): number {
+  const u = Math.max(rng(), Number.MIN_VALUE);
+  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng());
 }
 
 // ------------------------------------------------------------------------------ reliability chart

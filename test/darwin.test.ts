@@ -20,6 +20,7 @@ import {
   signPacket,
   signScorePacket,
   synthesize,
+  poolRecord,
   thompsonChoose,
   utf8Bytes,
   verifyScorePacket,
@@ -178,6 +179,38 @@ t.test('ranking and Thompson sampling', async (t) => {
   }
   t.equal(strong, 2000, 'a clearly better record always wins the draw');
   t.ok(fresh > 600 && fresh < 1400, `a new template still gets explored against an even record (${fresh} of 2000)`);
+});
+
+t.test('one node claiming a huge record cannot carry a ranking or a Thompson draw (per-node cap on k)', async (t) => {
+  const node = (k: number, hits: number) => ({ seq: 1, ts: 1, k, hits });
+  const bad = { tplId: 'bad', scores: [node(1e12, 1e12), node(10, 2), node(10, 2), node(10, 2)] };
+  const good = { tplId: 'good', scores: [node(10, 8), node(10, 8), node(10, 8), node(10, 8)] };
+  // By hand: cap 2/N = 0.5 of the pooled k. bad: T = 0.5 (T + 30) gives T = 30, so the liar counts
+  // 30 predictions with 30 hits: hits 30 + 6 = 36 of 60, posterior mean 37/62. good: nobody
+  // above 0.5 × 40 = 20, so 32 of 40, posterior mean 33/42.
+  const [pb, pg] = [poolRecord(bad), poolRecord(good)];
+  t.equal(pb.capped, 1, 'the liar is capped');
+  t.ok(Math.abs(pb.hitRate - 37 / 62) < 1e-9, `bad: posterior mean 37/62 (got ${pb.hitRate})`);
+  t.equal(pg.capped, 0);
+  t.ok(Math.abs(pg.hitRate - 33 / 42) < 1e-9, `good: posterior mean 33/42 (got ${pg.hitRate})`);
+  t.same(rankTemplates([bad, good]).map((r) => r.tplId), ['good', 'bad'], 'the honest record ranks first');
+  const rng = prng(11);
+  let wins = 0;
+  for (let i = 0; i < 1000; i++) if (thompsonChoose([bad, good], rng)[0]?.tplId === 'good') wins++;
+  t.ok(wins > 900, `Thompson prefers the honest record (${wins} of 1000)`);
+});
+
+t.test('Thompson sampling between numeric templates follows their mean absolute errors', async (t) => {
+  const rec = (tplId: string, mae: number) => ({ tplId, scores: [1, 2, 3].map((i) => ({ seq: i, ts: 1, k: 50, mae: mae * (1 + 0.1 * (i - 2)) })) });
+  const rng = prng(12);
+  let near = 0;
+  let fresh = 0;
+  for (let i = 0; i < 1000; i++) {
+    if (thompsonChoose([rec('far', 100), rec('near', 1)], rng)[0]?.tplId === 'near') near++;
+    if (thompsonChoose([rec('known', 10), { tplId: 'new', scores: [] }], rng)[0]?.tplId === 'new') fresh++;
+  }
+  t.ok(near > 990, `the template with the lower error wins the draw (${near} of 1000)`);
+  t.ok(fresh > 200 && fresh < 800, `a new numeric template is still explored (${fresh} of 1000)`);
 });
 
 t.test('reliability chart: an SVG with a dot per non-empty bin, names escaped', async (t) => {
