@@ -324,6 +324,13 @@ t.test('superseded cohorts - included with per-version counts; a changed routed 
   t.same(q.notIncluded, []);
   t.equal(q.packets.length, 6, 'one packet per node across the versions');
   t.match(q.synthesis, { kind: 'category', count: 6 });
+  // The prediction remembered is the merged answer the caller got (4 failure, 2 no_failure), not
+  // one version's: failure comes true, a hit with Brier 2 × (1/3)² = 2/9. v3 alone (one no_failure)
+  // would be a miss with Brier 2; and nothing is remembered under the older versions' ids.
+  const scored = await ns[5]!.report(v3, situation, 'failure');
+  t.equal(scored.score.hit, true, 'the merged prediction is scored');
+  t.ok(Math.abs((scored.score.brier ?? NaN) - 2 / 9) < 1e-9, `Brier 2/9 (got ${scored.score.brier})`);
+  await t.rejects(ns[5]!.report(bearing, situation, 'failure'), { code: 'ERR_NO_PREDICTION' }, 'no prediction kept under v1');
   const plain = await ns[5]!.query(v3, situation, { minCohort: 1 });
   t.equal(plain.packets.length, 1, 'without includeSuperseded only v3 answers');
   t.equal(plain.versions, undefined);
