@@ -146,6 +146,7 @@ export {
   scoreFieldsOf,
   rankTemplates,
   poolRecord,
+  cappedK,
   thompsonChoose,
   sampleBeta,
   betaCdf,
