@@ -339,6 +339,7 @@ class Link {
   private readonly backoff: ReturnType<typeof backoffOptions>;
   private later: NodeJS.Timeout | undefined;
   private bytes = 0;
+  private readonly followUpMs: number;
 
   constructor(
     private readonly p: PeerOptions,
@@ -352,6 +353,7 @@ class Link {
     this.log = host.logger.child({ peer: this.name });
     this.rate = new RateLimiter(p.rateLimit, Math.max(100, p.rateLimit));
     this.backoff = backoffOptions(o.reconnect ?? {});
+    this.followUpMs = o.followUpMs ?? 0;
     this.m.up.set({ peer: this.name }, 0);
     this.connect();
   }
@@ -490,9 +492,9 @@ class Link {
         this.m.catchUps.inc({ peer: this.name, mode: report.mode });
         this.m.catchUpBytes.inc({ peer: this.name }, report.bytes);
         this.log.info(report, 'federation catch-up done');
-        // Something changed hands: other links may have brought more to the peer meanwhile (a hub
-        // hears from several regions at once), so check again shortly; in sync it costs ~120 bytes.
-        if (report.sent > 0 || report.received > 0) this.catchUpSoon(1_000);
+        // What reaches the peer after this catch-up arrives live (the link subscribed first); an
+        // optional follow-up (federation.followUpMs, default off) only costs ~120 bytes in sync.
+        if ((report.sent > 0 || report.received > 0) && this.followUpMs > 0) this.catchUpSoon(this.followUpMs);
       } while (this.catchAgain);
     };
     this.catching = run()

@@ -287,7 +287,14 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
       const r = await store.remove({ tplId: pre.tplId, nodeId: pre.nodeId, seq: v.packet.seq, topic, packet: bytes });
       if ('stale' in r) return drop(client, packet, 'ERR_SEQ_STALE', 'tombstone not newer than the stored seq', cb);
       metrics.admitted.inc({ kind: 'tombstone' });
-      packet.retain = false; // live watchers see the withdrawal; nothing is retained
+      // Live watchers see the withdrawal; nothing is retained (storeRetained skips qis/1/o/). The
+      // flag stays set so that Aedes takes the same path as for a packet: its per-subscriber
+      // dedupe drops any message whose counter is below one already delivered, and a non-retained
+      // publish skips the storeRetained step, overtook the packet published just before it and
+      // made Aedes drop that packet for every live subscriber (moscajs/aedes#994;
+      // docs/protocol-choices.md, "Federation": the lost-forward race). Aedes clears the flag on
+      // live delivery to MQTT 3.1.1 subscribers.
+      packet.retain = true;
       forwardIfGone(client, packet);
       federation?.admitted(topic, bytes, origin);
       return cb(null);
@@ -358,7 +365,8 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
    */
   function forwardIfGone(client: Client | null, packet: AedesPublishPacket): void {
     if (!client || !(client as Client & { closed?: boolean }).closed) return;
-    aedes.publish({ cmd: 'publish', topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: false, dup: false } as Parameters<Aedes['publish']>[0], () => undefined);
+    // retain: the same Aedes path as every qis publish (see admitOutcome's tombstones); never stored.
+    aedes.publish({ cmd: 'publish', topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: true, dup: false } as Parameters<Aedes['publish']>[0], () => undefined);
   }
 
   // ---------------------------------------------------------------- federation catch-up requests (qis/1/f/req/<clientId>)
