@@ -8,10 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
-import { createNode, parseOutcomeTopic } from '../src/index.js';
+import { createNode, parseOutcomeTopic, signScorePacket } from '../src/index.js';
 import { configFromFlags, parseBrokerConfig, resolveBrokerOptions } from '../broker/config.js';
 import { startAedes } from './helpers/aedes.js';
-import { bearing } from './helpers/fixtures.js';
+import { bearing, fixedKey } from './helpers/fixtures.js';
+import { readRetained } from './helpers/retained.js';
 import { peer, freePort, startRegion, until, digestOf, packetOf, publishAll, SIT, type Region } from './helpers/federation.js';
 
 const FED_PROC = fileURLToPath(new URL('./fixtures/fed-broker-proc.mjs', import.meta.url));
@@ -138,6 +139,41 @@ t.test('federation - through a hub, a burst mixing packets and tombstones reache
   await until(() => digestOf(b) === digestOf(a), 'B has the burst', 15_000);
   t.equal(b.broker.store.size, 20, 'B: 10 updated + 10 new packets live');
   t.equal((b.broker.federation?.status()[0]?.catchUps ?? 0) + (a.broker.federation?.status()[0]?.catchUps ?? 0), catchUps, 'no catch-up ran: it came live');
+});
+
+t.test('federation - score packets (qis/1/s/) travel: live through a hub, and by catch-up after a partition', async (t) => {
+  const [pa, pb, pm] = [await freePort(), await freePort(), await freePort()];
+  const m = await startRegion('m', pm, []);
+  const a = await startRegion('a', pa, [peer(pm)], undefined, { followUpMs: 0 });
+  const b = await startRegion('b', pb, [peer(pm)], undefined, { followUpMs: 0 });
+  t.teardown(async () => {
+    for (const r of [a, b, m]) await r.close();
+  });
+  await until(() => caughtUp(a) && caughtUp(b), 'links up');
+  const ka = fixedKey(0x61);
+  const kb = fixedKey(0x62);
+  const s1 = signScorePacket(ka, bearing.tplId, { seq: 10, ts: Date.now(), k: 4, brier: 0.25, hits: 3 });
+  await publishAll(a.url, [{ topic: s1.topic, packet: s1.bytes }]);
+  await until(() => b.broker.scoreStore.seqOf(bearing.tplId, ka.nodeId) === 10, 'B stores the score reported at A');
+  t.same(await readRetained(b.url, s1.topic, 10_000), s1.bytes, "B serves A's score retained on its own topic, byte for byte");
+  t.equal(b.broker.store.size, 0, 'the score did not land in the outcome store');
+
+  // Partition: each side reports a score the other lacks; the heal's catch-up exchanges them.
+  await m.stop();
+  await until(() => !a.broker.federation?.status()[0]?.connected && !b.broker.federation?.status()[0]?.connected, 'links down');
+  const s2 = signScorePacket(ka, bearing.tplId, { seq: 11, ts: Date.now(), k: 5, brier: 0.2, hits: 4 });
+  const s3 = signScorePacket(kb, bearing.tplId, { seq: 1, ts: Date.now(), k: 2, mae: 0.5 });
+  await publishAll(a.url, [{ topic: s2.topic, packet: s2.bytes }]);
+  await publishAll(b.url, [{ topic: s3.topic, packet: s3.bytes }]);
+  await m.start();
+  await until(
+    () => b.broker.scoreStore.seqOf(bearing.tplId, ka.nodeId) === 11 && a.broker.scoreStore.seqOf(bearing.tplId, kb.nodeId) === 1 && m.broker.scoreStore.size === 2,
+    'after the heal A, B and M hold both scores',
+  );
+  t.same(await readRetained(a.url, s3.topic, 10_000), s3.bytes, "A serves B's score reported during the partition");
+  t.same(await readRetained(b.url, s2.topic, 10_000), s2.bytes, "B serves A's newer score");
+  const moved = (r: Region): number => (r.broker.federation?.status()[0]?.history ?? []).reduce((n, h) => n + h.sent + h.received, 0);
+  t.ok(moved(a) >= 1 && moved(b) >= 1, 'the heal moved them by catch-up');
 });
 
 t.test('federation - a forged packet is refused where it is injected and reaches no other region', async (t) => {
