@@ -214,6 +214,20 @@ t.test('federation - a forged packet is refused where it is injected and reaches
     t.equal(r.broker.store.size, 1, `${r.name} holds the good packet only`);
   }
   t.match(await a.broker.metricsText(), /qis_federation_link_up\{peer="liar"\} 1/, 'the link to the liar stays up (a peer is not trusted, but not cut either)');
+
+  // 3. Score packets from the liar pass the same admission as a client's: a good one is taken and
+  // reaches B, one signed by another key on a node's score topic is refused.
+  const ks = fixedKey(0x71);
+  const goodScore = signScorePacket(ks, bearing.tplId, { seq: 3, ts: Date.now(), k: 2, brier: 0.5, hits: 1 });
+  const otherScore = signScorePacket(fixedKey(0x72), bearing.tplId, { seq: 3, ts: Date.now(), k: 2, brier: 0.5, hits: 1 });
+  const forgedTopic = `qis/1/s/${bearing.tplId}/${fixedKey(0x73).nodeId}`;
+  const liar2 = await mqtt.connectAsync(`mqtt://127.0.0.1:${x.port}`, { clientId: 'liar-pub-2', reconnectPeriod: 0 });
+  await liar2.publishAsync(forgedTopic, Buffer.from(otherScore.bytes), { qos: 1, retain: true });
+  await liar2.publishAsync(goodScore.topic, Buffer.from(goodScore.bytes), { qos: 1, retain: true });
+  await liar2.endAsync();
+  await until(() => b.broker.scoreStore.seqOf(bearing.tplId, ks.nodeId) === 3, "the liar's good score reached B through A");
+  await until(async () => /qis_federation_refused_total\{peer="liar",code="ERR_(NODE_MISMATCH|BAD_SIGNATURE)"\} [1-9]/.test(await a.broker.metricsText()), 'A refused the score signed by another key');
+  for (const r of [a, b]) t.equal(r.broker.scoreStore.size, 1, `${r.name} holds the good score only`);
 });
 
 /** A federated broker in a child process. */
@@ -321,6 +335,8 @@ t.test('federation - config: keys, defaults, flags and errors naming file and ke
   t.match(err('federation:\n  region: r\n  peers: [{url: "mqtt://x", share: ["nope"]}]\n'), /federation\.peers\[0\]\.share\[0\]: expected a template id/);
   t.match(err('federation:\n  region: r\n  peers: [{url: "mqtt://x", colour: 1}]\n'), /federation\.peers\[0\]\.colour: unknown key/);
   t.match(err('federation:\n  region: r\n  peers: [{url: "mqtt://x", rateLimit: -1}]\n'), /federation\.peers\[0\]\.rateLimit: expected a number >= 0/);
+  t.match(err('federation:\n  region: r\n  followUpMs: -5\n'), /b\.yaml: federation\.followUpMs: expected a number of ms >= 0/);
+  t.equal(resolveBrokerOptions(parseBrokerConfig('federation:\n  region: r\n  followUpMs: 1000\n', 'b.yaml')).federation?.followUpMs, 1000);
   t.match(err('cluster: redis://r:6379\nfederation:\n  region: r\n'), /b\.yaml: federation: expected no federation together with cluster/);
 });
 
