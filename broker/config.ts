@@ -250,7 +250,7 @@ function peer(c: Ctx, v: unknown, path: string): Obj {
 }
 
 function federation(c: Ctx, v: unknown, path: string): Obj {
-  const m = mapping(c, v, path, ['region', 'peers', 'reconnect'], 'a mapping {region: NAME, peers: [{url, …}, …], reconnect?: {baseMs, capMs}}');
+  const m = mapping(c, v, path, ['region', 'peers', 'reconnect', 'followUpMs'], 'a mapping {region: NAME, peers: [{url, …}, …], reconnect?: {baseMs, capMs}, followUpMs?}');
   const region = typeof m.region === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(m.region) ? m.region : c.fail(`${path}.region`, "a region name (1-64 letters, digits, '.', '_' or '-')", m.region);
   const peers = m.peers === undefined ? [] : list(c, m.peers, `${path}.peers`, 'a list of peers {url, …}').map((x, i) => peer(c, x, `${path}.peers[${i}]`));
   const out: Obj = { region, peers };
@@ -260,6 +260,9 @@ function federation(c: Ctx, v: unknown, path: string): Obj {
     const capMs = r.capMs === undefined ? Math.max(30_000, baseMs) : positiveMs(c, r.capMs, `${path}.reconnect.capMs`);
     if (capMs < baseMs) c.fail(`${path}.reconnect.capMs`, `at least baseMs (${baseMs})`, capMs);
     out.reconnect = { baseMs, capMs };
+  }
+  if (m.followUpMs !== undefined) {
+    out.followUpMs = typeof m.followUpMs === 'number' && Number.isFinite(m.followUpMs) && m.followUpMs >= 0 ? m.followUpMs : c.fail(`${path}.followUpMs`, 'a number of ms >= 0 (0: no follow-up catch-up)', m.followUpMs);
   }
   return out;
 }

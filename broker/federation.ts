@@ -23,12 +23,12 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { QisError, backoffDelay, backoffOptions, decodePacket, parseOutcomeTopic, type ErrorCode } from '../src/index.js';
-import { RateLimiter } from './admission.js';
+import { RateLimiter, scoreTopicOfStored } from './admission.js';
 import type { FederationOptions, PeerOptions } from './options.js';
 import type { Store, StoreKey } from './store.js';
 
-/** The qis/1 prefixes a link forwards (both directions). Score packets (qis/1/s/) join here once admission knows them. */
-export const FORWARDED_PREFIXES: readonly string[] = Object.freeze(['qis/1/o/', 'qis/1/t/']);
+/** The qis/1 prefixes a link forwards (both directions): outcome packets, template documents, score packets (§9). */
+export const FORWARDED_PREFIXES: readonly string[] = Object.freeze(['qis/1/o/', 'qis/1/t/', 'qis/1/s/']);
 /** Reserved for links: catch-up requests and responses. */
 export const FEDERATION_PREFIX = 'qis/1/f/';
 export const FED_REQ = 'qis/1/f/req/';
@@ -44,6 +44,8 @@ export type PeerAdmission = { readonly result: 'stored' | 'stale' } | { readonly
 /** What a broker gives its federation. */
 export interface FederationHost {
   readonly store: Store;
+  /** Score packets (qis/1/s/, §9), filed under outcome-shaped keys; caught up as a second store (`store: 's'` in requests). */
+  readonly scoreStore?: Store;
   readonly logger: Logger;
   readonly registry: Registry;
   /** Runs a received packet through admission, then delivers it to local subscribers; `origin` is the link it came from. */
@@ -143,11 +145,14 @@ export function storeDigest(store: Store): string {
 
 // ------------------------------------------------------------------------------ catch-up messages
 
-type Req =
+/** Which store a catch-up request is about: 'o' outcome packets (default), 's' score packets. */
+export type StoreKind = 'o' | 's';
+type Req = { store?: StoreKind } & (
   | { id: string; op: 'root'; scope: Scope }
   | { id: string; op: 'ranges'; scope: Scope }
   | { id: string; op: 'entries'; scope: Scope; ranges: number[] }
-  | { id: string; op: 'get'; keys: [string, string][] };
+  | { id: string; op: 'get'; keys: [string, string][] }
+);
 
 /** The answering side of catch-up (pure over the store). */
 export function answerRequest(store: Store, req: Req): Record<string, unknown> {
@@ -171,7 +176,8 @@ export function answerRequest(store: Store, req: Req): Record<string, unknown> {
       for (const [tplId, nodeId] of req.keys) {
         const p = store.get(tplId, nodeId);
         if (p) {
-          items.push([p.topic, Buffer.from(p.packet).toString('base64')]);
+          // A score is filed under an outcome-shaped topic; it travels on its own (qis/1/s/…).
+          items.push([req.store === 's' ? scoreTopicOfStored(p.topic) : p.topic, Buffer.from(p.packet).toString('base64')]);
           continue;
         }
         const t = store.tombstone(tplId, nodeId);
@@ -201,10 +207,12 @@ export function parsePut(payload: Buffer): { id: string; items: [string, Buffer]
   return { id: r.id, items };
 }
 
-/** A catch-up request's payload → the response payload (undefined for a malformed request). */
-export function answerPayload(store: Store, payload: Buffer): Buffer | undefined {
+/** A catch-up request's payload → the response payload (undefined for a malformed request, or one about a store this broker has not). */
+export function answerPayload(store: Store, payload: Buffer, scoreStore?: Store): Buffer | undefined {
   const req = parseReq(payload);
-  return req ? Buffer.from(JSON.stringify(answerRequest(store, req))) : undefined;
+  if (!req) return undefined;
+  const s = req.store === 's' ? scoreStore : store;
+  return s ? Buffer.from(JSON.stringify(answerRequest(s, req))) : undefined;
 }
 
 function parseReq(payload: Buffer): Req | undefined {
@@ -217,6 +225,7 @@ function parseReq(payload: Buffer): Req | undefined {
   if (typeof v !== 'object' || v === null) return undefined;
   const r = v as Record<string, unknown>;
   if (typeof r.id !== 'string' || r.id.length > 64) return undefined;
+  if (r.store !== undefined && r.store !== 'o' && r.store !== 's') return undefined;
   const scopeOk = r.scope === '*' || (Array.isArray(r.scope) && r.scope.length <= 10_000 && r.scope.every((x) => typeof x === 'string'));
   switch (r.op) {
     case 'root':
@@ -289,7 +298,7 @@ export function startFederation(options: FederationOptions, host: FederationHost
       for (const l of links) if (l.name !== origin) l.forward(topic, payload);
     },
     answer(clientId, payload) {
-      const res = answerPayload(host.store, payload);
+      const res = answerPayload(host.store, payload, host.scoreStore);
       if (!res) host.logger.warn({ clientId }, 'malformed federation catch-up request ignored');
       return res;
     },
@@ -339,6 +348,7 @@ class Link {
   private readonly backoff: ReturnType<typeof backoffOptions>;
   private later: NodeJS.Timeout | undefined;
   private bytes = 0;
+  private readonly followUpMs: number;
 
   constructor(
     private readonly p: PeerOptions,
@@ -352,6 +362,7 @@ class Link {
     this.log = host.logger.child({ peer: this.name });
     this.rate = new RateLimiter(p.rateLimit, Math.max(100, p.rateLimit));
     this.backoff = backoffOptions(o.reconnect ?? {});
+    this.followUpMs = o.followUpMs ?? 0;
     this.m.up.set({ peer: this.name }, 0);
     this.connect();
   }
@@ -481,7 +492,7 @@ class Link {
         if (!c || !this.connected) return;
         const t0 = performance.now();
         this.bytes = 0;
-        const r = this.peerKind === 'qis' ? await this.digestCatchUp(c) : await this.fullCatchUp(c);
+        const r = this.peerKind === 'qis' ? await this.digestCatchUps(c) : await this.fullCatchUp(c);
         const report: CatchUpReport = { ...r, bytes: this.bytes, ms: Math.round(performance.now() - t0) };
         this.catchUps++;
         this.lastCatchUp = report;
@@ -490,9 +501,9 @@ class Link {
         this.m.catchUps.inc({ peer: this.name, mode: report.mode });
         this.m.catchUpBytes.inc({ peer: this.name }, report.bytes);
         this.log.info(report, 'federation catch-up done');
-        // Something changed hands: other links may have brought more to the peer meanwhile (a hub
-        // hears from several regions at once), so check again shortly; in sync it costs ~120 bytes.
-        if (report.sent > 0 || report.received > 0) this.catchUpSoon(1_000);
+        // What reaches the peer after this catch-up arrives live (the link subscribed first); an
+        // optional follow-up (federation.followUpMs, default off) only costs ~120 bytes in sync.
+        if ((report.sent > 0 || report.received > 0) && this.followUpMs > 0) this.catchUpSoon(this.followUpMs);
       } while (this.catchAgain);
     };
     this.catching = run()
@@ -530,18 +541,27 @@ class Link {
     return JSON.parse(res.toString('utf8')) as Record<string, unknown>;
   }
 
-  private async digestCatchUp(c: MqttClient): Promise<Omit<CatchUpReport, 'bytes' | 'ms'>> {
+  /** Outcome packets, then score packets (each store its own digests; requests about scores say `store: 's'`). */
+  private async digestCatchUps(c: MqttClient): Promise<Omit<CatchUpReport, 'bytes' | 'ms'>> {
+    const o = await this.digestCatchUp(c, this.host.store, 'o');
+    if (!this.host.scoreStore) return o;
+    const sc = await this.digestCatchUp(c, this.host.scoreStore, 's');
+    return { mode: 'digest', received: o.received + sc.received, sent: o.sent + sc.sent };
+  }
+
+  private async digestCatchUp(c: MqttClient, store: Store, kind: StoreKind): Promise<Omit<CatchUpReport, 'bytes' | 'ms'>> {
     const scope = this.scope();
-    let mine = digest(this.host.store.keys?.() ?? [], scope);
-    const root = await this.request(c, { op: 'root', scope });
+    const which = kind === 's' ? { store: kind } : {};
+    let mine = digest(store.keys?.() ?? [], scope);
+    const root = await this.request(c, { ...which, op: 'root', scope });
     if (root.root === rootOf(mine.ranges, mine.n)) return { mode: 'digest', received: 0, sent: 0 };
-    const theirs = Buffer.from(String((await this.request(c, { op: 'ranges', scope })).ranges), 'base64');
-    mine = digest(this.host.store.keys?.() ?? [], scope);
+    const theirs = Buffer.from(String((await this.request(c, { ...which, op: 'ranges', scope })).ranges), 'base64');
+    mine = digest(store.keys?.() ?? [], scope);
     if (theirs.length !== RANGES * 8) throw new QisError('ERR_PAYLOAD_INVALID', 'peer sent a digest of the wrong size');
     const diff = differingRanges(mine.ranges, theirs);
     const remote = new Map<string, [number, boolean]>();
     for (let i = 0; i < diff.length; i += RANGES_PER_LIST) {
-      const res = await this.request(c, { op: 'entries', scope, ranges: diff.slice(i, i + RANGES_PER_LIST) });
+      const res = await this.request(c, { ...which, op: 'entries', scope, ranges: diff.slice(i, i + RANGES_PER_LIST) });
       for (const e of (res.entries as [string, string, number, number][]) ?? []) remote.set(`${e[0]}/${e[1]}`, [e[2], e[3] === 1]);
     }
     // What they have newer (and we accept): fetch. What we have newer (and share): send.
@@ -549,7 +569,7 @@ class Link {
     for (const [key, [seq]] of remote) {
       const [tplId = '', nodeId = ''] = key.split('/');
       if (!passes(this.p.accept, tplId)) continue;
-      if ((this.host.store.seqOf(tplId, nodeId) ?? -1) < seq) want.push([tplId, nodeId]);
+      if ((store.seqOf(tplId, nodeId) ?? -1) < seq) want.push([tplId, nodeId]);
     }
     const push: [string, Uint8Array][] = [];
     for (const r of diff) {
@@ -557,14 +577,14 @@ class Link {
         if (!passes(this.p.share, k.tplId)) continue;
         const theirSeq = remote.get(`${k.tplId}/${k.nodeId}`)?.[0] ?? -1;
         if (theirSeq >= k.seq) continue;
-        const bytes = this.packetOf(k);
+        const bytes = this.packetOf(k, store, kind);
         if (bytes) push.push(bytes);
       }
     }
     const sending = Promise.all(chunks(push, BATCH).map((items) => this.put(c, items, true)));
     let received = 0;
     for (let i = 0; i < want.length; i += KEYS_PER_GET) {
-      const res = await this.request(c, { op: 'get', keys: want.slice(i, i + KEYS_PER_GET) });
+      const res = await this.request(c, { ...which, op: 'get', keys: want.slice(i, i + KEYS_PER_GET) });
       const items = (res.items as [string, string][]) ?? [];
       await Promise.all(
         items.map(async ([topic, b64]) => {
@@ -580,13 +600,16 @@ class Link {
   /** A peer without digests (Mosquitto): our retained packets go there, theirs arrive by subscription. */
   private async fullCatchUp(c: MqttClient): Promise<Omit<CatchUpReport, 'bytes' | 'ms'>> {
     let sent = 0;
-    for (const k of this.host.store.keys?.() ?? []) {
-      if (!passes(this.p.share, k.tplId)) continue;
-      const bytes = this.packetOf(k);
-      if (!bytes) continue;
-      this.bytes += bytes[1].length;
-      this.send(bytes[0], bytes[1]);
-      sent++;
+    const stores: [Store, StoreKind][] = [[this.host.store, 'o'], ...(this.host.scoreStore ? [[this.host.scoreStore, 's'] as [Store, StoreKind]] : [])];
+    for (const [store, kind] of stores) {
+      for (const k of store.keys?.() ?? []) {
+        if (!passes(this.p.share, k.tplId)) continue;
+        const bytes = this.packetOf(k, store, kind);
+        if (!bytes) continue;
+        this.bytes += bytes[1].length;
+        this.send(bytes[0], bytes[1]);
+        sent++;
+      }
     }
     // Their retained packets were delivered at our SUBSCRIBE (onMessage admits them); round-trip
     // a marker so they have been received before this catch-up reports.
@@ -596,12 +619,13 @@ class Link {
     return { mode: 'full', received: 0, sent };
   }
 
-  private packetOf(k: StoreKey): [string, Uint8Array] | undefined {
+  private packetOf(k: StoreKey, store: Store = this.host.store, kind: StoreKind = 'o'): [string, Uint8Array] | undefined {
     if (!k.del) {
-      const p = this.host.store.get(k.tplId, k.nodeId);
-      return p ? [p.topic, p.packet] : undefined;
+      const p = store.get(k.tplId, k.nodeId);
+      return p ? [kind === 's' ? scoreTopicOfStored(p.topic) : p.topic, p.packet] : undefined;
     }
-    const t = this.host.store.tombstone(k.tplId, k.nodeId);
+    if (kind === 's') return undefined; // scores are never deleted (§9)
+    const t = store.tombstone(k.tplId, k.nodeId);
     return t?.topic && t.packet ? [t.topic, t.packet] : undefined;
   }
 
@@ -609,7 +633,7 @@ class Link {
   forward(topic: string, payload: Uint8Array): void {
     if (!this.connected || !this.client) return; // catch-up at the next connection carries it
     if (!FORWARDED_PREFIXES.some((x) => topic.startsWith(x))) return;
-    const tplId = topic.startsWith('qis/1/o/') ? safeTpl(topic) : topic.slice('qis/1/t/'.length);
+    const tplId = tplOf(topic);
     if (tplId === undefined || !passes(this.p.share, tplId)) return;
     if (this.pending >= MAX_PENDING) {
       // A slow peer: stop queueing; once it drained, a catch-up sends what differs.
@@ -736,7 +760,7 @@ class Link {
 
   /** One received packet through admission; counted per outcome. */
   private async admitOne(topic: string, payload: Buffer): Promise<'stored' | 'stale' | 'refused'> {
-    const tplId = topic.startsWith('qis/1/o/') ? safeTpl(topic) : topic.slice('qis/1/t/'.length);
+    const tplId = tplOf(topic);
     if (tplId !== undefined && !passes(this.p.accept, tplId)) return 'refused';
     if (!this.rate.take(this.name, this.host.now())) {
       this.m.dropped.inc({ peer: this.name, code: 'ERR_RATE_LIMITED' });
@@ -795,6 +819,13 @@ class Link {
     if (c) await new Promise<void>((r) => c.end(true, {}, () => r()));
     await this.catching;
   }
+}
+
+/** The template id of a forwarded topic: qis/1/o/<tplId>/…, qis/1/t/<tplId>, qis/1/s/<tplId>/<nodeId>. */
+function tplOf(topic: string): string | undefined {
+  if (topic.startsWith('qis/1/o/')) return safeTpl(topic);
+  if (topic.startsWith('qis/1/s/')) return topic.split('/')[3];
+  return topic.slice('qis/1/t/'.length);
 }
 
 function safeTpl(topic: string): string | undefined {

@@ -72,6 +72,8 @@ export interface FederationOptions {
   readonly peers: readonly PeerOptions[];
   /** Link reconnect backoff with full jitter, ms (default base 500, cap 30,000). */
   readonly reconnect?: { readonly baseMs: number; readonly capMs: number };
+  /** After a catch-up that exchanged packets, check again this much later, ms (default 0: never; live forwarding covers what arrives after a catch-up). */
+  readonly followUpMs?: number;
 }
 
 export interface BrokerOptions {

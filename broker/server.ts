@@ -287,7 +287,14 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
       const r = await store.remove({ tplId: pre.tplId, nodeId: pre.nodeId, seq: v.packet.seq, topic, packet: bytes });
       if ('stale' in r) return drop(client, packet, 'ERR_SEQ_STALE', 'tombstone not newer than the stored seq', cb);
       metrics.admitted.inc({ kind: 'tombstone' });
-      packet.retain = false; // live watchers see the withdrawal; nothing is retained
+      // Live watchers see the withdrawal; nothing is retained (storeRetained skips qis/1/o/). The
+      // flag stays set so that Aedes takes the same path as for a packet: its per-subscriber
+      // dedupe drops any message whose counter is below one already delivered, and a non-retained
+      // publish skips the storeRetained step, overtook the packet published just before it and
+      // made Aedes drop that packet for every live subscriber (moscajs/aedes#994;
+      // docs/protocol-choices.md, "Federation": the lost-forward race). Aedes clears the flag on
+      // live delivery to MQTT 3.1.1 subscribers.
+      packet.retain = true;
       forwardIfGone(client, packet);
       federation?.admitted(topic, bytes, origin);
       return cb(null);
@@ -343,6 +350,14 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
         aedes.publish({ cmd: 'publish', topic: packet.topic, payload, qos: 1, retain: packet.retain, dup: false } as Parameters<Aedes['publish']>[0], () => resolve({ result: 'stored' }));
       };
       if (topic.startsWith('qis/1/t/')) return admitTemplate(null, packet, cb, origin);
+      if (topic.startsWith('qis/1/s/')) {
+        // A peer's score packet: the same admission as a client's (PROTOCOL §9: §6 applies).
+        admitScore(null, packet, cb, origin).catch((e: unknown) => {
+          logger.error({ err: e, origin }, 'admission of a peer score packet failed');
+          cb(e instanceof Error ? e : new Error(String(e)));
+        });
+        return;
+      }
       if (!topic.startsWith('qis/1/o/')) return resolve({ result: 'refused', code: 'ERR_TOPIC_INVALID', message: `${topic} is not forwarded between regions` });
       admitOutcome(null, packet, cb, origin).catch((e: unknown) => {
         logger.error({ err: e, origin }, 'admission of a peer packet failed');
@@ -358,7 +373,8 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
    */
   function forwardIfGone(client: Client | null, packet: AedesPublishPacket): void {
     if (!client || !(client as Client & { closed?: boolean }).closed) return;
-    aedes.publish({ cmd: 'publish', topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: false, dup: false } as Parameters<Aedes['publish']>[0], () => undefined);
+    // retain: the same Aedes path as every qis publish (see admitOutcome's tombstones); never stored.
+    aedes.publish({ cmd: 'publish', topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: true, dup: false } as Parameters<Aedes['publish']>[0], () => undefined);
   }
 
   // ---------------------------------------------------------------- federation catch-up requests (qis/1/f/req/<clientId>)
@@ -392,7 +408,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     let answer: Buffer | undefined;
     try {
       // Without links of its own a broker still answers the peers that link to it.
-      answer = answerPayload(store, packet.payload as Buffer);
+      answer = answerPayload(store, packet.payload as Buffer, scoreStore);
       if (!answer) logger.warn({ clientId: id }, 'malformed federation catch-up request ignored');
     } catch (e) {
       logger.warn({ clientId: id, err: (e as Error).message }, 'federation catch-up request failed');
@@ -403,7 +419,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
 
   // ---------------------------------------------------------------- score packets (qis/1/s/<tplId>/<nodeId>, PROTOCOL §9)
   /** §6's rules for a score packet: topic, registry, size, owner, signature (topic aad), skew, seq. */
-  async function admitScore(client: Client | null, packet: AedesPublishPacket, cb: (e?: Error | null) => void): Promise<void> {
+  async function admitScore(client: Client | null, packet: AedesPublishPacket, cb: (e?: Error | null) => void, origin?: string): Promise<void> {
     const topic = packet.topic;
     const payload = packet.payload as Buffer;
     if (scoreStore.failure) return refuse(client, topic, 'ERR_FILE_IO', scoreStore.failure.message, cb);
@@ -431,6 +447,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     metrics.admitted.inc({ kind: 'score' });
     packet.retain = true;
     forwardIfGone(client, packet);
+    federation?.admitted(topic, bytes, origin);
     cb(null);
   }
   function dropScore(client: Client | null, packet: AedesPublishPacket, code: ErrorCode, message: string, cb: (e?: Error | null) => void): void {
@@ -670,6 +687,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   if (o.federation !== undefined && o.federation.peers.length > 0) {
     federation = startFederation(o.federation, {
       store,
+      scoreStore,
       logger: logger.child({ region: o.federation.region }),
       registry: metrics.registry,
       admit: admitFromPeer,

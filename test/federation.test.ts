@@ -8,10 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
-import { createNode, parseOutcomeTopic } from '../src/index.js';
+import { createNode, parseOutcomeTopic, signScorePacket } from '../src/index.js';
 import { configFromFlags, parseBrokerConfig, resolveBrokerOptions } from '../broker/config.js';
 import { startAedes } from './helpers/aedes.js';
-import { bearing } from './helpers/fixtures.js';
+import { bearing, fixedKey } from './helpers/fixtures.js';
+import { readRetained } from './helpers/retained.js';
 import { peer, freePort, startRegion, until, digestOf, packetOf, publishAll, SIT, type Region } from './helpers/federation.js';
 
 const FED_PROC = fileURLToPath(new URL('./fixtures/fed-broker-proc.mjs', import.meta.url));
@@ -60,8 +61,9 @@ t.test('federation - partition: publish and delete on both sides, heal: stores i
   // A and B both link to the hub M; stopping M cuts A from B.
   const [pa, pb, pm] = [await freePort(), await freePort(), await freePort()];
   const m = await startRegion('m', pm, []);
-  const a = await startRegion('a', pa, [peer(pm)]);
-  const b = await startRegion('b', pb, [peer(pm)]);
+  // No follow-up catch-up: what one side pushes to M after the other's catch-up must reach it live.
+  const a = await startRegion('a', pa, [peer(pm)], undefined, { followUpMs: 0 });
+  const b = await startRegion('b', pb, [peer(pm)], undefined, { followUpMs: 0 });
   t.teardown(async () => {
     for (const r of [a, b, m]) await r.close();
   });
@@ -117,6 +119,63 @@ t.test('federation - partition: publish and delete on both sides, heal: stores i
   t.equal(lastA?.mode, 'digest');
 });
 
+t.test('federation - through a hub, a burst mixing packets and tombstones reaches the far region live (no catch-up)', async (t) => {
+  // Aedes drops a message for a subscriber when one published after it was delivered first; a
+  // non-retained tombstone used to overtake the retained packet before it (moscajs/aedes#994).
+  const [pa, pb, pm] = [await freePort(), await freePort(), await freePort()];
+  const m = await startRegion('m', pm, []);
+  const a = await startRegion('a', pa, [peer(pm)], undefined, { followUpMs: 0 });
+  const b = await startRegion('b', pb, [peer(pm)], undefined, { followUpMs: 0 });
+  t.teardown(async () => {
+    for (const r of [a, b, m]) await r.close();
+  });
+  await publishAll(a.url, Array.from({ length: 20 }, (_, i) => packetOf(i, 19, 1)));
+  await until(() => caughtUp(a) && caughtUp(b) && b.broker.store.size === 20, 'links up, B has the 20 packets');
+  const catchUps = (b.broker.federation?.status()[0]?.catchUps ?? 0) + (a.broker.federation?.status()[0]?.catchUps ?? 0);
+  // Alternating: node i deleted (even) or updated (odd), then 10 new nodes.
+  const burst = [...Array.from({ length: 20 }, (_, i) => packetOf(i, 19, 2, { del: i % 2 === 0 })), ...Array.from({ length: 10 }, (_, i) => packetOf(100 + i, 19, 1))];
+  await publishAll(a.url, burst);
+  await until(() => digestOf(a) === digestOf(m), 'M has the burst');
+  await until(() => digestOf(b) === digestOf(a), 'B has the burst', 15_000);
+  t.equal(b.broker.store.size, 20, 'B: 10 updated + 10 new packets live');
+  t.equal((b.broker.federation?.status()[0]?.catchUps ?? 0) + (a.broker.federation?.status()[0]?.catchUps ?? 0), catchUps, 'no catch-up ran: it came live');
+});
+
+t.test('federation - score packets (qis/1/s/) travel: live through a hub, and by catch-up after a partition', async (t) => {
+  const [pa, pb, pm] = [await freePort(), await freePort(), await freePort()];
+  const m = await startRegion('m', pm, []);
+  const a = await startRegion('a', pa, [peer(pm)], undefined, { followUpMs: 0 });
+  const b = await startRegion('b', pb, [peer(pm)], undefined, { followUpMs: 0 });
+  t.teardown(async () => {
+    for (const r of [a, b, m]) await r.close();
+  });
+  await until(() => caughtUp(a) && caughtUp(b), 'links up');
+  const ka = fixedKey(0x61);
+  const kb = fixedKey(0x62);
+  const s1 = signScorePacket(ka, bearing.tplId, { seq: 10, ts: Date.now(), k: 4, brier: 0.25, hits: 3 });
+  await publishAll(a.url, [{ topic: s1.topic, packet: s1.bytes }]);
+  await until(() => b.broker.scoreStore.seqOf(bearing.tplId, ka.nodeId) === 10, 'B stores the score reported at A');
+  t.same(await readRetained(b.url, s1.topic, 10_000), s1.bytes, "B serves A's score retained on its own topic, byte for byte");
+  t.equal(b.broker.store.size, 0, 'the score did not land in the outcome store');
+
+  // Partition: each side reports a score the other lacks; the heal's catch-up exchanges them.
+  await m.stop();
+  await until(() => !a.broker.federation?.status()[0]?.connected && !b.broker.federation?.status()[0]?.connected, 'links down');
+  const s2 = signScorePacket(ka, bearing.tplId, { seq: 11, ts: Date.now(), k: 5, brier: 0.2, hits: 4 });
+  const s3 = signScorePacket(kb, bearing.tplId, { seq: 1, ts: Date.now(), k: 2, mae: 0.5 });
+  await publishAll(a.url, [{ topic: s2.topic, packet: s2.bytes }]);
+  await publishAll(b.url, [{ topic: s3.topic, packet: s3.bytes }]);
+  await m.start();
+  await until(
+    () => b.broker.scoreStore.seqOf(bearing.tplId, ka.nodeId) === 11 && a.broker.scoreStore.seqOf(bearing.tplId, kb.nodeId) === 1 && m.broker.scoreStore.size === 2,
+    'after the heal A, B and M hold both scores',
+  );
+  t.same(await readRetained(a.url, s3.topic, 10_000), s3.bytes, "A serves B's score reported during the partition");
+  t.same(await readRetained(b.url, s2.topic, 10_000), s2.bytes, "B serves A's newer score");
+  const moved = (r: Region): number => (r.broker.federation?.status()[0]?.history ?? []).reduce((n, h) => n + h.sent + h.received, 0);
+  t.ok(moved(a) >= 1 && moved(b) >= 1, 'the heal moved them by catch-up');
+});
+
 t.test('federation - a forged packet is refused where it is injected and reaches no other region', async (t) => {
   const [pa, pb] = [await freePort(), await freePort()];
   // X is a plain Aedes (no admission) acting as a lying region that A links to.
@@ -155,6 +214,20 @@ t.test('federation - a forged packet is refused where it is injected and reaches
     t.equal(r.broker.store.size, 1, `${r.name} holds the good packet only`);
   }
   t.match(await a.broker.metricsText(), /qis_federation_link_up\{peer="liar"\} 1/, 'the link to the liar stays up (a peer is not trusted, but not cut either)');
+
+  // 3. Score packets from the liar pass the same admission as a client's: a good one is taken and
+  // reaches B, one signed by another key on a node's score topic is refused.
+  const ks = fixedKey(0x71);
+  const goodScore = signScorePacket(ks, bearing.tplId, { seq: 3, ts: Date.now(), k: 2, brier: 0.5, hits: 1 });
+  const otherScore = signScorePacket(fixedKey(0x72), bearing.tplId, { seq: 3, ts: Date.now(), k: 2, brier: 0.5, hits: 1 });
+  const forgedTopic = `qis/1/s/${bearing.tplId}/${fixedKey(0x73).nodeId}`;
+  const liar2 = await mqtt.connectAsync(`mqtt://127.0.0.1:${x.port}`, { clientId: 'liar-pub-2', reconnectPeriod: 0 });
+  await liar2.publishAsync(forgedTopic, Buffer.from(otherScore.bytes), { qos: 1, retain: true });
+  await liar2.publishAsync(goodScore.topic, Buffer.from(goodScore.bytes), { qos: 1, retain: true });
+  await liar2.endAsync();
+  await until(() => b.broker.scoreStore.seqOf(bearing.tplId, ks.nodeId) === 3, "the liar's good score reached B through A");
+  await until(async () => /qis_federation_refused_total\{peer="liar",code="ERR_(NODE_MISMATCH|BAD_SIGNATURE)"\} [1-9]/.test(await a.broker.metricsText()), 'A refused the score signed by another key');
+  for (const r of [a, b]) t.equal(r.broker.scoreStore.size, 1, `${r.name} holds the good score only`);
 });
 
 /** A federated broker in a child process. */
@@ -262,6 +335,8 @@ t.test('federation - config: keys, defaults, flags and errors naming file and ke
   t.match(err('federation:\n  region: r\n  peers: [{url: "mqtt://x", share: ["nope"]}]\n'), /federation\.peers\[0\]\.share\[0\]: expected a template id/);
   t.match(err('federation:\n  region: r\n  peers: [{url: "mqtt://x", colour: 1}]\n'), /federation\.peers\[0\]\.colour: unknown key/);
   t.match(err('federation:\n  region: r\n  peers: [{url: "mqtt://x", rateLimit: -1}]\n'), /federation\.peers\[0\]\.rateLimit: expected a number >= 0/);
+  t.match(err('federation:\n  region: r\n  followUpMs: -5\n'), /b\.yaml: federation\.followUpMs: expected a number of ms >= 0/);
+  t.equal(resolveBrokerOptions(parseBrokerConfig('federation:\n  region: r\n  followUpMs: 1000\n', 'b.yaml')).federation?.followUpMs, 1000);
   t.match(err('cluster: redis://r:6379\nfederation:\n  region: r\n'), /b\.yaml: federation: expected no federation together with cluster/);
 });
 

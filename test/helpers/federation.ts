@@ -29,11 +29,11 @@ export interface Region {
 
 export const peer = (port: number, extra: Partial<PeerOptions> = {}): PeerOptions => ({ url: `mqtt://127.0.0.1:${port}`, share: ['*'], accept: ['*'], rateLimit: 0, ...extra });
 
-export async function startRegion(name: string, port: number, peers: PeerOptions[], dir?: string): Promise<Region> {
+export async function startRegion(name: string, port: number, peers: PeerOptions[], dir?: string, fed: { followUpMs?: number } = {}): Promise<Region> {
   const dataDir = dir ?? mkdtempSync(join(tmpdir(), `qis-fed-${name}-`));
   const make = (): Promise<QisBroker> =>
     createBroker(
-      { listeners: [{ type: 'tcp', host: '127.0.0.1', port }], dataDir, verifyWorkers: 0, fsync: 'never', federation: { region: name, peers, reconnect: { baseMs: 100, capMs: 1000 } } },
+      { listeners: [{ type: 'tcp', host: '127.0.0.1', port }], dataDir, verifyWorkers: 0, fsync: 'never', federation: { region: name, peers, reconnect: { baseMs: 100, capMs: 1000 }, ...fed } },
       { logger: pino({ level: process.env['QIS_TEST_LOG'] ?? 'silent' }) },
     );
   const r: Region = {
