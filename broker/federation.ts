@@ -168,7 +168,8 @@ export function answerRequest(store: Store, req: Req): Record<string, unknown> {
     case 'entries': {
       const d = digest(store.keys?.() ?? [], req.scope);
       const entries: [string, string, number, number][] = [];
-      for (const r of req.ranges) for (const k of d.byRange.get(r) ?? []) entries.push([k.tplId, k.nodeId, k.seq, k.del ? 1 : 0]);
+      // Each range once, whatever the request repeats: the answer is at most the store's keys.
+      for (const r of new Set(req.ranges)) for (const k of d.byRange.get(r) ?? []) entries.push([k.tplId, k.nodeId, k.seq, k.del ? 1 : 0]);
       return { id: req.id, entries };
     }
     case 'get': {
@@ -232,7 +233,7 @@ function parseReq(payload: Buffer): Req | undefined {
     case 'ranges':
       return scopeOk ? (r as Req) : undefined;
     case 'entries':
-      return scopeOk && Array.isArray(r.ranges) && r.ranges.every((x) => Number.isInteger(x) && x >= 0 && x < RANGES) ? (r as Req) : undefined;
+      return scopeOk && Array.isArray(r.ranges) && r.ranges.length <= RANGES && r.ranges.every((x) => Number.isInteger(x) && x >= 0 && x < RANGES) ? (r as Req) : undefined;
     case 'get':
       return Array.isArray(r.keys) && r.keys.length <= 10_000 && r.keys.every((k) => Array.isArray(k) && k.length === 2 && k.every((x) => typeof x === 'string')) ? (r as Req) : undefined;
     default:
@@ -375,20 +376,28 @@ class Link {
     if (this.closed) return;
     const p = this.p;
     const read = (f: string): Buffer => readFileSync(f);
-    const opts: IClientOptions = {
-      clientId: this.clientId,
-      clean: true,
-      reconnectPeriod: 0, // our own backoff with jitter
-      connectTimeout: 10_000,
-      keepalive: 30,
-      protocolVersion: 4,
-      ...(p.username !== undefined ? { username: p.username } : {}),
-      ...(p.passwordFile !== undefined ? { password: readFileSync(p.passwordFile, 'utf8').trim() } : {}),
-      ...(p.ca !== undefined ? { ca: read(p.ca) } : {}),
-      ...(p.cert !== undefined ? { cert: read(p.cert) } : {}),
-      ...(p.key !== undefined ? { key: read(p.key) } : {}),
-      ...(p.rejectUnauthorized !== undefined ? { rejectUnauthorized: p.rejectUnauthorized } : {}),
-    };
+    let opts: IClientOptions;
+    try {
+      // Read at every attempt (certificates rotate); a missing file is logged and retried, never thrown from a timer.
+      opts = {
+        clientId: this.clientId,
+        clean: true,
+        reconnectPeriod: 0, // our own backoff with jitter
+        connectTimeout: 10_000,
+        keepalive: 30,
+        protocolVersion: 4,
+        ...(p.username !== undefined ? { username: p.username } : {}),
+        ...(p.passwordFile !== undefined ? { password: readFileSync(p.passwordFile, 'utf8').trim() } : {}),
+        ...(p.ca !== undefined ? { ca: read(p.ca) } : {}),
+        ...(p.cert !== undefined ? { cert: read(p.cert) } : {}),
+        ...(p.key !== undefined ? { key: read(p.key) } : {}),
+        ...(p.rejectUnauthorized !== undefined ? { rejectUnauthorized: p.rejectUnauthorized } : {}),
+      };
+    } catch (e) {
+      this.log.error({ code: 'ERR_FILE_IO', err: (e as Error).message }, 'federation link cannot read its TLS or password file');
+      this.scheduleReconnect();
+      return;
+    }
     let c: MqttClient;
     try {
       c = mqtt.connect(p.url, opts);
@@ -816,6 +825,8 @@ class Link {
     for (const w of this.waiters.values()) w(Buffer.alloc(0));
     this.waiters.clear();
     for (const w of this.drainWaiters.splice(0)) w();
+    if (this.batchTimer) clearImmediate(this.batchTimer);
+    this.batchTimer = undefined;
     if (c) await new Promise<void>((r) => c.end(true, {}, () => r()));
     await this.catching;
   }
@@ -852,10 +863,20 @@ function marker(c: MqttClient, topic: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       c.off('message', on);
+      c.off('end', gone);
       reject(new QisError('ERR_TIMEOUT', 'the peer did not return the sync marker'));
     }, 30_000);
+    timer.unref();
+    // A link closed meanwhile (broker shutting down) ends the wait at once.
+    const gone = (): void => {
+      clearTimeout(timer);
+      c.off('message', on);
+      reject(new QisError('ERR_CLOSED', 'the link closed while waiting for the sync marker'));
+    };
+    c.once('end', gone);
     const on = (t: string): void => {
       if (t !== topic) return;
+      c.off('end', gone);
       clearTimeout(timer);
       c.off('message', on);
       c.unsubscribe(topic);
