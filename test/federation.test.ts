@@ -1,7 +1,7 @@
 // Federation (issue 5): regions linked over real MQTT on loopback; real qis brokers (one in a
 // child process killed with SIGKILL), a plain Aedes as a lying peer. Mosquitto interop is in
 // test/federation-mosquitto.test.ts.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -57,16 +57,22 @@ t.test('federation - 3 regions in a ring: published at A, a query at C finds it;
   t.equal(old.packets.length, 0, 'the old cohort at C no longer has the node');
 });
 
-t.test('federation - partition: publish and delete on both sides, heal: stores identical, nothing deleted comes back', async (t) => {
-  // A and B both link to the hub M; stopping M cuts A from B.
+/** Regions A and B each linked to the hub M (no follow-up catch-up), all closed at the end of `t`. */
+async function hubOfTwo(t: Test): Promise<{ a: Region; b: Region; m: Region }> {
   const [pa, pb, pm] = [await freePort(), await freePort(), await freePort()];
   const m = await startRegion('m', pm, []);
-  // No follow-up catch-up: what one side pushes to M after the other's catch-up must reach it live.
   const a = await startRegion('a', pa, [peer(pm)], undefined, { followUpMs: 0 });
   const b = await startRegion('b', pb, [peer(pm)], undefined, { followUpMs: 0 });
   t.teardown(async () => {
     for (const r of [a, b, m]) await r.close();
   });
+  return { a, b, m };
+}
+
+t.test('federation - partition: publish and delete on both sides, heal: stores identical, nothing deleted comes back', async (t) => {
+  // A and B both link to the hub M; stopping M cuts A from B.
+  // No follow-up catch-up: what one side pushes to M after the other's catch-up must reach it live.
+  const { a, b, m } = await hubOfTwo(t);
   await until(() => caughtUp(a) && caughtUp(b), 'links up');
   const N = 60;
   await publishAll(a.url, Array.from({ length: N }, (_, i) => packetOf(i, 7, 10)));
@@ -122,13 +128,7 @@ t.test('federation - partition: publish and delete on both sides, heal: stores i
 t.test('federation - through a hub, a burst mixing packets and tombstones reaches the far region live (no catch-up)', async (t) => {
   // Aedes drops a message for a subscriber when one published after it was delivered first; a
   // non-retained tombstone used to overtake the retained packet before it (moscajs/aedes#994).
-  const [pa, pb, pm] = [await freePort(), await freePort(), await freePort()];
-  const m = await startRegion('m', pm, []);
-  const a = await startRegion('a', pa, [peer(pm)], undefined, { followUpMs: 0 });
-  const b = await startRegion('b', pb, [peer(pm)], undefined, { followUpMs: 0 });
-  t.teardown(async () => {
-    for (const r of [a, b, m]) await r.close();
-  });
+  const { a, b, m } = await hubOfTwo(t);
   await publishAll(a.url, Array.from({ length: 20 }, (_, i) => packetOf(i, 19, 1)));
   await until(() => caughtUp(a) && caughtUp(b) && b.broker.store.size === 20, 'links up, B has the 20 packets');
   const catchUps = (b.broker.federation?.status()[0]?.catchUps ?? 0) + (a.broker.federation?.status()[0]?.catchUps ?? 0);
@@ -142,13 +142,7 @@ t.test('federation - through a hub, a burst mixing packets and tombstones reache
 });
 
 t.test('federation - score packets (qis/1/s/) travel: live through a hub, and by catch-up after a partition', async (t) => {
-  const [pa, pb, pm] = [await freePort(), await freePort(), await freePort()];
-  const m = await startRegion('m', pm, []);
-  const a = await startRegion('a', pa, [peer(pm)], undefined, { followUpMs: 0 });
-  const b = await startRegion('b', pb, [peer(pm)], undefined, { followUpMs: 0 });
-  t.teardown(async () => {
-    for (const r of [a, b, m]) await r.close();
-  });
+  const { a, b, m } = await hubOfTwo(t);
   await until(() => caughtUp(a) && caughtUp(b), 'links up');
   const ka = fixedKey(0x61);
   const kb = fixedKey(0x62);
