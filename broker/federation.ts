@@ -22,7 +22,7 @@ import { readFileSync } from 'node:fs';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import { QisError, backoffDelay, backoffOptions, decodePacket, parseOutcomeTopic, type ErrorCode } from '../src/index.js';
+import { QisError, backoffDelay, backoffOptions, decodePacket, parseOutcomeTopic, parseScoreTopic, type ErrorCode } from '../src/index.js';
 import { RateLimiter, scoreTopicOfStored } from './admission.js';
 import type { FederationOptions, PeerOptions } from './options.js';
 import type { Store, StoreKey } from './store.js';
@@ -141,6 +141,23 @@ export function storeDigest(store: Store): string {
   const keys = store.keys?.() ?? [];
   const d = digest(keys, '*');
   return rootOf(d.ranges, d.n);
+}
+
+/**
+ * Whether a forwarded outcome or score packet's seq is not above the one held (decoded, not
+ * verified): loops and echoes end here, before any signature work. Malformed input is "not
+ * stale", so admission refuses it with its own code.
+ */
+export function notNewer(store: Store, scoreStore: Store | undefined, topic: string, payload: Uint8Array): boolean {
+  try {
+    const isScore = topic.startsWith('qis/1/s/');
+    if (!isScore && !topic.startsWith('qis/1/o/')) return false;
+    const { tplId, nodeId } = isScore ? parseScoreTopic(topic) : parseOutcomeTopic(topic);
+    const held = (isScore ? scoreStore : store)?.seqOf(tplId, nodeId);
+    return held !== undefined && decodePacket(payload).seq <= held;
+  } catch {
+    return false;
+  }
 }
 
 // ------------------------------------------------------------------------------ catch-up messages
@@ -777,18 +794,9 @@ class Link {
       return 'refused';
     }
     // Not newer than what we hold: dropped before any signature work (loops and echoes end here).
-    if (topic.startsWith('qis/1/o/') && tplId !== undefined) {
-      try {
-        const seq = decodePacket(payload).seq;
-        const nodeId = topic.slice(topic.lastIndexOf('/') + 1);
-        const held = this.host.store.seqOf(tplId, nodeId);
-        if (held !== undefined && seq <= held) {
-          this.m.dropped.inc({ peer: this.name, code: 'ERR_SEQ_STALE' });
-          return 'stale';
-        }
-      } catch {
-        // malformed: admission below refuses it with its code
-      }
+    if (notNewer(this.host.store, this.host.scoreStore, topic, payload)) {
+      this.m.dropped.inc({ peer: this.name, code: 'ERR_SEQ_STALE' });
+      return 'stale';
     }
     let r: PeerAdmission;
     try {

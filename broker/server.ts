@@ -21,7 +21,7 @@ import type { IPublishPacket } from 'mqtt-packet';
 type AedesPublishPacket = IPublishPacket;
 import { pino, type Logger } from 'pino';
 import { WebSocketServer, createWebSocketStream } from 'ws';
-import { QisError, decodePacket, parseOutcomeTopic, parseScoreTopic, topicMatches, verifyScorePacket, writeFileDurable, type ErrorCode } from '../src/index.js';
+import { QisError, topicMatches, verifyScorePacket, writeFileDurable, type ErrorCode } from '../src/index.js';
 import {
   BROKER_INFO_TOPIC,
   RateLimiter,
@@ -48,7 +48,7 @@ import type { BrokerConfig, BrokerOptions, ListenerOptions } from './options.js'
 import { createClusterParts } from './cluster.js';
 import { openStore, type Store, type StoredPacket } from './store.js';
 import { createVerifier, defaultWorkers, type Verifier } from './verifier.js';
-import { FEDERATION_PREFIX, FED_REQ, FED_RES, LINK_CLIENT_PREFIX, answerPayload, parsePut, startFederation, type Federation, type PeerAdmission } from './federation.js';
+import { FEDERATION_PREFIX, FED_REQ, FED_RES, LINK_CLIENT_PREFIX, answerPayload, notNewer, parsePut, startFederation, type Federation, type PeerAdmission } from './federation.js';
 
 /** Where a dropped (stale) publish is sent instead of its topic: nobody may subscribe here. */
 const DROP_TOPIC = '$qis/dropped';
@@ -338,19 +338,6 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   }
 
   /** A packet received over a federation link: the same admission as a client's publish, then local delivery. */
-  /** Whether a forwarded outcome or score packet's seq is not above the one held (decoded, not verified). */
-  function notNewer(topic: string, payload: Buffer): boolean {
-    try {
-      const isScore = topic.startsWith('qis/1/s/');
-      if (!isScore && !topic.startsWith('qis/1/o/')) return false;
-      const { tplId, nodeId } = isScore ? parseScoreTopic(topic) : parseOutcomeTopic(topic);
-      const held = (isScore ? scoreStore : store).seqOf(tplId, nodeId);
-      return held !== undefined && decodePacket(payload).seq <= held;
-    } catch {
-      return false; // malformed: admission refuses it with its code
-    }
-  }
-
   function admitFromPeer(topic: string, payload: Buffer, origin: string): Promise<PeerAdmission> {
     return new Promise((resolve) => {
       const packet = { cmd: 'publish', topic, payload, qos: 1, retain: true, dup: false, messageId: 0 } as unknown as AedesPublishPacket;
@@ -413,7 +400,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
             return;
           }
           // An echo or a loop (not newer than what is held) ends here, before any signature work.
-          if (notNewer(topic, payload)) {
+          if (notNewer(store, scoreStore, topic, payload)) {
             metrics.dropped.inc({ code: 'ERR_SEQ_STALE' });
             counts.stale++;
             return;

@@ -394,10 +394,9 @@ export interface ThompsonDraw {
 export function thompsonChoose(records: readonly TrackRecord[], rng: () => number): ThompsonDraw[] {
   if (records.length === 0) throw new QisError('ERR_INVALID_ARGUMENT', 'Thompson sampling needs at least one template');
   const pooled = records.map((r) => pooledHits(r.scores.filter((s) => s.k > 0)));
-  const anyHits = pooled.some((p) => p.rawK > 0);
-  const maes = records.map((r) => poolRecord(r));
-  const anyMae = !anyHits && maes.some((m) => m.mae !== undefined);
-  if (anyMae) {
+  // Pooling whole records (for mean absolute errors) only when no template has hits.
+  const maes = pooled.some((p) => p.rawK > 0) ? undefined : records.map((r) => poolRecord(r));
+  if (maes?.some((m) => m.mae !== undefined)) {
     // Numeric outcomes have no hits: draw each template's mean absolute error from a normal
     // posterior (its pooled mean, its standard error) and prefer the lowest draw. A template
     // nobody has scored draws around the others' mean with their mean as spread, so it is tried.
