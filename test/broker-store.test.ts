@@ -69,7 +69,7 @@ function synthetic(i: number, seq: number, bucket: number): StoredPacket {
   return { ...real, nodeId, topic: real.topic.replace(/[^/]+$/, nodeId), seq };
 }
 
-const open = (dir: string, o: Partial<StoreOptions> = {}): Promise<Store> => openStore({ dir, fsync: 'never', ...o });
+const open = (dir: string, o: Partial<StoreOptions> = {}): Promise<Store> => openStore({ dir, fsync: 'never', now: () => NOW, ...o });
 const codeOf = async (p: Promise<unknown> | (() => unknown)): Promise<string> => {
   try {
     await (typeof p === 'function' ? p() : p);

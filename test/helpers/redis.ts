@@ -25,6 +25,22 @@ export interface RedisServerOptions {
   readonly dir?: string;
 }
 
+/**
+ * The environment without libfaketime: redis-server cannot start under it (jemalloc's first
+ * clock_gettime recurses into libfaketime and Redis never listens), and Redis's own clock is not
+ * what these tests check: the store's clock is injected, and expiry is decided by the store.
+ * Running the suite under `faketime` (test/README.md) then moves every clock but Redis's.
+ */
+function withoutFaketime(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out = { ...env };
+  if (out.LD_PRELOAD?.includes('faketime')) {
+    out.LD_PRELOAD = out.LD_PRELOAD.split(/[:\s]+/).filter((l) => l && !l.includes('faketime')).join(':');
+    if (out.LD_PRELOAD === '') delete out.LD_PRELOAD;
+  }
+  delete out.FAKETIME;
+  return out;
+}
+
 /** The redis-server binary, or an error that says which Debian package provides it. */
 export function redisBinary(): string {
   try {
@@ -70,7 +86,7 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Redi
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--dir', dir, '--daemonize', 'no', '--loglevel', 'warning'];
   args.push(...(options.aof ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no']));
   let log = '';
-  const child: ChildProcess = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child: ChildProcess = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: withoutFaketime(process.env) });
   child.stdout?.on('data', (b: Buffer) => (log += b.toString()));
   child.stderr?.on('data', (b: Buffer) => (log += b.toString()));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
