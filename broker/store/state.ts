@@ -1,0 +1,219 @@
+/**
+ * The log store's memory: the index (template, node) → entry, the trie of live packets, packet
+ * bytes in slabs, the counters, and the seq floors (tombstones). Every change goes through
+ * installPut / installTomb; the log (log.ts), the replay (replay.ts) and the compaction
+ * (compaction.ts) change it only that way.
+ */
+import { ID_CHARS, expired, packetOf } from './common.js';
+import { HEADER_BYTES, MIN_TOPIC } from './format.js';
+import { KeyIndex, type TplIndex } from './keys.js';
+import { Trie, type Bucket } from './trie.js';
+import type { StoreKey, StoredPacket, Tombstone } from './types.js';
+
+const SLAB_BYTES = 256 * 1024;
+
+/** One (template, node): its live packet, or its tombstone. */
+export class Entry {
+  seq = 0;
+  /** Live: exp in Unix s, -1 when none. */
+  exp = -1;
+  /** Tombstone: Unix ms of the deletion. -1 while live (and in a new entry). */
+  at = -1;
+  /** Live: the trie node of its bucket. null: a tombstone. */
+  bucket: Bucket<Entry> | null = null;
+  /** Live: the slab holding its packet (null during the replay, until loadPackets). */
+  slab: Buffer | null = null;
+  /** Live: offset of its packet in `slab` (during the replay: in the log file). */
+  off = 0;
+  len = 0;
+  /** Bytes of its record in a compacted log. */
+  rec = 0;
+  /** Live: its index in bucket.leaves. */
+  slot = 0;
+  /** Tombstone with its proof: the tombstone's topic (its bytes are at slab/off/len). null: no proof. */
+  ttopic: string | null = null;
+  constructor(
+    readonly tpl: string,
+    readonly node: string,
+  ) {}
+}
+
+/**
+ * Packet bytes packed into 256 KiB slabs: one ArrayBuffer per packet would cost ~300 bytes of
+ * bookkeeping each and slow the GC. Slabs are append-only, so views handed out stay valid;
+ * compaction copies the live packets into a fresh arena and the old slabs are collected.
+ */
+export class Arena {
+  readonly slabs = new Set<Buffer>();
+  slab: Buffer = Buffer.alloc(0);
+  private used = 0;
+  bytes = 0;
+  /** Reserves len bytes in `this.slab` and returns their offset. */
+  alloc(len: number): number {
+    if (this.used + len > this.slab.length) {
+      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.slabs.add(this.slab);
+      this.used = 0;
+    }
+    const off = this.used;
+    this.used += len;
+    this.bytes += len;
+    return off;
+  }
+
+  /** Copies e's bytes (slab/off/len) into this arena unless they are in it already. */
+  adopt(e: Entry): void {
+    const slab = e.slab as Buffer;
+    if (this.slabs.has(slab)) return;
+    const off = this.alloc(e.len);
+    slab.copy(this.slab, off, e.off, e.off + e.len);
+    e.slab = this.slab;
+    e.off = off;
+  }
+}
+
+export class LogState {
+  readonly index = new KeyIndex<Entry>();
+  readonly trie = new Trie<Entry>(
+    (e) => this.view(e),
+    (tpl, node) => this.index.get(tpl, node),
+  );
+  readonly expiring = new Set<Entry>();
+  arena = new Arena();
+  liveCount = 0;
+  tombCount = 0;
+  /** Size the log would have right after a compaction. */
+  liveBytes = HEADER_BYTES;
+
+  constructor(
+    private readonly now: () => number,
+    private readonly tombstoneTtlMs: number,
+  ) {}
+
+  // ---------------------------------------------------------------- reads
+
+  get size(): number {
+    return this.liveCount;
+  }
+
+  seqOf(tplId: string, nodeId: string): number | undefined {
+    // A deletion's seq is a floor kept for ever: a packet older than it never comes back.
+    return this.index.get(tplId, nodeId)?.seq;
+  }
+
+  get(tplId: string, nodeId: string): StoredPacket | undefined {
+    const e = this.index.get(tplId, nodeId);
+    return e === undefined || e.bucket === null || expired(e, this.now()) ? undefined : this.view(e);
+  }
+
+  getByTopic(topic: string): StoredPacket | undefined {
+    if (typeof topic !== 'string' || topic.length < MIN_TOPIC) return undefined;
+    const cut = topic.length - ID_CHARS - 1;
+    // tplId and nodeId sit at fixed places in an outcome topic; the bucket comparison below
+    // rejects any other string.
+    const e = this.index.get(topic.slice(8, 8 + ID_CHARS), topic.slice(cut + 1));
+    if (e === undefined || e.bucket === null || topic.charCodeAt(cut) !== 47 || e.bucket.path !== topic.slice(0, cut)) return undefined;
+    return expired(e, this.now()) ? undefined : this.view(e);
+  }
+
+  tombstone(tplId: string, nodeId: string): Tombstone | undefined {
+    const e = this.index.get(tplId, nodeId);
+    if (e === undefined || e.bucket !== null) return undefined;
+    const t = { tplId: e.tpl, nodeId: e.node, seq: e.seq, at: e.at };
+    if (e.ttopic === null || e.slab === null || this.forgotten(e, this.now())) return t;
+    return { ...t, topic: e.ttopic, packet: e.slab.subarray(e.off, e.off + e.len) };
+  }
+
+  keys(): StoreKey[] {
+    return this.index.entries().map((e) => ({ tplId: e.tpl, nodeId: e.node, seq: e.seq, del: e.bucket === null }));
+  }
+
+  match(filter: string): Iterable<StoredPacket> {
+    return this.trie.match(filter, this.now());
+  }
+
+  /** A tombstone past its TTL has no proof any more (compaction drops the bytes); its seq still blocks. */
+  forgotten(e: Entry, nowMs: number): boolean {
+    return e.at + this.tombstoneTtlMs <= nowMs;
+  }
+
+  /** Whether an operation with `seq` must be refused as stale. */
+  blocks(e: Entry, seq: number): boolean {
+    return seq <= e.seq;
+  }
+
+  view(e: Entry): StoredPacket {
+    const slab = e.slab as Buffer;
+    return packetOf(e.tpl, e.node, `${(e.bucket as Bucket<Entry>).path}/${e.node}`, e.seq, slab.subarray(e.off, e.off + e.len), e.exp);
+  }
+
+  // ---------------------------------------------------------------- changes
+
+  /**
+   * Makes (ti, node) live in `bucket` with a packet of `len` bytes, which the caller then places
+   * (keepBytes, or a file offset during replay). `found` is ti.nodes.get(node), already looked up
+   * by the caller, which has also checked seq; `node` is only used when it is undefined.
+   */
+  installPut(ti: TplIndex<Entry>, found: Entry | undefined, node: string, bucket: Bucket<Entry>, seq: number, exp: number, len: number, rec: number): Entry {
+    let e = found;
+    if (e === undefined) {
+      e = new Entry(ti.tpl, node);
+      ti.nodes.add(e);
+    } else if (e.bucket !== null) {
+      this.liveBytes -= e.rec;
+      this.liveCount--;
+      if (e.exp >= 0) this.expiring.delete(e);
+      if (e.bucket !== bucket) this.trie.detach(e);
+    } else if (e.at >= 0) {
+      this.liveBytes -= e.rec;
+      this.tombCount--;
+    }
+    if (e.bucket === null) this.trie.attach(e, bucket);
+    e.slab = null; // the caller places the bytes
+    e.ttopic = null;
+    e.len = len;
+    e.seq = seq;
+    e.exp = exp;
+    e.at = -1;
+    e.rec = rec;
+    this.liveBytes += rec;
+    this.liveCount++;
+    if (exp >= 0) this.expiring.add(e);
+    return e;
+  }
+
+  /** Turns (ti, node) into a tombstone. `found` and `node` as for installPut. */
+  installTomb(ti: TplIndex<Entry>, found: Entry | undefined, node: string, seq: number, at: number, rec: number): Entry {
+    let e = found;
+    if (e === undefined) {
+      e = new Entry(ti.tpl, node);
+      ti.nodes.add(e);
+    } else if (e.bucket !== null) {
+      this.liveBytes -= e.rec;
+      this.liveCount--;
+      if (e.exp >= 0) this.expiring.delete(e);
+      this.trie.detach(e);
+      e.slab = null;
+    } else if (e.at >= 0) {
+      this.liveBytes -= e.rec;
+      this.tombCount--;
+    }
+    e.seq = seq;
+    e.at = at;
+    e.exp = -1;
+    e.rec = rec;
+    e.slab = null;
+    e.ttopic = null; // the caller adds a proof
+    this.liveBytes += rec;
+    this.tombCount++;
+    return e;
+  }
+
+  /** Copies a live entry's packet into the arena. */
+  keepBytes(e: Entry, packet: Uint8Array): void {
+    const off = this.arena.alloc(packet.length);
+    this.arena.slab.set(packet, off);
+    e.slab = this.arena.slab;
+    e.off = off;
+  }
+}
