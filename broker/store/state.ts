@@ -155,19 +155,7 @@ export class LogState {
    * by the caller, which has also checked seq; `node` is only used when it is undefined.
    */
   installPut(ti: TplIndex<Entry>, found: Entry | undefined, node: string, bucket: Bucket<Entry>, seq: number, exp: number, len: number, rec: number): Entry {
-    let e = found;
-    if (e === undefined) {
-      e = new Entry(ti.tpl, node);
-      ti.nodes.add(e);
-    } else if (e.bucket !== null) {
-      this.liveBytes -= e.rec;
-      this.liveCount--;
-      if (e.exp >= 0) this.expiring.delete(e);
-      if (e.bucket !== bucket) this.trie.detach(e);
-    } else if (e.at >= 0) {
-      this.liveBytes -= e.rec;
-      this.tombCount--;
-    }
+    const e = this.release(ti, found, node, bucket);
     if (e.bucket === null) this.trie.attach(e, bucket);
     e.slab = null; // the caller places the bytes
     e.ttopic = null;
@@ -184,20 +172,7 @@ export class LogState {
 
   /** Turns (ti, node) into a tombstone. `found` and `node` as for installPut. */
   installTomb(ti: TplIndex<Entry>, found: Entry | undefined, node: string, seq: number, at: number, rec: number): Entry {
-    let e = found;
-    if (e === undefined) {
-      e = new Entry(ti.tpl, node);
-      ti.nodes.add(e);
-    } else if (e.bucket !== null) {
-      this.liveBytes -= e.rec;
-      this.liveCount--;
-      if (e.exp >= 0) this.expiring.delete(e);
-      this.trie.detach(e);
-      e.slab = null;
-    } else if (e.at >= 0) {
-      this.liveBytes -= e.rec;
-      this.tombCount--;
-    }
+    const e = this.release(ti, found, node, null);
     e.seq = seq;
     e.at = at;
     e.exp = -1;
@@ -207,6 +182,28 @@ export class LogState {
     this.liveBytes += rec;
     this.tombCount++;
     return e;
+  }
+
+  /**
+   * The entry of (ti, node) (`found`, or a new one added to ti), taken out of the counters, and
+   * out of its bucket unless that is `stay`: the first half of installPut and installTomb.
+   */
+  private release(ti: TplIndex<Entry>, found: Entry | undefined, node: string, stay: Bucket<Entry> | null): Entry {
+    if (found === undefined) {
+      const e = new Entry(ti.tpl, node);
+      ti.nodes.add(e);
+      return e;
+    }
+    if (found.bucket !== null) {
+      this.liveBytes -= found.rec;
+      this.liveCount--;
+      if (found.exp >= 0) this.expiring.delete(found);
+      if (found.bucket !== stay) this.trie.detach(found);
+    } else if (found.at >= 0) {
+      this.liveBytes -= found.rec;
+      this.tombCount--;
+    }
+    return found;
   }
 
   /** Copies a live entry's packet into the arena. */
