@@ -25,6 +25,9 @@
  * announcements and replies may arrive in any order. When the subscription connection drops,
  * the mirror reloads everything from Redis on reconnect.
  *
+ * The store is broker/cluster/redis-store.ts (its index and trie are those of broker/store/keys.ts
+ * and trie.ts), its data and Lua scripts broker/cluster/records.ts.
+ *
  * Redis data (prefix default `qis:store:`): hash `<prefix>e` field `<tplId>/<nodeId>` →
  * `K|ver|seq|exp|at|topic|packet` (K = L live, T tombstone; exp Unix s or -1; at Unix ms of a
  * deletion or -1; the packet bytes raw), counter `<prefix>ver`, channel `<prefix>events`
