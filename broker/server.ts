@@ -33,7 +33,7 @@ import { authorizePublish } from './server/publish.js';
 import { qisPersistence } from './server/retained.js';
 import { SyncHold, authorizeSubscribe } from './server/subscribe.js';
 import { startSweep } from './server/sweep.js';
-import { TemplateBook } from './server/templates.js';
+import { TemplateBook } from './server/template-book.js';
 
 export type { BrokerAddress };
 export type { Metrics };

@@ -13,7 +13,7 @@ import type { Metrics } from '../metrics.js';
 import type { BrokerOptions } from '../options.js';
 import type { Store } from '../store.js';
 import type { Verifier } from '../verifier.js';
-import type { TemplateBook } from './templates.js';
+import type { TemplateBook } from './template-book.js';
 
 /** The PUBLISH Aedes hands to authorizePublish (mutable: admission rewrites topic and retain). */
 export type AedesPublishPacket = IPublishPacket;
