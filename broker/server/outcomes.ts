@@ -4,23 +4,18 @@
  * callback return, and Aedes writes the PUBACK after it. So a PUBACK always follows a durable write.
  */
 import type { Client } from 'aedes';
-import { decide, isDecision, precheckOutcome } from '../admission.js';
+import { decide, precheckOutcome } from '../admission.js';
 import type { StoredPacket } from '../store.js';
 import type { AedesPublishPacket, BrokerContext, Done } from './context.js';
-import { accept, carryOut, drop, refuse } from './respond.js';
+import { accept, carryOut, drop, precheck } from './respond.js';
 
 /** `origin`: the federation link the packet came from (it is not forwarded back there). */
 export async function admitOutcome(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, cb: Done, origin?: string): Promise<void> {
   const { store, options: o } = ctx;
   const topic = packet.topic;
-  const payload = packet.payload as Buffer;
-  if (store.failure) return refuse(ctx, client, topic, 'ERR_FILE_IO', store.failure.message, cb);
-  const pre = precheckOutcome(topic, payload.length, o.admission, (id) => ctx.templates.depthOf(id));
-  if (isDecision(pre)) {
-    carryOut(ctx, pre, client, packet, cb);
-    return;
-  }
-  const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
+  const start = precheck(ctx, store, client, packet, cb, (t, size) => precheckOutcome(t, size, o.admission, (id) => ctx.templates.depthOf(id)));
+  if (!start) return;
+  const { pre, bytes } = start;
   const v = await ctx.verifier.verify(topic, bytes, { now: ctx.now(), maxSkewMs: o.admission.maxSkewMs, ...(pre.depth !== undefined ? { depth: pre.depth } : {}) });
   const d = decide(v, store.seqOf(pre.tplId, pre.nodeId));
   if (carryOut(ctx, d, client, packet, cb) || !v.ok) return;

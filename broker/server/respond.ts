@@ -5,7 +5,7 @@
  */
 import type { Client } from 'aedes';
 import { QisError, type ErrorCode } from '../../src/index.js';
-import type { Decision } from '../admission.js';
+import { isDecision, type Decision, type Precheck } from '../admission.js';
 import type { Store } from '../store.js';
 import { DROP_TOPIC, type AedesPublishPacket, type BrokerContext, type Done } from './context.js';
 
@@ -44,6 +44,32 @@ export function carryOut(ctx: BrokerContext, d: Decision, client: Client | null,
   else if (d.action === 'drop') drop(ctx, client, packet, d.code, d.message, cb, store);
   else return false;
   return true;
+}
+
+/**
+ * The start every packet admission shares: refused while `store` has failed, then the cheap
+ * precheck `check` (a refusal or drop it decides is carried out). Returns the precheck's ids and a
+ * view of the payload's bytes, or undefined when the publish has already ended.
+ */
+export function precheck(
+  ctx: BrokerContext,
+  store: Store,
+  client: Client | null,
+  packet: AedesPublishPacket,
+  cb: Done,
+  check: (topic: string, size: number) => Precheck | Decision,
+): { pre: Precheck; bytes: Uint8Array } | undefined {
+  const payload = packet.payload as Buffer;
+  if (store.failure) {
+    refuse(ctx, client, packet.topic, 'ERR_FILE_IO', store.failure.message, cb);
+    return undefined;
+  }
+  const pre = check(packet.topic, payload.length);
+  if (isDecision(pre)) {
+    carryOut(ctx, pre, client, packet, cb);
+    return undefined;
+  }
+  return { pre, bytes: new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength) };
 }
 
 /** For an admission's rejected promise: logged, then refused with the error's code. */

@@ -5,22 +5,17 @@
  */
 import type { Client } from 'aedes';
 import { QisError, verifyScorePacket, type ErrorCode } from '../../src/index.js';
-import { decide, isDecision, precheckScore, scoreStoreTopic } from '../admission.js';
+import { decide, precheckScore, scoreStoreTopic } from '../admission.js';
 import type { AedesPublishPacket, BrokerContext, Done } from './context.js';
-import { accept, carryOut, drop, refuse } from './respond.js';
+import { accept, carryOut, drop, precheck } from './respond.js';
 
 /** `origin`: the federation link the packet came from (it is not forwarded back there). */
 export async function admitScore(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, cb: Done, origin?: string): Promise<void> {
   const { scoreStore, options: o } = ctx;
   const topic = packet.topic;
-  const payload = packet.payload as Buffer;
-  if (scoreStore.failure) return refuse(ctx, client, topic, 'ERR_FILE_IO', scoreStore.failure.message, cb);
-  const pre = precheckScore(topic, payload.length, o.admission, (id) => ctx.templates.has(id));
-  if (isDecision(pre)) {
-    carryOut(ctx, pre, client, packet, cb);
-    return;
-  }
-  const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
+  const start = precheck(ctx, scoreStore, client, packet, cb, (t, size) => precheckScore(t, size, o.admission, (id) => ctx.templates.has(id)));
+  if (!start) return;
+  const { pre, bytes } = start;
   let v: { ok: true; packet: { seq: number; del: boolean } } | { ok: false; code: ErrorCode; message: string };
   try {
     // Score packets are few (one per node per template, sent after an observation): verified
