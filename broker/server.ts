@@ -80,9 +80,10 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     logger,
     store,
     scoreStore,
+    // Read first: a template directory that cannot be read leaves no verifier threads behind.
+    templates: await TemplateBook.open(join(o.dataDir, 'templates'), o.admission, logger),
     metrics: createMetrics(store, () => aedes?.connectedClients ?? 0),
     verifier: createVerifier(o.verifyWorkers ?? defaultWorkers()),
-    templates: await TemplateBook.open(join(o.dataDir, 'templates'), o.admission, logger),
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
     publish: (m) => (aedes ? publishOn(aedes, m) : Promise.reject(new QisError('ERR_CLOSED', 'the broker is not running'))),
     federation: undefined,
