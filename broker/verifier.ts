@@ -7,21 +7,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { QisError, type ErrorCode } from '../src/index.js';
-import { verifyJob } from './verify-worker.js';
-
-/** One packet to verify. */
-export interface Job {
-  readonly id: number;
-  readonly topic: string;
-  readonly bytes: Uint8Array;
-  readonly now: number;
-  readonly maxSkewMs: number;
-  readonly depth?: number;
-}
-
-export type JobResult =
-  | { readonly id: number; readonly ok: true; readonly seq: number; readonly del: boolean; readonly exp?: number }
-  | { readonly id: number; readonly ok: false; readonly code: ErrorCode; readonly message: string };
+import { verifyJob, type Job, type JobResult } from './verify-job.js';
 
 export type VerifyResult = { ok: true; packet: { seq: number; del: boolean; exp?: number } } | { ok: false; code: ErrorCode; message: string };
 

@@ -2,8 +2,7 @@
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parentPort } from 'node:worker_threads';
-import { checkPacket } from '../src/index.js';
-import type { Job, JobResult } from './verifier.js';
+import { verifyJob, type Job, type JobResult } from './verify-job.js';
 
 // Each verified key is a KeyObject holding about 1 KB of native memory but a few bytes of heap,
 // so V8 sees no reason to collect them and RSS climbs during a long burst of new nodes (measured:
@@ -28,11 +27,3 @@ parentPort?.on('message', (batch: Job[]) => {
     gc();
   }
 });
-
-/** One job, as the pool and the inline path both run it. */
-export function verifyJob(j: Job): JobResult {
-  const r = checkPacket(j.topic, j.bytes, { now: j.now, maxSkewMs: j.maxSkewMs, ...(j.depth !== undefined ? { depth: j.depth } : {}) });
-  if (!r.ok) return { id: j.id, ok: false, code: r.code, message: r.message };
-  const p = r.packet;
-  return { id: j.id, ok: true, seq: p.seq, del: p.del, ...(p.exp !== undefined ? { exp: p.exp } : {}) };
-}

@@ -1,0 +1,131 @@
+/**
+ * Forwarding: what this broker admitted goes to the peer, to a qis peer in 'put' batches
+ * (admitted there concurrently, so its disk syncs are shared), to any other as retained QoS 1
+ * publishes. Unacknowledged forwards are bounded: past MAX_PENDING the link stops forwarding and
+ * catches up once the peer drained.
+ */
+import type { MqttClient } from 'mqtt';
+import { FORWARDED_PREFIXES, passes, tplOf } from './common.js';
+import type { CatchUpTrigger, LinkState } from './state.js';
+
+/** Unacknowledged forwards above which a link stops forwarding and catches up once it drained. */
+const MAX_PENDING = 10_000;
+/** Packets per 'put' batch to a qis peer. */
+export const BATCH = 256;
+
+export class Outbox {
+  #pending = 0;
+  #overflow = false;
+  #batch: [string, Uint8Array][] = [];
+  #batchTimer: NodeJS.Immediate | undefined;
+  readonly #drainWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly s: LinkState,
+    private readonly behind: CatchUpTrigger,
+  ) {}
+
+  /** Forwards a packet this broker admitted (skipped while disconnected: the next catch-up carries it). */
+  forward(topic: string, payload: Uint8Array): void {
+    if (!this.s.connected || !this.s.client) return;
+    if (!FORWARDED_PREFIXES.some((x) => topic.startsWith(x))) return;
+    const tplId = tplOf(topic);
+    if (tplId === undefined || !passes(this.s.peer.share, tplId)) return;
+    if (this.#pending >= MAX_PENDING) {
+      // A slow peer: stop queueing; once it drained, a catch-up sends what differs.
+      if (!this.#overflow) this.s.log.warn({ pending: this.#pending }, 'federation link is slow; forwarding paused until it catches up');
+      this.#overflow = true;
+      return;
+    }
+    this.send(topic, payload);
+  }
+
+  /** Forwards one packet: to a qis peer in batches; otherwise a retained QoS 1 publish. */
+  send(topic: string, payload: Uint8Array): void {
+    const c = this.s.client;
+    if (!c) return;
+    if (this.s.peerKind === 'qis') {
+      this.#batch.push([topic, Uint8Array.from(payload)]);
+      if (this.#batch.length >= BATCH) this.#flush();
+      else this.#batchTimer ??= setImmediate(() => this.#flush());
+      return;
+    }
+    const t0 = performance.now();
+    this.#setPending(this.#pending + 1);
+    c.publish(topic, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1, retain: true }, (e) => {
+      if (this.s.client !== c) return;
+      this.#setPending(Math.max(0, this.#pending - 1));
+      if (!e) {
+        this.s.m.forwarded.inc({ peer: this.s.name, direction: 'out' });
+        this.s.m.lag.set({ peer: this.s.name }, performance.now() - t0);
+      }
+      this.#afterAck();
+    });
+  }
+
+  #flush(): void {
+    if (this.#batchTimer) clearImmediate(this.#batchTimer);
+    this.#batchTimer = undefined;
+    const items = this.#batch;
+    this.#batch = [];
+    const c = this.s.client;
+    if (items.length === 0 || !c) return;
+    void this.put(c, items);
+  }
+
+  /** One batch of packets to a qis peer (op 'put'); resolves with how many it stored. Failures leave the rest to a catch-up. `meter` counts a catch-up's bytes. */
+  async put(c: MqttClient, items: [string, Uint8Array][], meter?: { bytes: number }): Promise<number> {
+    const t0 = performance.now();
+    this.#setPending(this.#pending + items.length);
+    let stored = 0;
+    try {
+      const res = await this.s.requests.request(c, { op: 'put', items: items.map(([t, b]) => [t, Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64')]) }, meter);
+      stored = typeof res.stored === 'number' ? res.stored : 0;
+      this.s.m.forwarded.inc({ peer: this.s.name, direction: 'out' }, items.length);
+      this.s.m.lag.set({ peer: this.s.name }, performance.now() - t0);
+    } catch (e) {
+      if (this.s.client === c) {
+        this.s.log.warn({ err: (e as Error).message, packets: items.length }, 'a batch to the peer failed; a catch-up will send what differs');
+        this.behind.soon();
+      }
+    } finally {
+      if (this.s.client === c) {
+        this.#setPending(Math.max(0, this.#pending - items.length));
+        this.#afterAck();
+      }
+    }
+    return stored;
+  }
+
+  #setPending(n: number): void {
+    this.#pending = n;
+    this.s.m.pending.set({ peer: this.s.name }, n);
+  }
+
+  #afterAck(): void {
+    if (this.#pending !== 0) return;
+    for (const w of this.#drainWaiters.splice(0)) w();
+    if (this.#overflow) {
+      this.#overflow = false;
+      this.behind.now();
+    }
+  }
+
+  /** Resolves once every forward is acknowledged (or at once without a connection). */
+  drained(): Promise<void> {
+    if (this.#pending === 0 || !this.s.client) return Promise.resolve();
+    return new Promise((r) => this.#drainWaiters.push(r));
+  }
+
+  /** The connection ended: nothing is pending on it any more. */
+  disconnected(): void {
+    this.#setPending(0);
+  }
+
+  /** The link is closing: drain waiters go, the batch timer stops. */
+  close(): void {
+    for (const w of this.#drainWaiters.splice(0)) w();
+    if (this.#batchTimer) clearImmediate(this.#batchTimer);
+    this.#batchTimer = undefined;
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * The HTTP endpoint (`http` in the options): `/healthz` and `/metrics`. Routes are the table in
+ * `routes()`: a new page or API is one line there, `'<path>': handler`. A path ending in `*`
+ * serves every path under it (e.g. `'/console/*'` for static files); exact paths win over these,
+ * and longer prefixes over shorter ones. The query string is not part of the path.
+ */
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import type { Aedes } from 'aedes';
+import { QisError } from '../../src/index.js';
+import type { BrokerContext } from './context.js';
+import { addressOf, listen, type BrokerAddress } from './listeners.js';
+
+export type Route = (req: IncomingMessage, res: ServerResponse) => void;
+
+/** What the routes read: the broker's context and the running Aedes. */
+export interface HttpDeps {
+  readonly ctx: BrokerContext;
+  readonly aedes: Pick<Aedes, 'closed' | 'connectedClients'>;
+}
+
+/** The HTTP routes, path → handler. Add a route here. */
+export function routes(d: HttpDeps): Record<string, Route> {
+  return {
+    '/healthz': healthz(d),
+    '/metrics': metrics(d),
+  };
+}
+
+/** The handler of `path` in `table` (exact path first, then the longest `…*` prefix). */
+export function routeOf(table: Readonly<Record<string, Route>>, path: string): Route | undefined {
+  const exact = Object.hasOwn(table, path) ? table[path] : undefined;
+  if (exact) return exact;
+  let best: string | undefined;
+  for (const key of Object.keys(table)) {
+    if (key.endsWith('*') && path.startsWith(key.slice(0, -1)) && (best === undefined || key.length > best.length)) best = key;
+  }
+  return best === undefined ? undefined : table[best];
+}
+
+export interface HttpEndpoint {
+  address(): BrokerAddress | undefined;
+  close(): void;
+}
+
+/**
+ * Starts the HTTP endpoint on `host:port`.
+ * @throws QisError ERR_FILE_IO when the address cannot be bound
+ */
+export async function startHttp(d: HttpDeps, host: string, port: number): Promise<HttpEndpoint> {
+  const table = routes(d);
+  const server: HttpServer = createHttpServer((req, res) => {
+    const path = (req.url ?? '/').split('?', 1)[0] ?? '/';
+    const route = routeOf(table, path);
+    if (route) return route(req, res);
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end(`try ${Object.keys(table).join(' or ')}\n`);
+  });
+  try {
+    await listen(server, port, host);
+  } catch (e) {
+    server.close();
+    throw new QisError('ERR_FILE_IO', `cannot listen for HTTP on ${host}:${port}: ${(e as Error).message}`, { cause: e });
+  }
+  server.on('error', (e) => d.ctx.logger.error({ err: e.message }, 'HTTP server error'));
+  return {
+    address: () => (server.listening ? addressOf('http', server) : undefined),
+    close: () => server.close(),
+  };
+}
+
+/** Prometheus text exposition of the broker's registry. */
+function metrics({ ctx }: HttpDeps): Route {
+  const registry = ctx.metrics.registry;
+  return (_req, res) => {
+    registry.metrics().then(
+      (text) => {
+        res.writeHead(200, { 'content-type': registry.contentType });
+        res.end(text);
+      },
+      (e: unknown) => {
+        res.writeHead(500);
+        res.end(String(e));
+      },
+    );
+  };
+}
+
+/** 200 while Aedes runs and the store has not failed, else 503; JSON either way. */
+function healthz({ ctx, aedes }: HttpDeps): Route {
+  const store = ctx.store;
+  return (_req, res) => {
+    const body = { ok: !aedes.closed && store.failure === null, ...(store.failure ? { error: store.failure.message } : {}), packets: store.size, clients: aedes.connectedClients, uptimeS: Math.round(process.uptime()) };
+    res.writeHead(body.ok ? 200 : 503, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body));
+  };
+}

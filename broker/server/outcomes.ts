@@ -1,0 +1,42 @@
+/**
+ * Admission of an outcome packet (qis/1/o/…, PROTOCOL §6): precheck, signature (verifier
+ * threads), seq against the store, then a durable put or signed tombstone; only then does the
+ * callback return, and Aedes writes the PUBACK after it. So a PUBACK always follows a durable write.
+ */
+import type { Client } from 'aedes';
+import { decide, precheckOutcome } from '../admission.js';
+import type { StoredPacket } from '../store.js';
+import type { AedesPublishPacket, BrokerContext, Done } from './context.js';
+import { accept, carryOut, drop, precheck } from './respond.js';
+
+/** `origin`: the federation link the packet came from (it is not forwarded back there). */
+export async function admitOutcome(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, cb: Done, origin?: string): Promise<void> {
+  const { store, options: o } = ctx;
+  const topic = packet.topic;
+  const start = precheck(ctx, store, client, packet, cb, (t, size) => precheckOutcome(t, size, o.admission, (id) => ctx.templates.depthOf(id)));
+  if (!start) return;
+  const { pre, bytes } = start;
+  const v = await ctx.verifier.verify(topic, bytes, { now: ctx.now(), maxSkewMs: o.admission.maxSkewMs, ...(pre.depth !== undefined ? { depth: pre.depth } : {}) });
+  const d = decide(v, store.seqOf(pre.tplId, pre.nodeId));
+  if (carryOut(ctx, d, client, packet, cb) || !v.ok) return;
+  if (v.packet.del) {
+    // The signed tombstone is kept (for the tombstone TTL) as the proof a federation peer needs.
+    const r = await store.remove({ tplId: pre.tplId, nodeId: pre.nodeId, seq: v.packet.seq, topic, packet: bytes });
+    if ('stale' in r) return drop(ctx, client, packet, 'ERR_SEQ_STALE', 'tombstone not newer than the stored seq', cb);
+    ctx.metrics.admitted.inc({ kind: 'tombstone' });
+    // Live watchers see the withdrawal; nothing is retained (storeRetained skips qis/1/o/). The
+    // flag stays set so that Aedes takes the same path as for a packet: its per-subscriber
+    // dedupe drops any message whose counter is below one already delivered, and a non-retained
+    // publish skips the storeRetained step, overtook the packet published just before it and
+    // made Aedes drop that packet for every live subscriber (moscajs/aedes#994;
+    // docs/protocol-choices.md, "Federation": the lost-forward race). Aedes clears the flag on
+    // live delivery to MQTT 3.1.1 subscribers.
+    return accept(ctx, client, packet, bytes, origin, cb);
+  }
+  // The store copies the bytes out of Aedes' read buffer.
+  const stored: StoredPacket = { tplId: pre.tplId, nodeId: pre.nodeId, topic, seq: v.packet.seq, packet: bytes, ...(v.packet.exp !== undefined ? { exp: v.packet.exp } : {}) };
+  const r = await store.put(stored);
+  if (!r.stored) return drop(ctx, client, packet, 'ERR_SEQ_STALE', 'a newer packet was stored meanwhile', cb);
+  ctx.metrics.admitted.inc({ kind: r.replaced && r.replaced.topic !== topic ? 'move' : 'packet' });
+  accept(ctx, client, packet, bytes, origin, cb);
+}

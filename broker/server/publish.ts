@@ -1,0 +1,51 @@
+/**
+ * PUBLISH: Aedes' `authorizePublish`, which sends each topic class (admission.ts `classify`) to
+ * its admission: ordinary MQTT under the ACL, sync markers held (subscribe.ts), outcome packets
+ * (outcomes.ts), score packets (scores.ts), template documents (templates.ts), federation
+ * requests (peers.ts). A new qis topic class gets its case here.
+ */
+import type { AedesOptions } from 'aedes';
+import { BROKER_INFO_TOPIC, aclAllows, checkRate, checkSync, classify } from '../admission.js';
+import { FEDERATION_PREFIX } from '../federation.js';
+import type { BrokerContext } from './context.js';
+import { federationRequest } from './peers.js';
+import { admitOutcome } from './outcomes.js';
+import { carryOut, refuse, refuseFailed } from './respond.js';
+import { admitScore } from './scores.js';
+import type { SyncHold } from './subscribe.js';
+import { admitTemplate } from './templates.js';
+
+export function authorizePublish(ctx: BrokerContext, hold: SyncHold): NonNullable<AedesOptions['authorizePublish']> {
+  return (client, packet, cb) => {
+    const topic = packet.topic;
+    const clientId = client?.id ?? '';
+    switch (classify(topic)) {
+      case 'ordinary':
+        if (topic.startsWith('$')) return refuse(ctx, client, topic, 'ERR_NOT_AUTHORIZED', '$ topics are reserved', cb);
+        if (!aclAllows(ctx.options.acl.publish, topic, clientId)) return refuse(ctx, client, topic, 'ERR_NOT_AUTHORIZED', 'the ACL denies publishing here', cb);
+        return cb(null);
+      case 'sync': {
+        const d = checkSync(topic, clientId, packet.retain);
+        if (carryOut(ctx, d, client, packet, cb)) return;
+        if (!client) return cb(null);
+        return hold.whenRetainedWritten(client, () => cb(null));
+      }
+      case 'broker-info':
+        return refuse(ctx, client, topic, 'ERR_NOT_AUTHORIZED', `${BROKER_INFO_TOPIC} is written by the broker only`, cb);
+      case 'qis-reserved':
+        if (topic.startsWith(FEDERATION_PREFIX)) return federationRequest(ctx, client, packet, cb);
+        return refuse(ctx, client, topic, 'ERR_TOPIC_INVALID', 'not a qis/1 topic this broker knows (o, t, s, sync)', cb);
+      case 'template':
+        if (carryOut(ctx, checkRate(ctx.rate, clientId, ctx.now()), client, packet, cb)) return;
+        return admitTemplate(ctx, client, packet, cb, undefined);
+      case 'score':
+        if (carryOut(ctx, checkRate(ctx.rate, clientId, ctx.now()), client, packet, cb)) return;
+        admitScore(ctx, client, packet, cb).catch(refuseFailed(ctx, client, topic, cb, 'score admission failed'));
+        return;
+      case 'outcome':
+        if (carryOut(ctx, checkRate(ctx.rate, clientId, ctx.now()), client, packet, cb)) return;
+        admitOutcome(ctx, client, packet, cb).catch(refuseFailed(ctx, client, topic, cb, 'admission failed'));
+        return;
+    }
+  };
+}
