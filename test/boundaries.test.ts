@@ -36,9 +36,9 @@ t.test('boundaries - the rules flag each forbidden edge and allow src/index', as
   const files: SourceFile[] = [
     { path: 'broker/ok.ts', text: "import { verifyPacket } from '../src/index.js';" },
     { path: 'broker/sub/ok.ts', text: "import { x } from '../../src/index.js'; import { y } from './local.js';" },
-    { path: 'broker/bad.ts', text: "import { decodeCbor } from '../src/cbor.js';" },
+    { path: 'broker/bad.ts', text: "import { decodeCbor } from '../src/protocol/cbor.js';" },
     { path: 'firmware-bridge/bad1.ts', text: "import { store } from '../broker/store.js';" },
-    { path: 'firmware-bridge/bad2.ts', text: "const p = await import('../src/packet.js');" },
+    { path: 'firmware-bridge/bad2.ts', text: "const p = await import('../src/protocol/packet.js');" },
     { path: 'src/bad.ts', text: "import { createBroker } from '../broker/server.js';" },
     { path: 'cli/ok.ts', text: "import { main } from '../broker/server.js';" },
     { path: 'cli/ok2.ts', text: "const b = await import('../firmware-bridge/index.js');" },
@@ -48,9 +48,9 @@ t.test('boundaries - the rules flag each forbidden edge and allow src/index', as
   const v = boundaryViolations(files);
   t.equal(v.length, 5, v.join('\n'));
   t.match(v.join('\n'), /firmware-bridge\/bad3\.ts.*imports only src\/index/);
-  t.match(v.join('\n'), /broker\/bad\.ts.*src\/cbor/);
+  t.match(v.join('\n'), /broker\/bad\.ts.*src\/protocol\/cbor/);
   t.match(v.join('\n'), /firmware-bridge\/bad1\.ts.*must not import broker/);
-  t.match(v.join('\n'), /firmware-bridge\/bad2\.ts.*src\/packet/);
+  t.match(v.join('\n'), /firmware-bridge\/bad2\.ts.*src\/protocol\/packet/);
   t.match(v.join('\n'), /src\/bad\.ts.*must not import broker/);
 });
 

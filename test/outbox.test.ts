@@ -20,7 +20,7 @@ import {
   type Situation,
   type Template,
 } from '../src/index.js';
-import { coalesce, supersededBy, type OutboxEntry, type OutboxKind } from '../src/outbox.js';
+import { coalesce, supersededBy, type OutboxEntry, type OutboxKind } from '../src/node/outbox.js';
 import { startAedes } from './helpers/aedes.js';
 import { bearing, bearingDoc, fixedKey, situation } from './helpers/fixtures.js';
 import { freePort } from './helpers/mosquitto.js';

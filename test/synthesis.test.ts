@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap';
-import { compileTemplate } from '../src/template.js';
+import { compileTemplate } from '../src/protocol/template.js';
 import {
   synthesize,
   weightedQuantile,
@@ -9,7 +9,7 @@ import {
   type NumberSummary,
   type SynthPacket,
   type Synthesis,
-} from '../src/synthesis.js';
+} from '../src/synthesis/index.js';
 import { bearing } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
 

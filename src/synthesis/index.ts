@@ -4,9 +4,9 @@
  * measured from an injected `now`, by default the newest packet). Definitions, and why each
  * was chosen, are in docs/synthesis.md; the numbers there are the DEFAULTS below.
  */
-import { QisError } from './errors.js';
-import type { Outcome } from './packet.js';
-import type { OutcomeSpec, Template } from './template.js';
+import { QisError } from '../protocol/errors.js';
+import type { Outcome } from '../protocol/packet.js';
+import type { OutcomeSpec, Template } from '../protocol/template.js';
 
 /**
  * One node's latest verified packet for the cohort (the caller keeps one per node, highest seq).

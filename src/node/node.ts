@@ -11,28 +11,26 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { backoffDelay, backoffOptions, type BackoffOptions } from './backoff.js';
-import { toHex, fromHex } from './bytes.js';
+import { toHex, fromHex } from '../protocol/bytes.js';
 import { Channel } from './channel.js';
-import { foldCohort, topicMatches, type CohortMessage } from './cohort.js';
+import { foldCohort, topicMatches, type CohortMessage } from '../protocol/cohort.js';
 import { ensureDir, lockDir, writeFileDurable } from './durable.js';
-import { QisError, isQisError, type ErrorCode } from './errors.js';
-import { address, cohortFilter, outcomeTopic, type Situation } from './fingerprint.js';
-import { generateKey, loadKeyFile, saveKeyFile, type Ed25519Backend, type NodeKey } from './identity.js';
-import { createOutcomePacket } from './outcome.js';
+import { QisError, isQisError, type ErrorCode } from '../protocol/errors.js';
+import { address, cohortFilter, outcomeTopic, type Situation } from '../protocol/fingerprint.js';
+import { generateKey, loadKeyFile, saveKeyFile, type Ed25519Backend, type NodeKey } from '../protocol/identity.js';
+import { createOutcomePacket } from '../protocol/outcome.js';
 import { Outbox, type OutboxEntry } from './outbox.js';
-import { checkPacket, signPacket, type Outcome, type VerifiedPacket } from './packet.js';
-import { synthesize, type Synthesis, type SynthesisOptions } from './synthesis.js';
-import { isTplId, type Template } from './template.js';
+import { checkPacket, signPacket, type Outcome, type VerifiedPacket } from '../protocol/packet.js';
+import { synthesize, type Synthesis, type SynthesisOptions } from '../synthesis/index.js';
+import { isTplId, type Template } from '../protocol/template.js';
 import { tlsClientOptions, type TlsOptions } from './tls.js';
-import { sameRouting, supersedesOf, templateTopic, verifyTemplateDoc } from './registry.js';
-import { checkOutcomeFits } from './outcome.js';
-import { addScore, predictionOf, scoreFieldsOf, scorePrediction, thompsonChoose, type Prediction, type PredictionScore, type ThompsonDraw } from './darwin.js';
+import { sameRouting, supersedesOf, templateTopic, verifyTemplateDoc } from '../protocol/template-doc.js';
+import { BROKER_INFO_TOPIC, DETECT_TIMEOUT_MS, MOSQUITTO_VERSION_TOPIC, type BrokerKind } from './broker-kind.js';
+import { checkOutcomeFits } from '../protocol/outcome.js';
+import { addScore, predictionOf, scoreFieldsOf, scorePrediction, thompsonChoose, type Prediction, type PredictionScore, type ThompsonDraw } from '../elections/darwin.js';
 import { PredictionStore } from './predictions.js';
-import { checkScorePacket, scoreFilter, signScorePacket, type ScoreFields, type VerifiedScore } from './score.js';
-import { jcs } from './jcs.js';
-
-/** How a broker orders a query's sync marker (PROTOCOL §7). */
-export type BrokerKind = 'qis' | 'mosquitto' | 'unknown';
+import { checkScorePacket, scoreFilter, signScorePacket, type ScoreFields, type VerifiedScore } from '../protocol/score.js';
+import { jcs } from '../protocol/jcs.js';
 
 /** Timer functions, replaceable in tests (a fake clock). */
 export interface Timers {
@@ -276,8 +274,6 @@ const DEFAULTS: Defaults = Object.freeze({
 });
 type Merged = Defaults & NodeOptions;
 
-/** How long a node waits for its broker-kind sync marker before treating the broker as unknown. */
-const DETECT_TIMEOUT_MS = 2_000;
 /** A connection that stays up this long resets the reconnect backoff. */
 const STABLE_CONNECTION_MS = 10_000;
 /** A connection lost within this time of sending an entry counts as a refusal of that entry. */
@@ -285,9 +281,6 @@ const REFUSAL_WINDOW_MS = 3_000;
 /** Refusals in a row after which a queued entry is set aside. */
 const REFUSALS_BEFORE_SET_ASIDE = 5;
 
-/** The retained topic where a qis broker says what it is (docs/protocol-choices.md). */
-export const BROKER_INFO_TOPIC = 'qis/1/broker';
-const MOSQUITTO_VERSION_TOPIC = '$SYS/broker/version';
 
 const CONNACK_REASONS: Record<number, string> = {
   1: 'unacceptable protocol version',
