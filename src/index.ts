@@ -72,8 +72,8 @@ export {
 export { createOutcomePacket, checkOutcomeFits, type OutcomePacketInput, type OutcomePacket } from './protocol/outcome.js';
 export { foldCohort, topicMatches, type CohortMessage, type CohortFold, type FoldOptions } from './protocol/cohort.js';
 export { backoffDelay, backoffBound, backoffOptions, BACKOFF_DEFAULTS, type BackoffOptions } from './node/backoff.js';
+export { createNode } from './node/node.js';
 export {
-  createNode,
   type QisNode,
   type NodeOptions,
   type PublishOptions,
@@ -90,7 +90,7 @@ export {
   type NodeStatus,
   type TlsOptions,
   type Timers,
-} from './node/node.js';
+} from './node/types.js';
 export { BROKER_INFO_TOPIC, type BrokerKind } from './node/broker-kind.js';
 export {
   synthesize,
