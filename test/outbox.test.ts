@@ -1,5 +1,5 @@
-// The node's durable outbox (src/outbox.ts) and per-template seq state, and the data directory
-// lock (src/durable.ts): pure coalescing rules, then real nodes on temp dirs pointed at a closed
+// The node's durable outbox (src/node/outbox.ts) and per-template seq state, and the data directory
+// lock (src/node/durable.ts): pure coalescing rules, then real nodes on temp dirs pointed at a closed
 // port (nothing listens there, so everything stays queued) or at a plain Aedes on loopback.
 import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';

@@ -14,7 +14,7 @@ import { bearing } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
 
 // Every expected value below is computed here from its definition (docs/synthesis.md), written
-// out independently of src/synthesis.ts: Wilson by its closed form, quantiles and trimmed means
+// out independently of src/synthesis/: Wilson by its closed form, quantiles and trimmed means
 // by expanding integer weights into repeated values.
 
 /** Φ⁻¹ values from published tables (R qnorm, 16 digits). */

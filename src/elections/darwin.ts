@@ -2,7 +2,7 @@
  * "Darwinism" (PROTOCOL §9): scoring predictions, pooling rival templates' track records, ranking
  * them with uncertainty, Thompson sampling between them, and the reliability chart.
  *
- * Pure functions: the node runtime (node.ts) and the CLI feed them score packets read from a broker.
+ * Pure functions: the node runtime (src/node/scoring.ts) and the CLI feed them score packets read from a broker.
  */
 import { QisError } from '../protocol/errors.js';
 import type { Outcome } from '../protocol/packet.js';
