@@ -8,21 +8,11 @@ import { quantileSorted, trimmedMeanSorted } from './stats.js';
 import type { InsufficientSummary, NumberSummary } from './types.js';
 import { basics, capEntries, MAD_TO_SIGMA, MEAN_AD_TO_SIGMA } from './weights.js';
 
-interface NumberStats {
-  readonly observations: number;
-  readonly weight: number;
-  readonly effectiveN: number;
-  readonly mean: number;
-  readonly median: number;
-  readonly trimmedMean: number;
-  readonly mad: number;
-  readonly scale: number;
-  readonly p10: number;
-  readonly p90: number;
-  readonly min: number;
-  readonly max: number;
-  readonly byNode: { readonly median: number; readonly trimmedMean: number };
-}
+/** The figures numberStats works out: those of a NumberSummary that come from the values. */
+type NumberStats = Pick<
+  NumberSummary,
+  'observations' | 'weight' | 'effectiveN' | 'mean' | 'median' | 'trimmedMean' | 'mad' | 'scale' | 'p10' | 'p90' | 'min' | 'max' | 'byNode'
+>;
 
 /** Every numeric figure of entries sorted by value (then node id), all with positive weight. */
 function numberStats(sorted: ReadonlyArray<Entry<number>>, trim: number): NumberStats {
