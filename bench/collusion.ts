@@ -9,8 +9,8 @@
  *
  *   npm run build && node dist/bench/collusion.js [--nodes=1000] [--json]
  */
-import { compileTemplate } from '../src/template.js';
-import { synthesize, type NumberSummary, type SynthPacket } from '../src/synthesis.js';
+import { compileTemplate } from '../src/protocol/template.js';
+import { synthesize, type NumberSummary, type SynthPacket } from '../src/synthesis/index.js';
 import { JSON_OUT, optNum } from './args.js';
 
 const NODES = Math.round(optNum('nodes', 1000));

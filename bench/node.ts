@@ -30,8 +30,8 @@
  *             a JWK import; floor+ = fetch + verify+ is shown as a second, looser floor (no goal).
  *   fold      foldCohort() on the messages the raw fetch collected: the runtime's verification step
  *             alone, for attribution (not part of any floor).
- *   import    crypto.createPublicKey of every key from SPKI DER, which is what src/identity.ts does
- *             on a cache miss (attribution only).
+ *   import    crypto.createPublicKey of every key from SPKI DER, which is what
+ *             src/protocol/identity.ts does on a cache miss (attribution only).
  * The figures are the median and the minimum of the repetitions; the ratio is the median of the
  * per-repetition ratios (runtime / floor of the same repetition), which cancels drift.
  *
@@ -375,7 +375,7 @@ async function part1(template: Template): Promise<Part1> {
     check(ok === NODES, 'every raw verification (KeyObject inside) succeeds');
     return ms;
   };
-  // What src/identity.ts does per key it has not cached: an SPKI DER import (attribution only).
+  // What src/protocol/identity.ts does per key it has not cached: an SPKI DER import (attribution only).
   const runImportDer = (): number => {
     const t = performance.now();
     let n = 0;

@@ -2,10 +2,10 @@
  * qis-mqtt public surface. `broker/` and `firmware-bridge/` import only this file.
  * @packageDocumentation
  */
-export { QisError, ERROR_CODES, isQisError, type ErrorCode } from './errors.js';
-export { sha256, b32, b32decode, isB32Id16, enc, toHex, fromHex, equalBytes, utf8Bytes } from './bytes.js';
-export { encodeCbor, decodeCbor, CborTag, CborSimple, CborFloat, MAX_DEPTH, type CborValue, type DecodeOptions } from './cbor.js';
-export { jcs } from './jcs.js';
+export { QisError, ERROR_CODES, isQisError, type ErrorCode } from './protocol/errors.js';
+export { sha256, b32, b32decode, isB32Id16, enc, toHex, fromHex, equalBytes, utf8Bytes } from './protocol/bytes.js';
+export { encodeCbor, decodeCbor, CborTag, CborSimple, CborFloat, MAX_DEPTH, type CborValue, type DecodeOptions } from './protocol/cbor.js';
+export { jcs } from './protocol/jcs.js';
 export {
   generateKey,
   keyFromSeed,
@@ -22,7 +22,7 @@ export {
   type NodeId,
   type Ed25519Backend,
   type KeyFileJson,
-} from './identity.js';
+} from './protocol/identity.js';
 export {
   compileTemplate,
   parseTemplate,
@@ -35,7 +35,7 @@ export {
   type TplId,
   type FieldSpec,
   type OutcomeSpec,
-} from './template.js';
+} from './protocol/template.js';
 export {
   address,
   outcomeTopic,
@@ -45,7 +45,7 @@ export {
   type Address,
   type Situation,
   type ParsedTopic,
-} from './fingerprint.js';
+} from './protocol/fingerprint.js';
 export {
   encodePayload,
   decodePayload,
@@ -68,13 +68,12 @@ export {
   type VerifiedPacket,
   type VerifyOptions,
   type CheckResult,
-} from './packet.js';
-export { createOutcomePacket, checkOutcomeFits, type OutcomePacketInput, type OutcomePacket } from './outcome.js';
-export { foldCohort, topicMatches, type CohortMessage, type CohortFold, type FoldOptions } from './cohort.js';
-export { backoffDelay, backoffBound, backoffOptions, BACKOFF_DEFAULTS, type BackoffOptions } from './backoff.js';
+} from './protocol/packet.js';
+export { createOutcomePacket, checkOutcomeFits, type OutcomePacketInput, type OutcomePacket } from './protocol/outcome.js';
+export { foldCohort, topicMatches, type CohortMessage, type CohortFold, type FoldOptions } from './protocol/cohort.js';
+export { backoffDelay, backoffBound, backoffOptions, BACKOFF_DEFAULTS, type BackoffOptions } from './node/backoff.js';
+export { createNode } from './node/node.js';
 export {
-  createNode,
-  BROKER_INFO_TOPIC,
   type QisNode,
   type NodeOptions,
   type PublishOptions,
@@ -89,10 +88,10 @@ export {
   type WatchEvent,
   type WatchIterator,
   type NodeStatus,
-  type BrokerKind,
   type TlsOptions,
   type Timers,
-} from './node.js';
+} from './node/types.js';
+export { BROKER_INFO_TOPIC, type BrokerKind } from './node/broker-kind.js';
 export {
   synthesize,
   wilson,
@@ -108,24 +107,26 @@ export {
   type KeySummary,
   type LabelStat,
   type OutlierReport,
-} from './synthesis.js';
+} from './synthesis/index.js';
 export {
   signTemplate,
   verifyTemplateDoc,
-  publishTemplate,
-  listTemplates,
-  fetchTemplate,
-  describeEntry,
   sameRouting,
   supersedesOf,
   templateTopic,
   TEMPLATE_TOPIC_PREFIX,
   type VerifiedTemplate,
+} from './protocol/template-doc.js';
+export {
+  publishTemplate,
+  listTemplates,
+  fetchTemplate,
+  describeEntry,
   type RegistryOptions,
   type RegistryEntry,
   type RegistryList,
-} from './registry.js';
-export { writeFileDurable, syncDir, lockDir } from './durable.js';
+} from './node/registry-session.js';
+export { writeFileDurable, syncDir, lockDir } from './node/durable.js';
 export {
   signScorePacket,
   verifyScorePacket,
@@ -139,7 +140,7 @@ export {
   type ScoreFields,
   type VerifiedScore,
   type ScoreVerifyOptions,
-} from './score.js';
+} from './protocol/score.js';
 export {
   scorePrediction,
   addScore,
@@ -161,5 +162,5 @@ export {
   type TrackRecord,
   type RankRow,
   type ThompsonDraw,
-} from './darwin.js';
-export { prng } from './prng.js';
+} from './elections/darwin.js';
+export { prng } from './elections/prng.js';

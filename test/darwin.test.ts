@@ -28,7 +28,7 @@ import {
   outcomeTopic,
   type ScoreFields,
 } from '../src/index.js';
-import { supersededBy, type OutboxEntry } from '../src/outbox.js';
+import { supersededBy, type OutboxEntry } from '../src/node/outbox.js';
 import { bearing, fixedKey, situation } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
 import { BY_REGION, BY_SOIL, renderSim, simulate, simulateReal } from '../examples/darwinism-sim.js';

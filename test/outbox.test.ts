@@ -1,5 +1,5 @@
-// The node's durable outbox (src/outbox.ts) and per-template seq state, and the data directory
-// lock (src/durable.ts): pure coalescing rules, then real nodes on temp dirs pointed at a closed
+// The node's durable outbox (src/node/outbox.ts) and per-template seq state, and the data directory
+// lock (src/node/durable.ts): pure coalescing rules, then real nodes on temp dirs pointed at a closed
 // port (nothing listens there, so everything stays queued) or at a plain Aedes on loopback.
 import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
@@ -20,7 +20,7 @@ import {
   type Situation,
   type Template,
 } from '../src/index.js';
-import { coalesce, supersededBy, type OutboxEntry, type OutboxKind } from '../src/outbox.js';
+import { coalesce, supersededBy, type OutboxEntry, type OutboxKind } from '../src/node/outbox.js';
 import { startAedes } from './helpers/aedes.js';
 import { bearing, bearingDoc, fixedKey, situation } from './helpers/fixtures.js';
 import { freePort } from './helpers/mosquitto.js';

@@ -5,8 +5,8 @@
 // docs/synthesis.md ("Collusion bounds"), with quantiles written out from their definition; the
 // code under test only supplies the contaminated figures that are checked against them.
 import t from 'tap';
-import { compileTemplate } from '../src/template.js';
-import { capWeights, synthesize, type CategorySummary, type NumberSummary, type Synthesis, type SynthPacket } from '../src/synthesis.js';
+import { compileTemplate } from '../src/protocol/template.js';
+import { capWeights, synthesize, type CategorySummary, type NumberSummary, type Synthesis, type SynthPacket } from '../src/synthesis/index.js';
 import { prng } from './helpers/prng.js';
 
 const T0 = 1_700_000_000_000;

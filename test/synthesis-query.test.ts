@@ -92,8 +92,8 @@ t.test('qis query - a liar claiming n = 10⁹ is capped, the vote ignores n, --m
 
 t.test('renderQuery - a number summary shows the by-node figures and the cap', async (t) => {
   const { renderQuery } = await import('../cli/node-commands.js');
-  const { compileTemplate } = await import('../src/template.js');
-  const { synthesize } = await import('../src/synthesis.js');
+  const { compileTemplate } = await import('../src/protocol/template.js');
+  const { synthesize } = await import('../src/synthesis/index.js');
   const life = compileTemplate({ name: 'pump-life', version: 1, fields: [{ name: 'model', kind: 'category' }], outcome: { kind: 'number', unit: 'h' } });
   const packets = [100, 200, 300, 400, 500].map((v, i) => ({ nodeId: `n${i}`, out: v, conf: 1, n: i === 4 ? 1000 : 1, ts: 0 }));
   const synthesis = synthesize(life, packets);

@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap';
-import { compileTemplate } from '../src/template.js';
+import { compileTemplate } from '../src/protocol/template.js';
 import {
   synthesize,
   weightedQuantile,
@@ -9,12 +9,12 @@ import {
   type NumberSummary,
   type SynthPacket,
   type Synthesis,
-} from '../src/synthesis.js';
+} from '../src/synthesis/index.js';
 import { bearing } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
 
 // Every expected value below is computed here from its definition (docs/synthesis.md), written
-// out independently of src/synthesis.ts: Wilson by its closed form, quantiles and trimmed means
+// out independently of src/synthesis/: Wilson by its closed form, quantiles and trimmed means
 // by expanding integer weights into repeated values.
 
 /** Φ⁻¹ values from published tables (R qnorm, 16 digits). */

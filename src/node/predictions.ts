@@ -8,9 +8,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { EMPTY_TOTALS, type Prediction, type ScoreTotals } from './darwin.js';
+import { EMPTY_TOTALS, type Prediction, type ScoreTotals } from '../elections/darwin.js';
 import { ensureDir, ioError, writeFileDurable } from './durable.js';
-import { REL_BINS } from './score.js';
+import { REL_BINS } from '../protocol/score.js';
 
 /** Unscored predictions kept per situation. */
 export const MAX_PER_SITUATION = 8;

@@ -2,13 +2,13 @@
  * "Darwinism" (PROTOCOL §9): scoring predictions, pooling rival templates' track records, ranking
  * them with uncertainty, Thompson sampling between them, and the reliability chart.
  *
- * Pure functions: the node runtime (node.ts) and the CLI feed them score packets read from a broker.
+ * Pure functions: the node runtime (src/node/scoring.ts) and the CLI feed them score packets read from a broker.
  */
-import { QisError } from './errors.js';
-import type { Outcome } from './packet.js';
-import { capWeights, type Synthesis } from './synthesis.js';
-import type { Template } from './template.js';
-import { REL_BINS, type ScoreFields } from './score.js';
+import { QisError } from '../protocol/errors.js';
+import type { Outcome } from '../protocol/packet.js';
+import { capWeights, type Synthesis } from '../synthesis/index.js';
+import type { Template } from '../protocol/template.js';
+import { REL_BINS, type ScoreFields } from '../protocol/score.js';
 
 // ------------------------------------------------------------------------------ predictions and scores
 

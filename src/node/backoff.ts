@@ -3,7 +3,7 @@
  * Backoff and Jitter"): attempt k waits a uniform random time in [0, min(cap, base·2^k)), so a
  * plant full of nodes that lost the broker together does not come back in lockstep.
  */
-import { QisError } from './errors.js';
+import { QisError } from '../protocol/errors.js';
 
 export interface BackoffOptions {
   /** Upper bound of the first delay, ms. Default 500. */

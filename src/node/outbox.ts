@@ -8,12 +8,12 @@
  */
 import { readdir, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fromHex, toHex } from './bytes.js';
+import { fromHex, toHex } from '../protocol/bytes.js';
 import { ensureDir, ioError, syncDir, unlinkDurable, writeFileDurable } from './durable.js';
-import { QisError } from './errors.js';
-import type { NodeId } from './identity.js';
-import { checkPacket, decodePacket } from './packet.js';
-import { checkScorePacket } from './score.js';
+import { QisError } from '../protocol/errors.js';
+import type { NodeId } from '../protocol/identity.js';
+import { checkPacket, decodePacket } from '../protocol/packet.js';
+import { checkScorePacket } from '../protocol/score.js';
 
 /** `score`: the node's score packet for a template (PROTOCOL §9, topic qis/1/s/…). */
 export type OutboxKind = 'packet' | 'tombstone' | 'score';

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readFile, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { QisError } from './errors.js';
+import { QisError } from '../protocol/errors.js';
 
 /** Wraps an fs failure as ERR_FILE_IO naming the path and the errno code. */
 export function ioError(path: string, e: unknown): QisError {

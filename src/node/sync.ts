@@ -1,0 +1,81 @@
+/**
+ * One read of retained messages (PROTOCOL §7): subscribe to a sync topic and the filters, publish
+ * the marker, keep what arrives before it comes back; on a broker of unknown ordering a quiet
+ * period ends the read instead. Queries, score reads and template fetches all read this way.
+ */
+import { randomBytes } from 'node:crypto';
+import type { MqttClient } from 'mqtt';
+import { topicMatches, type CohortMessage } from '../protocol/cohort.js';
+import { QisError, isQisError } from '../protocol/errors.js';
+import type { BrokerKind } from './broker-kind.js';
+import type { Connection, Listener } from './connection.js';
+
+/**
+ * The retained messages on `filter`, read on whichever connection is up before `deadline`; a
+ * connection lost mid-read only means reading again on the next one.
+ */
+export async function readRetained(
+  conn: Connection,
+  filter: string | readonly string[],
+  deadline: number,
+  signal: AbortSignal | undefined,
+): Promise<{ messages: CohortMessage[]; kind: BrokerKind }> {
+  for (;;) {
+    const kind = await conn.brokerKind({ timeoutMs: Math.max(1, deadline - conn.now()), ...(signal ? { signal } : {}) });
+    const client = await conn.waitConnected(deadline, signal);
+    const got = await collect(conn, client, filter, kind, deadline, signal);
+    if (got === 'lost') continue; // the connection dropped mid-read: ask again on the next one
+    return { messages: got, kind };
+  }
+}
+
+/** One round trip: subscribe to the sync topic and the cohort, publish the marker, collect until it returns. */
+async function collect(conn: Connection, client: MqttClient, filter: string | readonly string[], kind: BrokerKind, deadline: number, signal: AbortSignal | undefined): Promise<CohortMessage[] | 'lost'> {
+  const wanted = typeof filter === 'string' ? [filter] : filter;
+  const gen = conn.gen;
+  const sync = `qis/1/sync/${conn.clientId}/${randomBytes(6).toString('hex')}`;
+  const messages: CohortMessage[] = [];
+  let synced = false;
+  let lastAt = conn.now();
+  const listener: Listener = (topic, payload) => {
+    if (topic === sync) {
+      synced = true;
+      conn.wake();
+    } else if (!synced && wanted.some((f) => topicMatches(f, topic))) {
+      messages.push({ topic, payload });
+      lastAt = conn.now();
+    }
+  };
+  conn.listeners.add(listener);
+  const filters = kind === 'unknown' ? [...wanted] : [sync, ...wanted];
+  const lost = (): 'lost' | undefined => (gen !== conn.gen ? 'lost' : undefined);
+  try {
+    try {
+      // QoS 0, unless a watch holds the same filter at QoS 1 (a SUBSCRIBE replaces its QoS).
+      await conn.subscribe(client, filters, wanted.some((f) => conn.subs.has(f)) ? 1 : 0);
+      lastAt = conn.now();
+      if (kind !== 'unknown') await client.publishAsync(sync, Buffer.from('sync'), { qos: 1 });
+    } catch (e) {
+      if (isQisError(e)) throw e;
+      if (lost()) return 'lost';
+      throw new QisError('ERR_TIMEOUT', `query failed: ${(e as Error).message}`, { cause: e });
+    }
+    if (kind !== 'unknown') {
+      const r = await conn.until<true | 'lost'>(() => lost() ?? (synced ? true : undefined), { deadline, signal, what: 'the sync marker' });
+      return r === 'lost' ? 'lost' : messages;
+    }
+    // Unknown ordering: the query ends after quietMs without a new cohort message (PROTOCOL §7).
+    for (;;) {
+      const wait = lastAt + conn.o.quietMs - conn.now();
+      if (wait <= 0) return messages;
+      if (conn.now() + wait > deadline) {
+        throw new QisError('ERR_TIMEOUT', `retained messages kept arriving until the query's time limit (${messages.length} so far)`);
+      }
+      const r = await conn.sleep(wait, signal, lost);
+      if (r === 'lost') return 'lost';
+    }
+  } finally {
+    conn.listeners.delete(listener);
+    conn.unsubscribe(client, filters);
+  }
+}
