@@ -64,6 +64,12 @@ export interface DecodedPacket extends PayloadFields {
   /** The node id of the packet's key (not of any topic). */
   readonly nodeId: NodeId;
   readonly size: number;
+  /**
+   * The enrolment carried in the unprotected header under label 13 (PROTOCOL §10), as CBOR bytes
+   * (the COSE_Sign1 written deterministically), unchecked: the node's signature does not cover it,
+   * so it never makes a packet invalid; verify it with `checkPacketEnrolment` (enrolment.ts).
+   */
+  readonly enrolment?: Uint8Array;
 }
 
 /** A packet that passed every check of {@link verifyPacket}. */
@@ -371,6 +377,9 @@ function withEnvelope(fields: PayloadFields, msg: Sign1, publicKey: Uint8Array, 
   p.publicKey = publicKey;
   p.nodeId = nodeId;
   p.size = size;
+  // PROTOCOL §10: label 13 (kcwt) is carried for the enrolment checks, not judged here.
+  const kcwt = msg.unprotected.get(13);
+  if (kcwt !== undefined) p.enrolment = encodeCbor(kcwt);
   return p;
 }
 
