@@ -163,3 +163,37 @@ export {
   type ThompsonDraw,
 } from './darwin.js';
 export { prng } from './prng.js';
+// issue 14: enrolment (PROTOCOL §10), node login (§11), queriers that trust operators
+export {
+  createEnrolment,
+  decodeEnrolment,
+  checkEnrolment,
+  checkPacketEnrolment,
+  clearEnrolmentCache,
+  attachEnrolment,
+  readEnrolment,
+  operatorIdOf,
+  parseOperatorRef,
+  signRevocation,
+  verifyRevocation,
+  revocationTopic,
+  revocationIndex,
+  installEnrolment,
+  loadEnrolment,
+  enrolmentExpiresIn,
+  KCWT_LABEL,
+  DEFAULT_SKEW_MS,
+  ENROLMENT_FILE,
+  ENROLMENT_REASONS,
+  REVOCATION_TOPIC_PREFIX,
+  type OperatorId,
+  type Enrolment,
+  type EnrolmentInput,
+  type EnrolmentPolicy,
+  type EnrolmentCheck,
+  type EnrolmentReason,
+  type RevocationFields,
+  type VerifiedRevocation,
+} from './enrolment.js';
+export { createLogin, verifyLogin, LOGIN_AAD, MAX_LOGIN_BYTES, type LoginInput, type LoginCredentials, type LoginPolicy, type LoginCheck, type LoginReason } from './login.js';
+export { filterTrusted, capOperatorShare, trustPolicy, type TrustOptions, type EnrolledCandidate, type TrustFilterResult, type OperatorCap } from './trust.js';
