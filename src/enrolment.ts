@@ -147,6 +147,18 @@ export function clearEnrolmentCache(): void {
   cache.clear();
 }
 
+/** A signed payload that must be a CBOR map; anything else is `code`. markFloats: "uint" means a CBOR integer. */
+function payloadMap(payload: Uint8Array, code: ErrorCode, what: string, maxDepth: number): Map<CborValue, CborValue> {
+  let m: CborValue;
+  try {
+    m = decodeCbor(payload, { markFloats: true, maxDepth });
+  } catch (e) {
+    throw new QisError(code, `${what}: ${(e as Error).message}`, { cause: e });
+  }
+  if (!(m instanceof Map)) refuse(code, `${what} must be a CBOR map`);
+  return m;
+}
+
 function claimUint(claims: Map<CborValue, CborValue>, key: number, name: string): number | undefined {
   const v = claims.get(key);
   if (v === undefined) return undefined;
@@ -175,13 +187,7 @@ function decodeUnchecked(bytes: Uint8Array): { msg: Sign1; enrolment: Enrolment 
   }
   const kid = msg.unprotected.get(4);
   if (!(kid instanceof Uint8Array) || kid.length !== 32) refuse('ERR_ENROLMENT_INVALID', "kid (4) must be the operator's 32-byte public key");
-  let claims: CborValue;
-  try {
-    claims = decodeCbor(msg.payload, { markFloats: true, maxDepth: 8 });
-  } catch (e) {
-    throw new QisError('ERR_ENROLMENT_INVALID', `claims: ${(e as Error).message}`, { cause: e });
-  }
-  if (!(claims instanceof Map)) refuse('ERR_ENROLMENT_INVALID', 'claims must be a CBOR map');
+  const claims = payloadMap(msg.payload, 'ERR_ENROLMENT_INVALID', 'claims', 8);
   const exp = claimUint(claims, CLAIM_EXP, 'exp');
   if (exp === undefined) refuse('ERR_ENROLMENT_INVALID', 'claims have no exp (4)');
   const nbf = claimUint(claims, CLAIM_NBF, 'nbf');
@@ -408,13 +414,7 @@ export function verifyRevocation(topic: string, bytes: Uint8Array, options: { no
   }
   const operatorId = topic.slice(REVOCATION_TOPIC_PREFIX.length) as OperatorId;
   const { msg } = openEnvelope(topic, operatorId, bytes, options.backend);
-  let m: CborValue;
-  try {
-    m = decodeCbor(msg.payload, { markFloats: true, maxDepth: 4 });
-  } catch (e) {
-    throw new QisError('ERR_REVOCATION_INVALID', `payload: ${(e as Error).message}`, { cause: e });
-  }
-  if (!(m instanceof Map)) refuse('ERR_REVOCATION_INVALID', 'payload must be a CBOR map');
+  const m = payloadMap(msg.payload, 'ERR_REVOCATION_INVALID', 'payload', 4);
   if (m.get(1) !== 1) refuse('ERR_REVOCATION_INVALID', 'payload version (1) must be 1');
   const seq = m.get(3);
   const ts = m.get(4);
