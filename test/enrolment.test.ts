@@ -143,6 +143,12 @@ t.test('label 13 is unsigned: the packet verifies with, without, or with another
   const g = verifyPacket(V1.topic, garbage, { now: TS });
   const c = checkPacketEnrolment(g, { now: TS });
   t.equal(c.ok ? 'ok' : c.reason, 'invalid', 'a tampered enrolment signature is reported, not thrown');
+  // Another signer's wider heads (tag 18 as d8 12) are read, and the enrolment comes back in deterministic form.
+  const wide = hex(V1.packet.replace(`0d${V1.enrolment}`, `0dd812${V1.enrolment.slice(2)}`));
+  t.equal(wide.length, hex(V1.packet).length + 1);
+  const w = verifyPacket(V1.topic, wide, { now: TS });
+  t.equal(toHexString(w.enrolment!), V1.enrolment, 'a non-shortest tag head');
+  t.ok(checkPacketEnrolment(w, { now: TS }).ok);
   t.throws(() => attachEnrolment(packetOf(node).packet, Uint8Array.of(0x01)), { code: 'ERR_ENROLMENT_INVALID' });
   t.throws(() => attachEnrolment(packetOf(node).packet, createEnrolment(operator, { node: node.publicKey, exp: EXP_2100, scope: Array.from({ length: 12 }, (_, i) => `${template.tplId.slice(0, 25)}${'aeimquy4'[i % 8]}`) })), {
     code: 'ERR_PACKET_TOO_LARGE',
