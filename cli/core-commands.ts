@@ -18,6 +18,7 @@ import {
   type Outcome,
   type VerifiedPacket,
 } from '../src/index.js';
+import { TRUST_FLAGS, enrolmentVerdict } from './enrol-commands.js';
 import { EXIT_REFUSED, jsonFlag, numberFlag, objectFlag, outcomeFlag, readStdin, usage, type Command, type Io, type Flags, str } from './run.js';
 
 
@@ -177,8 +178,9 @@ const verify: Command = {
   flags: {
     topic: { type: 'string', value: 'TOPIC', help: 'the topic the packet was published on (it is signed)', required: true },
     hex: { type: 'string', value: 'HEX', help: 'the packet as hex (default: raw bytes on stdin)' },
+    ...TRUST_FLAGS,
   },
-  details: 'Exit status 0 when valid, 1 when refused (with the code), 2 on a usage error.\nExample: mosquitto_sub -C 1 -N -t "$T" | qis packet verify --topic "$T"',
+  details: 'Exit status 0 when valid, 1 when refused (with the code), 2 on a usage error.\nWith --trust, a packet without a valid enrolment (PROTOCOL §10) by one of those operators is refused: ERR_NOT_ENROLLED with the reason.\nExample: mosquitto_sub -C 1 -N -t "$T" | qis packet verify --topic "$T" [--trust OPERATOR_ID]',
   async run(flags, io) {
     const topic = str(flags.topic);
     const bytes = await packetBytes(flags, io);
@@ -190,7 +192,10 @@ const verify: Command = {
       return { json: { ok: false, code: e.code, message: e.message }, human: `INVALID ${e.code}: ${e.message}`, status: EXIT_REFUSED };
     }
     const json = { ok: true, ...packetJson(p), tplId: p.tplId, levels: p.levels };
-    return { json, human: `valid  node ${p.nodeId}  seq ${p.seq}  ${p.del ? 'tombstone' : `out ${JSON.stringify(p.out)}`}` };
+    const human = `valid  node ${p.nodeId}  seq ${p.seq}  ${p.del ? 'tombstone' : `out ${JSON.stringify(p.out)}`}`;
+    const e = await enrolmentVerdict(flags, p);
+    if (!e) return { json, human };
+    return { json: { ...json, ...e.json }, human: `${human}\n${e.human}`, ...(e.refused ? { status: EXIT_REFUSED } : {}) };
   },
 };
 

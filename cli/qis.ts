@@ -10,7 +10,8 @@ import { EXIT_OK, EXIT_USAGE, runCommand, reportError, usage, type Command, type
 const MODULES: Readonly<Record<string, () => Promise<readonly Command[]>>> = {
   core: async () => (await import('./core-commands.js')).coreCommands,
   node: async () => (await import('./node-commands.js')).nodeCommands,
-  broker: async () => [(await import('./broker-command.js')).brokerCommand],
+  broker: async () => [(await import('./broker-command.js')).brokerCommand, ...(await import('./enrol-commands.js')).brokerPasswdCommands],
+  enrol: async () => (await import('./enrol-commands.js')).enrolCommands,
   demo: async () => [(await import('./demo.js')).demoCommand],
   bridge: async () => (await import('./bridge-command.js')).bridgeCommands,
   template: async () => (await import('./template-commands.js')).templateCommands,
@@ -31,6 +32,9 @@ const MODULE_OF: Readonly<Record<string, keyof typeof MODULES>> = {
   template: 'template',
   report: 'darwin',
   templates: 'darwin',
+  operator: 'enrol',
+  enrol: 'enrol',
+  revoke: 'enrol',
 };
 
 /** The commands of `first`'s module; all of them for an unknown word (so a command missing from MODULE_OF still works). */

@@ -164,3 +164,36 @@ export {
   type ThompsonDraw,
 } from './elections/darwin.js';
 export { prng } from './elections/prng.js';
+// Enrolment (PROTOCOL §10), node login (§11), queriers that trust operators
+export {
+  createEnrolment,
+  decodeEnrolment,
+  checkEnrolment,
+  checkPacketEnrolment,
+  clearEnrolmentCache,
+  attachEnrolment,
+  readEnrolment,
+  operatorIdOf,
+  parseOperatorRef,
+  signRevocation,
+  verifyRevocation,
+  revocationTopic,
+  revocationIndex,
+  enrolmentExpiresIn,
+  KCWT_LABEL,
+  DEFAULT_SKEW_MS,
+  ENROLMENT_FILE,
+  ENROLMENT_REASONS,
+  REVOCATION_TOPIC_PREFIX,
+  type OperatorId,
+  type Enrolment,
+  type EnrolmentInput,
+  type EnrolmentPolicy,
+  type EnrolmentCheck,
+  type EnrolmentReason,
+  type RevocationFields,
+  type VerifiedRevocation,
+} from './protocol/enrolment.js';
+export { installEnrolment, loadEnrolment } from './node/enrolment-file.js';
+export { createLogin, verifyLogin, LOGIN_AAD, MAX_LOGIN_BYTES, type LoginInput, type LoginCredentials, type LoginPolicy, type LoginCheck, type LoginReason } from './protocol/login.js';
+export { filterTrusted, capOperatorShare, trustPolicy, type TrustOptions, type EnrolledCandidate, type TrustFilterResult, type OperatorCap } from './synthesis/trust.js';

@@ -37,6 +37,8 @@ import { RateLimiter, checkConnect, checkRate, checkSync, checkTemplateDoc, deci
 import { freePort } from './helpers/mosquitto.js';
 import { createNode, fetchTemplate, publishTemplate, type NodeOptions, type QisNode } from '../src/index.js';
 import { ModbusTcpClient, decodeSparkplugPayload, parseReadResponse } from '../firmware-bridge/index.js';
+import { checkEnrolment, createEnrolment, decodeEnrolment, verifyLogin, verifyRevocation } from '../src/index.js';
+import { parsePasswd } from '../broker/passwd.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -224,6 +226,18 @@ const triggers: Record<ErrorCode, () => unknown> = {
   },
   // issue 7 §3: report() with no prediction to score (offline node: no broker is needed to refuse).
   ERR_NO_PREDICTION: () => withNode((n) => n.report(bearing, situation, 'failure', { ackTimeoutMs: 0 })),
+  // issue 14 (every reason in test/enrolment.test.ts)
+  ERR_ENROLMENT_INVALID: () => decodeEnrolment(good),
+  ERR_NOT_ENROLLED: () => {
+    const r = checkEnrolment(createEnrolment(fixedKey(4), { node: key.publicKey, exp: 1 }), key.publicKey, { now: 10_000_000 });
+    if (!r.ok) throw new QisError(r.code, r.message);
+  },
+  ERR_REVOCATION_INVALID: () => verifyRevocation(`qis/1/r/${key.nodeId}/extra`, good),
+  ERR_LOGIN_REFUSED: () => {
+    const r = verifyLogin({ username: key.nodeId, password: good, clientId: 'c' }, { now: 0 });
+    if (!r.ok) throw new QisError(r.code, r.message);
+  },
+  ERR_PASSWORD_FILE_INVALID: () => parsePasswd('alice:md5$x'),
 };
 
 t.test('errors - every code is produced by a real failure', async (t) => {

@@ -59,6 +59,12 @@ export const ERROR_CODES = {
   ERR_TEMPLATE_REFUSED: 'the broker closed the connection instead of acknowledging a template document (its way to refuse it; the broker log names the code)',
   // issue 7 §3 (Darwinism: scores)
   ERR_NO_PREDICTION: 'report(): the node holds no unscored prediction for this template and situation made before the observation (query first)',
+  // issue 14: enrolment (PROTOCOL §10), node login (§11), password files
+  ERR_ENROLMENT_INVALID: "an enrolment is not a CWT of PROTOCOL §10's form, or its operator signature does not verify",
+  ERR_NOT_ENROLLED: 'no valid enrolment for this packet or login; the message starts with the reason: missing, invalid, key-mismatch, not-yet-valid, expired, out-of-scope, unknown-operator, revoked',
+  ERR_REVOCATION_INVALID: 'a revocation list is not on qis/1/r/<operatorId> or its payload is not of PROTOCOL §10 form (node ids sorted, no duplicates)',
+  ERR_LOGIN_REFUSED: 'a node login (PROTOCOL §11) was refused; the message starts with the reason: malformed, user-mismatch, bad-signature, client-id, stale',
+  ERR_PASSWORD_FILE_INVALID: 'a password file line is not user:scrypt$N$r$p$salt$hash, or a user name holds ":" or a line break',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

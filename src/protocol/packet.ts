@@ -64,6 +64,12 @@ export interface DecodedPacket extends PayloadFields {
   /** The node id of the packet's key (not of any topic). */
   readonly nodeId: NodeId;
   readonly size: number;
+  /**
+   * The enrolment carried in the unprotected header under label 13 (PROTOCOL §10), as CBOR bytes
+   * (the COSE_Sign1 written deterministically), unchecked: the node's signature does not cover it,
+   * so it never makes a packet invalid; verify it with `checkPacketEnrolment` (enrolment.ts).
+   */
+  readonly enrolment?: Uint8Array;
 }
 
 /** A packet that passed every check of {@link verifyPacket}. */
@@ -371,7 +377,28 @@ function withEnvelope(fields: PayloadFields, msg: Sign1, publicKey: Uint8Array, 
   p.publicKey = publicKey;
   p.nodeId = nodeId;
   p.size = size;
+  // PROTOCOL §10: label 13 (kcwt) is carried for the enrolment checks, not judged here.
+  const kcwt = msg.unprotected.get(13);
+  if (kcwt !== undefined) p.enrolment = receivedSign1(kcwt) ?? encodeCbor(kcwt);
   return p;
+}
+
+/**
+ * The bytes as received of a decoded COSE_Sign1 written with one-byte heads (tag 18 = d2, array
+ * 84, a protected header under 24 bytes), as every conforming signer writes it: the decoder's
+ * byte strings are views of the input, so the item runs from 3 bytes before its protected header
+ * to the end of its signature. Undefined for any other form (the caller re-encodes it): each of
+ * those three bytes is the last byte of its head only in the one-byte form.
+ */
+function receivedSign1(v: CborValue): Uint8Array | undefined {
+  if (!(v instanceof CborTag) || v.tag !== COSE_SIGN1_TAG || !Array.isArray(v.value) || v.value.length !== 4) return undefined;
+  const prot = v.value[0];
+  const sig = v.value[3];
+  if (!(prot instanceof Uint8Array) || !(sig instanceof Uint8Array) || prot.buffer !== sig.buffer || prot.length >= 24) return undefined;
+  const start = prot.byteOffset - 3;
+  if (start < 0) return undefined;
+  const item = new Uint8Array(prot.buffer, start, sig.byteOffset + sig.length - start);
+  return item[0] === 0xd2 && item[1] === 0x84 && item[2] === 0x40 + prot.length ? item : undefined;
 }
 
 function kidOf(msg: Sign1): Uint8Array {
