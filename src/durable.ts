@@ -4,6 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readFile, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { QisError } from './errors.js';
 
@@ -80,14 +81,46 @@ function pidAlive(pid: number): boolean {
   }
 }
 
+/**
+ * What identifies a process beyond its pid, which the kernel reuses (after a power cut the
+ * booting system soon hands the dead holder's pid to another process): the boot id and the
+ * process's start time in clock ticks since boot (/proc/<pid>/stat field 22). Undefined where
+ * there is no /proc (then the pid alone decides, as before).
+ */
+async function processStamp(pid: number): Promise<{ start: string; boot: string } | undefined> {
+  try {
+    const [stat, boot] = await Promise.all([
+      readFile(`/proc/${pid}/stat`, 'utf8'),
+      readFile('/proc/sys/kernel/random/boot_id', 'utf8'),
+    ]);
+    // Field 2 (comm) is in parentheses and may hold spaces or ')': count from the last ')'.
+    const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    return start !== undefined && /^\d+$/.test(start) ? { start, boot: boot.trim() } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether the process that wrote lock text `pid start boot` still runs (not a reuse of its pid). */
+async function holderAlive(pid: number, start: string | undefined, boot: string | undefined): Promise<boolean> {
+  if (!pidAlive(pid)) return false;
+  if (start === undefined || boot === undefined) return true; // an older lock file: pid only
+  const now = await processStamp(pid);
+  if (now === undefined) return !existsSync('/proc/self/stat'); // it exited just now, or no /proc here
+  return now.boot === boot && now.start === start;
+}
+
 /** Directories this process holds the lock of (real paths). */
 const lockedHere = new Set<string>();
 
 /**
  * Takes `dir/lock` for this process: two processes on one data directory would hand out the
- * same seq twice. A lock left by a dead process (kill -9, power cut) is taken over; so is one
- * holding this process's own pid when this process does not hold it (a container restarts its
- * main process as pid 1 every time).
+ * same seq twice. The file holds `pid starttime bootid` (Linux; the pid alone elsewhere). A lock
+ * left by a dead process (kill -9, power cut) is taken over, also when its pid now belongs to
+ * another process (another boot id or start time); so is one holding this process's own pid when
+ * this process does not hold it (a container restarts its main process as pid 1 every time).
+ * A kernel lock (flock) would need a native addon: Node has none, and the maintained packages
+ * that add it build native code at install, which npm 11 does not run.
  * @returns a function that releases the lock
  * @throws QisError ERR_DATA_DIR_LOCKED | ERR_FILE_IO
  */
@@ -100,21 +133,24 @@ export async function lockDir(dir: string): Promise<() => Promise<void>> {
     throw ioError(dir, e);
   }
   if (lockedHere.has(real)) throw new QisError('ERR_DATA_DIR_LOCKED', `${dir} is already open in this process; close the other node first`);
+  const me = await processStamp(process.pid);
+  const mine = me === undefined ? `${process.pid}\n` : `${process.pid} ${me.start} ${me.boot}\n`;
   for (let tries = 0; tries < 20; tries++) {
     try {
-      await writeFile(path, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      await writeFile(path, mine, { flag: 'wx', mode: 0o600 });
       lockedHere.add(real);
       return async () => {
         lockedHere.delete(real);
         // Only remove a lock that is still ours.
         const now = await readFile(path, 'utf8').catch(() => '');
-        if (now.trim() === String(process.pid)) await unlink(path).catch(() => undefined);
+        if (now === mine) await unlink(path).catch(() => undefined);
       };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(path, e);
     }
     const text = await readFile(path, 'utf8').catch(() => '');
-    const pid = Number.parseInt(text.trim(), 10);
+    const [pidText, start, boot] = text.trim().split(/\s+/);
+    const pid = /^\d+$/.test(pidText ?? '') ? Number(pidText) : NaN;
     if (!(Number.isSafeInteger(pid) && pid > 0)) {
       // Empty or garbled: another process may have just created it and not written its pid yet.
       const age = await stat(path).then((st) => Date.now() - st.mtimeMs, () => Infinity);
@@ -122,7 +158,7 @@ export async function lockDir(dir: string): Promise<() => Promise<void>> {
         await new Promise((r) => setTimeout(r, Math.min(1_000 - age, 1_000) + 10));
         continue;
       }
-    } else if (pid !== process.pid && pidAlive(pid)) {
+    } else if (pid !== process.pid && (await holderAlive(pid, start, boot))) {
       throw new QisError('ERR_DATA_DIR_LOCKED', `${dir} is in use by process ${pid} (a node or qis command); stop it or use another --data-dir`);
     }
     // Stale: its process is gone. Take it over atomically: only one of several processes doing
