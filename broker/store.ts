@@ -12,7 +12,7 @@
 import { mkdir, open, readFile, rename, rm, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { MAX_PACKET_BYTES, QisError, isNodeId, isTplId, parseOutcomeTopic } from '../src/index.js';
+import { MAX_PACKET_BYTES, QisError, isNodeId, isTplId, lockOwner, lockOwnerText, parseOutcomeTopic } from '../src/index.js';
 
 // ------------------------------------------------------------------------------ public types
 
@@ -1442,22 +1442,24 @@ async function openLog(dir: string): Promise<FileHandle> {
 }
 
 // One store per directory: two writers appending at their own offsets would destroy each other's
-// records. The lock file holds the owner's pid; a lock whose process is gone (kill -9) is taken over.
+// records. The lock file names the owner (pid, start time, boot id: lockOwnerText); a lock whose
+// process is gone (kill -9, or a power cut after which its pid went to another process) is taken over.
 const lockedDirs = new Set<string>();
 
 async function lock(dir: string): Promise<void> {
   const path = join(dir, LOCK_FILE);
   if (lockedDirs.has(dir)) throw new QisError('ERR_FILE_IO', `store ${dir} is already open in this process`);
+  const mine = await lockOwnerText();
   try {
-    await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
+    await writeFile(path, mine, { flag: 'wx' });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(`cannot create lock ${path}`, e);
-    const pid = Number.parseInt(await readFile(path, 'utf8').catch(() => ''), 10);
-    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+    const { pid, alive } = await lockOwner(await readFile(path, 'utf8').catch(() => ''));
+    if (pid !== undefined && pid !== process.pid && alive) {
       throw new QisError('ERR_FILE_IO', `store ${dir} is in use by process ${pid} (${path})`);
     }
     try {
-      await writeFile(path, `${process.pid}\n`);
+      await writeFile(path, mine);
     } catch (e2) {
       throw ioError(`cannot take over lock ${path}`, e2);
     }
@@ -1468,15 +1470,6 @@ async function lock(dir: string): Promise<void> {
 async function unlock(dir: string): Promise<void> {
   if (!lockedDirs.delete(dir)) return;
   await unlink(join(dir, LOCK_FILE)).catch(noop);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function ioError(what: string, cause: unknown): QisError {

@@ -101,13 +101,31 @@ async function processStamp(pid: number): Promise<{ start: string; boot: string 
   }
 }
 
-/** Whether the process that wrote lock text `pid start boot` still runs (not a reuse of its pid). */
-async function holderAlive(pid: number, start: string | undefined, boot: string | undefined): Promise<boolean> {
-  if (!pidAlive(pid)) return false;
-  if (start === undefined || boot === undefined) return true; // an older lock file: pid only
+/**
+ * What a lock file holds to name its owner, this process: `pid starttime bootid\n` (Linux; the
+ * pid alone elsewhere).
+ */
+export async function lockOwnerText(): Promise<string> {
+  const me = await processStamp(process.pid);
+  return me === undefined ? `${process.pid}\n` : `${process.pid} ${me.start} ${me.boot}\n`;
+}
+
+/**
+ * The pid a lock file's text names and whether that process still runs: not when its pid is
+ * gone, nor when the pid now belongs to another process (another start time or boot id). A text
+ * of the older form (the pid alone) is decided by the pid. `pid` is undefined for an empty or
+ * garbled text.
+ */
+export async function lockOwner(text: string): Promise<{ pid: number | undefined; alive: boolean }> {
+  const [pidText, start, boot] = text.trim().split(/\s+/);
+  const pid = /^\d+$/.test(pidText ?? '') ? Number(pidText) : NaN;
+  if (!(Number.isSafeInteger(pid) && pid > 0)) return { pid: undefined, alive: false };
+  if (!pidAlive(pid)) return { pid, alive: false };
+  if (start === undefined || boot === undefined) return { pid, alive: true };
   const now = await processStamp(pid);
-  if (now === undefined) return !existsSync('/proc/self/stat'); // it exited just now, or no /proc here
-  return now.boot === boot && now.start === start;
+  // Unreadable: it exited just now (or there is no /proc here, where the pid alone decides).
+  if (now === undefined) return { pid, alive: !existsSync('/proc/self/stat') };
+  return { pid, alive: now.boot === boot && now.start === start };
 }
 
 /** Directories this process holds the lock of (real paths). */
@@ -115,7 +133,7 @@ const lockedHere = new Set<string>();
 
 /**
  * Takes `dir/lock` for this process: two processes on one data directory would hand out the
- * same seq twice. The file holds `pid starttime bootid` (Linux; the pid alone elsewhere). A lock
+ * same seq twice. The file holds `pid starttime bootid` (lockOwnerText). A lock
  * left by a dead process (kill -9, power cut) is taken over, also when its pid now belongs to
  * another process (another boot id or start time); so is one holding this process's own pid when
  * this process does not hold it (a container restarts its main process as pid 1 every time).
@@ -133,8 +151,7 @@ export async function lockDir(dir: string): Promise<() => Promise<void>> {
     throw ioError(dir, e);
   }
   if (lockedHere.has(real)) throw new QisError('ERR_DATA_DIR_LOCKED', `${dir} is already open in this process; close the other node first`);
-  const me = await processStamp(process.pid);
-  const mine = me === undefined ? `${process.pid}\n` : `${process.pid} ${me.start} ${me.boot}\n`;
+  const mine = await lockOwnerText();
   for (let tries = 0; tries < 20; tries++) {
     try {
       await writeFile(path, mine, { flag: 'wx', mode: 0o600 });
@@ -149,16 +166,15 @@ export async function lockDir(dir: string): Promise<() => Promise<void>> {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(path, e);
     }
     const text = await readFile(path, 'utf8').catch(() => '');
-    const [pidText, start, boot] = text.trim().split(/\s+/);
-    const pid = /^\d+$/.test(pidText ?? '') ? Number(pidText) : NaN;
-    if (!(Number.isSafeInteger(pid) && pid > 0)) {
+    const { pid, alive } = await lockOwner(text);
+    if (pid === undefined) {
       // Empty or garbled: another process may have just created it and not written its pid yet.
       const age = await stat(path).then((st) => Date.now() - st.mtimeMs, () => Infinity);
       if (age < 1_000) {
         await new Promise((r) => setTimeout(r, Math.min(1_000 - age, 1_000) + 10));
         continue;
       }
-    } else if (pid !== process.pid && (await holderAlive(pid, start, boot))) {
+    } else if (pid !== process.pid && alive) {
       throw new QisError('ERR_DATA_DIR_LOCKED', `${dir} is in use by process ${pid} (a node or qis command); stop it or use another --data-dir`);
     }
     // Stale: its process is gone. Take it over atomically: only one of several processes doing

@@ -125,7 +125,7 @@ export {
   type RegistryEntry,
   type RegistryList,
 } from './registry.js';
-export { writeFileDurable, syncDir, lockDir } from './durable.js';
+export { writeFileDurable, syncDir, lockDir, lockOwner, lockOwnerText } from './durable.js';
 export {
   signScorePacket,
   verifyScorePacket,

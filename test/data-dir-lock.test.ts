@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { lockDir } from '../src/index.js';
+import { openStore, STORE_FILES } from '../broker/store.js';
 import { ROOT } from './helpers/cli.js';
 
 if (!existsSync('/proc/self/stat')) {
@@ -84,4 +85,18 @@ t.test('lock - a live holder in another process refuses with ERR_DATA_DIR_LOCKED
   const release = await lockDir(dir);
   t.equal(readFileSync(join(dir, 'lock'), 'utf8').split(' ')[0], String(process.pid), 'a kill -9 holder\'s lock is taken over');
   await release();
+});
+
+t.test('lock - the broker store\'s lock: taken over when its pid went to another process, kept while its owner runs', async (t) => {
+  const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
+  stopAtEnd(t, sleeper);
+  const pid = sleeper.pid!;
+  const dir = tempDir(t);
+  const lock = join(dir, STORE_FILES.lock);
+  writeFileSync(lock, `${pid} ${BigInt(startTicks(pid)) + 1n} ${BOOT}\n`);
+  const store = await openStore({ dir, fsync: 'never' });
+  t.equal(readFileSync(lock, 'utf8').split(' ')[0], String(process.pid), 'a reused pid does not keep the broker down');
+  await store[Symbol.asyncDispose]();
+  writeFileSync(lock, `${pid} ${startTicks(pid)} ${BOOT}\n`);
+  await t.rejects(openStore({ dir, fsync: 'never' }), { code: 'ERR_FILE_IO', message: new RegExp(`in use by process ${pid}`) }, 'its live owner keeps it');
 });
