@@ -12,7 +12,9 @@ import { QisError } from './errors.js';
 export function ioError(path: string, e: unknown): QisError {
   if (e instanceof QisError) return e;
   const code = (e as NodeJS.ErrnoException).code ?? 'error';
-  return new QisError('ERR_FILE_IO', `${path}: ${code}: ${(e as Error).message}`, { cause: e });
+  const message = (e as Error).message;
+  // Node's fs messages already begin with the code ("ENOENT: no such file…"): say it once.
+  return new QisError('ERR_FILE_IO', `${path}: ${message.startsWith(`${code}:`) ? message : `${code}: ${message}`}`, { cause: e });
 }
 
 /** fsync a directory, so that a rename or unlink in it survives a power cut (POSIX). */

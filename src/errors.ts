@@ -59,6 +59,7 @@ export const ERROR_CODES = {
   ERR_TEMPLATE_REFUSED: 'the broker closed the connection instead of acknowledging a template document (its way to refuse it; the broker log names the code)',
   // issue 7 §3 (Darwinism: scores)
   ERR_NO_PREDICTION: 'report(): the node holds no unscored prediction for this template and situation made before the observation (query first)',
+  ERR_ADDRESS_IN_USE: 'a listen address (host and port) of the broker is already in use by another process',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
