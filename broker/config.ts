@@ -451,9 +451,12 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'id', key: 'id', value: 'ID', help: 'broker id (default: random)' },
   { name: 'federation.region', key: 'federation.region', value: 'NAME', help: 'this region\'s name (enables federation with --federation.peer)' },
   { name: 'federation.peer', key: 'federation.peers', value: 'URL', list: true, help: 'mqtt[s]://HOST:PORT[?share=ID,…&accept=ID,…&rateLimit=N&name=N&ca=F&cert=F&key=F] a peer region\'s broker; replaces the peers of the file' },
+  { name: 'federation.reconnect.base-ms', key: 'federation.reconnect.baseMs', value: 'MS', help: 'first reconnect delay bound of a link (backoff with full jitter; default 500)' },
+  { name: 'federation.reconnect.cap-ms', key: 'federation.reconnect.capMs', value: 'MS', help: 'largest reconnect delay bound of a link (default 30000)' },
+  { name: 'federation.follow-up-ms', key: 'federation.followUpMs', value: 'MS', help: 'another catch-up this long after one that moved packets (0: none, the default)' },
 ].map((f) => Object.freeze(f)));
 
-const NUMERIC = new Set(['fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'sweepIntervalMs']);
+const NUMERIC = new Set(['fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'sweepIntervalMs', 'federation.reconnect.baseMs', 'federation.reconnect.capMs', 'federation.followUpMs']);
 
 /** A number if `s` reads as one; otherwise `s` itself, for the validator to refuse by name. */
 function num(s: string): number | string {

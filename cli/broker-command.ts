@@ -1,5 +1,6 @@
 /** `qis broker`: runs the regional broker from a config file and/or flags, or checks them. */
 import { stringify } from 'yaml';
+import { QisError } from '../src/index.js';
 import { BROKER_FLAGS, configFromFlags, loadBrokerConfig, resolveBrokerOptions } from '../broker/config.js';
 import { BROKER_DEFAULTS, type BrokerOptions } from '../broker/options.js';
 import type { Command, FlagSpec, Flags, Io } from './run.js';
@@ -65,6 +66,25 @@ function keyArgv(flags: Flags): string[] {
   return argv;
 }
 
+/**
+ * createBroker, with a listen address that another process holds said as ERR_ADDRESS_IN_USE
+ * (the usual failed start: a second broker, or the demo, on the port) instead of as a file error.
+ */
+export async function startBroker(options: BrokerOptions): Promise<Awaited<ReturnType<typeof import('../broker/server.js').createBroker>>> {
+  // Loaded only here: --check and --help need neither Aedes nor the store.
+  const { createBroker } = await import('../broker/server.js');
+  try {
+    return await createBroker(options);
+  } catch (e) {
+    for (let c: unknown = e; c instanceof Error; c = c.cause) {
+      if ((c as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+        throw new QisError('ERR_ADDRESS_IN_USE', `${c.message}: another process listens there; stop it, or choose another port (port 0: any free port)`, { cause: e });
+      }
+    }
+    throw e;
+  }
+}
+
 /** Starts the broker, reports where it listens, and closes it on SIGINT/SIGTERM. */
 async function serve(options: BrokerOptions, json: boolean, io: Io): Promise<{ signal: string }> {
   let onSignal: (s: NodeJS.Signals) => void = () => {};
@@ -73,9 +93,7 @@ async function serve(options: BrokerOptions, json: boolean, io: Io): Promise<{ s
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    // Loaded only here: --check and --help need neither Aedes nor the store.
-    const { createBroker } = await import('../broker/server.js');
-    const broker = await createBroker(options);
+    const broker = await startBroker(options);
     try {
       const addresses = broker.addresses();
       if (json) io.stdout.write(JSON.stringify({ event: 'listening', id: options.id ?? null, addresses }) + '\n');

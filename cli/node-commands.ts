@@ -21,7 +21,7 @@ import {
   type KeySummary,
   type NumberSummary,
 } from '../src/index.js';
-import { numberFlag, objectFlag, outcomeFlag, usage, type Command, type FlagSpec, type Io, str, type Flags } from './run.js';
+import { numberFlag, objectFlag, outcomeFlag, stdoutGone, usage, type Command, type FlagSpec, type Io, str, type Flags } from './run.js';
 
 
 export const CONNECTION: Record<string, FlagSpec> = {
@@ -113,13 +113,15 @@ export async function withNode<T>(flags: Flags, fn: (node: QisNode) => Promise<T
   }
 }
 
-/** Stops a long-running command on Ctrl-C / SIGTERM. */
+/** Stops a long-running command on Ctrl-C / SIGTERM, or when stdout's reader has gone. */
 function interruptSignal(): { signal: AbortSignal; dispose(): void } {
   const ac = new AbortController();
   const stop = (): void => ac.abort(new Error('interrupted'));
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  return { signal: ac.signal, dispose: () => (process.off('SIGINT', stop), process.off('SIGTERM', stop)) };
+  stdoutGone.signal.addEventListener('abort', stop, { once: true });
+  if (stdoutGone.signal.aborted) stop();
+  return { signal: ac.signal, dispose: () => (process.off('SIGINT', stop), process.off('SIGTERM', stop), stdoutGone.signal.removeEventListener('abort', stop)) };
 }
 
 const publish: Command = {
@@ -151,35 +153,53 @@ Example:
     const [template, situation] = await Promise.all([templateFlag(str(flags.template)), objectFlag('situation', str(flags.situation))]);
     const outcome = await outcomeFlag(str(flags.outcome));
     const ctx = flags.ctx === undefined ? undefined : ((await objectFlag('ctx', str(flags.ctx))) as Record<string, number>);
-    return withNode(flags, async (node) => {
-      const r = await node.publish(template, situation, outcome, {
-        ...(flags.conf !== undefined ? { conf: numberFlag('conf', str(flags.conf), false) } : {}),
-        ...(flags.n !== undefined ? { n: numberFlag('n', str(flags.n), true) } : {}),
-        ...(ctx !== undefined ? { ctx } : {}),
-        ...(flags.exp !== undefined ? { exp: numberFlag('exp', str(flags.exp), true) } : {}),
-        ...(flags.ts !== undefined ? { ts: numberFlag('ts', str(flags.ts), true) } : {}),
-        ...(flags['ack-timeout'] !== undefined ? { ackTimeoutMs: numberFlag('ack-timeout', str(flags['ack-timeout']), true) } : {}),
+    const options = {
+      ...(flags.conf !== undefined ? { conf: numberFlag('conf', str(flags.conf), false) } : {}),
+      ...(flags.n !== undefined ? { n: numberFlag('n', str(flags.n), true) } : {}),
+      ...(ctx !== undefined ? { ctx } : {}),
+      ...(flags.exp !== undefined ? { exp: numberFlag('exp', str(flags.exp), true) } : {}),
+      ...(flags.ts !== undefined ? { ts: numberFlag('ts', str(flags.ts), true) } : {}),
+      ...(flags['ack-timeout'] !== undefined ? { ackTimeoutMs: numberFlag('ack-timeout', str(flags['ack-timeout']), true) } : {}),
+    };
+    const intr = interruptSignal();
+    try {
+      return await withNode(flags, async (node) => {
+        const before = node.pending;
+        const r = await node.publish(template, situation, outcome, { ...options, signal: intr.signal }).catch((e: unknown) => {
+          if (!intr.signal.aborted) throw e;
+          // Ctrl-C: say what became of the packet. It is written to the outbox before it is sent.
+          const outbox = join(str(flags['data-dir']), 'outbox');
+          throw new QisError(
+            'ERR_ABORTED',
+            node.pending > before
+              ? `interrupted before the broker acknowledged the packet: it is safe in ${outbox} (${node.pending} queued) and goes out with the next qis publish, or: qis flush --data-dir ${str(flags['data-dir'])} --url ${str(flags.url)}`
+              : `interrupted before the packet was queued: nothing was published (the outbox holds ${node.pending})`,
+            { cause: e },
+          );
+        });
+        const json = {
+          ok: true,
+          acked: r.acked,
+          queued: node.pending,
+          nodeId: node.nodeId,
+          topic: r.topic,
+          seq: r.seq,
+          packet: toHex(r.packet),
+          ...(r.tombstone ? { tombstone: { topic: r.tombstone.topic, seq: r.tombstone.seq } } : {}),
+        };
+        const state = r.acked
+          ? 'acknowledged by the broker'
+          : `NOT delivered yet: the broker did not acknowledge it; it is safe in ${join(str(flags['data-dir']), 'outbox')} (${node.pending} queued)\n          deliver with: qis flush --data-dir ${str(flags['data-dir'])} --url ${str(flags.url)}`;
+        const human = [
+          `published seq ${r.seq}: ${state}`,
+          `topic     ${r.topic}`,
+          ...(r.tombstone ? [`moved     tombstone seq ${r.tombstone.seq} on ${r.tombstone.topic}`] : []),
+        ].join('\n');
+        return { json, human };
       });
-      const json = {
-        ok: true,
-        acked: r.acked,
-        queued: node.pending,
-        nodeId: node.nodeId,
-        topic: r.topic,
-        seq: r.seq,
-        packet: toHex(r.packet),
-        ...(r.tombstone ? { tombstone: { topic: r.tombstone.topic, seq: r.tombstone.seq } } : {}),
-      };
-      const state = r.acked
-        ? 'acknowledged by the broker'
-        : `NOT delivered yet: the broker did not acknowledge it; it is safe in ${join(str(flags['data-dir']), 'outbox')} (${node.pending} queued)\n          deliver with: qis flush --data-dir ${str(flags['data-dir'])} --url ${str(flags.url)}`;
-      const human = [
-        `published seq ${r.seq}: ${state}`,
-        `topic     ${r.topic}`,
-        ...(r.tombstone ? [`moved     tombstone seq ${r.tombstone.seq} on ${r.tombstone.topic}`] : []),
-      ].join('\n');
-      return { json, human };
-    });
+    } finally {
+      intr.dispose();
+    }
   },
 };
 
@@ -410,7 +430,7 @@ const watch: Command = {
       const dropped = it.dropped;
       const d = Object.entries(dropped).map(([c, n]) => `${c} ${n}`);
       // Per-packet lines went out already; the summary goes to stderr so that stdout stays NDJSON.
-      io.stderr.write(`watched ${seen} packet(s); dropped ${d.length ? d.join(', ') : 'none'}\n`);
+      if (!stdoutGone.signal.aborted) io.stderr.write(`watched ${seen} packet(s); dropped ${d.length ? d.join(', ') : 'none'}\n`);
       return { json: { ok: true, packets: seen, dropped }, human: '', quiet: true };
     });
   },

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /** `qis`: the qis-mqtt command line. Dispatches `qis <command> [<subcommand>] [flags]`. */
 import { readFileSync } from 'node:fs';
-import { EXIT_OK, EXIT_USAGE, runCommand, reportError, usage, type Command, type Io } from './run.js';
+import { EXIT_OK, EXIT_USAGE, runCommand, reportError, stdoutGone, usage, type Command, type Io } from './run.js';
 
 /**
  * Command modules, loaded only when used: `qis publish` on a gateway should not pay for loading
@@ -54,7 +54,7 @@ function overview(commands: readonly Command[]): string {
   return [
     'qis: share what happened to machines as signed outcome packets over MQTT',
     '',
-    'Usage: qis <command> [flags]      qis <command> --help',
+    'Usage: qis <command> [flags]      qis <command> --help      qis --version',
     '',
     'Commands:',
     ...rows,
@@ -110,6 +110,12 @@ export async function main(argv: string[], io: Io): Promise<number> {
   return runCommand(found.cmd, found.rest, io);
 }
 
+// A reader that stops early (`qis watch | head -1`) closes the pipe: the next write fails with
+// EPIPE. That is the reader's choice, not a failure: stop quietly instead of dying with a stack.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code !== 'EPIPE' && !stdoutGone.signal.aborted) throw e;
+  if (!stdoutGone.signal.aborted) stdoutGone.abort();
+});
 const io: Io = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr };
 main(process.argv.slice(2), io).then(
   (status) => {

@@ -42,6 +42,12 @@ export interface Io {
   readonly stderr: NodeJS.WritableStream;
 }
 
+/**
+ * Aborted when stdout's reader went away (`qis watch | head -1`): long-running commands stop as
+ * on Ctrl-C, and print nothing more.
+ */
+export const stdoutGone = new AbortController();
+
 export const EXIT_OK = 0;
 export const EXIT_REFUSED = 1;
 export const EXIT_USAGE = 2;

@@ -126,7 +126,7 @@ export {
   type RegistryEntry,
   type RegistryList,
 } from './node/registry-session.js';
-export { writeFileDurable, syncDir, lockDir } from './node/durable.js';
+export { writeFileDurable, syncDir, lockDir, lockOwner, lockOwnerText } from './node/durable.js';
 export {
   signScorePacket,
   verifyScorePacket,

@@ -29,7 +29,9 @@ import {
   type ErrorCode,
 } from '../src/index.js';
 import { jsonFlag, numberFlag, reportError } from '../cli/run.js';
-import { parseBrokerConfig } from '../broker/config.js';
+import { parseBrokerConfig, resolveBrokerOptions } from '../broker/config.js';
+import { startBroker } from '../cli/broker-command.js';
+import { createServer, type AddressInfo } from 'node:net';
 import { bearing, bearingDoc, situation, fixedKey } from './helpers/fixtures.js';
 import { startAedes } from './helpers/aedes.js';
 import { startQisBroker } from './helpers/qis-broker.js';
@@ -238,6 +240,18 @@ const triggers: Record<ErrorCode, () => unknown> = {
     if (!r.ok) throw new QisError(r.code, r.message);
   },
   ERR_PASSWORD_FILE_INVALID: () => parsePasswd('alice:md5$x'),
+  // issue 16 §7: a broker started on a port another process listens on.
+  ERR_ADDRESS_IN_USE: async () => {
+    const held = createServer();
+    await new Promise<void>((r) => held.listen(0, '127.0.0.1', r));
+    const port = (held.address() as AddressInfo).port;
+    try {
+      const b = await startBroker(resolveBrokerOptions({}, { dataDir: join(dir, 'in-use'), listeners: [{ type: 'tcp', host: '127.0.0.1', port }] }));
+      await b.close();
+    } finally {
+      held.close();
+    }
+  },
 };
 
 t.test('errors - every code is produced by a real failure', async (t) => {

@@ -4,7 +4,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { QisError } from '../../src/index.js';
+import { QisError, lockOwner, lockOwnerText } from '../../src/index.js';
 import { ioError, noop } from './common.js';
 import { HEADER_BYTES, LOCK_FILE, LOG_FILE, MAGIC, TMP_FILE } from './format.js';
 
@@ -66,22 +66,24 @@ export async function openLog(fs: Fs, dir: string): Promise<FileHandle> {
 }
 
 // One store per directory: two writers appending at their own offsets would destroy each other's
-// records. The lock file holds the owner's pid; a lock whose process is gone (kill -9) is taken over.
+// records. The lock file names the owner (pid, start time, boot id: lockOwnerText); a lock whose
+// process is gone (kill -9, or a power cut after which its pid went to another process) is taken over.
 const lockedDirs = new Set<string>();
 
 export async function lock(fs: Fs, dir: string): Promise<void> {
   const path = join(dir, LOCK_FILE);
   if (lockedDirs.has(dir)) throw new QisError('ERR_FILE_IO', `store ${dir} is already open in this process`);
+  const mine = await lockOwnerText();
   try {
-    await fs.writeFile(path, `${process.pid}\n`, { flag: 'wx' });
+    await fs.writeFile(path, mine, { flag: 'wx' });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(`cannot create lock ${path}`, e);
-    const pid = Number.parseInt(await fs.readFile(path, 'utf8').catch(() => ''), 10);
-    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+    const { pid, alive } = await lockOwner(await fs.readFile(path, 'utf8').catch(() => ''));
+    if (pid !== undefined && pid !== process.pid && alive) {
       throw new QisError('ERR_FILE_IO', `store ${dir} is in use by process ${pid} (${path})`);
     }
     try {
-      await fs.writeFile(path, `${process.pid}\n`);
+      await fs.writeFile(path, mine);
     } catch (e2) {
       throw ioError(`cannot take over lock ${path}`, e2);
     }
@@ -92,13 +94,4 @@ export async function lock(fs: Fs, dir: string): Promise<void> {
 export async function unlock(fs: Fs, dir: string): Promise<void> {
   if (!lockedDirs.delete(dir)) return;
   await fs.unlink(join(dir, LOCK_FILE)).catch(noop);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }

@@ -4,6 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readFile, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { QisError } from '../protocol/errors.js';
 
@@ -11,7 +12,9 @@ import { QisError } from '../protocol/errors.js';
 export function ioError(path: string, e: unknown): QisError {
   if (e instanceof QisError) return e;
   const code = (e as NodeJS.ErrnoException).code ?? 'error';
-  return new QisError('ERR_FILE_IO', `${path}: ${code}: ${(e as Error).message}`, { cause: e });
+  const message = (e as Error).message;
+  // Node's fs messages already begin with the code ("ENOENT: no such file…"): say it once.
+  return new QisError('ERR_FILE_IO', `${path}: ${message.startsWith(`${code}:`) ? message : `${code}: ${message}`}`, { cause: e });
 }
 
 /** fsync a directory, so that a rename or unlink in it survives a power cut (POSIX). */
@@ -80,14 +83,64 @@ function pidAlive(pid: number): boolean {
   }
 }
 
+/**
+ * What identifies a process beyond its pid, which the kernel reuses (after a power cut the
+ * booting system soon hands the dead holder's pid to another process): the boot id and the
+ * process's start time in clock ticks since boot (/proc/<pid>/stat field 22). Undefined where
+ * there is no /proc (then the pid alone decides, as before).
+ */
+async function processStamp(pid: number): Promise<{ start: string; boot: string } | undefined> {
+  try {
+    const [stat, boot] = await Promise.all([
+      readFile(`/proc/${pid}/stat`, 'utf8'),
+      readFile('/proc/sys/kernel/random/boot_id', 'utf8'),
+    ]);
+    // Field 2 (comm) is in parentheses and may hold spaces or ')': count from the last ')'.
+    const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    return start !== undefined && /^\d+$/.test(start) ? { start, boot: boot.trim() } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * What a lock file holds to name its owner, this process: `pid starttime bootid\n` (Linux; the
+ * pid alone elsewhere).
+ */
+export async function lockOwnerText(): Promise<string> {
+  const me = await processStamp(process.pid);
+  return me === undefined ? `${process.pid}\n` : `${process.pid} ${me.start} ${me.boot}\n`;
+}
+
+/**
+ * The pid a lock file's text names and whether that process still runs: not when its pid is
+ * gone, nor when the pid now belongs to another process (another start time or boot id). A text
+ * of the older form (the pid alone) is decided by the pid. `pid` is undefined for an empty or
+ * garbled text.
+ */
+export async function lockOwner(text: string): Promise<{ pid: number | undefined; alive: boolean }> {
+  const [pidText, start, boot] = text.trim().split(/\s+/);
+  const pid = /^\d+$/.test(pidText ?? '') ? Number(pidText) : NaN;
+  if (!(Number.isSafeInteger(pid) && pid > 0)) return { pid: undefined, alive: false };
+  if (!pidAlive(pid)) return { pid, alive: false };
+  if (start === undefined || boot === undefined) return { pid, alive: true };
+  const now = await processStamp(pid);
+  // Unreadable: it exited just now (or there is no /proc here, where the pid alone decides).
+  if (now === undefined) return { pid, alive: !existsSync('/proc/self/stat') };
+  return { pid, alive: now.boot === boot && now.start === start };
+}
+
 /** Directories this process holds the lock of (real paths). */
 const lockedHere = new Set<string>();
 
 /**
  * Takes `dir/lock` for this process: two processes on one data directory would hand out the
- * same seq twice. A lock left by a dead process (kill -9, power cut) is taken over; so is one
- * holding this process's own pid when this process does not hold it (a container restarts its
- * main process as pid 1 every time).
+ * same seq twice. The file holds `pid starttime bootid` (lockOwnerText). A lock
+ * left by a dead process (kill -9, power cut) is taken over, also when its pid now belongs to
+ * another process (another boot id or start time); so is one holding this process's own pid when
+ * this process does not hold it (a container restarts its main process as pid 1 every time).
+ * A kernel lock (flock) would need a native addon: Node has none, and the maintained packages
+ * that add it build native code at install, which npm 11 does not run.
  * @returns a function that releases the lock
  * @throws QisError ERR_DATA_DIR_LOCKED | ERR_FILE_IO
  */
@@ -100,29 +153,35 @@ export async function lockDir(dir: string): Promise<() => Promise<void>> {
     throw ioError(dir, e);
   }
   if (lockedHere.has(real)) throw new QisError('ERR_DATA_DIR_LOCKED', `${dir} is already open in this process; close the other node first`);
+  const mine = await lockOwnerText();
+  let waitedOn = ''; // the garbled lock file (inode, mtime, size) already given its second
   for (let tries = 0; tries < 20; tries++) {
     try {
-      await writeFile(path, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      await writeFile(path, mine, { flag: 'wx', mode: 0o600 });
       lockedHere.add(real);
       return async () => {
         lockedHere.delete(real);
         // Only remove a lock that is still ours.
         const now = await readFile(path, 'utf8').catch(() => '');
-        if (now.trim() === String(process.pid)) await unlink(path).catch(() => undefined);
+        if (now === mine) await unlink(path).catch(() => undefined);
       };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(path, e);
     }
     const text = await readFile(path, 'utf8').catch(() => '');
-    const pid = Number.parseInt(text.trim(), 10);
-    if (!(Number.isSafeInteger(pid) && pid > 0)) {
+    const { pid, alive } = await lockOwner(text);
+    if (pid === undefined) {
       // Empty or garbled: another process may have just created it and not written its pid yet.
-      const age = await stat(path).then((st) => Date.now() - st.mtimeMs, () => Infinity);
-      if (age < 1_000) {
-        await new Promise((r) => setTimeout(r, Math.min(1_000 - age, 1_000) + 10));
+      // Wait once on our own timer, then take over what is still the same garbled file. Not by
+      // comparing its mtime with our clock: after a clock step (a Pi without a real-time clock
+      // syncing NTP) the file can look a year old or a year in the future.
+      const seen = await stat(path).then((st) => `${st.ino}:${st.mtimeMs}:${st.size}`, () => '');
+      if (seen !== '' && seen !== waitedOn) {
+        waitedOn = seen;
+        await new Promise((r) => setTimeout(r, 1_010));
         continue;
       }
-    } else if (pid !== process.pid && pidAlive(pid)) {
+    } else if (pid !== process.pid && alive) {
       throw new QisError('ERR_DATA_DIR_LOCKED', `${dir} is in use by process ${pid} (a node or qis command); stop it or use another --data-dir`);
     }
     // Stale: its process is gone. Take it over atomically: only one of several processes doing

@@ -180,7 +180,9 @@ export function keyFromJson(json: unknown, source = 'key'): NodeKey {
 
 function ioError(path: string, e: unknown): QisError {
   const code = (e as NodeJS.ErrnoException).code ?? 'error';
-  return new QisError('ERR_FILE_IO', `${path}: ${code}: ${(e as Error).message}`, { cause: e });
+  const message = (e as Error).message;
+  // Node's fs messages already begin with the code ("ENOENT: no such file…"): say it once.
+  return new QisError('ERR_FILE_IO', `${path}: ${message.startsWith(`${code}:`) ? message : `${code}: ${message}`}`, { cause: e });
 }
 
 /**
@@ -231,6 +233,8 @@ export async function loadKeyFile(path: string): Promise<NodeKey> {
   let text: string;
   try {
     const st = await stat(path);
+    // A directory's mode (0755) would otherwise read as a permissions problem.
+    if (st.isDirectory()) throw new QisError('ERR_FILE_IO', `${path} is a directory, not a key file`);
     if (process.platform !== 'win32' && (st.mode & 0o077) !== 0) {
       throw new QisError(
         'ERR_KEY_PERMISSIONS',
