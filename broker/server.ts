@@ -43,6 +43,7 @@ import {
   type Decision,
 } from './admission.js';
 import { createMetrics, type Metrics } from './metrics.js';
+import { serveConsole } from './console.js';
 import { resolveBrokerOptions } from './config.js';
 import type { BrokerConfig, BrokerOptions, ListenerOptions } from './options.js';
 import { createClusterParts } from './cluster.js';
@@ -644,9 +645,9 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
         const body = { ok: !aedes.closed && store.failure === null, ...(store.failure ? { error: store.failure.message } : {}), packets: store.size, clients: aedes.connectedClients, uptimeS: Math.round(process.uptime()) };
         res.writeHead(body.ok ? 200 : 503, { 'content-type': 'application/json' });
         res.end(JSON.stringify(body));
-      } else {
+      } else if (!serveConsole(req, res)) {
         res.writeHead(404, { 'content-type': 'text/plain' });
-        res.end('try /healthz or /metrics\n');
+        res.end('try /, /healthz or /metrics\n');
       }
     });
     try {
