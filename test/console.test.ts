@@ -160,6 +160,7 @@ t.test('cohort explorer - a forged packet from an untrusted broker is refused by
   t.equal((await text(page, '[data-testid=level-0]')).trim(), '6', 'the forged node is not in the cohort');
   const row = await page.$eval(`tr[data-node="${forged.topic.split('/').pop()}"] [data-testid=verdict]`, (e) => e.textContent ?? '');
   t.match(row, /refused ERR_BAD_SIGNATURE/, 'the forged packet is shown refused with its code');
+  t.equal(await text(page, '[data-testid=backend]'), 'WebCrypto Ed25519', "Chromium's WebCrypto checked the signatures");
   await page.screenshot({ path: join(shots, 'cohort-forged.png'), fullPage: true });
   t.same(errors, [], 'no script error in the page');
 });
@@ -168,20 +169,25 @@ t.test('fleet - templates held, stored packets and refusals by code from the bro
   const { b, http, ws } = await consoleBroker(t);
   const fleet = Array.from({ length: 9 }, (_, i) => packetOf(400 + i, 1, 1));
   await publishAll(b.url, [template, ...fleet]);
-  // A forged publish to the qis broker itself: refused there and counted by code.
-  const forged = packetOf(500, 1, 1);
-  const bytes = Uint8Array.from(forged.packet);
-  bytes[bytes.length - 1] = (bytes[bytes.length - 1] as number) ^ 0x01;
-  await publishRefused(b.url, forged.topic, bytes);
 
-  const { page, errors } = await open(t, `http://127.0.0.1:${http}/?mqtt=${encodeURIComponent(`ws://127.0.0.1:${ws}/mqtt`)}#/fleet`);
+  const { page, errors } = await open(t, `http://127.0.0.1:${http}/?poll=1000&mqtt=${encodeURIComponent(`ws://127.0.0.1:${ws}/mqtt`)}#/fleet`);
   const row = `tr[data-tpl="${bearing.tplId}"]`;
   await waitText(page, `${row} [data-testid=nodes]`, '9', 'nodes of the template');
   t.equal((await text(page, `${row} [data-testid=packets]`)).trim(), '9', '9 packets retained');
   t.match(await text(page, row), /bearing-failure/, 'the template by name');
   t.match(await text(page, row), /verified/, 'its document verified in the page');
   await waitText(page, '[data-testid=stored]', '9', 'the broker reports 9 packets stored');
+  await waitText(page, '[data-testid=refused-total]', '0', 'nothing refused yet');
+  // A forged publish to the qis broker itself, while the page watches: refused there, counted by code.
+  const forged = packetOf(500, 1, 1);
+  const bytes = Uint8Array.from(forged.packet);
+  bytes[bytes.length - 1] = (bytes[bytes.length - 1] as number) ^ 0x01;
+  await publishRefused(b.url, forged.topic, bytes);
+  await waitText(page, '[data-testid=refused-total]', '1', 'the refusal, one poll later');
   t.match(await text(page, '[data-testid=refused-codes]'), /ERR_BAD_SIGNATURE\s*1/, 'the forged publish counted under its code');
+  await until(async () => (await page.$$('.uplot')).length === 2, 'both per-minute charts drawn', 30_000);
+  t.match(await text(page, '[data-testid=refused-chart]'), /ERR_BAD_SIGNATURE/, 'the refusal rate is charted under its code');
+  t.equal((await text(page, '[data-testid=stored]')).trim(), '9', 'the forged packet was not stored');
   await page.screenshot({ path: join(shots, 'fleet.png'), fullPage: true });
   t.same(errors, [], 'no script error in the page');
 });

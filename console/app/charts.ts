@@ -75,7 +75,13 @@ export function TimeChart({ data, series, title }: { data: uPlot.AlignedData; se
     if (!el.current) return;
     const colors = ['#1f5fa8', '#b3261e', '#2e7d32', '#7b1fa2', '#e65100', '#00695c'];
     plot.current = new uPlot(
-      { title, width: W + 120, height: 220, series: [{}, ...series.map((label, i) => ({ label, stroke: colors[i % colors.length] as string, width: 2 }))], axes: [{}, { label: 'per minute' }] },
+      {
+        title,
+        width: W + 120,
+        height: 220,
+        // At least the last ten minutes on the x axis: one or two readings would otherwise span years.
+        scales: { x: { time: true, range: (_u, min, max) => [Math.min(min, max - 600), max] } },
+        series: [{}, ...series.map((label, i) => ({ label, stroke: colors[i % colors.length] as string, width: 2 }))], axes: [{}, { label: 'per minute' }] },
       data,
       el.current,
     );

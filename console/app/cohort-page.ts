@@ -3,7 +3,8 @@ import { useEffect, useMemo, useState } from 'preact/hooks';
 import type { Situation, Template } from '../../src/index.js';
 import { Histogram, ShareChart, fmt, html, pct, type View } from './charts.js';
 import { cohortView, fieldChoices, type CohortView } from './cohort-model.js';
-import { MAX_MESSAGES, checkOutcomeMessage, type Checked, type Session } from './session.js';
+import { MAX_MESSAGES, backend, backendName, checkOutcomeMessage, cryptoReady, type Checked, type Session } from './session.js';
+import { preverify } from './webcrypto.js';
 
 /** Verification runs in slices so a burst of retained packets never freezes the page. */
 const SLICE = 100;
@@ -19,10 +20,18 @@ function useTemplateMessages(session: Session, template: Template | undefined): 
     const queue: { topic: string; payload: Uint8Array }[] = [];
     let forgotten = 0;
     let version = 0;
+    let stopped = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const drain = (): void => {
+    let draining = false;
+    const drain = async (): Promise<void> => {
       timer = undefined;
-      for (const m of queue.splice(0, SLICE)) {
+      draining = true;
+      const slice = queue.splice(0, SLICE);
+      await cryptoReady;
+      if (backend === 'node') await preverify(slice);
+      draining = false;
+      if (stopped) return;
+      for (const m of slice) {
         if (m.payload.length === 0) {
           messages.delete(m.topic); // the broker cleared it (the node moved or the packet expired)
           continue;
@@ -35,7 +44,7 @@ function useTemplateMessages(session: Session, template: Template | undefined): 
           forgotten++;
         }
       }
-      if (queue.length > 0) timer = setTimeout(drain, 0);
+      if (queue.length > 0) timer = setTimeout(() => void drain(), 0);
       setState({ messages, version: ++version, pending: queue.length, forgotten });
     };
     const stop = session.watch(`qis/1/o/${template.tplId}/#`, (topic, payload) => {
@@ -44,10 +53,11 @@ function useTemplateMessages(session: Session, template: Template | undefined): 
         return;
       }
       queue.push({ topic, payload });
-      timer ??= setTimeout(drain, 0);
+      if (!draining) timer ??= setTimeout(() => void drain(), 0);
     });
     setState({ messages, version: 0, pending: 0, forgotten: 0 });
     return () => {
+      stopped = true;
       stop();
       if (timer) clearTimeout(timer);
     };
@@ -55,11 +65,15 @@ function useTemplateMessages(session: Session, template: Template | undefined): 
   return state;
 }
 
+/** The page address's parameters after `#/cohort?`: `tpl=<id>` and a value per field (a link to an answer). */
+const hashParams = (): URLSearchParams => new URLSearchParams(location.hash.split('?')[1] ?? '');
+
 function initialSituation(t: Template): Record<string, string> {
+  const given = hashParams();
   const s: Record<string, string> = {};
   for (const f of t.fields) {
     const c = fieldChoices(f);
-    s[f.name] = c?.[0] ? String(c[0].value) : '';
+    s[f.name] = given.get(f.name) ?? (c?.[0] ? String(c[0].value) : '');
   }
   return s;
 }
@@ -82,7 +96,7 @@ function toSituation(t: Template, form: Record<string, string>): Situation | str
 
 export function CohortPage({ session }: { session: Session }): View {
   const templates = [...session.templates.values()].filter((e) => e.template);
-  const [tplId, setTplId] = useState<string>(() => new URLSearchParams(location.hash.split('?')[1] ?? '').get('tpl') ?? '');
+  const [tplId, setTplId] = useState<string>(() => hashParams().get('tpl') ?? '');
   const entry = session.templates.get(tplId) ?? templates[0];
   const template = entry?.template;
   const [form, setForm] = useState<Record<string, string>>({});
@@ -137,8 +151,7 @@ function Answer({ view, template, heard, setWiden, now }: { view: CohortView; te
   const rows = [...heard.messages.values()].filter((m) => m.code !== undefined || (m.packet && inView.has(m.topic))).sort((a, b) => Number(b.code !== undefined) - Number(a.code !== undefined) || b.arrivedAt - a.arrivedAt);
   return html`<div class="answer">
     <p class="summary" aria-live="polite" data-testid="summary">
-      <span data-testid="received">${view.received}</span> packets heard for this template,
-      <span data-testid="refused">${view.refused}</span> refused by this page's verification${heard.pending > 0 ? html`, <span>${heard.pending} waiting</span>` : null}${heard.forgotten > 0 ? `, ${heard.forgotten} forgotten (over the cap)` : ''}.
+      <span data-testid="received">${view.received}</span>${' packets heard for this template, '}<span data-testid="refused">${view.refused}</span>${" refused by this page's verification ("}<span data-testid="backend">${backendName()}</span>)${heard.pending > 0 ? html`, <span>${heard.pending} waiting</span>` : null}${heard.forgotten > 0 ? `, ${heard.forgotten} forgotten (over the cap)` : ''}.
     </p>
     <fieldset class="levels"><legend>Widening (nodes at each level)</legend>
       ${view.levels.map((l) => html`<label class="level"><input type="radio" name="widen" checked=${l.widen === view.widen} onChange=${() => setWiden(l.widen)} />

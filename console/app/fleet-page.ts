@@ -8,8 +8,8 @@ import { parseOutcomeTopic } from '../../src/index.js';
 import { TimeChart, html, type View } from './charts.js';
 import { MAX_MESSAGES, type Session } from './session.js';
 
-/** How often /metrics is read. */
-const POLL_MS = 5000;
+/** How often /metrics is read: `?poll=MS` in the page's address, 1 to 60 s; default 5 s. */
+const POLL_MS = Math.min(60_000, Math.max(1000, Number(new URLSearchParams(location.search).get('poll') ?? 5000) || 5000));
 /** Samples kept (an hour at the poll interval). */
 const MAX_SAMPLES = 720;
 /** Largest /metrics body read. */
@@ -146,7 +146,7 @@ export function FleetPage({ session }: { session: Session }): View {
     </dl>
     ${last ? html`<table class="codes" data-testid="refused-codes"><caption>Refused by code (total)</caption><thead><tr><th scope="col">code</th><th scope="col">count</th></tr></thead>
       <tbody>${[...last.entries()].filter(([k]) => k.startsWith('qis_refused_total{')).map(([k, v]) => html`<tr><td>${/"([^"]*)"/.exec(k)?.[1]}</td><td>${v}</td></tr>`)}</tbody></table>` : null}
-    ${admitted.data[0] && admitted.data[0].length > 0 ? html`<${TimeChart} title="Admitted per minute, by kind" series=${admitted.series} data=${admitted.data} />` : html`<p>Rates appear after two readings of /metrics (${POLL_MS / 1000} s apart).</p>`}
-    ${refused.series.length > 0 && (refused.data[0]?.length ?? 0) > 0 ? html`<${TimeChart} title="Refused per minute, by code" series=${refused.series} data=${refused.data} />` : null}
+    ${(admitted.data[0]?.length ?? 0) >= 2 ? html`<${TimeChart} title="Admitted per minute, by kind" series=${admitted.series} data=${admitted.data} />` : html`<p>Rates appear after three readings of /metrics (${POLL_MS / 1000} s apart).</p>`}
+    ${refused.series.length > 0 && (refused.data[0]?.length ?? 0) >= 2 ? html`<div data-testid="refused-chart"><${TimeChart} title="Refused per minute, by code" series=${refused.series} data=${refused.data} /></div>` : null}
   </section>`;
 }

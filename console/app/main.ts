@@ -68,4 +68,6 @@ function App(): View {
     </main>`;
 }
 
-render(html`<${App} />`, document.getElementById('app') as HTMLElement);
+const root = document.getElementById('app') as HTMLElement;
+root.textContent = ''; // the "Loading" text: render() adds to what is there
+render(html`<${App} />`, root);

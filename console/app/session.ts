@@ -3,10 +3,19 @@
  * trusts no broker, so every buffer here has a cap, and every packet is checked by src/ code.
  */
 import mqtt, { type MqttClient } from 'mqtt';
-import { decodePacket, foldCohort, topicMatches, parseOutcomeTopic, templateTopic, verifyTemplateDoc, TEMPLATE_TOPIC_PREFIX, isQisError, type ErrorCode, type Template, type VerifiedPacket } from '../../src/index.js';
+import { decodePacket, foldCohort, topicMatches, parseOutcomeTopic, templateTopic, verifyTemplateDoc, TEMPLATE_TOPIC_PREFIX, isQisError, type Ed25519Backend, type ErrorCode, type Template, type VerifiedPacket } from '../../src/index.js';
+import { webCryptoEd25519 } from './webcrypto.js';
 
-/** Ed25519 in the browser: src/'s `noble` backend (the same strict RFC 8032 policy as OpenSSL's). */
-export const BACKEND = 'noble' as const;
+/**
+ * Ed25519 in the browser: WebCrypto where the browser has it (src/'s `node` backend, answered by
+ * verdicts computed ahead: see webcrypto.ts), else src/'s `noble` backend. Both apply the
+ * project's strict RFC 8032 policy.
+ */
+export let backend: Ed25519Backend = 'noble';
+export const cryptoReady: Promise<void> = webCryptoEd25519().then((ok) => {
+  if (ok) backend = 'node';
+});
+export const backendName = (): string => (backend === 'node' ? 'WebCrypto Ed25519' : '@noble/ed25519');
 /** Most retained messages kept per subscription; beyond it the oldest are forgotten and counted. */
 export const MAX_MESSAGES = 50_000;
 /** Most templates listed; a broker that sends more is not believed beyond this. */
@@ -54,7 +63,7 @@ export function checkOutcomeMessage(template: Template, topic: string, payload: 
     address: { tplId: template.tplId, levels: new Array<string>(depth).fill(''), fp: new Uint8Array(0) },
     widen: depth,
     now,
-    backend: BACKEND,
+    backend,
   });
   const base = { topic, size: payload.length, arrivedAt: now, nodeId };
   const code = Object.keys(fold.dropped)[0] as ErrorCode | undefined;
@@ -122,7 +131,7 @@ export class Session {
       this.templates.set(tplId, { tplId, refused: { code: 'ERR_TOO_LARGE', message: `${bytes.length} bytes` } });
     } else {
       try {
-        const v = verifyTemplateDoc(tplId, bytes, BACKEND);
+        const v = verifyTemplateDoc(tplId, bytes, 'noble');
         this.templates.set(tplId, { tplId, template: v.template, curator: v.curator });
       } catch (e) {
         if (!isQisError(e)) throw e;
