@@ -8,11 +8,13 @@ import { useEffect, useState } from 'preact/hooks';
 import { html, type View } from './charts.js';
 import { CohortPage } from './cohort-page.js';
 import { FleetPage } from './fleet-page.js';
+import { LinksPage } from './links-page.js';
 import { Session } from './session.js';
 
 const PAGES = [
   { id: 'cohort', label: 'Cohort explorer' },
   { id: 'fleet', label: 'Fleet' },
+  { id: 'links', label: 'Links' },
 ] as const;
 type PageId = (typeof PAGES)[number]['id'];
 
@@ -64,7 +66,9 @@ function App(): View {
         ? html`<${Login} onConnect=${(url: string, username: string, password: string) => setSession(new Session(url, { username, password }))} />`
         : page === 'fleet'
           ? html`<${FleetPage} session=${session} />`
-          : html`<${CohortPage} session=${session} />`}
+          : page === 'links'
+            ? html`<${LinksPage} />`
+            : html`<${CohortPage} session=${session} />`}
     </main>`;
 }
 
