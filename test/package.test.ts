@@ -28,7 +28,7 @@ t.test('package - Apache-2.0, publishable, npm pack ships the CLI, the licence a
   t.equal(r.status, 0, r.stderr);
   const files = (JSON.parse(r.stdout) as Pack[])[0]!.files.map((f) => f.path);
   for (const f of ['LICENSE', 'README.md', 'package.json', 'dist/cli/qis.js', 'dist/src/index.js', 'dist/src/index.d.ts',
-    'examples/bearing-failure.yaml', 'examples/maize-yield.yaml', 'docs/PROTOCOL.md']) {
+    'examples/bearing-failure.yaml', 'examples/maize-yield.yaml', 'docs/PROTOCOL.md', 'dist/console/www/index.html', 'dist/console/www/app.js']) {
     t.ok(files.includes(f), `ships ${f}`);
   }
   t.same(files.filter((f) => /^(dist\/)?(test|bench)\//.test(f) || f.startsWith('node_modules/')), [], 'no tests, benches or node_modules');

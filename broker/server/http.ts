@@ -1,5 +1,5 @@
 /**
- * The HTTP endpoint (`http` in the options): `/healthz` and `/metrics`. Routes are the table in
+ * The HTTP endpoint (`http` in the options): the web console at `/`, `/healthz` and `/metrics`. Routes are the table in
  * `routes()`: a new page or API is one line there, `'<path>': handler`. A path ending in `*`
  * serves every path under it (e.g. `'/console/*'` for static files); exact paths win over these,
  * and longer prefixes over shorter ones. The query string is not part of the path.
@@ -7,6 +7,7 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { Aedes } from 'aedes';
 import { QisError } from '../../src/index.js';
+import { serveConsole } from '../console.js';
 import type { BrokerContext } from './context.js';
 import { addressOf, listen, type BrokerAddress } from './listeners.js';
 
@@ -23,6 +24,10 @@ export function routes(d: HttpDeps): Record<string, Route> {
   return {
     '/healthz': healthz(d),
     '/metrics': metrics(d),
+    // The web console's static files (console/, built into dist/console/www); anything else is a 404.
+    '/*': (req, res) => {
+      if (!serveConsole(req, res)) notFound(res);
+    },
   };
 }
 
@@ -52,8 +57,7 @@ export async function startHttp(d: HttpDeps, host: string, port: number): Promis
     const path = (req.url ?? '/').split('?', 1)[0] ?? '/';
     const route = routeOf(table, path);
     if (route) return route(req, res);
-    res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end(`try ${Object.keys(table).join(' or ')}\n`);
+    notFound(res);
   });
   try {
     await listen(server, port, host);
@@ -66,6 +70,11 @@ export async function startHttp(d: HttpDeps, host: string, port: number): Promis
     address: () => (server.listening ? addressOf('http', server) : undefined),
     close: () => server.close(),
   };
+}
+
+function notFound(res: ServerResponse): void {
+  res.writeHead(404, { 'content-type': 'text/plain' });
+  res.end('try / (the console), /healthz or /metrics\n');
 }
 
 /** Prometheus text exposition of the broker's registry. */

@@ -1,0 +1,192 @@
+/** Page 1, the Cohort explorer: a template, a situation, the live answer and the packets behind it. */
+import { useEffect, useMemo, useState } from 'preact/hooks';
+import type { Situation, Template } from '../../src/index.js';
+import { Histogram, ShareChart, fmt, html, pct, type View } from './charts.js';
+import { cohortView, fieldChoices, type CohortView } from './cohort-model.js';
+import { MAX_MESSAGES, backend, backendName, checkOutcomeMessage, cryptoReady, type Checked, type Session } from './session.js';
+import { preverify } from './webcrypto.js';
+
+/** Verification runs in slices so a burst of retained packets never freezes the page. */
+const SLICE = 100;
+/** Rows shown in the packets table (the counts above it cover every packet). */
+const MAX_ROWS = 200;
+
+/** Every message of one template, checked on arrival, kept per topic (what the broker retains). */
+function useTemplateMessages(session: Session, template: Template | undefined): { messages: ReadonlyMap<string, Checked>; version: number; pending: number; forgotten: number } {
+  const [state, setState] = useState({ messages: new Map<string, Checked>(), version: 0, pending: 0, forgotten: 0 });
+  useEffect(() => {
+    if (!template) return;
+    const messages = new Map<string, Checked>();
+    const queue: { topic: string; payload: Uint8Array }[] = [];
+    let forgotten = 0;
+    let version = 0;
+    let stopped = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let draining = false;
+    const drain = async (): Promise<void> => {
+      timer = undefined;
+      draining = true;
+      const slice = queue.splice(0, SLICE);
+      await cryptoReady;
+      if (backend === 'node') await preverify(slice);
+      draining = false;
+      if (stopped) return;
+      for (const m of slice) {
+        if (m.payload.length === 0) {
+          messages.delete(m.topic); // the broker cleared it (the node moved or the packet expired)
+          continue;
+        }
+        messages.delete(m.topic);
+        messages.set(m.topic, checkOutcomeMessage(template, m.topic, m.payload, session.now()));
+        if (messages.size > MAX_MESSAGES) {
+          const oldest = messages.keys().next();
+          if (!oldest.done) messages.delete(oldest.value);
+          forgotten++;
+        }
+      }
+      if (queue.length > 0) timer = setTimeout(() => void drain(), 0);
+      setState({ messages, version: ++version, pending: queue.length, forgotten });
+    };
+    const stop = session.watch(`qis/1/o/${template.tplId}/#`, (topic, payload) => {
+      if (queue.length >= MAX_MESSAGES) {
+        forgotten++;
+        return;
+      }
+      queue.push({ topic, payload });
+      if (!draining) timer ??= setTimeout(() => void drain(), 0);
+    });
+    setState({ messages, version: 0, pending: 0, forgotten: 0 });
+    return () => {
+      stopped = true;
+      stop();
+      if (timer) clearTimeout(timer);
+    };
+  }, [session, template]);
+  return state;
+}
+
+/** The page address's parameters after `#/cohort?`: `tpl=<id>` and a value per field (a link to an answer). */
+const hashParams = (): URLSearchParams => new URLSearchParams(location.hash.split('?')[1] ?? '');
+
+function initialSituation(t: Template): Record<string, string> {
+  const given = hashParams();
+  const s: Record<string, string> = {};
+  for (const f of t.fields) {
+    const c = fieldChoices(f);
+    s[f.name] = given.get(f.name) ?? (c?.[0] ? String(c[0].value) : '');
+  }
+  return s;
+}
+
+function toSituation(t: Template, form: Record<string, string>): Situation | string {
+  const s: Record<string, unknown> = {};
+  for (const f of t.fields) {
+    const v = form[f.name] ?? '';
+    if (f.kind === 'number') {
+      if (v.trim() === '' || !Number.isFinite(Number(v))) return `${f.name}: enter a number`;
+      s[f.name] = Number(v);
+    } else if (f.kind === 'boolean') s[f.name] = v === 'true';
+    else {
+      if (v === '') return `${f.name}: enter a value`;
+      s[f.name] = v;
+    }
+  }
+  return s;
+}
+
+export function CohortPage({ session }: { session: Session }): View {
+  const templates = [...session.templates.values()].filter((e) => e.template);
+  const [tplId, setTplId] = useState<string>(() => hashParams().get('tpl') ?? '');
+  const entry = session.templates.get(tplId) ?? templates[0];
+  const template = entry?.template;
+  const [form, setForm] = useState<Record<string, string>>({});
+  const [widenChoice, setWidenChoice] = useState<number | undefined>(undefined);
+  useEffect(() => {
+    if (template) {
+      setForm(initialSituation(template));
+      setWidenChoice(undefined);
+    }
+  }, [template]);
+  const heard = useTemplateMessages(session, template);
+  const situation = template && Object.keys(form).length > 0 ? toSituation(template, form) : undefined;
+  const view = useMemo<CohortView | string | undefined>(() => {
+    if (!template || situation === undefined) return undefined;
+    if (typeof situation === 'string') return situation;
+    try {
+      return cohortView(template, situation, heard.messages.values(), widenChoice);
+    } catch (e) {
+      return (e as Error).message;
+    }
+  }, [template, JSON.stringify(situation), heard.version, widenChoice]);
+
+  if (templates.length === 0) return html`<section aria-labelledby="h-cohort"><h2 id="h-cohort">Cohort explorer</h2><p>No verified template heard yet on <code>qis/1/t/+</code>.</p></section>`;
+  return html`<section aria-labelledby="h-cohort">
+    <h2 id="h-cohort">Cohort explorer</h2>
+    <form class="situation" onSubmit=${(e: Event) => e.preventDefault()}>
+      <label>Template
+        <select id="tpl" value=${template?.tplId} onChange=${(e: Event) => setTplId((e.target as HTMLSelectElement).value)}>
+          ${templates.map((t) => html`<option value=${t.tplId}>${t.template?.doc.name} v${t.template?.doc.version} (${t.tplId.slice(0, 8)}…)</option>`)}
+        </select>
+      </label>
+      ${template?.fields.map((f) => {
+        const choices = fieldChoices(f);
+        const set = (v: string): void => setForm({ ...form, [f.name]: v });
+        return html`<label>${f.name}${f.kind === 'number' ? ' (bin)' : ''}
+          ${choices
+            ? html`<select name=${f.name} value=${form[f.name] ?? ''} onChange=${(e: Event) => set((e.target as HTMLSelectElement).value)}>
+                ${choices.map((c) => html`<option value=${String(c.value)}>${c.label}</option>`)}
+              </select>`
+            : html`<input name=${f.name} value=${form[f.name] ?? ''} onInput=${(e: Event) => set((e.target as HTMLInputElement).value)} />`}
+        </label>`;
+      })}
+    </form>
+    ${typeof view === 'string' ? html`<p role="alert" class="error">${view}</p>` : view ? html`<${Answer} view=${view} template=${template as Template} heard=${heard} setWiden=${setWidenChoice} now=${session.now()} />` : null}
+  </section>`;
+}
+
+function Answer({ view, template, heard, setWiden, now }: { view: CohortView; template: Template; heard: { messages: ReadonlyMap<string, Checked>; pending: number; forgotten: number }; setWiden: (w: number) => void; now: number }): View {
+  const s = view.synthesis;
+  const title = `${template.doc.name}: answer at widen ${view.widen}, ${view.packets.length} nodes`;
+  const inView = new Set(view.packets.map((p) => p.topic));
+  const rows = [...heard.messages.values()].filter((m) => m.code !== undefined || (m.packet && inView.has(m.topic))).sort((a, b) => Number(b.code !== undefined) - Number(a.code !== undefined) || b.arrivedAt - a.arrivedAt);
+  return html`<div class="answer">
+    <p class="summary" aria-live="polite" data-testid="summary">
+      <span data-testid="received">${view.received}</span>${' packets heard for this template, '}<span data-testid="refused">${view.refused}</span>${" refused by this page's verification ("}<span data-testid="backend">${backendName()}</span>)${heard.pending > 0 ? html`, <span>${heard.pending} waiting</span>` : null}${heard.forgotten > 0 ? `, ${heard.forgotten} forgotten (over the cap)` : ''}.
+    </p>
+    <fieldset class="levels"><legend>Widening (nodes at each level)</legend>
+      ${view.levels.map((l) => html`<label class="level"><input type="radio" name="widen" checked=${l.widen === view.widen} onChange=${() => setWiden(l.widen)} />
+        <span>${l.widen === 0 ? 'exact cohort' : `widen ${l.widen}`}</span> <strong data-testid=${`level-${l.widen}`}>${l.nodes}</strong> nodes <code>${l.filter}</code></label>`)}
+    </fieldset>
+    <div class="chart-box" data-testid="chart" data-kind=${s.kind}>
+      ${s.kind === 'category'
+        ? html`<${ShareChart} s=${s} title=${title} />
+            <table class="shares"><caption>Label shares with their ${Math.round(s.confidence * 100)} % intervals</caption>
+              <thead><tr><th scope="col">label</th><th scope="col">nodes</th><th scope="col">share</th><th scope="col">interval</th></tr></thead>
+              <tbody>${Object.entries(s.labels).map(([l, st]) => html`<tr data-label=${l}><td>${l}</td><td data-testid="count">${st.count}</td><td data-testid="share">${pct(st.proportion)}</td><td>${pct(st.low)} – ${pct(st.high)}</td></tr>`)}</tbody></table>`
+        : s.kind === 'number'
+          ? html`<${Histogram} values=${view.packets.flatMap((p) => (typeof p.out === 'number' ? [p.out] : []))} s=${s} title=${title} />
+              <p>median <strong data-testid="median">${fmt(s.median)}</strong>${s.unit ? ` ${s.unit}` : ''}, p10–p90 ${fmt(s.p10)} – ${fmt(s.p90)}, ${s.count} nodes</p>`
+          : s.kind === 'map'
+            ? html`<p>Map outcome: ${Object.keys(s.keys).length} keys (${Object.keys(s.keys).join(', ')}).</p>`
+            : html`<p data-testid="insufficient">${s.message}</p>`}
+    </div>
+    <table class="packets"><caption>Packets behind the answer, and every packet refused (${rows.length > MAX_ROWS ? `first ${MAX_ROWS} of ${rows.length}` : rows.length})</caption>
+      <thead><tr><th scope="col">node</th><th scope="col">seq</th><th scope="col">age</th><th scope="col">outcome</th><th scope="col">verification (in this page)</th></tr></thead>
+      <tbody>${rows.slice(0, MAX_ROWS).map((m) => html`<tr class=${m.code ? 'refused' : 'ok'} data-node=${m.nodeId}>
+        <td><code title=${m.nodeId}>${m.nodeId.slice(0, 10)}…</code></td>
+        <td>${m.packet?.seq ?? ''}</td>
+        <td>${m.packet ? age(now - m.packet.ts) : ''}</td>
+        <td>${m.packet ? JSON.stringify(m.packet.out) : ''}</td>
+        <td data-testid="verdict">${m.code ? html`<span class="bad">✗ refused ${m.code}</span>` : html`<span class="good">✓ verified</span>`}</td>
+      </tr>`)}</tbody>
+    </table>
+  </div>`;
+}
+
+function age(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 120) return `${s} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${Math.round(s / 3600)} h`;
+  return `${Math.round(s / 86400)} d`;
+}
