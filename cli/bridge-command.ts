@@ -37,10 +37,14 @@ const MODBUS_DETAILS = `Config (YAML or JSON; see examples/modbus-bridge.yaml):
       outcomes:
         - { when: { change: fault_code, from: 0 }, outcome: failure }
 
-Tables: holding, input (types int16, uint16, int32, uint32, float32; wordOrder big = high
-word first; value = raw × scale + offset), coil, discrete (true/false). Each device has its own
-poll loop and connection: a dead or slow device never stalls another; it is reported
-(device-down, with the code) and reconnected with backoff. Exception responses are reported
+Tables: holding, input (types int16, uint16, int32, uint32, int64, uint64, float32, float64,
+string with length; byteOrder ABCD, DCBA, BADC or CDAB; bit 0-15 for one bit of a register;
+value = raw × scale + offset), coil, discrete (true/false). address is the 0-based protocol
+address, or register notation as a string ("40001" = holding 0, "30001" = input 0).
+Neighbouring readings are read in blocks (device.maxGap, default 10; device.maxBlock, default
+100). Machines at one host and port share one connection. Each machine has its own poll loop:
+a dead or slow device never stalls another endpoint; it is reported (device-down, with the
+code) and reconnected with backoff. Exception responses are reported
 with the device, reading and exception code, and leave only that reading out.
 
 ${MAPPING}

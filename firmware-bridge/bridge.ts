@@ -22,7 +22,8 @@ import {
 } from '../src/index.js';
 import type { BrokerTarget, Machine, ModbusBridgeConfig, ModbusMachine, SparkplugBridgeConfig, SparkplugMachine } from './config.js';
 import { isSkip, MachineMapper, type Emission, type ReadingValue, type Skip } from './mapping.js';
-import { decodeRegisters, ModbusException, ModbusTcpClient, registerCount } from './modbus.js';
+import { decodeBit, decodeRegisters, decodeString, ModbusException, ModbusTcpClient, planBlocks, type Block } from './modbus.js';
+import type { ModbusReading } from './config.js';
 import { decodeSparkplugPayload, EdgeNodeState, encodeRebirthRequest, ncmdTopic, parseSparkplugTopic } from './sparkplug.js';
 
 export type BridgeEvent =
@@ -133,31 +134,95 @@ function startPeriodic(mapper: MachineMapper, pub: Publisher): NodeJS.Timeout[] 
   return mapper.machine.rules.flatMap((rule) => (rule.when.kind === 'every' ? [setInterval(() => pub.send([mapper.build(rule)]), rule.when.everyMs)] : []));
 }
 
-/** Reads every reading of a machine once; exceptions are reported and leave that reading out. */
+/** A reading's value from the bytes (or bits) of the block that holds it. */
+function decodeReading(r: ModbusReading, data: Buffer | boolean[], at: number): ReadingValue {
+  if (Array.isArray(data)) return data[at]!;
+  const bytes = data.subarray(at * 2, (at + r.count) * 2);
+  if (r.bit !== undefined) return decodeBit(bytes, r.bit, r.byteOrder);
+  if (r.type === 'string') return decodeString(bytes, r.byteOrder);
+  return decodeRegisters(bytes, r.type, r.byteOrder, r.scale, r.offset);
+}
+
+const plans = new WeakMap<ModbusMachine, Block<string>[]>();
+/** A machine's block reads, planned once. */
+export function machineBlocks(m: ModbusMachine): Block<string>[] {
+  let p = plans.get(m);
+  if (!p) {
+    p = planBlocks([...m.readings].map(([key, r]) => ({ key, table: r.table, address: r.address, count: r.count })), m.device);
+    plans.set(m, p);
+  }
+  return p;
+}
+
+/**
+ * Reads every reading of a machine once, neighbouring readings in one block read. A block
+ * answered with an exception (a gap over an address the device lacks, say) is read again reading
+ * by reading, so the exception is reported for the reading that has it and only that reading is
+ * left out.
+ */
 export async function readMachine(
   client: ModbusTcpClient,
   m: ModbusMachine,
   onException: (reading: string, e: ModbusException) => void,
 ): Promise<Map<string, ReadingValue>> {
   const values = new Map<string, ReadingValue>();
-  for (const [name, r] of m.readings) {
-    const bits = r.table === 'coil' || r.table === 'discrete';
+  const read = async (b: { table: ModbusReading['table']; address: number; count: number; members: readonly { key: string; address: number }[] }): Promise<void> => {
     try {
-      const data = await client.read(m.device.unitId, r.table, r.address, bits ? 1 : registerCount(r.type), m.device.timeoutMs);
-      values.set(name, Array.isArray(data) ? data[0]! : decodeRegisters(data, r.type, r.wordOrder, r.scale, r.offset));
+      const data = await client.read(m.device.unitId, b.table, b.address, b.count, m.device.timeoutMs);
+      for (const s of b.members) values.set(s.key, decodeReading(m.readings.get(s.key)!, data, s.address - b.address));
     } catch (e) {
-      if (e instanceof ModbusException) onException(name, e);
-      else throw e; // the connection is gone or the device is silent
+      if (!(e instanceof ModbusException)) throw e; // the connection is gone or the device is silent
+      if (b.members.length === 1) return onException(b.members[0]!.key, e);
+      for (const s of b.members) {
+        const r = m.readings.get(s.key)!;
+        await read({ table: r.table, address: r.address, count: r.count, members: [s] });
+      }
     }
-  }
+  };
+  for (const b of machineBlocks(m)) await read(b);
   return values;
 }
 
 const deviceLabel = (m: ModbusMachine): string => `${m.device.host}:${m.device.port}/${m.device.unitId}`;
+const endpointKey = (m: ModbusMachine): string => `${m.device.host}:${m.device.port}`;
 
 /**
- * Runs `qis bridge modbus`: one poll loop per machine's device, each with its own connection,
- * timeouts and reconnect backoff, so a dead or slow device never stalls another.
+ * One connection per Modbus endpoint (host and port), shared by the machines behind it (unit ids
+ * of one gateway): many PLCs and gateways accept only one to four connections. The client sends
+ * one request at a time, so the machines' polls are serialised on it. A closed connection is
+ * reopened by the next machine that needs it; concurrent needs share one attempt.
+ */
+class Endpoint {
+  private client: ModbusTcpClient | undefined;
+  private opening: Promise<ModbusTcpClient> | undefined;
+  private closed = false;
+  /** Connections opened so far. */
+  opened = 0;
+  constructor(readonly label: string, private readonly host: string, private readonly port: number, readonly timeoutMs: number) {}
+
+  acquire(): Promise<ModbusTcpClient> {
+    if (this.client && !this.client.closed) return Promise.resolve(this.client);
+    this.opening ??= ModbusTcpClient.connect(this.host, this.port, this.timeoutMs, this.label)
+      .then((c) => {
+        this.opened++;
+        if (this.closed) c.close();
+        this.client = c;
+        return c;
+      })
+      .finally(() => (this.opening = undefined));
+    return this.opening;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.client?.close();
+  }
+}
+
+/**
+ * Runs `qis bridge modbus`: one poll loop per machine with its own timeouts and reconnect
+ * backoff, so a dead or slow device never stalls another on a different endpoint; machines at one
+ * endpoint share its connection.
  */
 export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOptions = {}): Promise<Bridge> {
   const emit = (e: BridgeEvent): void => o.onEvent?.(e);
@@ -167,7 +232,13 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
   const stop = new AbortController();
   const statuses = new Map<string, { -readonly [K in keyof DeviceStatus]: DeviceStatus[K] }>();
   const timers: NodeJS.Timeout[] = [];
-  const clients = new Set<ModbusTcpClient>();
+  const endpoints = new Map<string, Endpoint>();
+  for (const m of config.machines) {
+    const k = endpointKey(m);
+    // The endpoint's connect timeout is the longest of its machines': none is cut short.
+    const prev = endpoints.get(k);
+    if (!prev || prev.timeoutMs < m.device.timeoutMs) endpoints.set(k, new Endpoint(k, m.device.host, m.device.port, m.device.timeoutMs));
+  }
   const wait = (ms: number): Promise<void> =>
     new Promise((resolve) => {
       if (stop.signal.aborted) return resolve();
@@ -185,23 +256,24 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
     const mapper = new MachineMapper(m);
     timers.push(...startPeriodic(mapper, pub));
     const device = deviceLabel(m);
+    const endpoint = endpoints.get(endpointKey(m))!;
     const st = statuses.get(m.name)!;
     let attempt = 0;
     while (!stop.signal.aborted) {
-      let client: ModbusTcpClient | undefined;
       try {
-        st.state = 'connecting';
-        client = await ModbusTcpClient.connect(m.device.host, m.device.port, m.device.timeoutMs, device);
-        clients.add(client);
+        if (st.state !== 'up') st.state = 'connecting';
+        const client = await endpoint.acquire();
         if (stop.signal.aborted) break;
-        st.state = 'up';
-        emit({ type: 'device-up', machine: m.name, device });
         while (!stop.signal.aborted) {
           const started = Date.now();
           const values = await readMachine(client, m, (reading, e) => {
             st.exceptions++;
             emit({ type: 'modbus-exception', machine: m.name, device, reading, exception: e.exception, message: `${device} ${reading}: ${e.message}` });
           });
+          if (st.state !== 'up') {
+            st.state = 'up';
+            emit({ type: 'device-up', machine: m.name, device });
+          }
           attempt = 0; // a full poll: the device is back
           st.polls++;
           st.lastPollAt = Date.now();
@@ -219,9 +291,6 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
         // Even an unexpected failure (a bug) is reported and retried with backoff: one machine's
         // poll loop never stops for good while the bridge runs.
         await wait(delay);
-      } finally {
-        client?.close();
-        if (client) clients.delete(client);
       }
     }
   };
@@ -240,7 +309,7 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
       closing ??= (async () => {
         stop.abort();
         for (const t of timers) clearInterval(t);
-        for (const c of clients) c.close();
+        for (const e of endpoints.values()) e.close();
         await Promise.all(loops);
         await Promise.all([...pubs.values()].map((p) => p.idle()));
         await Promise.all([...pubs.values()].map((p) => p.node.close()));

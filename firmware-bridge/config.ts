@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { QisError, canon, loadTemplate, type Template } from '../src/index.js';
-import type { RegisterType, Table, WordOrder } from './modbus.js';
+import { BYTE_ORDERS, MAX_READ, registerCount, type ByteOrder, type RegisterType, type Table } from './modbus.js';
 
 export type Scalar = string | number | boolean;
 /** A value in the mapping: a constant, or the current value of a named reading. */
@@ -32,11 +32,16 @@ export interface Rule {
 
 export interface ModbusReading {
   readonly table: Table;
+  /** The 0-based protocol address (register 40001 is holding address 0). */
   readonly address: number;
   readonly type: RegisterType;
-  readonly wordOrder: WordOrder;
+  readonly byteOrder: ByteOrder;
   readonly scale: number;
   readonly offset: number;
+  /** Registers read: the type's size, or a string's length. */
+  readonly count: number;
+  /** A bit within a holding or input register (0 = least significant): the reading is true/false. */
+  readonly bit?: number;
 }
 
 export interface SparkplugReading {
@@ -51,6 +56,9 @@ export interface ModbusDevice {
   readonly unitId: number;
   readonly pollMs: number;
   readonly timeoutMs: number;
+  /** Block reads: neighbouring readings are read together across gaps of at most maxGap items, up to maxBlock items a request. */
+  readonly maxGap: number;
+  readonly maxBlock: number;
 }
 
 export interface Machine<R> {
@@ -308,6 +316,47 @@ function uniqueNames(c: Check, machines: readonly { name: string }[]): void {
   }
 }
 
+const TABLE_OF_PREFIX: Readonly<Record<string, Table>> = { '0': 'coil', '1': 'discrete', '3': 'input', '4': 'holding' };
+
+/**
+ * A reading's table and 0-based protocol address: `address: 12` with a `table`, or the
+ * traditional 1-based register notation as a string (`"40013"`, `"400013"`: holding 12;
+ * `"30001"`: input 0; `"00001"`: coil 0; `"10001"`: discrete 0), whose first digit names the table.
+ */
+function tableAndAddress(c: Check, r: Obj, rk: string): { table: Table; address: number } {
+  const tables = ['holding', 'input', 'coil', 'discrete'] as const;
+  const a = r['address'];
+  if (typeof a === 'string') {
+    const m = /^([0134])(\d{4,5})$/.exec(a.trim());
+    const n = m ? Number(m[2]) : 0;
+    if (!m || n < 1 || n > 65536) c.fail(`${rk}.address`, 'a 0-based protocol address, or register notation such as "40001" or "300010" (first digit 0 coil, 1 discrete, 3 input, 4 holding)', a);
+    const table = TABLE_OF_PREFIX[m[1]!]!;
+    if (r['table'] !== undefined && r['table'] !== table) c.fail(`${rk}.table`, `${table} (the address "${a}" names that table) or no table`, r['table']);
+    return { table, address: n - 1 };
+  }
+  return { table: c.oneOf(r['table'], `${rk}.table`, tables), address: c.num(a, `${rk}.address`, { min: 0, max: 65535, int: true }) };
+}
+
+function modbusReading(c: Check, spec: unknown, rk: string): ModbusReading {
+  const r = c.obj(spec, rk, ['table', 'address', 'type', 'byteOrder', 'wordOrder', 'scale', 'offset', 'bit', 'length']);
+  const { table, address } = tableAndAddress(c, r, rk);
+  const bits = table === 'coil' || table === 'discrete';
+  if (bits) {
+    for (const k of ['type', 'byteOrder', 'wordOrder', 'scale', 'offset', 'bit', 'length']) if (r[k] !== undefined) c.fail(`${rk}.${k}`, `nothing: a ${table} reads as true/false (no type, byteOrder, scale, offset, bit or length)`, r[k]);
+    return { table, address, type: 'uint16', byteOrder: 'ABCD', scale: 1, offset: 0, count: 1 };
+  }
+  const type = c.oneOf(r['type'], `${rk}.type`, ['int16', 'uint16', 'int32', 'uint32', 'float32', 'int64', 'uint64', 'float64', 'string'] as const, 'uint16');
+  if (r['byteOrder'] !== undefined && r['wordOrder'] !== undefined) c.fail(rk, 'byteOrder or wordOrder, not both', r);
+  const byteOrder: ByteOrder = r['wordOrder'] !== undefined ? (c.oneOf(r['wordOrder'], `${rk}.wordOrder`, ['big', 'little'] as const) === 'big' ? 'ABCD' : 'CDAB') : c.oneOf(r['byteOrder'], `${rk}.byteOrder`, BYTE_ORDERS, 'ABCD');
+  if (r['bit'] !== undefined && type !== 'uint16' && type !== 'int16') c.fail(`${rk}.bit`, 'a bit only on a 16-bit register (type uint16 or no type)', r['bit']);
+  if (r['length'] !== undefined && type !== 'string') c.fail(`${rk}.length`, 'a length only with type string', r['length']);
+  const count = type === 'string' ? c.num(r['length'], `${rk}.length`, { min: 1, max: MAX_READ[table], int: true }) : registerCount(type);
+  if (address + count > 65536) c.fail(`${rk}.address`, `an address whose ${count} registers end by 65535`, r['address']);
+  const bit = r['bit'] === undefined ? undefined : c.num(r['bit'], `${rk}.bit`, { min: 0, max: 15, int: true });
+  if ((type === 'string' || bit !== undefined) && (r['scale'] !== undefined || r['offset'] !== undefined)) c.fail(rk, `no scale or offset on a ${type === 'string' ? 'string' : 'bit'}`, r);
+  return { table, address, type, byteOrder, scale: c.num(r['scale'], `${rk}.scale`, { def: 1 }), offset: c.num(r['offset'], `${rk}.offset`, { def: 0 }), count, ...(bit === undefined ? {} : { bit }) };
+}
+
 const MACHINE_KEYS = ['name', 'template', 'readings', 'situation', 'context', 'outcomes'];
 
 /** Parses a `qis bridge modbus` config (already read as text). */
@@ -325,32 +374,19 @@ export async function parseModbusConfig(text: string, file: string): Promise<Mod
   for (const [i, raw] of machineList(c, top['machines']).entries()) {
     const key = `machines[${i}]`;
     const m = c.obj(raw, key, [...MACHINE_KEYS, 'device']);
-    const d = c.obj(m['device'], `${key}.device`, ['host', 'port', 'unitId', 'pollMs', 'timeoutMs']);
+    const d = c.obj(m['device'], `${key}.device`, ['host', 'port', 'unitId', 'pollMs', 'timeoutMs', 'maxGap', 'maxBlock']);
     const device: ModbusDevice = {
       host: c.str(d['host'], `${key}.device.host`, undefined, 'a host name or IP address'),
       port: c.num(d['port'], `${key}.device.port`, { min: 1, max: 65535, int: true, def: 502 }),
       unitId: c.num(d['unitId'], `${key}.device.unitId`, { min: 0, max: 255, int: true, def: 1 }),
       pollMs: c.num(d['pollMs'], `${key}.device.pollMs`, { min: 50, def: 1000 }),
       timeoutMs: c.num(d['timeoutMs'], `${key}.device.timeoutMs`, { min: 10, def: 1000 }),
+      maxGap: c.num(d['maxGap'], `${key}.device.maxGap`, { min: 0, max: 100, int: true, def: 10 }),
+      maxBlock: c.num(d['maxBlock'], `${key}.device.maxBlock`, { min: 1, max: 2000, int: true, def: 100 }),
     };
     const rs = c.obj(m['readings'], `${key}.readings`, Object.keys((m['readings'] as Obj | undefined) ?? {}));
     const readings = new Map<string, ModbusReading>();
-    for (const [name, spec] of Object.entries(rs)) {
-      const rk = `${key}.readings.${name}`;
-      const r = c.obj(spec, rk, ['table', 'address', 'type', 'wordOrder', 'scale', 'offset']);
-      const table = c.oneOf(r['table'], `${rk}.table`, ['holding', 'input', 'coil', 'discrete'] as const);
-      const bits = table === 'coil' || table === 'discrete';
-      if (bits && (r['type'] !== undefined || r['wordOrder'] !== undefined || r['scale'] !== undefined || r['offset'] !== undefined)) c.fail(rk, `no type, wordOrder, scale or offset on a ${table} (it reads as true/false)`, r);
-      const type = bits ? 'uint16' : c.oneOf(r['type'], `${rk}.type`, ['int16', 'uint16', 'int32', 'uint32', 'float32'] as const, 'uint16');
-      readings.set(name, {
-        table,
-        address: c.num(r['address'], `${rk}.address`, { min: 0, max: type === 'int16' || type === 'uint16' ? 65535 : 65534, int: true }),
-        type,
-        wordOrder: c.oneOf(r['wordOrder'], `${rk}.wordOrder`, ['big', 'little'] as const, 'big'),
-        scale: c.num(r['scale'], `${rk}.scale`, { def: 1 }),
-        offset: c.num(r['offset'], `${rk}.offset`, { def: 0 }),
-      });
-    }
+    for (const [name, spec] of Object.entries(rs)) readings.set(name, modbusReading(c, spec, `${key}.readings.${name}`));
     const common = await machineCommon(c, tpl, m, key, readings);
     machines.push({ ...common, device });
   }

@@ -114,8 +114,8 @@ t.test('config - a valid modbus config resolves defaults and paths', async (t) =
   const c = await loadModbusConfig(file);
   t.equal(c.dataDir, join(dir, 'data'), 'relative to the config file');
   const m = c.machines[0]!;
-  t.same(m.device, { host: '127.0.0.1', port: 5020, unitId: 1, pollMs: 1000, timeoutMs: 1000 });
-  t.same(m.readings.get('fault'), { table: 'holding', address: 0, type: 'uint16', wordOrder: 'big', scale: 1, offset: 0 });
+  t.same(m.device, { host: '127.0.0.1', port: 5020, unitId: 1, pollMs: 1000, timeoutMs: 1000, maxGap: 10, maxBlock: 100 });
+  t.same(m.readings.get('fault'), { table: 'holding', address: 0, type: 'uint16', byteOrder: 'ABCD', scale: 1, offset: 0, count: 1 });
   t.equal(m.rules.length, 3);
   t.same(m.rules[2]!.when, { kind: 'every', everyMs: 600_000 });
   t.equal(m.rules[2]!.template.doc.name, 'press-temperature');
@@ -125,7 +125,7 @@ t.test('config - the example config is valid', async (t) => {
   const c = await loadModbusConfig(join(examples, 'modbus-bridge.yaml'));
   t.equal(c.machines[0]!.name, 'press-7');
   t.equal(c.machines[0]!.rules.length, 3);
-  t.same(c.machines[0]!.readings.get('run_hours'), { table: 'input', address: 2, type: 'uint32', wordOrder: 'little', scale: 0.1, offset: 0 });
+  t.same(c.machines[0]!.readings.get('run_hours'), { table: 'input', address: 2, type: 'uint32', byteOrder: 'CDAB', scale: 0.1, offset: 0, count: 2 });
 });
 
 t.test('config - each error names the file, the key and what was expected', async (t) => {
@@ -133,7 +133,7 @@ t.test('config - each error names the file, the key and what was expected', asyn
     ['unknown top-level key', config(mapping, 'extra: 1'), /bridge\.yaml: \(top level\)\.extra: expected one of the keys/],
     ['bad port', config(mapping).replace('port: 5020', 'port: 70000'), /machines\[0\]\.device\.port: expected an integer ≥ 1 ≤ 65535, got 70000/],
     ['bad table', config(mapping).replace('table: holding, address: 0 }', 'table: holdings, address: 0 }'), /machines\[0\]\.readings\.fault\.table: expected one of holding, input, coil, discrete, got "holdings"/],
-    ['type on a coil', config(mapping).replace('{ table: coil, address: 0 }', '{ table: coil, address: 0, type: int16 }'), /machines\[0\]\.readings\.sealed: expected no type/],
+    ['type on a coil', config(mapping).replace('{ table: coil, address: 0 }', '{ table: coil, address: 0, type: int16 }'), /machines\[0\]\.readings\.sealed\.type: expected nothing: a coil reads as true\/false/],
     ['unknown reading', config(mapping).replace('{ reading: load }', '{ reading: lod }'), /machines\[0\]\.situation\.load_kn\.reading: expected the name of a reading of this machine/],
     ['missing field', config(mapping).replace('sealed: { reading: sealed } }', '}'), /machines\[0\]\.situation\.sealed: expected a value for the template's field "sealed"/],
     ['constant off the closed set', config(mapping).replace('bearing_type: roller', 'bearing_type: needle'), /machines\[0\]\.situation\.bearing_type: expected a value that fits the field/],
