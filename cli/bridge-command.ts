@@ -12,11 +12,16 @@ const MAPPING = `Mapping (the same for both bridges), per machine:
     - when: { change: NAME, from: 0 }                  a reading changes (from / to optional)
       outcome: failure                                 a label, a number, or { reading: NAME }
       conf: 0.9                                        optional; also n, and template: FILE
-    - when: { threshold: NAME, above: 90 }             crossing upwards (or below: N, downwards)
+    - when: { threshold: NAME, above: 90 }             crossing upwards (or below: N, downwards);
+                                                       hysteresis: N re-arms only once back by N,
+                                                       debounce: 2s fires only if it stays past
     - when: { every: 10m }                             periodic (ms, s, m, h)
-A reading's first value is a baseline and fires nothing. Paths (templates, dataDir,
-passwordFile) are relative to the config file. Every machine is its own node: its key, outbox
-and seq state live in <dataDir>/<machine>/.`;
+Packets are built only from current readings (not stale: device down; not bad: exception),
+with ts = when they were read; a rule that cannot publish is reported once per reason. A
+reading's first value ever is a baseline and fires nothing; last values and threshold states
+are kept in <dataDir>/<machine>/bridge-triggers.json, so a change during a restart fires.
+Paths (templates, dataDir, passwordFile) are relative to the config file. Every machine is its
+own node: its key, outbox and seq state live in <dataDir>/<machine>/.`;
 
 const MODBUS_DETAILS = `Config (YAML or JSON; see examples/modbus-bridge.yaml):
 
@@ -132,7 +137,7 @@ async function checkMachine(config: ModbusBridgeConfig, m: ModbusMachine): Promi
   try {
     client = await ModbusTcpClient.connect(m.device.host, m.device.port, m.device.timeoutMs, device);
     const values = await readMachine(client, m, (reading, e) => out.exceptions.push({ reading, exception: e.exception, message: e.message }));
-    mapper.update(values);
+    mapper.update(values, Date.now());
     out.readings = Object.fromEntries(values);
   } catch (e) {
     out.ok = false;

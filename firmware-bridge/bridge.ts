@@ -9,6 +9,7 @@
  * one would need a second publishing path beside the runtime's. A bridge serves tens to a few
  * hundred machines, well within what a broker holds.
  */
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import {
@@ -19,6 +20,7 @@ import {
   type ErrorCode,
   type NodeStatus,
   type QisNode,
+  writeFileDurable,
 } from '../src/index.js';
 import type { BrokerTarget, Machine, ModbusBridgeConfig, ModbusMachine, SparkplugBridgeConfig, SparkplugMachine } from './config.js';
 import { isSkip, MachineMapper, type Emission, type ReadingValue, type Skip } from './mapping.js';
@@ -30,6 +32,9 @@ export type BridgeEvent =
   | { readonly type: 'device-up'; readonly machine: string; readonly device: string }
   | { readonly type: 'device-down'; readonly machine: string; readonly device: string; readonly code: ErrorCode; readonly message: string; readonly retryInMs: number }
   | { readonly type: 'modbus-exception'; readonly machine: string; readonly device: string; readonly reading: string; readonly exception: number; readonly message: string }
+  | { readonly type: 'reading-recovered'; readonly machine: string; readonly device: string; readonly reading: string }
+  | { readonly type: 'state-restored'; readonly machine: string; readonly readings: number }
+  | { readonly type: 'state-ignored'; readonly machine: string; readonly code: ErrorCode; readonly message: string }
   | { readonly type: 'published'; readonly machine: string; readonly rule: string; readonly topic: string; readonly seq: number; readonly outcome: unknown; readonly acked: boolean }
   | { readonly type: 'skipped'; readonly machine: string; readonly rule: string; readonly reason: string }
   | { readonly type: 'publish-failed'; readonly machine: string; readonly rule: string; readonly code: ErrorCode; readonly message: string }
@@ -57,6 +62,8 @@ export interface BridgeOptions {
   /** Node options for tests: faster reconnects of the machines' connections to the qis broker. */
   readonly nodeReconnect?: { readonly baseMs: number; readonly capMs: number };
   readonly random?: () => number;
+  /** Clock, Unix ms: when readings are observed (the packets' ts). Default Date.now. */
+  readonly now?: () => number;
 }
 
 export interface Bridge {
@@ -86,6 +93,7 @@ class Publisher {
           // delivers it (now or after an outage) without holding up the poll loop.
           const r = await this.node.publish(e.template, e.situation, e.outcome, {
             ackTimeoutMs: 0,
+            ts: e.ts, // when the readings were observed (PROTOCOL §5), not when the packet is built
             ...(e.ctx ? { ctx: e.ctx } : {}),
             ...(e.conf === undefined ? {} : { conf: e.conf }),
             ...(e.n === undefined ? {} : { n: e.n }),
@@ -131,7 +139,69 @@ async function openNodes(machines: readonly Machine<unknown>[], dataDir: string,
 
 /** Periodic (`every`) rules of a machine: one timer each. */
 function startPeriodic(mapper: MachineMapper, pub: Publisher): NodeJS.Timeout[] {
-  return mapper.machine.rules.flatMap((rule) => (rule.when.kind === 'every' ? [setInterval(() => pub.send([mapper.build(rule)]), rule.when.everyMs)] : []));
+  return mapper.machine.rules.flatMap((rule) => (rule.when.kind === 'every' ? [setInterval(() => pub.send(mapper.periodic(rule)), rule.when.everyMs)] : []));
+}
+
+/** Where a machine's trigger state lives: beside its node's key and outbox. */
+const STATE_FILE = 'bridge-triggers.json';
+/** A trigger state file larger than this is not read (the config bounds what the bridge writes). */
+const MAX_STATE_BYTES = 1 << 20;
+
+/**
+ * Persists a machine's trigger state (last values, threshold states) whenever it changes, so a
+ * restart keeps edges: a fault that appeared while the bridge was down fires on its first poll.
+ * Writes are durable (temp file, fsync, rename) and one at a time.
+ */
+class TriggerStore {
+  private chain: Promise<void> = Promise.resolve();
+  private last = '';
+  constructor(private readonly file: string, private readonly mapper: MachineMapper, private readonly emit: (e: BridgeEvent) => void) {}
+
+  /** Restores the state saved by a previous run, if any; a corrupt file is reported and ignored. */
+  async load(): Promise<void> {
+    const m = this.mapper.machine.name;
+    let text: string;
+    try {
+      const fh = await open(this.file, 'r');
+      try {
+        const size = (await fh.stat()).size;
+        if (size > MAX_STATE_BYTES) return this.emit({ type: 'state-ignored', machine: m, code: 'ERR_FILE_IO', message: `${this.file}: ${size} bytes, more than ${MAX_STATE_BYTES}` });
+        text = await fh.readFile('utf8');
+      } finally {
+        await fh.close();
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      return this.emit({ type: 'state-ignored', machine: m, code: 'ERR_FILE_IO', message: (e as Error).message });
+    }
+    try {
+      this.mapper.restore(JSON.parse(text));
+    } catch (e) {
+      return this.emit({ type: 'state-ignored', machine: m, code: 'ERR_FILE_IO', message: `${this.file}: ${(e as Error).message}` });
+    }
+    this.last = this.key();
+    this.emit({ type: 'state-restored', machine: m, readings: this.mapper.readings.size });
+  }
+
+  /** What decides a write: values and threshold states, not observation times (every poll). */
+  private key(): string {
+    const s = this.mapper.snapshot();
+    return JSON.stringify([Object.entries(s.readings).map(([k, r]) => [k, r.value]), s.thresholds]);
+  }
+
+  save(): void {
+    const key = this.key();
+    if (key === this.last) return;
+    this.last = key;
+    const text = JSON.stringify(this.mapper.snapshot());
+    this.chain = this.chain.then(() =>
+      writeFileDurable(this.file, text).catch((e: unknown) => this.emit({ type: 'state-ignored', machine: this.mapper.machine.name, code: 'ERR_FILE_IO', message: `cannot save ${this.file}: ${(e as Error).message}` })),
+    );
+  }
+
+  idle(): Promise<void> {
+    return this.chain;
+  }
 }
 
 /** A reading's value from the bytes (or bits) of the block that holds it. */
@@ -229,9 +299,11 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
   const pubs = await openNodes(config.machines, config.dataDir, config.broker, o, emit);
   const backoff = backoffOptions(config.reconnect);
   const random = o.random ?? Math.random;
+  const now = o.now ?? Date.now;
   const stop = new AbortController();
   const statuses = new Map<string, { -readonly [K in keyof DeviceStatus]: DeviceStatus[K] }>();
   const timers: NodeJS.Timeout[] = [];
+  const stores: TriggerStore[] = [];
   const endpoints = new Map<string, Endpoint>();
   for (const m of config.machines) {
     const k = endpointKey(m);
@@ -254,10 +326,15 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
   const loop = async (m: ModbusMachine): Promise<void> => {
     const pub = pubs.get(m.name)!;
     const mapper = new MachineMapper(m);
+    const store = new TriggerStore(join(config.dataDir, m.name, STATE_FILE), mapper, emit);
+    stores.push(store);
+    await store.load();
     timers.push(...startPeriodic(mapper, pub));
     const device = deviceLabel(m);
     const endpoint = endpoints.get(endpointKey(m))!;
     const st = statuses.get(m.name)!;
+    /** Readings answered with an exception, by exception code: reported once per change. */
+    const failing = new Map<string, number>();
     let attempt = 0;
     while (!stop.signal.aborted) {
       try {
@@ -266,10 +343,18 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
         if (stop.signal.aborted) break;
         while (!stop.signal.aborted) {
           const started = Date.now();
+          const refused = new Set<string>();
           const values = await readMachine(client, m, (reading, e) => {
             st.exceptions++;
-            emit({ type: 'modbus-exception', machine: m.name, device, reading, exception: e.exception, message: `${device} ${reading}: ${e.message}` });
+            refused.add(reading);
+            if (failing.get(reading) !== e.exception) emit({ type: 'modbus-exception', machine: m.name, device, reading, exception: e.exception, message: `${device} ${reading}: ${e.message}` });
+            failing.set(reading, e.exception);
           });
+          for (const reading of failing.keys()) {
+            if (refused.has(reading)) continue;
+            failing.delete(reading);
+            emit({ type: 'reading-recovered', machine: m.name, device, reading });
+          }
           if (st.state !== 'up') {
             st.state = 'up';
             emit({ type: 'device-up', machine: m.name, device });
@@ -277,7 +362,9 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
           attempt = 0; // a full poll: the device is back
           st.polls++;
           st.lastPollAt = Date.now();
-          pub.send(mapper.update(values));
+          pub.send(mapper.update(values, now()));
+          mapper.markBad(refused);
+          store.save();
           st.published = pub.published;
           await wait(Math.max(0, m.device.pollMs - (Date.now() - started)));
         }
@@ -286,6 +373,7 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
         const code = codeOf(e);
         const delay = backoffDelay(attempt++, backoff, random);
         st.state = 'down';
+        mapper.markStale(); // periodic rules publish nothing until the device is read again
         st.lastError = { code, message: (e as Error).message, at: Date.now() };
         emit({ type: 'device-down', machine: m.name, device, code, message: (e as Error).message, retryInMs: delay });
         // Even an unexpected failure (a bug) is reported and retried with backoff: one machine's
@@ -311,6 +399,7 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
         for (const t of timers) clearInterval(t);
         for (const e of endpoints.values()) e.close();
         await Promise.all(loops);
+        await Promise.all(stores.map((x) => x.idle()));
         await Promise.all([...pubs.values()].map((p) => p.idle()));
         await Promise.all([...pubs.values()].map((p) => p.node.close()));
       })();
@@ -331,7 +420,12 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
   const filter = `spBv1.0/${sp.group}/#`;
   const states = new Map<string, EdgeNodeState>();
   const lastRebirth = new Map<string, number>();
-  const mappers = config.machines.map((m) => ({ m, mapper: new MachineMapper(m), pub: pubs.get(m.name)! }));
+  const now = o.now ?? Date.now;
+  const mappers = config.machines.map((m) => {
+    const mapper = new MachineMapper(m);
+    return { m, mapper, pub: pubs.get(m.name)!, store: new TriggerStore(join(config.dataDir, m.name, STATE_FILE), mapper, emit) };
+  });
+  for (const { store } of mappers) await store.load();
   const timers = mappers.flatMap(({ mapper, pub }) => startPeriodic(mapper, pub));
   const statuses = new Map(config.machines.map((m) => [m.name, { polls: 0, lastPollAt: undefined as number | undefined }]));
   let up = false;
@@ -392,7 +486,7 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
     const r = state.handle(t.type, t.device, p);
     if (r.kind === 'rebirth') return rebirth(t.edgeNode, r.reason);
     if (r.kind === 'ignored') return;
-    for (const { m, mapper, pub } of mappers) {
+    for (const { m, mapper, pub, store } of mappers) {
       if (m.edgeNode !== t.edgeNode) continue;
       if (r.kind === 'death') {
         // NDEATH covers the node and its devices; DDEATH one device.
@@ -410,7 +504,10 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
       const st = statuses.get(m.name)!;
       st.polls++;
       st.lastPollAt = Date.now();
-      if (values.size > 0) pub.send(mapper.update(values));
+      if (values.size > 0) {
+        pub.send(mapper.update(values, now()));
+        store.save();
+      }
     }
   });
 
@@ -435,6 +532,7 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
       closing ??= (async () => {
         for (const t of timers) clearInterval(t);
         await new Promise<void>((r) => client.end(true, {}, () => r()));
+        await Promise.all(mappers.map((x) => x.store.idle()));
         await Promise.all([...pubs.values()].map((p) => p.idle()));
         await Promise.all([...pubs.values()].map((p) => p.node.close()));
       })();

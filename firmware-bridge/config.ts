@@ -17,7 +17,16 @@ export type ValueSpec = { readonly const: Scalar } | { readonly reading: string 
 
 export type Trigger =
   | { readonly kind: 'change'; readonly reading: string; readonly from?: Scalar; readonly to?: Scalar }
-  | { readonly kind: 'threshold'; readonly reading: string; readonly above?: number; readonly below?: number }
+  | {
+      readonly kind: 'threshold';
+      readonly reading: string;
+      readonly above?: number;
+      readonly below?: number;
+      /** Re-armed only once the reading is back past the limit by this much (default 0). */
+      readonly hysteresis: number;
+      /** Fires only once the limit has been passed for this long, ms (default 0: at once). */
+      readonly debounceMs: number;
+    }
   | { readonly kind: 'every'; readonly everyMs: number };
 
 export interface Rule {
@@ -250,7 +259,7 @@ async function machineCommon<R>(c: Check, tpl: Templates, m: Obj, key: string, r
   for (const [j, r] of list.entries()) {
     const rk = `${key}.outcomes[${j}]`;
     const o = c.obj(r, rk, ['when', 'outcome', 'template', 'conf', 'n']);
-    const w = c.obj(o['when'], `${rk}.when`, ['change', 'from', 'to', 'threshold', 'above', 'below', 'every']);
+    const w = c.obj(o['when'], `${rk}.when`, ['change', 'from', 'to', 'threshold', 'above', 'below', 'hysteresis', 'debounce', 'every']);
     let when: Trigger;
     const reading = (v: unknown, k: string): string => {
       const s = c.str(v, k);
@@ -258,7 +267,7 @@ async function machineCommon<R>(c: Check, tpl: Templates, m: Obj, key: string, r
       return s;
     };
     if (w['change'] !== undefined) {
-      if (w['threshold'] !== undefined || w['every'] !== undefined || w['above'] !== undefined || w['below'] !== undefined) c.fail(`${rk}.when`, 'exactly one trigger: change (with from/to), threshold (with above/below) or every', w);
+      if (w['threshold'] !== undefined || w['every'] !== undefined || w['above'] !== undefined || w['below'] !== undefined || w['hysteresis'] !== undefined || w['debounce'] !== undefined) c.fail(`${rk}.when`, 'exactly one trigger: change (with from/to), threshold (with above/below) or every', w);
       when = {
         kind: 'change',
         reading: reading(w['change'], `${rk}.when.change`),
@@ -273,6 +282,8 @@ async function machineCommon<R>(c: Check, tpl: Templates, m: Obj, key: string, r
         reading: reading(w['threshold'], `${rk}.when.threshold`),
         ...(w['above'] === undefined ? {} : { above: c.num(w['above'], `${rk}.when.above`) }),
         ...(w['below'] === undefined ? {} : { below: c.num(w['below'], `${rk}.when.below`) }),
+        hysteresis: c.num(w['hysteresis'], `${rk}.when.hysteresis`, { min: 0, def: 0 }),
+        debounceMs: w['debounce'] === undefined || w['debounce'] === 0 ? 0 : duration(c, w['debounce'], `${rk}.when.debounce`),
       };
     } else if (w['every'] !== undefined) {
       if (Object.keys(w).length !== 1) c.fail(`${rk}.when`, 'exactly one trigger: change (with from/to), threshold (with above/below) or every', w);
