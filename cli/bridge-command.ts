@@ -129,13 +129,13 @@ interface CheckedMachine {
 
 /** Reads one device once and builds each rule's packet from the readings. */
 async function checkMachine(config: ModbusBridgeConfig, m: ModbusMachine): Promise<CheckedMachine> {
-  const { ModbusTcpClient, MachineMapper, readMachine, isSkip } = await import('../firmware-bridge/index.js');
-  const device = `${m.device.host}:${m.device.port}/${m.device.unitId}`;
+  const { openTransport, endpointKey, MachineMapper, readMachine, isSkip } = await import('../firmware-bridge/index.js');
+  const device = `${endpointKey(m)}/${m.device.unitId}`;
   const out: CheckedMachine = { machine: m.name, device, ok: true, exceptions: [], readings: {}, packets: [] };
   const mapper = new MachineMapper(m);
   let client;
   try {
-    client = await ModbusTcpClient.connect(m.device.host, m.device.port, m.device.timeoutMs, device);
+    client = await openTransport(m, m.device.timeoutMs, device);
     const values = await readMachine(client, m, (reading, e) => out.exceptions.push({ reading, exception: e.exception, message: e.message }));
     mapper.update(values, Date.now());
     out.readings = Object.fromEntries(values);

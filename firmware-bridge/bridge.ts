@@ -24,7 +24,8 @@ import {
 } from '../src/index.js';
 import type { BrokerTarget, Machine, ModbusBridgeConfig, ModbusMachine, SparkplugBridgeConfig, SparkplugMachine } from './config.js';
 import { isSkip, MachineMapper, type Emission, type ReadingValue, type Skip } from './mapping.js';
-import { decodeBit, decodeRegisters, decodeString, ModbusException, ModbusTcpClient, planBlocks, type Block } from './modbus.js';
+import { decodeBit, decodeRegisters, decodeString, ModbusException, ModbusTcpClient, planBlocks, type Block, type ModbusTransport } from './modbus.js';
+import { ModbusRtuClient } from './serial.js';
 import type { ModbusReading } from './config.js';
 import { decodeSparkplugPayload, EdgeNodeState, encodeRebirthRequest, ncmdTopic, parseSparkplugTopic } from './sparkplug.js';
 
@@ -231,7 +232,7 @@ export function machineBlocks(m: ModbusMachine): Block<string>[] {
  * left out.
  */
 export async function readMachine(
-  client: ModbusTcpClient,
+  client: ModbusTransport,
   m: ModbusMachine,
   onException: (reading: string, e: ModbusException) => void,
 ): Promise<Map<string, ReadingValue>> {
@@ -253,26 +254,36 @@ export async function readMachine(
   return values;
 }
 
-const deviceLabel = (m: ModbusMachine): string => `${m.device.host}:${m.device.port}/${m.device.unitId}`;
-const endpointKey = (m: ModbusMachine): string => `${m.device.host}:${m.device.port}`;
+/** Where a machine's device is reached: `host:port`, `rtu+tcp://host:port` or the serial path. */
+export const endpointKey = (m: ModbusMachine): string =>
+  m.device.protocol === 'rtu' ? m.device.serial!.path : m.device.protocol === 'rtu-over-tcp' ? `rtu+tcp://${m.device.host}:${m.device.port}` : `${m.device.host}:${m.device.port}`;
+const deviceLabel = (m: ModbusMachine): string => `${endpointKey(m)}/${m.device.unitId}`;
+
+/** Opens a machine's transport: the project's Modbus TCP client, or RTU through modbus-serial. */
+export function openTransport(m: ModbusMachine, timeoutMs = m.device.timeoutMs, label = endpointKey(m)): Promise<ModbusTransport> {
+  const d = m.device;
+  if (d.protocol === 'tcp') return ModbusTcpClient.connect(d.host, d.port, timeoutMs, label);
+  return ModbusRtuClient.connect(d.protocol === 'rtu' ? { kind: 'rtu', ...d.serial! } : { kind: 'rtu-tcp', host: d.host, port: d.port }, timeoutMs, label);
+}
 
 /**
- * One connection per Modbus endpoint (host and port), shared by the machines behind it (unit ids
- * of one gateway): many PLCs and gateways accept only one to four connections. The client sends
- * one request at a time, so the machines' polls are serialised on it. A closed connection is
- * reopened by the next machine that needs it; concurrent needs share one attempt.
+ * One connection per Modbus endpoint (host and port, or serial line), shared by the machines
+ * behind it (unit ids of one gateway or bus): many PLCs and gateways accept only one to four
+ * connections, and a serial line has one master. The transport sends one request at a time, so
+ * the machines' polls are serialised on it. A closed connection is reopened by the next machine
+ * that needs it; concurrent needs share one attempt.
  */
 class Endpoint {
-  private client: ModbusTcpClient | undefined;
-  private opening: Promise<ModbusTcpClient> | undefined;
+  private client: ModbusTransport | undefined;
+  private opening: Promise<ModbusTransport> | undefined;
   private closed = false;
   /** Connections opened so far. */
   opened = 0;
-  constructor(readonly label: string, private readonly host: string, private readonly port: number, readonly timeoutMs: number) {}
+  constructor(readonly machine: ModbusMachine, readonly timeoutMs: number) {}
 
-  acquire(): Promise<ModbusTcpClient> {
+  acquire(): Promise<ModbusTransport> {
     if (this.client && !this.client.closed) return Promise.resolve(this.client);
-    this.opening ??= ModbusTcpClient.connect(this.host, this.port, this.timeoutMs, this.label)
+    this.opening ??= openTransport(this.machine, this.timeoutMs)
       .then((c) => {
         this.opened++;
         if (this.closed) c.close();
@@ -309,7 +320,7 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
     const k = endpointKey(m);
     // The endpoint's connect timeout is the longest of its machines': none is cut short.
     const prev = endpoints.get(k);
-    if (!prev || prev.timeoutMs < m.device.timeoutMs) endpoints.set(k, new Endpoint(k, m.device.host, m.device.port, m.device.timeoutMs));
+    if (!prev || prev.timeoutMs < m.device.timeoutMs) endpoints.set(k, new Endpoint(m, m.device.timeoutMs));
   }
   const wait = (ms: number): Promise<void> =>
     new Promise((resolve) => {

@@ -59,9 +59,21 @@ export interface SparkplugReading {
   readonly offset: number;
 }
 
+export interface SerialLine {
+  readonly path: string;
+  readonly baudRate: number;
+  readonly parity: 'none' | 'even' | 'odd';
+  readonly dataBits: 7 | 8;
+  readonly stopBits: 1 | 2;
+}
+
 export interface ModbusDevice {
+  /** tcp: Modbus TCP; rtu-over-tcp: RTU frames through a serial gateway's TCP port; rtu: a serial line. */
+  readonly protocol: 'tcp' | 'rtu-over-tcp' | 'rtu';
+  /** Host and port (tcp, rtu-over-tcp; empty and 0 for rtu). */
   readonly host: string;
   readonly port: number;
+  readonly serial?: SerialLine;
   readonly unitId: number;
   readonly pollMs: number;
   readonly timeoutMs: number;
@@ -385,10 +397,25 @@ export async function parseModbusConfig(text: string, file: string): Promise<Mod
   for (const [i, raw] of machineList(c, top['machines']).entries()) {
     const key = `machines[${i}]`;
     const m = c.obj(raw, key, [...MACHINE_KEYS, 'device']);
-    const d = c.obj(m['device'], `${key}.device`, ['host', 'port', 'unitId', 'pollMs', 'timeoutMs', 'maxGap', 'maxBlock']);
+    const d = c.obj(m['device'], `${key}.device`, ['protocol', 'host', 'port', 'serial', 'unitId', 'pollMs', 'timeoutMs', 'maxGap', 'maxBlock']);
+    const protocol = c.oneOf(d['protocol'], `${key}.device.protocol`, ['tcp', 'rtu-over-tcp', 'rtu'] as const, d['serial'] === undefined ? 'tcp' : 'rtu');
+    let serial: SerialLine | undefined;
+    if (protocol === 'rtu') {
+      if (d['host'] !== undefined || d['port'] !== undefined) c.fail(`${key}.device`, 'serial for protocol rtu, not host or port', d);
+      const sl = c.obj(d['serial'], `${key}.device.serial`, ['path', 'baudRate', 'parity', 'dataBits', 'stopBits']);
+      serial = {
+        path: c.str(sl['path'], `${key}.device.serial.path`, undefined, 'a serial device path such as /dev/ttyUSB0'),
+        baudRate: c.num(sl['baudRate'], `${key}.device.serial.baudRate`, { min: 50, max: 4_000_000, int: true, def: 9600 }),
+        parity: c.oneOf(sl['parity'], `${key}.device.serial.parity`, ['none', 'even', 'odd'] as const, 'none'),
+        dataBits: c.oneOf(String(sl['dataBits'] ?? 8), `${key}.device.serial.dataBits`, ['7', '8'] as const) === '7' ? 7 : 8,
+        stopBits: c.oneOf(String(sl['stopBits'] ?? 1), `${key}.device.serial.stopBits`, ['1', '2'] as const) === '2' ? 2 : 1,
+      };
+    } else if (d['serial'] !== undefined) c.fail(`${key}.device.serial`, `nothing for protocol ${protocol} (a serial line is protocol rtu)`, d['serial']);
     const device: ModbusDevice = {
-      host: c.str(d['host'], `${key}.device.host`, undefined, 'a host name or IP address'),
-      port: c.num(d['port'], `${key}.device.port`, { min: 1, max: 65535, int: true, def: 502 }),
+      protocol,
+      host: protocol === 'rtu' ? '' : c.str(d['host'], `${key}.device.host`, undefined, 'a host name or IP address'),
+      port: protocol === 'rtu' ? 0 : c.num(d['port'], `${key}.device.port`, { min: 1, max: 65535, int: true, def: 502 }),
+      ...(serial ? { serial } : {}),
       unitId: c.num(d['unitId'], `${key}.device.unitId`, { min: 0, max: 255, int: true, def: 1 }),
       pollMs: c.num(d['pollMs'], `${key}.device.pollMs`, { min: 50, def: 1000 }),
       timeoutMs: c.num(d['timeoutMs'], `${key}.device.timeoutMs`, { min: 10, def: 1000 }),

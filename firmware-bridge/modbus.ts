@@ -194,6 +194,16 @@ export function planBlocks<K>(spans: readonly Span<K>[], o: { readonly maxGap: n
   return out;
 }
 
+/** What the bridge reads through: Modbus TCP (ModbusTcpClient) or RTU (serial.ts). */
+export interface ModbusTransport {
+  read(unitId: number, table: Table, address: number, count: number, timeoutMs: number): Promise<Buffer | boolean[]>;
+  readonly closed: boolean;
+  /** Requests sent and answers received (exceptions included) on this connection. */
+  readonly requests: number;
+  readonly answers: number;
+  close(): void;
+}
+
 interface Pending {
   readonly fn: number;
   readonly count: number;
@@ -209,7 +219,7 @@ interface Pending {
  * The timeout also closes the connection unless some other request was answered meanwhile: then
  * the link is alive and only that unit id is silent.
  */
-export class ModbusTcpClient {
+export class ModbusTcpClient implements ModbusTransport {
   private socket: Socket | undefined;
   private buf: Buffer = Buffer.alloc(0);
   private txId = 0;

@@ -114,7 +114,7 @@ t.test('config - a valid modbus config resolves defaults and paths', async (t) =
   const c = await loadModbusConfig(file);
   t.equal(c.dataDir, join(dir, 'data'), 'relative to the config file');
   const m = c.machines[0]!;
-  t.same(m.device, { host: '127.0.0.1', port: 5020, unitId: 1, pollMs: 1000, timeoutMs: 1000, maxGap: 10, maxBlock: 100 });
+  t.same(m.device, { protocol: 'tcp', host: '127.0.0.1', port: 5020, unitId: 1, pollMs: 1000, timeoutMs: 1000, maxGap: 10, maxBlock: 100 });
   t.same(m.readings.get('fault'), { table: 'holding', address: 0, type: 'uint16', byteOrder: 'ABCD', scale: 1, offset: 0, count: 1 });
   t.equal(m.rules.length, 3);
   t.same(m.rules[2]!.when, { kind: 'every', everyMs: 600_000 });

@@ -7,9 +7,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ModbusTcpClient, parseModbusConfig, readMachine, startModbusBridge, type ModbusMachine } from '../firmware-bridge/index.js';
+import { ModbusTcpClient, openTransport, parseModbusConfig, readMachine, startModbusBridge, type ModbusMachine } from '../firmware-bridge/index.js';
 import { freePort } from './helpers/mosquitto.js';
-import { countingProxy, startModbusServer, type ModbusServer } from './helpers/modbus-server.js';
+import { countingProxy, startModbusRtuServer, startModbusServer, type ModbusServer } from './helpers/modbus-server.js';
 import { startQisBroker } from './helpers/qis-broker.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -165,3 +165,29 @@ t.test('modbus shared endpoint - machines at two unit ids of one gateway share o
   t.same(proxy.units, new Set([1, 2, 3]), 'requests for all three unit ids on it');
   t.equal(proxy.maxInFlight, 1, 'one request at a time on the shared connection');
 });
+
+// RTU over TCP (protocol: rtu-over-tcp) is left out: modbus-serial's TcpRTUBuffered gets no
+// answer from pymodbus 3.0's RTU-framed TCP server, which pymodbus's own client reads; not yet
+// resolved which side is at fault (see firmware-bridge/README.md).
+for (const kind of ['rtu over a serial line (socat pty pair)'] as const) {
+  t.test(`modbus ${kind} - every type and byte order decoded, block reads counted at the server`, async (t) => {
+    const serial = kind.startsWith('rtu over a serial');
+    const server: ModbusServer & { path?: string } = serial ? await startModbusRtuServer(mkdtempSync(join(dir, 'tty-')), INITIAL) : await startModbusServer(await freePort(), INITIAL, 'rtu');
+    t.teardown(() => server.kill());
+    const device = serial ? `{ protocol: rtu, serial: { path: ${server.path}, baudRate: 9600 }, timeoutMs: 1000 }` : `{ protocol: rtu-over-tcp, host: 127.0.0.1, port: ${server.port}, timeoutMs: 1000 }`;
+    const m = (await parseModbusConfig(config(1).replace(/device: \{[^}]*\}/, `device: ${device}`), join(dir, 'rtu.yaml'))).machines[0]!;
+    t.equal(m.device.protocol, serial ? 'rtu' : 'rtu-over-tcp');
+    const client = await openTransport(m);
+    t.teardown(() => client.close());
+    // The serial server may start listening a moment after the pty exists: the first read may time out.
+    let values: Map<string, unknown> | undefined;
+    for (let i = 0; i < 5 && !values; i++) values = await readMachine(client, m, () => undefined).catch(() => undefined);
+    t.ok(values, 'read');
+    for (const o of ORDERS) for (const [type, want] of Object.entries(EXPECTED)) t.equal(values!.get(`${type}_${o}`), want, `${type} ${o}`);
+    t.equal(values!.get('name'), 'QIS-PLC 7');
+    t.equal(values!.get('fault'), true);
+    const before = await server.requests();
+    await readMachine(client, m, () => undefined);
+    t.equal((await server.requests()) - before, 2, 'two block reads per poll');
+  });
+}

@@ -4,7 +4,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { connect, createServer, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { waitForPort } from '../../bench/net.js';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { findBinary, waitForPort } from '../../bench/net.js';
 import { PYTHON, requirePythonModules } from './python.js';
 
 const SCRIPT = fileURLToPath(new URL('../fixtures/modbus-server.py', import.meta.url));
@@ -23,19 +25,56 @@ export interface ModbusServer {
  * Starts the server on `port`; if it does not listen within 15 s (the port taken for a moment),
  * kills it and tries again, three times in all.
  */
-export async function startModbusServer(port: number, initial: string[] = []): Promise<ModbusServer> {
+export async function startModbusServer(port: number, initial: string[] = [], framing: 'tcp' | 'rtu' = 'tcp'): Promise<ModbusServer> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startOnce(port, initial, 15_000);
+      return await startOnce(framing === 'rtu' ? `rtu-tcp:${port}` : String(port), port, initial, 15_000);
     } catch (e) {
       if (attempt >= 3 || /^test peer missing/.test((e as Error).message)) throw e;
     }
   }
 }
 
-async function startOnce(port: number, initial: string[], waitMs: number): Promise<ModbusServer> {
+/**
+ * Modbus RTU on a serial line: a pseudo-terminal pair made by socat (Debian `socat`), the pymodbus
+ * serial server on one end; the bridge opens `path`, the other end.
+ */
+export async function startModbusRtuServer(dir: string, initial: string[] = []): Promise<ModbusServer & { readonly path: string }> {
+  const socatBin = findBinary('socat');
+  const path = join(dir, 'bridge-tty');
+  const serverPath = join(dir, 'server-tty');
+  const socat = spawn(socatBin, [`pty,raw,echo=0,link=${path}`, `pty,raw,echo=0,link=${serverPath}`], { stdio: 'ignore' });
+  const socatExited = new Promise<void>((resolve) => socat.once('exit', () => resolve()));
+  const stopSocat = async (): Promise<void> => {
+    if (socat.exitCode === null && socat.signalCode === null) socat.kill('SIGTERM');
+    await socatExited;
+  };
+  try {
+    const until = Date.now() + 10_000;
+    while (!existsSync(path) || !existsSync(serverPath)) {
+      if (Date.now() > until || socat.exitCode !== null) throw new Error('socat made no pty pair');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const server = await startOnce(`serial:${serverPath}`, 0, initial, 15_000);
+    return {
+      ...server,
+      path,
+      async kill() {
+        await server.kill();
+        await stopSocat();
+      },
+    };
+  } catch (e) {
+    await stopSocat();
+    throw e;
+  }
+}
+
+async function startOnce(mode: string, port: number, initial: string[], waitMs: number): Promise<ModbusServer> {
   await requirePythonModules('pymodbus.server', 'pymodbus.datastore');
-  const child: ChildProcess = spawn(PYTHON, [SCRIPT, String(port), ...initial], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child: ChildProcess = spawn(PYTHON, [SCRIPT, mode, ...initial], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let serving: () => void = () => {};
+  const served = new Promise<void>((r) => (serving = r));
   let stderr = '';
   let out = '';
   const waiters: { line: string; resolve: () => void }[] = [];
@@ -50,6 +89,7 @@ async function startOnce(port: number, initial: string[], waitMs: number): Promi
       out = out.slice(i + 1);
       const w = waiters.findIndex((x) => `ok ${x.line}` === line);
       if (w >= 0) waiters.splice(w, 1)[0]!.resolve();
+      if (line === 'serving') serving();
       const n = /^count (\d+)$/.exec(line);
       if (n) counters.shift()?.(Number(n[1]));
     }
@@ -58,7 +98,7 @@ async function startOnce(port: number, initial: string[], waitMs: number): Promi
   child.stdin!.on('error', () => undefined);
   try {
     await Promise.race([
-      waitForPort(port, Date.now() + waitMs),
+      port === 0 ? served : waitForPort(port, Date.now() + waitMs),
       exited.then(() => {
         throw new Error(`modbus server exited: ${stderr}`);
       }),
