@@ -1,7 +1,7 @@
 // The Modbus bridge against real peers: a pymodbus TCP server (Debian's python3-pymodbus) whose
 // registers the test changes, and the qis broker on loopback. Packets are read back from the
 // broker and verified.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -148,7 +148,8 @@ t.test('modbus bridge - a dead and a silent device never stall a live one', asyn
   t.not(bridge.nodes.get('live')!.nodeId, bridge.nodes.get('dead')!.nodeId, 'each machine is its own node');
 });
 
-t.test('modbus bridge - a periodic rule publishes the current numeric reading under its own template', async (t) => {
+/** A broker, a subscriber, a pymodbus server with a temperature at input 4, and a bridge with one periodic rule. */
+async function periodicBridge(t: Test, name: string, every: string, pollMs: number) {
   const broker = await startQisBroker();
   t.teardown(() => broker.close());
   const sub = await collect(broker.url);
@@ -156,10 +157,16 @@ t.test('modbus bridge - a periodic rule publishes the current numeric reading un
   const port = await freePort();
   const server = await startModbusServer(port, [...INITIAL, 'ir 4 215']);
   t.teardown(() => server.kill());
-  const rules = `      - { when: { every: 300ms }, template: ${join(examples, 'press-temperature.yaml')}, outcome: { reading: temp } }`;
-  const text = header(broker.url, join(dir, 'c')) + machine('press-9', port, `${READINGS}\n      temp: { table: input, address: 4, type: int16, scale: 0.1 }`, rules);
-  const bridge = await startModbusBridge(await parseModbusConfig(text, join(dir, 'c.yaml')), { nodeReconnect: { baseMs: 50, capMs: 300 } });
+  const rules = `      - { when: { every: ${every} }, template: ${join(examples, 'press-temperature.yaml')}, outcome: { reading: temp } }`;
+  const text = (header(broker.url, join(dir, name)) + machine(name, port, `${READINGS}\n      temp: { table: input, address: 4, type: int16, scale: 0.1 }`, rules)).replace('pollMs: 100', `pollMs: ${pollMs}`);
+  const events: BridgeEvent[] = [];
+  const bridge = await startModbusBridge(await parseModbusConfig(text, join(dir, `${name}.yaml`)), { onEvent: (e) => events.push(e), nodeReconnect: { baseMs: 50, capMs: 300 } });
   t.teardown(() => bridge.close());
+  return { sub, server, bridge, events };
+}
+
+t.test('modbus bridge - a periodic rule publishes the current numeric reading under its own template', async (t) => {
+  const { sub, server } = await periodicBridge(t, 'press-9', '300ms', 100);
   await waitFor(() => sub.packets.length >= 1, 'a periodic packet');
   const template = await loadTemplate(join(examples, 'press-temperature.yaml'));
   t.equal(sub.packets[0]!.topic.split('/')[3], template.tplId, 'under the rule’s template');
@@ -171,18 +178,7 @@ t.test('modbus bridge - a periodic rule publishes the current numeric reading un
 });
 
 t.test('modbus bridge - a stale PLC produces no packets; periodic packets carry when the readings were observed', async (t) => {
-  const broker = await startQisBroker();
-  t.teardown(() => broker.close());
-  const sub = await collect(broker.url);
-  t.teardown(() => sub.close());
-  const port = await freePort();
-  const server = await startModbusServer(port, [...INITIAL, 'ir 4 215']);
-  t.teardown(() => server.kill());
-  const rules = `      - { when: { every: 100ms }, template: ${join(examples, 'press-temperature.yaml')}, outcome: { reading: temp } }`;
-  const text = (header(broker.url, join(dir, 'd')) + machine('press-5', port, `${READINGS}\n      temp: { table: input, address: 4, type: int16, scale: 0.1 }`, rules)).replace('pollMs: 100', 'pollMs: 600');
-  const events: BridgeEvent[] = [];
-  const bridge = await startModbusBridge(await parseModbusConfig(text, join(dir, 'd.yaml')), { onEvent: (e) => events.push(e), nodeReconnect: { baseMs: 50, capMs: 300 } });
-  t.teardown(() => bridge.close());
+  const { sub, server, bridge, events } = await periodicBridge(t, 'press-5', '100ms', 600);
   await waitFor(() => sub.packets.length >= 6, 'six periodic packets');
   // Polled every 600 ms, published every 100 ms: several packets share one observation time.
   const stamps = new Set(sub.packets.map((p) => p.ts));
