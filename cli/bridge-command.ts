@@ -61,7 +61,7 @@ const SPARKPLUG_DETAILS = `Config (YAML or JSON):
 
   broker: mqtt://127.0.0.1:1883            # the qis broker
   dataDir: ./bridge-data
-  sparkplug: { url: mqtt://factory:1883, group: plant1, rebirthIntervalMs: 5000 }
+  sparkplug: { url: mqtt://factory:1883, group: plant1, rebirthIntervalMs: 5000, hostId: qis }   # hostId: publish Sparkplug 3.0 primary host STATE
   machines:
     - name: press-7
       template: press-bearing.yaml

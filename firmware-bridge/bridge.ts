@@ -441,7 +441,14 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
   const statuses = new Map(config.machines.map((m) => [m.name, { polls: 0, lastPollAt: undefined as number | undefined }]));
   let up = false;
 
+  // Sparkplug 3.0 primary host: STATE retained, online at each connect, offline as the will (the
+  // same timestamp in both, as §7.5.3 asks) and on a clean close. Edge nodes configured to wait
+  // for a primary host send nothing until it is online.
+  const stateTopic = sp.hostId === undefined ? undefined : `spBv1.0/STATE/${sp.hostId}`;
+  const stateTs = now();
+  const statePayload = (online: boolean): Buffer => Buffer.from(JSON.stringify({ online, timestamp: stateTs }));
   const client = mqtt.connect(sp.url, {
+    ...(stateTopic === undefined ? {} : { will: { topic: stateTopic, payload: statePayload(false), qos: 1, retain: true } }),
     clean: true,
     reconnectPeriod: 1000,
     connectTimeout: 10_000,
@@ -462,7 +469,8 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
       }
       up = true;
       emit({ type: 'sparkplug-connected', url: sp.url, filter });
-      resolveConnected();
+      if (stateTopic !== undefined) client.publish(stateTopic, statePayload(true), { qos: 1, retain: true }, () => resolveConnected());
+      else resolveConnected();
     });
   });
   client.on('close', () => {
@@ -542,6 +550,9 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
     close() {
       closing ??= (async () => {
         for (const t of timers) clearInterval(t);
+        if (stateTopic !== undefined && client.connected) {
+          await new Promise<void>((r) => client.publish(stateTopic, statePayload(false), { qos: 1, retain: true }, () => r()));
+        }
         await new Promise<void>((r) => client.end(true, {}, () => r()));
         await Promise.all(mappers.map((x) => x.store.idle()));
         await Promise.all([...pubs.values()].map((p) => p.idle()));

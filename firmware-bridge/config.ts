@@ -118,7 +118,7 @@ export interface SparkplugBridgeConfig {
   readonly file: string;
   readonly broker: BrokerTarget;
   readonly dataDir: string;
-  readonly sparkplug: { readonly url: string; readonly group: string; readonly clientId?: string; readonly username?: string; readonly password?: string; readonly rebirthIntervalMs: number };
+  readonly sparkplug: { readonly url: string; readonly group: string; readonly hostId?: string; readonly clientId?: string; readonly username?: string; readonly password?: string; readonly rebirthIntervalMs: number };
   readonly machines: readonly SparkplugMachine[];
 }
 
@@ -439,13 +439,14 @@ export async function parseSparkplugConfig(text: string, file: string): Promise<
   const top = c.obj(parseConfigText(text, file), '(top level)', ['broker', 'dataDir', 'sparkplug', 'machines']);
   const broker = await brokerTarget(c, base, top['broker']);
   const dataDir = resolve(base, c.str(top['dataDir'], 'dataDir', undefined, 'a directory path (one key and outbox per machine below it)'));
-  const s = c.obj(top['sparkplug'], 'sparkplug', ['url', 'group', 'clientId', 'username', 'passwordFile', 'rebirthIntervalMs']);
+  const s = c.obj(top['sparkplug'], 'sparkplug', ['url', 'group', 'hostId', 'clientId', 'username', 'passwordFile', 'rebirthIntervalMs']);
   const TOKEN = /^[^/+#]+$/;
   const pw = await password(c, base, s, 'sparkplug');
   const sparkplug = {
     url: c.str(s['url'], 'sparkplug.url', /^(mqtts?|wss?):\/\/./, "the factory broker's mqtt://, mqtts://, ws:// or wss:// URL"),
     group: c.str(s['group'], 'sparkplug.group', TOKEN, 'a Sparkplug group id (no "/", "+" or "#")'),
     rebirthIntervalMs: c.num(s['rebirthIntervalMs'], 'sparkplug.rebirthIntervalMs', { min: 0, def: 5000 }),
+    ...(s['hostId'] === undefined ? {} : { hostId: c.str(s['hostId'], 'sparkplug.hostId', TOKEN, 'a Sparkplug host id (no "/", "+" or "#")') }),
     ...(s['clientId'] === undefined ? {} : { clientId: c.str(s['clientId'], 'sparkplug.clientId') }),
     ...(s['username'] === undefined ? {} : { username: c.str(s['username'], 'sparkplug.username') }),
     ...(pw === undefined ? {} : { password: pw }),
