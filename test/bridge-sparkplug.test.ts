@@ -1,7 +1,7 @@
 // The Sparkplug bridge against real peers: an edge node simulated with an independent encoder
 // (Eclipse Tahu's `sparkplug-payload`) publishing to a real factory broker (Aedes), and the qis
 // broker receiving the outcome packets, which are read back and verified.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createRequire } from 'node:module';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,18 +23,22 @@ const dir = mkdtempSync(join(tmpdir(), 'qis-bridge-sp-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
 
-t.test('sparkplug bridge - births, data, historical data, a seq gap and an unknown alias', async (t) => {
+/** The factory broker (Aedes), the qis broker, and the outcome packets at the qis broker, verified. */
+async function peers(t: Test) {
   const factory = await startAedes();
   t.teardown(() => factory.close());
   const qis = await startQisBroker();
   t.teardown(() => qis.close());
-
-  // Outcome packets at the qis broker, verified.
   const sub = await mqtt.connectAsync(qis.url, { reconnectPeriod: 0 });
   t.teardown(() => sub.endAsync(true));
   const packets: (VerifiedPacket & { topic: string })[] = [];
   sub.on('message', (topic, payload) => packets.push({ ...verifyPacket(topic, new Uint8Array(payload)), topic }));
   await sub.subscribeAsync('qis/1/o/#', { qos: 1 });
+  return { factory, qis, packets };
+}
+
+t.test('sparkplug bridge - births, data, historical data, a seq gap and an unknown alias', async (t) => {
+  const { factory, qis, packets } = await peers(t);
 
   // The simulated edge node, which also watches for rebirth requests.
   const edge = await mqtt.connectAsync(factory.url, { reconnectPeriod: 0 });
@@ -138,15 +142,7 @@ machines:
 });
 
 t.test('sparkplug bridge - primary host STATE: online retained, offline as the will and at close; an edge node that waits for it', async (t) => {
-  const factory = await startAedes();
-  t.teardown(() => factory.close());
-  const qis = await startQisBroker();
-  t.teardown(() => qis.close());
-  const sub = await mqtt.connectAsync(qis.url, { reconnectPeriod: 0 });
-  t.teardown(() => sub.endAsync(true));
-  const packets: VerifiedPacket[] = [];
-  sub.on('message', (topic, payload) => packets.push(verifyPacket(topic, new Uint8Array(payload))));
-  await sub.subscribeAsync('qis/1/o/#', { qos: 1 });
+  const { factory, qis, packets } = await peers(t);
   // A subscriber watching the host's STATE.
   const watcher = await mqtt.connectAsync(factory.url, { reconnectPeriod: 0 });
   t.teardown(() => watcher.endAsync(true));
