@@ -8,11 +8,19 @@
  *
  * Rounds are interleaved (ours, then the baseline, then the next round); the table shows the
  * median round and the ratio is the median of the per-round ratios.
+ *
+ * Second part: Modbus reads per second against a real pymodbus server (Debian python3-pymodbus,
+ * test/fixtures/modbus-server.py) over loopback TCP, for a machine of 20 readings polled back to
+ * back, each reading its own request (maxBlock 1) against block reads (default maxGap and
+ * maxBlock), interleaved in the same run. Skipped (said so) when pymodbus is missing.
  */
+import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import os from 'node:os';
-import { decodeSparkplugPayload, EdgeNodeState, metricValue } from '../firmware-bridge/index.js';
+import { fileURLToPath } from 'node:url';
+import { decodeSparkplugPayload, EdgeNodeState, metricValue, ModbusTcpClient, parseModbusConfig, readMachine, type ModbusMachine } from '../firmware-bridge/index.js';
 import { JSON_OUT, optNum } from './args.js';
+import { freePort, waitForPort } from './net.js';
 
 const require = createRequire(import.meta.url);
 const sp = (require('sparkplug-payload') as { get(ns: string): { encodePayload(p: object): Uint8Array; decodePayload(b: Uint8Array): unknown } }).get('spBv1.0');
@@ -84,7 +92,8 @@ const result = {
   loadavg: os.loadavg().map((x) => Number(x.toFixed(2))),
 };
 if (sink < 0) console.log(sink);
-if (JSON_OUT) console.log(JSON.stringify(result));
+const modbus = await modbusReads().catch((e: unknown) => ({ skipped: (e as Error).message }));
+if (JSON_OUT) console.log(JSON.stringify({ ...result, modbus }));
 else {
   console.log(`Sparkplug B DDATA decode (${result.bytes} bytes, ${result.metrics} metrics), median of ${ROUNDS} interleaved rounds of ${ROUND_MS} ms:`);
   console.log(`  bridge reader + metric values   ${result.oursPerS.toLocaleString('en')} /s`);
@@ -92,4 +101,68 @@ else {
   console.log(`  ratio                           ${result.ratio}×`);
   console.log(`  edge-node state step (seq, aliases) on decoded payloads ${result.stateStepPerS.toLocaleString('en')} /s`);
   console.log(`  load average ${result.loadavg.join(' ')}${result.noisy ? '  (rounds varied by more than ±10 %)' : ''}`);
+  if ('skipped' in modbus) console.log(`Modbus reads against pymodbus: skipped (${modbus.skipped})`);
+  else {
+    console.log(`Modbus reads against a pymodbus server (loopback TCP, ${modbus.readings} readings a poll, 10 uint16 + 10 float32), median of ${ROUNDS} interleaved rounds:`);
+    console.log(`  one request per reading (maxBlock 1)  ${modbus.perRequestReadsPerS.toLocaleString('en')} readings/s (baseline, same run)`);
+    console.log(`  block reads (maxGap 10, maxBlock 100) ${modbus.blockReadsPerS.toLocaleString('en')} readings/s`);
+    console.log(`  ratio                                 ${modbus.ratio}×`);
+  }
+}
+
+/** Reads per second, per-request against block reads, against a pymodbus server (same run). */
+async function modbusReads(): Promise<{ readings: number; perRequestReadsPerS: number; blockReadsPerS: number; ratio: number } | { skipped: string }> {
+  const port = await freePort();
+  const script = fileURLToPath(new URL('../../test/fixtures/modbus-server.py', import.meta.url));
+  const child = spawn('/usr/bin/python3', [script, String(port), 'hr 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29'], { stdio: ['pipe', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (b: Buffer) => (stderr = (stderr + b.toString()).slice(-2000)));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  try {
+    await Promise.race([waitForPort(port, Date.now() + 15_000), exited.then(() => Promise.reject(new Error(`pymodbus server did not start: ${stderr.trim().split('\n').pop() ?? ''}`)))]);
+    const readings = Array.from({ length: 20 }, (_, i) => `      r${i}: { table: holding, address: ${i < 10 ? i : 10 + (i - 10) * 2}, type: ${i < 10 ? 'uint16' : 'float32'} }`).join('\n');
+    const template = fileURLToPath(new URL('../../examples/press-bearing.yaml', import.meta.url));
+    const machine = async (device: string): Promise<ModbusMachine> =>
+      (await parseModbusConfig(`broker: mqtt://127.0.0.1:1
+dataDir: /nonexistent
+machines:
+  - name: m
+    template: ${template}
+    device: { host: 127.0.0.1, port: ${port}${device} }
+    readings:
+${readings}
+    situation: { machine_model: KX-200, bearing_type: roller, load_kn: 1, sealed: true }
+    outcomes: [{ when: { change: r0 }, outcome: failure }]
+`, 'bench.yaml')).machines[0]!;
+    const single = await machine(', maxBlock: 1');
+    const block = await machine('');
+    const client = await ModbusTcpClient.connect('127.0.0.1', port, 2000);
+    try {
+      const rateOf = async (m: ModbusMachine): Promise<number> => {
+        const end = performance.now() + ROUND_MS;
+        let n = 0;
+        while (performance.now() < end) {
+          await readMachine(client, m, () => undefined);
+          n += m.readings.size;
+        }
+        return n / (ROUND_MS / 1000);
+      };
+      await rateOf(single);
+      await rateOf(block); // warm-up
+      const a: number[] = [];
+      const b: number[] = [];
+      const ratio: number[] = [];
+      for (let i = 0; i < ROUNDS; i++) {
+        a.push(await rateOf(single));
+        b.push(await rateOf(block));
+        ratio.push(b[i]! / a[i]!);
+      }
+      return { readings: 20, perRequestReadsPerS: Math.round(median(a)), blockReadsPerS: Math.round(median(b)), ratio: Number(median(ratio).toFixed(2)) };
+    } finally {
+      client.close();
+    }
+  } finally {
+    child.kill('SIGKILL');
+    await exited;
+  }
 }

@@ -12,11 +12,16 @@ const MAPPING = `Mapping (the same for both bridges), per machine:
     - when: { change: NAME, from: 0 }                  a reading changes (from / to optional)
       outcome: failure                                 a label, a number, or { reading: NAME }
       conf: 0.9                                        optional; also n, and template: FILE
-    - when: { threshold: NAME, above: 90 }             crossing upwards (or below: N, downwards)
+    - when: { threshold: NAME, above: 90 }             crossing upwards (or below: N, downwards);
+                                                       hysteresis: N re-arms only once back by N,
+                                                       debounce: 2s fires only if it stays past
     - when: { every: 10m }                             periodic (ms, s, m, h)
-A reading's first value is a baseline and fires nothing. Paths (templates, dataDir,
-passwordFile) are relative to the config file. Every machine is its own node: its key, outbox
-and seq state live in <dataDir>/<machine>/.`;
+Packets are built only from current readings (not stale: device down; not bad: exception),
+with ts = when they were read; a rule that cannot publish is reported once per reason. A
+reading's first value ever is a baseline and fires nothing; last values and threshold states
+are kept in <dataDir>/<machine>/bridge-triggers.json, so a change during a restart fires.
+Paths (templates, dataDir, passwordFile) are relative to the config file. Every machine is its
+own node: its key, outbox and seq state live in <dataDir>/<machine>/.`;
 
 const MODBUS_DETAILS = `Config (YAML or JSON; see examples/modbus-bridge.yaml):
 
@@ -37,10 +42,14 @@ const MODBUS_DETAILS = `Config (YAML or JSON; see examples/modbus-bridge.yaml):
       outcomes:
         - { when: { change: fault_code, from: 0 }, outcome: failure }
 
-Tables: holding, input (types int16, uint16, int32, uint32, float32; wordOrder big = high
-word first; value = raw × scale + offset), coil, discrete (true/false). Each device has its own
-poll loop and connection: a dead or slow device never stalls another; it is reported
-(device-down, with the code) and reconnected with backoff. Exception responses are reported
+Tables: holding, input (types int16, uint16, int32, uint32, int64, uint64, float32, float64,
+string with length; byteOrder ABCD, DCBA, BADC or CDAB; bit 0-15 for one bit of a register;
+value = raw × scale + offset), coil, discrete (true/false). address is the 0-based protocol
+address, or register notation as a string ("40001" = holding 0, "30001" = input 0).
+Neighbouring readings are read in blocks (device.maxGap, default 10; device.maxBlock, default
+100). Machines at one host and port share one connection. Each machine has its own poll loop:
+a dead or slow device never stalls another endpoint; it is reported (device-down, with the
+code) and reconnected with backoff. Exception responses are reported
 with the device, reading and exception code, and leave only that reading out.
 
 ${MAPPING}
@@ -52,7 +61,7 @@ const SPARKPLUG_DETAILS = `Config (YAML or JSON):
 
   broker: mqtt://127.0.0.1:1883            # the qis broker
   dataDir: ./bridge-data
-  sparkplug: { url: mqtt://factory:1883, group: plant1, rebirthIntervalMs: 5000 }
+  sparkplug: { url: mqtt://factory:1883, group: plant1, rebirthIntervalMs: 5000, hostId: qis }   # hostId: publish Sparkplug 3.0 primary host STATE
   machines:
     - name: press-7
       template: press-bearing.yaml
@@ -120,15 +129,15 @@ interface CheckedMachine {
 
 /** Reads one device once and builds each rule's packet from the readings. */
 async function checkMachine(config: ModbusBridgeConfig, m: ModbusMachine): Promise<CheckedMachine> {
-  const { ModbusTcpClient, MachineMapper, readMachine, isSkip } = await import('../firmware-bridge/index.js');
-  const device = `${m.device.host}:${m.device.port}/${m.device.unitId}`;
+  const { openTransport, endpointKey, MachineMapper, readMachine, isSkip } = await import('../firmware-bridge/index.js');
+  const device = `${endpointKey(m)}/${m.device.unitId}`;
   const out: CheckedMachine = { machine: m.name, device, ok: true, exceptions: [], readings: {}, packets: [] };
   const mapper = new MachineMapper(m);
   let client;
   try {
-    client = await ModbusTcpClient.connect(m.device.host, m.device.port, m.device.timeoutMs, device);
+    client = await openTransport(m, m.device.timeoutMs, device);
     const values = await readMachine(client, m, (reading, e) => out.exceptions.push({ reading, exception: e.exception, message: e.message }));
-    mapper.update(values);
+    mapper.update(values, Date.now());
     out.readings = Object.fromEntries(values);
   } catch (e) {
     out.ok = false;

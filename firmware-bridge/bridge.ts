@@ -9,6 +9,7 @@
  * one would need a second publishing path beside the runtime's. A bridge serves tens to a few
  * hundred machines, well within what a broker holds.
  */
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import {
@@ -19,16 +20,22 @@ import {
   type ErrorCode,
   type NodeStatus,
   type QisNode,
+  writeFileDurable,
 } from '../src/index.js';
 import type { BrokerTarget, Machine, ModbusBridgeConfig, ModbusMachine, SparkplugBridgeConfig, SparkplugMachine } from './config.js';
 import { isSkip, MachineMapper, type Emission, type ReadingValue, type Skip } from './mapping.js';
-import { decodeRegisters, ModbusException, ModbusTcpClient, registerCount } from './modbus.js';
+import { decodeBit, decodeRegisters, decodeString, ModbusException, ModbusTcpClient, planBlocks, type Block, type ModbusTransport } from './modbus.js';
+import { ModbusRtuClient } from './serial.js';
+import type { ModbusReading } from './config.js';
 import { decodeSparkplugPayload, EdgeNodeState, encodeRebirthRequest, ncmdTopic, parseSparkplugTopic } from './sparkplug.js';
 
 export type BridgeEvent =
   | { readonly type: 'device-up'; readonly machine: string; readonly device: string }
   | { readonly type: 'device-down'; readonly machine: string; readonly device: string; readonly code: ErrorCode; readonly message: string; readonly retryInMs: number }
   | { readonly type: 'modbus-exception'; readonly machine: string; readonly device: string; readonly reading: string; readonly exception: number; readonly message: string }
+  | { readonly type: 'reading-recovered'; readonly machine: string; readonly device: string; readonly reading: string }
+  | { readonly type: 'state-restored'; readonly machine: string; readonly readings: number }
+  | { readonly type: 'state-ignored'; readonly machine: string; readonly code: ErrorCode; readonly message: string }
   | { readonly type: 'published'; readonly machine: string; readonly rule: string; readonly topic: string; readonly seq: number; readonly outcome: unknown; readonly acked: boolean }
   | { readonly type: 'skipped'; readonly machine: string; readonly rule: string; readonly reason: string }
   | { readonly type: 'publish-failed'; readonly machine: string; readonly rule: string; readonly code: ErrorCode; readonly message: string }
@@ -56,6 +63,8 @@ export interface BridgeOptions {
   /** Node options for tests: faster reconnects of the machines' connections to the qis broker. */
   readonly nodeReconnect?: { readonly baseMs: number; readonly capMs: number };
   readonly random?: () => number;
+  /** Clock, Unix ms: when readings are observed (the packets' ts). Default Date.now. */
+  readonly now?: () => number;
 }
 
 export interface Bridge {
@@ -85,6 +94,7 @@ class Publisher {
           // delivers it (now or after an outage) without holding up the poll loop.
           const r = await this.node.publish(e.template, e.situation, e.outcome, {
             ackTimeoutMs: 0,
+            ts: e.ts, // when the readings were observed (PROTOCOL §5), not when the packet is built
             ...(e.ctx ? { ctx: e.ctx } : {}),
             ...(e.conf === undefined ? {} : { conf: e.conf }),
             ...(e.n === undefined ? {} : { n: e.n }),
@@ -130,44 +140,188 @@ async function openNodes(machines: readonly Machine<unknown>[], dataDir: string,
 
 /** Periodic (`every`) rules of a machine: one timer each. */
 function startPeriodic(mapper: MachineMapper, pub: Publisher): NodeJS.Timeout[] {
-  return mapper.machine.rules.flatMap((rule) => (rule.when.kind === 'every' ? [setInterval(() => pub.send([mapper.build(rule)]), rule.when.everyMs)] : []));
+  return mapper.machine.rules.flatMap((rule) => (rule.when.kind === 'every' ? [setInterval(() => pub.send(mapper.periodic(rule)), rule.when.everyMs)] : []));
 }
 
-/** Reads every reading of a machine once; exceptions are reported and leave that reading out. */
+/** Where a machine's trigger state lives: beside its node's key and outbox. */
+const STATE_FILE = 'bridge-triggers.json';
+/** A trigger state file larger than this is not read (the config bounds what the bridge writes). */
+const MAX_STATE_BYTES = 1 << 20;
+
+/**
+ * Persists a machine's trigger state (last values, threshold states) whenever it changes, so a
+ * restart keeps edges: a fault that appeared while the bridge was down fires on its first poll.
+ * Writes are durable (temp file, fsync, rename) and one at a time.
+ */
+class TriggerStore {
+  private chain: Promise<void> = Promise.resolve();
+  private last = '';
+  constructor(private readonly file: string, private readonly mapper: MachineMapper, private readonly emit: (e: BridgeEvent) => void) {}
+
+  /** Restores the state saved by a previous run, if any; a corrupt file is reported and ignored. */
+  async load(): Promise<void> {
+    const m = this.mapper.machine.name;
+    let text: string;
+    try {
+      const fh = await open(this.file, 'r');
+      try {
+        const size = (await fh.stat()).size;
+        if (size > MAX_STATE_BYTES) return this.emit({ type: 'state-ignored', machine: m, code: 'ERR_FILE_IO', message: `${this.file}: ${size} bytes, more than ${MAX_STATE_BYTES}` });
+        text = await fh.readFile('utf8');
+      } finally {
+        await fh.close();
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      return this.emit({ type: 'state-ignored', machine: m, code: 'ERR_FILE_IO', message: (e as Error).message });
+    }
+    try {
+      this.mapper.restore(JSON.parse(text));
+    } catch (e) {
+      return this.emit({ type: 'state-ignored', machine: m, code: 'ERR_FILE_IO', message: `${this.file}: ${(e as Error).message}` });
+    }
+    this.last = this.key();
+    this.emit({ type: 'state-restored', machine: m, readings: this.mapper.readings.size });
+  }
+
+  /** What decides a write: values and threshold states, not observation times (every poll). */
+  private key(): string {
+    const s = this.mapper.snapshot();
+    return JSON.stringify([Object.entries(s.readings).map(([k, r]) => [k, r.value]), s.thresholds]);
+  }
+
+  save(): void {
+    const key = this.key();
+    if (key === this.last) return;
+    this.last = key;
+    const text = JSON.stringify(this.mapper.snapshot());
+    this.chain = this.chain.then(() =>
+      writeFileDurable(this.file, text).catch((e: unknown) => this.emit({ type: 'state-ignored', machine: this.mapper.machine.name, code: 'ERR_FILE_IO', message: `cannot save ${this.file}: ${(e as Error).message}` })),
+    );
+  }
+
+  idle(): Promise<void> {
+    return this.chain;
+  }
+}
+
+/** A reading's value from the bytes (or bits) of the block that holds it. */
+function decodeReading(r: ModbusReading, data: Buffer | boolean[], at: number): ReadingValue {
+  if (Array.isArray(data)) return data[at]!;
+  const bytes = data.subarray(at * 2, (at + r.count) * 2);
+  if (r.bit !== undefined) return decodeBit(bytes, r.bit, r.byteOrder);
+  if (r.type === 'string') return decodeString(bytes, r.byteOrder);
+  return decodeRegisters(bytes, r.type, r.byteOrder, r.scale, r.offset);
+}
+
+const plans = new WeakMap<ModbusMachine, Block<string>[]>();
+/** A machine's block reads, planned once. */
+export function machineBlocks(m: ModbusMachine): Block<string>[] {
+  let p = plans.get(m);
+  if (!p) {
+    p = planBlocks([...m.readings].map(([key, r]) => ({ key, table: r.table, address: r.address, count: r.count })), m.device);
+    plans.set(m, p);
+  }
+  return p;
+}
+
+/**
+ * Reads every reading of a machine once, neighbouring readings in one block read. A block
+ * answered with an exception (a gap over an address the device lacks, say) is read again reading
+ * by reading, so the exception is reported for the reading that has it and only that reading is
+ * left out.
+ */
 export async function readMachine(
-  client: ModbusTcpClient,
+  client: ModbusTransport,
   m: ModbusMachine,
   onException: (reading: string, e: ModbusException) => void,
 ): Promise<Map<string, ReadingValue>> {
   const values = new Map<string, ReadingValue>();
-  for (const [name, r] of m.readings) {
-    const bits = r.table === 'coil' || r.table === 'discrete';
+  const read = async (b: { table: ModbusReading['table']; address: number; count: number; members: readonly { key: string; address: number }[] }): Promise<void> => {
     try {
-      const data = await client.read(m.device.unitId, r.table, r.address, bits ? 1 : registerCount(r.type), m.device.timeoutMs);
-      values.set(name, Array.isArray(data) ? data[0]! : decodeRegisters(data, r.type, r.wordOrder, r.scale, r.offset));
+      const data = await client.read(m.device.unitId, b.table, b.address, b.count, m.device.timeoutMs);
+      for (const s of b.members) values.set(s.key, decodeReading(m.readings.get(s.key)!, data, s.address - b.address));
     } catch (e) {
-      if (e instanceof ModbusException) onException(name, e);
-      else throw e; // the connection is gone or the device is silent
+      if (!(e instanceof ModbusException)) throw e; // the connection is gone or the device is silent
+      if (b.members.length === 1) return onException(b.members[0]!.key, e);
+      for (const s of b.members) {
+        const r = m.readings.get(s.key)!;
+        await read({ table: r.table, address: r.address, count: r.count, members: [s] });
+      }
     }
-  }
+  };
+  for (const b of machineBlocks(m)) await read(b);
   return values;
 }
 
-const deviceLabel = (m: ModbusMachine): string => `${m.device.host}:${m.device.port}/${m.device.unitId}`;
+/** Where a machine's device is reached: `host:port`, `rtu+tcp://host:port` or the serial path. */
+export const endpointKey = (m: ModbusMachine): string =>
+  m.device.protocol === 'rtu' ? m.device.serial!.path : m.device.protocol === 'rtu-over-tcp' ? `rtu+tcp://${m.device.host}:${m.device.port}` : `${m.device.host}:${m.device.port}`;
+const deviceLabel = (m: ModbusMachine): string => `${endpointKey(m)}/${m.device.unitId}`;
+
+/** Opens a machine's transport: the project's Modbus TCP client, or RTU through modbus-serial. */
+export function openTransport(m: ModbusMachine, timeoutMs = m.device.timeoutMs, label = endpointKey(m)): Promise<ModbusTransport> {
+  const d = m.device;
+  if (d.protocol === 'tcp') return ModbusTcpClient.connect(d.host, d.port, timeoutMs, label);
+  return ModbusRtuClient.connect(d.protocol === 'rtu' ? { kind: 'rtu', ...d.serial! } : { kind: 'rtu-tcp', host: d.host, port: d.port }, timeoutMs, label);
+}
 
 /**
- * Runs `qis bridge modbus`: one poll loop per machine's device, each with its own connection,
- * timeouts and reconnect backoff, so a dead or slow device never stalls another.
+ * One connection per Modbus endpoint (host and port, or serial line), shared by the machines
+ * behind it (unit ids of one gateway or bus): many PLCs and gateways accept only one to four
+ * connections, and a serial line has one master. The transport sends one request at a time, so
+ * the machines' polls are serialised on it. A closed connection is reopened by the next machine
+ * that needs it; concurrent needs share one attempt.
+ */
+class Endpoint {
+  private client: ModbusTransport | undefined;
+  private opening: Promise<ModbusTransport> | undefined;
+  private closed = false;
+  /** Connections opened so far. */
+  opened = 0;
+  constructor(readonly machine: ModbusMachine, readonly timeoutMs: number) {}
+
+  acquire(): Promise<ModbusTransport> {
+    if (this.client && !this.client.closed) return Promise.resolve(this.client);
+    this.opening ??= openTransport(this.machine, this.timeoutMs)
+      .then((c) => {
+        this.opened++;
+        if (this.closed) c.close();
+        this.client = c;
+        return c;
+      })
+      .finally(() => (this.opening = undefined));
+    return this.opening;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.client?.close();
+  }
+}
+
+/**
+ * Runs `qis bridge modbus`: one poll loop per machine with its own timeouts and reconnect
+ * backoff, so a dead or slow device never stalls another on a different endpoint; machines at one
+ * endpoint share its connection.
  */
 export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOptions = {}): Promise<Bridge> {
   const emit = (e: BridgeEvent): void => o.onEvent?.(e);
   const pubs = await openNodes(config.machines, config.dataDir, config.broker, o, emit);
   const backoff = backoffOptions(config.reconnect);
   const random = o.random ?? Math.random;
+  const now = o.now ?? Date.now;
   const stop = new AbortController();
   const statuses = new Map<string, { -readonly [K in keyof DeviceStatus]: DeviceStatus[K] }>();
   const timers: NodeJS.Timeout[] = [];
-  const clients = new Set<ModbusTcpClient>();
+  const stores: TriggerStore[] = [];
+  const endpoints = new Map<string, Endpoint>();
+  for (const m of config.machines) {
+    const k = endpointKey(m);
+    // The endpoint's connect timeout is the longest of its machines': none is cut short.
+    const prev = endpoints.get(k);
+    if (!prev || prev.timeoutMs < m.device.timeoutMs) endpoints.set(k, new Endpoint(m, m.device.timeoutMs));
+  }
   const wait = (ms: number): Promise<void> =>
     new Promise((resolve) => {
       if (stop.signal.aborted) return resolve();
@@ -183,29 +337,45 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
   const loop = async (m: ModbusMachine): Promise<void> => {
     const pub = pubs.get(m.name)!;
     const mapper = new MachineMapper(m);
+    const store = new TriggerStore(join(config.dataDir, m.name, STATE_FILE), mapper, emit);
+    stores.push(store);
+    await store.load();
     timers.push(...startPeriodic(mapper, pub));
     const device = deviceLabel(m);
+    const endpoint = endpoints.get(endpointKey(m))!;
     const st = statuses.get(m.name)!;
+    /** Readings answered with an exception, by exception code: reported once per change. */
+    const failing = new Map<string, number>();
     let attempt = 0;
     while (!stop.signal.aborted) {
-      let client: ModbusTcpClient | undefined;
       try {
-        st.state = 'connecting';
-        client = await ModbusTcpClient.connect(m.device.host, m.device.port, m.device.timeoutMs, device);
-        clients.add(client);
+        if (st.state !== 'up') st.state = 'connecting';
+        const client = await endpoint.acquire();
         if (stop.signal.aborted) break;
-        st.state = 'up';
-        emit({ type: 'device-up', machine: m.name, device });
         while (!stop.signal.aborted) {
           const started = Date.now();
+          const refused = new Set<string>();
           const values = await readMachine(client, m, (reading, e) => {
             st.exceptions++;
-            emit({ type: 'modbus-exception', machine: m.name, device, reading, exception: e.exception, message: `${device} ${reading}: ${e.message}` });
+            refused.add(reading);
+            if (failing.get(reading) !== e.exception) emit({ type: 'modbus-exception', machine: m.name, device, reading, exception: e.exception, message: `${device} ${reading}: ${e.message}` });
+            failing.set(reading, e.exception);
           });
+          for (const reading of failing.keys()) {
+            if (refused.has(reading)) continue;
+            failing.delete(reading);
+            emit({ type: 'reading-recovered', machine: m.name, device, reading });
+          }
+          if (st.state !== 'up') {
+            st.state = 'up';
+            emit({ type: 'device-up', machine: m.name, device });
+          }
           attempt = 0; // a full poll: the device is back
           st.polls++;
           st.lastPollAt = Date.now();
-          pub.send(mapper.update(values));
+          pub.send(mapper.update(values, now()));
+          mapper.markBad(refused);
+          store.save();
           st.published = pub.published;
           await wait(Math.max(0, m.device.pollMs - (Date.now() - started)));
         }
@@ -214,14 +384,12 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
         const code = codeOf(e);
         const delay = backoffDelay(attempt++, backoff, random);
         st.state = 'down';
+        mapper.markStale(); // periodic rules publish nothing until the device is read again
         st.lastError = { code, message: (e as Error).message, at: Date.now() };
         emit({ type: 'device-down', machine: m.name, device, code, message: (e as Error).message, retryInMs: delay });
         // Even an unexpected failure (a bug) is reported and retried with backoff: one machine's
         // poll loop never stops for good while the bridge runs.
         await wait(delay);
-      } finally {
-        client?.close();
-        if (client) clients.delete(client);
       }
     }
   };
@@ -240,8 +408,9 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
       closing ??= (async () => {
         stop.abort();
         for (const t of timers) clearInterval(t);
-        for (const c of clients) c.close();
+        for (const e of endpoints.values()) e.close();
         await Promise.all(loops);
+        await Promise.all(stores.map((x) => x.idle()));
         await Promise.all([...pubs.values()].map((p) => p.idle()));
         await Promise.all([...pubs.values()].map((p) => p.node.close()));
       })();
@@ -262,12 +431,24 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
   const filter = `spBv1.0/${sp.group}/#`;
   const states = new Map<string, EdgeNodeState>();
   const lastRebirth = new Map<string, number>();
-  const mappers = config.machines.map((m) => ({ m, mapper: new MachineMapper(m), pub: pubs.get(m.name)! }));
+  const now = o.now ?? Date.now;
+  const mappers = config.machines.map((m) => {
+    const mapper = new MachineMapper(m);
+    return { m, mapper, pub: pubs.get(m.name)!, store: new TriggerStore(join(config.dataDir, m.name, STATE_FILE), mapper, emit) };
+  });
+  for (const { store } of mappers) await store.load();
   const timers = mappers.flatMap(({ mapper, pub }) => startPeriodic(mapper, pub));
   const statuses = new Map(config.machines.map((m) => [m.name, { polls: 0, lastPollAt: undefined as number | undefined }]));
   let up = false;
 
+  // Sparkplug 3.0 primary host: STATE retained, online at each connect, offline as the will (the
+  // same timestamp in both, as §7.5.3 asks) and on a clean close. Edge nodes configured to wait
+  // for a primary host send nothing until it is online.
+  const stateTopic = sp.hostId === undefined ? undefined : `spBv1.0/STATE/${sp.hostId}`;
+  const stateTs = now();
+  const statePayload = (online: boolean): Buffer => Buffer.from(JSON.stringify({ online, timestamp: stateTs }));
   const client = mqtt.connect(sp.url, {
+    ...(stateTopic === undefined ? {} : { will: { topic: stateTopic, payload: statePayload(false), qos: 1, retain: true } }),
     clean: true,
     reconnectPeriod: 1000,
     connectTimeout: 10_000,
@@ -288,7 +469,8 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
       }
       up = true;
       emit({ type: 'sparkplug-connected', url: sp.url, filter });
-      resolveConnected();
+      if (stateTopic !== undefined) client.publish(stateTopic, statePayload(true), { qos: 1, retain: true }, () => resolveConnected());
+      else resolveConnected();
     });
   });
   client.on('close', () => {
@@ -323,7 +505,7 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
     const r = state.handle(t.type, t.device, p);
     if (r.kind === 'rebirth') return rebirth(t.edgeNode, r.reason);
     if (r.kind === 'ignored') return;
-    for (const { m, mapper, pub } of mappers) {
+    for (const { m, mapper, pub, store } of mappers) {
       if (m.edgeNode !== t.edgeNode) continue;
       if (r.kind === 'death') {
         // NDEATH covers the node and its devices; DDEATH one device.
@@ -341,7 +523,10 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
       const st = statuses.get(m.name)!;
       st.polls++;
       st.lastPollAt = Date.now();
-      if (values.size > 0) pub.send(mapper.update(values));
+      if (values.size > 0) {
+        pub.send(mapper.update(values, now()));
+        store.save();
+      }
     }
   });
 
@@ -365,7 +550,11 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
     close() {
       closing ??= (async () => {
         for (const t of timers) clearInterval(t);
+        if (stateTopic !== undefined && client.connected) {
+          await new Promise<void>((r) => client.publish(stateTopic, statePayload(false), { qos: 1, retain: true }, () => r()));
+        }
         await new Promise<void>((r) => client.end(true, {}, () => r()));
+        await Promise.all(mappers.map((x) => x.store.idle()));
         await Promise.all([...pubs.values()].map((p) => p.idle()));
         await Promise.all([...pubs.values()].map((p) => p.node.close()));
       })();

@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { QisError, canon, loadTemplate, type Template } from '../src/index.js';
-import type { RegisterType, Table, WordOrder } from './modbus.js';
+import { BYTE_ORDERS, MAX_READ, registerCount, type ByteOrder, type RegisterType, type Table } from './modbus.js';
 
 export type Scalar = string | number | boolean;
 /** A value in the mapping: a constant, or the current value of a named reading. */
@@ -17,7 +17,16 @@ export type ValueSpec = { readonly const: Scalar } | { readonly reading: string 
 
 export type Trigger =
   | { readonly kind: 'change'; readonly reading: string; readonly from?: Scalar; readonly to?: Scalar }
-  | { readonly kind: 'threshold'; readonly reading: string; readonly above?: number; readonly below?: number }
+  | {
+      readonly kind: 'threshold';
+      readonly reading: string;
+      readonly above?: number;
+      readonly below?: number;
+      /** Re-armed only once the reading is back past the limit by this much (default 0). */
+      readonly hysteresis: number;
+      /** Fires only once the limit has been passed for this long, ms (default 0: at once). */
+      readonly debounceMs: number;
+    }
   | { readonly kind: 'every'; readonly everyMs: number };
 
 export interface Rule {
@@ -32,11 +41,16 @@ export interface Rule {
 
 export interface ModbusReading {
   readonly table: Table;
+  /** The 0-based protocol address (register 40001 is holding address 0). */
   readonly address: number;
   readonly type: RegisterType;
-  readonly wordOrder: WordOrder;
+  readonly byteOrder: ByteOrder;
   readonly scale: number;
   readonly offset: number;
+  /** Registers read: the type's size, or a string's length. */
+  readonly count: number;
+  /** A bit within a holding or input register (0 = least significant): the reading is true/false. */
+  readonly bit?: number;
 }
 
 export interface SparkplugReading {
@@ -45,12 +59,27 @@ export interface SparkplugReading {
   readonly offset: number;
 }
 
+export interface SerialLine {
+  readonly path: string;
+  readonly baudRate: number;
+  readonly parity: 'none' | 'even' | 'odd';
+  readonly dataBits: 7 | 8;
+  readonly stopBits: 1 | 2;
+}
+
 export interface ModbusDevice {
+  /** tcp: Modbus TCP; rtu-over-tcp: RTU frames through a serial gateway's TCP port; rtu: a serial line. */
+  readonly protocol: 'tcp' | 'rtu-over-tcp' | 'rtu';
+  /** Host and port (tcp, rtu-over-tcp; empty and 0 for rtu). */
   readonly host: string;
   readonly port: number;
+  readonly serial?: SerialLine;
   readonly unitId: number;
   readonly pollMs: number;
   readonly timeoutMs: number;
+  /** Block reads: neighbouring readings are read together across gaps of at most maxGap items, up to maxBlock items a request. */
+  readonly maxGap: number;
+  readonly maxBlock: number;
 }
 
 export interface Machine<R> {
@@ -89,7 +118,7 @@ export interface SparkplugBridgeConfig {
   readonly file: string;
   readonly broker: BrokerTarget;
   readonly dataDir: string;
-  readonly sparkplug: { readonly url: string; readonly group: string; readonly clientId?: string; readonly username?: string; readonly password?: string; readonly rebirthIntervalMs: number };
+  readonly sparkplug: { readonly url: string; readonly group: string; readonly hostId?: string; readonly clientId?: string; readonly username?: string; readonly password?: string; readonly rebirthIntervalMs: number };
   readonly machines: readonly SparkplugMachine[];
 }
 
@@ -242,7 +271,7 @@ async function machineCommon<R>(c: Check, tpl: Templates, m: Obj, key: string, r
   for (const [j, r] of list.entries()) {
     const rk = `${key}.outcomes[${j}]`;
     const o = c.obj(r, rk, ['when', 'outcome', 'template', 'conf', 'n']);
-    const w = c.obj(o['when'], `${rk}.when`, ['change', 'from', 'to', 'threshold', 'above', 'below', 'every']);
+    const w = c.obj(o['when'], `${rk}.when`, ['change', 'from', 'to', 'threshold', 'above', 'below', 'hysteresis', 'debounce', 'every']);
     let when: Trigger;
     const reading = (v: unknown, k: string): string => {
       const s = c.str(v, k);
@@ -250,7 +279,7 @@ async function machineCommon<R>(c: Check, tpl: Templates, m: Obj, key: string, r
       return s;
     };
     if (w['change'] !== undefined) {
-      if (w['threshold'] !== undefined || w['every'] !== undefined || w['above'] !== undefined || w['below'] !== undefined) c.fail(`${rk}.when`, 'exactly one trigger: change (with from/to), threshold (with above/below) or every', w);
+      if (w['threshold'] !== undefined || w['every'] !== undefined || w['above'] !== undefined || w['below'] !== undefined || w['hysteresis'] !== undefined || w['debounce'] !== undefined) c.fail(`${rk}.when`, 'exactly one trigger: change (with from/to), threshold (with above/below) or every', w);
       when = {
         kind: 'change',
         reading: reading(w['change'], `${rk}.when.change`),
@@ -265,6 +294,8 @@ async function machineCommon<R>(c: Check, tpl: Templates, m: Obj, key: string, r
         reading: reading(w['threshold'], `${rk}.when.threshold`),
         ...(w['above'] === undefined ? {} : { above: c.num(w['above'], `${rk}.when.above`) }),
         ...(w['below'] === undefined ? {} : { below: c.num(w['below'], `${rk}.when.below`) }),
+        hysteresis: c.num(w['hysteresis'], `${rk}.when.hysteresis`, { min: 0, def: 0 }),
+        debounceMs: w['debounce'] === undefined || w['debounce'] === 0 ? 0 : duration(c, w['debounce'], `${rk}.when.debounce`),
       };
     } else if (w['every'] !== undefined) {
       if (Object.keys(w).length !== 1) c.fail(`${rk}.when`, 'exactly one trigger: change (with from/to), threshold (with above/below) or every', w);
@@ -308,6 +339,47 @@ function uniqueNames(c: Check, machines: readonly { name: string }[]): void {
   }
 }
 
+const TABLE_OF_PREFIX: Readonly<Record<string, Table>> = { '0': 'coil', '1': 'discrete', '3': 'input', '4': 'holding' };
+
+/**
+ * A reading's table and 0-based protocol address: `address: 12` with a `table`, or the
+ * traditional 1-based register notation as a string (`"40013"`, `"400013"`: holding 12;
+ * `"30001"`: input 0; `"00001"`: coil 0; `"10001"`: discrete 0), whose first digit names the table.
+ */
+function tableAndAddress(c: Check, r: Obj, rk: string): { table: Table; address: number } {
+  const tables = ['holding', 'input', 'coil', 'discrete'] as const;
+  const a = r['address'];
+  if (typeof a === 'string') {
+    const m = /^([0134])(\d{4,5})$/.exec(a.trim());
+    const n = m ? Number(m[2]) : 0;
+    if (!m || n < 1 || n > 65536) c.fail(`${rk}.address`, 'a 0-based protocol address, or register notation such as "40001" or "300010" (first digit 0 coil, 1 discrete, 3 input, 4 holding)', a);
+    const table = TABLE_OF_PREFIX[m[1]!]!;
+    if (r['table'] !== undefined && r['table'] !== table) c.fail(`${rk}.table`, `${table} (the address "${a}" names that table) or no table`, r['table']);
+    return { table, address: n - 1 };
+  }
+  return { table: c.oneOf(r['table'], `${rk}.table`, tables), address: c.num(a, `${rk}.address`, { min: 0, max: 65535, int: true }) };
+}
+
+function modbusReading(c: Check, spec: unknown, rk: string): ModbusReading {
+  const r = c.obj(spec, rk, ['table', 'address', 'type', 'byteOrder', 'wordOrder', 'scale', 'offset', 'bit', 'length']);
+  const { table, address } = tableAndAddress(c, r, rk);
+  const bits = table === 'coil' || table === 'discrete';
+  if (bits) {
+    for (const k of ['type', 'byteOrder', 'wordOrder', 'scale', 'offset', 'bit', 'length']) if (r[k] !== undefined) c.fail(`${rk}.${k}`, `nothing: a ${table} reads as true/false (no type, byteOrder, scale, offset, bit or length)`, r[k]);
+    return { table, address, type: 'uint16', byteOrder: 'ABCD', scale: 1, offset: 0, count: 1 };
+  }
+  const type = c.oneOf(r['type'], `${rk}.type`, ['int16', 'uint16', 'int32', 'uint32', 'float32', 'int64', 'uint64', 'float64', 'string'] as const, 'uint16');
+  if (r['byteOrder'] !== undefined && r['wordOrder'] !== undefined) c.fail(rk, 'byteOrder or wordOrder, not both', r);
+  const byteOrder: ByteOrder = r['wordOrder'] !== undefined ? (c.oneOf(r['wordOrder'], `${rk}.wordOrder`, ['big', 'little'] as const) === 'big' ? 'ABCD' : 'CDAB') : c.oneOf(r['byteOrder'], `${rk}.byteOrder`, BYTE_ORDERS, 'ABCD');
+  if (r['bit'] !== undefined && type !== 'uint16' && type !== 'int16') c.fail(`${rk}.bit`, 'a bit only on a 16-bit register (type uint16 or no type)', r['bit']);
+  if (r['length'] !== undefined && type !== 'string') c.fail(`${rk}.length`, 'a length only with type string', r['length']);
+  const count = type === 'string' ? c.num(r['length'], `${rk}.length`, { min: 1, max: MAX_READ[table], int: true }) : registerCount(type);
+  if (address + count > 65536) c.fail(`${rk}.address`, `an address whose ${count} registers end by 65535`, r['address']);
+  const bit = r['bit'] === undefined ? undefined : c.num(r['bit'], `${rk}.bit`, { min: 0, max: 15, int: true });
+  if ((type === 'string' || bit !== undefined) && (r['scale'] !== undefined || r['offset'] !== undefined)) c.fail(rk, `no scale or offset on a ${type === 'string' ? 'string' : 'bit'}`, r);
+  return { table, address, type, byteOrder, scale: c.num(r['scale'], `${rk}.scale`, { def: 1 }), offset: c.num(r['offset'], `${rk}.offset`, { def: 0 }), count, ...(bit === undefined ? {} : { bit }) };
+}
+
 const MACHINE_KEYS = ['name', 'template', 'readings', 'situation', 'context', 'outcomes'];
 
 /** Parses a `qis bridge modbus` config (already read as text). */
@@ -325,32 +397,34 @@ export async function parseModbusConfig(text: string, file: string): Promise<Mod
   for (const [i, raw] of machineList(c, top['machines']).entries()) {
     const key = `machines[${i}]`;
     const m = c.obj(raw, key, [...MACHINE_KEYS, 'device']);
-    const d = c.obj(m['device'], `${key}.device`, ['host', 'port', 'unitId', 'pollMs', 'timeoutMs']);
+    const d = c.obj(m['device'], `${key}.device`, ['protocol', 'host', 'port', 'serial', 'unitId', 'pollMs', 'timeoutMs', 'maxGap', 'maxBlock']);
+    const protocol = c.oneOf(d['protocol'], `${key}.device.protocol`, ['tcp', 'rtu-over-tcp', 'rtu'] as const, d['serial'] === undefined ? 'tcp' : 'rtu');
+    let serial: SerialLine | undefined;
+    if (protocol === 'rtu') {
+      if (d['host'] !== undefined || d['port'] !== undefined) c.fail(`${key}.device`, 'serial for protocol rtu, not host or port', d);
+      const sl = c.obj(d['serial'], `${key}.device.serial`, ['path', 'baudRate', 'parity', 'dataBits', 'stopBits']);
+      serial = {
+        path: c.str(sl['path'], `${key}.device.serial.path`, undefined, 'a serial device path such as /dev/ttyUSB0'),
+        baudRate: c.num(sl['baudRate'], `${key}.device.serial.baudRate`, { min: 50, max: 4_000_000, int: true, def: 9600 }),
+        parity: c.oneOf(sl['parity'], `${key}.device.serial.parity`, ['none', 'even', 'odd'] as const, 'none'),
+        dataBits: c.oneOf(String(sl['dataBits'] ?? 8), `${key}.device.serial.dataBits`, ['7', '8'] as const) === '7' ? 7 : 8,
+        stopBits: c.oneOf(String(sl['stopBits'] ?? 1), `${key}.device.serial.stopBits`, ['1', '2'] as const) === '2' ? 2 : 1,
+      };
+    } else if (d['serial'] !== undefined) c.fail(`${key}.device.serial`, `nothing for protocol ${protocol} (a serial line is protocol rtu)`, d['serial']);
     const device: ModbusDevice = {
-      host: c.str(d['host'], `${key}.device.host`, undefined, 'a host name or IP address'),
-      port: c.num(d['port'], `${key}.device.port`, { min: 1, max: 65535, int: true, def: 502 }),
+      protocol,
+      host: protocol === 'rtu' ? '' : c.str(d['host'], `${key}.device.host`, undefined, 'a host name or IP address'),
+      port: protocol === 'rtu' ? 0 : c.num(d['port'], `${key}.device.port`, { min: 1, max: 65535, int: true, def: 502 }),
+      ...(serial ? { serial } : {}),
       unitId: c.num(d['unitId'], `${key}.device.unitId`, { min: 0, max: 255, int: true, def: 1 }),
       pollMs: c.num(d['pollMs'], `${key}.device.pollMs`, { min: 50, def: 1000 }),
       timeoutMs: c.num(d['timeoutMs'], `${key}.device.timeoutMs`, { min: 10, def: 1000 }),
+      maxGap: c.num(d['maxGap'], `${key}.device.maxGap`, { min: 0, max: 100, int: true, def: 10 }),
+      maxBlock: c.num(d['maxBlock'], `${key}.device.maxBlock`, { min: 1, max: 2000, int: true, def: 100 }),
     };
     const rs = c.obj(m['readings'], `${key}.readings`, Object.keys((m['readings'] as Obj | undefined) ?? {}));
     const readings = new Map<string, ModbusReading>();
-    for (const [name, spec] of Object.entries(rs)) {
-      const rk = `${key}.readings.${name}`;
-      const r = c.obj(spec, rk, ['table', 'address', 'type', 'wordOrder', 'scale', 'offset']);
-      const table = c.oneOf(r['table'], `${rk}.table`, ['holding', 'input', 'coil', 'discrete'] as const);
-      const bits = table === 'coil' || table === 'discrete';
-      if (bits && (r['type'] !== undefined || r['wordOrder'] !== undefined || r['scale'] !== undefined || r['offset'] !== undefined)) c.fail(rk, `no type, wordOrder, scale or offset on a ${table} (it reads as true/false)`, r);
-      const type = bits ? 'uint16' : c.oneOf(r['type'], `${rk}.type`, ['int16', 'uint16', 'int32', 'uint32', 'float32'] as const, 'uint16');
-      readings.set(name, {
-        table,
-        address: c.num(r['address'], `${rk}.address`, { min: 0, max: type === 'int16' || type === 'uint16' ? 65535 : 65534, int: true }),
-        type,
-        wordOrder: c.oneOf(r['wordOrder'], `${rk}.wordOrder`, ['big', 'little'] as const, 'big'),
-        scale: c.num(r['scale'], `${rk}.scale`, { def: 1 }),
-        offset: c.num(r['offset'], `${rk}.offset`, { def: 0 }),
-      });
-    }
+    for (const [name, spec] of Object.entries(rs)) readings.set(name, modbusReading(c, spec, `${key}.readings.${name}`));
     const common = await machineCommon(c, tpl, m, key, readings);
     machines.push({ ...common, device });
   }
@@ -365,13 +439,14 @@ export async function parseSparkplugConfig(text: string, file: string): Promise<
   const top = c.obj(parseConfigText(text, file), '(top level)', ['broker', 'dataDir', 'sparkplug', 'machines']);
   const broker = await brokerTarget(c, base, top['broker']);
   const dataDir = resolve(base, c.str(top['dataDir'], 'dataDir', undefined, 'a directory path (one key and outbox per machine below it)'));
-  const s = c.obj(top['sparkplug'], 'sparkplug', ['url', 'group', 'clientId', 'username', 'passwordFile', 'rebirthIntervalMs']);
+  const s = c.obj(top['sparkplug'], 'sparkplug', ['url', 'group', 'hostId', 'clientId', 'username', 'passwordFile', 'rebirthIntervalMs']);
   const TOKEN = /^[^/+#]+$/;
   const pw = await password(c, base, s, 'sparkplug');
   const sparkplug = {
     url: c.str(s['url'], 'sparkplug.url', /^(mqtts?|wss?):\/\/./, "the factory broker's mqtt://, mqtts://, ws:// or wss:// URL"),
     group: c.str(s['group'], 'sparkplug.group', TOKEN, 'a Sparkplug group id (no "/", "+" or "#")'),
     rebirthIntervalMs: c.num(s['rebirthIntervalMs'], 'sparkplug.rebirthIntervalMs', { min: 0, def: 5000 }),
+    ...(s['hostId'] === undefined ? {} : { hostId: c.str(s['hostId'], 'sparkplug.hostId', TOKEN, 'a Sparkplug host id (no "/", "+" or "#")') }),
     ...(s['clientId'] === undefined ? {} : { clientId: c.str(s['clientId'], 'sparkplug.clientId') }),
     ...(s['username'] === undefined ? {} : { username: c.str(s['username'], 'sparkplug.username') }),
     ...(pw === undefined ? {} : { password: pw }),

@@ -1,5 +1,5 @@
 /** firmware-bridge: outcomes from PLCs (Modbus TCP) and factory MQTT (Sparkplug B). */
-export { startModbusBridge, startSparkplugBridge, readMachine, type Bridge, type BridgeEvent, type BridgeOptions, type DeviceStatus } from './bridge.js';
+export { startModbusBridge, startSparkplugBridge, readMachine, openTransport, endpointKey, machineBlocks, type Bridge, type BridgeEvent, type BridgeOptions, type DeviceStatus } from './bridge.js';
 export {
   loadModbusConfig,
   loadSparkplugConfig,
@@ -14,5 +14,6 @@ export {
   type ValueSpec,
 } from './config.js';
 export { MachineMapper, isSkip, type Emission, type Skip, type ReadingValue } from './mapping.js';
-export { ModbusTcpClient, ModbusException, decodeRegisters, encodeReadRequest, parseReadResponse, takeFrame, registerCount, EXCEPTION_NAMES, type Table, type RegisterType, type WordOrder } from './modbus.js';
+export { ModbusRtuClient, type RtuTarget } from './serial.js';
+export { ModbusTcpClient, ModbusException, decodeRegisters, decodeString, decodeBit, planBlocks, toBigEndian, type ModbusTransport, type ByteOrder, type NumericType, type Block, type Span, encodeReadRequest, parseReadResponse, takeFrame, registerCount, EXCEPTION_NAMES, type Table, type RegisterType, type WordOrder } from './modbus.js';
 export { decodeSparkplugPayload, encodeRebirthRequest, metricValue, parseSparkplugTopic, ncmdTopic, EdgeNodeState, DATATYPE, type Payload, type Metric, type MetricValue, type SparkplugTopic } from './sparkplug.js';

@@ -1,7 +1,8 @@
 /**
  * A small Modbus TCP client: MBAP framing and the four read functions (1 coils, 2 discrete
- * inputs, 3 holding registers, 4 input registers), plus decoding of register values (int16,
- * uint16, int32, uint32, float32 with word order, scale and offset). Written here instead of
+ * inputs, 3 holding registers, 4 input registers), plus decoding of register values (16, 32 and
+ * 64-bit integers, float32/64, strings, a bit within a register; all four byte orders; scale and
+ * offset) and the planning of block reads. Written here instead of
  * taken from a package: the framing is about a hundred lines, and the bridge needs exactly these
  * four reads with its own timeout and reconnect policy.
  */
@@ -9,8 +10,17 @@ import { connect, type Socket } from 'node:net';
 import { QisError } from '../src/index.js';
 
 export type Table = 'coil' | 'discrete' | 'holding' | 'input';
-export type RegisterType = 'int16' | 'uint16' | 'int32' | 'uint32' | 'float32';
+export type NumericType = 'int16' | 'uint16' | 'int32' | 'uint32' | 'float32' | 'int64' | 'uint64' | 'float64';
+export type RegisterType = NumericType | 'string';
+/**
+ * Where the bytes of a value sit in its registers, named by the big-endian bytes A (most
+ * significant) … D: ABCD is big-endian (Modbus's own order), CDAB swaps the words, BADC swaps the
+ * bytes within each word, DCBA does both. For 64-bit values the same two swaps apply to four words.
+ */
+export type ByteOrder = 'ABCD' | 'DCBA' | 'BADC' | 'CDAB';
+/** The older name for the two word orders: big = ABCD, little = CDAB. */
 export type WordOrder = 'big' | 'little';
+export const BYTE_ORDERS: readonly ByteOrder[] = ['ABCD', 'DCBA', 'BADC', 'CDAB'];
 
 /** Modbus function code of each table's read. */
 export const READ_FUNCTION: Readonly<Record<Table, number>> = { coil: 1, discrete: 2, holding: 3, input: 4 };
@@ -39,8 +49,23 @@ export class ModbusException extends QisError {
   }
 }
 
-/** Number of 16-bit registers a type takes. */
-export const registerCount = (type: RegisterType): number => (type === 'int16' || type === 'uint16' ? 1 : 2);
+/** Number of 16-bit registers a numeric type takes (a string takes its configured length). */
+export const registerCount = (type: NumericType): number => ({ int16: 1, uint16: 1, int32: 2, uint32: 2, float32: 2, int64: 4, uint64: 4, float64: 4 })[type];
+
+/** The registers' bytes put into big-endian (ABCD) order. */
+export function toBigEndian(bytes: Buffer, order: ByteOrder | WordOrder): Buffer {
+  const o = order === 'big' ? 'ABCD' : order === 'little' ? 'CDAB' : order;
+  if (o === 'ABCD') return bytes;
+  const words = bytes.length >> 1;
+  const out = Buffer.alloc(words * 2);
+  for (let w = 0; w < words; w++) {
+    const from = o === 'BADC' ? w : words - 1 - w; // CDAB and DCBA reverse the words
+    const swap = o === 'BADC' || o === 'DCBA';
+    out[w * 2] = bytes[from * 2 + (swap ? 1 : 0)]!;
+    out[w * 2 + 1] = bytes[from * 2 + (swap ? 0 : 1)]!;
+  }
+  return out;
+}
 
 /** The request ADU for reading `count` items from `address` (MBAP header + PDU). */
 export function encodeReadRequest(txId: number, unitId: number, fn: number, address: number, count: number): Buffer {
@@ -87,10 +112,12 @@ export function parseReadResponse(pdu: Buffer, fn: number, count: number): Buffe
   return Array.from({ length: count }, (_, i) => ((data[i >> 3]! >> (i & 7)) & 1) === 1);
 }
 
-/** A register value from its registers' bytes (big-endian within a register), then × scale + offset. */
-export function decodeRegisters(bytes: Buffer, type: RegisterType, wordOrder: WordOrder = 'big', scale = 1, offset = 0): number {
-  let b = bytes;
-  if (registerCount(type) === 2 && wordOrder === 'little') b = Buffer.concat([bytes.subarray(2, 4), bytes.subarray(0, 2)]);
+/**
+ * A numeric value from its registers' bytes as received, then × scale + offset. 64-bit integers
+ * become JavaScript numbers: exact up to 2^53, rounded beyond (outcomes and context are numbers).
+ */
+export function decodeRegisters(bytes: Buffer, type: NumericType, order: ByteOrder | WordOrder = 'ABCD', scale = 1, offset = 0): number {
+  const b = toBigEndian(bytes.subarray(0, registerCount(type) * 2), order);
   let raw: number;
   switch (type) {
     case 'int16': raw = b.readInt16BE(0); break;
@@ -98,8 +125,83 @@ export function decodeRegisters(bytes: Buffer, type: RegisterType, wordOrder: Wo
     case 'int32': raw = b.readInt32BE(0); break;
     case 'uint32': raw = b.readUInt32BE(0); break;
     case 'float32': raw = b.readFloatBE(0); break;
+    case 'int64': raw = Number(b.readBigInt64BE(0)); break;
+    case 'uint64': raw = Number(b.readBigUInt64BE(0)); break;
+    case 'float64': raw = b.readDoubleBE(0); break;
   }
   return raw * scale + offset;
+}
+
+/**
+ * A string from its registers: two characters a register, first character in the high byte
+ * (ABCD; BADC for devices that put it in the low byte). Latin-1, so every byte is one character;
+ * NUL padding and trailing spaces are cut.
+ */
+export function decodeString(bytes: Buffer, order: ByteOrder = 'ABCD'): string {
+  const b = toBigEndian(bytes, order === 'BADC' || order === 'DCBA' ? 'BADC' : 'ABCD');
+  const nul = b.indexOf(0);
+  return b.subarray(0, nul < 0 ? b.length : nul).toString('latin1').replace(/ +$/, '');
+}
+
+/** Bit `bit` (0 = least significant) of a register, after the byte order's swap within the word. */
+export function decodeBit(bytes: Buffer, bit: number, order: ByteOrder = 'ABCD'): boolean {
+  const word = toBigEndian(bytes.subarray(0, 2), order === 'BADC' || order === 'DCBA' ? 'BADC' : 'ABCD').readUInt16BE(0);
+  return ((word >> bit) & 1) === 1;
+}
+
+/** One item to read: `count` registers or bits of `table` from `address`. */
+export interface Span<K> {
+  readonly key: K;
+  readonly table: Table;
+  readonly address: number;
+  readonly count: number;
+}
+
+/** One read request covering neighbouring spans. */
+export interface Block<K> {
+  readonly table: Table;
+  readonly address: number;
+  readonly count: number;
+  readonly members: readonly Span<K>[];
+}
+
+/** The most registers (bits) one read may ask for (Modbus Application Protocol §6.1–6.4). */
+export const MAX_READ: Readonly<Record<Table, number>> = { holding: 125, input: 125, coil: 2000, discrete: 2000 };
+
+/**
+ * Coalesces spans of one unit into block reads: sorted by table and address, a span joins the
+ * block before it when the gap to it is at most `maxGap` items and the block then spans at most
+ * `maxBlock` items (never more than the protocol allows). A span larger than `maxBlock` is its
+ * own block. Gap items are read and thrown away: a small gap costs less than a round trip.
+ */
+export function planBlocks<K>(spans: readonly Span<K>[], o: { readonly maxGap: number; readonly maxBlock: number }): Block<K>[] {
+  const order: Table[] = ['coil', 'discrete', 'holding', 'input'];
+  const sorted = [...spans].sort((a, b) => order.indexOf(a.table) - order.indexOf(b.table) || a.address - b.address || b.count - a.count);
+  const out: { table: Table; address: number; count: number; members: Span<K>[] }[] = [];
+  for (const s of sorted) {
+    const last = out[out.length - 1];
+    const limit = Math.min(o.maxBlock, MAX_READ[s.table]);
+    if (last && last.table === s.table && s.address <= last.address + last.count + o.maxGap) {
+      const end = Math.max(last.address + last.count, s.address + s.count);
+      if (end - last.address <= limit) {
+        last.count = end - last.address;
+        last.members.push(s);
+        continue;
+      }
+    }
+    out.push({ table: s.table, address: s.address, count: s.count, members: [s] });
+  }
+  return out;
+}
+
+/** What the bridge reads through: Modbus TCP (ModbusTcpClient) or RTU (serial.ts). */
+export interface ModbusTransport {
+  read(unitId: number, table: Table, address: number, count: number, timeoutMs: number): Promise<Buffer | boolean[]>;
+  readonly closed: boolean;
+  /** Requests sent and answers received (exceptions included) on this connection. */
+  readonly requests: number;
+  readonly answers: number;
+  close(): void;
 }
 
 interface Pending {
@@ -111,17 +213,22 @@ interface Pending {
 }
 
 /**
- * One TCP connection to one Modbus device. Requests are sent one at a time (many PLCs and
- * gateways answer only one); a request that gets no answer within its timeout rejects with
- * ERR_TIMEOUT and the caller is expected to close the connection (a late answer is ignored).
+ * One TCP connection to one Modbus endpoint, shared by every unit id behind it. Requests are
+ * sent one at a time (many PLCs and gateways answer only one); a request that gets no answer
+ * within its timeout rejects with ERR_TIMEOUT (a late answer is ignored by its transaction id).
+ * The timeout also closes the connection unless some other request was answered meanwhile: then
+ * the link is alive and only that unit id is silent.
  */
-export class ModbusTcpClient {
+export class ModbusTcpClient implements ModbusTransport {
   private socket: Socket | undefined;
   private buf: Buffer = Buffer.alloc(0);
   private txId = 0;
   private pending = new Map<number, Pending>();
   private queue: Promise<unknown> = Promise.resolve();
   private closedError: Error | undefined;
+  /** Answers received and requests sent on this connection. */
+  answers = 0;
+  requests = 0;
 
   private constructor(readonly label: string) {}
 
@@ -161,6 +268,7 @@ export class ModbusTcpClient {
           if (!p) continue; // a late answer to a request that timed out
           this.pending.delete(f.txId);
           clearTimeout(p.timer);
+          this.answers++;
           try {
             p.resolve(parseReadResponse(f.pdu, p.fn, p.count));
           } catch (e) {
@@ -197,11 +305,15 @@ export class ModbusTcpClient {
         const fn = READ_FUNCTION[table];
         this.txId = (this.txId + 1) & 0xffff;
         const id = this.txId;
+        const seen = this.answers;
         const timer = setTimeout(() => {
           this.pending.delete(id);
-          reject(new QisError('ERR_TIMEOUT', `${this.label}: no answer to function ${fn} at ${address} within ${timeoutMs} ms`));
+          const e = new QisError('ERR_TIMEOUT', `${this.label}: no answer from unit ${unitId} to function ${fn} at ${address} within ${timeoutMs} ms`);
+          if (this.answers === seen) this.fail(e);
+          reject(e);
         }, timeoutMs);
         this.pending.set(id, { fn, count, resolve, reject, timer });
+        this.requests++;
         this.socket!.write(encodeReadRequest(id, unitId, fn, address, count));
       });
     const p = this.queue.then(run, run);

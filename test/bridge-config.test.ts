@@ -114,8 +114,8 @@ t.test('config - a valid modbus config resolves defaults and paths', async (t) =
   const c = await loadModbusConfig(file);
   t.equal(c.dataDir, join(dir, 'data'), 'relative to the config file');
   const m = c.machines[0]!;
-  t.same(m.device, { host: '127.0.0.1', port: 5020, unitId: 1, pollMs: 1000, timeoutMs: 1000 });
-  t.same(m.readings.get('fault'), { table: 'holding', address: 0, type: 'uint16', wordOrder: 'big', scale: 1, offset: 0 });
+  t.same(m.device, { protocol: 'tcp', host: '127.0.0.1', port: 5020, unitId: 1, pollMs: 1000, timeoutMs: 1000, maxGap: 10, maxBlock: 100 });
+  t.same(m.readings.get('fault'), { table: 'holding', address: 0, type: 'uint16', byteOrder: 'ABCD', scale: 1, offset: 0, count: 1 });
   t.equal(m.rules.length, 3);
   t.same(m.rules[2]!.when, { kind: 'every', everyMs: 600_000 });
   t.equal(m.rules[2]!.template.doc.name, 'press-temperature');
@@ -125,7 +125,7 @@ t.test('config - the example config is valid', async (t) => {
   const c = await loadModbusConfig(join(examples, 'modbus-bridge.yaml'));
   t.equal(c.machines[0]!.name, 'press-7');
   t.equal(c.machines[0]!.rules.length, 3);
-  t.same(c.machines[0]!.readings.get('run_hours'), { table: 'input', address: 2, type: 'uint32', wordOrder: 'little', scale: 0.1, offset: 0 });
+  t.same(c.machines[0]!.readings.get('run_hours'), { table: 'input', address: 2, type: 'uint32', byteOrder: 'CDAB', scale: 0.1, offset: 0, count: 2 });
 });
 
 t.test('config - each error names the file, the key and what was expected', async (t) => {
@@ -133,7 +133,7 @@ t.test('config - each error names the file, the key and what was expected', asyn
     ['unknown top-level key', config(mapping, 'extra: 1'), /bridge\.yaml: \(top level\)\.extra: expected one of the keys/],
     ['bad port', config(mapping).replace('port: 5020', 'port: 70000'), /machines\[0\]\.device\.port: expected an integer ≥ 1 ≤ 65535, got 70000/],
     ['bad table', config(mapping).replace('table: holding, address: 0 }', 'table: holdings, address: 0 }'), /machines\[0\]\.readings\.fault\.table: expected one of holding, input, coil, discrete, got "holdings"/],
-    ['type on a coil', config(mapping).replace('{ table: coil, address: 0 }', '{ table: coil, address: 0, type: int16 }'), /machines\[0\]\.readings\.sealed: expected no type/],
+    ['type on a coil', config(mapping).replace('{ table: coil, address: 0 }', '{ table: coil, address: 0, type: int16 }'), /machines\[0\]\.readings\.sealed\.type: expected nothing: a coil reads as true\/false/],
     ['unknown reading', config(mapping).replace('{ reading: load }', '{ reading: lod }'), /machines\[0\]\.situation\.load_kn\.reading: expected the name of a reading of this machine/],
     ['missing field', config(mapping).replace('sealed: { reading: sealed } }', '}'), /machines\[0\]\.situation\.sealed: expected a value for the template's field "sealed"/],
     ['constant off the closed set', config(mapping).replace('bearing_type: roller', 'bearing_type: needle'), /machines\[0\]\.situation\.bearing_type: expected a value that fits the field/],
@@ -182,6 +182,7 @@ t.test('mapping - change, threshold and periodic triggers', async (t) => {
     ctx: { run_hours: 101.5, temp_c: 91 },
     outcome: 'failure',
     conf: 0.9,
+    ts: 0,
   });
   t.equal(b!.rule, 'machines[0].outcomes[1]');
   t.same(mapper.update(v({ fault: 6, temp: 92 })), [], 'fault 5 → 6 does not leave 0; still above 90 is no new crossing');
@@ -194,4 +195,67 @@ t.test('mapping - change, threshold and periodic triggers', async (t) => {
   t.equal(skipped.length, 1);
   t.ok(isSkip(skipped[0]!));
   t.match(skipped[0], { reason: /no value yet for load, sealed/ });
+});
+
+t.test('mapping - threshold hysteresis and debounce (clock passed in)', async (t) => {
+  const text = config(`    situation: { machine_model: KX-200, bearing_type: roller, load_kn: 1, sealed: true }
+    outcomes:
+      - { when: { threshold: temp, above: 90, hysteresis: 5, debounce: 2s }, outcome: failure }
+      - { when: { threshold: temp, below: 10, hysteresis: 2 }, outcome: no_failure }`);
+  const m = (await parseModbusConfig(text, file)).machines[0]!;
+  t.match(m.rules[0]!.when, { kind: 'threshold', above: 90, hysteresis: 5, debounceMs: 2000 });
+  const mapper = new MachineMapper(m);
+  const at = (temp: number, now: number): string[] => mapper.update(new Map([['temp', temp]]), now).map((e) => (isSkip(e) ? `skip ${e.reason}` : `${e.outcome}@${(e as Emission).ts}`));
+  t.same(at(80, 0), [], 'baseline');
+  t.same(at(95, 1000), [], 'above, debouncing');
+  t.same(at(89, 2000), [], 'back below before the debounce time: no fire');
+  t.same(at(95, 3000), [], 'above again: the debounce starts anew');
+  t.same(at(96, 4000), [], '1 s above');
+  t.same(at(97, 5000), ['failure@5000'], '2 s above: fires, ts when observed');
+  t.same(at(88, 6000), [], 'below 90 but not by the hysteresis of 5');
+  t.same(at(95, 7000), [], 'no re-arm: no new debounce either');
+  t.same(at(95, 10_000), [], 'still not re-armed');
+  t.same(at(85, 11_000), [], 're-armed at 85');
+  t.same(at(91, 12_000), [], 'debouncing again');
+  t.same(at(91, 14_000), ['failure@14000']);
+  t.same(at(9, 15_000), ['no_failure@15000'], 'below 10 fires at once (no debounce)');
+  t.same(at(11, 16_000), [], 'within the hysteresis of 2');
+  t.same(at(9, 17_000), [], 'not re-armed');
+  t.same(at(12, 18_000), [], 're-armed at 12');
+  t.same(at(9.5, 19_000), ['no_failure@19000']);
+});
+
+t.test('mapping - stale and bad readings publish nothing, each reason said once; state survives a restart', async (t) => {
+  writeFileSync(file, config(mapping));
+  const m = (await loadModbusConfig(file)).machines[0]!;
+  const every = m.rules[2]!;
+  const mapper = new MachineMapper(m);
+  const v = (o: Record<string, number | boolean>): Map<string, number | boolean> => new Map(Object.entries(o));
+  mapper.update(v({ fault: 0, load: 42.5, hours: 100, temp: 50, sealed: true }), 1000);
+  t.match(mapper.periodic(every), [{ outcome: 50, ts: 1000 }], 'periodic: the value and when it was observed');
+  mapper.markStale();
+  t.match(mapper.periodic(every), [{ reason: /no current value for load \(stale\), sealed \(stale\), temp \(stale\)/ }], 'a stale reading: skipped, said once');
+  t.same(mapper.periodic(every), [], 'not said again');
+  t.same(mapper.periodic(every), []);
+  // A fault appears while stale: the change fires on return (edges use the last value).
+  t.match(mapper.update(v({ fault: 3, load: 42.5, hours: 100, temp: 51, sealed: true }), 5000), [{ outcome: 'failure', ts: 5000 }]);
+  t.match(mapper.periodic(every), [{ outcome: 51, ts: 5000 }], 'periodic again once read');
+  mapper.markBad(['temp']);
+  t.match(mapper.periodic(every), [{ reason: /temp \(bad\)/ }]);
+  t.same(mapper.periodic(every), []);
+  // Restart: a new mapper from the snapshot (as JSON, as on disk).
+  mapper.update(v({ temp: 95 }), 6000); // above 90: the threshold rule is active
+  const saved = JSON.parse(JSON.stringify(mapper.snapshot())) as unknown;
+  const next = new MachineMapper(m);
+  next.restore(saved);
+  t.equal(next.readings.get('fault')?.quality, 'stale', 'restored values are stale');
+  t.match(next.periodic(every), [{ reason: /stale/ }], 'and never published');
+  t.same(next.update(v({ temp: 96 }), 7000), [], 'the threshold stays fired across the restart (no second packet)');
+  t.match(next.update(v({ fault: 0, load: 42.5, hours: 100, sealed: true }), 8000), [], 'fault 3 → 0 is not leaving 0');
+  t.match(next.update(v({ fault: 4 }), 9000), [{ outcome: 'failure' }], 'edges continue from the restored values');
+  const fresh = new MachineMapper(m);
+  fresh.restore({ v: 1, readings: { fault: { value: 0, at: 1 }, nope: { value: 1, at: 1 }, load: { value: {}, at: 1 } }, thresholds: { junk: true } });
+  t.same([...fresh.readings.keys()], ['fault'], 'unknown readings and bad values are not restored');
+  fresh.restore('garbage');
+  t.match(fresh.update(v({ fault: 2, load: 1, sealed: true }), 1), [{ outcome: 'failure' }], 'a restored 0 → 2 fires on the first poll');
 });

@@ -1,7 +1,7 @@
 // The Modbus bridge against real peers: a pymodbus TCP server (Debian's python3-pymodbus) whose
 // registers the test changes, and the qis broker on loopback. Packets are read back from the
 // broker and verified.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -148,7 +148,8 @@ t.test('modbus bridge - a dead and a silent device never stall a live one', asyn
   t.not(bridge.nodes.get('live')!.nodeId, bridge.nodes.get('dead')!.nodeId, 'each machine is its own node');
 });
 
-t.test('modbus bridge - a periodic rule publishes the current numeric reading under its own template', async (t) => {
+/** A broker, a subscriber, a pymodbus server with a temperature at input 4, and a bridge with one periodic rule. */
+async function periodicBridge(t: Test, name: string, every: string, pollMs: number) {
   const broker = await startQisBroker();
   t.teardown(() => broker.close());
   const sub = await collect(broker.url);
@@ -156,10 +157,16 @@ t.test('modbus bridge - a periodic rule publishes the current numeric reading un
   const port = await freePort();
   const server = await startModbusServer(port, [...INITIAL, 'ir 4 215']);
   t.teardown(() => server.kill());
-  const rules = `      - { when: { every: 300ms }, template: ${join(examples, 'press-temperature.yaml')}, outcome: { reading: temp } }`;
-  const text = header(broker.url, join(dir, 'c')) + machine('press-9', port, `${READINGS}\n      temp: { table: input, address: 4, type: int16, scale: 0.1 }`, rules);
-  const bridge = await startModbusBridge(await parseModbusConfig(text, join(dir, 'c.yaml')), { nodeReconnect: { baseMs: 50, capMs: 300 } });
+  const rules = `      - { when: { every: ${every} }, template: ${join(examples, 'press-temperature.yaml')}, outcome: { reading: temp } }`;
+  const text = (header(broker.url, join(dir, name)) + machine(name, port, `${READINGS}\n      temp: { table: input, address: 4, type: int16, scale: 0.1 }`, rules)).replace('pollMs: 100', `pollMs: ${pollMs}`);
+  const events: BridgeEvent[] = [];
+  const bridge = await startModbusBridge(await parseModbusConfig(text, join(dir, `${name}.yaml`)), { onEvent: (e) => events.push(e), nodeReconnect: { baseMs: 50, capMs: 300 } });
   t.teardown(() => bridge.close());
+  return { sub, server, bridge, events };
+}
+
+t.test('modbus bridge - a periodic rule publishes the current numeric reading under its own template', async (t) => {
+  const { sub, server } = await periodicBridge(t, 'press-9', '300ms', 100);
   await waitFor(() => sub.packets.length >= 1, 'a periodic packet');
   const template = await loadTemplate(join(examples, 'press-temperature.yaml'));
   t.equal(sub.packets[0]!.topic.split('/')[3], template.tplId, 'under the rule’s template');
@@ -168,4 +175,55 @@ t.test('modbus bridge - a periodic rule publishes the current numeric reading un
   await server.set('ir', 4, 65526); // -1.0 °C as int16
   await waitFor(() => sub.packets.some((p) => p.out === -1), 'a periodic packet with the new value');
   t.pass('the next period carries the new reading');
+});
+
+t.test('modbus bridge - a stale PLC produces no packets; periodic packets carry when the readings were observed', async (t) => {
+  const { sub, server, bridge, events } = await periodicBridge(t, 'press-5', '100ms', 600);
+  await waitFor(() => sub.packets.length >= 6, 'six periodic packets');
+  // Polled every 600 ms, published every 100 ms: several packets share one observation time.
+  const stamps = new Set(sub.packets.map((p) => p.ts));
+  t.ok(stamps.size < sub.packets.length, `${sub.packets.length} packets carry ${stamps.size} observation times`);
+  await server.kill();
+  await waitFor(() => events.some((e) => e.type === 'device-down'), 'device-down');
+  await waitFor(() => events.some((e) => e.type === 'skipped'), 'the periodic rule skipped');
+  const count = sub.packets.length;
+  const before = bridge.status()[0]!.published;
+  await new Promise((r) => setTimeout(r, 1000)); // ten periods, and reconnect attempts meanwhile
+  t.equal(bridge.status()[0]!.published, before, 'nothing published while the PLC is down');
+  t.equal(sub.packets.length, count, 'no packet reached the broker');
+  const skips = events.filter((e) => e.type === 'skipped');
+  t.equal(skips.length, 1, 'the skip is said once');
+  t.match(skips[0], { machine: 'press-5', reason: /stale/ });
+});
+
+t.test('modbus bridge - trigger state survives a restart; a failing register is reported once per state change', async (t) => {
+  const broker = await startQisBroker();
+  t.teardown(() => broker.close());
+  const sub = await collect(broker.url);
+  t.teardown(() => sub.close());
+  const port = await freePort();
+  const server = await startModbusServer(port, INITIAL);
+  t.teardown(() => server.kill());
+  const text = header(broker.url, join(dir, 'e')) + machine('press-3', port, `${READINGS}\n      extra: { table: holding, address: 99, type: uint32 }`, RULES);
+  const config = await parseModbusConfig(text, join(dir, 'e.yaml'));
+  const events: BridgeEvent[] = [];
+  const onEvent = (e: BridgeEvent): void => void events.push(e);
+  let bridge = await startModbusBridge(config, { onEvent, nodeReconnect: { baseMs: 50, capMs: 300 } });
+  await waitFor(() => bridge.status()[0]!.polls >= 8, 'eight polls');
+  // holding 99..100 reaches past the server's 100 registers: refused on every poll, said once.
+  t.equal(events.filter((e) => e.type === 'modbus-exception').length, 1, 'one exception event for eight failing polls');
+  t.ok(bridge.status()[0]!.exceptions >= 8, 'every failure counted');
+  await bridge.close();
+  // While the bridge is down the fault appears: the first poll after the restart reports it.
+  await server.set('hr', 0, 9);
+  events.length = 0;
+  bridge = await startModbusBridge(config, { onEvent, nodeReconnect: { baseMs: 50, capMs: 300 } });
+  t.teardown(() => bridge.close());
+  await waitFor(() => events.some((e) => e.type === 'state-restored'), 'the saved trigger state restored');
+  t.match(events.find((e) => e.type === 'state-restored'), { machine: 'press-3' });
+  await waitFor(() => sub.packets.length >= 1, 'the failure that happened during the restart');
+  t.equal(sub.packets[0]!.out, 'failure');
+  await waitFor(() => events.some((e) => e.type === 'modbus-exception'), 'the failing register, said again by the new run');
+  await waitFor(() => bridge.status()[0]!.polls >= 5, 'five polls');
+  t.equal(events.filter((e) => e.type === 'modbus-exception').length, 1);
 });

@@ -1,7 +1,7 @@
 // The Sparkplug bridge against real peers: an edge node simulated with an independent encoder
 // (Eclipse Tahu's `sparkplug-payload`) publishing to a real factory broker (Aedes), and the qis
 // broker receiving the outcome packets, which are read back and verified.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createRequire } from 'node:module';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,18 +23,22 @@ const dir = mkdtempSync(join(tmpdir(), 'qis-bridge-sp-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
 
-t.test('sparkplug bridge - births, data, historical data, a seq gap and an unknown alias', async (t) => {
+/** The factory broker (Aedes), the qis broker, and the outcome packets at the qis broker, verified. */
+async function peers(t: Test) {
   const factory = await startAedes();
   t.teardown(() => factory.close());
   const qis = await startQisBroker();
   t.teardown(() => qis.close());
-
-  // Outcome packets at the qis broker, verified.
   const sub = await mqtt.connectAsync(qis.url, { reconnectPeriod: 0 });
   t.teardown(() => sub.endAsync(true));
   const packets: (VerifiedPacket & { topic: string })[] = [];
   sub.on('message', (topic, payload) => packets.push({ ...verifyPacket(topic, new Uint8Array(payload)), topic }));
   await sub.subscribeAsync('qis/1/o/#', { qos: 1 });
+  return { factory, qis, packets };
+}
+
+t.test('sparkplug bridge - births, data, historical data, a seq gap and an unknown alias', async (t) => {
+  const { factory, qis, packets } = await peers(t);
 
   // The simulated edge node, which also watches for rebirth requests.
   const edge = await mqtt.connectAsync(factory.url, { reconnectPeriod: 0 });
@@ -135,4 +139,65 @@ machines:
   t.same(packets.map((p) => p.out), ['failure', 'no_failure', 'failure', 'no_failure'], 'exactly the outcomes of live values, none from historical, gap or unknown-alias data');
   t.ok(packets.every((p, i) => i === 0 || p.seq > packets[i - 1]!.seq), 'seq increases');
   t.equal(bridge.status()[0]!.state, 'up');
+});
+
+t.test('sparkplug bridge - primary host STATE: online retained, offline as the will and at close; an edge node that waits for it', async (t) => {
+  const { factory, qis, packets } = await peers(t);
+  // A subscriber watching the host's STATE.
+  const watcher = await mqtt.connectAsync(factory.url, { reconnectPeriod: 0 });
+  t.teardown(() => watcher.endAsync(true));
+  const states: { online: boolean; timestamp: number; retain: boolean }[] = [];
+  watcher.on('message', (_topic, payload, p) => states.push({ ...(JSON.parse(payload.toString()) as { online: boolean; timestamp: number }), retain: p.retain }));
+  await watcher.subscribeAsync('spBv1.0/STATE/qis-host', { qos: 1 });
+  // An edge node configured to wait for its primary host: it publishes its births only once STATE is online.
+  const edge = await mqtt.connectAsync(factory.url, { reconnectPeriod: 0 });
+  t.teardown(() => edge.endAsync(true));
+  let born = false;
+  const send = (type: string, seq: number, metrics: SpMetric[]): Promise<unknown> =>
+    edge.publishAsync(type.startsWith('N') ? `spBv1.0/plant1/${type}/line-1` : `spBv1.0/plant1/${type}/line-1/press-7`, Buffer.from(sp.encodePayload({ timestamp: Date.now(), seq, metrics })), { qos: 0 });
+  edge.on('message', (_topic, payload) => {
+    if ((JSON.parse(payload.toString()) as { online: boolean }).online && !born) {
+      born = true;
+      void send('NBIRTH', 0, [{ name: 'bdSeq', type: 'UInt64', value: 0 }])
+        .then(() => send('DBIRTH', 1, [{ name: 'Faults/Code', alias: 1, type: 'UInt16', value: 0 }, { name: 'Load/kN', alias: 2, type: 'Float', value: 42.5 }, { name: 'Sealed', alias: 4, type: 'Boolean', value: true }]))
+        .then(() => send('DDATA', 2, [{ alias: 1, type: 'UInt16', value: 5 }]));
+    }
+  });
+  await edge.subscribeAsync('spBv1.0/STATE/qis-host', { qos: 1 });
+  const config = await parseSparkplugConfig(
+    `broker: ${qis.url}
+dataDir: ${join(dir, 'state')}
+sparkplug: { url: ${factory.url}, group: plant1, hostId: qis-host, rebirthIntervalMs: 0 }
+machines:
+  - name: press-7
+    template: ${join(examples, 'press-bearing.yaml')}
+    source: { edgeNode: line-1, device: press-7 }
+    readings: { fault: Faults/Code, load: Load/kN, sealed: Sealed }
+    situation: { machine_model: KX-200, bearing_type: roller, load_kn: { reading: load }, sealed: { reading: sealed } }
+    outcomes: [{ when: { change: fault, from: 0 }, outcome: failure }]
+`,
+    join(dir, 'state.yaml'),
+  );
+  t.equal(born, false, 'the edge node waits');
+  const bridge = await startSparkplugBridge(config, { nodeReconnect: { baseMs: 50, capMs: 300 } });
+  t.teardown(() => bridge.close());
+  await waitFor(() => states.length >= 1, 'STATE online');
+  t.match(states[0], { online: true, retain: false });
+  t.type(states[0]!.timestamp, 'number');
+  await waitFor(() => packets.length >= 1, 'the edge node, once the host is online, sends data that becomes a packet');
+  t.equal(packets[0]!.out, 'failure');
+  const late = await mqtt.connectAsync(factory.url, { reconnectPeriod: 0 });
+  t.teardown(() => late.endAsync(true));
+  const retained = new Promise<string>((r) => late.once('message', (_t, p) => r(p.toString())));
+  await late.subscribeAsync('spBv1.0/STATE/qis-host', { qos: 1 });
+  t.match(JSON.parse(await retained), { online: true }, 'STATE is retained for a late subscriber');
+  // The connection drops without DISCONNECT: the broker publishes the will.
+  // Aedes keeps its connected clients by id (not in its typings).
+  const clients = (factory.broker as unknown as { clients: Record<string, { id: string; close(): void }> }).clients;
+  for (const c of Object.values(clients)) if (c.id !== watcher.options.clientId && c.id !== edge.options.clientId && c.id !== late.options.clientId) c.close();
+  await waitFor(() => states.some((s) => !s.online), 'the will: STATE offline');
+  t.equal(states.find((s) => !s.online)!.timestamp, states[0]!.timestamp, 'the death certificate carries the birth timestamp');
+  await waitFor(() => states.filter((s) => s.online).length >= 2, 'online again after the reconnect');
+  await bridge.close();
+  await waitFor(() => states[states.length - 1]!.online === false, 'offline at a clean close');
 });
