@@ -15,7 +15,7 @@
  * listed, then each side sends the newer packets and signed tombstones the other lacks. A peer
  * that does not answer (Mosquitto) gets the full retained exchange instead.
  *
- * The parts, in broker/federation/ (docs/broker-rooms.md): link.ts (connection, reconnect),
+ * The parts, in broker/federation/ (docs/ARCHITECTURE.md, "Layout"): link.ts (connection, reconnect),
  * outbox.ts (forwarding, batching), inbox.ts (admitting what a peer sends), catch-up.ts (the
  * catch-up protocol), digest.ts (digests, the stale check), serve.ts (answering a peer's
  * requests), mqtt.ts (MQTT steps, request/answer matching), metrics.ts, common.ts (topics, types).

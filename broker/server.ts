@@ -7,7 +7,7 @@
  * checks seq against the store and writes it durably; only then does the callback return, and
  * Aedes writes the PUBACK after it. So a PUBACK always follows a durable write.
  *
- * This file wires the rooms of `broker/server/` (docs/broker-rooms.md): each hook and service
+ * This file wires the rooms of `broker/server/` (docs/ARCHITECTURE.md, "Layout"): each hook and service
  * there takes a `BrokerContext` (server/context.ts) instead of closing over the broker.
  */
 import { mkdir } from 'node:fs/promises';

@@ -6,7 +6,7 @@
  * and rewritten by compaction; in memory it is an index (template, node) → entry, a topic-level
  * trie for `match`, and packet bytes packed into slabs. docs/store.md has the record format, the
  * fsync guarantees, the compaction rule and the measured figures; the parts are in broker/store/
- * (docs/store-rooms.md says which part owns what). This file is the entry point: import from here.
+ * (docs/ARCHITECTURE.md, "Layout" says which part owns what). This file is the entry point: import from here.
  *
  * Only `../src/index.js` and node built-ins are imported (test/boundaries.test.ts).
  */
