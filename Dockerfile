@@ -17,6 +17,7 @@ COPY src ./src
 COPY broker ./broker
 COPY cli ./cli
 COPY firmware-bridge ./firmware-bridge
+COPY console ./console
 COPY bench ./bench
 COPY examples ./examples
 # npm ci builds dist/ (the prepare script); then drop the dev dependencies.
@@ -31,6 +32,7 @@ COPY --from=build /app/dist/src ./dist/src
 COPY --from=build /app/dist/broker ./dist/broker
 COPY --from=build /app/dist/cli ./dist/cli
 COPY --from=build /app/dist/firmware-bridge ./dist/firmware-bridge
+COPY --from=build /app/dist/console/www ./dist/console/www
 COPY examples/*.yaml ./examples/
 COPY LICENSE README.md ./
 RUN mkdir -p /data && chown node:node /data

@@ -61,10 +61,10 @@ t.test('deploy - Dockerfile: builds from what it copies, ships what the package 
   const stages = docker.split(/^FROM /m).slice(1);
   t.equal(stages.length, 2, 'multi-stage: build and runtime');
   const [build, runtime] = stages as [string, string];
-  // The build stage copies every directory the TypeScript build includes.
+  // The build stage copies every directory and file the TypeScript build includes (a file by itself or in its directory).
   const include = (JSON.parse(readFileSync(join(ROOT, 'tsconfig.json'), 'utf8')) as { include: string[] }).include;
   const copied = [...build.matchAll(/^COPY (?!--from)(.+) \S+$/gm)].flatMap((m) => m[1]!.split(' '));
-  for (const d of [...include, 'package.json', 'package-lock.json', 'tsconfig.json']) t.ok(copied.includes(d), `build stage copies ${d}`);
+  for (const d of [...include, 'package.json', 'package-lock.json', 'tsconfig.json']) t.ok(copied.some((c) => c === d || d.startsWith(`${c}/`)), `build stage copies ${d}`);
   const ignored = readFileSync(join(ROOT, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
   for (const d of copied) t.notOk(ignored.includes(d), `.dockerignore does not exclude ${d}`);
   for (const d of ['node_modules', 'dist', '.git', 'qis-demo-data']) t.ok(ignored.includes(d), `.dockerignore excludes ${d}`);
