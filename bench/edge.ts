@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createOutcomePacket, loadKeyFile, loadTemplate } from '../src/index.js';
 import { JSON_OUT, optNum } from './args.js';
-import { cleanup, cleanups, tempDir } from './cleanup.js';
+import { cleanup, cleanupOnSignals, cleanups, tempDir } from './cleanup.js';
 import { freePort, waitForPort } from './net.js';
 import { median, r3, runProc, stat, writeBareScript, RSS_METHOD, type ProcRun, type Stat } from './proc.js';
 import { writeResults, passes, type BenchResult } from './result.js';
@@ -46,13 +46,7 @@ const log = (s: string): void => {
   if (!JSON_OUT) process.stderr.write(s + '\n');
 };
 
-let interrupted = false;
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    interrupted = true;
-    void cleanup().finally(() => process.exit(130));
-  });
-}
+const signals = cleanupOnSignals('stopping the broker and removing temp dirs');
 
 /** `node dist/cli/qis.js broker` on a free port; stopped by cleanup(). */
 async function startBroker(dataDir: string): Promise<string> {
@@ -177,8 +171,8 @@ async function main(): Promise<void> {
 
 main()
   .catch((e: unknown) => {
-    if (interrupted) return;
+    if (signals.interrupted) return;
     process.stderr.write(`bench failed: ${(e as Error).stack ?? String(e)}\n`);
     process.exitCode = 1;
   })
-  .finally(() => (interrupted ? undefined : cleanup()));
+  .finally(() => (signals.interrupted ? undefined : cleanup()));

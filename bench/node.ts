@@ -79,7 +79,7 @@ import {
   type Template,
 } from '../src/index.js';
 import { JSON_OUT, optNum } from './args.js';
-import { cleanup, cleanups, tempDir } from './cleanup.js';
+import { cleanup, cleanupOnSignals, cleanups, tempDir } from './cleanup.js';
 import { writeResults } from './result.js';
 import { median, min, r3, runProc, stat, writeBareScript, RSS_METHOD, type ProcRun, type Stat } from './proc.js';
 
@@ -108,14 +108,7 @@ const log = (s: string): void => {
 
 // ------------------------------------------------------------------------------ cleanup
 
-let interrupted = false;
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    interrupted = true;
-    process.stderr.write(`bench: ${sig}, stopping Mosquitto and removing temp dirs\n`);
-    void cleanup().finally(() => process.exit(130));
-  });
-}
+const signals = cleanupOnSignals('stopping Mosquitto and removing temp dirs');
 
 // ------------------------------------------------------------------------------ mosquitto
 
@@ -677,7 +670,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((e: unknown) => {
-  if (interrupted) return; // the signal handler cleans up and exits
+  if (signals.interrupted) return; // the signal handler cleans up and exits
   process.stderr.write(`bench failed: ${(e as Error).stack ?? String(e)}\n`);
   process.exitCode = 1;
 });

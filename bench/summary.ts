@@ -103,6 +103,8 @@ export function table(results: readonly StoredResult[], failed: readonly string[
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   const line = (r: readonly string[]): string => r.map((c, i) => (i === 0 || i === 2 || i === 4 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
   const L = [line(rows[0]!), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.slice(1).map(line)];
+  const busiest = Math.max(0, ...results.map((r) => r.loadavg1m));
+  if (busiest > os.cpus().length) notes.push(`the load average reached ${busiest.toFixed(1)} on ${os.cpus().length} CPUs: other work shared the machine, so every figure is pessimistic`);
   if (notes.length > 0) L.push('', ...notes.map((n) => `note: ${n}`));
   if (failed.length > 0) L.push('', `FAILED (no figures from): ${failed.join(', ')}`);
   return L.join('\n') + '\n';
