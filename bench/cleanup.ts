@@ -23,3 +23,19 @@ export function tempDir(prefix: string): string {
   cleanups.push(() => rmSync(d, { recursive: true, force: true }));
   return d;
 }
+
+/**
+ * On SIGINT/SIGTERM: run the cleanups and exit 130. Returns a flag the bench's own error handler
+ * reads, to stay quiet while the signal handler ends the process.
+ */
+export function cleanupOnSignals(what = 'cleaning up'): { readonly interrupted: boolean } {
+  const state = { interrupted: false };
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      state.interrupted = true;
+      process.stderr.write(`bench: ${sig}, ${what}\n`);
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+  return state;
+}

@@ -30,6 +30,7 @@ import { createBroker, type QisBroker } from '../broker/server.js';
 import { storeDigest } from '../broker/federation.js';
 import { compileTemplate, createOutcomePacket, decodePacket, keyFromSeed, type NodeKey, type Situation } from '../src/index.js';
 import { JSON_OUT, optNum } from './args.js';
+import { writeResults } from './result.js';
 import { cleanup, cleanups, tempDir } from './cleanup.js';
 import { freePort } from './net.js';
 import { readFileSync } from 'node:fs';
@@ -219,6 +220,12 @@ try {
   const lat = await latency();
   const part = await partition();
   if (JSON_OUT) process.stdout.write(`${JSON.stringify({ latency: lat, partition: part })}\n`);
+  const hop = (p: 'p50' | 'p99'): number => ((lat[`${p}C`] ?? NaN) - (lat[`${p}A`] ?? NaN)) / 2;
+  writeResults([
+    { bench: 'federation', measure: `added latency per hop, p50 (${RATE} msg/s, A → B → C)`, value: hop('p50'), unit: 'ms', peer: lat['p50A'] ?? NaN, peerName: 'origin A, no hop', ratio: (lat['p50C'] ?? NaN) / (lat['p50A'] ?? NaN), goal: { on: 'value', op: '<=', limit: 2 }, spread: 0 },
+    { bench: 'federation', measure: `added latency per hop, p99 (${RATE} msg/s, A → B → C)`, value: hop('p99'), unit: 'ms', peer: lat['p99A'] ?? NaN, peerName: 'origin A, no hop', ratio: (lat['p99C'] ?? NaN) / (lat['p99A'] ?? NaN), goal: { on: 'value', op: '<=', limit: 10 }, spread: 0 },
+    { bench: 'federation', measure: `convergence after a partition, ${part['updates']} updates`, value: part['convergeMs'] ?? NaN, unit: 'ms', peer: part['baselineMs'] ?? NaN, peerName: 'same updates into one broker', ratio: part['ratio'] ?? NaN, goal: { on: 'ratio', op: '<=', limit: 1.5 }, spread: 0, note: 'one run: no spread measured' },
+  ]);
 } finally {
   await cleanup();
 }

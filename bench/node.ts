@@ -50,7 +50,7 @@
 import crypto from 'node:crypto';
 import os from 'node:os';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { findBinary, freePort, waitForPort } from './net.js';
@@ -79,7 +79,9 @@ import {
   type Template,
 } from '../src/index.js';
 import { JSON_OUT, optNum } from './args.js';
-import { cleanup, cleanups, tempDir } from './cleanup.js';
+import { cleanup, cleanupOnSignals, cleanups, tempDir } from './cleanup.js';
+import { writeResults } from './result.js';
+import { median, min, r3, runProc, stat, writeBareScript, RSS_METHOD, type ProcRun, type Stat } from './proc.js';
 
 // ------------------------------------------------------------------------------ options
 
@@ -106,14 +108,7 @@ const log = (s: string): void => {
 
 // ------------------------------------------------------------------------------ cleanup
 
-let interrupted = false;
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    interrupted = true;
-    process.stderr.write(`bench: ${sig}, stopping Mosquitto and removing temp dirs\n`);
-    void cleanup().finally(() => process.exit(130));
-  });
-}
+const signals = cleanupOnSignals('stopping Mosquitto and removing temp dirs');
 
 // ------------------------------------------------------------------------------ mosquitto
 
@@ -149,16 +144,6 @@ async function startMosquitto(extra: readonly string[]): Promise<Broker> {
 
 // ------------------------------------------------------------------------------ helpers
 
-const median = (xs: readonly number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
-const min = (xs: readonly number[]): number => Math.min(...xs);
-/** Half the (max - min) / median: "± x %". */
-const halfSpread = (xs: readonly number[]): number => (Math.max(...xs) - Math.min(...xs)) / median(xs) / 2;
-const r1 = (x: number): number => Number(x.toFixed(1));
-const r3 = (x: number): number => Number(x.toFixed(3));
 const fmt = (x: number, digits = 1): string => x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 
 function check(cond: boolean, what: string): void {
@@ -205,14 +190,6 @@ function benchPacket(k: BenchKey, topic: string, fields: PacketFields): Uint8Arr
   const signature = crypto.sign(null, sigStructure(PROTECTED_ED25519, topic, payload), k.privateKeyObject);
   return encodeCbor(new CborTag(18, [PROTECTED_ED25519, new Map([[4, k.key.publicKey]]), payload, new Uint8Array(signature)]));
 }
-
-interface Stat {
-  readonly medianMs: number;
-  readonly minMs: number;
-  readonly runsMs: readonly number[];
-  readonly spread: number;
-}
-const stat = (xs: readonly number[]): Stat => ({ medianMs: r1(median(xs)), minMs: r1(min(xs)), runsMs: xs.map(r1), spread: r3(halfSpread(xs)) });
 
 interface Part1 {
   readonly broker: string;
@@ -451,51 +428,6 @@ async function part1(template: Template): Promise<Part1> {
 
 // ------------------------------------------------------------------------------ part 2
 
-interface ProcRun {
-  readonly rssKb: number;
-  /** spawn → first stdout data (the acknowledged publish). */
-  readonly ackMs: number;
-  /** spawn → exit. */
-  readonly exitMs: number;
-}
-
-const GNU_TIME = existsSync('/usr/bin/time') ? '/usr/bin/time' : undefined;
-/** Fallback when GNU time is missing: the child prints its own peak RSS at exit. */
-const RSS_HOOK =
-  'data:text/javascript,' +
-  encodeURIComponent(
-    "import { writeFileSync } from 'node:fs'; process.on('exit', () => writeFileSync(process.env.QIS_BENCH_RSS_FILE, String(process.resourceUsage().maxRSS)));",
-  );
-
-async function runProc(args: readonly string[], rssFile: string, refused?: RegExp): Promise<ProcRun> {
-  rmSync(rssFile, { force: true });
-  const argvFull = GNU_TIME ? [GNU_TIME, '-f', '%M', '-o', rssFile, process.execPath, ...args] : [process.execPath, `--import=${RSS_HOOK}`, ...args];
-  const t0 = performance.now();
-  const child = spawn(argvFull[0] as string, argvFull.slice(1), {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, QIS_BENCH_RSS_FILE: rssFile },
-  });
-  let ackMs = NaN;
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (b: Buffer) => {
-    if (Number.isNaN(ackMs)) ackMs = performance.now() - t0;
-    stdout += b.toString();
-  });
-  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-  const exitMs = await new Promise<number>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', () => resolve(performance.now() - t0));
-  });
-  await new Promise<void>((r) => (child.stdout.readableEnded && child.stderr.readableEnded ? r() : child.once('close', () => r())));
-  if (child.exitCode !== 0) throw new Error(`${args.join(' ')} exited with ${String(child.exitCode ?? child.signalCode)}: ${stderr}${stdout}`);
-  const rssKb = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop());
-  check(Number.isFinite(rssKb) && rssKb > 0, `peak RSS read for ${args.join(' ')}`);
-  check(!Number.isNaN(ackMs), `${args.join(' ')} printed a line`);
-  check(refused === undefined || !refused.test(stdout), `${args.join(' ')} had its publish acknowledged: ${stdout}`);
-  return { rssKb, ackMs, exitMs };
-}
-
 interface Side {
   readonly rssKb: { readonly median: number; readonly min: number; readonly runs: readonly number[] };
   readonly ackMs: Stat;
@@ -569,18 +501,7 @@ async function part2(template: Template): Promise<Part2> {
 
   // The bare script: the project's mqtt, connect, one retained QoS 1 publish, PUBACK, a line, end.
   const bare = join(work, 'bare.mjs');
-  writeFileSync(
-    bare,
-    [
-      `import mqtt from ${JSON.stringify(import.meta.resolve('mqtt'))};`,
-      'const [url, topic, hex] = process.argv.slice(2);',
-      'const client = await mqtt.connectAsync(url, { protocolVersion: 4, clean: true, reconnectPeriod: 0 });',
-      "await client.publishAsync(topic, Buffer.from(hex, 'hex'), { qos: 1, retain: true });",
-      'process.stdout.write(`published ${topic}\\n`);',
-      'await client.endAsync();',
-      '',
-    ].join('\n'),
-  );
+  writeBareScript(bare, import.meta.resolve('mqtt'));
   const bareArgs = [bare, broker.url, signed.topic, Buffer.from(signed.packet).toString('hex')];
 
   let fresh = 0;
@@ -620,7 +541,7 @@ async function part2(template: Template): Promise<Part2> {
   return {
     broker: `mosquitto ${broker.version}`,
     runs: RUNS,
-    rssMethod: GNU_TIME ? 'GNU time -f %M (kernel peak RSS of the process, KiB)' : 'process.resourceUsage().maxRSS at exit, via an --import hook (KiB)',
+    rssMethod: RSS_METHOD,
     packetBytes: signed.packet.length,
     qisWarm,
     qisFresh,
@@ -726,6 +647,21 @@ async function main(): Promise<void> {
     await cleanup();
   }
   const load = { before: loadBefore, after: os.loadavg()[0] ?? 0 };
+  if (p1) {
+    writeResults([
+      {
+        bench: 'node',
+        measure: `cohort query (Mosquitto, ${p1.nodes} nodes), runtime vs fetch + raw verify`,
+        value: p1.runtime.medianMs,
+        unit: 'ms',
+        peer: p1.floor.medianMs,
+        peerName: 'floor: fetch + verify',
+        ratio: p1.ratio.value,
+        goal: { on: 'ratio', op: '<=', limit: QUERY_GOAL },
+        spread: Math.max(p1.runtime.spread, p1.floor.spread),
+      },
+    ]);
+  }
   if (JSON_OUT) {
     process.stdout.write(JSON.stringify({ ...env, loadavg1m: load, ...(p1 ? { query: p1 } : {}), ...(p2 ? { footprint: p2 } : {}) }) + '\n');
   } else {
@@ -734,7 +670,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((e: unknown) => {
-  if (interrupted) return; // the signal handler cleans up and exits
+  if (signals.interrupted) return; // the signal handler cleans up and exits
   process.stderr.write(`bench failed: ${(e as Error).stack ?? String(e)}\n`);
   process.exitCode = 1;
 });

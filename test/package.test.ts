@@ -12,7 +12,7 @@ t.test('package - Apache-2.0, publishable, npm pack ships the CLI, the licence a
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as Record<string, unknown>;
   t.equal(pkg.license, 'Apache-2.0');
   t.notOk('private' in pkg, 'not private');
-  t.same(pkg.bin, { qis: 'dist/cli/qis.js' });
+  t.same(pkg.bin, { qis: 'dist/cli/qis.mjs' }, 'the one-file build (cli/bundle.ts)');
   t.ok((pkg.engines as Record<string, string>).node, 'engines.node');
   const scripts = pkg.scripts as Record<string, string>;
   t.equal(scripts.prepublishOnly, 'npm test', 'prepublishOnly builds and tests (npm test = build, typecheck, tap)');
@@ -27,10 +27,11 @@ t.test('package - Apache-2.0, publishable, npm pack ships the CLI, the licence a
   const r = await run('npm', ['pack', '--dry-run', '--ignore-scripts', '--json'], { cwd: ROOT });
   t.equal(r.status, 0, r.stderr);
   const files = (JSON.parse(r.stdout) as Pack[])[0]!.files.map((f) => f.path);
-  for (const f of ['LICENSE', 'README.md', 'package.json', 'dist/cli/qis.js', 'dist/src/index.js', 'dist/src/index.d.ts',
+  for (const f of ['LICENSE', 'README.md', 'package.json', 'dist/cli/qis.mjs', 'dist/cli/verify-worker.js', 'dist/cli/qis.js', 'dist/src/index.js', 'dist/src/index.d.ts',
     'examples/bearing-failure.yaml', 'examples/maize-yield.yaml', 'docs/PROTOCOL.md', 'dist/console/www/index.html', 'dist/console/www/app.js']) {
     t.ok(files.includes(f), `ships ${f}`);
   }
   t.same(files.filter((f) => /^(dist\/)?(test|bench)\//.test(f) || f.startsWith('node_modules/')), [], 'no tests, benches or node_modules');
-  t.match(readFileSync(join(ROOT, 'dist/cli/qis.js'), 'utf8'), /^#!\/usr\/bin\/env node\n/, 'the bin has a shebang');
+  t.match(readFileSync(join(ROOT, 'dist/cli/qis.mjs'), 'utf8'), /^#!\/usr\/bin\/env node\n/, 'the bin has a shebang');
+  t.match(readFileSync(join(ROOT, 'dist/cli/qis.js'), 'utf8'), /^#!\/usr\/bin\/env node\n/, 'so has dist/cli/qis.js');
 });

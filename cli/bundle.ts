@@ -1,0 +1,83 @@
+/**
+ * Bundles the CLI and its runtime into one file, dist/cli/qis.mjs, with esbuild (`npm run build`
+ * runs this after tsc). `node dist/cli/qis.mjs publish …` starts faster and smaller than loading
+ * dist/cli/qis.js and its ~100 modules from node_modules one by one: one file to read and parse,
+ * and nothing evaluated that the command does not use.
+ *
+ * Why dist/cli/ and not dist/: the code finds package.json, examples/ and dist/console/www by
+ * paths relative to its own file (import.meta.url); beside dist/cli/qis.js those paths hold.
+ *
+ * What stays out of the one file, and why:
+ * - The broker's verification worker: a Worker is started from a file
+ *   (`new URL('./verify-worker.js', import.meta.url)`), so it is bundled as its own entry,
+ *   dist/cli/verify-worker.js, next to the bundle where that URL points.
+ * - modbus-serial (and serialport's native addon under it): firmware-bridge/serial.ts loads it with
+ *   createRequire at run time, which esbuild does not follow, so it comes from node_modules when an
+ *   RTU bridge starts; mqemitter-redis and aedes-persistence-redis (Redis cluster) the same way.
+ * - ws's optional native speed-ups (bufferutil, utf-8-validate): ws requires them in a try and
+ *   works without them.
+ */
+import { existsSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build, type BuildOptions, type Plugin } from 'esbuild';
+
+function repoRoot(from: string): string {
+  for (let d = from; d !== dirname(d); d = dirname(d)) if (existsSync(join(d, 'package.json'))) return d;
+  throw new Error(`no package.json above ${from}`);
+}
+
+const root = repoRoot(dirname(fileURLToPath(import.meta.url)));
+export const BUNDLE = join(root, 'dist', 'cli', 'qis.mjs');
+const WORKER = join(root, 'dist', 'cli', 'verify-worker.js');
+
+/**
+ * src/protocol/template.ts imports `yaml` statically, and every command reaches it; yet a command
+ * given a JSON template or none never needs the YAML parser. Here the import becomes a stub that
+ * loads yaml (bundled as a lazily run CommonJS module) on the first parse.
+ */
+const lazyYaml: Plugin = {
+  name: 'qis-lazy-yaml',
+  setup(b) {
+    b.onResolve({ filter: /^yaml$/ }, (args) => (args.namespace === 'qis-lazy' ? undefined : { path: 'yaml', namespace: 'qis-lazy' }));
+    b.onLoad({ filter: /.*/, namespace: 'qis-lazy' }, () => ({
+      resolveDir: root,
+      loader: 'js',
+      contents: [
+        'let y;',
+        "const yaml = () => (y ??= require('yaml'));",
+        'export const parse = (...a) => yaml().parse(...a);',
+        'export const parseDocument = (...a) => yaml().parseDocument(...a);',
+        'export const stringify = (...a) => yaml().stringify(...a);',
+      ].join('\n'),
+    }));
+  },
+};
+
+// Bundled CommonJS (mqtt, ioredis…) calls require() for Node's own modules; an ES module has none.
+const REQUIRE_BANNER = "import { createRequire as __qisCreateRequire } from 'node:module'; const require = __qisCreateRequire(import.meta.url);";
+
+export async function buildBundle(): Promise<{ bytes: number }> {
+  const common: BuildOptions = {
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'esm',
+    minify: true,
+    sourcemap: 'linked',
+    legalComments: 'linked',
+    external: ['bufferutil', 'utf-8-validate'],
+    banner: { js: REQUIRE_BANNER },
+    plugins: [lazyYaml],
+    logLevel: 'warning',
+  };
+  // esbuild keeps cli/qis.ts's #! line first.
+  await build({ ...common, entryPoints: [join(root, 'cli', 'qis.ts')], outfile: BUNDLE });
+  await build({ ...common, entryPoints: [join(root, 'broker', 'verify-worker.ts')], outfile: WORKER });
+  return { bytes: statSync(BUNDLE).size };
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const { bytes } = await buildBundle();
+  process.stdout.write(`bundle: ${BUNDLE} (${(bytes / 1024).toFixed(0)} KiB)\n`);
+}

@@ -1,0 +1,69 @@
+// The one-file build of the CLI (dist/cli/qis.mjs, made by cli/bundle.ts at `npm run build`) as a
+// user runs it: --help, and a broker started from the bundle (its verification in a worker
+// thread, whose file the build puts next to the bundle) acknowledging and keeping a publish sent
+// by the bundle, over loopback.
+import t from 'tap';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import mqtt from 'mqtt';
+import { freePort, waitForPort } from '../bench/net.js';
+import { ROOT } from './helpers/cli.js';
+import { run } from './helpers/run.js';
+
+const BUNDLE = fileURLToPath(new URL('../dist/cli/qis.mjs', import.meta.url));
+const TPL = join(ROOT, 'examples/bearing-failure.yaml');
+const S = JSON.stringify({ machine_model: 'KX-200', bearing_type: 'roller', load_kn: 42.5, sealed: true });
+
+const bundled = (args: string[]) => {
+  if (!existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run npm run build (npm test does)`);
+  return run(process.execPath, [BUNDLE, ...args], { cwd: ROOT });
+};
+
+t.test('node dist/cli/qis.mjs --help lists the commands', async (t) => {
+  const r = await bundled(['--help']);
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /^\s+publish\s/m);
+  t.match(r.stdout, /^\s+broker\s/m);
+  const v = await bundled(['--version']);
+  t.match(v.stdout, /^\d+\.\d+\.\d+\n$/, 'the version from package.json');
+});
+
+t.test('a broker run from the bundle (worker verification) keeps a packet published by the bundle', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'qis-bundle-'));
+  const port = await freePort();
+  const broker = spawn(process.execPath, [BUNDLE, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', join(dir, 'broker'), '--verify-workers', '1', '--log-level', 'warn'], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let brokerErr = '';
+  broker.stderr.on('data', (b: Buffer) => (brokerErr += b.toString()));
+  const exited = new Promise<void>((r) => broker.once('exit', () => r()));
+  t.teardown(async () => {
+    if (broker.exitCode === null) broker.kill('SIGTERM');
+    await exited;
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await waitForPort(port, Date.now() + 60_000);
+  const url = `mqtt://127.0.0.1:${port}`;
+
+  const r = await bundled(['publish', '--url', url, '--data-dir', join(dir, 'node'), '--template', TPL, '--situation', S, '--outcome', 'failure', '--json']);
+  t.equal(r.status, 0, r.stderr + brokerErr);
+  const j = JSON.parse(r.stdout) as { acked: boolean; queued: number; topic: string };
+  t.equal(j.acked, true, 'the broker acknowledged the publish');
+  t.equal(j.queued, 0);
+
+  // The broker verified and retained it: a fresh subscriber gets it back.
+  const sub = await mqtt.connectAsync(url, { reconnectPeriod: 0 });
+  t.teardown(() => sub.endAsync());
+  const got = new Promise<{ topic: string; retain: boolean; bytes: number }>((resolve) =>
+    sub.on('message', (topic, payload, packet) => resolve({ topic, retain: packet.retain, bytes: payload.length })),
+  );
+  await sub.subscribeAsync(j.topic, { qos: 1 });
+  const m = await got;
+  t.equal(m.topic, j.topic);
+  t.equal(m.retain, true, 'kept as the retained packet of its topic');
+  t.ok(m.bytes > 64, 'a signed packet, not an empty payload');
+});
