@@ -217,6 +217,7 @@ const AUTH: Record<keyof NonNullable<BrokerOptions['auth']>, Check> = {
   passwordFile: (c, v, p) => text(c, v, p, 'a password file path (qis broker passwd FILE USER writes one)'),
   nodeLogin: (c, v, p) => (typeof v === 'boolean' ? v : v === 'true' || v === 'false' ? v === 'true' : c.fail(p, 'true or false', v)),
   loginSkewMs: (c, v, p) => int(c, v, p, 0, Number.MAX_SAFE_INTEGER, 'an integer >= 0 (milliseconds)'),
+  peers: (c, v, p) => list(c, v, p, 'a list of peer identities').map((u, i) => text(c, u, `${p}[${i}]`, 'a peer identity (user name, certificate CN or node id)')),
   clientIds: (c, v, p) =>
     list(c, v, p, 'a list of client id patterns').map((x, i) =>
       typeof x === 'string' && x !== '' && !x.slice(0, -1).includes('*') ? x : c.fail(`${p}[${i}]`, "a client id pattern (%u: the user; '*' only as the last character)", x),
@@ -469,6 +470,7 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'auth.node-login', key: 'auth.nodeLogin', value: 'BOOL', help: 'accept node logins (PROTOCOL §11; default true)' },
   { name: 'auth.login-skew-ms', key: 'auth.loginSkewMs', value: 'MS', help: 'largest |clock − login ts| (default 300000)' },
   { name: 'auth.client-id', key: 'auth.clientIds', value: 'PATTERN', list: true, help: "a client id pattern for password and certificate users (%u: the user, trailing '*'); default %u and %u:*" },
+  { name: 'auth.peer', key: 'auth.peers', value: 'USER', list: true, help: 'an identity (user, certificate CN or node id) that may connect as a federation link; default: any client' },
   { name: 'federation.region', key: 'federation.region', value: 'NAME', help: 'this region\'s name (enables federation with --federation.peer)' },
   { name: 'federation.peer', key: 'federation.peers', value: 'URL', list: true, help: 'mqtt[s]://HOST:PORT[?share=ID,…&accept=ID,…&rateLimit=N&name=N&ca=F&cert=F&key=F] a peer region\'s broker; replaces the peers of the file' },
   { name: 'federation.reconnect.base-ms', key: 'federation.reconnect.baseMs', value: 'MS', help: 'first reconnect delay bound of a link (backoff with full jitter; default 500)' },

@@ -51,6 +51,12 @@ export interface AuthOptions {
    * any suffix. Default ['%u', '%u:*']: user names cannot hold ':', so `alice:…` is alice's alone.
    */
   readonly clientIds?: readonly string[];
+  /**
+   * Federation peers by identity: the users (a peer broker's password-file user, certificate CN,
+   * or node id of a node login) that may connect as links (`qis-fed-…` client ids) and use
+   * `qis/1/f/`. Unset: any client allowed to connect may (as before issue 14).
+   */
+  readonly peers?: readonly string[];
 }
 
 export interface AdmissionOptions {

@@ -25,6 +25,7 @@ import { openStore, type Store } from './store.js';
 import { createVerifier, defaultWorkers } from './verifier.js';
 import { Authenticator } from './server/auth.js';
 import { connectHooks } from './server/connect.js';
+import { authorizeForward } from './server/forward.js';
 import { publishOn, type BrokerContext } from './server/context.js';
 import { startLinks } from './server/peers.js';
 import { startHttp, type HttpEndpoint } from './server/http.js';
@@ -100,6 +101,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     ...connectHooks(ctx),
     authorizePublish: authorizePublish(ctx, hold),
     authorizeSubscribe: authorizeSubscribe(ctx, hold),
+    authorizeForward: authorizeForward(ctx),
   }));
   a.on('subscribe', (subs, client) => hold.subscribed(subs, client));
   a.on('clientError', (client, err) => logger.debug({ clientId: client.id, err: err.message }, 'client error'));

@@ -237,3 +237,25 @@ t.test('node runtime - login: true logs in with the node key, with a fresh ts at
   t.equal(await b.refusals(), anonRefusals, 'no login was refused: the reconnect did not send the start-time login (it would be stale now)');
   await t.rejects(createNode({ url: b.url, dataDir: mkdtempSync(join(root, 'node-')), login: true, username: 'x' }), { code: 'ERR_INVALID_ARGUMENT' }, 'login with a username: refused');
 });
+
+t.test('federation peers - only listed identities use link ids; nobody else gets anything from qis/1/f/', async (t) => {
+  const file = join(mkdtempSync(join(root, 'pw-')), 'passwd');
+  await setPassword(file, 'region-b', 'link-secret', FAST);
+  await setPassword(file, 'mallory', 'm', FAST);
+  const b = await brokerFor(t, { auth: { passwordFile: file, peers: ['region-b'] } });
+  await t.rejects(b.connect({ clientId: 'qis-fed-b-0' }), { code: 5 }, 'an anonymous client cannot take a link id');
+  await t.rejects(b.connect({ clientId: 'qis-fed-b-0', username: 'mallory', password: 'm' }), { code: 5 }, 'a user who is not a peer cannot take a link id');
+  const eve = await b.connect({ clientId: 'eve' });
+  await eve.subscribeAsync(['#', 'qis/1/f/#', 'qis/1/f/res/qis-fed-b-0'], { qos: 1 });
+  const eavesdropped: string[] = [];
+  eve.on('message', (topic) => eavesdropped.push(topic));
+  const link = await b.connect({ clientId: 'qis-fed-b-0', username: 'region-b', password: 'link-secret' });
+  await link.subscribeAsync('qis/1/f/res/qis-fed-b-0', { qos: 1 });
+  const answer = receive(link, 'qis/1/f/res/qis-fed-b-0', 5000);
+  await link.publishAsync('qis/1/f/req/qis-fed-b-0', JSON.stringify({ op: 'put', id: 'p1', items: [] }), { qos: 1 });
+  t.match(JSON.parse((await answer) ?? '{}'), { id: 'p1', stored: 0 }, 'the peer gets its answer');
+  const late = receive(eve, 'never', 300);
+  await late;
+  t.same(eavesdropped.filter((x) => x.startsWith('qis/1/f/')), [], 'the eavesdropper gets nothing from qis/1/f/');
+  t.ok(await refusedPublish(eve, 'qis/1/f/req/eve'), 'a non-peer publishing a federation request is refused');
+});

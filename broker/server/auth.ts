@@ -11,6 +11,7 @@
 import type { Client } from 'aedes';
 import type { TLSSocket } from 'node:tls';
 import { DEFAULT_SKEW_MS, isNodeId, verifyLogin } from '../../src/index.js';
+import { LINK_CLIENT_PREFIX } from '../federation/common.js';
 import type { AuthOptions, ListenerOptions } from '../options.js';
 import { readPasswdFile, verifyPassword, type PasswdEntries } from '../passwd.js';
 
@@ -110,7 +111,18 @@ export class Authenticator {
     return { ok: true, identity: { kind: 'anonymous' } };
   }
 
+  /**
+   * Whether this client may act as a federation link: its id is a link id and, with `auth.peers`,
+   * its authenticated user is a listed peer.
+   */
+  isPeer(clientId: string, identity: Identity | undefined): boolean {
+    if (!clientId.startsWith(LINK_CLIENT_PREFIX)) return false;
+    const peers = this.#o.peers;
+    return peers === undefined || (identity?.user !== undefined && peers.includes(identity.user));
+  }
+
   #bound(identity: Identity & { user: string }, clientId: string): AuthVerdict {
+    if (this.isPeer(clientId, identity) && this.#o.peers !== undefined) return { ok: true, identity };
     const patterns = this.#o.clientIds ?? DEFAULT_CLIENT_IDS;
     if (!clientIdAllowed(patterns, identity.user, clientId)) {
       return refuse(5, 'client-id', `user ${JSON.stringify(identity.user)} may use client ids ${patterns.map((p) => p.replaceAll('%u', identity.user)).join(', ')}, not ${JSON.stringify(clientId)}`);
@@ -122,6 +134,12 @@ export class Authenticator {
    * A live client holding the id under another identity keeps it: otherwise MQTT's takeover rule
    * would let anyone disconnect a node by connecting with its client id.
    */
+  /** A link client id (`qis-fed-…`) is for configured peers only (`auth.peers`). */
+  peerCheck(clientId: string, identity: Identity): AuthVerdict {
+    if (!clientId.startsWith(LINK_CLIENT_PREFIX) || this.isPeer(clientId, identity)) return { ok: true, identity };
+    return refuse(5, 'not-a-peer', `client id ${JSON.stringify(clientId)} is a federation link id; ${identity.user === undefined ? 'an anonymous client' : `user ${JSON.stringify(identity.user)}`} is not in auth.peers`);
+  }
+
   takeover(existing: Client | undefined, identity: Identity): AuthVerdict {
     const held = existing === undefined ? undefined : this.#who.get(existing);
     if (held === undefined || (held.kind === identity.kind && held.user === identity.user)) return { ok: true, identity };

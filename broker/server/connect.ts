@@ -43,6 +43,8 @@ export function connectHooks(ctx: BrokerContext): Required<Pick<AedesOptions, 'p
       ctx.auth.check(facts, ctx.now()).then(
         (v) => {
           if (!v.ok) return refused(client, v, username, cb);
+          const peer = ctx.auth.peerCheck(client.id, v.identity);
+          if (!peer.ok) return refused(client, peer, v.identity.user, cb);
           const live = (client as Client & { broker?: { clients?: Record<string, Client> } }).broker?.clients?.[client.id];
           const t = ctx.auth.takeover(live === client ? undefined : live, v.identity);
           if (!t.ok) return refused(client, t, v.identity.user, cb);
