@@ -120,11 +120,35 @@ export function checkSync(topic: string, clientId: string, retain: boolean): Dec
   return { action: 'pass' };
 }
 
-/** The first matching ACL rule decides; no rule matches → allowed (the default is allow). */
-export function aclAllows(rules: readonly AclRule[], topic: string, clientId: string): boolean {
+/**
+ * A rule's filter with `%u` (the authenticated user) and `%c` (the client id) put in, or
+ * undefined when the rule cannot apply: `%u` for an anonymous client. A value holding '/', '+'
+ * or '#' would widen the filter (client id `a/#`), so then an allow rule does not apply and a
+ * deny rule denies every topic: a hostile name can only lose access, never gain it.
+ */
+export function aclFilter(rule: AclRule, clientId: string, user: string | undefined): string | undefined {
+  if (!rule.topic.includes('%')) return rule.topic;
+  const usesUser = rule.topic.includes('%u');
+  if (usesUser && user === undefined) return undefined;
+  const unsafe = (v: string): boolean => /[/+#]/.test(v);
+  if (unsafe(clientId) && rule.topic.includes('%c')) return rule.allow ? undefined : '#';
+  if (usesUser && unsafe(user ?? '')) return rule.allow ? undefined : '#';
+  return rule.topic.replaceAll('%u', user ?? '').replaceAll('%c', clientId);
+}
+
+/** Whether a rule's `clients` and `users` lists name this client. */
+function ruleFor(r: AclRule, clientId: string, user: string | undefined): boolean {
+  if (r.clients && !r.clients.includes(clientId)) return false;
+  if (r.users && (user === undefined || !r.users.includes(user))) return false;
+  return true;
+}
+
+/** The first matching ACL rule decides; no rule matches → allowed (the default is allow). `user`: the authenticated user, undefined when anonymous. */
+export function aclAllows(rules: readonly AclRule[], topic: string, clientId: string, user?: string): boolean {
   for (const r of rules) {
-    if (r.clients && !r.clients.includes(clientId)) continue;
-    if (topicMatches(r.topic, topic)) return r.allow;
+    if (!ruleFor(r, clientId, user)) continue;
+    const f = aclFilter(r, clientId, user);
+    if (f !== undefined && topicMatches(f, topic)) return r.allow;
   }
   return true;
 }
@@ -150,10 +174,12 @@ export function filterCovers(rule: string, filter: string): boolean {
 }
 
 /** ACL decision for SUBSCRIBE: first rule that covers or overlaps the filter decides. */
-export function aclAllowsSubscribe(rules: readonly AclRule[], filter: string, clientId: string): boolean {
+export function aclAllowsSubscribe(rules: readonly AclRule[], filter: string, clientId: string, user?: string): boolean {
   for (const r of rules) {
-    if (r.clients && !r.clients.includes(clientId)) continue;
-    if (filterCovers(r.topic, filter) || (!r.allow && filtersOverlap(r.topic, filter))) return r.allow;
+    if (!ruleFor(r, clientId, user)) continue;
+    const f = aclFilter(r, clientId, user);
+    if (f === undefined) continue;
+    if (filterCovers(f, filter) || (!r.allow && filtersOverlap(f, filter))) return r.allow;
   }
   return true;
 }

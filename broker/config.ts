@@ -161,9 +161,9 @@ function filterProblem(f: string): string | undefined {
 }
 
 function aclRules(c: Ctx, v: unknown, path: string): Obj[] {
-  return list(c, v, path, 'a list of rules {allow, topic, clients?}').map((item, i) => {
+  return list(c, v, path, 'a list of rules {allow, topic, clients?, users?}').map((item, i) => {
     const p = `${path}[${i}]`;
-    const r = mapping(c, item, p, ['allow', 'topic', 'clients'], 'a rule {allow: true|false, topic: FILTER, clients?: [ID, …]}');
+    const r = mapping(c, item, p, ['allow', 'topic', 'clients', 'users'], 'a rule {allow: true|false, topic: FILTER (%u: the user, %c: the client id), clients?: [ID, …], users?: [USER, …]}');
     const allow = typeof r.allow === 'boolean' ? r.allow : c.fail(`${p}.allow`, 'true or false', r.allow);
     const topic = r.topic;
     const problem = typeof topic === 'string' ? filterProblem(topic) : 'it is not a string';
@@ -171,6 +171,9 @@ function aclRules(c: Ctx, v: unknown, path: string): Obj[] {
     const out: Obj = { allow, topic };
     if (r.clients !== undefined) {
       out.clients = list(c, r.clients, `${p}.clients`, 'a list of client ids').map((id, k) => text(c, id, `${p}.clients[${k}]`, 'a client id (non-empty string)'));
+    }
+    if (r.users !== undefined) {
+      out.users = list(c, r.users, `${p}.users`, 'a list of user names').map((u, k) => text(c, u, `${p}.users[${k}]`, 'a user name (non-empty string)'));
     }
     return out;
   });
@@ -208,6 +211,18 @@ function section(checks: Record<string, Check>, expected = 'a mapping'): Check {
     return out;
   };
 }
+
+const AUTH: Record<keyof NonNullable<BrokerOptions['auth']>, Check> = {
+  allowAnonymous: (c, v, p) => (typeof v === 'boolean' ? v : v === 'true' || v === 'false' ? v === 'true' : c.fail(p, 'true or false', v)),
+  passwordFile: (c, v, p) => text(c, v, p, 'a password file path (qis broker passwd FILE USER writes one)'),
+  nodeLogin: (c, v, p) => (typeof v === 'boolean' ? v : v === 'true' || v === 'false' ? v === 'true' : c.fail(p, 'true or false', v)),
+  loginSkewMs: (c, v, p) => int(c, v, p, 0, Number.MAX_SAFE_INTEGER, 'an integer >= 0 (milliseconds)'),
+  peers: (c, v, p) => list(c, v, p, 'a list of peer identities').map((u, i) => text(c, u, `${p}[${i}]`, 'a peer identity (user name, certificate CN or node id)')),
+  clientIds: (c, v, p) =>
+    list(c, v, p, 'a list of client id patterns').map((x, i) =>
+      typeof x === 'string' && x !== '' && !x.slice(0, -1).includes('*') ? x : c.fail(`${p}[${i}]`, "a client id pattern (%u: the user; '*' only as the last character)", x),
+    ),
+};
 
 const positiveMs = (c: Ctx, v: unknown, p: string): number => int(c, v, p, 1, Number.MAX_SAFE_INTEGER, 'a positive integer (milliseconds)');
 
@@ -291,6 +306,7 @@ const TOP: Record<keyof BrokerOptions, Check> = {
   sweepIntervalMs: positiveMs,
   id: (c, v, p) => text(c, v, p, 'a broker id (non-empty string)'),
   federation,
+  auth: section(AUTH),
 };
 
 const checkLayer = section(TOP, 'a mapping of broker options (listeners, dataDir, fsync, admission, …)') as (c: Ctx, v: unknown, path: string) => Obj;
@@ -449,6 +465,12 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'verify-workers', key: 'verifyWorkers', value: 'N', help: 'signature verification threads, 0..64 (default: the cores minus one, at least 1)' },
   { name: 'sweep-interval-ms', key: 'sweepIntervalMs', value: 'MS', help: 'how often expired packets are swept' },
   { name: 'id', key: 'id', value: 'ID', help: 'broker id (default: random)' },
+  { name: 'auth.allow-anonymous', key: 'auth.allowAnonymous', value: 'BOOL', help: 'true | false: anonymous clients on every listener (default: allowed on loopback listeners only)' },
+  { name: 'auth.password-file', key: 'auth.passwordFile', value: 'FILE', help: 'user:scrypt$… lines (qis broker passwd FILE USER)' },
+  { name: 'auth.node-login', key: 'auth.nodeLogin', value: 'BOOL', help: 'accept node logins (PROTOCOL §11; default true)' },
+  { name: 'auth.login-skew-ms', key: 'auth.loginSkewMs', value: 'MS', help: 'largest |clock − login ts| (default 300000)' },
+  { name: 'auth.client-id', key: 'auth.clientIds', value: 'PATTERN', list: true, help: "a client id pattern for password and certificate users (%u: the user, trailing '*'); default %u and %u:*" },
+  { name: 'auth.peer', key: 'auth.peers', value: 'USER', list: true, help: 'an identity (user, certificate CN or node id) that may connect as a federation link; default: any client' },
   { name: 'federation.region', key: 'federation.region', value: 'NAME', help: 'this region\'s name (enables federation with --federation.peer)' },
   { name: 'federation.peer', key: 'federation.peers', value: 'URL', list: true, help: 'mqtt[s]://HOST:PORT[?share=ID,…&accept=ID,…&rateLimit=N&name=N&ca=F&cert=F&key=F] a peer region\'s broker; replaces the peers of the file' },
   { name: 'federation.reconnect.base-ms', key: 'federation.reconnect.baseMs', value: 'MS', help: 'first reconnect delay bound of a link (backoff with full jitter; default 500)' },
@@ -456,7 +478,7 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'federation.follow-up-ms', key: 'federation.followUpMs', value: 'MS', help: 'another catch-up this long after one that moved packets (0: none, the default)' },
 ].map((f) => Object.freeze(f)));
 
-const NUMERIC = new Set(['fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'sweepIntervalMs', 'federation.reconnect.baseMs', 'federation.reconnect.capMs', 'federation.followUpMs']);
+const NUMERIC = new Set(['auth.loginSkewMs', 'fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'sweepIntervalMs', 'federation.reconnect.baseMs', 'federation.reconnect.capMs', 'federation.followUpMs']);
 
 /** A number if `s` reads as one; otherwise `s` itself, for the validator to refuse by name. */
 function num(s: string): number | string {

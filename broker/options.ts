@@ -26,6 +26,37 @@ export interface AclRule {
   readonly topic: string;
   /** Only for these client ids (MQTT filter syntax on the id is not used: exact ids), default all. */
   readonly clients?: readonly string[];
+  /** Only for these authenticated users (node ids of node logins, password-file users, certificate CNs), default all. An anonymous client matches no `users` rule. */
+  readonly users?: readonly string[];
+}
+
+/**
+ * Connection authentication (issue 14; PROTOCOL §11). `topic` of an ACL rule may hold `%u` (the
+ * authenticated user) and `%c` (the client id); a rule with `%u` never matches an anonymous client.
+ */
+export interface AuthOptions {
+  /**
+   * Anonymous clients (no credentials the broker can check). Unset (the default): allowed on
+   * loopback listeners (127.0.0.0/8, ::1, localhost), refused elsewhere; true/false: everywhere.
+   */
+  readonly allowAnonymous?: boolean;
+  /** Password file (`qis broker passwd`): `user:scrypt$…` lines. Without it a username that is not a node login is ignored (the client is anonymous). */
+  readonly passwordFile?: string;
+  /** Node login (PROTOCOL §11): username = node id, password = login COSE. Default true. */
+  readonly nodeLogin?: boolean;
+  /** Largest |broker clock − login ts|, ms (default 300,000). */
+  readonly loginSkewMs?: number;
+  /**
+   * Client ids a password or certificate user may connect with, `%u` = the user, a trailing `*` =
+   * any suffix. Default ['%u', '%u:*']: user names cannot hold ':', so `alice:…` is alice's alone.
+   */
+  readonly clientIds?: readonly string[];
+  /**
+   * Federation peers by identity: the users (a peer broker's password-file user, certificate CN,
+   * or node id of a node login) that may connect as links (`qis-fed-…` client ids) and use
+   * `qis/1/f/`. Unset: any client allowed to connect may (as before issue 14).
+   */
+  readonly peers?: readonly string[];
 }
 
 export interface AdmissionOptions {
@@ -99,6 +130,8 @@ export interface BrokerOptions {
   readonly id?: string;
   /** Links to other regions' brokers (docs/protocol-choices.md, "Federation"). Default: none. */
   readonly federation?: FederationOptions;
+  /** Who may connect (node login, password file, mTLS, anonymous). Default: {} (see {@link AuthOptions}). */
+  readonly auth?: AuthOptions;
 }
 
 /** Every key of {@link BrokerOptions} has this default unless noted. */

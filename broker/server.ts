@@ -23,7 +23,9 @@ import { createMetrics, type Metrics } from './metrics.js';
 import type { BrokerConfig, BrokerOptions } from './options.js';
 import { openStore, type Store } from './store.js';
 import { createVerifier, defaultWorkers } from './verifier.js';
+import { Authenticator } from './server/auth.js';
 import { connectHooks } from './server/connect.js';
+import { authorizeForward } from './server/forward.js';
 import { publishOn, type BrokerContext } from './server/context.js';
 import { startLinks } from './server/peers.js';
 import { startHttp, type HttpEndpoint } from './server/http.js';
@@ -63,7 +65,7 @@ export interface BrokerDeps {
 
 /**
  * Starts a broker: opens the store, starts the verifier threads, Aedes and the listeners.
- * @throws QisError ERR_CONFIG_INVALID (options, checked as a config file is) | ERR_FILE_IO (data directory, certificates)
+ * @throws QisError ERR_CONFIG_INVALID (options, checked as a config file is) | ERR_FILE_IO (data directory, certificates, password file) | ERR_PASSWORD_FILE_INVALID
  * @example
  * await using broker = await createBroker({ dataDir: '/var/lib/qis-broker', listeners: [{ type: 'tcp', host: '0.0.0.0', port: 1883 }] })
  */
@@ -71,6 +73,8 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const o = resolveBrokerOptions(config as BrokerConfig);
   const now = deps.now ?? Date.now;
   const logger = deps.logger ?? pino({ level: o.log.level, base: { broker: o.id ?? 'qis' } });
+  // Read before anything is opened: a bad password file leaves nothing running.
+  const auth = await Authenticator.open(o.auth);
   const stores = await openStores(o, now, logger);
   const { store, scoreStore } = stores;
   let aedes: Aedes | undefined;
@@ -84,6 +88,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     templates: await TemplateBook.open(join(o.dataDir, 'templates'), o.admission, logger),
     metrics: createMetrics(store, () => aedes?.connectedClients ?? 0),
     verifier: createVerifier(o.verifyWorkers ?? defaultWorkers()),
+    auth,
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
     publish: (m) => (aedes ? publishOn(aedes, m) : Promise.reject(new QisError('ERR_CLOSED', 'the broker is not running'))),
     federation: undefined,
@@ -96,6 +101,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     ...connectHooks(ctx),
     authorizePublish: authorizePublish(ctx, hold),
     authorizeSubscribe: authorizeSubscribe(ctx, hold),
+    authorizeForward: authorizeForward(ctx),
   }));
   a.on('subscribe', (subs, client) => hold.subscribed(subs, client));
   a.on('clientError', (client, err) => logger.debug({ clientId: client.id, err: err.message }, 'client error'));

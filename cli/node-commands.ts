@@ -32,6 +32,7 @@ export const CONNECTION: Record<string, FlagSpec> = {
   insecure: { type: 'boolean', help: "accept any broker certificate (testing only)" },
   username: { type: 'string', value: 'NAME', help: 'MQTT user name' },
   'password-file': { type: 'string', value: 'FILE', help: 'file holding the MQTT password (kept off the command line)' },
+  login: { type: 'boolean', help: 'node login (PROTOCOL §11): the node id and a login signed by the node key as user name and password, fresh at every connect' },
   'broker-kind': { type: 'string', value: 'KIND', help: 'qis | mosquitto | unknown | auto (default: auto, asked once)' },
 };
 
@@ -93,6 +94,7 @@ async function nodeOptions(flags: Flags, dataDir: string): Promise<NodeOptions> 
     ...(flags.username !== undefined ? { username: str(flags.username) } : {}),
     ...(password ? { password: password.toString('utf8').replace(/\r?\n$/, '') } : {}),
     ...(kind !== undefined ? { brokerKind: str(kind) as BrokerKind | 'auto' } : {}),
+    ...(flags.login === true ? { login: true } : {}),
     connectTimeoutMs: 10_000,
   };
 }

@@ -50,7 +50,7 @@ t.test('broker config - nested sections merge key by key over the defaults; list
       [
         'listeners: [{type: ws, host: 0.0.0.0, port: 8080, path: /mqtt}]',
         'admission: {maxSkewMs: 1000}',
-        'acl: {publish: [{allow: false, topic: "secret/#", clients: [a, b]}]}',
+        'acl: {publish: [{allow: false, topic: "secret/#", clients: [a, b]}, {allow: true, topic: "home/%u/#", users: [alice]}]}',
         'http: {host: 127.0.0.1, port: 9100}',
         'verifyWorkers: 0',
         'id: eu-1',
@@ -61,7 +61,7 @@ t.test('broker config - nested sections merge key by key over the defaults; list
   );
   t.same(o.listeners, [{ type: 'ws', host: '0.0.0.0', port: 8080, path: '/mqtt' }]);
   t.same(o.admission, { ...BROKER_DEFAULTS.admission, maxSkewMs: 1000 });
-  t.same(o.acl, { publish: [{ allow: false, topic: 'secret/#', clients: ['a', 'b'] }], subscribe: [] });
+  t.same(o.acl, { publish: [{ allow: false, topic: 'secret/#', clients: ['a', 'b'] }, { allow: true, topic: 'home/%u/#', users: ['alice'] }], subscribe: [] });
   t.same(o.http, { host: '127.0.0.1', port: 9100 });
   t.equal(o.verifyWorkers, 0);
   t.equal(o.id, 'eu-1');
@@ -122,7 +122,11 @@ t.test('broker config - each bad value is ERR_CONFIG_INVALID naming the file, th
     ['acl: {publish: [{topic: "a"}]}', /acl\.publish\[0\]\.allow: expected true or false, got nothing/],
     ['acl: {publish: [{allow: true, topic: "a", clients: gw}]}', /acl\.publish\[0\]\.clients: expected a list of client ids, got "gw"/],
     ['acl: {publish: [{allow: true, topic: "a", clients: [""]}]}', /acl\.publish\[0\]\.clients\[0\]: expected a client id/],
-    ['acl: {publish: [{allow: true, topic: "a", client: [x]}]}', /acl\.publish\[0\]\.client: unknown key \(expected one of: allow, topic, clients\)/],
+    ['acl: {publish: [{allow: true, topic: "a", users: [""]}]}', /acl\.publish\[0\]\.users\[0\]: expected a user name/],
+    ['auth: {allowAnonymous: maybe}', /auth\.allowAnonymous: expected true or false/],
+    ['auth: {clientIds: ["a*b"]}', /auth\.clientIds\[0\]: expected a client id pattern/],
+    ['auth: {loginSkewMs: -1}', /auth\.loginSkewMs: expected an integer >= 0/],
+    ['acl: {publish: [{allow: true, topic: "a", client: [x]}]}', /acl\.publish\[0\]\.client: unknown key \(expected one of: allow, topic, clients, users\)/],
     ['acl: {retain: []}', /acl\.retain: unknown key \(expected one of: publish, subscribe\)/],
     ['http: {host: h}', /^bad\.yaml: http\.port: expected an integer port 0\.\.65535.*got nothing$/],
     ['http: {port: 9100}', /http\.host: expected a host name or address, got nothing/],
@@ -136,7 +140,7 @@ t.test('broker config - each bad value is ERR_CONFIG_INVALID naming the file, th
     ['verifyWorkers: -1', /verifyWorkers: .*got -1/],
     ['sweepIntervalMs: 0', /sweepIntervalMs: expected a positive integer \(milliseconds\), got 0/],
     ['id: ""', /^bad\.yaml: id: expected a broker id \(non-empty string\), got ""$/],
-    ['datadir: x', /^bad\.yaml: datadir: unknown key \(expected one of: listeners, dataDir, fsync, fsyncIntervalMs, admission, acl, http, log, cluster, verifyWorkers, sweepIntervalMs, id, federation\)$/],
+    ['datadir: x', /^bad\.yaml: datadir: unknown key \(expected one of: listeners, dataDir, fsync, fsyncIntervalMs, admission, acl, http, log, cluster, verifyWorkers, sweepIntervalMs, id, federation, auth\)$/],
     ['fsync: null', /fsync: expected one of always, interval, never, got null/],
     ['- a\n- b', /^bad\.yaml: expected a mapping of broker options.*got a list$/],
     ['just text', /^bad\.yaml: expected a mapping of broker options.*got "just text"$/],
@@ -200,6 +204,12 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
     '--verify-workers', '2',
     '--sweep-interval-ms', '1000',
     '--id', 'eu-west-1',
+    '--auth.allow-anonymous', 'false',
+    '--auth.password-file', '/etc/qis/passwd',
+    '--auth.node-login', 'true',
+    '--auth.login-skew-ms', '60000',
+    '--auth.client-id', '%u',
+    '--auth.client-id', 'gw-%u-*',
   ]);
   const o: BrokerOptions = resolveBrokerOptions(file, flags);
   t.same(o, {
@@ -215,9 +225,10 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
     verifyWorkers: 2,
     sweepIntervalMs: 1000,
     id: 'eu-west-1',
+    auth: { allowAnonymous: false, passwordFile: '/etc/qis/passwd', nodeLogin: true, loginSkewMs: 60000, clientIds: ['%u', 'gw-%u-*'] },
   });
   const keys = new Set(BROKER_FLAGS.map((f) => f.key.split('.')[0]));
-  t.same([...keys].sort(), Object.keys({ ...BROKER_DEFAULTS, http: 0, cluster: 0, verifyWorkers: 0, id: 0, federation: 0 }).sort(), 'a flag for every top-level key');
+  t.same([...keys].sort(), Object.keys({ ...BROKER_DEFAULTS, http: 0, cluster: 0, verifyWorkers: 0, id: 0, federation: 0, auth: 0 }).sort(), 'a flag for every top-level key');
   t.same(resolveBrokerOptions(file, configFromFlags([])).dataDir, '/from/file', 'no flags: the file');
 });
 

@@ -37,6 +37,7 @@ import { bearing, fixedKey } from './helpers/fixtures.js';
 import { findBinary } from './helpers/mosquitto.js';
 import { startQisBroker, type TestBroker } from './helpers/qis-broker.js';
 import { run } from './helpers/run.js';
+import { certificates } from './helpers/tls.js';
 
 // ------------------------------------------------------------------------------------ fixtures
 
@@ -822,36 +823,6 @@ t.test('listeners - the node runtime publishes and queries over a ws listener', 
   t.same((await readRetained(b, r.topic)).map((m) => m.payload.toString('hex')), [Buffer.from(r.packet).toString('hex')], 'and the tcp listener sees it');
 });
 
-/** The openssl command, or a failure naming the Debian package. */
-function openssl(): string {
-  for (const d of [...(process.env['PATH'] ?? '').split(':'), '/usr/bin']) if (d && existsSync(join(d, 'openssl'))) return join(d, 'openssl');
-  throw new Error('openssl not found: install the Debian package openssl (apt-get install openssl); the TLS listener test makes its certificates with it');
-}
-
-async function ossl(t: Test, args: string[]): Promise<void> {
-  const r = await run(openssl(), args);
-  t.equal(r.status, 0, r.status === 0 ? `openssl ${args.slice(0, 2).join(' ')}` : `openssl ${args.join(' ')}: ${r.stderr}`);
-}
-
-/** Makes a self-signed server certificate for localhost/127.0.0.1, a client CA and a client certificate. */
-async function certificates(t: Test, dir: string): Promise<Record<'cert' | 'key' | 'ca' | 'caKey' | 'clientCert' | 'clientKey', string>> {
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  const f = {
-    cert: join(dir, 'c.pem'),
-    key: join(dir, 'k.pem'),
-    ca: join(dir, 'ca.pem'),
-    caKey: join(dir, 'ca.key'),
-    clientCert: join(dir, 'client.pem'),
-    clientKey: join(dir, 'client.key'),
-  };
-  await ossl(t, ['req', '-x509', ...ec, '-keyout', f.key, '-out', f.cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1']);
-  await ossl(t, ['req', '-x509', ...ec, '-keyout', f.caKey, '-out', f.ca, '-days', '1', '-subj', '/CN=qis test client CA']);
-  const csr = join(dir, 'client.csr');
-  await ossl(t, ['req', ...ec, '-keyout', f.clientKey, '-out', csr, '-subj', '/CN=qis-node']);
-  await ossl(t, ['x509', '-req', '-in', csr, '-CA', f.ca, '-CAkey', f.caKey, '-CAcreateserial', '-out', f.clientCert, '-days', '1']);
-  return f;
-}
-
 /** Whether a node reaches 'connected' before it has failed `failures` times (or `ms` pass). */
 async function connects(node: QisNode, failures: number, ms: number): Promise<boolean> {
   const ac = new AbortController();
@@ -884,8 +855,9 @@ t.test('listeners - tls with a self-signed certificate, and mTLS', async (t) => 
   const serverCa = readFileSync(f.cert, 'utf8');
   const nodes: QisNode[] = [];
   t.teardown(() => Promise.all(nodes.map((n) => n.close())));
-  const node = async (port: number | undefined, seed: number, tlsOpts: { ca: string; cert?: string; key?: string }): Promise<QisNode> => {
+  const node = async (port: number | undefined, seed: number, tlsOpts: { ca: string; cert?: string; key?: string }, clientId?: string): Promise<QisNode> => {
     const n = await createNode({
+      ...(clientId !== undefined ? { clientId } : {}),
       url: `mqtts://127.0.0.1:${port}`,
       dataDir: mkdtempSync(join(root, 'tls-node-')),
       key: fixedKey(seed),
@@ -907,7 +879,8 @@ t.test('listeners - tls with a self-signed certificate, and mTLS', async (t) => 
   const queued = await anonymous.publish(bearing, A, 'failure', { ackTimeoutMs: 300 });
   t.equal(queued.acked, false, 'its packet stays queued');
 
-  const holder = await node(mtls?.port, 0xa3, { ca: serverCa, cert: readFileSync(f.clientCert, 'utf8'), key: readFileSync(f.clientKey, 'utf8') });
+  // The certificate's subject (CN qis-node) is the user, bound to client ids qis-node and qis-node:* (README, "Who may connect").
+  const holder = await node(mtls?.port, 0xa3, { ca: serverCa, cert: readFileSync(f.clientCert, 'utf8'), key: readFileSync(f.clientKey, 'utf8') }, 'qis-node:a3');
   const ok = await holder.publish(bearing, A, 'failure');
   t.equal(ok.acked, true, 'mTLS: a node with a certificate signed by the CA publishes');
   t.equal((await readRetained(b, `qis/1/o/${TPL}/#`)).length, 2, 'two packets stored (the anonymous one never arrived)');

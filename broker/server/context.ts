@@ -13,6 +13,7 @@ import type { Metrics } from '../metrics.js';
 import type { BrokerOptions } from '../options.js';
 import type { Store } from '../store.js';
 import type { Verifier } from '../verifier.js';
+import type { Authenticator } from './auth.js';
 import type { TemplateBook } from './template-book.js';
 
 /** The PUBLISH Aedes hands to authorizePublish (mutable: admission rewrites topic and retain). */
@@ -43,6 +44,8 @@ export interface BrokerContext {
   readonly metrics: Metrics;
   readonly verifier: Verifier;
   readonly templates: TemplateBook;
+  /** Who each client is (connect.ts), for the ACL's `users` and `%u`. */
+  readonly auth: Authenticator;
   /** Per-client publish rate (PROTOCOL §6), shared by single publishes and federation batches. */
   readonly rate: RateLimiter;
   /** Publishes through Aedes to local subscribers; rejects with Aedes' error. */

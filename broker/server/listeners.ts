@@ -26,6 +26,14 @@ export interface Listeners {
   close(): void;
 }
 
+// The listener each connection came in on, for authentication (anonymous clients on loopback listeners, auth.ts).
+const arrivedOn = new WeakMap<object, ListenerOptions>();
+
+/** The listener a connection (the socket or stream handed to Aedes) came in on. */
+export function listenerOf(conn: unknown): ListenerOptions | undefined {
+  return typeof conn === 'object' && conn !== null ? arrivedOn.get(conn) : undefined;
+}
+
 /** Where `server` is bound. */
 export function addressOf(type: BrokerAddress['type'], server: NetServer | HttpServer, path?: string): BrokerAddress {
   const a = server.address();
@@ -67,6 +75,7 @@ export async function startListeners(listeners: readonly ListenerOptions[], aede
 function mqttServer(l: ListenerOptions, aedes: Aedes, logger: Logger, track: (s: Socket) => void): NetServer | HttpServer {
   const handle = (s: Socket): void => {
     track(s);
+    arrivedOn.set(s, l);
     aedes.handle(s);
   };
   if (l.type === 'tcp') return createNetServer(handle);
@@ -88,6 +97,7 @@ function mqttServer(l: ListenerOptions, aedes: Aedes, logger: Logger, track: (s:
   wss.on('connection', (ws) => {
     const stream = createWebSocketStream(ws);
     stream.on('error', () => stream.destroy());
+    arrivedOn.set(stream, l);
     aedes.handle(stream as unknown as Socket);
   });
   return http;

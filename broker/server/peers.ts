@@ -55,7 +55,7 @@ export function admitFromPeer(ctx: BrokerContext, topic: string, payload: Buffer
 /** A peer's link asks for digests or packets, or sends a batch: acknowledged at once, answered on qis/1/f/res/<its clientId>. */
 export function federationRequest(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, cb: Done): void {
   const id = client?.id ?? '';
-  if (!id.startsWith(LINK_CLIENT_PREFIX) || packet.topic !== `${FED_REQ}${id}` || packet.retain) {
+  if (!ctx.auth.isPeer(id, ctx.auth.identity(client)) || packet.topic !== `${FED_REQ}${id}` || packet.retain) {
     return refuse(ctx, client, packet.topic, 'ERR_NOT_AUTHORIZED', `only a federation link (client id ${LINK_CLIENT_PREFIX}…) may publish on ${FED_REQ}<its client id>, not retained`, cb);
   }
   const payload = packet.payload as Buffer;

@@ -22,7 +22,7 @@ export function authorizePublish(ctx: BrokerContext, hold: SyncHold): NonNullabl
     switch (classify(topic)) {
       case 'ordinary':
         if (topic.startsWith('$')) return refuse(ctx, client, topic, 'ERR_NOT_AUTHORIZED', '$ topics are reserved', cb);
-        if (!aclAllows(ctx.options.acl.publish, topic, clientId)) return refuse(ctx, client, topic, 'ERR_NOT_AUTHORIZED', 'the ACL denies publishing here', cb);
+        if (!aclAllows(ctx.options.acl.publish, topic, clientId, ctx.auth.user(client))) return refuse(ctx, client, topic, 'ERR_NOT_AUTHORIZED', 'the ACL denies publishing here', cb);
         return cb(null);
       case 'sync': {
         const d = checkSync(topic, clientId, packet.retain);

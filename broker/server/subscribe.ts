@@ -106,7 +106,7 @@ export class SyncHold {
 export function authorizeSubscribe(ctx: BrokerContext, hold: SyncHold): NonNullable<AedesOptions['authorizeSubscribe']> {
   return (client, sub, cb) => {
     const topic = sub.topic;
-    const denied = topic.startsWith('$qis') || !aclAllowsSubscribe(ctx.options.acl.subscribe, topic, client.id);
+    const denied = topic.startsWith('$qis') || !aclAllowsSubscribe(ctx.options.acl.subscribe, topic, client.id, ctx.auth.user(client));
     if (denied) {
       ctx.metrics.refused.inc({ code: 'ERR_NOT_AUTHORIZED' });
       ctx.logger.info({ code: 'ERR_NOT_AUTHORIZED', clientId: client.id, topic }, 'subscription denied (SUBACK 0x80)');

@@ -70,6 +70,8 @@ export class Connection {
   readonly #wakers = new Set<() => void>();
   /** The broker-kind detection of the current connection. */
   #kind: KindEntry | undefined;
+  /** Credentials made at each connect (a node login carries the time, so it cannot be made once). */
+  #credentials: (() => { username: string; password: Uint8Array }) | undefined;
 
   constructor(o: Merged, backoff: Required<BackoffOptions>, clientId: string) {
     this.o = o;
@@ -207,6 +209,11 @@ export class Connection {
 
   // ------------------------------------------------------------------ connecting
 
+  /** Every later connect sends the credentials `make` returns then (node login, PROTOCOL §11). */
+  useCredentials(make: () => { username: string; password: Uint8Array }): void {
+    this.#credentials = make;
+  }
+
   start(): void {
     // Next tick: a status() iterator opened right after createNode() sees the first attempt.
     setImmediate(() => this.#connect());
@@ -254,6 +261,8 @@ export class Connection {
   }
 
   #clientOptions(): IClientOptions {
+    const made = this.#credentials?.();
+    const credentials = made ? { username: made.username, password: Buffer.from(made.password) } : {};
     return {
       clientId: this.clientId,
       protocolVersion: 4,
@@ -265,6 +274,7 @@ export class Connection {
       queueQoSZero: false,
       ...(this.o.username !== undefined ? { username: this.o.username } : {}),
       ...(this.o.password !== undefined ? { password: this.o.password } : {}),
+      ...credentials,
       ...tlsClientOptions(this.o.tls),
     };
   }

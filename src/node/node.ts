@@ -9,15 +9,18 @@
  */
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import { equalBytes } from '../protocol/bytes.js';
 import { isQisError, QisError } from '../protocol/errors.js';
 import type { Situation } from '../protocol/fingerprint.js';
 import { generateKey, loadKeyFile, saveKeyFile, type NodeKey } from '../protocol/identity.js';
+import { createLogin } from '../protocol/login.js';
 import type { Outcome } from '../protocol/packet.js';
 import type { Template } from '../protocol/template.js';
 import type { BrokerKind } from './broker-kind.js';
 import { Connection } from './connection.js';
 import { ensureDir, lockDir } from './durable.js';
-import { mergeOptions, throwIfAborted } from './options.js';
+import { loadEnrolment } from './enrolment-file.js';
+import { mergeOptions, throwIfAborted, type Merged } from './options.js';
 import { Outbox } from './outbox.js';
 import { Publisher } from './publisher.js';
 import { Query } from './query.js';
@@ -63,6 +66,7 @@ export async function createNode(options: NodeOptions): Promise<QisNode> {
       throw new QisError('ERR_INVALID_ARGUMENT', `choose must be thompson or first, got ${String(o.choose)}`);
     }
     const conn = new Connection(o, backoff, o.clientId ?? `qis-${key.nodeId}-${randomBytes(4).toString('hex')}`);
+    if (o.login === true) await useNodeLogin(conn, key, o);
     const node = new Node(conn, key, outbox, unlock);
     for (const b of bad) conn.openRefusal({ type: 'refused', code: b.error.code, message: b.error.message });
     conn.start();
@@ -71,6 +75,18 @@ export async function createNode(options: NodeOptions): Promise<QisNode> {
     await unlock();
     throw e;
   }
+}
+
+/**
+ * Node login (PROTOCOL §11) at every connect: a fresh ts each time, so a reconnect hours later is
+ * not refused as stale. The installed enrolment goes with it when it is this key's.
+ * @throws QisError ERR_INVALID_ARGUMENT (with username/password) | ERR_FILE_IO | ERR_ENROLMENT_INVALID
+ */
+async function useNodeLogin(conn: Connection, key: NodeKey, o: Merged): Promise<void> {
+  if (o.username !== undefined || o.password !== undefined) throw new QisError('ERR_INVALID_ARGUMENT', 'login: true sends the node login as username and password; give one or the other');
+  const enrolment = await loadEnrolment(o.dataDir);
+  const bytes = enrolment !== undefined && equalBytes(enrolment.nodePublicKey, key.publicKey) ? enrolment.bytes : undefined;
+  conn.useCredentials(() => createLogin(key, { clientId: conn.clientId, ts: conn.now(), ...(bytes ? { enrolment: bytes } : {}), ...(o.backend ? { backend: o.backend } : {}) }));
 }
 
 async function loadOrCreateKey(path: string): Promise<NodeKey> {

@@ -33,6 +33,13 @@ export interface NodeOptions {
   readonly clientId?: string;
   readonly username?: string;
   readonly password?: string;
+  /**
+   * Node login (PROTOCOL §11): connect with username = the node id and password = a login signed
+   * by the node key over its client id and the time, made fresh at every (re)connect, with the
+   * enrolment of `<dataDir>/enrolment.cbor` when one for this key is installed. Not with
+   * `username`/`password`. Default false.
+   */
+  readonly login?: boolean;
   readonly tls?: TlsOptions;
   /** MQTT keepalive, s. Default 30. */
   readonly keepaliveS?: number;

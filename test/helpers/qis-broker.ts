@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { createBroker, type QisBroker } from '../../broker/server.js';
+import { createBroker, type BrokerDeps, type QisBroker } from '../../broker/server.js';
 import type { BrokerConfig } from '../../broker/options.js';
 
 export interface TestBroker {
@@ -17,11 +17,12 @@ export interface TestBroker {
   close(keepData?: boolean): Promise<void>;
 }
 
-export async function startQisBroker(config: BrokerConfig = {}, dataDir?: string): Promise<TestBroker> {
+/** `deps`: what createBroker takes besides the config (a clock, …); the logger is silent unless QIS_TEST_LOG says. */
+export async function startQisBroker(config: BrokerConfig = {}, dataDir?: string, deps: Omit<BrokerDeps, 'logger'> = {}): Promise<TestBroker> {
   const dir = dataDir ?? mkdtempSync(join(tmpdir(), 'qis-broker-'));
   const broker = await createBroker(
     { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], dataDir: dir, verifyWorkers: 0, ...config },
-    { logger: pino({ level: process.env['QIS_TEST_LOG'] ?? 'silent' }) },
+    { ...deps, logger: pino({ level: process.env['QIS_TEST_LOG'] ?? 'silent' }) },
   );
   const a = broker.addresses().find((x) => x.type === 'tcp');
   if (!a) throw new Error('no tcp listener');
