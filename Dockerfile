@@ -9,6 +9,9 @@
 # The durable store lives in the /data volume (back it up: README "Deploying"). /healthz and
 # /metrics listen on 127.0.0.1:9100 inside the container (HEALTHCHECK below); to scrape metrics
 # from outside add `--http 0.0.0.0:9100` and publish the port.
+# The listener is not on loopback, so anonymous clients are refused by default (README "Security"):
+# give clients credentials (`--auth.password-file`, node login, mTLS), or, on a closed network
+# only, add `--auth.allow-anonymous true`.
 
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
