@@ -25,6 +25,7 @@ import { Scoring } from './scoring.js';
 import { Templates } from './templates.js';
 import type {
   ConsultResult,
+  FlushResult,
   NodeOptions,
   NodeStatus,
   PublishOptions,
@@ -115,6 +116,10 @@ class Node implements QisNode {
     return this.#conn.state === 'connected';
   }
 
+  get connectionError(): QisError | undefined {
+    return this.#conn.netError;
+  }
+
   get pending(): number {
     return this.#publisher.outbox.size;
   }
@@ -127,7 +132,7 @@ class Node implements QisNode {
     return this.#publisher.withdraw(t, options);
   }
 
-  flush(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<void> {
+  flush(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<FlushResult> {
     return this.#publisher.flush(options);
   }
 
