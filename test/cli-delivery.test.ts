@@ -2,10 +2,9 @@
 // spawned, our broker on loopback TCP). The node's clock is injected an hour fast through --ts
 // (the packet's observation time), measured from this test's clock, never from a fixed date.
 import t, { type Test } from 'tap';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { qis } from './helpers/cli.js';
+import { qis, tempDir } from './helpers/cli.js';
 import { startQisBroker } from './helpers/qis-broker.js';
 import { situation } from './helpers/fixtures.js';
 
@@ -13,11 +12,6 @@ const TPL = 'examples/bearing-failure.yaml';
 const SIT = JSON.stringify(situation);
 const HOUR = 3_600_000;
 
-function tempDir(t: Test): string {
-  const d = mkdtempSync(join(tmpdir(), 'qis-cli-delivery-'));
-  t.teardown(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
 
 function parse(out: string): Record<string, unknown> {
   return JSON.parse(out) as Record<string, unknown>;
@@ -26,7 +20,7 @@ function parse(out: string): Record<string, unknown> {
 t.test('cli delivery - a packet the broker refuses (clock an hour fast) is never reported as delivered or safe', async (t) => {
   const b = await startQisBroker();
   t.teardown(() => b.close());
-  const dir = join(tempDir(t), 'node');
+  const dir = join(tempDir(t, 'qis-cli-delivery-'), 'node');
   const conn = ['--url', b.url, '--data-dir', dir];
 
   const pub = await qis(['publish', ...conn, '--template', TPL, '--situation', SIT, '--outcome', 'failure', '--ts', String(Date.now() + HOUR), '--json']);
@@ -66,7 +60,7 @@ t.test('cli delivery - a packet the broker refuses (clock an hour fast) is never
 t.test('cli delivery - qis withdraw sends a tombstone through the outbox; queued when the broker is away', async (t) => {
   const b = await startQisBroker();
   t.teardown(() => b.close());
-  const dir = join(tempDir(t), 'node');
+  const dir = join(tempDir(t, 'qis-cli-delivery-'), 'node');
   const conn = ['--url', b.url, '--data-dir', dir];
   const never = await qis(['withdraw', ...conn, '--template', TPL, '--json']);
   t.equal(never.status, 1);

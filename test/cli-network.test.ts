@@ -3,10 +3,8 @@
 // the local resolver, never a non-loopback connection), TLS to a plain port, plain to a TLS port,
 // an untrusted certificate. Each has its own code; none ends as ERR_TIMEOUT.
 import t, { type Test } from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { qis } from './helpers/cli.js';
+import { qis, tempDir } from './helpers/cli.js';
 import { certificates } from './helpers/certs.js';
 import { freePort } from './helpers/mosquitto.js';
 import { startQisBroker } from './helpers/qis-broker.js';
@@ -15,11 +13,6 @@ import { situation } from './helpers/fixtures.js';
 const TPL = 'examples/bearing-failure.yaml';
 const SIT = JSON.stringify(situation);
 
-function tempDir(t: Test): string {
-  const d = mkdtempSync(join(tmpdir(), 'qis-cli-network-'));
-  t.teardown(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
 
 async function failsWith(t: Test, args: string[], code: string, message: RegExp): Promise<void> {
   const r = await qis([...args, '--json']);
@@ -30,7 +23,7 @@ async function failsWith(t: Test, args: string[], code: string, message: RegExp)
 }
 
 t.test('cli network - each connection failure has its own code on the first failure', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'qis-cli-network-');
   const f = await certificates(t, dir);
   const b = await startQisBroker({
     listeners: [
@@ -54,7 +47,7 @@ t.test('cli network - each connection failure has its own code on the first fail
 });
 
 t.test('cli network - publish queues and says why; flush and watch fail with the reason', async (t) => {
-  const dir = join(tempDir(t), 'node');
+  const dir = join(tempDir(t, 'qis-cli-network-'), 'node');
   const url = `mqtt://127.0.0.1:${await freePort()}`;
   const pub = await qis(['publish', '--url', url, '--data-dir', dir, '--template', TPL, '--situation', SIT, '--outcome', 'failure', '--json']);
   t.equal(pub.status, 0, 'store-and-forward: publish succeeds offline');
