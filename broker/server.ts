@@ -29,7 +29,7 @@ import { authorizeForward } from './server/forward.js';
 import { publishOn, type BrokerContext } from './server/context.js';
 import { startLinks } from './server/peers.js';
 import { startHttp, type HttpEndpoint } from './server/http.js';
-import { publishBrokerInfo } from './server/info.js';
+import { publishBrokerInfo, startBrokerInfoClock } from './server/info.js';
 import { startListeners, type BrokerAddress, type Listeners } from './server/listeners.js';
 import { authorizePublish } from './server/publish.js';
 import { qisPersistence } from './server/retained.js';
@@ -127,6 +127,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     throw e;
   }
   const stopSweep = startSweep(ctx);
+  const stopInfoClock = startBrokerInfoClock(ctx);
   const addresses = (): BrokerAddress[] => [...(listeners?.addresses() ?? []), ...[http?.address()].filter((x) => x !== undefined)];
   logger.info({ listeners: addresses(), verifyWorkers: ctx.verifier.workers, fsync: o.fsync }, 'broker listening');
   ctx.federation = startLinks(ctx);
@@ -135,6 +136,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       stopSweep();
+      stopInfoClock();
       await ctx.federation?.close();
       await stop();
       logger.info('broker closed');

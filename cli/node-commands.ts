@@ -6,6 +6,8 @@ import { join } from 'node:path';
 import {
   QisError,
   createNode,
+  decodePacket,
+  deliveryRefused,
   isTplId,
   loadTemplate,
   type RegistryOptions,
@@ -74,7 +76,7 @@ export async function registryOptions(flags: Flags): Promise<RegistryOptions> {
   };
 }
 
-async function nodeOptions(flags: Flags, dataDir: string): Promise<NodeOptions> {
+export async function nodeOptions(flags: Flags, dataDir: string): Promise<NodeOptions> {
   const kind = flags['broker-kind'];
   if (kind !== undefined && !['qis', 'mosquitto', 'unknown', 'auto'].includes(str(kind))) {
     throw usage(`--broker-kind must be qis, mosquitto, unknown or auto, not "${str(kind)}"`);
@@ -96,6 +98,7 @@ async function nodeOptions(flags: Flags, dataDir: string): Promise<NodeOptions> 
     ...(kind !== undefined ? { brokerKind: str(kind) as BrokerKind | 'auto' } : {}),
     ...(flags.login === true ? { login: true } : {}),
     connectTimeoutMs: 10_000,
+    failFast: true,
   };
 }
 
@@ -116,7 +119,7 @@ export async function withNode<T>(flags: Flags, fn: (node: QisNode) => Promise<T
 }
 
 /** Stops a long-running command on Ctrl-C / SIGTERM, or when stdout's reader has gone. */
-function interruptSignal(): { signal: AbortSignal; dispose(): void } {
+export function interruptSignal(): { signal: AbortSignal; dispose(): void } {
   const ac = new AbortController();
   const stop = (): void => ac.abort(new Error('interrupted'));
   process.once('SIGINT', stop);
@@ -143,7 +146,9 @@ const publish: Command = {
   },
   details: `The packet is written durably to DIR/outbox before it is sent and removed after the broker's
 PUBACK. If the broker cannot be reached, the command still succeeds (exit 0) and says the packet
-is queued; deliver it later with: qis flush --data-dir DIR --url URL.
+is queued; deliver it later with: qis flush --data-dir DIR --url URL. If the broker refuses the
+packet (it closes the connection on it), the command fails with ERR_DELIVERY_REFUSED and the
+likely reason (e.g. a clock far ahead of the broker's).
 seq is kept per template in DIR/state and always increases (Unix ms if the state is lost).
 When the situation lands in another bucket than last time, a signed tombstone for the old
 bucket is sent first, so any broker keeps one packet for this node.
@@ -179,10 +184,19 @@ Example:
             { cause: e },
           );
         });
+        if (r.refused) {
+          const dataDir = str(flags['data-dir']);
+          throw await deliveryRefused(
+            await nodeOptions(flags, dataDir),
+            `the broker closed the connection when packet seq ${r.seq} was sent (an MQTT 3.1.1 broker's way to refuse a publish): NOT delivered; it stays in ${join(dataDir, 'outbox')} and is set aside as .bad after repeated refusals (qis status --data-dir ${dataDir})`,
+            [options.ts ?? decodePacket(r.packet).ts],
+          );
+        }
         const json = {
           ok: true,
           acked: r.acked,
           queued: node.pending,
+          ...(!r.acked && node.connectionError ? { connectionError: { code: node.connectionError.code, message: node.connectionError.message } } : {}),
           nodeId: node.nodeId,
           topic: r.topic,
           seq: r.seq,
@@ -191,7 +205,7 @@ Example:
         };
         const state = r.acked
           ? 'acknowledged by the broker'
-          : `NOT delivered yet: the broker did not acknowledge it; it is safe in ${join(str(flags['data-dir']), 'outbox')} (${node.pending} queued)\n          deliver with: qis flush --data-dir ${str(flags['data-dir'])} --url ${str(flags.url)}`;
+          : `NOT delivered yet: ${node.connectionError ? `${node.connectionError.code}: ${node.connectionError.message}` : 'the broker did not acknowledge it'}; it is safe in ${join(str(flags['data-dir']), 'outbox')} (${node.pending} queued)\n          deliver with: qis flush --data-dir ${str(flags['data-dir'])} --url ${str(flags.url)}`;
         const human = [
           `published seq ${r.seq}: ${state}`,
           `topic     ${r.topic}`,
@@ -202,30 +216,6 @@ Example:
     } finally {
       intr.dispose();
     }
-  },
-};
-
-const flush: Command = {
-  path: ['flush'],
-  summary: "deliver the packets queued in a node's outbox",
-  flags: {
-    ...CONNECTION,
-    'data-dir': { type: 'string', value: 'DIR', help: "the node's directory (as given to qis publish)", required: true },
-    timeout: { type: 'string', value: 'MS', help: 'give up after this long (default 30000); the outbox is kept' },
-  },
-  details: 'Exit status 0 when the outbox is empty, 1 (ERR_TIMEOUT) when packets are still queued.',
-  async run(flags) {
-    const timeoutMs = flags.timeout === undefined ? 30_000 : numberFlag('timeout', str(flags.timeout), true);
-    return withNode(flags, async (node) => {
-      const before = node.pending;
-      const intr = interruptSignal();
-      try {
-        await node.flush({ timeoutMs: Math.max(1, timeoutMs), signal: intr.signal });
-      } finally {
-        intr.dispose();
-      }
-      return { json: { ok: true, delivered: before, queued: 0 }, human: before === 0 ? 'outbox is empty: nothing to deliver' : `delivered ${before} queued packet(s); outbox is empty` };
-    });
   },
 };
 
@@ -438,4 +428,4 @@ const watch: Command = {
   },
 };
 
-export const nodeCommands: readonly Command[] = [publish, flush, query, watch];
+export const nodeCommands: readonly Command[] = [publish, query, watch];

@@ -10,6 +10,7 @@ import { EXIT_OK, EXIT_USAGE, runCommand, reportError, stdoutGone, usage, type C
 const MODULES: Readonly<Record<string, () => Promise<readonly Command[]>>> = {
   core: async () => (await import('./core-commands.js')).coreCommands,
   node: async () => (await import('./node-commands.js')).nodeCommands,
+  outbox: async () => (await import('./outbox-commands.js')).outboxCommands,
   broker: async () => [(await import('./broker-command.js')).brokerCommand, ...(await import('./enrol-commands.js')).brokerPasswdCommands],
   enrol: async () => (await import('./enrol-commands.js')).enrolCommands,
   demo: async () => [(await import('./demo.js')).demoCommand],
@@ -23,7 +24,9 @@ const MODULE_OF: Readonly<Record<string, keyof typeof MODULES>> = {
   packet: 'core',
   decode: 'core',
   publish: 'node',
-  flush: 'node',
+  flush: 'outbox',
+  status: 'outbox',
+  withdraw: 'outbox',
   query: 'node',
   watch: 'node',
   broker: 'broker',

@@ -78,6 +78,7 @@ export {
   type NodeOptions,
   type PublishOptions,
   type PublishResult,
+  type FlushResult,
   type QueryOptions,
   type QueryResult,
   type WatchOptions,
@@ -197,3 +198,5 @@ export {
 export { installEnrolment, loadEnrolment } from './node/enrolment-file.js';
 export { createLogin, verifyLogin, LOGIN_AAD, MAX_LOGIN_BYTES, type LoginInput, type LoginCredentials, type LoginPolicy, type LoginCheck, type LoginReason } from './protocol/login.js';
 export { filterTrusted, capOperatorShare, trustPolicy, type TrustOptions, type EnrolledCandidate, type TrustFilterResult, type OperatorCap } from './synthesis/trust.js';
+export { deliveryRefused, likelyReason, probeBrokerTime, brokerInfoTime, CLOCK_SUSPECT_MS, type ProbeOptions } from './node/broker-clock.js';
+export { listOutbox, type ListedEntry, type OutboxListing } from './node/outbox-listing.js';

@@ -31,6 +31,7 @@ import {
 import { jsonFlag, numberFlag, reportError } from '../cli/run.js';
 import { parseBrokerConfig, resolveBrokerOptions } from '../broker/config.js';
 import { startBroker } from '../cli/broker-command.js';
+import { outboxCommands } from '../cli/outbox-commands.js';
 import { createServer, type AddressInfo } from 'node:net';
 import { bearing, bearingDoc, situation, fixedKey } from './helpers/fixtures.js';
 import { startAedes } from './helpers/aedes.js';
@@ -250,6 +251,26 @@ const triggers: Record<ErrorCode, () => unknown> = {
       await b.close();
     } finally {
       held.close();
+    }
+  },
+  // issue 16 §2–3: withdraw with nothing published; network failures said at once.
+  ERR_NOTHING_TO_WITHDRAW: async () => {
+    const b = await startAedes();
+    try {
+      const withdraw = outboxCommands.find((c) => c.path[0] === 'withdraw');
+      await withdraw?.run({ url: b.url, 'data-dir': mkdtempSync(join(dir, 'w-')), template: 'examples/bearing-failure.yaml' }, { stdin: process.stdin, stdout: new PassThrough(), stderr: new PassThrough() });
+    } finally {
+      await b.close();
+    }
+  },
+  ERR_CONNECTION_REFUSED: () => withNode(firstRefusal),
+  ERR_HOST_NOT_FOUND: () => withNode(firstRefusal, { url: 'mqtt://qis-test.invalid:1883' }),
+  ERR_TLS: async () => {
+    const b = await startAedes();
+    try {
+      return await withNode(firstRefusal, { url: b.url.replace(/^mqtt:/, 'mqtts:') });
+    } finally {
+      await b.close();
     }
   },
 };

@@ -6,10 +6,28 @@ import { readFileSync } from 'node:fs';
 import { BROKER_INFO_TOPIC } from '../admission.js';
 import type { BrokerContext } from './context.js';
 
+/** How often qis/1/broker is rewritten with the broker's clock (`time`, Unix ms). */
+export const BROKER_INFO_PERIOD_MS = 10_000;
+
 export async function publishBrokerInfo(ctx: BrokerContext): Promise<void> {
-  const info = { kind: 'qis', version: packageVersion(), sync: 'ordered' };
-  await ctx.publish({ topic: BROKER_INFO_TOPIC, payload: Buffer.from(JSON.stringify(info)), qos: 0, retain: true });
+  await publishInfo(ctx);
   for (const [topic, packet] of ctx.templates.documents()) await ctx.publish({ topic, payload: Buffer.from(packet), qos: 0, retain: true });
+}
+
+/**
+ * `time` lets a node whose packets are refused tell that its clock is far from the broker's
+ * (ERR_TS_FUTURE reaches an MQTT 3.1.1 client only as a closed connection): kept fresh to within
+ * BROKER_INFO_PERIOD_MS. Returns the stop.
+ */
+export function startBrokerInfoClock(ctx: BrokerContext): () => void {
+  const t = setInterval(() => void publishInfo(ctx).catch((e: unknown) => ctx.logger.warn({ err: e }, 'broker info not republished')), BROKER_INFO_PERIOD_MS);
+  t.unref();
+  return () => clearInterval(t);
+}
+
+function publishInfo(ctx: BrokerContext): Promise<void> {
+  const info = { kind: 'qis', version: packageVersion(), sync: 'ordered', time: Math.floor(ctx.now()) };
+  return ctx.publish({ topic: BROKER_INFO_TOPIC, payload: Buffer.from(JSON.stringify(info)), qos: 0, retain: true });
 }
 
 /** The package version, from broker/server/ (tests) or dist/broker/server/ (built). */

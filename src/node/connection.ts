@@ -14,6 +14,7 @@ import type { Ed25519Backend } from '../protocol/identity.js';
 import { backoffDelay, type BackoffOptions } from './backoff.js';
 import { BROKER_INFO_TOPIC, DETECT_TIMEOUT_MS, MOSQUITTO_VERSION_TOPIC, type BrokerKind } from './broker-kind.js';
 import { Channel } from './channel.js';
+import { networkError, probeTlsPort } from './net-errors.js';
 import { abortError, DEFAULTS, type Merged } from './options.js';
 import { tlsClientOptions } from './tls.js';
 import type { NodeStatus, Timers } from './types.js';
@@ -72,6 +73,8 @@ export class Connection {
   #kind: KindEntry | undefined;
   /** Credentials made at each connect (a node login carries the time, so it cannot be made once). */
   #credentials: (() => { username: string; password: Uint8Array }) | undefined;
+  /** Why the last attempt failed at the socket or TLS level (cleared on connect). */
+  #netError: QisError | undefined;
 
   constructor(o: Merged, backoff: Required<BackoffOptions>, clientId: string) {
     this.o = o;
@@ -112,6 +115,11 @@ export class Connection {
 
   backend(): { backend?: Ed25519Backend } {
     return this.o.backend ? { backend: this.o.backend } : {};
+  }
+
+  /** The last attempt's network or TLS failure, while not connected. */
+  get netError(): QisError | undefined {
+    return this.#state === 'connected' ? undefined : this.#netError;
   }
 
   checkOpen(): void {
@@ -169,6 +177,9 @@ export class Connection {
         if (v !== undefined) {
           done();
           resolve(v);
+        } else if (this.o.failFast && this.netError) {
+          done();
+          reject(this.netError);
         }
       };
       if (o.signal?.aborted) return reject(abortError(o.signal));
@@ -235,6 +246,8 @@ export class Connection {
     }
     this.#client = client;
     let lastError = '';
+    let netError: QisError | undefined;
+    let refusedByConnack = false;
     client.on('connect', () => {
       if (gen !== this.#gen) return;
       this.#connected(client, gen);
@@ -248,16 +261,33 @@ export class Connection {
       if (gen !== this.#gen) return;
       if (typeof err.code === 'number') {
         const why = CONNACK_REASONS[err.code] ?? 'refused';
+        refusedByConnack = true;
         lastError = `broker refused the connection: ${why} (CONNACK return code ${err.code})`;
         this.emit({ type: 'refused', code: 'ERR_CONNECT_REFUSED', message: lastError });
       } else {
         lastError = err.message;
+        netError ??= networkError(err, this.o.url);
       }
     });
     client.on('close', () => {
       if (gen !== this.#gen) return;
-      this.#lost(gen, lastError || 'connection closed');
+      const neverConnected = this.#state === 'connecting';
+      if (netError) this.#netFailure(netError);
+      else if (neverConnected && !refusedByConnack && !lastError) {
+        // Closed before any CONNACK without a word: a TLS port answering our plain CONNECT?
+        void probeTlsPort(this.o.url).then((e) => {
+          if (e && this.#state !== 'connected' && this.#state !== 'closed') this.#netFailure(e);
+        });
+      }
+      this.#lost(gen, lastError || netError?.message || 'connection closed');
     });
+  }
+
+  /** Said once per failure on the status stream; failFast waits reject with it. */
+  #netFailure(e: QisError): void {
+    this.#netError = e;
+    this.emit({ type: 'refused', code: e.code, message: e.message });
+    this.wake();
   }
 
   #clientOptions(): IClientOptions {
@@ -281,6 +311,7 @@ export class Connection {
 
   #connected(client: MqttClient, gen: number): void {
     this.#state = 'connected';
+    this.#netError = undefined;
     // The backoff starts over only once a connection has proved itself (stayed up, or carried a
     // PUBACK): a broker that accepts the connection and then refuses a packet must not make
     // the node reconnect in a tight loop.

@@ -28,6 +28,7 @@ import { Scoring } from './scoring.js';
 import { Templates } from './templates.js';
 import type {
   ConsultResult,
+  FlushResult,
   NodeOptions,
   NodeStatus,
   PublishOptions,
@@ -131,6 +132,10 @@ class Node implements QisNode {
     return this.#conn.state === 'connected';
   }
 
+  get connectionError(): QisError | undefined {
+    return this.#conn.netError;
+  }
+
   get pending(): number {
     return this.#publisher.outbox.size;
   }
@@ -143,7 +148,7 @@ class Node implements QisNode {
     return this.#publisher.withdraw(t, options);
   }
 
-  flush(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<void> {
+  flush(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<FlushResult> {
     return this.#publisher.flush(options);
   }
 

@@ -42,9 +42,9 @@ export interface TemplateState {
   readonly fp: string;
 }
 
-const ENTRY_RE = /^(\d{12})-([a-z2-7]{26})-([pts])-(\d+)\.json$/;
+export const ENTRY_RE = /^(\d{12})-([a-z2-7]{26})-([pts])-(\d+)\.json$/;
 const KIND_CHAR: Record<OutboxKind, string> = { packet: 'p', tombstone: 't', score: 's' };
-const CHAR_KIND: Record<string, OutboxKind> = { p: 'packet', t: 'tombstone', s: 'score' };
+export const CHAR_KIND: Record<string, OutboxKind> = { p: 'packet', t: 'tombstone', s: 'score' };
 
 function entryName(order: number, tplId: string, kind: OutboxKind, seq: number): string {
   return `${String(order).padStart(12, '0')}-${tplId}-${KIND_CHAR[kind]}-${seq}.json`;

@@ -13,7 +13,10 @@ import type { Template } from '../protocol/template.js';
 import type { Connection } from './connection.js';
 import { positive, throwIfAborted } from './options.js';
 import type { Outbox, OutboxEntry } from './outbox.js';
-import type { PublishOptions, PublishResult } from './types.js';
+import type { FlushResult, PublishOptions, PublishResult } from './types.js';
+
+/** What became of a published entry by the time its caller stopped waiting. */
+type Delivery = 'acked' | 'queued' | 'refused';
 
 /** A connection lost within this time of sending an entry counts as a refusal of that entry. */
 const REFUSAL_WINDOW_MS = 3_000;
@@ -33,6 +36,10 @@ export class Publisher {
   /** Connections lost right after sending an entry, per entry: the way a broker refuses a publish. */
   readonly #refusals = new Map<string, number>();
   #delivered = 0;
+  /** PUBACKs received since the node opened (flush() counts the ones that came during it). */
+  #ackedTotal = 0;
+  /** Entries set aside since the node opened, in order (bounded: the outbox is). */
+  readonly #setAside: OutboxEntry[] = [];
   readonly #ackedNames = new Set<string>();
   /** Outbox files of acknowledged packets still being removed. */
   readonly #removals = new Set<Promise<void>>();
@@ -120,13 +127,14 @@ export class Publisher {
       return { entry, tomb };
     });
     this.send();
-    const acked = await this.waitAck(result.entry, options.ackTimeoutMs ?? this.#conn.o.ackTimeoutMs, options.signal);
+    const delivery = await this.waitAck(result.entry, options.ackTimeoutMs ?? this.#conn.o.ackTimeoutMs, options.signal);
     return {
       topic,
       seq: result.entry.seq,
       packet: result.entry.packet,
       ...(result.tomb ? { tombstone: result.tomb } : {}),
-      acked,
+      acked: delivery === 'acked',
+      ...(delivery === 'refused' ? { refused: true as const } : {}),
     };
   }
 
@@ -144,8 +152,8 @@ export class Publisher {
     });
     if (!entry) return undefined;
     this.send();
-    const acked = await this.waitAck(entry, options.ackTimeoutMs ?? this.#conn.o.ackTimeoutMs, options.signal);
-    return { topic: entry.topic, seq: entry.seq, packet: entry.packet, acked };
+    const delivery = await this.waitAck(entry, options.ackTimeoutMs ?? this.#conn.o.ackTimeoutMs, options.signal);
+    return { topic: entry.topic, seq: entry.seq, packet: entry.packet, acked: delivery === 'acked', ...(delivery === 'refused' ? { refused: true as const } : {}) };
   }
 
   /** Something was queued: wake the waiters and send what is not in flight yet. */
@@ -154,22 +162,28 @@ export class Publisher {
     this.#drain();
   }
 
-  /** true once acknowledged; false when it stays queued (offline, superseded, or not acked in time). */
-  async waitAck(entry: OutboxEntry, ackTimeoutMs: number, signal: AbortSignal | undefined): Promise<boolean> {
-    if (ackTimeoutMs === 0) return false;
+  /**
+   * `acked` once acknowledged; `refused` when the broker closed the connection right after the
+   * entry was sent (MQTT 3.1.1's only way to refuse a publish) or set it aside; `queued` when it
+   * stays in the outbox (offline, superseded, or not acked in time).
+   */
+  async waitAck(entry: OutboxEntry, ackTimeoutMs: number, signal: AbortSignal | undefined): Promise<Delivery> {
+    if (ackTimeoutMs === 0) return 'queued';
     const deadline = this.#conn.now() + ackTimeoutMs;
     try {
-      return await this.#conn.until<boolean>(
+      return await this.#conn.until<Delivery>(
         () => {
-          if (!this.outbox.has(entry.name)) return this.#ackedNames.has(entry.name);
-          // Offline (and the first attempt already failed): it is safe in the outbox; say so now.
-          if (this.#conn.state === 'waiting' && this.#conn.everSettled) return false;
+          if (!this.outbox.has(entry.name)) return this.#ackedNames.has(entry.name) ? 'acked' : this.#setAside.includes(entry) ? 'refused' : 'queued';
+          // Offline (and the first attempt already failed): it is safe in the outbox; say so now,
+          // unless that failure was the broker closing the connection on this very packet.
+          const failedNow = this.#conn.o.failFast === true && this.#conn.netError !== undefined;
+          if (failedNow || (this.#conn.state === 'waiting' && this.#conn.everSettled)) return this.#refusals.has(entry.name) ? 'refused' : 'queued';
           return undefined;
         },
         { deadline, signal, what: 'the PUBACK' },
       );
     } catch (e) {
-      if (isQisError(e) && e.code === 'ERR_TIMEOUT') return false;
+      if (isQisError(e) && e.code === 'ERR_TIMEOUT') return 'queued';
       throw e;
     } finally {
       this.#ackedNames.delete(entry.name);
@@ -221,6 +235,7 @@ export class Publisher {
       }
     }
     this.#delivered++;
+    this.#ackedTotal++;
     if (this.outbox.size === 0 && this.#inflight.size === 0) {
       this.#conn.emit({ type: 'outbox-flushed', delivered: this.#delivered });
       this.#delivered = 0;
@@ -242,6 +257,10 @@ export class Publisher {
       if (n < REFUSALS_BEFORE_SET_ASIDE) continue;
       this.#refusals.delete(name);
       const e = this.outbox.entries().find((x) => x.name === name);
+      if (e) {
+        this.#setAside.push(e);
+        if (this.#setAside.length > 1000) this.#setAside.shift();
+      }
       this.#conn.emit({
         type: 'refused',
         code: 'ERR_DELIVERY_REFUSED',
@@ -255,15 +274,20 @@ export class Publisher {
     }
   }
 
-  async flush(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+  /** Waits for an empty outbox; says how many packets the broker acknowledged and which it refused meanwhile. */
+  async flush(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<FlushResult> {
     this.#conn.checkOpen();
     positive('timeoutMs', options.timeoutMs);
     const deadline = options.timeoutMs === undefined ? undefined : this.#conn.now() + options.timeoutMs;
+    const acked = this.#ackedTotal;
+    const asideBefore = this.#setAside.length;
     await this.#conn.until(() => (this.outbox.size === 0 ? true : undefined), {
       ...(deadline !== undefined ? { deadline } : {}),
       signal: options.signal,
       what: `the outbox to empty (${this.outbox.size} packet(s) left)`,
     });
+    const setAside = this.#setAside.slice(asideBefore).map((e) => ({ name: `${e.name}.bad`, kind: e.kind, topic: e.topic, seq: e.seq, packet: e.packet }));
+    return { delivered: this.#ackedTotal - acked, setAside };
   }
 
   /** Resolves once every queued outbox write is done. */

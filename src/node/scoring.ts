@@ -111,7 +111,7 @@ export class Scoring {
     const observedAt = options.ts ?? Math.floor(conn.now());
     const done = await this.#publisher.serial(() => this.#scoreAndQueue(template, actual, fpHex, observedAt));
     this.#publisher.send();
-    const acked = await this.#publisher.waitAck(done.entry, options.ackTimeoutMs ?? conn.o.ackTimeoutMs, options.signal);
+    const acked = (await this.#publisher.waitAck(done.entry, options.ackTimeoutMs ?? conn.o.ackTimeoutMs, options.signal)) === 'acked';
     return {
       tplId: template.tplId,
       prediction: done.taken.prediction,

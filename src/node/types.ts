@@ -2,7 +2,7 @@
  * The node runtime's public types: its options, what each call takes and returns, and the
  * {@link QisNode} interface that node.ts implements.
  */
-import type { ErrorCode } from '../protocol/errors.js';
+import type { ErrorCode, QisError } from '../protocol/errors.js';
 import type { Situation } from '../protocol/fingerprint.js';
 import type { Ed25519Backend, NodeKey } from '../protocol/identity.js';
 import type { Outcome, VerifiedPacket } from '../protocol/packet.js';
@@ -67,6 +67,13 @@ export interface NodeOptions {
   readonly choose?: 'thompson' | 'first';
   /** Uniform [0, 1) source of the Thompson draws (seed it in tests). Default Math.random. */
   readonly chooseRandom?: () => number;
+  /**
+   * Interactive use (the CLI): a wait for the broker (query, watch, flush) fails at once with the
+   * failed attempt's ERR_CONNECTION_REFUSED | ERR_HOST_NOT_FOUND | ERR_TLS instead of waiting out
+   * its timeout; publish reports the packet queued at once. The runtime keeps reconnecting either
+   * way. Default false.
+   */
+  readonly failFast?: boolean;
 }
 
 /** Packet options of {@link QisNode.publish} (PROTOCOL §5). */
@@ -90,8 +97,20 @@ export interface PublishResult {
   readonly packet: Uint8Array;
   /** The tombstone queued for the node's previous bucket, when the bucket changed. */
   readonly tombstone?: { readonly topic: string; readonly seq: number; readonly packet: Uint8Array };
-  /** true: the broker acknowledged it. false: it is safe in the outbox and goes out on reconnect. */
+  /** true: the broker acknowledged it. false: it is in the outbox and goes out on reconnect. */
   readonly acked: boolean;
+  /**
+   * The broker closed the connection right after it was sent (MQTT 3.1.1's way to refuse a
+   * publish): it stays queued and is set aside as `<name>.bad` after repeated refusals.
+   */
+  readonly refused?: true;
+}
+
+/** What `flush()` saw: PUBACKs received while it waited, and the packets set aside meanwhile. */
+export interface FlushResult {
+  readonly delivered: number;
+  /** Packets the broker kept refusing, now `outbox/<name>` (name ends in `.bad`). */
+  readonly setAside: readonly { readonly name: string; readonly kind: string; readonly topic: string; readonly seq: number; readonly packet: Uint8Array }[];
 }
 
 export interface QueryOptions extends SynthesisOptions {
@@ -216,7 +235,9 @@ export interface QisNode extends AsyncDisposable {
   /** Withdraws the node's packet for a template (signed tombstone on its current bucket). */
   withdraw(template: Template | string, options?: { readonly ackTimeoutMs?: number; readonly signal?: AbortSignal }): Promise<PublishResult | undefined>;
   /** Resolves once the outbox is empty. @throws QisError ERR_TIMEOUT | ERR_ABORTED | ERR_CLOSED */
-  flush(options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<void>;
+  /** Why the last connection attempt failed (refused port, unknown host, TLS), while not connected. */
+  readonly connectionError: QisError | undefined;
+  flush(options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<FlushResult>;
   query(template: Template | string, situation: Situation, options?: QueryOptions): Promise<QueryResult>;
   /**
    * A template by id from the registry (`qis/1/t/<tplId>`), verified (curator signature, hash,

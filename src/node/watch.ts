@@ -62,6 +62,13 @@ export class Watches {
         if (isQisError(e) && e.code === 'ERR_SUBSCRIBE_DENIED') ch.end(e);
       });
     }
+    if (conn.o.failFast && conn.state !== 'connected') {
+      // Interactive: the first failed attempt (refused port, unknown host, TLS) ends the watch
+      // with its error; once connected, later losses reconnect as ever.
+      conn.until(() => (conn.state === 'connected' ? true : undefined), { signal: options.signal, what: 'a connection' }).catch((e: unknown) => {
+        if (isQisError(e) && e === conn.netError) ch.end(e);
+      });
+    }
     if (options.signal) {
       if (options.signal.aborted) ch.end();
       options.signal.addEventListener('abort', () => ch.end(), { once: true });

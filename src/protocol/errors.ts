@@ -48,7 +48,7 @@ export const ERROR_CODES = {
   ERR_NOT_AUTHORIZED: "the ACL or the qis topic rules do not let this client publish or subscribe there",
   ERR_CLIENT_ID: "a zero-length client id with clean session false (MQTT 3.1.1 [MQTT-3.1.3-8])",
   ERR_CONFIG_INVALID: 'a broker or bridge config is invalid (the message names the file, the key and what was expected)',
-  ERR_DELIVERY_REFUSED: 'the broker closed the connection each time a queued packet was sent (its way to refuse it); the packet is set aside as <name>.bad',
+  ERR_DELIVERY_REFUSED: 'the broker closed the connection when a packet was sent (its way to refuse it); after repeated refusals the packet is set aside as <name>.bad; the message names the packets and the likely reason (e.g. a clock far ahead of the broker\'s)',
   ERR_INTERNAL: 'an unexpected failure inside qis: a bug (the CLI prints its stack to stderr); please report it',
   // issue 6: firmware-bridge
   ERR_DEVICE_UNREACHABLE: 'a Modbus device refused or dropped the connection, or sent a malformed response; the bridge reconnects with backoff',
@@ -66,6 +66,11 @@ export const ERROR_CODES = {
   ERR_LOGIN_REFUSED: 'a CONNECT or a node login (PROTOCOL §11) was refused; the message starts with the reason: malformed, user-mismatch, bad-signature, client-id, stale (a node login), password, client-id-taken, anonymous (the broker, CONNACK 4 or 5)',
   ERR_PASSWORD_FILE_INVALID: 'a password file line is not user:scrypt$N$r$p$salt$hash, or a user name holds ":" or a line break',
   ERR_ADDRESS_IN_USE: 'a listen address (host and port) of the broker is already in use by another process',
+  // issue 16: delivery status, network errors
+  ERR_NOTHING_TO_WITHDRAW: 'withdraw: this node never published a packet for that template (its state holds no bucket)',
+  ERR_CONNECTION_REFUSED: 'nothing listens on the broker address (TCP connection refused); the runtime keeps retrying',
+  ERR_HOST_NOT_FOUND: "the broker's host name does not resolve (DNS lookup failed); the runtime keeps retrying",
+  ERR_TLS: "the TLS handshake with the broker failed (TLS to a plain port, plain to a TLS port, an untrusted or mismatched certificate); the message carries OpenSSL's reason",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
