@@ -3,7 +3,7 @@
 // moves and tombstones, MQTT 3.1.1 details, ordinary traffic, Mosquitto's clients, the expiry
 // sweep, the HTTP endpoint and the listeners.
 import t, { type Test } from 'tap';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
@@ -36,7 +36,7 @@ import { qis } from './helpers/cli.js';
 import { bearing, fixedKey } from './helpers/fixtures.js';
 import { findBinary } from './helpers/mosquitto.js';
 import { startQisBroker, type TestBroker } from './helpers/qis-broker.js';
-import { run } from './helpers/run.js';
+import { certificates } from './helpers/tls.js';
 
 // ------------------------------------------------------------------------------------ fixtures
 
@@ -821,36 +821,6 @@ t.test('listeners - the node runtime publishes and queries over a ws listener', 
   t.same(q.packets.map((p) => p.nodeId), [node.nodeId]);
   t.same((await readRetained(b, r.topic)).map((m) => m.payload.toString('hex')), [Buffer.from(r.packet).toString('hex')], 'and the tcp listener sees it');
 });
-
-/** The openssl command, or a failure naming the Debian package. */
-function openssl(): string {
-  for (const d of [...(process.env['PATH'] ?? '').split(':'), '/usr/bin']) if (d && existsSync(join(d, 'openssl'))) return join(d, 'openssl');
-  throw new Error('openssl not found: install the Debian package openssl (apt-get install openssl); the TLS listener test makes its certificates with it');
-}
-
-async function ossl(t: Test, args: string[]): Promise<void> {
-  const r = await run(openssl(), args);
-  t.equal(r.status, 0, r.status === 0 ? `openssl ${args.slice(0, 2).join(' ')}` : `openssl ${args.join(' ')}: ${r.stderr}`);
-}
-
-/** Makes a self-signed server certificate for localhost/127.0.0.1, a client CA and a client certificate. */
-async function certificates(t: Test, dir: string): Promise<Record<'cert' | 'key' | 'ca' | 'caKey' | 'clientCert' | 'clientKey', string>> {
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  const f = {
-    cert: join(dir, 'c.pem'),
-    key: join(dir, 'k.pem'),
-    ca: join(dir, 'ca.pem'),
-    caKey: join(dir, 'ca.key'),
-    clientCert: join(dir, 'client.pem'),
-    clientKey: join(dir, 'client.key'),
-  };
-  await ossl(t, ['req', '-x509', ...ec, '-keyout', f.key, '-out', f.cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1']);
-  await ossl(t, ['req', '-x509', ...ec, '-keyout', f.caKey, '-out', f.ca, '-days', '1', '-subj', '/CN=qis test client CA']);
-  const csr = join(dir, 'client.csr');
-  await ossl(t, ['req', ...ec, '-keyout', f.clientKey, '-out', csr, '-subj', '/CN=qis-node']);
-  await ossl(t, ['x509', '-req', '-in', csr, '-CA', f.ca, '-CAkey', f.caKey, '-CAcreateserial', '-out', f.clientCert, '-days', '1']);
-  return f;
-}
 
 /** Whether a node reaches 'connected' before it has failed `failures` times (or `ms` pass). */
 async function connects(node: QisNode, failures: number, ms: number): Promise<boolean> {
