@@ -14,6 +14,7 @@ import { Aedes } from 'aedes';
 import mqtt from 'mqtt';
 import { verifyPacket } from '../src/index.js';
 import { parseSparkplugConfig, startSparkplugBridge, type BridgeEvent } from '../firmware-bridge/index.js';
+import { startAedes } from './helpers/aedes.js';
 import { startQisBroker } from './helpers/qis-broker.js';
 import { certificates } from './helpers/tls.js';
 import { waitFor } from './helpers/wait.js';
@@ -132,4 +133,50 @@ machines:
   const bad = await get(untrusting.health.address()!.port, '/healthz');
   t.equal(bad.status, 503, '/healthz: 503 while a broker connection is down');
   t.match(JSON.parse(bad.body), { ok: false, connections: [{ connection: 'qis', up: false }, { connection: 'sparkplug', up: false }] });
+});
+
+t.test('a packet published while the qis broker is down is logged queued, then acknowledged once it is back', async (t) => {
+  const factory = await startAedes();
+  t.teardown(() => factory.close());
+  let qis = await startQisBroker();
+  const port = qis.port;
+  t.teardown(() => qis.close());
+  const config = await parseSparkplugConfig(
+    `broker: ${qis.url}
+dataDir: ${join(dir, 'outage')}
+sparkplug: { url: ${factory.url}, group: plant1 }
+machines:
+  - name: press-7
+    template: ${join(examples, 'press-bearing.yaml')}
+    source: { edgeNode: line-1 }
+    readings: { fault: Faults/Code }
+    situation: { machine_model: KX-200, bearing_type: roller, load_kn: 40, sealed: true }
+    outcomes:
+      - { when: { change: fault, from: 0 }, outcome: failure }
+`,
+    join(dir, 'outage.yaml'),
+  );
+  const events: BridgeEvent[] = [];
+  const bridge = await startSparkplugBridge(config, { onEvent: (e) => events.push(e), nodeReconnect: { baseMs: 50, capMs: 200 } });
+  t.teardown(() => bridge.close());
+  await bridge.connected;
+  const node = bridge.nodes.get('press-7')!;
+  await waitFor(() => node.connected, 'the node connected');
+  await qis.close(true);
+  await waitFor(() => !node.connected, 'the node saw the broker go');
+
+  const edge = await mqtt.connectAsync(factory.url, { reconnectPeriod: 0 });
+  t.teardown(() => edge.endAsync(true));
+  const send = (type: string, seq: number, value: number): Promise<unknown> =>
+    edge.publishAsync(`spBv1.0/plant1/${type}/line-1`, Buffer.from(sp.encodePayload({ timestamp: 1_700_000_000_000, seq, metrics: [{ name: 'Faults/Code', type: 'UInt16', value }] })), { qos: 0 });
+  await send('NBIRTH', 0, 0);
+  await send('NDATA', 1, 7);
+  await waitFor(() => events.some((e) => e.type === 'published'), 'the published event');
+  t.match(events.find((e) => e.type === 'published'), { acked: false }, 'queued: the broker is down');
+  t.notOk(events.some((e) => e.type === 'acknowledged'), 'nothing acknowledged yet');
+
+  qis = await startQisBroker({ listeners: [{ type: 'tcp', host: '127.0.0.1', port }] }, qis.dataDir);
+  await waitFor(() => events.some((e) => e.type === 'acknowledged'), 'the acknowledged event');
+  t.match(events.find((e) => e.type === 'acknowledged'), { machine: 'press-7', packets: 1 });
+  t.match(bridge.status()[0], { published: 1, acknowledged: 1 });
 });
