@@ -58,6 +58,21 @@ function metric(text: string, name: string, labels: string): number | undefined 
   return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
 }
 
+/** A one-machine Sparkplug bridge config: fault code leaving 0 → failure. */
+const spYaml = (broker: string, sparkplug: string, name: string, extra = ''): string => `broker: ${broker}
+dataDir: ${join(dir, name)}
+${extra}
+sparkplug: ${sparkplug}
+machines:
+  - name: press-7
+    template: ${join(examples, 'press-bearing.yaml')}
+    source: { edgeNode: line-1 }
+    readings: { fault: Faults/Code }
+    situation: { machine_model: KX-200, bearing_type: roller, load_kn: 40, sealed: true }
+    outcomes:
+      - { when: { change: fault, from: 0 }, outcome: failure }
+`;
+
 t.test('sparkplug bridge over TLS to both brokers, with /healthz, /metrics and acknowledged publishes', async (t) => {
   const f = await certificates(t, dir);
   const factory = await tlsAedes(f.cert, f.key);
@@ -76,19 +91,8 @@ t.test('sparkplug bridge over TLS to both brokers, with /healthz, /metrics and a
   sub.on('message', (topic, payload) => outs.push(verifyPacket(topic, new Uint8Array(payload)).out));
   await sub.subscribeAsync('qis/1/o/#', { qos: 1 });
 
-  const yaml = (withCa: boolean, name: string): string => `broker: { url: mqtts://127.0.0.1:${qisTls.port}${withCa ? `, ca: ${f.cert}` : ''} }
-dataDir: ${join(dir, name)}
-http: { port: 0 }
-sparkplug: { url: mqtts://localhost:${factory.port}, group: plant1, hostId: qis${withCa ? `, ca: ${f.cert}` : ''} }
-machines:
-  - name: press-7
-    template: ${join(examples, 'press-bearing.yaml')}
-    source: { edgeNode: line-1 }
-    readings: { fault: Faults/Code }
-    situation: { machine_model: KX-200, bearing_type: roller, load_kn: 40, sealed: true }
-    outcomes:
-      - { when: { change: fault, from: 0 }, outcome: failure }
-`;
+  const yaml = (withCa: boolean, name: string): string =>
+    spYaml(`{ url: mqtts://127.0.0.1:${qisTls.port}${withCa ? `, ca: ${f.cert}` : ''} }`, `{ url: mqtts://localhost:${factory.port}, group: plant1, hostId: qis${withCa ? `, ca: ${f.cert}` : ''} }`, name, 'http: { port: 0 }');
   const config = await parseSparkplugConfig(yaml(true, 'data'), join(dir, 'sp.yaml'));
   t.ok(String(config.broker.tls?.ca).includes('BEGIN CERTIFICATE') && String(config.sparkplug.tls?.ca).includes('BEGIN CERTIFICATE'), 'ca files are read relative to the config');
   t.same(config.http, { host: '127.0.0.1', port: 0 }, 'http listens on loopback unless told otherwise');
@@ -141,21 +145,7 @@ t.test('a packet published while the qis broker is down is logged queued, then a
   let qis = await startQisBroker();
   const port = qis.port;
   t.teardown(() => qis.close());
-  const config = await parseSparkplugConfig(
-    `broker: ${qis.url}
-dataDir: ${join(dir, 'outage')}
-sparkplug: { url: ${factory.url}, group: plant1 }
-machines:
-  - name: press-7
-    template: ${join(examples, 'press-bearing.yaml')}
-    source: { edgeNode: line-1 }
-    readings: { fault: Faults/Code }
-    situation: { machine_model: KX-200, bearing_type: roller, load_kn: 40, sealed: true }
-    outcomes:
-      - { when: { change: fault, from: 0 }, outcome: failure }
-`,
-    join(dir, 'outage.yaml'),
-  );
+  const config = await parseSparkplugConfig(spYaml(qis.url, `{ url: ${factory.url}, group: plant1 }`, 'outage'), join(dir, 'outage.yaml'));
   const events: BridgeEvent[] = [];
   const bridge = await startSparkplugBridge(config, { onEvent: (e) => events.push(e), nodeReconnect: { baseMs: 50, capMs: 200 } });
   t.teardown(() => bridge.close());
