@@ -20,8 +20,12 @@ Packets are built only from current readings (not stale: device down; not bad: e
 with ts = when they were read; a rule that cannot publish is reported once per reason. A
 reading's first value ever is a baseline and fires nothing; last values and threshold states
 are kept in <dataDir>/<machine>/bridge-triggers.json, so a change during a restart fires.
-Paths (templates, dataDir, passwordFile) are relative to the config file. Every machine is its
-own node: its key, outbox and seq state live in <dataDir>/<machine>/.`;
+Paths (templates, dataDir, passwordFile, ca, cert, key) are relative to the config file. Every
+machine is its own node: its key, outbox and seq state live in <dataDir>/<machine>/.
+TLS: broker (and sparkplug) take ca, cert, key (PEM files) and rejectUnauthorized with mqtts://.
+http: { host: 127.0.0.1, port: 9101 } serves /healthz and /metrics (off unless given).
+A published line says acked=true once the qis broker acknowledged (waits up to 5 s); acked=false
+means queued in the outbox, and a later acknowledged line says when it drained.`;
 
 const MODBUS_DETAILS = `Config (YAML or JSON; see examples/modbus-bridge.yaml):
 

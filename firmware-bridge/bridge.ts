@@ -20,11 +20,13 @@ import {
   type ErrorCode,
   type NodeStatus,
   type QisNode,
+  tlsClientOptions,
   writeFileDurable,
 } from '../src/index.js';
 import type { BrokerTarget, Machine, ModbusBridgeConfig, ModbusMachine, SparkplugBridgeConfig, SparkplugMachine } from './config.js';
 import { isSkip, MachineMapper, type Emission, type ReadingValue, type Skip } from './mapping.js';
 import { decodeBit, decodeRegisters, decodeString, ModbusException, ModbusTcpClient, planBlocks, type Block, type ModbusTransport } from './modbus.js';
+import { BridgeHealth, type ConnectionState } from './health.js';
 import { ModbusRtuClient } from './serial.js';
 import type { ModbusReading } from './config.js';
 import { decodeSparkplugPayload, EdgeNodeState, encodeRebirthRequest, ncmdTopic, parseSparkplugTopic } from './sparkplug.js';
@@ -37,6 +39,8 @@ export type BridgeEvent =
   | { readonly type: 'state-restored'; readonly machine: string; readonly readings: number }
   | { readonly type: 'state-ignored'; readonly machine: string; readonly code: ErrorCode; readonly message: string }
   | { readonly type: 'published'; readonly machine: string; readonly rule: string; readonly topic: string; readonly seq: number; readonly outcome: unknown; readonly acked: boolean }
+  /** Packets logged `published … acked=false` (queued in the outbox) are now acknowledged: the outbox is empty. */
+  | { readonly type: 'acknowledged'; readonly machine: string; readonly packets: number }
   | { readonly type: 'skipped'; readonly machine: string; readonly rule: string; readonly reason: string }
   | { readonly type: 'publish-failed'; readonly machine: string; readonly rule: string; readonly code: ErrorCode; readonly message: string }
   | { readonly type: 'node-refused'; readonly machine: string; readonly code: ErrorCode; readonly message: string }
@@ -54,7 +58,11 @@ export interface DeviceStatus {
   readonly lastPollAt?: number;
   readonly polls: number;
   readonly exceptions: number;
+  /** Polls that failed as a whole (connection lost, timeout); Sparkplug: 0. */
+  readonly failures: number;
+  /** Packets queued for the qis broker, and those it acknowledged. */
   readonly published: number;
+  readonly acknowledged: number;
 }
 
 export interface BridgeOptions {
@@ -71,16 +79,27 @@ export interface Bridge {
   status(): DeviceStatus[];
   /** The machines' nodes, by machine name. */
   readonly nodes: ReadonlyMap<string, QisNode>;
+  /** Metrics, /healthz, and the HTTP listener's address when `http` is configured. */
+  readonly health: BridgeHealth;
   close(): Promise<void>;
 }
 
 const codeOf = (e: unknown): ErrorCode => (isQisError(e) ? e.code : 'ERR_INTERNAL');
 
+/** How long a publish waits for the qis broker's PUBACK before it is logged as queued (acked=false). */
+const ACK_WAIT_MS = 5000;
+/** With more packets than this waiting to be published, they are queued without waiting for acks. */
+const ACK_WAIT_BACKLOG = 8;
+
 /** One node per machine, publishing in order; every result is an event. */
-class Publisher {
+export class Publisher {
   private chain: Promise<void> = Promise.resolve();
+  private backlog = 0;
+  /** Packets logged as queued (acked=false) and not yet seen acknowledged. */
+  private unacked = 0;
   published = 0;
-  constructor(readonly node: QisNode, private readonly emit: (e: BridgeEvent) => void) {}
+  acknowledged = 0;
+  constructor(readonly node: QisNode, private readonly machine: string, private readonly emit: (e: BridgeEvent) => void) {}
 
   send(items: readonly (Emission | Skip)[]): void {
     for (const e of items) {
@@ -88,24 +107,38 @@ class Publisher {
         this.emit({ type: 'skipped', machine: e.machine, rule: e.rule, reason: e.reason });
         continue;
       }
+      this.backlog++;
       this.chain = this.chain.then(async () => {
         try {
-          // ackTimeoutMs 0: the packet is durable in the outbox when publish returns; the node
-          // delivers it (now or after an outage) without holding up the poll loop.
+          // The packet is durable in the outbox before publish waits for the PUBACK. The wait is
+          // short on a working connection and ends at once when the node is offline (it says so),
+          // and there is none when packets pile up, so the poll loop is never held up.
           const r = await this.node.publish(e.template, e.situation, e.outcome, {
-            ackTimeoutMs: 0,
+            ackTimeoutMs: this.backlog > ACK_WAIT_BACKLOG ? 0 : ACK_WAIT_MS,
             ts: e.ts, // when the readings were observed (PROTOCOL §5), not when the packet is built
             ...(e.ctx ? { ctx: e.ctx } : {}),
             ...(e.conf === undefined ? {} : { conf: e.conf }),
             ...(e.n === undefined ? {} : { n: e.n }),
           });
           this.published++;
+          if (r.acked) this.acknowledged++;
+          else this.unacked++;
           this.emit({ type: 'published', machine: e.machine, rule: e.rule, topic: r.topic, seq: r.seq, outcome: e.outcome, acked: r.acked });
         } catch (err) {
           this.emit({ type: 'publish-failed', machine: e.machine, rule: e.rule, code: codeOf(err), message: (err as Error).message });
+        } finally {
+          this.backlog--;
         }
       });
     }
+  }
+
+  /** The node's outbox is empty: what was logged as queued has been acknowledged (or superseded by a newer packet, itself acknowledged). */
+  flushed(): void {
+    if (this.unacked === 0) return;
+    this.acknowledged += this.unacked;
+    this.emit({ type: 'acknowledged', machine: this.machine, packets: this.unacked });
+    this.unacked = 0;
   }
 
   idle(): Promise<void> {
@@ -122,12 +155,15 @@ async function openNodes(machines: readonly Machine<unknown>[], dataDir: string,
         dataDir: join(dataDir, m.name),
         ...(broker.username === undefined ? {} : { username: broker.username }),
         ...(broker.password === undefined ? {} : { password: broker.password }),
+        ...(broker.tls === undefined ? {} : { tls: broker.tls }),
         ...(o.nodeReconnect ? { reconnect: o.nodeReconnect } : {}),
       });
-      out.set(m.name, new Publisher(node, emit));
+      const pub = new Publisher(node, m.name, emit);
+      out.set(m.name, pub);
       void (async () => {
         for await (const s of node.status() as AsyncIterable<NodeStatus>) {
           if (s.type === 'refused') emit({ type: 'node-refused', machine: m.name, code: s.code, message: s.message });
+          if (s.type === 'outbox-flushed') pub.flushed();
         }
       })().catch(() => undefined);
     }
@@ -306,7 +342,11 @@ class Endpoint {
  * endpoint share its connection.
  */
 export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOptions = {}): Promise<Bridge> {
-  const emit = (e: BridgeEvent): void => o.onEvent?.(e);
+  const health = new BridgeHealth();
+  const emit = (e: BridgeEvent): void => {
+    health.event(e);
+    o.onEvent?.(e);
+  };
   const pubs = await openNodes(config.machines, config.dataDir, config.broker, o, emit);
   const backoff = backoffOptions(config.reconnect);
   const random = o.random ?? Math.random;
@@ -384,6 +424,7 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
         const code = codeOf(e);
         const delay = backoffDelay(attempt++, backoff, random);
         st.state = 'down';
+        st.failures++;
         mapper.markStale(); // periodic rules publish nothing until the device is read again
         st.lastError = { code, message: (e as Error).message, at: Date.now() };
         emit({ type: 'device-down', machine: m.name, device, code, message: (e as Error).message, retryInMs: delay });
@@ -394,18 +435,21 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
     }
   };
 
-  for (const m of config.machines) statuses.set(m.name, { machine: m.name, device: deviceLabel(m), state: 'connecting', polls: 0, exceptions: 0, published: 0 });
+  for (const m of config.machines) statuses.set(m.name, { machine: m.name, device: deviceLabel(m), state: 'connecting', polls: 0, exceptions: 0, failures: 0, published: 0, acknowledged: 0 });
   const loops = config.machines.map((m) =>
     loop(m).catch((e: unknown) => {
       emit({ type: 'device-down', machine: m.name, device: deviceLabel(m), code: codeOf(e), message: `poll loop stopped: ${(e as Error).message}`, retryInMs: -1 });
     }),
   );
+  const status = (): DeviceStatus[] => [...statuses.values()].map((s) => ({ ...s, published: pubs.get(s.machine)!.published, acknowledged: pubs.get(s.machine)!.acknowledged }));
   let closing: Promise<void> | undefined;
-  return {
+  const bridge: Bridge = {
     nodes: new Map([...pubs].map(([k, p]) => [k, p.node])),
-    status: () => [...statuses.values()].map((s) => ({ ...s, published: pubs.get(s.machine)!.published })),
+    health,
+    status,
     close() {
       closing ??= (async () => {
+        await health.close();
         stop.abort();
         for (const t of timers) clearInterval(t);
         for (const e of endpoints.values()) e.close();
@@ -417,6 +461,19 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
       return closing;
     },
   };
+  await startHealth(bridge, health, pubs, config.http, () => []);
+  return bridge;
+}
+
+/** Serves the bridge's health (when `http` is configured); a listener that cannot start closes the bridge. */
+async function startHealth(bridge: Bridge, health: BridgeHealth, pubs: ReadonlyMap<string, Publisher>, http: ModbusBridgeConfig['http'], more: () => ConnectionState[]): Promise<void> {
+  const connections = (): ConnectionState[] => [...[...pubs].map(([machine, p]) => ({ connection: 'qis' as const, machine, up: p.node.connected })), ...more()];
+  try {
+    await health.start({ status: () => bridge.status(), connections }, http);
+  } catch (e) {
+    await bridge.close();
+    throw e;
+  }
 }
 
 /**
@@ -425,7 +482,11 @@ export async function startModbusBridge(config: ModbusBridgeConfig, o: BridgeOpt
  * gap or an unknown alias instead of guessing, and maps live metrics to outcomes.
  */
 export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: BridgeOptions = {}): Promise<Bridge & { readonly connected: Promise<void> }> {
-  const emit = (e: BridgeEvent): void => o.onEvent?.(e);
+  const health = new BridgeHealth();
+  const emit = (e: BridgeEvent): void => {
+    health.event(e);
+    o.onEvent?.(e);
+  };
   const pubs = await openNodes(config.machines, config.dataDir, config.broker, o, emit);
   const sp = config.sparkplug;
   const filter = `spBv1.0/${sp.group}/#`;
@@ -455,6 +516,7 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
     ...(sp.clientId === undefined ? {} : { clientId: sp.clientId }),
     ...(sp.username === undefined ? {} : { username: sp.username }),
     ...(sp.password === undefined ? {} : { password: sp.password }),
+    ...tlsClientOptions(sp.tls),
   });
   let resolveConnected: () => void = () => {};
   const connected = new Promise<void>((r) => (resolveConnected = r));
@@ -531,8 +593,9 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
   });
 
   let closing: Promise<void> | undefined;
-  return {
+  const bridge = {
     connected,
+    health,
     nodes: new Map([...pubs].map(([k, p]) => [k, p.node])),
     status: () =>
       config.machines.map((m) => {
@@ -544,11 +607,14 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
           ...(st.lastPollAt === undefined ? {} : { lastPollAt: st.lastPollAt }),
           polls: st.polls,
           exceptions: 0,
+          failures: 0,
           published: pubs.get(m.name)!.published,
+          acknowledged: pubs.get(m.name)!.acknowledged,
         } satisfies DeviceStatus;
       }),
     close() {
       closing ??= (async () => {
+        await health.close();
         for (const t of timers) clearInterval(t);
         if (stateTopic !== undefined && client.connected) {
           await new Promise<void>((r) => client.publish(stateTopic, statePayload(false), { qos: 1, retain: true }, () => r()));
@@ -561,5 +627,6 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
       return closing;
     },
   };
+  await startHealth(bridge, health, pubs, config.http, () => [{ connection: 'sparkplug', machine: '', up }]);
+  return bridge;
 }
-

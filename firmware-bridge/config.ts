@@ -8,7 +8,7 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { QisError, canon, loadTemplate, type Template } from '../src/index.js';
+import { QisError, canon, loadTemplate, type Template, type TlsOptions } from '../src/index.js';
 import { BYTE_ORDERS, MAX_READ, registerCount, type ByteOrder, type RegisterType, type Table } from './modbus.js';
 
 export type Scalar = string | number | boolean;
@@ -104,6 +104,14 @@ export interface BrokerTarget {
   readonly url: string;
   readonly username?: string;
   readonly password?: string;
+  /** PEM contents read from the config's ca, cert and key files, and rejectUnauthorized. */
+  readonly tls?: TlsOptions;
+}
+
+/** The bridge's /healthz and /metrics listener (off unless configured). */
+export interface HttpListen {
+  readonly host: string;
+  readonly port: number;
 }
 
 export interface ModbusBridgeConfig {
@@ -111,6 +119,7 @@ export interface ModbusBridgeConfig {
   readonly broker: BrokerTarget;
   readonly dataDir: string;
   readonly reconnect: { readonly baseMs: number; readonly capMs: number };
+  readonly http?: HttpListen;
   readonly machines: readonly ModbusMachine[];
 }
 
@@ -118,7 +127,8 @@ export interface SparkplugBridgeConfig {
   readonly file: string;
   readonly broker: BrokerTarget;
   readonly dataDir: string;
-  readonly sparkplug: { readonly url: string; readonly group: string; readonly hostId?: string; readonly clientId?: string; readonly username?: string; readonly password?: string; readonly rebirthIntervalMs: number };
+  readonly sparkplug: { readonly url: string; readonly group: string; readonly hostId?: string; readonly clientId?: string; readonly username?: string; readonly password?: string; readonly tls?: TlsOptions; readonly rebirthIntervalMs: number };
+  readonly http?: HttpListen;
   readonly machines: readonly SparkplugMachine[];
 }
 
@@ -228,12 +238,42 @@ async function password(c: Check, base: string, o: Obj, key: string): Promise<st
   }
 }
 
+const TLS_KEYS = ['ca', 'cert', 'key', 'rejectUnauthorized'] as const;
+
+/** `ca`, `cert`, `key` (PEM files, relative to the config) and `rejectUnauthorized` of a broker mapping. */
+async function tlsOptions(c: Check, base: string, o: Obj, key: string): Promise<TlsOptions | undefined> {
+  const out: { -readonly [K in keyof TlsOptions]: TlsOptions[K] } = {};
+  for (const k of ['ca', 'cert', 'key'] as const) {
+    if (o[k] === undefined) continue;
+    const f = resolve(base, c.str(o[k], `${key}.${k}`, undefined, 'the path of a PEM file'));
+    try {
+      out[k] = await readFile(f, 'utf8');
+    } catch (e) {
+      c.fail(`${key}.${k}`, `a readable PEM file (${(e as Error).message})`, o[k]);
+    }
+  }
+  if ((o['cert'] === undefined) !== (o['key'] === undefined)) c.fail(`${key}.${o['cert'] === undefined ? 'cert' : 'key'}`, 'cert and key together (a client certificate for mTLS)');
+  if (o['rejectUnauthorized'] !== undefined) {
+    if (typeof o['rejectUnauthorized'] !== 'boolean') c.fail(`${key}.rejectUnauthorized`, 'true or false (false accepts any broker certificate: for tests only)', o['rejectUnauthorized']);
+    out.rejectUnauthorized = o['rejectUnauthorized'];
+  }
+  return Object.keys(out).length === 0 ? undefined : out;
+}
+
+/** `http: { host, port }`: the /healthz and /metrics listener; host defaults to 127.0.0.1. */
+function httpListen(c: Check, v: unknown): HttpListen | undefined {
+  if (v === undefined) return undefined;
+  const o = c.obj(v, 'http', ['host', 'port']);
+  return { host: o['host'] === undefined ? '127.0.0.1' : c.str(o['host'], 'http.host', undefined, 'a host name or IP address to listen on'), port: c.num(o['port'], 'http.port', { min: 0, max: 65535, int: true }) };
+}
+
 async function brokerTarget(c: Check, base: string, v: unknown): Promise<BrokerTarget> {
   if (typeof v === 'string') return { url: c.str(v, 'broker', /^(mqtts?|wss?):\/\/./, 'an mqtt://, mqtts://, ws:// or wss:// URL') };
-  const o = c.obj(v, 'broker', ['url', 'username', 'passwordFile']);
+  const o = c.obj(v, 'broker', ['url', 'username', 'passwordFile', ...TLS_KEYS]);
   const url = c.str(o['url'], 'broker.url', /^(mqtts?|wss?):\/\/./, 'an mqtt://, mqtts://, ws:// or wss:// URL');
   const pw = await password(c, base, o, 'broker');
-  return { url, ...(o['username'] === undefined ? {} : { username: c.str(o['username'], 'broker.username') }), ...(pw === undefined ? {} : { password: pw }) };
+  const tls = await tlsOptions(c, base, o, 'broker');
+  return { url, ...(o['username'] === undefined ? {} : { username: c.str(o['username'], 'broker.username') }), ...(pw === undefined ? {} : { password: pw }), ...(tls === undefined ? {} : { tls }) };
 }
 
 type Common<R> = Omit<Machine<R>, 'readings'> & { readings: ReadonlyMap<string, R> };
@@ -386,12 +426,13 @@ const MACHINE_KEYS = ['name', 'template', 'readings', 'situation', 'context', 'o
 export async function parseModbusConfig(text: string, file: string): Promise<ModbusBridgeConfig> {
   const c = new Check(file);
   const base = dirname(resolve(file));
-  const top = c.obj(parseConfigText(text, file), '(top level)', ['broker', 'dataDir', 'reconnect', 'machines']);
+  const top = c.obj(parseConfigText(text, file), '(top level)', ['broker', 'dataDir', 'reconnect', 'http', 'machines']);
   const broker = await brokerTarget(c, base, top['broker']);
   const dataDir = resolve(base, c.str(top['dataDir'], 'dataDir', undefined, 'a directory path (one key and outbox per machine below it)'));
   const rc = c.obj(top['reconnect'] ?? {}, 'reconnect', ['baseMs', 'capMs']);
   const baseMs = c.num(rc['baseMs'], 'reconnect.baseMs', { min: 1, def: 500 });
   const reconnect = { baseMs, capMs: c.num(rc['capMs'], 'reconnect.capMs', { min: baseMs, def: 30_000 }) };
+  const http = httpListen(c, top['http']);
   const tpl = new Templates(c, base);
   const machines: ModbusMachine[] = [];
   for (const [i, raw] of machineList(c, top['machines']).entries()) {
@@ -429,19 +470,20 @@ export async function parseModbusConfig(text: string, file: string): Promise<Mod
     machines.push({ ...common, device });
   }
   uniqueNames(c, machines);
-  return { file, broker, dataDir, reconnect, machines };
+  return { file, broker, dataDir, reconnect, ...(http ? { http } : {}), machines };
 }
 
 /** Parses a `qis bridge sparkplug` config (already read as text). */
 export async function parseSparkplugConfig(text: string, file: string): Promise<SparkplugBridgeConfig> {
   const c = new Check(file);
   const base = dirname(resolve(file));
-  const top = c.obj(parseConfigText(text, file), '(top level)', ['broker', 'dataDir', 'sparkplug', 'machines']);
+  const top = c.obj(parseConfigText(text, file), '(top level)', ['broker', 'dataDir', 'sparkplug', 'http', 'machines']);
   const broker = await brokerTarget(c, base, top['broker']);
   const dataDir = resolve(base, c.str(top['dataDir'], 'dataDir', undefined, 'a directory path (one key and outbox per machine below it)'));
-  const s = c.obj(top['sparkplug'], 'sparkplug', ['url', 'group', 'hostId', 'clientId', 'username', 'passwordFile', 'rebirthIntervalMs']);
+  const s = c.obj(top['sparkplug'], 'sparkplug', ['url', 'group', 'hostId', 'clientId', 'username', 'passwordFile', ...TLS_KEYS, 'rebirthIntervalMs']);
   const TOKEN = /^[^/+#]+$/;
   const pw = await password(c, base, s, 'sparkplug');
+  const spTls = await tlsOptions(c, base, s, 'sparkplug');
   const sparkplug = {
     url: c.str(s['url'], 'sparkplug.url', /^(mqtts?|wss?):\/\/./, "the factory broker's mqtt://, mqtts://, ws:// or wss:// URL"),
     group: c.str(s['group'], 'sparkplug.group', TOKEN, 'a Sparkplug group id (no "/", "+" or "#")'),
@@ -450,7 +492,9 @@ export async function parseSparkplugConfig(text: string, file: string): Promise<
     ...(s['clientId'] === undefined ? {} : { clientId: c.str(s['clientId'], 'sparkplug.clientId') }),
     ...(s['username'] === undefined ? {} : { username: c.str(s['username'], 'sparkplug.username') }),
     ...(pw === undefined ? {} : { password: pw }),
+    ...(spTls === undefined ? {} : { tls: spTls }),
   };
+  const http = httpListen(c, top['http']);
   const tpl = new Templates(c, base);
   const machines: SparkplugMachine[] = [];
   for (const [i, raw] of machineList(c, top['machines']).entries()) {
@@ -474,7 +518,7 @@ export async function parseSparkplugConfig(text: string, file: string): Promise<
     machines.push({ ...common, edgeNode, ...(device === undefined ? {} : { device }) });
   }
   uniqueNames(c, machines);
-  return { file, broker, dataDir, sparkplug, machines };
+  return { file, broker, dataDir, sparkplug, ...(http ? { http } : {}), machines };
 }
 
 export async function loadModbusConfig(file: string): Promise<ModbusBridgeConfig> {

@@ -13,6 +13,8 @@ export {
   type Trigger,
   type ValueSpec,
 } from './config.js';
+export { BridgeHealth, type ConnectionState, type HealthSources } from './health.js';
+export type { HttpListen, BrokerTarget } from './config.js';
 export { MachineMapper, isSkip, type Emission, type Skip, type ReadingValue } from './mapping.js';
 export { ModbusRtuClient, type RtuTarget } from './serial.js';
 export { ModbusTcpClient, ModbusException, decodeRegisters, decodeString, decodeBit, planBlocks, toBigEndian, type ModbusTransport, type ByteOrder, type NumericType, type Block, type Span, encodeReadRequest, parseReadResponse, takeFrame, registerCount, EXCEPTION_NAMES, type Table, type RegisterType, type WordOrder } from './modbus.js';

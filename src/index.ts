@@ -93,6 +93,7 @@ export {
   type Timers,
 } from './node/types.js';
 export { BROKER_INFO_TOPIC, type BrokerKind } from './node/broker-kind.js';
+export { tlsClientOptions } from './node/tls.js';
 export {
   synthesize,
   wilson,

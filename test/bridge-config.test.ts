@@ -128,6 +128,25 @@ t.test('config - the example config is valid', async (t) => {
   t.same(c.machines[0]!.readings.get('run_hours'), { table: 'input', address: 2, type: 'uint32', byteOrder: 'CDAB', scale: 0.1, offset: 0, count: 2 });
 });
 
+t.test('config - the worked examples of firmware-bridge/README.md are valid', async (t) => {
+  const meter = await loadModbusConfig(join(examples, 'modbus-rtu-energy-meter.yaml'));
+  const mm = meter.machines[0]!;
+  t.match(mm.device, { protocol: 'rtu', host: '', port: 0, unitId: 1, pollMs: 2000, serial: { path: '/dev/ttyUSB0', baudRate: 9600, parity: 'none', dataBits: 8, stopBits: 1 } });
+  // "30001" is input register 0; "30053" input 52; "30343" input 342 (float32: two registers).
+  t.same(mm.readings.get('voltage_l1_v'), { table: 'input', address: 0, type: 'float32', byteOrder: 'ABCD', scale: 1, offset: 0, count: 2 });
+  t.same([mm.readings.get('power_w')!.address, mm.readings.get('energy_kwh')!.address], [52, 342]);
+  t.same(mm.rules.map((r) => r.when), [{ kind: 'every', everyMs: 900_000 }, { kind: 'threshold', reading: 'power_w', above: 50_000, hysteresis: 5000, debounceMs: 10_000 }]);
+  t.same(meter.http, { host: '127.0.0.1', port: 9101 });
+
+  const plc = await loadModbusConfig(join(examples, 'modbus-tcp-plc-status-word.yaml'));
+  const pm = plc.machines[0]!;
+  t.match(pm.device, { protocol: 'tcp', host: '192.0.2.20', port: 502 });
+  // "40101" is holding address 100: the status word, read as its bit 5.
+  t.same(pm.readings.get('fault'), { table: 'holding', address: 100, type: 'uint16', byteOrder: 'ABCD', scale: 1, offset: 0, count: 1, bit: 5 });
+  t.same(pm.readings.get('running'), { table: 'holding', address: 100, type: 'uint16', byteOrder: 'ABCD', scale: 1, offset: 0, count: 1, bit: 0 });
+  t.same(pm.rules.map((r) => r.when), [{ kind: 'change', reading: 'fault', to: true }, { kind: 'change', reading: 'fault', to: false }]);
+});
+
 t.test('config - each error names the file, the key and what was expected', async (t) => {
   const cases: [string, string, RegExp][] = [
     ['unknown top-level key', config(mapping, 'extra: 1'), /bridge\.yaml: \(top level\)\.extra: expected one of the keys/],

@@ -3,7 +3,7 @@
 // moves and tombstones, MQTT 3.1.1 details, ordinary traffic, Mosquitto's clients, the expiry
 // sweep, the HTTP endpoint and the listeners.
 import t, { type Test } from 'tap';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
