@@ -13,6 +13,7 @@ import type { Metrics } from '../metrics.js';
 import type { BrokerOptions } from '../options.js';
 import type { Store } from '../store.js';
 import type { Verifier } from '../verifier.js';
+import type { RevocationBook } from './enrolment.js';
 import type { TemplateBook } from './template-book.js';
 
 /** The PUBLISH Aedes hands to authorizePublish (mutable: admission rewrites topic and retain). */
@@ -43,6 +44,8 @@ export interface BrokerContext {
   readonly metrics: Metrics;
   readonly verifier: Verifier;
   readonly templates: TemplateBook;
+  /** Operators' revocation lists (PROTOCOL §10). */
+  readonly revocations: RevocationBook;
   /** Per-client publish rate (PROTOCOL §6), shared by single publishes and federation batches. */
   readonly rate: RateLimiter;
   /** Publishes through Aedes to local subscribers; rejects with Aedes' error. */

@@ -10,6 +10,7 @@ export async function publishBrokerInfo(ctx: BrokerContext): Promise<void> {
   const info = { kind: 'qis', version: packageVersion(), sync: 'ordered' };
   await ctx.publish({ topic: BROKER_INFO_TOPIC, payload: Buffer.from(JSON.stringify(info)), qos: 0, retain: true });
   for (const [topic, packet] of ctx.templates.documents()) await ctx.publish({ topic, payload: Buffer.from(packet), qos: 0, retain: true });
+  for (const [topic, packet] of ctx.revocations.documents()) await ctx.publish({ topic, payload: Buffer.from(packet), qos: 1, retain: true });
 }
 
 /** The package version, from broker/server/ (tests) or dist/broker/server/ (built). */
