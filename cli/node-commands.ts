@@ -33,6 +33,7 @@ export const CONNECTION: Record<string, FlagSpec> = {
   username: { type: 'string', value: 'NAME', help: 'MQTT user name' },
   'password-file': { type: 'string', value: 'FILE', help: 'file holding the MQTT password (kept off the command line)' },
   'broker-kind': { type: 'string', value: 'KIND', help: 'qis | mosquitto | unknown | auto (default: auto, asked once)' },
+  enrolment: { type: 'string', value: 'FILE', help: "the node's enrolment (qis enrol), attached to its packets (default: DATA-DIR/enrolment.cbor when present)" },
 };
 
 export const SITUATION: Record<string, FlagSpec> = {
@@ -93,6 +94,7 @@ async function nodeOptions(flags: Flags, dataDir: string): Promise<NodeOptions> 
     ...(flags.username !== undefined ? { username: str(flags.username) } : {}),
     ...(password ? { password: password.toString('utf8').replace(/\r?\n$/, '') } : {}),
     ...(kind !== undefined ? { brokerKind: str(kind) as BrokerKind | 'auto' } : {}),
+    ...(flags.enrolment !== undefined ? { enrolmentFile: str(flags.enrolment) } : {}),
     connectTimeoutMs: 10_000,
   };
 }
@@ -103,6 +105,9 @@ export async function withNode<T>(flags: Flags, fn: (node: QisNode) => Promise<T
   const dir = given ? str(flags['data-dir']) : await mkdtemp(join(tmpdir(), 'qis-query-'));
   try {
     const node = await createNode(await nodeOptions(flags, dir));
+    const e = node.enrolment();
+    // Said on stderr, so that stdout stays the command's output.
+    if (e?.message !== undefined) process.stderr.write(`warning: ${e.message}\n`);
     try {
       return await fn(node);
     } finally {

@@ -13,6 +13,8 @@ import type { Prediction, PredictionScore, ThompsonDraw } from '../elections/dar
 import type { BackoffOptions } from './backoff.js';
 import type { BrokerKind } from './broker-kind.js';
 import type { TlsOptions } from './tls.js';
+import type { EnrolmentState } from './enrolled.js';
+export type { EnrolmentState } from './enrolled.js';
 
 /** Timer functions, replaceable in tests (a fake clock). */
 export interface Timers {
@@ -60,6 +62,15 @@ export interface NodeOptions {
   readonly choose?: 'thompson' | 'first';
   /** Uniform [0, 1) source of the Thompson draws (seed it in tests). Default Math.random. */
   readonly chooseRandom?: () => number;
+  /**
+   * The node's enrolment (PROTOCOL §10, a CWT from `qis enrol`), attached to every packet it
+   * sends. Default: `<dataDir>/enrolment.cbor` when present (`qis enrol --install`).
+   */
+  readonly enrolment?: Uint8Array;
+  /** Read the enrolment from this file (raw CBOR) instead of the data dir. */
+  readonly enrolmentFile?: string;
+  /** Say so on the status stream this many seconds before the enrolment expires. Default 7 days. */
+  readonly enrolmentWarnS?: number;
 }
 
 /** Packet options of {@link QisNode.publish} (PROTOCOL §5). */
@@ -195,7 +206,9 @@ export type NodeStatus =
   | { readonly type: 'disconnected'; readonly reason: string }
   | { readonly type: 'reconnecting'; readonly attempt: number; readonly delayMs: number }
   | { readonly type: 'refused'; readonly code: ErrorCode; readonly message: string; readonly topic?: string }
-  | { readonly type: 'outbox-flushed'; readonly delivered: number };
+  | { readonly type: 'outbox-flushed'; readonly delivered: number }
+  /** The node's enrolment is about to expire or has expired (at open and on every connection). */
+  | { readonly type: 'enrolment'; readonly state: 'expiring' | 'expired'; readonly operatorId: string; readonly exp: number; readonly expiresInS: number; readonly message: string };
 
 export interface QisNode extends AsyncDisposable {
   readonly key: NodeKey;
@@ -204,6 +217,8 @@ export interface QisNode extends AsyncDisposable {
   readonly connected: boolean;
   /** Packets in the outbox, waiting for a PUBACK. */
   readonly pending: number;
+  /** The node's enrolment (PROTOCOL §10) and whether it is expiring, at the node's clock; undefined without one. */
+  enrolment(): EnrolmentState | undefined;
   /** `template` may be a template id: it is fetched from the registry (see {@link QisNode.template}). */
   publish(template: Template | string, situation: Situation, outcome: Outcome, options?: PublishOptions): Promise<PublishResult>;
   /** Withdraws the node's packet for a template (signed tombstone on its current bucket). */
