@@ -119,6 +119,7 @@ export {
 } from './protocol/template-doc.js';
 export {
   publishTemplate,
+  publishRevocation,
   listTemplates,
   fetchTemplate,
   describeEntry,

@@ -19,10 +19,12 @@ import {
   decodeEnrolment,
   keyFromSeed,
   readEnrolment,
+  saveKeyFile,
   signRevocation,
   type NodeKey,
   type NodeStatus,
 } from '../src/index.js';
+import { qis } from './helpers/cli.js';
 import { bearing, situation } from './helpers/fixtures.js';
 import { seed } from './helpers/federation.js';
 import { readRetained } from './helpers/retained.js';
@@ -166,7 +168,7 @@ t.test('a node attaches its enrolment to every packet, outbox included, and is s
   t.equal(b.lines.filter((l) => l['code'] === 'ERR_NOT_ENROLLED').length, 0, 'nothing refused');
 });
 
-t.test('a node without an enrolment is refused by a required-mode broker; one from the data dir is used', async (t) => {
+t.test('a node without an enrolment is refused by a required-mode broker', async (t) => {
   const b = await startBroker(t, enrolmentMode());
   const key = keyFromSeed(seed(2, 0xb3));
   const bare = await createNode({ url: b.url, dataDir: mkdtempSync(join(root, 'node-')), key, now: clock });
@@ -200,4 +202,21 @@ t.test('a node warns when its enrolment is about to expire or has expired (at op
   t.equal(ok.enrolment()?.message, undefined);
   await ok.close();
   await t.rejects(createNode({ url: b.url, dataDir: dir, key, now: clock, enrolment: enrol(opA, keyFromSeed(seed(4, 0xb3))) }), { code: 'ERR_NOT_ENROLLED' }, "another node's enrolment is refused at open");
+});
+
+t.test('qis revoke --url publishes the list: the broker applies it; an untrusted operator gets ERR_REVOCATION_REFUSED', async (t) => {
+  const b = await startBroker(t, enrolmentMode());
+  const x = keyFromSeed(seed(1, 0xb4));
+  const p = packet(x, enrol(opA, x));
+  t.equal(await publishOnce(b.url, p.topic, p.packet), 'acked', 'stored');
+  const dir = mkdtempSync(join(root, 'ops-'));
+  await saveKeyFile(join(dir, 'a.json'), opA);
+  await saveKeyFile(join(dir, 'b.json'), opB);
+  const r = await qis(['revoke', '--operator-key', join(dir, 'a.json'), '--node', x.nodeId, '--url', b.url, '--json']);
+  t.equal(r.status, 0, r.stderr);
+  t.match(JSON.parse(r.stdout), { ok: true, topic: `qis/1/r/${opA.nodeId}`, revoked: [x.nodeId], published: b.url });
+  t.equal(b.broker.store.get(bearing.tplId, x.nodeId), undefined, "the revoked node's packet is gone");
+  const refused = await qis(['revoke', '--operator-key', join(dir, 'b.json'), '--node', x.nodeId, '--url', b.url, '--json']);
+  t.equal(refused.status, 1);
+  t.match(JSON.parse(refused.stdout || refused.stderr), { code: 'ERR_REVOCATION_REFUSED' });
 });
