@@ -15,6 +15,7 @@ import {
   type NodeOptions,
   type QisNode,
   type QueryResult,
+  type TrustReport,
   type Synthesis,
   type VerifiedPacket,
   type CategorySummary,
@@ -253,6 +254,8 @@ const query: Command = {
     timeout: { type: 'string', value: 'MS', help: 'time limit including connecting (default 10000)' },
     packets: { type: 'boolean', help: 'list the verified packets too' },
     'include-superseded': { type: 'boolean', help: "also count the cohorts of the templates this one supersedes, when their routed fields are unchanged (docs/registry.md)" },
+    trust: { type: 'string', value: 'OPERATOR', multiple: true, help: 'count only nodes enrolled by this operator (id or public key hex; repeat for several): its revocation list is read too, unenrolled packets are counted by reason' },
+    'max-operator-share': { type: 'string', value: 'X', help: "with --trust: cap on one operator's share of the weight, (0, 1] (default 2/M for M operators)" },
   },
   details: `Every packet is verified (signature, topic, fingerprint, expiry); one packet per node (highest
 seq) counts; dropped packets are counted by reason. On a broker that does not keep the sync
@@ -279,6 +282,8 @@ Example:
           ...(flags['max-node-share'] !== undefined ? { maxNodeShare: numberFlag('max-node-share', str(flags['max-node-share']), false) } : {}),
           ...(ctx !== undefined ? { context: { values: ctx } } : {}),
           ...(flags.timeout !== undefined ? { timeoutMs: Math.max(1, numberFlag('timeout', str(flags.timeout), true)) } : {}),
+          ...(flags.trust !== undefined ? { trust: flags.trust as string[] } : {}),
+          ...(flags['max-operator-share'] !== undefined ? { maxOperatorShare: numberFlag('max-operator-share', str(flags['max-operator-share']), false) } : {}),
         });
       } finally {
         intr.dispose();
@@ -299,6 +304,7 @@ Example:
       duplicates: r.duplicates,
       elapsedMs: r.elapsedMs,
       ...(r.versions ? { versions: r.versions, notIncluded: r.notIncluded ?? [] } : {}),
+      ...(r.trust ? { trust: r.trust } : {}),
       ...r.synthesis,
       ...(flags.packets === true ? { packets: r.packets.map(packetJson) } : {}),
     };
@@ -332,6 +338,7 @@ export function renderQuery(name: string, version: number, r: QueryResult, listP
     `nodes     ${r.packets.length}   (received ${r.received}; dropped ${drops.length ? drops.join(', ') : 'none'}; superseded ${r.superseded}; withdrawn ${r.withdrawn})`,
     ...(r.versions ? [`versions  ${r.versions.map((v) => `${v.name} v${v.version} (${v.tplId}): ${v.packets}`).join('; ')}`] : []),
     ...(r.notIncluded ?? []).map((x) => `left out ${x.tplId}: ${x.reason}`),
+    ...(r.trust ? renderTrust(r.trust) : []),
     '',
     ...renderSynthesis(r.synthesis, ''),
   ];
@@ -340,6 +347,14 @@ export function renderQuery(name: string, version: number, r: QueryResult, listP
     for (const p of r.packets) lines.push(`  ${p.nodeId}  seq ${p.seq}  ${new Date(p.ts).toISOString()}  ${JSON.stringify(p.out)}${p.n > 1 ? `  n=${p.n}` : ''}${p.conf < 1 ? `  conf=${p.conf}` : ''}`);
   }
   return lines.join('\n');
+}
+
+function renderTrust(t: TrustReport): string[] {
+  const dropped = Object.entries(t.notEnrolled).filter(([, n]) => n > 0).map(([r, n]) => `${r} ${n}`);
+  return [
+    `operators ${t.trusted.map((op) => `${op}: ${t.operators[op] ?? 0} node(s)${t.capped.includes(op) ? ' (capped)' : ''}${t.revocations[op] !== undefined ? ` (revocation list seq ${t.revocations[op]})` : ''}`).join('\n          ')}`,
+    `not counted (no valid enrolment): ${dropped.length ? dropped.join(', ') : 'none'}; operator share cap ${fmt(t.maxOperatorShare)}`,
+  ];
 }
 
 function renderSynthesis(s: Synthesis | KeySummary, indent: string): string[] {

@@ -80,6 +80,8 @@ export {
   type PublishResult,
   type QueryOptions,
   type QueryResult,
+  type TrustReport,
+  type EnrolmentState,
   type WatchOptions,
   type ReportOptions,
   type ReportResult,

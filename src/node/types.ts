@@ -14,6 +14,8 @@ import type { BackoffOptions } from './backoff.js';
 import type { BrokerKind } from './broker-kind.js';
 import type { TlsOptions } from './tls.js';
 import type { EnrolmentState } from './enrolled.js';
+import type { TrustReport } from './trusted.js';
+export type { TrustReport } from './trusted.js';
 export type { EnrolmentState } from './enrolled.js';
 
 /** Timer functions, replaceable in tests (a fake clock). */
@@ -111,6 +113,15 @@ export interface QueryOptions extends SynthesisOptions {
   readonly signal?: AbortSignal;
   /** Remember the prediction in the data directory for a later `report` (default true). */
   readonly remember?: boolean;
+  /**
+   * Count only nodes enrolled by these operators (ids or public keys hex, PROTOCOL §10): their
+   * revocation lists are read in the same round trip, packets without a valid enrolment by one of
+   * them are dropped (counted by reason in `trust.notEnrolled`), and each operator's share of the
+   * cohort's weight is capped at `maxOperatorShare`.
+   */
+  readonly trust?: readonly string[];
+  /** With `trust`: cap on one operator's share of the weight, (0, 1]; default min(1, 2/M) for M operators counted. */
+  readonly maxOperatorShare?: number;
 }
 
 export interface QueryResult {
@@ -129,6 +140,8 @@ export interface QueryResult {
   readonly duplicates: number;
   readonly synthesis: Synthesis;
   readonly elapsedMs: number;
+  /** With `trust`: per-operator node counts, packets not counted by reason, the cap applied (`packets` holds only the trusted ones). */
+  readonly trust?: TrustReport;
   /**
    * With `includeSuperseded`: the template versions whose cohorts answered, newest first, with
    * the packets each contributed (one per node overall: a node's packet under the newest
