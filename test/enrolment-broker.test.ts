@@ -7,7 +7,6 @@ import t, { type Test } from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import mqtt from 'mqtt';
 import { pino } from 'pino';
 import { createBroker, type QisBroker } from '../broker/server.js';
 import type { BrokerConfig } from '../broker/options.js';
@@ -28,7 +27,7 @@ import { renderQuery } from '../cli/node-commands.js';
 import { qis } from './helpers/cli.js';
 import { bearing, situation } from './helpers/fixtures.js';
 import { publishAll, seed } from './helpers/federation.js';
-import { readRetained } from './helpers/retained.js';
+import { publishOnce, readRetained } from './helpers/retained.js';
 import { waitFor } from './helpers/wait.js';
 
 const T0 = Date.UTC(2031, 5, 1);
@@ -69,18 +68,6 @@ function packet(node: NodeKey, enrolment?: Uint8Array, seq = clock()): { topic: 
   return { topic: p.topic, packet: enrolment ? attachEnrolment(p.packet, enrolment) : p.packet };
 }
 
-/** Publishes once on a fresh connection: 'acked' (a PUBACK) or 'closed' (the broker refused and disconnected). */
-async function publishOnce(url: string, topic: string, payload: Uint8Array): Promise<'acked' | 'closed'> {
-  const c = await mqtt.connectAsync(url, { clientId: `pub-${Math.random().toString(36).slice(2)}`, reconnectPeriod: 0 });
-  try {
-    return await new Promise<'acked' | 'closed'>((resolve) => {
-      c.once('close', () => resolve('closed'));
-      c.publish(topic, Buffer.from(payload), { qos: 1, retain: true }, (err) => resolve(err ? 'closed' : 'acked'));
-    });
-  } finally {
-    await c.endAsync(true);
-  }
-}
 
 const enrolmentMode = (): BrokerConfig['admission'] => ({ enrolment: 'required', operators: [opA.nodeId] });
 
