@@ -7,7 +7,7 @@ import { QisError, isTplId, nodeIdOf, parseOutcomeTopic, parseScoreTopic, toHex,
 import type { AclRule, AdmissionOptions } from './options.js';
 
 /** Which rules a topic falls under. */
-export type TopicClass = 'outcome' | 'template' | 'score' | 'sync' | 'broker-info' | 'qis-reserved' | 'ordinary';
+export type TopicClass = 'outcome' | 'template' | 'score' | 'revocation' | 'sync' | 'broker-info' | 'qis-reserved' | 'ordinary';
 
 export const SYNC_PREFIX = 'qis/1/sync/';
 export const BROKER_INFO_TOPIC = 'qis/1/broker';
@@ -18,6 +18,7 @@ export function classify(topic: string): TopicClass {
   if (topic.startsWith('qis/1/o/')) return 'outcome';
   if (topic.startsWith('qis/1/t/')) return 'template';
   if (topic.startsWith('qis/1/s/')) return 'score';
+  if (topic.startsWith('qis/1/r/')) return 'revocation';
   if (topic.startsWith(SYNC_PREFIX)) return 'sync';
   if (topic === BROKER_INFO_TOPIC) return 'broker-info';
   return 'qis-reserved';

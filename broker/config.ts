@@ -7,7 +7,7 @@
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { parseDocument } from 'yaml';
-import { QisError, isNodeId, isTplId } from '../src/index.js';
+import { QisError, isNodeId, isTplId, parseOperatorRef } from '../src/index.js';
 import { BROKER_DEFAULTS, type BrokerConfig, type BrokerOptions } from './options.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -194,7 +194,17 @@ const ADMISSION: Record<keyof BrokerOptions['admission'], Check> = {
     ),
   ratePerSecond: (c, v, p) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : c.fail(p, 'a number >= 0 (publishes per second; 0: no limit)', v)),
   burst: (c, v, p) => int(c, v, p, 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1'),
+  enrolment: (c, v, p) => oneOf(c, v, p, ['off', 'required'] as const),
+  operators: (c, v, p) =>
+    list(c, v, p, 'a list of operators').map((k, i) => {
+      try {
+        return typeof k === 'string' ? parseOperatorRef(k) : c.fail(`${p}[${i}]`, OPERATOR, k);
+      } catch {
+        return c.fail(`${p}[${i}]`, OPERATOR, k);
+      }
+    }),
 };
+const OPERATOR = 'an operator: its id (26 lowercase base32 characters) or its Ed25519 public key (64 hex characters)';
 
 const HTTP: Record<keyof NonNullable<BrokerOptions['http']>, Check> = {
   host: (c, v, p) => text(c, v, p, HOST),
@@ -457,6 +467,8 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'admission.curator', key: 'admission.curators', value: 'KEY', list: true, help: 'a curator (node id or public key hex) whose signed template documents a closed registry admits; replaces the list of the file' },
   { name: 'admission.rate-per-second', key: 'admission.ratePerSecond', value: 'N', help: 'sustained qis/1/ publishes per client per second, 0: no limit' },
   { name: 'admission.burst', key: 'admission.burst', value: 'N', help: 'token bucket size for --admission.rate-per-second' },
+  { name: 'admission.enrolment', key: 'admission.enrolment', value: 'MODE', help: 'off (any key) | required (outcome and score packets need a valid enrolment by an --admission.operator, PROTOCOL §10)' },
+  { name: 'admission.operator', key: 'admission.operators', value: 'OPERATOR', list: true, help: 'a trusted operator (id or public key hex) for --admission.enrolment required; replaces the list of the file' },
   { name: 'acl.publish', key: 'acl.publish', value: 'RULE', list: true, help: 'allow:FILTER or deny:FILTER for ordinary topics; replaces the rules of the file' },
   { name: 'acl.subscribe', key: 'acl.subscribe', value: 'RULE', list: true, help: 'allow:FILTER or deny:FILTER; replaces the rules of the file' },
   { name: 'http', key: 'http', value: 'HOST:PORT', help: '/healthz and /metrics listener' },

@@ -73,6 +73,13 @@ export interface AdmissionOptions {
   /** Token bucket per client on `qis/1/` publishes: sustained rate per second and burst. 0 = off. */
   readonly ratePerSecond: number;
   readonly burst: number;
+  /**
+   * PROTOCOL §10. off: any key (v1). required: outcome and score packets must carry a valid
+   * enrolment by one of `operators` (ERR_NOT_ENROLLED with the reason otherwise).
+   */
+  readonly enrolment: 'off' | 'required';
+  /** Trusted operators (operator ids, 26 base32 characters), for `enrolment: required`. */
+  readonly operators: readonly string[];
 }
 
 /** One federation peer (issue 5): a link from this broker to another region's broker. */
@@ -140,7 +147,7 @@ export const BROKER_DEFAULTS: BrokerOptions = Object.freeze({
   dataDir: './qis-broker-data',
   fsync: 'always' as const,
   fsyncIntervalMs: 100,
-  admission: Object.freeze({ maxSkewMs: 300_000, registry: 'open' as const, templates: Object.freeze([]), curators: Object.freeze([]), ratePerSecond: 0, burst: 100 }),
+  admission: Object.freeze({ maxSkewMs: 300_000, registry: 'open' as const, templates: Object.freeze([]), curators: Object.freeze([]), ratePerSecond: 0, burst: 100, enrolment: 'off' as const, operators: Object.freeze([]) }),
   acl: Object.freeze({ publish: Object.freeze([]), subscribe: Object.freeze([]) }),
   log: Object.freeze({ level: 'info' as const }),
   sweepIntervalMs: 60_000,

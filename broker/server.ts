@@ -35,6 +35,7 @@ import { authorizePublish } from './server/publish.js';
 import { qisPersistence } from './server/retained.js';
 import { SyncHold, authorizeSubscribe } from './server/subscribe.js';
 import { startSweep } from './server/sweep.js';
+import { RevocationBook } from './server/enrolment.js';
 import { TemplateBook } from './server/template-book.js';
 
 export type { BrokerAddress };
@@ -86,6 +87,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     scoreStore,
     // Read first: a template directory that cannot be read leaves no verifier threads behind.
     templates: await TemplateBook.open(join(o.dataDir, 'templates'), o.admission, logger),
+    revocations: await RevocationBook.open(join(o.dataDir, 'revocations'), logger),
     metrics: createMetrics(store, () => aedes?.connectedClients ?? 0),
     verifier: createVerifier(o.verifyWorkers ?? defaultWorkers()),
     auth,

@@ -22,6 +22,7 @@ import {
   loadTemplate,
   operatorIdOf,
   parseOperatorRef,
+  publishRevocation,
   revocationIndex,
   revocationTopic,
   saveKeyFile,
@@ -33,6 +34,7 @@ import {
   type VerifiedRevocation,
 } from '../src/index.js';
 import { setPassword, MAX_PASSWORD_BYTES } from '../broker/passwd.js';
+import { CONNECTION, registryOptions } from './node-commands.js';
 import { numberFlag, str, usage, type Command, type Flags, type Io } from './run.js';
 
 const DAY_S = 86_400;
@@ -208,16 +210,22 @@ brokers in enrolment mode "required" and queriers with --trust count only enroll
 
 const revoke: Command = {
   path: ['revoke'],
-  summary: "sign an operator's revocation list for qis/1/r/<operatorId> (writes it; publish it retained)",
+  summary: "sign an operator's revocation list for qis/1/r/<operatorId> and publish it retained (--url), or write it",
   flags: {
     'operator-key': { type: 'string', value: 'FILE', help: 'the operator key file', required: true },
     node: { type: 'string', value: 'NODE_ID', help: 'a node id to revoke; repeat for each (the list replaces the previous one: give them all)', multiple: true },
     seq: { type: 'string', value: 'N', help: 'sequence number, above the last list published (default: Unix ms now)' },
     out: { type: 'string', value: 'FILE', help: 'write the signed list (raw bytes) to FILE' },
+    ...CONNECTION,
+    url: { ...CONNECTION['url']!, required: false, help: 'publish the list retained (QoS 1) to this broker and wait for its PUBACK' },
   },
   details: `The list is the operator's whole current list (PROTOCOL §10), at most about 23 node ids
-(the 512-byte packet limit). Publish it retained at QoS 1, e.g.:
-  qis revoke --operator-key operator.key --node ID1 --node ID2 --out r.bin --json | jq -r .topic
+(the 512-byte packet limit). With --url it is published retained at QoS 1 on qis/1/r/<operatorId>
+(a qis broker in enrolment mode then removes the revoked nodes' packets and refuses their new
+ones; its federation carries the list to the other regions), e.g.:
+  qis revoke --operator-key operator.key --node ID1 --node ID2 --url mqtt://localhost
+Without --url it is only written (--out) or printed; publish it yourself, e.g.:
+  qis revoke --operator-key operator.key --node ID1 --out r.bin --json | jq -r .topic
   mosquitto_pub -t "<topic>" -r -q 1 -f r.bin`,
   async run(flags) {
     const ids = (flags.node as string[] | undefined) ?? [];
@@ -234,9 +242,13 @@ const revoke: Command = {
     }
     const v = verifyRevocation(topic, packet);
     const hex = toHex(packet);
+    const url = flags.url === undefined ? undefined : str(flags.url);
+    if (url !== undefined) {
+      await publishRevocation({ topic, packet }, await registryOptions(flags));
+    }
     return {
-      json: { ok: true, topic, operatorId: v.operatorId, seq: v.seq, revoked: v.revoked, packet: hex, size: packet.length },
-      human: `topic    ${topic}\nrevoked  ${v.revoked.length === 0 ? '(none)' : v.revoked.join(' ')}\nseq      ${v.seq}\n${flags.out !== undefined ? `wrote    ${str(flags.out)}` : `packet   ${hex}`}`,
+      json: { ok: true, topic, operatorId: v.operatorId, seq: v.seq, revoked: v.revoked, packet: hex, size: packet.length, ...(url !== undefined ? { published: url } : {}) },
+      human: `topic    ${topic}\nrevoked  ${v.revoked.length === 0 ? '(none)' : v.revoked.join(' ')}\nseq      ${v.seq}\n${flags.out !== undefined ? `wrote    ${str(flags.out)}` : `packet   ${hex}`}${url !== undefined ? `\npublished to ${url} (acknowledged)` : ''}`,
     };
   },
 };

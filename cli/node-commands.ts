@@ -17,6 +17,7 @@ import {
   type NodeOptions,
   type QisNode,
   type QueryResult,
+  type TrustReport,
   type Synthesis,
   type VerifiedPacket,
   type CategorySummary,
@@ -36,6 +37,7 @@ export const CONNECTION: Record<string, FlagSpec> = {
   'password-file': { type: 'string', value: 'FILE', help: 'file holding the MQTT password (kept off the command line)' },
   login: { type: 'boolean', help: 'node login (PROTOCOL §11): the node id and a login signed by the node key as user name and password, fresh at every connect' },
   'broker-kind': { type: 'string', value: 'KIND', help: 'qis | mosquitto | unknown | auto (default: auto, asked once)' },
+  enrolment: { type: 'string', value: 'FILE', help: "the node's enrolment (qis enrol), attached to its packets (default: DATA-DIR/enrolment.cbor when present)" },
 };
 
 export const SITUATION: Record<string, FlagSpec> = {
@@ -97,6 +99,7 @@ export async function nodeOptions(flags: Flags, dataDir: string): Promise<NodeOp
     ...(password ? { password: password.toString('utf8').replace(/\r?\n$/, '') } : {}),
     ...(kind !== undefined ? { brokerKind: str(kind) as BrokerKind | 'auto' } : {}),
     ...(flags.login === true ? { login: true } : {}),
+    ...(flags.enrolment !== undefined ? { enrolmentFile: str(flags.enrolment) } : {}),
     connectTimeoutMs: 10_000,
     failFast: true,
   };
@@ -108,6 +111,9 @@ export async function withNode<T>(flags: Flags, fn: (node: QisNode) => Promise<T
   const dir = given ? str(flags['data-dir']) : await mkdtemp(join(tmpdir(), 'qis-query-'));
   try {
     const node = await createNode(await nodeOptions(flags, dir));
+    const e = node.enrolment();
+    // Said on stderr, so that stdout stays the command's output.
+    if (e?.message !== undefined) process.stderr.write(`warning: ${e.message}\n`);
     try {
       return await fn(node);
     } finally {
@@ -240,6 +246,8 @@ const query: Command = {
     timeout: { type: 'string', value: 'MS', help: 'time limit including connecting (default 10000)' },
     packets: { type: 'boolean', help: 'list the verified packets too' },
     'include-superseded': { type: 'boolean', help: "also count the cohorts of the templates this one supersedes, when their routed fields are unchanged (docs/registry.md)" },
+    trust: { type: 'string', value: 'OPERATOR', multiple: true, help: 'count only nodes enrolled by this operator (id or public key hex; repeat for several): its revocation list is read too, unenrolled packets are counted by reason' },
+    'max-operator-share': { type: 'string', value: 'X', help: "with --trust: cap on one operator's share of the weight, (0, 1] (default 2/M for M operators)" },
   },
   details: `Every packet is verified (signature, topic, fingerprint, expiry); one packet per node (highest
 seq) counts; dropped packets are counted by reason. On a broker that does not keep the sync
@@ -266,6 +274,8 @@ Example:
           ...(flags['max-node-share'] !== undefined ? { maxNodeShare: numberFlag('max-node-share', str(flags['max-node-share']), false) } : {}),
           ...(ctx !== undefined ? { context: { values: ctx } } : {}),
           ...(flags.timeout !== undefined ? { timeoutMs: Math.max(1, numberFlag('timeout', str(flags.timeout), true)) } : {}),
+          ...(flags.trust !== undefined ? { trust: flags.trust as string[] } : {}),
+          ...(flags['max-operator-share'] !== undefined ? { maxOperatorShare: numberFlag('max-operator-share', str(flags['max-operator-share']), false) } : {}),
         });
       } finally {
         intr.dispose();
@@ -286,6 +296,7 @@ Example:
       duplicates: r.duplicates,
       elapsedMs: r.elapsedMs,
       ...(r.versions ? { versions: r.versions, notIncluded: r.notIncluded ?? [] } : {}),
+      ...(r.trust ? { trust: r.trust } : {}),
       ...r.synthesis,
       ...(flags.packets === true ? { packets: r.packets.map(packetJson) } : {}),
     };
@@ -319,6 +330,7 @@ export function renderQuery(name: string, version: number, r: QueryResult, listP
     `nodes     ${r.packets.length}   (received ${r.received}; dropped ${drops.length ? drops.join(', ') : 'none'}; superseded ${r.superseded}; withdrawn ${r.withdrawn})`,
     ...(r.versions ? [`versions  ${r.versions.map((v) => `${v.name} v${v.version} (${v.tplId}): ${v.packets}`).join('; ')}`] : []),
     ...(r.notIncluded ?? []).map((x) => `left out ${x.tplId}: ${x.reason}`),
+    ...(r.trust ? renderTrust(r.trust) : []),
     '',
     ...renderSynthesis(r.synthesis, ''),
   ];
@@ -327,6 +339,14 @@ export function renderQuery(name: string, version: number, r: QueryResult, listP
     for (const p of r.packets) lines.push(`  ${p.nodeId}  seq ${p.seq}  ${new Date(p.ts).toISOString()}  ${JSON.stringify(p.out)}${p.n > 1 ? `  n=${p.n}` : ''}${p.conf < 1 ? `  conf=${p.conf}` : ''}`);
   }
   return lines.join('\n');
+}
+
+function renderTrust(t: TrustReport): string[] {
+  const dropped = Object.entries(t.notEnrolled).filter(([, n]) => n > 0).map(([r, n]) => `${r} ${n}`);
+  return [
+    `operators ${t.trusted.map((op) => `${op}: ${t.operators[op] ?? 0} node(s)${t.capped.includes(op) ? ' (capped)' : ''}${t.revocations[op] !== undefined ? ` (revocation list seq ${t.revocations[op]})` : ''}`).join('\n          ')}`,
+    `not counted (no valid enrolment): ${dropped.length ? dropped.join(', ') : 'none'}; operator share cap ${fmt(t.maxOperatorShare)}`,
+  ];
 }
 
 function renderSynthesis(s: Synthesis | KeySummary, indent: string): string[] {

@@ -81,6 +81,8 @@ export {
   type FlushResult,
   type QueryOptions,
   type QueryResult,
+  type TrustReport,
+  type EnrolmentState,
   type WatchOptions,
   type ReportOptions,
   type ReportResult,
@@ -121,6 +123,7 @@ export {
 } from './protocol/template-doc.js';
 export {
   publishTemplate,
+  publishRevocation,
   listTemplates,
   fetchTemplate,
   describeEntry,

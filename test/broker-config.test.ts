@@ -4,7 +4,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { QisError, isQisError, type ErrorCode } from '../src/index.js';
+import { QisError, fromHex, isQisError, operatorIdOf, type ErrorCode } from '../src/index.js';
+
+/** An operator's public key (any 32 bytes name an operator id). */
+const OP_HEX = '11'.repeat(32);
 import { BROKER_FLAGS, configFromFlags, loadBrokerConfig, parseBrokerConfig, resolveBrokerOptions } from '../broker/config.js';
 import { BROKER_DEFAULTS, type BrokerConfig, type BrokerOptions } from '../broker/options.js';
 import { brokerCommand } from '../cli/broker-command.js';
@@ -113,7 +116,9 @@ t.test('broker config - each bad value is ERR_CONFIG_INVALID naming the file, th
     ['admission: {templates: abc}', /admission\.templates: expected a list of template ids, got "abc"/],
     ['admission: {ratePerSecond: -0.5}', /admission\.ratePerSecond: expected a number >= 0.*got -0\.5/],
     ['admission: {burst: 0}', /admission\.burst: expected an integer >= 1, got 0/],
-    ['admission: {maxSkew: 5}', /admission\.maxSkew: unknown key \(expected one of: maxSkewMs, registry, templates, curators, ratePerSecond, burst\)/],
+    ['admission: {enrolment: maybe}', /admission\.enrolment: expected one of off, required/],
+    ['admission: {operators: [nobody]}', /admission\.operators\[0\]: expected an operator: its id/],
+    ['admission: {maxSkew: 5}', /admission\.maxSkew: unknown key \(expected one of: maxSkewMs, registry, templates, curators, ratePerSecond, burst, enrolment, operators\)/],
     ['acl: {publish: [{allow: true, topic: "a/#/b"}]}', /acl\.publish\[0\]\.topic: expected an MQTT topic filter.*'#' must be the whole last level.*got "a\/#\/b"/],
     ['acl: {publish: [{allow: true, topic: "a/b#"}]}', /acl\.publish\[0\]\.topic: .*'#' must be the whole last level/],
     ['acl: {subscribe: [{allow: true, topic: "a/x+/c"}]}', /acl\.subscribe\[0\]\.topic: .*'\+' must be a whole level/],
@@ -195,6 +200,8 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
     '--admission.curator', TPL,
     '--admission.rate-per-second', '2.5',
     '--admission.burst', '20',
+    '--admission.enrolment', 'required',
+    '--admission.operator', OP_HEX,
     '--acl.publish', 'allow:plant/+/telemetry',
     '--acl.publish', 'deny:#',
     '--acl.subscribe', 'allow:plant/#',
@@ -217,7 +224,7 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
     dataDir: '/from/flag',
     fsync: 'interval',
     fsyncIntervalMs: 250,
-    admission: { maxSkewMs: 60000, registry: 'closed', templates: [TPL], curators: [TPL], ratePerSecond: 2.5, burst: 20 },
+    admission: { maxSkewMs: 60000, registry: 'closed', templates: [TPL], curators: [TPL], ratePerSecond: 2.5, burst: 20, enrolment: 'required', operators: [operatorIdOf(fromHex(OP_HEX)!)] },
     acl: { publish: [{ allow: true, topic: 'plant/+/telemetry' }, { allow: false, topic: '#' }], subscribe: [{ allow: true, topic: 'plant/#' }] },
     http: { host: '127.0.0.1', port: 0 },
     log: { level: 'debug' },

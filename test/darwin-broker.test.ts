@@ -4,7 +4,6 @@ import t from 'tap';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import mqtt from 'mqtt';
 import {
   CborTag,
   address,
@@ -26,7 +25,7 @@ import {
 } from '../src/index.js';
 import { bearing, bearingDoc, fixedKey, situation } from './helpers/fixtures.js';
 import { startQisBroker, type TestBroker } from './helpers/qis-broker.js';
-import { readRetained } from './helpers/retained.js';
+import { publishOnce, readRetained } from './helpers/retained.js';
 import { qis } from './helpers/cli.js';
 import { prng } from './helpers/prng.js';
 
@@ -40,18 +39,6 @@ function metric(text: string, name: string, code: string): number {
 const refused = async (b: TestBroker, code: ErrorCode): Promise<number> => metric(await b.broker.metricsText(), 'qis_refused_total', code);
 const dropped = async (b: TestBroker, code: ErrorCode): Promise<number> => metric(await b.broker.metricsText(), 'qis_dropped_total', code);
 
-/** Publishes once (QoS 1, retained) on a fresh connection: 'acked' on PUBACK, 'closed' when the broker disconnects. */
-async function publishOnce(url: string, topic: string, payload: Uint8Array): Promise<'acked' | 'closed'> {
-  const c = await mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 10_000 });
-  try {
-    return await new Promise<'acked' | 'closed'>((resolve) => {
-      c.once('close', () => resolve('closed'));
-      c.publish(topic, Buffer.from(payload), { qos: 1, retain: true }, (err) => resolve(err ? 'closed' : 'acked'));
-    });
-  } finally {
-    await c.endAsync(true);
-  }
-}
 
 /** A score packet signed by `signer` on `topic` (any topic: to forge another node's). */
 function signedOn(signer: NodeKey, topic: string, f: ScoreFields): Uint8Array {

@@ -40,7 +40,7 @@ import { RateLimiter, checkConnect, checkRate, checkSync, checkTemplateDoc, deci
 import { freePort } from './helpers/mosquitto.js';
 import { createNode, fetchTemplate, publishTemplate, type NodeOptions, type QisNode } from '../src/index.js';
 import { ModbusTcpClient, decodeSparkplugPayload, parseReadResponse } from '../firmware-bridge/index.js';
-import { checkEnrolment, createEnrolment, decodeEnrolment, verifyLogin, verifyRevocation } from '../src/index.js';
+import { checkEnrolment, createEnrolment, decodeEnrolment, publishRevocation, signRevocation, verifyLogin, verifyRevocation } from '../src/index.js';
 import { parsePasswd } from '../broker/passwd.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
@@ -236,6 +236,15 @@ const triggers: Record<ErrorCode, () => unknown> = {
     if (!r.ok) throw new QisError(r.code, r.message);
   },
   ERR_REVOCATION_INVALID: () => verifyRevocation(`qis/1/r/${key.nodeId}/extra`, good),
+  ERR_REVOCATION_REFUSED: async () => {
+    // A broker in enrolment mode that does not trust this operator.
+    const b = await startQisBroker({ admission: { enrolment: 'required', operators: [fixedKey(9).nodeId] } });
+    try {
+      return await publishRevocation(signRevocation(key, { seq: 1, ts: Date.now(), revoked: [] }), { url: b.url });
+    } finally {
+      await b.close();
+    }
+  },
   ERR_LOGIN_REFUSED: () => {
     const r = verifyLogin({ username: key.nodeId, password: good, clientId: 'c' }, { now: 0 });
     if (!r.ok) throw new QisError(r.code, r.message);

@@ -7,8 +7,8 @@ import type { Registry } from 'prom-client';
 import { parseOutcomeTopic, type ErrorCode } from '../../src/index.js';
 import type { Store } from '../store.js';
 
-/** The qis/1 prefixes a link forwards (both directions): outcome packets, template documents, score packets (§9). */
-export const FORWARDED_PREFIXES: readonly string[] = Object.freeze(['qis/1/o/', 'qis/1/t/', 'qis/1/s/']);
+/** The qis/1 prefixes a link forwards (both directions): outcome packets, template documents, score packets (§9), revocation lists (§10). */
+export const FORWARDED_PREFIXES: readonly string[] = Object.freeze(['qis/1/o/', 'qis/1/t/', 'qis/1/s/', 'qis/1/r/']);
 /** Reserved for links: catch-up requests and responses. */
 export const FEDERATION_PREFIX = 'qis/1/f/';
 export const FED_REQ = 'qis/1/f/req/';
@@ -30,6 +30,8 @@ export interface FederationHost {
   admit(topic: string, payload: Buffer, origin: string): Promise<PeerAdmission>;
   /** Template documents this broker holds (topic qis/1/t/<tplId> → signed bytes). */
   templates(): Iterable<[string, Uint8Array]>;
+  /** Operators' revocation lists this broker holds (topic qis/1/r/<operatorId> → signed bytes), sent on every connection like templates. */
+  revocations?(): Iterable<[string, Uint8Array]>;
   now(): number;
 }
 
@@ -69,6 +71,11 @@ export interface CatchUpReport {
 /** True when `tplId` passes a share/accept list ('*' = every template). */
 export function passes(list: readonly string[], tplId: string): boolean {
   return list.includes('*') || list.includes(tplId);
+}
+
+/** Revocation lists (qis/1/r/<operatorId>) belong to no template: every link carries them, whatever its share/accept. */
+export function isRevocation(topic: string): boolean {
+  return topic.startsWith('qis/1/r/');
 }
 
 /** The template id of a forwarded topic: qis/1/o/<tplId>/…, qis/1/t/<tplId>, qis/1/s/<tplId>/<nodeId>. */

@@ -5,7 +5,7 @@
  */
 import { QisError } from '../../src/index.js';
 import { RateLimiter } from '../admission.js';
-import { passes, tplOf, type PeerAdmission } from './common.js';
+import { isRevocation, passes, tplOf, type PeerAdmission } from './common.js';
 import { notNewer } from './digest.js';
 import type { CatchUpTrigger, LinkState } from './state.js';
 
@@ -57,7 +57,7 @@ export class Inbox {
   async admitOne(topic: string, payload: Buffer): Promise<PeerAdmission['result']> {
     const { name, m, host } = this.s;
     const tplId = tplOf(topic);
-    if (tplId !== undefined && !passes(this.s.peer.accept, tplId)) return 'refused';
+    if (tplId !== undefined && !isRevocation(topic) && !passes(this.s.peer.accept, tplId)) return 'refused';
     if (!this.#rate.take(name, host.now())) {
       m.dropped.inc({ peer: name, code: 'ERR_RATE_LIMITED' });
       this.behind.soon();

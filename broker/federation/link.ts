@@ -153,6 +153,7 @@ export class Link {
       await subscribe(c, [`${FED_RES}${s.clientId}`, ...FORWARDED_PREFIXES.map((x) => `${x}#`)]);
       // Template documents first: a peer with a closed mind about depth needs them before packets.
       for (const [topic, bytes] of s.host.templates()) if (passes(s.peer.share, topic.slice('qis/1/t/'.length))) this.#outbox.send(topic, bytes);
+      for (const [topic, bytes] of s.host.revocations?.() ?? []) this.#outbox.send(topic, bytes);
       await this.#catchUp.now();
     } catch (e) {
       if (s.client === c) s.log.warn({ err: (e as Error).message }, 'federation link setup failed; reconnecting');

@@ -5,7 +5,7 @@
  * catches up once the peer drained.
  */
 import type { MqttClient } from 'mqtt';
-import { FORWARDED_PREFIXES, passes, tplOf } from './common.js';
+import { FORWARDED_PREFIXES, isRevocation, passes, tplOf } from './common.js';
 import type { CatchUpTrigger, LinkState } from './state.js';
 
 /** Unacknowledged forwards above which a link stops forwarding and catches up once it drained. */
@@ -30,7 +30,7 @@ export class Outbox {
     if (!this.s.connected || !this.s.client) return;
     if (!FORWARDED_PREFIXES.some((x) => topic.startsWith(x))) return;
     const tplId = tplOf(topic);
-    if (tplId === undefined || !passes(this.s.peer.share, tplId)) return;
+    if (!isRevocation(topic) && (tplId === undefined || !passes(this.s.peer.share, tplId))) return;
     if (this.#pending >= MAX_PENDING) {
       // A slow peer: stop queueing; once it drained, a catch-up sends what differs.
       if (!this.#overflow) this.s.log.warn({ pending: this.#pending }, 'federation link is slow; forwarding paused until it catches up');

@@ -14,6 +14,7 @@ import type { BrokerOptions } from '../options.js';
 import type { Store } from '../store.js';
 import type { Verifier } from '../verifier.js';
 import type { Authenticator } from './auth.js';
+import type { RevocationBook } from './enrolment.js';
 import type { TemplateBook } from './template-book.js';
 
 /** The PUBLISH Aedes hands to authorizePublish (mutable: admission rewrites topic and retain). */
@@ -46,6 +47,8 @@ export interface BrokerContext {
   readonly templates: TemplateBook;
   /** Who each client is (connect.ts), for the ACL's `users` and `%u`. */
   readonly auth: Authenticator;
+  /** Operators' revocation lists (PROTOCOL §10). */
+  readonly revocations: RevocationBook;
   /** Per-client publish rate (PROTOCOL §6), shared by single publishes and federation batches. */
   readonly rate: RateLimiter;
   /** Publishes through Aedes to local subscribers; rejects with Aedes' error. */

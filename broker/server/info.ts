@@ -12,6 +12,7 @@ export const BROKER_INFO_PERIOD_MS = 10_000;
 export async function publishBrokerInfo(ctx: BrokerContext): Promise<void> {
   await publishInfo(ctx);
   for (const [topic, packet] of ctx.templates.documents()) await ctx.publish({ topic, payload: Buffer.from(packet), qos: 0, retain: true });
+  for (const [topic, packet] of ctx.revocations.documents()) await ctx.publish({ topic, payload: Buffer.from(packet), qos: 1, retain: true });
 }
 
 /**

@@ -7,6 +7,7 @@ import type { Client } from 'aedes';
 import { decide, precheckOutcome } from '../admission.js';
 import type { StoredPacket } from '../store.js';
 import type { AedesPublishPacket, BrokerContext, Done } from './context.js';
+import { enrolmentDecision } from './enrolment.js';
 import { accept, carryOut, drop, precheck } from './respond.js';
 
 /** `origin`: the federation link the packet came from (it is not forwarded back there). */
@@ -17,7 +18,7 @@ export async function admitOutcome(ctx: BrokerContext, client: Client | null, pa
   if (!start) return;
   const { pre, bytes } = start;
   const v = await ctx.verifier.verify(topic, bytes, { now: ctx.now(), maxSkewMs: o.admission.maxSkewMs, ...(pre.depth !== undefined ? { depth: pre.depth } : {}) });
-  const d = decide(v, store.seqOf(pre.tplId, pre.nodeId));
+  const d = (v.ok ? enrolmentDecision(ctx, bytes, pre.tplId) : undefined) ?? decide(v, store.seqOf(pre.tplId, pre.nodeId));
   if (carryOut(ctx, d, client, packet, cb) || !v.ok) return;
   if (v.packet.del) {
     // The signed tombstone is kept (for the tombstone TTL) as the proof a federation peer needs.

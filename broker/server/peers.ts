@@ -8,6 +8,7 @@
 import type { Client } from 'aedes';
 import { FED_REQ, FED_RES, LINK_CLIENT_PREFIX, answerPayload, notNewer, parsePut, startFederation, type Federation, type PeerAdmission } from '../federation.js';
 import { DROP_TOPIC, type AedesPublishPacket, type BrokerContext, type Done } from './context.js';
+import { admitRevocation } from './enrolment.js';
 import { admitOutcome } from './outcomes.js';
 import { codeOf, refuse } from './respond.js';
 import { admitScore } from './scores.js';
@@ -24,6 +25,7 @@ export function startLinks(ctx: BrokerContext): Federation | undefined {
     registry: ctx.metrics.registry,
     admit: (topic, payload, origin) => admitFromPeer(ctx, topic, payload, origin),
     templates: () => ctx.templates.documents(),
+    revocations: () => ctx.revocations.documents(),
     now: ctx.now,
   });
 }
@@ -45,6 +47,7 @@ export function admitFromPeer(ctx: BrokerContext, topic: string, payload: Buffer
         cb(e instanceof Error ? e : new Error(String(e)));
       };
     if (topic.startsWith('qis/1/t/')) return admitTemplate(ctx, null, packet, cb, origin);
+    if (topic.startsWith('qis/1/r/')) return void admitRevocation(ctx, null, packet, cb, origin).catch(failed('admission of a peer revocation list failed'));
     // A peer's score packet: the same admission as a client's (PROTOCOL §9: §6 applies).
     if (topic.startsWith('qis/1/s/')) return void admitScore(ctx, null, packet, cb, origin).catch(failed('admission of a peer score packet failed'));
     if (!topic.startsWith('qis/1/o/')) return resolve({ result: 'refused', code: 'ERR_TOPIC_INVALID', message: `${topic} is not forwarded between regions` });

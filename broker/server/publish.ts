@@ -1,7 +1,7 @@
 /**
  * PUBLISH: Aedes' `authorizePublish`, which sends each topic class (admission.ts `classify`) to
  * its admission: ordinary MQTT under the ACL, sync markers held (subscribe.ts), outcome packets
- * (outcomes.ts), score packets (scores.ts), template documents (templates.ts), federation
+ * (outcomes.ts), score packets (scores.ts), template documents (templates.ts), revocation lists (enrolment.ts), federation
  * requests (peers.ts). A new qis topic class gets its case here.
  */
 import type { AedesOptions } from 'aedes';
@@ -9,6 +9,7 @@ import { BROKER_INFO_TOPIC, aclAllows, checkRate, checkSync, classify } from '..
 import { FEDERATION_PREFIX } from '../federation.js';
 import type { BrokerContext } from './context.js';
 import { federationRequest } from './peers.js';
+import { admitRevocation } from './enrolment.js';
 import { admitOutcome } from './outcomes.js';
 import { carryOut, refuse, refuseFailed } from './respond.js';
 import { admitScore } from './scores.js';
@@ -38,6 +39,10 @@ export function authorizePublish(ctx: BrokerContext, hold: SyncHold): NonNullabl
       case 'template':
         if (carryOut(ctx, checkRate(ctx.rate, clientId, ctx.now()), client, packet, cb)) return;
         return admitTemplate(ctx, client, packet, cb, undefined);
+      case 'revocation':
+        if (carryOut(ctx, checkRate(ctx.rate, clientId, ctx.now()), client, packet, cb)) return;
+        admitRevocation(ctx, client, packet, cb).catch(refuseFailed(ctx, client, topic, cb, 'revocation admission failed'));
+        return;
       case 'score':
         if (carryOut(ctx, checkRate(ctx.rate, clientId, ctx.now()), client, packet, cb)) return;
         admitScore(ctx, client, packet, cb).catch(refuseFailed(ctx, client, topic, cb, 'score admission failed'));

@@ -7,6 +7,7 @@ import type { Client } from 'aedes';
 import { QisError, verifyScorePacket, type ErrorCode } from '../../src/index.js';
 import { decide, precheckScore, scoreStoreTopic } from '../admission.js';
 import type { AedesPublishPacket, BrokerContext, Done } from './context.js';
+import { enrolmentDecision } from './enrolment.js';
 import { accept, carryOut, drop, precheck } from './respond.js';
 
 /** `origin`: the federation link the packet came from (it is not forwarded back there). */
@@ -25,7 +26,7 @@ export async function admitScore(ctx: BrokerContext, client: Client | null, pack
     if (!(e instanceof QisError)) throw e;
     v = { ok: false, code: e.code, message: e.message };
   }
-  const d = decide(v, scoreStore.seqOf(pre.tplId, pre.nodeId));
+  const d = (v.ok ? enrolmentDecision(ctx, bytes, pre.tplId) : undefined) ?? decide(v, scoreStore.seqOf(pre.tplId, pre.nodeId));
   if (carryOut(ctx, d, client, packet, cb, scoreStore) || !v.ok) return;
   const r = await scoreStore.put({ tplId: pre.tplId, nodeId: pre.nodeId, topic: scoreStoreTopic(pre.tplId, pre.nodeId), seq: v.packet.seq, packet: bytes });
   if (!r.stored) return drop(ctx, client, packet, 'ERR_SEQ_STALE', 'a newer score packet was stored meanwhile', cb, scoreStore);

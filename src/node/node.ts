@@ -22,6 +22,7 @@ import { ensureDir, lockDir } from './durable.js';
 import { loadEnrolment } from './enrolment-file.js';
 import { mergeOptions, throwIfAborted, type Merged } from './options.js';
 import { Outbox } from './outbox.js';
+import { Enrolled, type EnrolmentState } from './enrolled.js';
 import { Publisher } from './publisher.js';
 import { Query } from './query.js';
 import { Scoring } from './scoring.js';
@@ -62,14 +63,17 @@ export async function createNode(options: NodeOptions): Promise<QisNode> {
   try {
     const key = o.key ?? (await loadOrCreateKey(join(o.dataDir, 'key.json')));
     throwIfAborted(o.signal);
+    const enrolled = await Enrolled.open(o, key);
     const { outbox, bad } = await Outbox.open(o.dataDir, key.nodeId);
     if (o.choose !== undefined && o.choose !== 'thompson' && o.choose !== 'first') {
       throw new QisError('ERR_INVALID_ARGUMENT', `choose must be thompson or first, got ${String(o.choose)}`);
     }
     const conn = new Connection(o, backoff, o.clientId ?? `qis-${key.nodeId}-${randomBytes(4).toString('hex')}`);
     if (o.login === true) await useNodeLogin(conn, key, o);
-    const node = new Node(conn, key, outbox, unlock);
+    const node = new Node(conn, key, outbox, unlock, enrolled);
     for (const b of bad) conn.openRefusal({ type: 'refused', code: b.error.code, message: b.error.message });
+    const warning = enrolled?.warning(conn.now());
+    if (warning) conn.openRefusal(warning);
     conn.start();
     return node;
   } catch (e) {
@@ -115,14 +119,17 @@ class Node implements QisNode {
   readonly #scoring: Scoring;
   #closing: Promise<void> | undefined;
 
-  constructor(conn: Connection, key: NodeKey, outbox: Outbox, unlock: () => Promise<void>) {
+  readonly #enrolled: Enrolled | undefined;
+
+  constructor(conn: Connection, key: NodeKey, outbox: Outbox, unlock: () => Promise<void>, enrolled: Enrolled | undefined) {
+    this.#enrolled = enrolled;
     this.key = key;
     this.nodeId = key.nodeId;
     this.clientId = conn.clientId;
     this.#conn = conn;
     this.#unlock = unlock;
     this.#templates = new Templates(conn);
-    this.#publisher = new Publisher(conn, key, outbox, (t, signal, timeoutMs) => this.#templates.resolve(t, signal, timeoutMs));
+    this.#publisher = new Publisher(conn, key, outbox, (t, signal, timeoutMs) => this.#templates.resolve(t, signal, timeoutMs), enrolled);
     this.#scoring = new Scoring(conn, this.#publisher, this.#templates, (t, situation, options) => this.query(t, situation, options));
     this.#query = new Query(conn, this.#templates, (t, fp, synthesis) => this.#scoring.remember(t, fp, synthesis));
     this.#watches = new Watches(conn);
@@ -138,6 +145,10 @@ class Node implements QisNode {
 
   get pending(): number {
     return this.#publisher.outbox.size;
+  }
+
+  enrolment(): EnrolmentState | undefined {
+    return this.#enrolled?.state(this.#conn.now());
   }
 
   publish(t: Template | string, situation: Situation, outcome: Outcome, options?: PublishOptions): Promise<PublishResult> {

@@ -11,6 +11,7 @@ import { createOutcomePacket } from '../protocol/outcome.js';
 import { signPacket, type Outcome } from '../protocol/packet.js';
 import type { Template } from '../protocol/template.js';
 import type { Connection } from './connection.js';
+import type { Enrolled } from './enrolled.js';
 import { positive, throwIfAborted } from './options.js';
 import type { Outbox, OutboxEntry } from './outbox.js';
 import type { FlushResult, PublishOptions, PublishResult } from './types.js';
@@ -46,13 +47,20 @@ export class Publisher {
   /** Serialises seq allocation and outbox writes. */
   #writes: Promise<unknown> = Promise.resolve();
 
-  constructor(conn: Connection, key: NodeKey, outbox: Outbox, resolve: Resolve) {
+  readonly #enrolled: Enrolled | undefined;
+
+  constructor(conn: Connection, key: NodeKey, outbox: Outbox, resolve: Resolve, enrolled?: Enrolled) {
     this.#conn = conn;
     this.key = key;
     this.outbox = outbox;
     this.#resolve = resolve;
+    this.#enrolled = enrolled;
     conn.setHooks({
-      connected: () => this.#drain(),
+      connected: () => {
+        const w = this.#enrolled?.warning(conn.now());
+        if (w) conn.emit(w);
+        this.#drain();
+      },
       lost: () => {
         this.#noteRefusals();
         this.#inflight.clear(); // unacknowledged entries stay in the outbox and go again
@@ -131,8 +139,8 @@ export class Publisher {
     return {
       topic,
       seq: result.entry.seq,
-      packet: result.entry.packet,
-      ...(result.tomb ? { tombstone: result.tomb } : {}),
+      packet: this.wire(result.entry.packet),
+      ...(result.tomb ? { tombstone: { ...result.tomb, packet: this.wire(result.tomb.packet) } } : {}),
       acked: delivery === 'acked',
       ...(delivery === 'refused' ? { refused: true as const } : {}),
     };
@@ -153,7 +161,16 @@ export class Publisher {
     if (!entry) return undefined;
     this.send();
     const delivery = await this.waitAck(entry, options.ackTimeoutMs ?? this.#conn.o.ackTimeoutMs, options.signal);
-    return { topic: entry.topic, seq: entry.seq, packet: entry.packet, acked: delivery === 'acked', ...(delivery === 'refused' ? { refused: true as const } : {}) };
+    return { topic: entry.topic, seq: entry.seq, packet: this.wire(entry.packet), acked: delivery === 'acked', ...(delivery === 'refused' ? { refused: true as const } : {}) };
+  }
+
+  /**
+   * A packet as it goes on the wire: with the node's enrolment (PROTOCOL §10) in its unprotected
+   * header. Attached at sending, not at queueing, so packets queued before an enrolment was
+   * installed or renewed carry the current one.
+   */
+  wire(packet: Uint8Array): Uint8Array {
+    return this.#enrolled ? this.#enrolled.attach(packet) : packet;
   }
 
   /** Something was queued: wake the waiters and send what is not in flight yet. */
@@ -206,7 +223,7 @@ export class Publisher {
         continue;
       }
       this.#inflight.set(e.name, this.#conn.now());
-      client.publish(e.topic, Buffer.from(e.packet), { qos: 1, retain: true }, (err) => {
+      client.publish(e.topic, Buffer.from(this.wire(e.packet)), { qos: 1, retain: true }, (err) => {
         if (gen !== this.#conn.gen) return; // that connection is gone: the entry goes again on the next one
         this.#inflight.delete(e.name);
         if (err) return;

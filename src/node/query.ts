@@ -13,6 +13,7 @@ import { synthesize, type Synthesis, type SynthesisOptions, type SynthPacket } f
 import type { Connection } from './connection.js';
 import { checkWiden, DEFAULTS, positive, throwIfAborted } from './options.js';
 import { readRetained } from './sync.js';
+import { applyTrust, revocationFilters, splitRevocations, trustedOperators } from './trusted.js';
 import type { Templates } from './templates.js';
 import type { QueryOptions, QueryResult } from './types.js';
 
@@ -49,9 +50,22 @@ export class Query {
     const addr = address(template, situation);
     const filter = cohortFilter(addr, widen);
     const deadline = started + (options.timeoutMs ?? DEFAULTS.queryTimeoutMs);
-    const { messages, kind } = await readRetained(conn, filter, deadline, options.signal);
-    const fold = foldCohort(messages, { address: addr, widen, now: conn.now(), ...conn.backend() });
-    const synthesis = synthesize(template, synthPackets(fold.packets), synthesisOptions(options));
+    const operators = options.trust === undefined ? undefined : trustedOperators(options.trust);
+    // PROTOCOL §10: the trusted operators' revocation lists come in the same round trip, before the sync marker.
+    const { messages, kind } = await readRetained(conn, operators ? [filter, ...revocationFilters(operators)] : filter, deadline, options.signal);
+    const now = conn.now();
+    const dropped: Partial<Record<ErrorCode, number>> = {};
+    const { cohort, lists } = operators ? splitRevocations(messages, operators, dropped, now) : { cohort: messages, lists: [] };
+    const fold = foldCohort(cohort, { address: addr, widen, now, ...conn.backend() });
+    for (const [c, n] of Object.entries(dropped) as [ErrorCode, number][]) fold.dropped[c] = (fold.dropped[c] ?? 0) + n;
+    const trusted = operators
+      ? applyTrust(fold.packets, { operators, lists, now, ...(options.maxOperatorShare !== undefined ? { maxOperatorShare: options.maxOperatorShare } : {}) })
+      : undefined;
+    // With trust, the operator cap is the Sybil control: synthesis's node cap (default 2/N) would
+    // move weight from the capped operator's honest peers back to its many light nodes and break the
+    // per-operator bound, so it is off unless asked for.
+    const so = trusted && options.maxNodeShare === undefined ? { ...synthesisOptions(options), maxNodeShare: 1 } : synthesisOptions(options);
+    const synthesis = synthesize(template, trusted ? trusted.synth : synthPackets(fold.packets), so);
     if (options.remember !== false) this.#remember(template, addr.fp, synthesis);
     return {
       tplId: template.tplId,
@@ -60,6 +74,7 @@ export class Query {
       completeness: kind === 'unknown' ? 'quiet-period' : 'sync',
       broker: kind,
       ...fold,
+      ...(trusted ? { packets: trusted.packets, trust: trusted.report } : {}),
       synthesis,
       elapsedMs: conn.now() - started,
     };
@@ -150,6 +165,6 @@ function synthPackets(packets: readonly VerifiedPacket[]): SynthPacket[] {
 }
 
 function synthesisOptions(o: QueryOptions): SynthesisOptions {
-  const { widen: _w, timeoutMs: _t, signal: _s, includeSuperseded: _i, remember: _r, ...rest } = o;
+  const { widen: _w, timeoutMs: _t, signal: _s, includeSuperseded: _i, remember: _r, trust: _tr, maxOperatorShare: _m, ...rest } = o;
   return rest;
 }

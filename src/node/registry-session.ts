@@ -290,6 +290,30 @@ async function withSession<T>(o: RegistryOptions, fn: (s: Session) => Promise<T>
 export async function publishTemplate(key: NodeKey, template: Template, options: RegistryOptions): Promise<{ tplId: TplId; topic: string; curator: string; bytes: Uint8Array }> {
   const bytes = signTemplate(key, template);
   const topic = templateTopic(template.tplId);
+  await publishRetained(topic, bytes, options, () =>
+    new QisError('ERR_TEMPLATE_REFUSED', `the broker closed the connection instead of acknowledging template ${template.tplId} signed by ${key.nodeId} (a closed registry that does not list the id or the curator, or a failed check: the broker log names the code)`),
+  );
+  return { tplId: template.tplId, topic, curator: key.nodeId, bytes };
+}
+
+/**
+ * Publishes an operator's signed revocation list (PROTOCOL §10, `signRevocation`) retained at
+ * QoS 1 on its `qis/1/r/<operatorId>` and waits for the PUBACK.
+ * @throws QisError ERR_REVOCATION_REFUSED (the broker closed the connection: its log names the code) | ERR_TIMEOUT | ERR_CONNECT_REFUSED | ERR_URL_INVALID
+ * @example await publishRevocation(signRevocation(operatorKey, { seq, ts, revoked }), { url: 'mqtt://broker' })
+ */
+export async function publishRevocation(list: { readonly topic: string; readonly packet: Uint8Array }, options: RegistryOptions): Promise<void> {
+  await publishRetained(list.topic, list.packet, options, () =>
+    new QisError('ERR_REVOCATION_REFUSED', `${options.url} closed the connection instead of acknowledging the revocation list on ${list.topic} (not a trusted operator there, a seq not above its held list's, or a failed check: the broker log names the code)`),
+  );
+}
+
+/**
+ * Publishes signed bytes retained at QoS 1 on a fresh connection and waits for the PUBACK; a
+ * broker that closes the connection instead refused it: `refused()` is thrown.
+ * @throws QisError (refused()) | ERR_TIMEOUT | ERR_CONNECT_REFUSED | ERR_URL_INVALID
+ */
+export async function publishRetained(topic: string, bytes: Uint8Array, options: RegistryOptions, refused: () => QisError): Promise<void> {
   await withSession(options, async (s) => {
     let acked = false;
     s.client.publishAsync(topic, Buffer.from(bytes), { qos: 1, retain: true }).then(
@@ -301,13 +325,10 @@ export async function publishTemplate(key: NodeKey, template: Template, options:
     );
     await s.until(() => {
       if (acked) return true;
-      if (s.closedError) {
-        throw new QisError('ERR_TEMPLATE_REFUSED', `the broker closed the connection instead of acknowledging template ${template.tplId} signed by ${key.nodeId} (a closed registry that does not list the id or the curator, or a failed check: the broker log names the code)`);
-      }
+      if (s.closedError) throw refused();
       return undefined;
     }, 'the PUBACK');
   });
-  return { tplId: template.tplId, topic, curator: key.nodeId, bytes };
 }
 
 /** Verified documents by id (the last valid one per topic), counting failures in `dropped`. */

@@ -120,7 +120,7 @@ export class Scoring {
       totals: done.fields,
       topic: done.entry.topic,
       seq: done.entry.seq,
-      packet: done.entry.packet,
+      packet: this.#publisher.wire(done.entry.packet),
       acked,
     };
   }

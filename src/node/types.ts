@@ -13,6 +13,10 @@ import type { Prediction, PredictionScore, ThompsonDraw } from '../elections/dar
 import type { BackoffOptions } from './backoff.js';
 import type { BrokerKind } from './broker-kind.js';
 import type { TlsOptions } from './tls.js';
+import type { EnrolmentState } from './enrolled.js';
+import type { TrustReport } from './trusted.js';
+export type { TrustReport } from './trusted.js';
+export type { EnrolmentState } from './enrolled.js';
 
 /** Timer functions, replaceable in tests (a fake clock). */
 export interface Timers {
@@ -74,6 +78,15 @@ export interface NodeOptions {
    * way. Default false.
    */
   readonly failFast?: boolean;
+  /**
+   * The node's enrolment (PROTOCOL §10, a CWT from `qis enrol`), attached to every packet it
+   * sends. Default: `<dataDir>/enrolment.cbor` when present (`qis enrol --install`).
+   */
+  readonly enrolment?: Uint8Array;
+  /** Read the enrolment from this file (raw CBOR) instead of the data dir. */
+  readonly enrolmentFile?: string;
+  /** Say so on the status stream this many seconds before the enrolment expires. Default 7 days. */
+  readonly enrolmentWarnS?: number;
 }
 
 /** Packet options of {@link QisNode.publish} (PROTOCOL §5). */
@@ -126,6 +139,15 @@ export interface QueryOptions extends SynthesisOptions {
   readonly signal?: AbortSignal;
   /** Remember the prediction in the data directory for a later `report` (default true). */
   readonly remember?: boolean;
+  /**
+   * Count only nodes enrolled by these operators (ids or public keys hex, PROTOCOL §10): their
+   * revocation lists are read in the same round trip, packets without a valid enrolment by one of
+   * them are dropped (counted by reason in `trust.notEnrolled`), and each operator's share of the
+   * cohort's weight is capped at `maxOperatorShare`.
+   */
+  readonly trust?: readonly string[];
+  /** With `trust`: cap on one operator's share of the weight, (0, 1]; default min(1, 2/M) for M operators counted. */
+  readonly maxOperatorShare?: number;
 }
 
 export interface QueryResult {
@@ -144,6 +166,8 @@ export interface QueryResult {
   readonly duplicates: number;
   readonly synthesis: Synthesis;
   readonly elapsedMs: number;
+  /** With `trust`: per-operator node counts, packets not counted by reason, the cap applied (`packets` holds only the trusted ones). */
+  readonly trust?: TrustReport;
   /**
    * With `includeSuperseded`: the template versions whose cohorts answered, newest first, with
    * the packets each contributed (one per node overall: a node's packet under the newest
@@ -221,7 +245,9 @@ export type NodeStatus =
   | { readonly type: 'disconnected'; readonly reason: string }
   | { readonly type: 'reconnecting'; readonly attempt: number; readonly delayMs: number }
   | { readonly type: 'refused'; readonly code: ErrorCode; readonly message: string; readonly topic?: string }
-  | { readonly type: 'outbox-flushed'; readonly delivered: number };
+  | { readonly type: 'outbox-flushed'; readonly delivered: number }
+  /** The node's enrolment is about to expire or has expired (at open and on every connection). */
+  | { readonly type: 'enrolment'; readonly state: 'expiring' | 'expired'; readonly operatorId: string; readonly exp: number; readonly expiresInS: number; readonly message: string };
 
 export interface QisNode extends AsyncDisposable {
   readonly key: NodeKey;
@@ -230,6 +256,8 @@ export interface QisNode extends AsyncDisposable {
   readonly connected: boolean;
   /** Packets in the outbox, waiting for a PUBACK. */
   readonly pending: number;
+  /** The node's enrolment (PROTOCOL §10) and whether it is expiring, at the node's clock; undefined without one. */
+  enrolment(): EnrolmentState | undefined;
   /** `template` may be a template id: it is fetched from the registry (see {@link QisNode.template}). */
   publish(template: Template | string, situation: Situation, outcome: Outcome, options?: PublishOptions): Promise<PublishResult>;
   /** Withdraws the node's packet for a template (signed tombstone on its current bucket). */

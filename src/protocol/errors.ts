@@ -63,6 +63,7 @@ export const ERROR_CODES = {
   ERR_ENROLMENT_INVALID: "an enrolment is not a CWT of PROTOCOL §10's form, or its operator signature does not verify",
   ERR_NOT_ENROLLED: 'no valid enrolment for this packet or login; the message starts with the reason: missing, invalid, key-mismatch, not-yet-valid, expired, out-of-scope, unknown-operator, revoked',
   ERR_REVOCATION_INVALID: 'a revocation list is not on qis/1/r/<operatorId> or its payload is not of PROTOCOL §10 form (node ids sorted, no duplicates)',
+  ERR_REVOCATION_REFUSED: 'the broker closed the connection instead of acknowledging a revocation list (its log names the code: not a trusted operator, a seq check, a bad signature)',
   ERR_LOGIN_REFUSED: 'a CONNECT or a node login (PROTOCOL §11) was refused; the message starts with the reason: malformed, user-mismatch, bad-signature, client-id, stale (a node login), password, client-id-taken, anonymous (the broker, CONNACK 4 or 5)',
   ERR_PASSWORD_FILE_INVALID: 'a password file line is not user:scrypt$N$r$p$salt$hash, or a user name holds ":" or a line break',
   ERR_ADDRESS_IN_USE: 'a listen address (host and port) of the broker is already in use by another process',

@@ -21,3 +21,16 @@ export async function readRetained(url: string, topic: string, timeoutMs = 3000)
     await c.endAsync(true);
   }
 }
+
+/** Publishes once (QoS 1, retained) on a fresh connection: 'acked' on PUBACK, 'closed' when the broker disconnects (its way to refuse). */
+export async function publishOnce(url: string, topic: string, payload: Uint8Array): Promise<'acked' | 'closed'> {
+  const c = await mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 10_000 });
+  try {
+    return await new Promise<'acked' | 'closed'>((resolve) => {
+      c.once('close', () => resolve('closed'));
+      c.publish(topic, Buffer.from(payload), { qos: 1, retain: true }, (err) => resolve(err ? 'closed' : 'acked'));
+    });
+  } finally {
+    await c.endAsync(true);
+  }
+}
