@@ -4,6 +4,7 @@
  * style 3 and 5). Every refusal is `ERR_CONFIG_INVALID` and names the file or flag, the key
  * path and what was expected.
  */
+import { isIP } from 'node:net';
 import { accessSync, constants as fsConstants } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { parseDocument } from 'yaml';
@@ -275,7 +276,7 @@ function peer(c: Ctx, v: unknown, path: string): Obj {
 }
 
 function federation(c: Ctx, v: unknown, path: string): Obj {
-  const m = mapping(c, v, path, ['region', 'peers', 'reconnect', 'followUpMs'], 'a mapping {region: NAME, peers: [{url, …}, …], reconnect?: {baseMs, capMs}, followUpMs?}');
+  const m = mapping(c, v, path, ['region', 'peers', 'reconnect', 'followUpMs', 'linksFrom'], 'a mapping {region: NAME, peers: [{url, …}, …], reconnect?: {baseMs, capMs}, followUpMs?, linksFrom?: [IP, …]}');
   const region = typeof m.region === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(m.region) ? m.region : c.fail(`${path}.region`, "a region name (1-64 letters, digits, '.', '_' or '-')", m.region);
   const peers = m.peers === undefined ? [] : list(c, m.peers, `${path}.peers`, 'a list of peers {url, …}').map((x, i) => peer(c, x, `${path}.peers[${i}]`));
   const out: Obj = { region, peers };
@@ -285,6 +286,9 @@ function federation(c: Ctx, v: unknown, path: string): Obj {
     const capMs = r.capMs === undefined ? Math.max(30_000, baseMs) : positiveMs(c, r.capMs, `${path}.reconnect.capMs`);
     if (capMs < baseMs) c.fail(`${path}.reconnect.capMs`, `at least baseMs (${baseMs})`, capMs);
     out.reconnect = { baseMs, capMs };
+  }
+  if (m.linksFrom !== undefined) {
+    out.linksFrom = list(c, m.linksFrom, `${path}.linksFrom`, 'a list of IP addresses').map((a, i) => (typeof a === 'string' && isIP(a) !== 0 ? a : c.fail(`${path}.linksFrom[${i}]`, 'an IP address', a)));
   }
   if (m.followUpMs !== undefined) {
     out.followUpMs = typeof m.followUpMs === 'number' && Number.isFinite(m.followUpMs) && m.followUpMs >= 0 ? m.followUpMs : c.fail(`${path}.followUpMs`, 'a number of ms >= 0 (0: no follow-up catch-up)', m.followUpMs);

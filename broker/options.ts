@@ -112,6 +112,12 @@ export interface FederationOptions {
   readonly reconnect?: { readonly baseMs: number; readonly capMs: number };
   /** After a catch-up that exchanged packets, check again this much later, ms (default 0: never; live forwarding covers what arrives after a catch-up). */
   readonly followUpMs?: number;
+  /**
+   * Addresses (besides the hosts of `peers`) whose clients may use federation: link client ids
+   * (qis-fed-…) and qis/1/f/ topics. Everyone else is refused (ERR_NOT_AUTHORIZED): a region
+   * that only answers links (a hub) lists its peers' addresses here. docs/security.md.
+   */
+  readonly linksFrom?: readonly string[];
 }
 
 export interface BrokerOptions {

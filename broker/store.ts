@@ -13,7 +13,7 @@
 import * as fs from 'node:fs/promises';
 import { openLogStore } from './store/log-store.js';
 import type { Store, StoreOptions } from './store/types.js';
-export type { FsyncPolicy, PutResult, RecoveryReport, RemoveResult, Store, StoreKey, StoreOptions, StoreStats, StoredPacket, Tombstone } from './store/types.js';
+export type { FsyncPolicy, KeyState, KeyWatcher, PutResult, RecoveryReport, RemoveResult, Store, StoreKey, StoreOptions, StoreStats, StoredPacket, Tombstone } from './store/types.js';
 export { STORE_DEFAULTS } from './store/types.js';
 export { STORE_FILES } from './store/format.js';
 export { argError, checkStoredPacket, parseFilter, show, type Checked } from './store/common.js';

@@ -8,6 +8,7 @@ import { openStore, STORE_FILES, type Store, type StoreOptions, type StoredPacke
 import { QisError, topicMatches, b32, createOutcomePacket, keyFromSeed, signPacket, type NodeKey } from '../src/index.js';
 import { bearing, situation } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
+import { RANGES, digest, storeRanges } from '../broker/federation/digest.js';
 
 const NOW = 1_795_000_000_000;
 const root = mkdtempSync(join(tmpdir(), 'qis-broker-store-'));
@@ -817,4 +818,45 @@ t.test('store - I/O failures: a failed write or sync stops writes, a failed comp
   t.same(state(r), last);
   t.equal(n, 1200);
   await r.close();
+});
+
+t.test('store - federation digests kept up to date by watchKeys equal digests computed afresh', async (t) => {
+  let now = NOW;
+  const s = await open(newDir(), { now: () => now });
+  const rnd = prng(13);
+  const seqs = new Map<number, number>();
+  const next = (i: number): number => {
+    const q = (seqs.get(i) ?? 0) + 1 + Math.floor(rnd() * 3);
+    seqs.set(i, q);
+    return q;
+  };
+  for (let i = 0; i < 300; i++) await s.put(synthetic(i, next(i), i % 5));
+  const tpl = synthetic(0, 1, 0).tplId;
+  const check = (when: string): void => {
+    for (const scope of ['*', [tpl], ['aaaaaaaaaaaaaaaaaaaaaaaaaa'], [tpl, tpl]] as const) {
+      const fresh = digest(s.keys?.() ?? [], scope);
+      const kept = storeRanges(s, scope);
+      t.equal(kept.ranges.toString('hex'), fresh.ranges.toString('hex'), `${when}, scope ${JSON.stringify(scope)}: range digests`);
+      t.equal(kept.n, fresh.n, `${when}: count`);
+      const keysOf = (ks: readonly { tplId: string; nodeId: string; seq: number; del: boolean }[]): string[] => ks.map((k) => `${k.nodeId} ${k.seq} ${k.del}`).sort();
+      let same = true;
+      for (let r = 0; r < RANGES; r++) if (keysOf(kept.keysIn(r)).join() !== keysOf(fresh.byRange.get(r) ?? []).join()) same = false;
+      t.ok(same, `${when}: the keys of every range`);
+    }
+  };
+  check('built');
+  for (let round = 0; round < 4; round++) {
+    for (let k = 0; k < 200; k++) {
+      const i = Math.floor(rnd() * 400); // some new keys, some known
+      const op = rnd();
+      if (op < 0.6) await s.put(synthetic(i, next(i), Math.floor(rnd() * 5)));
+      else if (op < 0.8) await s.remove({ tplId: tpl, nodeId: synthetic(i, 1, 0).nodeId, seq: next(i) });
+      else await s.put({ ...synthetic(i, next(i), 0), exp: now / 1000 + 1 });
+    }
+    now += 5_000;
+    await s.sweepExpired();
+    check(`after round ${round}`);
+  }
+  t.equal(storeRanges(s, '*').n, s.keys?.().length, 'one entry per key');
+  await s.close();
 });

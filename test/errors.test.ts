@@ -42,6 +42,7 @@ import { createNode, fetchTemplate, publishTemplate, type NodeOptions, type QisN
 import { ModbusTcpClient, decodeSparkplugPayload, parseReadResponse } from '../firmware-bridge/index.js';
 import { checkEnrolment, createEnrolment, decodeEnrolment, publishRevocation, signRevocation, verifyLogin, verifyRevocation } from '../src/index.js';
 import { parsePasswd } from '../broker/passwd.js';
+import { hugePublish, junk, startHostileBroker, writeAll } from './helpers/hostile-broker.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -147,6 +148,22 @@ const triggers: Record<ErrorCode, () => unknown> = {
     }
   },
   ERR_TIMEOUT: () => withNode((n) => n.query(bearing, situation, { timeoutMs: 100 })),
+  ERR_INCOMING_TOO_LARGE: async () => {
+    const b = await startHostileBroker({ onSubscribe: (sock) => void writeAll(sock, hugePublish('qis/1/o/x', 1_000_000)) });
+    try {
+      return await withNode((n) => n.query(bearing, situation, { timeoutMs: 5_000 }), { url: b.url, brokerKind: 'qis' });
+    } finally {
+      await b.close();
+    }
+  },
+  ERR_QUERY_TOO_LARGE: async () => {
+    const b = await startHostileBroker({ onSubscribe: (sock) => void writeAll(sock, junk(100, (i) => `junk/${i}`)) });
+    try {
+      return await withNode((n) => n.query(bearing, situation, { timeoutMs: 5_000 }), { url: b.url, brokerKind: 'qis', maxQueryMessages: 10 });
+    } finally {
+      await b.close();
+    }
+  },
   ERR_ABORTED: () => withNode((n) => n.query(bearing, situation, { signal: AbortSignal.abort() })),
   ERR_CLOSED: async () => {
     let node: QisNode | undefined;

@@ -5,7 +5,7 @@
  */
 import { scoreTopicOfStored } from '../admission.js';
 import type { Store } from '../store.js';
-import { RANGES, digest, rootOf, type Scope } from './digest.js';
+import { RANGES, rootOf, storeRanges, type Scope } from './digest.js';
 
 /** Which store a catch-up request is about: 'o' outcome packets (default), 's' score packets. */
 export type StoreKind = 'o' | 's';
@@ -20,18 +20,18 @@ type Req = { store?: StoreKind } & (
 export function answerRequest(store: Store, req: Req): Record<string, unknown> {
   switch (req.op) {
     case 'root': {
-      const d = digest(store.keys?.() ?? [], req.scope);
+      const d = storeRanges(store, req.scope);
       return { id: req.id, root: rootOf(d.ranges, d.n), n: d.n };
     }
     case 'ranges': {
-      const d = digest(store.keys?.() ?? [], req.scope);
+      const d = storeRanges(store, req.scope);
       return { id: req.id, ranges: d.ranges.toString('base64') };
     }
     case 'entries': {
-      const d = digest(store.keys?.() ?? [], req.scope);
+      const d = storeRanges(store, req.scope);
       const entries: [string, string, number, number][] = [];
       // Each range once, whatever the request repeats: the answer is at most the store's keys.
-      for (const r of new Set(req.ranges)) for (const k of d.byRange.get(r) ?? []) entries.push([k.tplId, k.nodeId, k.seq, k.del ? 1 : 0]);
+      for (const r of new Set(req.ranges)) for (const k of d.keysIn(r)) entries.push([k.tplId, k.nodeId, k.seq, k.del ? 1 : 0]);
       return { id: req.id, entries };
     }
     case 'get': {

@@ -6,10 +6,12 @@
  * Answers go to qis/1/f/res/<its clientId>, to it alone.
  */
 import type { Client } from 'aedes';
+import { RateLimiter } from '../admission.js';
 import { FED_REQ, FED_RES, LINK_CLIENT_PREFIX, answerPayload, notNewer, parsePut, startFederation, type Federation, type PeerAdmission } from '../federation.js';
 import { DROP_TOPIC, type AedesPublishPacket, type BrokerContext, type Done } from './context.js';
 import { admitRevocation } from './enrolment.js';
 import { admitOutcome } from './outcomes.js';
+import { peerGate } from './peer-gate.js';
 import { codeOf, refuse } from './respond.js';
 import { admitScore } from './scores.js';
 import { admitTemplate } from './templates.js';
@@ -61,13 +63,23 @@ export function federationRequest(ctx: BrokerContext, client: Client | null, pac
   if (!ctx.auth.isPeer(id, ctx.auth.identity(client)) || packet.topic !== `${FED_REQ}${id}` || packet.retain) {
     return refuse(ctx, client, packet.topic, 'ERR_NOT_AUTHORIZED', `only a federation link (client id ${LINK_CLIENT_PREFIX}…) may publish on ${FED_REQ}<its client id>, not retained`, cb);
   }
+  if (!peerGate(ctx).allows(client)) {
+    return refuse(ctx, client, packet.topic, 'ERR_NOT_AUTHORIZED', 'federation is for configured peers: this connection comes from no address of federation.peers or federation.linksFrom', cb);
+  }
+  const links = linkLimits(ctx);
   const payload = packet.payload as Buffer;
+  const put = parsePut(payload);
+  // Batches have their own bound (the queue below); digests, lists and gets this rate.
+  if (!put && !links.requests.take(id, ctx.now())) {
+    // The link's request times out and its catch-up runs again later: nothing is lost.
+    return refuse(ctx, client, packet.topic, 'ERR_RATE_LIMITED', `more than ${LINK_REQUESTS_PER_S} federation requests per second (burst ${LINK_REQUEST_BURST}) on one link`, cb);
+  }
   packet.topic = DROP_TOPIC; // acknowledged, delivered to nobody
   packet.retain = false;
-  const put = parsePut(payload);
   if (put) {
     cb(null);
-    void admitBatch(ctx, id, put.items).then((counts) => answer(ctx, id, Buffer.from(JSON.stringify({ id: put.id, ...counts }))));
+    const counts = links.queue(id, () => admitBatch(ctx, id, put.items));
+    void (counts ?? Promise.resolve(overflow(ctx, put.items.length))).then((c) => answer(ctx, id, Buffer.from(JSON.stringify({ id: put.id, ...c }))));
     return;
   }
   let res: Buffer | undefined;
@@ -106,6 +118,49 @@ async function admitBatch(ctx: BrokerContext, id: string, items: [string, Buffer
     }),
   );
   return counts;
+}
+
+/** Requests (digests, lists, gets) one link may make per second, and its burst: a catch-up of 100k differing keys makes ~210. */
+export const LINK_REQUESTS_PER_S = 50;
+export const LINK_REQUEST_BURST = 500;
+/** `put` batches of one link admitted one at a time, at most this many waiting (256 packets each: ~40 MB at most). */
+export const LINK_PUTS_QUEUED = 64;
+
+/** Per-link request rate and `put` queue of one broker. */
+class LinkLimits {
+  readonly requests = new RateLimiter(LINK_REQUESTS_PER_S, LINK_REQUEST_BURST);
+  readonly #queues = new Map<string, { tail: Promise<unknown>; waiting: number }>();
+
+  /** Runs `job` after the link's earlier batches; undefined when LINK_PUTS_QUEUED are waiting already. */
+  queue<T>(id: string, job: () => Promise<T>): Promise<T> | undefined {
+    let q = this.#queues.get(id);
+    if (!q) this.#queues.set(id, (q = { tail: Promise.resolve(), waiting: 0 }));
+    if (q.waiting >= LINK_PUTS_QUEUED) return undefined;
+    q.waiting++;
+    const queue = q;
+    const run = queue.tail.then(job);
+    queue.tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    void queue.tail.then(() => {
+      if (--queue.waiting === 0 && this.#queues.get(id) === queue) this.#queues.delete(id);
+    });
+    return run;
+  }
+}
+
+const limits = new WeakMap<BrokerContext, LinkLimits>();
+function linkLimits(ctx: BrokerContext): LinkLimits {
+  let l = limits.get(ctx);
+  if (!l) limits.set(ctx, (l = new LinkLimits()));
+  return l;
+}
+
+/** A batch refused whole because its link has LINK_PUTS_QUEUED waiting: the link's next catch-up sends them again. */
+function overflow(ctx: BrokerContext, n: number): Record<PeerAdmission['result'], number> {
+  ctx.metrics.refused.inc({ code: 'ERR_RATE_LIMITED' }, n);
+  return { stored: 0, stale: 0, refused: n };
 }
 
 function answer(ctx: BrokerContext, clientId: string, payload: Buffer): void {

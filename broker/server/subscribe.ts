@@ -11,6 +11,7 @@ import type { AedesOptions, Client, Subscription } from 'aedes';
 import type { Logger } from 'pino';
 import { aclAllowsSubscribe } from '../admission.js';
 import type { BrokerContext } from './context.js';
+import { peerGate } from './peer-gate.js';
 
 /** Longest a sync marker is held waiting for retained delivery (a safety net; normally ms). */
 export const SYNC_HOLD_LIMIT_MS = 30_000;
@@ -106,7 +107,8 @@ export class SyncHold {
 export function authorizeSubscribe(ctx: BrokerContext, hold: SyncHold): NonNullable<AedesOptions['authorizeSubscribe']> {
   return (client, sub, cb) => {
     const topic = sub.topic;
-    const denied = topic.startsWith('$qis') || !aclAllowsSubscribe(ctx.options.acl.subscribe, topic, client.id, ctx.auth.user(client));
+    // qis/1/f/ (federation answers) only for configured peers (peer-gate.ts).
+    const denied = topic.startsWith('$qis') || (topic.startsWith('qis/1/f/') && !peerGate(ctx).allows(client)) || !aclAllowsSubscribe(ctx.options.acl.subscribe, topic, client.id, ctx.auth.user(client));
     if (denied) {
       ctx.metrics.refused.inc({ code: 'ERR_NOT_AUTHORIZED' });
       ctx.logger.info({ code: 'ERR_NOT_AUTHORIZED', clientId: client.id, topic }, 'subscription denied (SUBACK 0x80)');

@@ -8,7 +8,7 @@ import { ID_CHARS, expired, packetOf } from './common.js';
 import { HEADER_BYTES, MIN_TOPIC } from './format.js';
 import { KeyIndex, type TplIndex } from './keys.js';
 import { Trie, type Bucket } from './trie.js';
-import type { StoreKey, StoredPacket, Tombstone } from './types.js';
+import type { KeyState, KeyWatcher, StoreKey, StoredPacket, Tombstone } from './types.js';
 
 const SLAB_BYTES = 256 * 1024;
 
@@ -84,6 +84,8 @@ export class LogState {
   tombCount = 0;
   /** Size the log would have right after a compaction. */
   liveBytes = HEADER_BYTES;
+  /** Watchers of key changes (watchKeys): federation digests. */
+  readonly #watchers = new Set<KeyWatcher>();
 
   constructor(
     private readonly now: () => number,
@@ -128,6 +130,18 @@ export class LogState {
     return this.index.entries().map((e) => ({ tplId: e.tpl, nodeId: e.node, seq: e.seq, del: e.bucket === null }));
   }
 
+  watchKeys(fn: KeyWatcher): () => void {
+    this.#watchers.add(fn);
+    return () => this.#watchers.delete(fn);
+  }
+
+  /** Tells the watchers that (e.tpl, e.node) went from `before` to what e holds now (or was forgotten). */
+  protected changed(e: Entry, before: KeyState | undefined, forgotten = false): void {
+    if (this.#watchers.size === 0) return;
+    const after = forgotten ? undefined : { seq: e.seq, del: e.bucket === null };
+    for (const w of this.#watchers) w(e.tpl, e.node, before, after);
+  }
+
   match(filter: string): Iterable<StoredPacket> {
     return this.trie.match(filter, this.now());
   }
@@ -155,6 +169,7 @@ export class LogState {
    * by the caller, which has also checked seq; `node` is only used when it is undefined.
    */
   installPut(ti: TplIndex<Entry>, found: Entry | undefined, node: string, bucket: Bucket<Entry>, seq: number, exp: number, len: number, rec: number): Entry {
+    const before = this.#watchers.size > 0 ? stateOf(found) : undefined;
     const e = this.release(ti, found, node, bucket);
     if (e.bucket === null) this.trie.attach(e, bucket);
     e.slab = null; // the caller places the bytes
@@ -167,11 +182,13 @@ export class LogState {
     this.liveBytes += rec;
     this.liveCount++;
     if (exp >= 0) this.expiring.add(e);
+    this.changed(e, before);
     return e;
   }
 
   /** Turns (ti, node) into a tombstone. `found` and `node` as for installPut. */
   installTomb(ti: TplIndex<Entry>, found: Entry | undefined, node: string, seq: number, at: number, rec: number): Entry {
+    const before = this.#watchers.size > 0 ? stateOf(found) : undefined;
     const e = this.release(ti, found, node, null);
     e.seq = seq;
     e.at = at;
@@ -181,6 +198,7 @@ export class LogState {
     e.ttopic = null; // the caller adds a proof
     this.liveBytes += rec;
     this.tombCount++;
+    this.changed(e, before);
     return e;
   }
 
@@ -213,4 +231,9 @@ export class LogState {
     e.slab = this.arena.slab;
     e.off = off;
   }
+}
+
+/** What a key was before a change (undefined: the store did not know it). */
+function stateOf(e: Entry | undefined): KeyState | undefined {
+  return e === undefined ? undefined : { seq: e.seq, del: e.bucket === null };
 }

@@ -40,6 +40,17 @@ export interface StoreKey {
   readonly del: boolean;
 }
 
+/** A (template, node)'s seq and whether it is deleted, before or after a change. */
+export interface KeyState {
+  readonly seq: number;
+  readonly del: boolean;
+}
+/**
+ * Told of every change to the keys ({@link Store.keys}) as it happens: `before` undefined for a
+ * new key, `after` undefined for a key the store forgets.
+ */
+export type KeyWatcher = (tplId: string, nodeId: string, before: KeyState | undefined, after: KeyState | undefined) => void;
+
 /** When `put`/`remove` resolve, relative to the disk. docs/store.md says what survives what. */
 export type FsyncPolicy = 'always' | 'interval' | 'never';
 
@@ -115,6 +126,11 @@ export interface Store {
   tombstone(tplId: string, nodeId: string): Tombstone | undefined;
   /** Every (template, node) known, live or deleted, with its seq (a snapshot; federation digests). */
   keys?(): StoreKey[];
+  /**
+   * Calls `fn` on every later change to the keys (federation digests kept up to date instead of
+   * recomputed); returns the function that stops it. Nothing is paid while no one watches.
+   */
+  watchKeys?(fn: KeyWatcher): () => void;
   /**
    * Stores p if p.seq > seqOf(…); returns what it replaced (its topic may differ: a bucket move)
    * or 'stale'. The index changes at once; the promise resolves when the record is durable per

@@ -11,10 +11,12 @@ import { randomBytes } from 'node:crypto';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { QisError, isQisError } from '../protocol/errors.js';
 import type { Ed25519Backend } from '../protocol/identity.js';
+import type { Duplex } from 'node:stream';
 import { backoffDelay, type BackoffOptions } from './backoff.js';
 import { BROKER_INFO_TOPIC, DETECT_TIMEOUT_MS, MOSQUITTO_VERSION_TOPIC, type BrokerKind } from './broker-kind.js';
 import { Channel } from './channel.js';
 import { networkError, probeTlsPort } from './net-errors.js';
+import { guardStream } from './guard.js';
 import { abortError, DEFAULTS, type Merged } from './options.js';
 import { tlsClientOptions } from './tls.js';
 import type { NodeStatus, Timers } from './types.js';
@@ -75,6 +77,8 @@ export class Connection {
   #credentials: (() => { username: string; password: Uint8Array }) | undefined;
   /** Why the last attempt failed at the socket or TLS level (cleared on connect). */
   #netError: QisError | undefined;
+  /** Why the broker was cut off (an oversized packet), with the connection it happened on. */
+  #fault: { gen: number; error: QisError } | undefined;
 
   constructor(o: Merged, backoff: Required<BackoffOptions>, clientId: string) {
     this.o = o;
@@ -238,7 +242,9 @@ export class Connection {
     const opts = this.#clientOptions();
     let client: MqttClient;
     try {
-      client = mqtt.connect(this.o.url, opts);
+      client = mqtt.connect(this.o.url, { ...opts, manualConnect: true });
+      this.#guard(client, gen);
+      client.connect();
     } catch (e) {
       this.emit({ type: 'refused', code: 'ERR_URL_INVALID', message: (e as Error).message });
       this.#lost(gen, (e as Error).message);
@@ -288,6 +294,52 @@ export class Connection {
     this.#netError = e;
     this.emit({ type: 'refused', code: e.code, message: e.message });
     this.wake();
+  }
+
+  /**
+   * Puts the size cap (guard.ts) on every stream the client opens. mqtt.js has no public hook
+   * between making its stream and piping it into its parser, so this wraps its (private)
+   * streamBuilder, before the client's first connect().
+   */
+  #guard(client: MqttClient, gen: number): void {
+    const c = client as unknown as { streamBuilder: (c: MqttClient) => Duplex };
+    const build = c.streamBuilder;
+    const max = this.o.maxPacketBytes;
+    c.streamBuilder = (cl) =>
+      guardStream(build(cl), max, (announced) => {
+        const error = new QisError('ERR_INCOMING_TOO_LARGE', `the broker sent an MQTT packet of ${Number.isFinite(announced) ? `${announced} bytes` : 'a malformed length'}; the node accepts at most ${max} (maxPacketBytes): connection dropped`);
+        if (gen === this.#gen) {
+          this.#fault = { gen, error };
+          this.emit({ type: 'refused', code: error.code, message: error.message });
+        }
+        return error;
+      });
+  }
+
+  /** The error that made the node drop a connection since connection `gen` (the broker was cut off for misbehaving). */
+  faultSince(gen: number): QisError | undefined {
+    return this.#fault !== undefined && this.#fault.gen >= gen ? this.#fault.error : undefined;
+  }
+
+  /**
+   * `p`'s outcome, or ERR_TIMEOUT at `deadline`: a broker that never sends a SUBACK or a PUBACK
+   * must not hold a query past its time limit (mqtt.js waits for acks for ever).
+   */
+  async within<T>(p: Promise<T>, o: { deadline: number; signal?: AbortSignal | undefined; what: string }): Promise<T> {
+    let r: { ok: T } | { err: unknown } | undefined;
+    p.then(
+      (ok) => {
+        r = { ok };
+        this.wake();
+      },
+      (err: unknown) => {
+        r = { err };
+        this.wake();
+      },
+    );
+    const got = await this.until(() => r, o);
+    if ('err' in got) throw got.err;
+    return got.ok;
   }
 
   #clientOptions(): IClientOptions {
@@ -439,20 +491,23 @@ export class Connection {
     this.listeners.add(listener);
     const subscribed: string[] = [];
     const lost = (): 'lost' | undefined => (entry.gen !== this.#gen ? 'lost' : undefined);
+    // A broker that never acks the detection's SUBSCRIBE or marker is no broker of known ordering.
+    const acks = { deadline: this.now() + DETECT_TIMEOUT_MS, what: 'the broker-kind acks' };
     try {
       try {
-        await this.subscribe(client, [sync, BROKER_INFO_TOPIC], 0);
+        await this.within(this.subscribe(client, [sync, BROKER_INFO_TOPIC], 0), acks);
         subscribed.push(sync, BROKER_INFO_TOPIC);
         // An ACL may deny $SYS; that only rules out recognising Mosquitto.
-        await this.subscribe(client, [MOSQUITTO_VERSION_TOPIC], 0).then(
+        await this.within(this.subscribe(client, [MOSQUITTO_VERSION_TOPIC], 0), acks).then(
           () => subscribed.push(MOSQUITTO_VERSION_TOPIC),
           (e: unknown) => {
             if (!(isQisError(e) && e.code === 'ERR_SUBSCRIBE_DENIED')) throw e;
           },
         );
-        await client.publishAsync(sync, Buffer.from('?'), { qos: 1 });
+        await this.within(client.publishAsync(sync, Buffer.from('?'), { qos: 1 }), acks);
       } catch (e) {
-        return settle(lost() ?? 'unknown'); // denied, or the connection went away
+        if (isQisError(e) && e.code === 'ERR_CLOSED') throw e;
+        return settle(lost() ?? 'unknown'); // denied, unanswered, or the connection went away
       }
       let timedOut = false;
       const t = this.timers.setTimeout(() => {

@@ -6,6 +6,7 @@ import { QisError } from '../protocol/errors.js';
 import type { Template } from '../protocol/template.js';
 import { backoffOptions, type BackoffOptions } from './backoff.js';
 import type { BrokerKind } from './broker-kind.js';
+import { MAX_INCOMING_PACKET_BYTES } from './guard.js';
 import type { NodeOptions } from './types.js';
 
 export interface Defaults {
@@ -15,6 +16,8 @@ export interface Defaults {
   readonly brokerKind: BrokerKind | 'auto';
   readonly quietMs: number;
   readonly queryTimeoutMs: number;
+  readonly maxPacketBytes: number;
+  readonly maxQueryMessages: number;
 }
 export const DEFAULTS: Defaults = Object.freeze({
   keepaliveS: 30,
@@ -23,6 +26,9 @@ export const DEFAULTS: Defaults = Object.freeze({
   brokerKind: 'auto',
   quietMs: 500,
   queryTimeoutMs: 10_000,
+  maxPacketBytes: MAX_INCOMING_PACKET_BYTES,
+  // ~50 MB at most of 512-byte packets and their topics: far above any real cohort's node count.
+  maxQueryMessages: 50_000,
 });
 /** The node's options with every default filled in. */
 export type Merged = Defaults & NodeOptions;
@@ -36,6 +42,8 @@ export function mergeOptions(options: NodeOptions): { o: Merged; backoff: Requir
   positive('connectTimeoutMs', o.connectTimeoutMs);
   positive('ackTimeoutMs', o.ackTimeoutMs, true);
   positive('quietMs', o.quietMs);
+  positive('maxPacketBytes', o.maxPacketBytes);
+  positive('maxQueryMessages', o.maxQueryMessages);
   if (!['auto', 'qis', 'mosquitto', 'unknown'].includes(o.brokerKind)) {
     throw new QisError('ERR_INVALID_ARGUMENT', `brokerKind must be auto, qis, mosquitto or unknown, got ${String(o.brokerKind)}`);
   }

@@ -20,10 +20,22 @@ export async function readRetained(
   deadline: number,
   signal: AbortSignal | undefined,
 ): Promise<{ messages: CohortMessage[]; kind: BrokerKind }> {
+  const start = conn.gen;
   for (;;) {
-    const kind = await conn.brokerKind({ timeoutMs: Math.max(1, deadline - conn.now()), ...(signal ? { signal } : {}) });
-    const client = await conn.waitConnected(deadline, signal);
-    const got = await collect(conn, client, filter, kind, deadline, signal);
+    let got: CohortMessage[] | 'lost';
+    let kind: BrokerKind;
+    try {
+      kind = await conn.brokerKind({ timeoutMs: Math.max(1, deadline - conn.now()), ...(signal ? { signal } : {}) });
+      const client = await conn.waitConnected(deadline, signal);
+      got = await collect(conn, client, filter, kind, deadline, signal);
+    } catch (e) {
+      // Cut off for an oversized packet, the reconnects then ran out of time: say why.
+      if (isQisError(e) && e.code === 'ERR_TIMEOUT') throw conn.faultSince(start) ?? e;
+      throw e;
+    }
+    // A broker the node cut off for misbehaving (an oversized packet) would only do it again.
+    const fault = conn.faultSince(start);
+    if (fault) throw fault;
     if (got === 'lost') continue; // the connection dropped mid-read: ask again on the next one
     return { messages: got, kind };
   }
@@ -37,14 +49,27 @@ async function collect(conn: Connection, client: MqttClient, filter: string | re
   const messages: CohortMessage[] = [];
   let synced = false;
   let lastAt = conn.now();
+  // Every message that arrives during the read counts towards the cap, kept or not: a broker
+  // flooding other topics must not keep the read going any more than one flooding the cohort.
+  let arrived = 0;
+  let tooMany = false;
   const listener: Listener = (topic, payload) => {
     if (topic === sync) {
       synced = true;
       conn.wake();
-    } else if (!synced && wanted.some((f) => topicMatches(f, topic))) {
-      messages.push({ topic, payload });
-      lastAt = conn.now();
+    } else if (!synced && !tooMany) {
+      if (++arrived > conn.o.maxQueryMessages) {
+        tooMany = true;
+        messages.length = 0; // nothing of this read is used: let it go now
+        conn.wake();
+      } else if (wanted.some((f) => topicMatches(f, topic))) {
+        messages.push({ topic, payload });
+        lastAt = conn.now();
+      }
     }
+  };
+  const overCap = (): void => {
+    if (tooMany) throw new QisError('ERR_QUERY_TOO_LARGE', `more than ${conn.o.maxQueryMessages} messages arrived during one read of ${wanted.join(', ')} (maxQueryMessages): abandoned`);
   };
   conn.listeners.add(listener);
   const filters = kind === 'unknown' ? [...wanted] : [sync, ...wanted];
@@ -52,26 +77,27 @@ async function collect(conn: Connection, client: MqttClient, filter: string | re
   try {
     try {
       // QoS 0, unless a watch holds the same filter at QoS 1 (a SUBSCRIBE replaces its QoS).
-      await conn.subscribe(client, filters, wanted.some((f) => conn.subs.has(f)) ? 1 : 0);
+      await conn.within(conn.subscribe(client, filters, wanted.some((f) => conn.subs.has(f)) ? 1 : 0), { deadline, signal, what: `the SUBACK for ${filters.join(', ')}` });
       lastAt = conn.now();
-      if (kind !== 'unknown') await client.publishAsync(sync, Buffer.from('sync'), { qos: 1 });
+      if (kind !== 'unknown') await conn.within(client.publishAsync(sync, Buffer.from('sync'), { qos: 1 }), { deadline, signal, what: 'the PUBACK of the sync marker' });
     } catch (e) {
       if (isQisError(e)) throw e;
       if (lost()) return 'lost';
       throw new QisError('ERR_TIMEOUT', `query failed: ${(e as Error).message}`, { cause: e });
     }
     if (kind !== 'unknown') {
-      const r = await conn.until<true | 'lost'>(() => lost() ?? (synced ? true : undefined), { deadline, signal, what: 'the sync marker' });
+      const r = await conn.until<true | 'lost'>(() => (overCap(), lost() ?? (synced ? true : undefined)), { deadline, signal, what: 'the sync marker' });
       return r === 'lost' ? 'lost' : messages;
     }
     // Unknown ordering: the query ends after quietMs without a new cohort message (PROTOCOL §7).
     for (;;) {
+      overCap();
       const wait = lastAt + conn.o.quietMs - conn.now();
       if (wait <= 0) return messages;
       if (conn.now() + wait > deadline) {
         throw new QisError('ERR_TIMEOUT', `retained messages kept arriving until the query's time limit (${messages.length} so far)`);
       }
-      const r = await conn.sleep(wait, signal, lost);
+      const r = await conn.sleep(wait, signal, () => (overCap(), lost()));
       if (r === 'lost') return 'lost';
     }
   } finally {

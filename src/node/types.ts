@@ -57,6 +57,18 @@ export interface NodeOptions {
   readonly brokerKind?: BrokerKind | 'auto';
   /** Quiet period that ends a query on a broker of unknown ordering, ms. Default 500. */
   readonly quietMs?: number;
+  /**
+   * The largest MQTT packet the node accepts from the broker, bytes: a bigger one drops the
+   * connection (ERR_INCOMING_TOO_LARGE) as soon as its fixed header announces it, before it is
+   * buffered. Default 66,560 (a 64 KiB template document, the largest message a node reads, with
+   * its topic; outcome packets are at most 512 bytes).
+   */
+  readonly maxPacketBytes?: number;
+  /**
+   * The most messages one read of retained messages (a query, a score or template read) takes in
+   * before it gives up with ERR_QUERY_TOO_LARGE. Default 50,000.
+   */
+  readonly maxQueryMessages?: number;
   readonly backend?: Ed25519Backend;
   /** Clock (Unix ms), jitter source and timers; replaceable in tests. */
   readonly now?: () => number;

@@ -37,6 +37,8 @@ export const ERROR_CODES = {
   ERR_CONNECT_REFUSED: 'the broker refused the connection (the CONNACK return code is in the message)',
   ERR_SUBSCRIBE_DENIED: 'the broker refused a subscription (SUBACK 0x80)',
   ERR_TIMEOUT: 'an operation did not finish within its time limit',
+  ERR_INCOMING_TOO_LARGE: "the broker sent an MQTT packet larger than the node's cap (maxPacketBytes); the node dropped the connection before buffering it",
+  ERR_QUERY_TOO_LARGE: "a read of retained messages (query, scores, template) received more messages than the node's cap (maxQueryMessages); the read is abandoned",
   ERR_ABORTED: 'an operation was aborted through its AbortSignal',
   ERR_CLOSED: 'the node was closed while the operation was pending, or used after close',
   ERR_DATA_DIR_LOCKED: 'another live process is using the data directory',

@@ -33,7 +33,7 @@ export async function startRegion(name: string, port: number, peers: PeerOptions
   const dataDir = dir ?? mkdtempSync(join(tmpdir(), `qis-fed-${name}-`));
   const make = (): Promise<QisBroker> =>
     createBroker(
-      { listeners: [{ type: 'tcp', host: '127.0.0.1', port }], dataDir, verifyWorkers: 0, fsync: 'never', federation: { region: name, peers, reconnect: { baseMs: 100, capMs: 1000 }, ...fed } },
+      { listeners: [{ type: 'tcp', host: '127.0.0.1', port }], dataDir, verifyWorkers: 0, fsync: 'never', federation: { region: name, peers, reconnect: { baseMs: 100, capMs: 1000 }, linksFrom: ['127.0.0.1', '::1'], ...fed } },
       { logger: pino({ level: process.env['QIS_TEST_LOG'] ?? 'silent' }) },
     );
   const r: Region = {
