@@ -24,6 +24,7 @@ import type { BrokerConfig, BrokerOptions } from './options.js';
 import { openStore, type Store } from './store.js';
 import { createVerifier, defaultWorkers } from './verifier.js';
 import { connectHooks } from './server/connect.js';
+import { createLimits } from './server/limits.js';
 import { publishOn, type BrokerContext } from './server/context.js';
 import { startLinks } from './server/peers.js';
 import { startHttp, type HttpEndpoint } from './server/http.js';
@@ -74,6 +75,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const stores = await openStores(o, now, logger);
   const { store, scoreStore } = stores;
   let aedes: Aedes | undefined;
+  const metrics = createMetrics(store, () => aedes?.connectedClients ?? 0);
   const ctx: BrokerContext = {
     options: o,
     now,
@@ -82,18 +84,24 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     scoreStore,
     // Read first: a template directory that cannot be read leaves no verifier threads behind.
     templates: await TemplateBook.open(join(o.dataDir, 'templates'), o.admission, logger),
-    metrics: createMetrics(store, () => aedes?.connectedClients ?? 0),
+    metrics,
+    limits: createLimits({ options: o, metrics, logger, now }),
     verifier: createVerifier(o.verifyWorkers ?? defaultWorkers()),
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
     publish: (m) => (aedes ? publishOn(aedes, m) : Promise.reject(new QisError('ERR_CLOSED', 'the broker is not running'))),
     federation: undefined,
   };
   const hold = new SyncHold(logger);
+  const hooks = connectHooks(ctx);
   const a = (aedes = await Aedes.createBroker({
     persistence: await qisPersistence(ctx, hold, stores.persistence),
     ...(stores.mq !== undefined ? { mq: stores.mq } : {}),
     ...(o.id !== undefined ? { id: o.id } : {}),
-    ...connectHooks(ctx),
+    ...hooks,
+    preConnect: ctx.limits.preConnect(hooks.preConnect),
+    connectTimeout: o.limits.connectTimeoutMs,
+    drainTimeout: o.limits.drainTimeoutMs,
+    queueLimit: o.limits.queueLimit,
     authorizePublish: authorizePublish(ctx, hold),
     authorizeSubscribe: authorizeSubscribe(ctx, hold),
   }));
@@ -114,7 +122,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     await stores.close();
   };
   try {
-    listeners = await startListeners(o.listeners, a, logger);
+    listeners = await startListeners(o.listeners, a, logger, ctx.limits);
     if (o.http) http = await startHttp({ ctx, aedes: a }, o.http.host, o.http.port);
   } catch (e) {
     await stop();

@@ -380,7 +380,8 @@ t.test('admission - ERR_TEMPLATE_UNKNOWN from a closed registry', async (t) => {
 });
 
 t.test('admission - ERR_NOT_AUTHORIZED from the publish ACL on ordinary topics', async (t) => {
-  const b = await brokerFor(t, { acl: { publish: [{ allow: false, topic: 'plant/secret/#' }] } });
+  // acl.refusedPublish disconnect: the old way (the default, drop, is in test/hostile-broker.test.ts).
+  const b = await brokerFor(t, { acl: { publish: [{ allow: false, topic: 'plant/secret/#' }], refusedPublish: 'disconnect' } });
   await refusals(t, b, [{ what: 'a publish the ACL denies', code: 'ERR_NOT_AUTHORIZED', topic: 'plant/secret/door', payload: 'open', retain: false }]);
   const c = await b.client();
   await c.publishAsync('plant/public/door', 'closed', { qos: 1, retain: true });

@@ -29,6 +29,11 @@ export async function qisPersistence(ctx: BrokerContext, hold: SyncHold, base?: 
   persistence.storeRetained = (packet: AedesPublishPacket) => {
     // qis outcome packets were stored durably by admission before the PUBACK; nothing else may write there.
     if (packet.topic.startsWith('qis/1/o/') || packet.topic.startsWith('qis/1/s/')) return Promise.resolve();
+    // Ordinary retained messages are bounded (limits.maxRetained, maxRetainedBytes): one over is
+    // delivered live but not kept, and the topic's older message goes too (never a stale one).
+    if (!packet.topic.startsWith('qis/1/') && !packet.topic.startsWith('$') && !ctx.limits.keepRetained(packet)) {
+      return baseStore({ ...packet, payload: Buffer.alloc(0) });
+    }
     return baseStore(packet);
   };
   persistence.createRetainedStreamCombi = (patterns: string[]) => {

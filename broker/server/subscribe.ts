@@ -112,6 +112,7 @@ export function authorizeSubscribe(ctx: BrokerContext, hold: SyncHold): NonNulla
       ctx.logger.info({ code: 'ERR_NOT_AUTHORIZED', clientId: client.id, topic }, 'subscription denied (SUBACK 0x80)');
       return cb(null, null);
     }
+    if (ctx.limits.subscription(client, topic).action === 'refuse') return cb(null, null);
     // Counted until its retained messages are written; restored subscriptions get none.
     if ((client as Client & { connackSent?: boolean }).connackSent) hold.granted(client);
     cb(null, sub);
