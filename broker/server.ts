@@ -32,7 +32,7 @@ import { publishBrokerInfo } from './server/info.js';
 import { startListeners, type BrokerAddress, type Listeners } from './server/listeners.js';
 import { authorizePublish } from './server/publish.js';
 import { qisPersistence } from './server/retained.js';
-import { SyncHold, authorizeSubscribe } from './server/subscribe.js';
+import { SyncHold, authorizeForward, authorizeSubscribe } from './server/subscribe.js';
 import { startSweep } from './server/sweep.js';
 import { TemplateBook } from './server/template-book.js';
 
@@ -104,6 +104,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     queueLimit: o.limits.queueLimit,
     authorizePublish: authorizePublish(ctx, hold),
     authorizeSubscribe: authorizeSubscribe(ctx, hold),
+    authorizeForward: authorizeForward(ctx),
   }));
   a.on('subscribe', (subs, client) => hold.subscribed(subs, client));
   a.on('clientError', (client, err) => logger.debug({ clientId: client.id, err: err.message }, 'client error'));

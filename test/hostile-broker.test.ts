@@ -172,3 +172,40 @@ t.test('a publish the ACL refuses on an ordinary topic is acknowledged and dropp
   t.notOk(closed, 'the client stays connected');
   t.match(await b.broker.metricsText(), /qis_dropped_total\{code="ERR_NOT_AUTHORIZED"\} 1/);
 });
+
+t.test('a subscribe deny rule refuses only the filters it covers; overlapping wildcards are granted without its messages', async (t) => {
+  const b = await brokerFor(t, { acl: { subscribe: [{ allow: false, topic: 'test/nosubscribe' }] } });
+  const c = await mqtt.connectAsync(b.url, { clientId: 'acl-sub', reconnectPeriod: 0 });
+  t.teardown(() => c.endAsync());
+  const got: string[] = [];
+  c.on('message', (tp) => got.push(tp));
+  const granted = await c.subscribeAsync(['#', '+/+', 'test/#'], { qos: 1 });
+  t.same(granted.map((g) => g.qos), [1, 1, 1], '#, +/+ and test/# are granted (as Mosquitto does)');
+  await t.rejects(c.subscribeAsync('test/nosubscribe'), /Subscribe error/, 'the denied topic itself: SUBACK 0x80');
+  const p = await mqtt.connectAsync(b.url, { clientId: 'acl-pub', reconnectPeriod: 0 });
+  t.teardown(() => p.endAsync());
+  await p.publishAsync('test/nosubscribe', 'no', { qos: 1 });
+  await p.publishAsync('test/ok', 'yes', { qos: 1 });
+  await waitFor(() => got.includes('test/ok'), 'the allowed message');
+  await new Promise((r) => setTimeout(r, 100));
+  t.notOk(got.includes('test/nosubscribe'), "the denied topic's message is withheld");
+});
+
+t.test("sync topics are private (PROTOCOL §7): another client id cannot subscribe to them, and '#' does not carry them", async (t) => {
+  const b = await brokerFor(t, {});
+  const spy = await mqtt.connectAsync(b.url, { clientId: 'spy', reconnectPeriod: 0 });
+  t.teardown(() => spy.endAsync());
+  await t.rejects(spy.subscribeAsync('qis/1/sync/victim/#'), /Subscribe error/, "another id's sync topics: SUBACK 0x80");
+  await t.rejects(spy.subscribeAsync('qis/1/sync/+/#'), /Subscribe error/, 'every sync topic: SUBACK 0x80');
+  const seen: string[] = [];
+  spy.on('message', (tp) => seen.push(tp));
+  await spy.subscribeAsync('#', { qos: 1 });
+  const victim = await mqtt.connectAsync(b.url, { clientId: 'victim', reconnectPeriod: 0 });
+  t.teardown(() => victim.endAsync());
+  const own = new Promise<string>((r) => victim.on('message', (tp) => r(tp)));
+  await victim.subscribeAsync('qis/1/sync/victim/#', { qos: 1 });
+  await victim.publishAsync('qis/1/sync/victim/1', '', { qos: 1 });
+  t.equal(await own, 'qis/1/sync/victim/1', 'its own client gets the marker');
+  await new Promise((r) => setTimeout(r, 100));
+  t.notOk(seen.some((x) => x.startsWith('qis/1/sync/')), 'the spy saw no sync marker');
+});

@@ -9,7 +9,7 @@
  */
 import type { AedesOptions, Client, Subscription } from 'aedes';
 import type { Logger } from 'pino';
-import { aclAllowsSubscribe } from '../admission.js';
+import { aclAllowsForward, aclAllowsSubscribe, namesOthersSync } from '../admission.js';
 import type { BrokerContext } from './context.js';
 
 /** Longest a sync marker is held waiting for retained delivery (a safety net; normally ms). */
@@ -106,7 +106,7 @@ export class SyncHold {
 export function authorizeSubscribe(ctx: BrokerContext, hold: SyncHold): NonNullable<AedesOptions['authorizeSubscribe']> {
   return (client, sub, cb) => {
     const topic = sub.topic;
-    const denied = topic.startsWith('$qis') || !aclAllowsSubscribe(ctx.options.acl.subscribe, topic, client.id);
+    const denied = topic.startsWith('$qis') || namesOthersSync(topic, client.id) || !aclAllowsSubscribe(ctx.options.acl.subscribe, topic, client.id);
     if (denied) {
       ctx.metrics.refused.inc({ code: 'ERR_NOT_AUTHORIZED' });
       ctx.logger.info({ code: 'ERR_NOT_AUTHORIZED', clientId: client.id, topic }, 'subscription denied (SUBACK 0x80)');
@@ -117,4 +117,9 @@ export function authorizeSubscribe(ctx: BrokerContext, hold: SyncHold): NonNulla
     if ((client as Client & { connackSent?: boolean }).connackSent) hold.granted(client);
     cb(null, sub);
   };
+}
+
+/** Aedes' authorizeForward: what a granted wildcard filter may not carry (the subscribe ACL's denied topics, others' sync markers). */
+export function authorizeForward(ctx: BrokerContext): NonNullable<AedesOptions['authorizeForward']> {
+  return (client, packet) => (aclAllowsForward(ctx.options.acl.subscribe, packet.topic, client.id) ? packet : null);
 }
