@@ -176,13 +176,34 @@ export function filterCovers(rule: string, filter: string): boolean {
 
 /** ACL decision for SUBSCRIBE: first rule that covers or overlaps the filter decides. */
 export function aclAllowsSubscribe(rules: readonly AclRule[], filter: string, clientId: string, user?: string): boolean {
+  // A deny rule that merely overlaps the filter (`#` against `secret/#`) does not refuse it:
+  // like Mosquitto, the filter is granted and the denied topics' messages are withheld one by one
+  // (aclAllowsForward). Only a rule covering the whole filter decides the SUBSCRIBE.
   for (const r of rules) {
     if (!ruleFor(r, clientId, user)) continue;
     const f = aclFilter(r, clientId, user);
     if (f === undefined) continue;
-    if (filterCovers(f, filter) || (!r.allow && filtersOverlap(f, filter))) return r.allow;
+    if (filterCovers(f, filter)) return r.allow;
   }
   return true;
+}
+
+/** PROTOCOL §7: a filter naming the sync topics of another client id (`qis/1/sync/<other>/…`, `qis/1/sync/+/…`). */
+export function namesOthersSync(filter: string, clientId: string): boolean {
+  const l = filter.split('/');
+  // Wildcards above the level (`#`, `qis/1/+/…`) are granted; their messages are filtered (aclAllowsForward).
+  if (l[0] !== 'qis' || l[1] !== '1' || l[2] !== 'sync') return false;
+  // A client id may hold '/', so its sync topics are a prefix; one holding a wildcard has none.
+  return /[+#]/.test(clientId) || !filter.startsWith(`qis/1/sync/${clientId}/`);
+}
+
+/**
+ * Whether a message on `topic` may go to `clientId` through a granted (wildcard) filter: the
+ * subscribe ACL's topic-level verdict, and never another client's sync marker (PROTOCOL §7).
+ */
+export function aclAllowsForward(rules: readonly AclRule[], topic: string, clientId: string, user?: string): boolean {
+  if (topic.startsWith('qis/1/sync/') && !topic.startsWith(`qis/1/sync/${clientId}/`)) return false;
+  return rules.length === 0 || aclAllows(rules, topic, clientId, user);
 }
 
 /** True when some topic matches both filters. */

@@ -297,6 +297,25 @@ function federation(c: Ctx, v: unknown, path: string): Obj {
 }
 
 
+const count = (what: string, min = 0): Check => (c, v, p) => int(c, v, p, min, Number.MAX_SAFE_INTEGER, `an integer >= ${min} (${what})`);
+
+const LIMITS: Record<keyof BrokerOptions['limits'], Check> = {
+  maxPacketSize: count('bytes', 64),
+  maxConnectPacketSize: count('bytes', 64),
+  maxConnections: count('connections', 1),
+  maxConnectionsPerAddress: count('connections', 1),
+  maxKeepalive: (c, v, p) => int(c, v, p, 1, 65535, 'an integer 1..65535 (seconds)'),
+  connectTimeoutMs: positiveMs,
+  maxSubscriptionsPerClient: count('subscriptions', 1),
+  maxRetained: count('retained messages; 0: no retained messages outside qis/1/'),
+  maxRetainedBytes: count('bytes'),
+  drainTimeoutMs: positiveMs,
+  queueLimit: count('packets', 1),
+  connectRatePerSecond: (c, v, p) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : c.fail(p, 'a number >= 0 (connections per second per address; 0: no limit)', v)),
+  connectBurst: count('connections', 1),
+  shutdownGraceMs: positiveMs,
+};
+
 /** One check per key of BrokerOptions: the Record type makes the compiler demand each. */
 const TOP: Record<keyof BrokerOptions, Check> = {
   listeners,
@@ -304,7 +323,8 @@ const TOP: Record<keyof BrokerOptions, Check> = {
   fsync: (c, v, p) => oneOf(c, v, p, ['always', 'interval', 'never'] as const),
   fsyncIntervalMs: positiveMs,
   admission: section(ADMISSION),
-  acl: section({ publish: aclRules, subscribe: aclRules }),
+  acl: section({ publish: aclRules, subscribe: aclRules, refusedPublish: (c, v, p) => oneOf(c, v, p, ['drop', 'disconnect'] as const) }),
+  limits: section(LIMITS),
   http: section(HTTP),
   log: section({ level: (c, v, p) => oneOf(c, v, p, ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const) }),
   cluster: (c, v, p) => {
@@ -475,6 +495,21 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'admission.operator', key: 'admission.operators', value: 'OPERATOR', list: true, help: 'a trusted operator (id or public key hex) for --admission.enrolment required; replaces the list of the file' },
   { name: 'acl.publish', key: 'acl.publish', value: 'RULE', list: true, help: 'allow:FILTER or deny:FILTER for ordinary topics; replaces the rules of the file' },
   { name: 'acl.subscribe', key: 'acl.subscribe', value: 'RULE', list: true, help: 'allow:FILTER or deny:FILTER; replaces the rules of the file' },
+  { name: 'acl.refused-publish', key: 'acl.refusedPublish', value: 'MODE', help: 'a refused publish on an ordinary topic: drop (acknowledged, delivered to nobody) | disconnect' },
+  { name: 'limits.max-packet-size', key: 'limits.maxPacketSize', value: 'BYTES', help: 'largest MQTT packet once connected (checked before buffering)' },
+  { name: 'limits.max-connect-packet-size', key: 'limits.maxConnectPacketSize', value: 'BYTES', help: 'largest packet before CONNECT is answered' },
+  { name: 'limits.max-connections', key: 'limits.maxConnections', value: 'N', help: 'open MQTT connections in all' },
+  { name: 'limits.max-connections-per-address', key: 'limits.maxConnectionsPerAddress', value: 'N', help: 'open MQTT connections from one remote address' },
+  { name: 'limits.max-keepalive', key: 'limits.maxKeepalive', value: 'S', help: 'keepalive 0 or above this is capped to it (seconds)' },
+  { name: 'limits.connect-timeout-ms', key: 'limits.connectTimeoutMs', value: 'MS', help: 'a connection without CONNECT is closed after this' },
+  { name: 'limits.max-subscriptions-per-client', key: 'limits.maxSubscriptionsPerClient', value: 'N', help: 'subscriptions one client may hold' },
+  { name: 'limits.max-retained', key: 'limits.maxRetained', value: 'N', help: 'retained messages kept outside qis/1/ (0: retain off there)' },
+  { name: 'limits.max-retained-bytes', key: 'limits.maxRetainedBytes', value: 'BYTES', help: 'payload bytes of the retained messages kept outside qis/1/' },
+  { name: 'limits.drain-timeout-ms', key: 'limits.drainTimeoutMs', value: 'MS', help: 'a client that does not read for this long is disconnected' },
+  { name: 'limits.queue-limit', key: 'limits.queueLimit', value: 'N', help: 'packets queued per client before its CONNECT is answered' },
+  { name: 'limits.connect-rate-per-second', key: 'limits.connectRatePerSecond', value: 'N', help: 'new connections per second per remote address, 0: no limit' },
+  { name: 'limits.connect-burst', key: 'limits.connectBurst', value: 'N', help: 'token bucket size for --limits.connect-rate-per-second' },
+  { name: 'limits.shutdown-grace-ms', key: 'limits.shutdownGraceMs', value: 'MS', help: 'on SIGTERM, exit anyway when the close takes longer' },
   { name: 'http', key: 'http', value: 'HOST:PORT', help: '/healthz and /metrics listener' },
   { name: 'log-level', key: 'log.level', value: 'LEVEL', help: 'fatal | error | warn | info | debug | trace | silent' },
   { name: 'cluster', key: 'cluster', value: 'URL', help: 'redis://HOST:PORT shared by the brokers of one region' },
@@ -494,7 +529,9 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'federation.follow-up-ms', key: 'federation.followUpMs', value: 'MS', help: 'another catch-up this long after one that moved packets (0: none, the default)' },
 ].map((f) => Object.freeze(f)));
 
-const NUMERIC = new Set(['auth.loginSkewMs', 'fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'sweepIntervalMs', 'federation.reconnect.baseMs', 'federation.reconnect.capMs', 'federation.followUpMs']);
+const NUMERIC = new Set([
+  ...BROKER_FLAGS.filter((f) => f.key.startsWith('limits.')).map((f) => f.key),
+  'auth.loginSkewMs', 'fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'sweepIntervalMs', 'federation.reconnect.baseMs', 'federation.reconnect.capMs', 'federation.followUpMs']);
 
 /** A number if `s` reads as one; otherwise `s` itself, for the validator to refuse by name. */
 function num(s: string): number | string {

@@ -11,6 +11,8 @@ export interface Metrics {
   readonly refused: Counter<'code'>;
   readonly dropped: Counter<'code'>;
   readonly expired: Counter;
+  /** Limits hit (server/limits.ts), by error code. */
+  readonly limitHits: Counter<'code'>;
 }
 
 export function createMetrics(store: Store, clients: () => number): Metrics {
@@ -59,5 +61,11 @@ export function createMetrics(store: Store, clients: () => number): Metrics {
       this.set(clients());
     },
   });
-  return { registry, admitted, refused, dropped, expired };
+  const limitHits = new Counter({
+    name: 'qis_limit_hits_total',
+    help: 'limits hit (connections, packet size, keepalive, CONNECT deadline, subscriptions, retained), by error code',
+    labelNames: ['code'] as const,
+    registers: [registry],
+  });
+  return { registry, admitted, refused, dropped, expired, limitHits };
 }

@@ -120,6 +120,41 @@ export interface FederationOptions {
   readonly linksFrom?: readonly string[];
 }
 
+/**
+ * What one client, or all of them, may cost the broker (issue 13; docs/security.md). Named after
+ * Mosquitto's knobs where one exists (max_packet_size, max_connections, max_keepalive,
+ * retained limits). Every limit hit is counted in `qis_limit_hits_total{code}` and logged once
+ * per episode.
+ */
+export interface LimitOptions {
+  /** Largest MQTT packet accepted once connected, bytes of remaining length (Mosquitto max_packet_size); checked from the fixed header, before buffering. */
+  readonly maxPacketSize: number;
+  /** Largest packet accepted before CONNECT has been answered (the CONNECT itself), bytes. */
+  readonly maxConnectPacketSize: number;
+  /** Open MQTT connections over all listeners (Mosquitto max_connections). */
+  readonly maxConnections: number;
+  /** Open MQTT connections from one remote address. */
+  readonly maxConnectionsPerAddress: number;
+  /** Largest keepalive, seconds (Mosquitto max_keepalive): keepalive 0 or above is capped to it, so a silent client is dropped after 1.5× this. */
+  readonly maxKeepalive: number;
+  /** A connection that has not sent CONNECT within this is closed, ms. */
+  readonly connectTimeoutMs: number;
+  /** Subscriptions one client may hold; one more is refused (SUBACK 0x80). */
+  readonly maxSubscriptionsPerClient: number;
+  /** Retained messages held on ordinary (non-`qis/1/`) topics, in count and payload bytes; beyond, a new retained topic is delivered live but not kept. 0 count: retain off outside qis/1/. */
+  readonly maxRetained: number;
+  readonly maxRetainedBytes: number;
+  /** A client whose socket stays full (it does not read) this long is disconnected, ms: bounds what is queued for it. */
+  readonly drainTimeoutMs: number;
+  /** Packets Aedes queues per client before its CONNECT is answered. */
+  readonly queueLimit: number;
+  /** New connections per second from one remote address (token bucket, burst `connectBurst`); 0: no limit. */
+  readonly connectRatePerSecond: number;
+  readonly connectBurst: number;
+  /** `qis broker` on SIGTERM/SIGINT: a close not done within this exits anyway (logged), ms. */
+  readonly shutdownGraceMs: number;
+}
+
 export interface BrokerOptions {
   readonly listeners: readonly ListenerOptions[];
   /** Durable store directory (retained packets, index, templates). */
@@ -129,7 +164,17 @@ export interface BrokerOptions {
   readonly fsyncIntervalMs: number;
   readonly admission: AdmissionOptions;
   /** Rules for ordinary topics; default: allow everything. `qis/1/` topics follow PROTOCOL §6. */
-  readonly acl: { readonly publish: readonly AclRule[]; readonly subscribe: readonly AclRule[] };
+  readonly acl: {
+    readonly publish: readonly AclRule[];
+    readonly subscribe: readonly AclRule[];
+    /**
+     * A refused publish on an ordinary topic (ACL, `$…`): `drop` acknowledges it and delivers it
+     * to nobody (Mosquitto's way; an auto-reconnecting client does not loop), `disconnect` closes
+     * the connection. Refused `qis/1/` publishes always disconnect (the node must know).
+     */
+    readonly refusedPublish: 'drop' | 'disconnect';
+  };
+  readonly limits: LimitOptions;
   /** `/healthz` and Prometheus `/metrics`; omit to run without. */
   readonly http?: { readonly host: string; readonly port: number };
   readonly log: { readonly level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
@@ -154,7 +199,23 @@ export const BROKER_DEFAULTS: BrokerOptions = Object.freeze({
   fsync: 'always' as const,
   fsyncIntervalMs: 100,
   admission: Object.freeze({ maxSkewMs: 300_000, registry: 'open' as const, templates: Object.freeze([]), curators: Object.freeze([]), ratePerSecond: 0, burst: 100, enrolment: 'off' as const, operators: Object.freeze([]) }),
-  acl: Object.freeze({ publish: Object.freeze([]), subscribe: Object.freeze([]) }),
+  acl: Object.freeze({ publish: Object.freeze([]), subscribe: Object.freeze([]), refusedPublish: 'drop' as const }),
+  limits: Object.freeze({
+    maxPacketSize: 1_048_576,
+    maxConnectPacketSize: 16_384,
+    maxConnections: 10_000,
+    maxConnectionsPerAddress: 1_000,
+    maxKeepalive: 300,
+    connectTimeoutMs: 10_000,
+    maxSubscriptionsPerClient: 1_000,
+    maxRetained: 10_000,
+    maxRetainedBytes: 67_108_864,
+    drainTimeoutMs: 30_000,
+    queueLimit: 42,
+    connectRatePerSecond: 0,
+    connectBurst: 100,
+    shutdownGraceMs: 10_000,
+  }),
   log: Object.freeze({ level: 'info' as const }),
   sweepIntervalMs: 60_000,
 });

@@ -26,6 +26,7 @@ import { createVerifier, defaultWorkers } from './verifier.js';
 import { Authenticator } from './server/auth.js';
 import { connectHooks } from './server/connect.js';
 import { authorizeForward } from './server/forward.js';
+import { createLimits } from './server/limits.js';
 import { publishOn, type BrokerContext } from './server/context.js';
 import { startLinks } from './server/peers.js';
 import { startHttp, type HttpEndpoint } from './server/http.js';
@@ -79,6 +80,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const stores = await openStores(o, now, logger);
   const { store, scoreStore } = stores;
   let aedes: Aedes | undefined;
+  const metrics = createMetrics(store, () => aedes?.connectedClients ?? 0);
   const ctx: BrokerContext = {
     options: o,
     now,
@@ -88,7 +90,8 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     // Read first: a template directory that cannot be read leaves no verifier threads behind.
     templates: await TemplateBook.open(join(o.dataDir, 'templates'), o.admission, logger),
     revocations: await RevocationBook.open(join(o.dataDir, 'revocations'), logger),
-    metrics: createMetrics(store, () => aedes?.connectedClients ?? 0),
+    metrics,
+    limits: createLimits({ options: o, metrics, logger, now }),
     verifier: createVerifier(o.verifyWorkers ?? defaultWorkers()),
     auth,
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
@@ -96,11 +99,16 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     federation: undefined,
   };
   const hold = new SyncHold(logger);
+  const hooks = connectHooks(ctx);
   const a = (aedes = await Aedes.createBroker({
     persistence: await qisPersistence(ctx, hold, stores.persistence),
     ...(stores.mq !== undefined ? { mq: stores.mq } : {}),
     ...(o.id !== undefined ? { id: o.id } : {}),
-    ...connectHooks(ctx),
+    ...hooks,
+    preConnect: ctx.limits.preConnect(hooks.preConnect),
+    connectTimeout: o.limits.connectTimeoutMs,
+    drainTimeout: o.limits.drainTimeoutMs,
+    queueLimit: o.limits.queueLimit,
     authorizePublish: authorizePublish(ctx, hold),
     authorizeSubscribe: authorizeSubscribe(ctx, hold),
     authorizeForward: authorizeForward(ctx),
@@ -122,7 +130,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     await stores.close();
   };
   try {
-    listeners = await startListeners(o.listeners, a, logger);
+    listeners = await startListeners(o.listeners, a, logger, ctx.limits);
     if (o.http) http = await startHttp({ ctx, aedes: a }, o.http.host, o.http.port);
   } catch (e) {
     await stop();

@@ -100,9 +100,29 @@ async function serve(options: BrokerOptions, json: boolean, io: Io): Promise<{ s
       else for (const a of addresses) io.stdout.write(`listening ${formatAddress(a)}\n`);
       const signal = await stopped;
       if (!json) io.stderr.write(`qis broker: ${signal}: closing\n`);
+      // SIGTERM always ends the process: a close that has not finished within the grace period
+      // (a client that never reads, a stuck disk) or a second signal exits at once, logged.
+      const force = (why: string): void => {
+        broker.logger.error({ graceMs: options.limits.shutdownGraceMs, why }, 'broker did not close in time; exiting');
+        io.stderr.write(`qis broker: ${why}: exiting without a clean close\n`);
+        process.exit(1);
+      };
+      const timer = setTimeout(() => force(`not closed within ${options.limits.shutdownGraceMs} ms`), options.limits.shutdownGraceMs);
+      timer.unref();
+      const again = (s: NodeJS.Signals): void => force(`second ${s}`);
+      process.once('SIGINT', again);
+      process.once('SIGTERM', again);
+      try {
+        await broker.close();
+      } finally {
+        clearTimeout(timer);
+        process.off('SIGINT', again);
+        process.off('SIGTERM', again);
+      }
       return { signal };
-    } finally {
+    } catch (e) {
       await broker.close();
+      throw e;
     }
   } finally {
     process.off('SIGINT', onSignal);

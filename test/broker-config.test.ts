@@ -64,7 +64,7 @@ t.test('broker config - nested sections merge key by key over the defaults; list
   );
   t.same(o.listeners, [{ type: 'ws', host: '0.0.0.0', port: 8080, path: '/mqtt' }]);
   t.same(o.admission, { ...BROKER_DEFAULTS.admission, maxSkewMs: 1000 });
-  t.same(o.acl, { publish: [{ allow: false, topic: 'secret/#', clients: ['a', 'b'] }, { allow: true, topic: 'home/%u/#', users: ['alice'] }], subscribe: [] });
+  t.same(o.acl, { publish: [{ allow: false, topic: 'secret/#', clients: ['a', 'b'] }, { allow: true, topic: 'home/%u/#', users: ['alice'] }], subscribe: [], refusedPublish: 'drop' });
   t.same(o.http, { host: '127.0.0.1', port: 9100 });
   t.equal(o.verifyWorkers, 0);
   t.equal(o.id, 'eu-1');
@@ -132,7 +132,7 @@ t.test('broker config - each bad value is ERR_CONFIG_INVALID naming the file, th
     ['auth: {clientIds: ["a*b"]}', /auth\.clientIds\[0\]: expected a client id pattern/],
     ['auth: {loginSkewMs: -1}', /auth\.loginSkewMs: expected an integer >= 0/],
     ['acl: {publish: [{allow: true, topic: "a", client: [x]}]}', /acl\.publish\[0\]\.client: unknown key \(expected one of: allow, topic, clients, users\)/],
-    ['acl: {retain: []}', /acl\.retain: unknown key \(expected one of: publish, subscribe\)/],
+    ['acl: {retain: []}', /acl\.retain: unknown key \(expected one of: publish, subscribe, refusedPublish\)/],
     ['http: {host: h}', /^bad\.yaml: http\.port: expected an integer port 0\.\.65535.*got nothing$/],
     ['http: {port: 9100}', /http\.host: expected a host name or address, got nothing/],
     ['http: {host: h, port: -1}', /http\.port: .*got -1/],
@@ -145,7 +145,7 @@ t.test('broker config - each bad value is ERR_CONFIG_INVALID naming the file, th
     ['verifyWorkers: -1', /verifyWorkers: .*got -1/],
     ['sweepIntervalMs: 0', /sweepIntervalMs: expected a positive integer \(milliseconds\), got 0/],
     ['id: ""', /^bad\.yaml: id: expected a broker id \(non-empty string\), got ""$/],
-    ['datadir: x', /^bad\.yaml: datadir: unknown key \(expected one of: listeners, dataDir, fsync, fsyncIntervalMs, admission, acl, http, log, cluster, verifyWorkers, sweepIntervalMs, id, federation, auth\)$/],
+    ['datadir: x', /^bad\.yaml: datadir: unknown key \(expected one of: listeners, dataDir, fsync, fsyncIntervalMs, admission, acl, limits, http, log, cluster, verifyWorkers, sweepIntervalMs, id, federation, auth\)$/],
     ['fsync: null', /fsync: expected one of always, interval, never, got null/],
     ['- a\n- b', /^bad\.yaml: expected a mapping of broker options.*got a list$/],
     ['just text', /^bad\.yaml: expected a mapping of broker options.*got "just text"$/],
@@ -217,6 +217,21 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
     '--auth.login-skew-ms', '60000',
     '--auth.client-id', '%u',
     '--auth.client-id', 'gw-%u-*',
+    '--acl.refused-publish', 'disconnect',
+    '--limits.max-packet-size', '2048',
+    '--limits.max-connect-packet-size', '1024',
+    '--limits.max-connections', '50',
+    '--limits.max-connections-per-address', '5',
+    '--limits.max-keepalive', '60',
+    '--limits.connect-timeout-ms', '3000',
+    '--limits.max-subscriptions-per-client', '10',
+    '--limits.max-retained', '0',
+    '--limits.max-retained-bytes', '4096',
+    '--limits.drain-timeout-ms', '5000',
+    '--limits.queue-limit', '8',
+    '--limits.connect-rate-per-second', '2.5',
+    '--limits.connect-burst', '4',
+    '--limits.shutdown-grace-ms', '2000',
   ]);
   const o: BrokerOptions = resolveBrokerOptions(file, flags);
   t.same(o, {
@@ -225,7 +240,23 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
     fsync: 'interval',
     fsyncIntervalMs: 250,
     admission: { maxSkewMs: 60000, registry: 'closed', templates: [TPL], curators: [TPL], ratePerSecond: 2.5, burst: 20, enrolment: 'required', operators: [operatorIdOf(fromHex(OP_HEX)!)] },
-    acl: { publish: [{ allow: true, topic: 'plant/+/telemetry' }, { allow: false, topic: '#' }], subscribe: [{ allow: true, topic: 'plant/#' }] },
+    acl: { publish: [{ allow: true, topic: 'plant/+/telemetry' }, { allow: false, topic: '#' }], subscribe: [{ allow: true, topic: 'plant/#' }], refusedPublish: 'disconnect' },
+    limits: {
+      maxPacketSize: 2048,
+      maxConnectPacketSize: 1024,
+      maxConnections: 50,
+      maxConnectionsPerAddress: 5,
+      maxKeepalive: 60,
+      connectTimeoutMs: 3000,
+      maxSubscriptionsPerClient: 10,
+      maxRetained: 0,
+      maxRetainedBytes: 4096,
+      drainTimeoutMs: 5000,
+      queueLimit: 8,
+      connectRatePerSecond: 2.5,
+      connectBurst: 4,
+      shutdownGraceMs: 2000,
+    },
     http: { host: '127.0.0.1', port: 0 },
     log: { level: 'debug' },
     cluster: 'redis://127.0.0.1:6379',

@@ -381,7 +381,8 @@ t.test('admission - ERR_TEMPLATE_UNKNOWN from a closed registry', async (t) => {
 });
 
 t.test('admission - ERR_NOT_AUTHORIZED from the publish ACL on ordinary topics', async (t) => {
-  const b = await brokerFor(t, { acl: { publish: [{ allow: false, topic: 'plant/secret/#' }] } });
+  // acl.refusedPublish disconnect: the old way (the default, drop, is in test/hostile-broker.test.ts).
+  const b = await brokerFor(t, { acl: { publish: [{ allow: false, topic: 'plant/secret/#' }], refusedPublish: 'disconnect' } });
   await refusals(t, b, [{ what: 'a publish the ACL denies', code: 'ERR_NOT_AUTHORIZED', topic: 'plant/secret/door', payload: 'open', retain: false }]);
   const c = await b.client();
   await c.publishAsync('plant/public/door', 'closed', { qos: 1, retain: true });
@@ -643,12 +644,14 @@ t.test('mqtt - a denied subscription gets SUBACK 0x80 and the connection stays o
   );
   t.match(denied, /Subscribe error/, 'mqtt.js rejects the subscription');
   t.same(subacks, [[0x80]], 'SUBACK return code 0x80');
+  // Issue 13 (Mosquitto's way): '#' merely overlaps the rule, so it is granted and the denied
+  // topics' messages are withheld (test/hostile-broker.test.ts checks the withholding).
   const wider = await c.subscribeAsync('#', { qos: 0 }).then(
     () => 'granted',
     (e: Error) => e.message,
   );
-  t.match(wider, /Subscribe error/, "'#' overlaps the denied rule");
-  t.same(subacks[1], [0x80], 'SUBACK 0x80 too');
+  t.equal(wider, 'granted', "'#' overlapping the denied rule is granted");
+  t.same(subacks[1], [0], 'SUBACK 0');
   await sleep(50);
   t.equal(closed, false, 'still connected');
   const ok = await c.subscribeAsync('office/+', { qos: 1 });
@@ -657,7 +660,7 @@ t.test('mqtt - a denied subscription gets SUBACK 0x80 and the connection stays o
   const pub = await b.client();
   await pub.publishAsync('office/light', 'on', { qos: 1 });
   t.equal(await withTimeout(got, 2000, 'delivery on the allowed subscription'), 'on');
-  t.equal(await refusedCount(b, 'ERR_NOT_AUTHORIZED'), 2, 'both denials counted as ERR_NOT_AUTHORIZED');
+  t.equal(await refusedCount(b, 'ERR_NOT_AUTHORIZED'), 1, 'the denial counted as ERR_NOT_AUTHORIZED');
   // qis topics are outside the ordinary ACL: always readable.
   t.same(await readOn(c, `qis/1/o/${TPL}/#`), [], 'qis/1/o/# subscribes');
 });

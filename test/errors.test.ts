@@ -38,6 +38,8 @@ import { startAedes } from './helpers/aedes.js';
 import { startQisBroker } from './helpers/qis-broker.js';
 import { RateLimiter, checkConnect, checkRate, checkSync, checkTemplateDoc, decide, isDecision, precheckOutcome, type Decision } from '../broker/admission.js';
 import { freePort } from './helpers/mosquitto.js';
+import { BROKER_DEFAULTS } from '../broker/options.js';
+import { ConnectionGate, RetainedBudget, capKeepalive, checkPacketSize, checkSubscriptionCount, checkTopicName, connectTimedOut } from '../broker/server/limits.js';
 import { createNode, fetchTemplate, publishTemplate, type NodeOptions, type QisNode } from '../src/index.js';
 import { ModbusTcpClient, decodeSparkplugPayload, parseReadResponse } from '../firmware-bridge/index.js';
 import { checkEnrolment, createEnrolment, decodeEnrolment, publishRevocation, signRevocation, verifyLogin, verifyRevocation } from '../src/index.js';
@@ -299,6 +301,18 @@ const triggers: Record<ErrorCode, () => unknown> = {
       await b.close();
     }
   },
+  // issue 13: the broker's limits (each end to end over loopback in test/hostile-broker.test.ts)
+  ERR_MQTT_PACKET_TOO_LARGE: () => throwDecision(checkPacketSize(1 << 28, false, BROKER_DEFAULTS.limits)),
+  ERR_TOO_MANY_CONNECTIONS: () => {
+    const gate = new ConnectionGate({ ...BROKER_DEFAULTS.limits, maxConnectionsPerAddress: 1 });
+    gate.admit('127.0.0.1', 0);
+    throwDecision(gate.admit('127.0.0.1', 0));
+  },
+  ERR_CONNECT_TIMEOUT: () => throwDecision(connectTimedOut(10)),
+  ERR_KEEPALIVE_CAPPED: () => throwDecision(capKeepalive(0, 300).decision),
+  ERR_TOO_MANY_SUBSCRIPTIONS: () => throwDecision(checkSubscriptionCount(1000, 1000)),
+  ERR_RETAINED_LIMIT: () => throwDecision(new RetainedBudget({ maxRetained: 0, maxRetainedBytes: 0 }).admit('a', 1)),
+  ERR_TOPIC_NAME_INVALID: () => throwDecision(checkTopicName(Uint8Array.of(0x61, 0xff))),
 };
 
 t.test('errors - every code is produced by a real failure', async (t) => {

@@ -15,6 +15,7 @@ import type { Store } from '../store.js';
 import type { Verifier } from '../verifier.js';
 import type { Authenticator } from './auth.js';
 import type { RevocationBook } from './enrolment.js';
+import type { Limits } from './limits.js';
 import type { TemplateBook } from './template-book.js';
 
 /** The PUBLISH Aedes hands to authorizePublish (mutable: admission rewrites topic and retain). */
@@ -51,6 +52,8 @@ export interface BrokerContext {
   readonly revocations: RevocationBook;
   /** Per-client publish rate (PROTOCOL §6), shared by single publishes and federation batches. */
   readonly rate: RateLimiter;
+  /** The connection, packet, subscription and retained limits (limits.ts). */
+  readonly limits: Limits;
   /** Publishes through Aedes to local subscribers; rejects with Aedes' error. */
   publish(m: BrokerMessage): Promise<void>;
   /** The links to other regions, once started (undefined without federation). */

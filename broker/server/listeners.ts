@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { WebSocketServer, createWebSocketStream } from 'ws';
 import { QisError } from '../../src/index.js';
 import type { ListenerOptions } from '../options.js';
+import type { Limits } from './limits.js';
 
 export interface BrokerAddress {
   readonly type: ListenerOptions['type'] | 'http';
@@ -46,7 +47,7 @@ export function addressOf(type: BrokerAddress['type'], server: NetServer | HttpS
  * Starts every listener of `listeners` in order; when one cannot listen, those started are closed.
  * @throws QisError ERR_FILE_IO (a TLS file, or the address cannot be bound)
  */
-export async function startListeners(listeners: readonly ListenerOptions[], aedes: Aedes, logger: Logger): Promise<Listeners> {
+export async function startListeners(listeners: readonly ListenerOptions[], aedes: Aedes, logger: Logger, limits?: Pick<Limits, 'accept' | 'attach'>): Promise<Listeners> {
   const servers: { type: ListenerOptions['type']; server: NetServer | HttpServer; path?: string }[] = [];
   const sockets = new Set<Socket>();
   const track = (s: Socket): void => {
@@ -59,7 +60,7 @@ export async function startListeners(listeners: readonly ListenerOptions[], aede
   };
   try {
     for (const l of listeners) {
-      const server = mqttServer(l, aedes, logger, track);
+      const server = mqttServer(l, aedes, logger, track, limits);
       await listen(server, l.port, l.host);
       servers.push({ type: l.type, server, ...(l.type === 'ws' ? { path: l.path } : {}) });
     }
@@ -72,11 +73,20 @@ export async function startListeners(listeners: readonly ListenerOptions[], aede
 }
 
 /** One listener's server, not yet listening; each connection is tracked and handed to Aedes. */
-function mqttServer(l: ListenerOptions, aedes: Aedes, logger: Logger, track: (s: Socket) => void): NetServer | HttpServer {
+function mqttServer(l: ListenerOptions, aedes: Aedes, logger: Logger, track: (s: Socket) => void, limits?: Pick<Limits, 'accept' | 'attach'>): NetServer | HttpServer {
+  /** Counted by the limits before Aedes sees it (refused: closed at once), then its parser guarded. */
+  const admit = (conn: NodeJS.EventEmitter & { destroy(): void }, address: string | undefined): boolean => {
+    if (!limits) return true;
+    if (limits.accept(address ?? '', (release) => conn.once('close', release))) return true;
+    conn.destroy();
+    return false;
+  };
   const handle = (s: Socket): void => {
     track(s);
     arrivedOn.set(s, l);
-    aedes.handle(s);
+    if (!admit(s, s.remoteAddress)) return;
+    const client = aedes.handle(s);
+    limits?.attach(client);
   };
   if (l.type === 'tcp') return createNetServer(handle);
   if (l.type === 'tls') {
@@ -94,11 +104,13 @@ function mqttServer(l: ListenerOptions, aedes: Aedes, logger: Logger, track: (s:
   const wss = new WebSocketServer({ server: http, path: l.path });
   // ws re-emits the HTTP server's errors (EADDRINUSE…); listen() reports those.
   wss.on('error', (e) => logger.debug({ err: e.message }, 'WebSocket server error'));
-  wss.on('connection', (ws) => {
+  wss.on('connection', (ws, req) => {
     const stream = createWebSocketStream(ws);
     stream.on('error', () => stream.destroy());
     arrivedOn.set(stream, l);
-    aedes.handle(stream as unknown as Socket);
+    if (!admit(stream, req.socket.remoteAddress)) return;
+    const client = aedes.handle(stream as unknown as Socket);
+    limits?.attach(client);
   });
   return http;
 }

@@ -11,7 +11,7 @@ import type { BrokerContext } from './context.js';
 import { federationRequest } from './peers.js';
 import { admitRevocation } from './enrolment.js';
 import { admitOutcome } from './outcomes.js';
-import { carryOut, refuse, refuseFailed } from './respond.js';
+import { carryOut, drop, refuse, refuseFailed } from './respond.js';
 import { admitScore } from './scores.js';
 import type { SyncHold } from './subscribe.js';
 import { admitTemplate } from './templates.js';
@@ -21,10 +21,15 @@ export function authorizePublish(ctx: BrokerContext, hold: SyncHold): NonNullabl
     const topic = packet.topic;
     const clientId = client?.id ?? '';
     switch (classify(topic)) {
-      case 'ordinary':
-        if (topic.startsWith('$')) return refuse(ctx, client, topic, 'ERR_NOT_AUTHORIZED', '$ topics are reserved', cb);
-        if (!aclAllows(ctx.options.acl.publish, topic, clientId, ctx.auth.user(client))) return refuse(ctx, client, topic, 'ERR_NOT_AUTHORIZED', 'the ACL denies publishing here', cb);
+      case 'ordinary': {
+        // Mosquitto's way by default (acl.refusedPublish drop): acknowledged and delivered to
+        // nobody, so an auto-reconnecting client does not loop; qis/1/ refusals still disconnect.
+        const no = (message: string): void =>
+          ctx.options.acl.refusedPublish === 'drop' ? drop(ctx, client, packet, 'ERR_NOT_AUTHORIZED', message, cb) : refuse(ctx, client, topic, 'ERR_NOT_AUTHORIZED', message, cb);
+        if (topic.startsWith('$')) return no('$ topics are reserved');
+        if (!aclAllows(ctx.options.acl.publish, topic, clientId, ctx.auth.user(client))) return no('the ACL denies publishing here');
         return cb(null);
+      }
       case 'sync': {
         const d = checkSync(topic, clientId, packet.retain);
         if (carryOut(ctx, d, client, packet, cb)) return;

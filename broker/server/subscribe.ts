@@ -9,7 +9,7 @@
  */
 import type { AedesOptions, Client, Subscription } from 'aedes';
 import type { Logger } from 'pino';
-import { aclAllowsSubscribe } from '../admission.js';
+import { aclAllowsForward, aclAllowsSubscribe, namesOthersSync } from '../admission.js';
 import type { BrokerContext } from './context.js';
 import { peerGate } from './peer-gate.js';
 
@@ -107,15 +107,21 @@ export class SyncHold {
 export function authorizeSubscribe(ctx: BrokerContext, hold: SyncHold): NonNullable<AedesOptions['authorizeSubscribe']> {
   return (client, sub, cb) => {
     const topic = sub.topic;
-    // qis/1/f/ (federation answers) only for configured peers (peer-gate.ts).
-    const denied = topic.startsWith('$qis') || (topic.startsWith('qis/1/f/') && !peerGate(ctx).allows(client)) || !aclAllowsSubscribe(ctx.options.acl.subscribe, topic, client.id, ctx.auth.user(client));
+    // qis/1/f/ (federation answers) only for configured peers (peer-gate.ts); sync topics only for their own client (PROTOCOL §7).
+    const denied = topic.startsWith('$qis') || namesOthersSync(topic, client.id) || (topic.startsWith('qis/1/f/') && !peerGate(ctx).allows(client)) || !aclAllowsSubscribe(ctx.options.acl.subscribe, topic, client.id, ctx.auth.user(client));
     if (denied) {
       ctx.metrics.refused.inc({ code: 'ERR_NOT_AUTHORIZED' });
       ctx.logger.info({ code: 'ERR_NOT_AUTHORIZED', clientId: client.id, topic }, 'subscription denied (SUBACK 0x80)');
       return cb(null, null);
     }
+    if (ctx.limits.subscription(client, topic).action === 'refuse') return cb(null, null);
     // Counted until its retained messages are written; restored subscriptions get none.
     if ((client as Client & { connackSent?: boolean }).connackSent) hold.granted(client);
     cb(null, sub);
   };
+}
+
+/** What a granted wildcard filter may not carry to `client` (the subscribe ACL's denied topics, others' sync markers); forward.ts applies it. */
+export function forwardAllowed(ctx: BrokerContext, client: Client, topic: string): boolean {
+  return aclAllowsForward(ctx.options.acl.subscribe, topic, client.id, ctx.auth.user(client));
 }

@@ -10,6 +10,7 @@ export function startSweep(ctx: BrokerContext): () => void {
 
 export function sweepOnce(ctx: BrokerContext): void {
   ctx.rate.prune(ctx.now());
+  ctx.limits.prune(ctx.now());
   ctx.store.sweepExpired(ctx.now()).then(
     (gone) => {
       if (gone.length > 0) {

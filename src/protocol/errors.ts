@@ -74,6 +74,14 @@ export const ERROR_CODES = {
   ERR_CONNECTION_REFUSED: 'nothing listens on the broker address (TCP connection refused); the runtime keeps retrying',
   ERR_HOST_NOT_FOUND: "the broker's host name does not resolve (DNS lookup failed); the runtime keeps retrying",
   ERR_TLS: "the TLS handshake with the broker failed (TLS to a plain port, plain to a TLS port, an untrusted or mismatched certificate); the message carries OpenSSL's reason",
+  // issue 13: the broker's limits and MQTT conformance
+  ERR_MQTT_PACKET_TOO_LARGE: "an MQTT packet announced more bytes than the broker's limits.maxPacketSize (limits.maxConnectPacketSize before CONNECT); the connection is closed before the packet is read",
+  ERR_TOO_MANY_CONNECTIONS: 'a connection beyond limits.maxConnections or limits.maxConnectionsPerAddress (or faster than limits.connectRatePerSecond from one address); closed at once',
+  ERR_CONNECT_TIMEOUT: 'a connection sent no CONNECT within limits.connectTimeoutMs; closed',
+  ERR_KEEPALIVE_CAPPED: 'a client asked for keepalive 0 or above limits.maxKeepalive; the broker uses the cap (a silent client is dropped after 1.5× it)',
+  ERR_TOO_MANY_SUBSCRIPTIONS: 'a client asked for more than limits.maxSubscriptionsPerClient subscriptions (SUBACK 0x80)',
+  ERR_RETAINED_LIMIT: 'a retained message outside qis/1/ beyond limits.maxRetained or limits.maxRetainedBytes: delivered live, not kept',
+  ERR_TOPIC_NAME_INVALID: 'a PUBLISH topic name holds U+0000 or is not valid UTF-8 (MQTT 3.1.1 §1.5.3, §4.7.3); the connection is closed',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
