@@ -157,6 +157,9 @@ t.test('mTLS - the certificate subject is the user; ACL rules with users, %u and
         { allow: false, topic: 'ops/#' },
       ],
       subscribe: [],
+      // A refusal shows as a disconnect (the default, drop, acknowledges and withholds; the
+      // 'and not delivered' checks below hold either way).
+      refusedPublish: 'disconnect',
     },
   });
   const mtls = b.broker.addresses().find((a) => a.type === 'tls');
@@ -246,7 +249,9 @@ t.test('federation peers - only listed identities use link ids; nobody else gets
   await t.rejects(b.connect({ clientId: 'qis-fed-b-0' }), { code: 5 }, 'an anonymous client cannot take a link id');
   await t.rejects(b.connect({ clientId: 'qis-fed-b-0', username: 'mallory', password: 'm' }), { code: 5 }, 'a user who is not a peer cannot take a link id');
   const eve = await b.connect({ clientId: 'eve' });
-  await eve.subscribeAsync(['#', 'qis/1/f/#', 'qis/1/f/res/qis-fed-b-0'], { qos: 1 });
+  await eve.subscribeAsync('#', { qos: 1 }); // granted: qis/1/f/ messages are withheld one by one
+  await t.rejects(eve.subscribeAsync('qis/1/f/#', { qos: 1 }), 'a non-peer subscribing to qis/1/f/ is refused at SUBSCRIBE');
+  await t.rejects(eve.subscribeAsync('qis/1/f/res/qis-fed-b-0', { qos: 1 }), "and to a link's answers too");
   const eavesdropped: string[] = [];
   eve.on('message', (topic) => eavesdropped.push(topic));
   const link = await b.connect({ clientId: 'qis-fed-b-0', username: 'region-b', password: 'link-secret' });

@@ -1,10 +1,12 @@
 /**
  * Who may use federation (issue 13): link client ids (qis-fed-…) and qis/1/f/ topics are for the
- * configured peers, not a public service. Until authentication lands (the auth issue), a peer is
- * recognised by the address its connection comes from: the addresses its URL in
- * `federation.peers` resolves to, or one listed in `federation.linksFrom`. That is weaker than a
- * credential (a host shared with a peer, or a spoofing-capable network, passes): docs/security.md
- * says what the authentication work must replace. A broker without federation refuses everyone.
+ * configured peers, not a public service. With `auth.peers` set, a peer is an authenticated
+ * identity on that list using a link client id (auth.ts `isPeer`: password, certificate or node
+ * login). Without it, a peer is recognised by the address its connection comes from: the
+ * addresses its URL in `federation.peers` resolves to, or one listed in `federation.linksFrom`.
+ * That is weaker than a credential (a host shared with a peer, or a spoofing-capable network,
+ * passes): docs/security.md says so. A broker without federation and without `auth.peers`
+ * refuses everyone.
  */
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
@@ -23,8 +25,10 @@ export class PeerGate {
   #resolved = new Set<string>();
   #resolvedAt = Number.NEGATIVE_INFINITY;
   readonly #now: () => number;
+  readonly #ctx: BrokerContext;
 
   constructor(ctx: BrokerContext) {
+    this.#ctx = ctx;
     this.#now = ctx.now;
     const f = ctx.options.federation;
     for (const a of f?.linksFrom ?? []) this.#fixed.add(plain(a));
@@ -44,6 +48,7 @@ export class PeerGate {
   /** Whether `client` (null: the broker itself) may use federation. */
   allows(client: Client | null): boolean {
     if (client === null) return true;
+    if (this.#ctx.options.auth?.peers !== undefined) return this.#ctx.auth.isPeer(client.id, this.#ctx.auth.identity(client));
     const remote = (client.conn as { remoteAddress?: string } | undefined)?.remoteAddress;
     if (remote === undefined) return false;
     const a = plain(remote);
