@@ -247,7 +247,18 @@ async function startBroker(dir: string, port: number, io: Io, json: boolean): Pr
   const [{ createBroker }, { pino }] = await Promise.all([import('../broker/server.js'), import('pino')]);
   const logger = pino({ level: 'warn', base: { broker: 'demo' } }, pino.destination({ fd: 2, sync: true }));
   const start = (mqtt: number, http: number) =>
-    createBroker({ listeners: [{ type: 'tcp', host: '127.0.0.1', port: mqtt }], dataDir: join(dir, 'broker'), log: { level: 'warn' }, http: { host: '127.0.0.1', port: http } }, { logger });
+    createBroker(
+        {
+          listeners: [{ type: 'tcp', host: '127.0.0.1', port: mqtt }],
+          dataDir: join(dir, 'broker'),
+          log: { level: 'warn' },
+          http: { host: '127.0.0.1', port: http },
+          // East has no link of its own: west's link comes to it from this machine (federation is
+          // only for configured peers, docs/security.md).
+          federation: { region: 'east', peers: [], linksFrom: ['127.0.0.1', '::1'] },
+        },
+        { logger },
+      );
   const busy = (e: unknown): boolean => {
     const c = (e as { cause?: { code?: string } }).cause?.code;
     return c === 'EADDRINUSE' || c === 'EACCES';

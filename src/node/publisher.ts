@@ -37,10 +37,13 @@ export class Publisher {
   /** Connections lost right after sending an entry, per entry: the way a broker refuses a publish. */
   readonly #refusals = new Map<string, number>();
   #delivered = 0;
-  /** PUBACKs received since the node opened (flush() counts the ones that came during it). */
+  /** PUBACKs received since the node opened; flush() reports those no earlier flush() reported. */
   #ackedTotal = 0;
-  /** Entries set aside since the node opened, in order (bounded: the outbox is). */
+  #ackedReported = 0;
+  /** Entries set aside since the node opened, in order (the last 1,000), and how many in all. */
   readonly #setAside: OutboxEntry[] = [];
+  #asideTotal = 0;
+  #asideReported = 0;
   readonly #ackedNames = new Set<string>();
   /** Outbox files of acknowledged packets still being removed. */
   readonly #removals = new Set<Promise<void>>();
@@ -235,6 +238,9 @@ export class Publisher {
   }
 
   async #acked(e: OutboxEntry): Promise<void> {
+    // Counted when the PUBACK arrives, before the entry leaves the index: a flush() woken by the
+    // empty outbox must already see it.
+    this.#ackedTotal++;
     if (this.outbox.has(e.name)) {
       this.#ackedNames.add(e.name);
       // Only waiters read this set; keep it from growing when nobody waits.
@@ -252,7 +258,6 @@ export class Publisher {
       }
     }
     this.#delivered++;
-    this.#ackedTotal++;
     if (this.outbox.size === 0 && this.#inflight.size === 0) {
       this.#conn.emit({ type: 'outbox-flushed', delivered: this.#delivered });
       this.#delivered = 0;
@@ -276,6 +281,7 @@ export class Publisher {
       const e = this.outbox.entries().find((x) => x.name === name);
       if (e) {
         this.#setAside.push(e);
+        this.#asideTotal++;
         if (this.#setAside.length > 1000) this.#setAside.shift();
       }
       this.#conn.emit({
@@ -291,20 +297,26 @@ export class Publisher {
     }
   }
 
-  /** Waits for an empty outbox; says how many packets the broker acknowledged and which it refused meanwhile. */
+  /**
+   * Waits for an empty outbox; says how many packets the broker acknowledged and which it refused
+   * since the node opened or the last flush() (a packet sent at connect, before flush() was
+   * called, was delivered by this session too: it counts).
+   */
   async flush(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<FlushResult> {
     this.#conn.checkOpen();
     positive('timeoutMs', options.timeoutMs);
     const deadline = options.timeoutMs === undefined ? undefined : this.#conn.now() + options.timeoutMs;
-    const acked = this.#ackedTotal;
-    const asideBefore = this.#setAside.length;
     await this.#conn.until(() => (this.outbox.size === 0 ? true : undefined), {
       ...(deadline !== undefined ? { deadline } : {}),
       signal: options.signal,
       what: `the outbox to empty (${this.outbox.size} packet(s) left)`,
     });
-    const setAside = this.#setAside.slice(asideBefore).map((e) => ({ name: `${e.name}.bad`, kind: e.kind, topic: e.topic, seq: e.seq, packet: e.packet }));
-    return { delivered: this.#ackedTotal - acked, setAside };
+    const newAside = Math.min(this.#asideTotal - this.#asideReported, this.#setAside.length);
+    const setAside = this.#setAside.slice(this.#setAside.length - newAside).map((e) => ({ name: `${e.name}.bad`, kind: e.kind, topic: e.topic, seq: e.seq, packet: e.packet }));
+    const delivered = this.#ackedTotal - this.#ackedReported;
+    this.#ackedReported = this.#ackedTotal;
+    this.#asideReported = this.#asideTotal;
+    return { delivered, setAside };
   }
 
   /** Resolves once every queued outbox write is done. */

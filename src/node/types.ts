@@ -131,7 +131,7 @@ export interface PublishResult {
   readonly refused?: true;
 }
 
-/** What `flush()` saw: PUBACKs received while it waited, and the packets set aside meanwhile. */
+/** What `flush()` saw: PUBACKs received since the node opened or the last flush(), and the packets set aside meanwhile. */
 export interface FlushResult {
   readonly delivered: number;
   /** Packets the broker kept refusing, now `outbox/<name>` (name ends in `.bad`). */
