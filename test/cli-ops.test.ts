@@ -2,23 +2,18 @@
 // `qis` spawned as a child, real TCP brokers on loopback).
 import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync } from 'node:fs';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createNode } from '../src/index.js';
-import { QIS, ROOT, qis } from './helpers/cli.js';
+import { QIS, ROOT, qis, tempDir as cliTempDir } from './helpers/cli.js';
+
+const tempDir = (t: Test): string => cliTempDir(t, 'qis-cli-ops-');
 import { startAedes } from './helpers/aedes.js';
 import { bearing, situation } from './helpers/fixtures.js';
 
 const TPL = 'examples/bearing-failure.yaml';
 const SIT = JSON.stringify(situation);
-
-function tempDir(t: Test): string {
-  const d = mkdtempSync(join(tmpdir(), 'qis-cli-ops-'));
-  t.teardown(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
 
 /** A TCP server that accepts and never answers: a broker that never sends CONNACK. */
 async function silentServer(t: Test): Promise<number> {
