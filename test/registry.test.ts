@@ -35,6 +35,7 @@ import {
   type TemplateDoc,
 } from '../src/index.js';
 import { qis } from './helpers/cli.js';
+import { freePort } from './helpers/mosquitto.js';
 import { bearing, bearingDoc, fixedKey, situation } from './helpers/fixtures.js';
 import { startAedes } from './helpers/aedes.js';
 import { startQisBroker, type TestBroker } from './helpers/qis-broker.js';
@@ -444,4 +445,15 @@ t.test('broker config - admission.curators and --admission.curator, validated wi
   } catch (e) {
     t.match((e as Error).message, /^--admission\.curator nope \(admission\.curators\[0\]\): expected a curator key/);
   }
+});
+
+t.test('registry on a closed port - says ERR_CONNECTION_REFUSED at once, like the node runtime, not a timeout', async (t) => {
+  const port = await freePort(); // chosen by the OS, then released: nothing listens there
+  const err = await listTemplates({ url: `mqtt://127.0.0.1:${port}`, timeoutMs: 8_000 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.ok(err instanceof QisError, 'a QisError');
+  t.equal((err as QisError).code, 'ERR_CONNECTION_REFUSED');
+  t.match((err as QisError).message, /connection refused by 127\.0\.0\.1:\d+/);
 });

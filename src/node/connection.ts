@@ -13,7 +13,7 @@ import { QisError, isQisError } from '../protocol/errors.js';
 import type { Ed25519Backend } from '../protocol/identity.js';
 import type { Duplex } from 'node:stream';
 import { backoffDelay, type BackoffOptions } from './backoff.js';
-import { BROKER_INFO_TOPIC, DETECT_TIMEOUT_MS, MOSQUITTO_VERSION_TOPIC, type BrokerKind } from './broker-kind.js';
+import { BROKER_INFO_TOPIC, DETECT_TIMEOUT_MS, MOSQUITTO_VERSION_TOPIC, kindObserver, subscribeChecked, type BrokerKind } from './broker-kind.js';
 import { Channel } from './channel.js';
 import { networkError, probeTlsPort } from './net-errors.js';
 import { guardStream } from './guard.js';
@@ -418,21 +418,8 @@ export class Connection {
    * delivers the retained packets in order, and QoS 1 would cost the broker a stored in-flight
    * message and the client a PUBACK per packet of the cohort; a lost connection restarts the query.
    */
-  async subscribe(client: MqttClient, filters: readonly string[], qos: 0 | 1 = 1): Promise<void> {
-    let granted: { topic: string; qos: number }[];
-    try {
-      granted = await client.subscribeAsync(Object.fromEntries(filters.map((f) => [f, { qos }])));
-    } catch (e) {
-      // mqtt.js 5 turns a SUBACK failure code (0x80) into this error.
-      if ((e as Error).message.startsWith('Subscribe error')) {
-        throw new QisError('ERR_SUBSCRIBE_DENIED', `the broker refused a subscription to ${filters.join(', ')} (SUBACK 0x80)`, { cause: e });
-      }
-      throw e;
-    }
-    const denied = granted.filter((g) => g.qos === 128);
-    if (denied.length > 0) {
-      throw new QisError('ERR_SUBSCRIBE_DENIED', `the broker refused the subscription to ${denied.map((d) => d.topic).join(', ')} (SUBACK 0x80)`);
-    }
+  subscribe(client: MqttClient, filters: readonly string[], qos: 0 | 1 = 1): Promise<void> {
+    return subscribeChecked(client, filters, qos);
   }
 
   /** Unsubscribes the filters no watch holds, if that connection is still the current one. */
@@ -479,13 +466,9 @@ export class Connection {
     };
     if (!client || entry.gen !== this.#gen) return settle('lost');
     const sync = `qis/1/sync/${this.clientId}/${randomBytes(6).toString('hex')}`;
-    let kind: BrokerKind = 'unknown';
-    let synced = false;
+    const seen = kindObserver(sync);
     const listener: Listener = (topic, payload) => {
-      if (topic === sync) synced = true;
-      else if (synced) return;
-      else if (topic === BROKER_INFO_TOPIC) kind = 'qis';
-      else if (topic === MOSQUITTO_VERSION_TOPIC && kind === 'unknown' && Buffer.from(payload).toString('utf8').startsWith('mosquitto')) kind = 'mosquitto';
+      seen.observe(topic, payload);
       this.wake();
     };
     this.listeners.add(listener);
@@ -515,8 +498,8 @@ export class Connection {
         this.wake();
       }, DETECT_TIMEOUT_MS);
       try {
-        const r = await this.until<'lost' | 'synced' | 'timeout'>(() => lost() ?? (synced ? 'synced' : timedOut ? 'timeout' : undefined), { what: 'the sync marker' });
-        settle(r === 'lost' ? 'lost' : r === 'timeout' ? 'unknown' : kind);
+        const r = await this.until<'lost' | 'synced' | 'timeout'>(() => lost() ?? (seen.synced ? 'synced' : timedOut ? 'timeout' : undefined), { what: 'the sync marker' });
+        settle(r === 'lost' ? 'lost' : r === 'timeout' ? 'unknown' : seen.kind);
       } finally {
         this.timers.clearTimeout(t);
       }

@@ -13,7 +13,8 @@ import type { NodeKey } from '../protocol/identity.js';
 import { checkPacket } from '../protocol/packet.js';
 import { isTplId, type Template, type TplId } from '../protocol/template.js';
 import { signTemplate, supersedesOf, templateTopic, verifyTemplateDoc, TEMPLATE_TOPIC_PREFIX, type VerifiedTemplate } from '../protocol/template-doc.js';
-import { BROKER_INFO_TOPIC, DETECT_TIMEOUT_MS, MOSQUITTO_VERSION_TOPIC, type BrokerKind } from './broker-kind.js';
+import { BROKER_INFO_TOPIC, DETECT_TIMEOUT_MS, MOSQUITTO_VERSION_TOPIC, kindObserver, subscribeChecked, type BrokerKind } from './broker-kind.js';
+import { networkError } from './net-errors.js';
 import { tlsClientOptions, type TlsOptions } from './tls.js';
 
 /** How to reach the broker that holds the registry. */
@@ -138,18 +139,13 @@ class Session {
     return this.#closed;
   }
 
-  async subscribe(filters: readonly string[]): Promise<void> {
-    let granted: { topic: string; qos: number }[];
+  async subscribe(filters: readonly string[], mayBeDenied: readonly string[] = []): Promise<void> {
     try {
-      granted = await this.#client.subscribeAsync(Object.fromEntries(filters.map((f) => [f, { qos: 0 as const }])));
+      await subscribeChecked(this.#client, filters, 0, mayBeDenied);
     } catch (e) {
-      if ((e as Error).message.startsWith('Subscribe error')) throw new QisError('ERR_SUBSCRIBE_DENIED', `the broker refused a subscription to ${filters.join(', ')} (SUBACK 0x80)`, { cause: e });
+      if (isQisError(e)) throw e;
       throw new QisError('ERR_TIMEOUT', `subscribe failed: ${(e as Error).message}`, { cause: e });
     }
-    const denied = granted.filter((g) => g.qos === 128).map((g) => g.topic);
-    // $SYS may be denied by an ACL; that only rules out recognising Mosquitto.
-    const real = denied.filter((d) => d !== MOSQUITTO_VERSION_TOPIC);
-    if (real.length > 0) throw new QisError('ERR_SUBSCRIBE_DENIED', `the broker refused the subscription to ${real.join(', ')} (SUBACK 0x80)`);
   }
 
   /** What kind of broker this is (PROTOCOL §7 note), as the node runtime asks it. */
@@ -160,23 +156,18 @@ class Session {
       return;
     }
     const sync = `qis/1/sync/${this.#clientId}/${randomBytes(6).toString('hex')}`;
-    let kind: BrokerKind = 'unknown';
-    let synced = false;
-    const l = (topic: string, payload: Uint8Array): void => {
-      if (topic === sync) synced = true;
-      else if (synced) return;
-      else if (topic === BROKER_INFO_TOPIC) kind = 'qis';
-      else if (topic === MOSQUITTO_VERSION_TOPIC && kind === 'unknown' && Buffer.from(payload).toString('utf8').startsWith('mosquitto')) kind = 'mosquitto';
-    };
+    const seen = kindObserver(sync);
+    const l = (topic: string, payload: Uint8Array): void => seen.observe(topic, payload);
     this.#listeners.add(l);
     try {
-      await this.subscribe([sync, BROKER_INFO_TOPIC, MOSQUITTO_VERSION_TOPIC]);
+      // An ACL may deny $SYS; that only rules out recognising Mosquitto.
+      await this.subscribe([sync, BROKER_INFO_TOPIC, MOSQUITTO_VERSION_TOPIC], [MOSQUITTO_VERSION_TOPIC]);
       await this.#client.publishAsync(sync, Buffer.from('?'), { qos: 1 });
-      const r = await this.until(() => (synced ? true : undefined), 'the broker-kind sync marker', Math.min(this.#deadline, Date.now() + DETECT_TIMEOUT_MS)).catch((e: unknown) => {
+      const r = await this.until(() => (seen.synced ? true : undefined), 'the broker-kind sync marker', Math.min(this.#deadline, Date.now() + DETECT_TIMEOUT_MS)).catch((e: unknown) => {
         if (this.#closed || (isQisError(e) && e.code === 'ERR_ABORTED')) throw e;
         return false; // no marker back: a broker of unknown ordering
       });
-      this.kind = r ? kind : 'unknown';
+      this.kind = r ? seen.kind : 'unknown';
     } finally {
       this.#listeners.delete(l);
       this.#client.unsubscribe([sync, BROKER_INFO_TOPIC, MOSQUITTO_VERSION_TOPIC], () => undefined);
@@ -271,6 +262,8 @@ async function withSession<T>(o: RegistryOptions, fn: (s: Session) => Promise<T>
   } catch (e) {
     const code = (e as { code?: unknown }).code;
     if (typeof code === 'number') throw new QisError('ERR_CONNECT_REFUSED', `${url}: broker refused the connection (CONNACK return code ${code})`, { cause: e });
+    const net = networkError(e as Error, url);
+    if (net) throw net;
     throw new QisError('ERR_TIMEOUT', `${url}: cannot connect: ${(e as Error).message}`, { cause: e });
   }
   try {
@@ -389,7 +382,7 @@ function entry(d: VerifiedTemplate, publishers: number): RegistryEntry {
 /**
  * Every verified template document the broker holds, with how many nodes publish under each
  * (two round trips: the documents, then the retained packets of those templates).
- * @throws QisError ERR_TIMEOUT | ERR_CONNECT_REFUSED | ERR_SUBSCRIBE_DENIED | ERR_URL_INVALID
+ * @throws QisError ERR_TIMEOUT | ERR_CONNECT_REFUSED | ERR_CONNECTION_REFUSED | ERR_HOST_NOT_FOUND | ERR_TLS | ERR_SUBSCRIBE_DENIED | ERR_URL_INVALID
  */
 export async function listTemplates(options: RegistryOptions): Promise<RegistryList> {
   return withSession(options, async (s) => {
