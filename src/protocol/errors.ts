@@ -82,6 +82,7 @@ export const ERROR_CODES = {
   ERR_TOO_MANY_SUBSCRIPTIONS: 'a client asked for more than limits.maxSubscriptionsPerClient subscriptions (SUBACK 0x80)',
   ERR_RETAINED_LIMIT: 'a retained message outside qis/1/ beyond limits.maxRetained or limits.maxRetainedBytes: delivered live, not kept',
   ERR_TOPIC_NAME_INVALID: 'a PUBLISH topic name holds U+0000 or is not valid UTF-8 (MQTT 3.1.1 §1.5.3, §4.7.3); the connection is closed',
+  ERR_TOMBSTONE_LIMIT: 'a tombstone for a (template, node) the broker never held, beyond limits.maxColdFloors such floors: acknowledged, not kept',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
