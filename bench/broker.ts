@@ -331,6 +331,8 @@ async function childQis(): Promise<void> {
       dataDir: dataDir as string,
       fsync: fsync as 'always' | 'never',
       verifyWorkers: Number(workers),
+      // Throughput from one loopback address: the per-address publish rate limit would measure itself.
+      admission: { ratePerSecond: 0 },
     },
     { logger: pino({ level: 'silent' }) },
   );

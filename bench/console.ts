@@ -55,6 +55,7 @@ async function main(): Promise<void> {
       http: { host: '127.0.0.1', port: 0 },
       dataDir: dir,
       verifyWorkers: 0,
+      admission: { ratePerSecond: 0 }, // the seed publishes from one loopback address
     },
     { logger: pino({ level: 'silent' }) },
   );

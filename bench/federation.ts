@@ -60,6 +60,8 @@ async function region(name: string, port: number, peers: number[], dataDir = tem
     {
       listeners: [{ type: 'tcp', host: '127.0.0.1', port }],
       dataDir,
+      // Catch-ups of the whole store over loopback: the publish rate limit would measure itself.
+      admission: { ratePerSecond: 0 },
       federation: { region: name, peers: peers.map((p) => ({ url: `mqtt://127.0.0.1:${p}`, share: ['*'], accept: ['*'], rateLimit: 0 })), reconnect: { baseMs: 100, capMs: 1000 } },
     },
     { logger: pino({ level: process.env['FEDBENCH_LOG'] ?? 'silent' }, pino.destination(2)) },

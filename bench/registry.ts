@@ -123,7 +123,7 @@ async function main(): Promise<void> {
   const { pino } = await import('pino');
   const dir = tempDir('qis-bench-registry-');
   const broker = await createBroker(
-    { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], dataDir: join(dir, 'broker'), fsync: 'never', verifyWorkers: 0 },
+    { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], dataDir: join(dir, 'broker'), fsync: 'never', verifyWorkers: 0, admission: { ratePerSecond: 0 } },
     { logger: pino({ level: 'silent' }) },
   );
   cleanups.push(() => broker.close());

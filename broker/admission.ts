@@ -219,7 +219,7 @@ export function filtersOverlap(a: string, b: string): boolean {
   }
 }
 
-/** A token bucket per client (rate per second, burst). */
+/** A token bucket per key (rate per second, burst): the broker's publish rate keys it on who publishes (server/publish-rate.ts). */
 export class RateLimiter {
   readonly #rate: number;
   readonly #burst: number;
@@ -228,7 +228,7 @@ export class RateLimiter {
     this.#rate = ratePerSecond;
     this.#burst = burst;
   }
-  /** Takes one token for `clientId`; false when the bucket is empty. Always true when the rate is 0 (off). */
+  /** Takes one token for `clientId` (any key); false when the bucket is empty. Always true when the rate is 0 (off). */
   take(clientId: string, now: number): boolean {
     if (this.#rate <= 0) return true;
     let b = this.#buckets.get(clientId);
@@ -253,9 +253,9 @@ export class RateLimiter {
   }
 }
 
-/** The rate limit as a decision: refuse with ERR_RATE_LIMITED when the client's bucket is empty. */
-export function checkRate(limiter: RateLimiter, clientId: string, now: number): Decision {
-  return limiter.take(clientId, now) ? { action: 'pass' } : refuse('ERR_RATE_LIMITED', `client ${clientId} exceeded the publish rate limit`);
+/** The rate limit as a decision: refuse with ERR_RATE_LIMITED when the key's bucket is empty. */
+export function checkRate(limiter: RateLimiter, key: string, now: number): Decision {
+  return limiter.take(key, now) ? { action: 'pass' } : refuse('ERR_RATE_LIMITED', `${key} exceeded the publish rate limit`);
 }
 
 /** MQTT 3.1.1 [MQTT-3.1.3-8]: a zero-length client id is only allowed with clean session. */

@@ -314,6 +314,7 @@ const LIMITS: Record<keyof BrokerOptions['limits'], Check> = {
   connectRatePerSecond: (c, v, p) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : c.fail(p, 'a number >= 0 (connections per second per address; 0: no limit)', v)),
   connectBurst: count('connections', 1),
   shutdownGraceMs: positiveMs,
+  maxColdFloors: count('tombstones of keys never held'),
 };
 
 /** One check per key of BrokerOptions: the Record type makes the compiler demand each. */
@@ -489,7 +490,7 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'admission.registry', key: 'admission.registry', value: 'MODE', help: 'open (any template) | closed (only --admission.template ids and --admission.curator templates)' },
   { name: 'admission.template', key: 'admission.templates', value: 'ID', list: true, help: 'a template id admitted by a closed registry; replaces the list of the file' },
   { name: 'admission.curator', key: 'admission.curators', value: 'KEY', list: true, help: 'a curator (node id or public key hex) whose signed template documents a closed registry admits; replaces the list of the file' },
-  { name: 'admission.rate-per-second', key: 'admission.ratePerSecond', value: 'N', help: 'sustained qis/1/ publishes per client per second, 0: no limit' },
+  { name: 'admission.rate-per-second', key: 'admission.ratePerSecond', value: 'N', help: 'sustained qis/1/ publishes per second per authenticated identity (anonymous: per address), 0: no limit' },
   { name: 'admission.burst', key: 'admission.burst', value: 'N', help: 'token bucket size for --admission.rate-per-second' },
   { name: 'admission.enrolment', key: 'admission.enrolment', value: 'MODE', help: 'off (any key) | required (outcome and score packets need a valid enrolment by an --admission.operator, PROTOCOL §10)' },
   { name: 'admission.operator', key: 'admission.operators', value: 'OPERATOR', list: true, help: 'a trusted operator (id or public key hex) for --admission.enrolment required; replaces the list of the file' },
@@ -510,6 +511,7 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'limits.connect-rate-per-second', key: 'limits.connectRatePerSecond', value: 'N', help: 'new connections per second per remote address, 0: no limit' },
   { name: 'limits.connect-burst', key: 'limits.connectBurst', value: 'N', help: 'token bucket size for --limits.connect-rate-per-second' },
   { name: 'limits.shutdown-grace-ms', key: 'limits.shutdownGraceMs', value: 'MS', help: 'on SIGTERM, exit anyway when the close takes longer' },
+  { name: 'limits.max-cold-floors', key: 'limits.maxColdFloors', value: 'N', help: 'tombstones kept for keys the broker never held (beyond: ERR_TOMBSTONE_LIMIT)' },
   { name: 'http', key: 'http', value: 'HOST:PORT', help: '/healthz and /metrics listener' },
   { name: 'log-level', key: 'log.level', value: 'LEVEL', help: 'fatal | error | warn | info | debug | trace | silent' },
   { name: 'cluster', key: 'cluster', value: 'URL', help: 'redis://HOST:PORT shared by the brokers of one region' },

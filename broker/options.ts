@@ -70,7 +70,11 @@ export interface AdmissionOptions {
   readonly templates: readonly string[];
   /** Curator keys of a closed registry (issue 7): node ids (26 base32) or public keys (64 hex). */
   readonly curators: readonly string[];
-  /** Token bucket per client on `qis/1/` publishes: sustained rate per second and burst. 0 = off. */
+  /**
+   * Token bucket on `qis/1/` publishes per authenticated identity, or per remote address for
+   * anonymous connections (never per client id, which a client chooses): sustained rate per
+   * second and burst. 0 = off. server/publish-rate.ts.
+   */
   readonly ratePerSecond: number;
   readonly burst: number;
   /**
@@ -153,6 +157,13 @@ export interface LimitOptions {
   readonly connectBurst: number;
   /** `qis broker` on SIGTERM/SIGINT: a close not done within this exits anyway (logged), ms. */
   readonly shutdownGraceMs: number;
+  /**
+   * Cold floors the store keeps: tombstones of (template, node) keys that never held a packet
+   * here, which anyone can mint for free. Beyond, such a tombstone is acknowledged and not kept
+   * (ERR_TOMBSTONE_LIMIT); past the tombstone TTL they are forgotten. Floors of keys that held a
+   * packet are kept for ever (PROTOCOL §6). docs/store.md, "Floors for keys never held".
+   */
+  readonly maxColdFloors: number;
 }
 
 export interface BrokerOptions {
@@ -198,7 +209,7 @@ export const BROKER_DEFAULTS: BrokerOptions = Object.freeze({
   dataDir: './qis-broker-data',
   fsync: 'always' as const,
   fsyncIntervalMs: 100,
-  admission: Object.freeze({ maxSkewMs: 300_000, registry: 'open' as const, templates: Object.freeze([]), curators: Object.freeze([]), ratePerSecond: 0, burst: 100, enrolment: 'off' as const, operators: Object.freeze([]) }),
+  admission: Object.freeze({ maxSkewMs: 300_000, registry: 'open' as const, templates: Object.freeze([]), curators: Object.freeze([]), ratePerSecond: 1_000, burst: 10_000, enrolment: 'off' as const, operators: Object.freeze([]) }),
   acl: Object.freeze({ publish: Object.freeze([]), subscribe: Object.freeze([]), refusedPublish: 'drop' as const }),
   limits: Object.freeze({
     maxPacketSize: 1_048_576,
@@ -215,6 +226,7 @@ export const BROKER_DEFAULTS: BrokerOptions = Object.freeze({
     connectRatePerSecond: 0,
     connectBurst: 100,
     shutdownGraceMs: 10_000,
+    maxColdFloors: 100_000,
   }),
   log: Object.freeze({ level: 'info' as const }),
   sweepIntervalMs: 60_000,

@@ -34,6 +34,7 @@ import { publishBrokerInfo, startBrokerInfoClock } from './server/info.js';
 import { startListeners, type BrokerAddress, type Listeners } from './server/listeners.js';
 import { authorizePublish } from './server/publish.js';
 import { qisPersistence } from './server/retained.js';
+import { SessionBook } from './server/session.js';
 import { SyncHold, authorizeSubscribe } from './server/subscribe.js';
 import { startSweep } from './server/sweep.js';
 import { RevocationBook } from './server/enrolment.js';
@@ -100,8 +101,10 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   };
   const hold = new SyncHold(logger);
   const hooks = connectHooks(ctx);
+  // Session Present for sessions without subscriptions (server/session.ts, [MQTT-3.2.2-2]).
+  const sessions = new SessionBook();
   const a = (aedes = await Aedes.createBroker({
-    persistence: await qisPersistence(ctx, hold, stores.persistence),
+    persistence: sessions.persistence(await qisPersistence(ctx, hold, stores.persistence)),
     ...(stores.mq !== undefined ? { mq: stores.mq } : {}),
     ...(o.id !== undefined ? { id: o.id } : {}),
     ...hooks,
@@ -110,7 +113,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     drainTimeout: o.limits.drainTimeoutMs,
     queueLimit: o.limits.queueLimit,
     authorizePublish: authorizePublish(ctx, hold),
-    authorizeSubscribe: authorizeSubscribe(ctx, hold),
+    authorizeSubscribe: sessions.authorizeSubscribe(authorizeSubscribe(ctx, hold)),
     authorizeForward: authorizeForward(ctx),
   }));
   a.on('subscribe', (subs, client) => hold.subscribed(subs, client));
@@ -189,9 +192,9 @@ async function openStores(o: BrokerOptions, now: () => number, logger: Logger): 
       : undefined;
   // compactRatio 1.5: the log never holds much more than 1.5× the live packets, so a restart
   // with 1M packets replays at most ~1.5M records (docs/store.md measures it).
-  const store = parts?.store ?? (await openStore({ dir: join(o.dataDir, 'store'), fsync: o.fsync, fsyncIntervalMs: o.fsyncIntervalMs, compactRatio: 1.5, now }));
+  const store = parts?.store ?? (await openStore({ dir: join(o.dataDir, 'store'), fsync: o.fsync, fsyncIntervalMs: o.fsyncIntervalMs, compactRatio: 1.5, maxColdFloors: o.limits.maxColdFloors, now }));
   // Score packets (PROTOCOL §9): a store of their own, local to this broker (also in a cluster).
-  const scoreStore = await openStore({ dir: join(o.dataDir, 'scores'), fsync: o.fsync, fsyncIntervalMs: o.fsyncIntervalMs, now }).catch(async (e: unknown) => {
+  const scoreStore = await openStore({ dir: join(o.dataDir, 'scores'), fsync: o.fsync, fsyncIntervalMs: o.fsyncIntervalMs, maxColdFloors: o.limits.maxColdFloors, now }).catch(async (e: unknown) => {
     await (parts ? parts.close() : store.close());
     throw e;
   });

@@ -37,7 +37,7 @@ Config file (YAML or JSON; see examples/broker.yaml):
     - { type: tls, host: 0.0.0.0, port: 8883, cert: server.pem, key: server.key, ca: ca.pem, requestCert: true }
   dataDir: /var/lib/qis-broker
   fsync: always                 # always | interval | never
-  admission: { maxSkewMs: 300000, registry: open, ratePerSecond: 0, burst: 100 }
+  admission: { maxSkewMs: 300000, registry: open, ratePerSecond: 1000, burst: 10000 }  # rate per identity (anonymous: per address)
   acl:
     publish:
       - { allow: true, topic: "sensors/#", clients: [gw-1] }

@@ -232,6 +232,7 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
     '--limits.connect-rate-per-second', '2.5',
     '--limits.connect-burst', '4',
     '--limits.shutdown-grace-ms', '2000',
+    '--limits.max-cold-floors', '300',
   ]);
   const o: BrokerOptions = resolveBrokerOptions(file, flags);
   t.same(o, {
@@ -256,6 +257,7 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
       connectRatePerSecond: 2.5,
       connectBurst: 4,
       shutdownGraceMs: 2000,
+      maxColdFloors: 300,
     },
     http: { host: '127.0.0.1', port: 0 },
     log: { level: 'debug' },

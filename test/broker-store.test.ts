@@ -165,23 +165,58 @@ t.test('store - a tombstone removes the packet and blocks older ones for ever', 
   t.same(await s.put(pkt(1, 6)), { stored: false, reason: 'stale' });
   t.equal(s.stats().tombstones, 2);
 
-  // Past the TTL, a compaction and a restart the seq floor still holds (an old copy held by a
-  // federation peer that was cut off for longer than the TTL cannot come back).
+  t.equal(s.stats().coldFloors, 1, 'the unknown node\'s is a cold floor (it never held a packet here)');
+
+  // Past the TTL, a compaction and a restart the seq floor of the node that held a packet still
+  // holds (an old copy held by a federation peer that was cut off for longer than the TTL cannot
+  // come back); the cold floor is forgotten (docs/store.md, "Floors for keys never held").
   now = NOW + 60_000 * 100;
   t.equal(s.seqOf(p.tplId, p.nodeId), 7);
   t.same(await s.put(pkt(1, 6)), { stored: false, reason: 'stale' }, 'after the TTL an older seq is still stale');
   await s.compact();
-  t.equal(s.stats().tombstones, 2, 'compaction keeps every seq floor');
+  t.equal(s.stats().tombstones, 1, 'compaction keeps the seq floor of the node that held a packet…');
+  t.equal(s.stats().coldFloors, 0, '…and forgets the cold floor past the TTL');
   t.equal(s.stats().logBytes, s.stats().liveBytes);
   await s.close();
   s = await open(dir, { now: () => now, tombstoneTtlMs: 60_000 });
   t.equal(s.seqOf(p.tplId, p.nodeId), 7, 'and that holds after a restart too');
-  t.equal(s.seqOf(p.tplId, keyOf(9).nodeId), 3);
+  t.equal(s.seqOf(p.tplId, keyOf(9).nodeId), undefined, 'the cold floor stays forgotten');
   t.same(await s.put(pkt(1, 6)), { stored: false, reason: 'stale' });
   t.same(await s.put(pkt(1, 8)), { stored: true }, 'a newer packet is stored');
   await s.close();
   s = await open(dir, { now: () => now, tombstoneTtlMs: 60_000 });
   t.same(state(s), [`${pkt(1, 8).topic} 8`]);
+  await s.close();
+});
+
+t.test('store - cold floors (tombstones of keys never held) are capped by maxColdFloors; a put makes a key warm for good', async (t) => {
+  const dir = newDir();
+  let s = await open(dir, { maxColdFloors: 2 });
+  const tpl = pkt(1, 1).tplId;
+  const [a, b, c] = [keyOf(41).nodeId, keyOf(42).nodeId, keyOf(43).nodeId];
+  t.same(await s.remove({ tplId: tpl, nodeId: a, seq: 3 }), {}, 'a first cold floor');
+  t.same(await s.remove({ tplId: tpl, nodeId: b, seq: 3 }), {}, 'a second');
+  t.same(await s.remove({ tplId: tpl, nodeId: c, seq: 3 }), { full: true }, 'a third key never held: refused, the cap is 2');
+  t.equal(s.seqOf(tpl, c), undefined, 'nothing kept for it');
+  t.same(await s.remove({ tplId: tpl, nodeId: a, seq: 4 }), {}, 'a newer tombstone on a cold key replaces it (no growth)');
+  t.same(await s.remove({ tplId: tpl, nodeId: a, seq: 4 }), { stale: true }, 'and its floor blocks as any floor');
+  const warm = pkt(42, 5);
+  t.equal(warm.nodeId, b);
+  t.same(await s.put(warm), { stored: true }, 'a packet for a cold key is stored…');
+  t.equal(s.stats().coldFloors, 1, '…and the key is warm: one cold floor left');
+  const r = await s.remove({ tplId: tpl, nodeId: b, seq: 6 });
+  t.equal('removed' in r ? r.removed?.seq : undefined, 5, 'its deletion removes the packet: a floor kept for ever');
+  t.same(await s.remove({ tplId: tpl, nodeId: c, seq: 3 }), {}, 'room again for a cold floor');
+  t.same([s.stats().tombstones, s.stats().coldFloors], [3, 2], 'three tombstones, two of them cold');
+  await s.close();
+  s = await open(dir, { maxColdFloors: 2 });
+  t.same([s.stats().tombstones, s.stats().coldFloors], [3, 2], 'the replay tells cold floors apart (the record flag)');
+  t.same([s.seqOf(tpl, a), s.seqOf(tpl, b), s.seqOf(tpl, c)], [4, 6, 3], 'every floor restored');
+  t.same(await s.remove({ tplId: tpl, nodeId: keyOf(44).nodeId, seq: 1 }), { full: true }, 'the cap holds after a restart');
+  await s.compact();
+  await s.close();
+  s = await open(dir, { maxColdFloors: 2 });
+  t.same([s.stats().tombstones, s.stats().coldFloors], [3, 2], 'and after a compaction (it writes the flag)');
   await s.close();
 });
 

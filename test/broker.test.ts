@@ -14,6 +14,7 @@ import {
   CborTag,
   address,
   compileTemplate,
+  createLogin,
   createNode,
   createOutcomePacket,
   encodeCbor,
@@ -391,7 +392,11 @@ t.test('admission - ERR_NOT_AUTHORIZED from the publish ACL on ordinary topics',
 
 t.test('admission - ERR_RATE_LIMITED on the third rapid publish (1/s, burst 2)', async (t) => {
   const b = await brokerFor(t, { admission: { ratePerSecond: 1, burst: 2 } });
-  const bystander = await b.client({ clientId: cid('bystander') });
+  // The bucket is the publisher's identity, or its address when anonymous (server/publish-rate.ts):
+  // the bystander logs in as a node, so the anonymous offender's address does not starve it.
+  const bystanderId = cid('bystander');
+  const l = createLogin(fixedKey(0xb1), { clientId: bystanderId, ts: Date.now() });
+  const bystander = await b.client({ clientId: bystanderId, username: l.username, password: Buffer.from(l.password) });
   const x = fixedKey(0x14);
   const c = await b.client();
   let closed = false;

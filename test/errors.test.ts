@@ -44,6 +44,7 @@ import { createNode, fetchTemplate, publishTemplate, type NodeOptions, type QisN
 import { ModbusTcpClient, decodeSparkplugPayload, parseReadResponse } from '../firmware-bridge/index.js';
 import { checkEnrolment, createEnrolment, decodeEnrolment, publishRevocation, signRevocation, verifyLogin, verifyRevocation } from '../src/index.js';
 import { parsePasswd } from '../broker/passwd.js';
+import { coldFloorRefusal } from '../broker/server/outcomes.js';
 import { hugePublish, junk, startHostileBroker, writeAll } from './helpers/hostile-broker.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
@@ -313,6 +314,7 @@ const triggers: Record<ErrorCode, () => unknown> = {
   ERR_TOO_MANY_SUBSCRIPTIONS: () => throwDecision(checkSubscriptionCount(1000, 1000)),
   ERR_RETAINED_LIMIT: () => throwDecision(new RetainedBudget({ maxRetained: 0, maxRetainedBytes: 0 }).admit('a', 1)),
   ERR_TOPIC_NAME_INVALID: () => throwDecision(checkTopicName(Uint8Array.of(0x61, 0xff))),
+  ERR_TOMBSTONE_LIMIT: () => throwDecision(coldFloorRefusal(0)),
 };
 
 t.test('errors - every code is produced by a real failure', async (t) => {

@@ -6,6 +6,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import mqtt from 'mqtt';
 import mqttPacket from 'mqtt-packet';
 import type { BrokerConfig } from '../broker/options.js';
+import { limitHits } from './helpers/broker-metrics.js';
 import { startQisBroker, type TestBroker } from './helpers/qis-broker.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -16,10 +17,7 @@ async function brokerFor(t: Test, config: BrokerConfig): Promise<TestBroker> {
 }
 
 /** `qis_limit_hits_total{code}` of the broker. */
-async function hits(b: TestBroker, code: string): Promise<number> {
-  const m = new RegExp(`^qis_limit_hits_total\\{code="${code}"\\} (\\d+)$`, 'm').exec(await b.broker.metricsText());
-  return m ? Number(m[1]) : 0;
-}
+const hits = limitHits;
 
 /** A raw TCP connection to the broker, with whether and when it was closed by the broker. */
 async function raw(b: TestBroker): Promise<{ s: Socket; closed: Promise<void>; data: Buffer[] }> {

@@ -35,6 +35,14 @@ export function listenerOf(conn: unknown): ListenerOptions | undefined {
   return typeof conn === 'object' && conn !== null ? arrivedOn.get(conn) : undefined;
 }
 
+// The remote address of each connection, for the publish rate limit (publish-rate.ts): a WebSocket stream has none of its own.
+const cameFrom = new WeakMap<object, string>();
+
+/** The remote address a connection (the socket or stream handed to Aedes) came from. */
+export function remoteAddressOf(conn: unknown): string | undefined {
+  return typeof conn === 'object' && conn !== null ? cameFrom.get(conn) : undefined;
+}
+
 /** Where `server` is bound. */
 export function addressOf(type: BrokerAddress['type'], server: NetServer | HttpServer, path?: string): BrokerAddress {
   const a = server.address();
@@ -76,6 +84,7 @@ export async function startListeners(listeners: readonly ListenerOptions[], aede
 function mqttServer(l: ListenerOptions, aedes: Aedes, logger: Logger, track: (s: Socket) => void, limits?: Pick<Limits, 'accept' | 'attach'>): NetServer | HttpServer {
   /** Counted by the limits before Aedes sees it (refused: closed at once), then its parser guarded. */
   const admit = (conn: NodeJS.EventEmitter & { destroy(): void }, address: string | undefined): boolean => {
+    if (address !== undefined) cameFrom.set(conn, address);
     if (!limits) return true;
     if (limits.accept(address ?? '', (release) => conn.once('close', release))) return true;
     conn.destroy();

@@ -4,11 +4,21 @@
  * callback return, and Aedes writes the PUBACK after it. So a PUBACK always follows a durable write.
  */
 import type { Client } from 'aedes';
-import { decide, precheckOutcome } from '../admission.js';
+import { decide, precheckOutcome, type Decision } from '../admission.js';
 import type { StoredPacket } from '../store.js';
 import type { AedesPublishPacket, BrokerContext, Done } from './context.js';
 import { enrolmentDecision } from './enrolment.js';
 import { accept, carryOut, drop, precheck } from './respond.js';
+
+/**
+ * A tombstone for a (template, node) this broker never held, refused because the store keeps
+ * `max` such cold floors already (limits.maxColdFloors; issue 13 item 5). Acknowledged and
+ * dropped, like a stale packet: the node loses nothing it ever stored here, and a client that
+ * mints keys for free cannot make the broker keep them.
+ */
+export function coldFloorRefusal(max: number): Extract<Decision, { action: 'drop' }> {
+  return { action: 'drop', code: 'ERR_TOMBSTONE_LIMIT', message: `a tombstone for a key this broker never held: ${max} such floors are kept already (limits.maxColdFloors)` };
+}
 
 /** `origin`: the federation link the packet came from (it is not forwarded back there). */
 export async function admitOutcome(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, cb: Done, origin?: string): Promise<void> {
@@ -24,6 +34,12 @@ export async function admitOutcome(ctx: BrokerContext, client: Client | null, pa
     // The signed tombstone is kept (for the tombstone TTL) as the proof a federation peer needs.
     const r = await store.remove({ tplId: pre.tplId, nodeId: pre.nodeId, seq: v.packet.seq, topic, packet: bytes });
     if ('stale' in r) return drop(ctx, client, packet, 'ERR_SEQ_STALE', 'tombstone not newer than the stored seq', cb);
+    if ('full' in r) {
+      const full = coldFloorRefusal(o.limits.maxColdFloors);
+      ctx.limits.episodes.hit(full.code, full.message, { clientId: client?.id });
+      carryOut(ctx, full, client, packet, cb);
+      return;
+    }
     ctx.metrics.admitted.inc({ kind: 'tombstone' });
     // Live watchers see the withdrawal; nothing is retained (storeRetained skips qis/1/o/). The
     // flag stays set so that Aedes takes the same path as for a packet: its per-subscriber

@@ -12,6 +12,7 @@ import { DROP_TOPIC, type AedesPublishPacket, type BrokerContext, type Done } fr
 import { admitRevocation } from './enrolment.js';
 import { admitOutcome } from './outcomes.js';
 import { peerGate } from './peer-gate.js';
+import { checkPublishRate } from './publish-rate.js';
 import { codeOf, refuse } from './respond.js';
 import { admitScore } from './scores.js';
 import { admitTemplate } from './templates.js';
@@ -78,7 +79,7 @@ export function federationRequest(ctx: BrokerContext, client: Client | null, pac
   packet.retain = false;
   if (put) {
     cb(null);
-    const counts = links.queue(id, () => admitBatch(ctx, id, put.items));
+    const counts = links.queue(id, () => admitBatch(ctx, client, id, put.items));
     void (counts ?? Promise.resolve(overflow(ctx, put.items.length))).then((c) => answer(ctx, id, Buffer.from(JSON.stringify({ id: put.id, ...c }))));
     return;
   }
@@ -96,14 +97,13 @@ export function federationRequest(ctx: BrokerContext, client: Client | null, pac
 
 /**
  * Forwarded packets in a batch: each through admission (concurrently, so they share disk
- * syncs), under the same per-client rate limit as single publishes.
+ * syncs), under the same publish rate limit as single publishes (keyed on the link's identity or address).
  */
-async function admitBatch(ctx: BrokerContext, id: string, items: [string, Buffer][]): Promise<Record<PeerAdmission['result'], number>> {
+async function admitBatch(ctx: BrokerContext, client: Client | null, id: string, items: [string, Buffer][]): Promise<Record<PeerAdmission['result'], number>> {
   const counts = { stored: 0, stale: 0, refused: 0 };
   await Promise.all(
     items.map(async ([topic, payload]) => {
-      if (!ctx.rate.take(id, ctx.now())) {
-        ctx.metrics.refused.inc({ code: 'ERR_RATE_LIMITED' });
+      if (checkPublishRate(ctx, client).action === 'refuse') {
         counts.refused++;
         return;
       }

@@ -5,12 +5,13 @@
  * requests (peers.ts). A new qis topic class gets its case here.
  */
 import type { AedesOptions } from 'aedes';
-import { BROKER_INFO_TOPIC, aclAllows, checkRate, checkSync, classify } from '../admission.js';
+import { BROKER_INFO_TOPIC, aclAllows, checkSync, classify } from '../admission.js';
 import { FEDERATION_PREFIX } from '../federation.js';
 import type { BrokerContext } from './context.js';
 import { federationRequest } from './peers.js';
 import { admitRevocation } from './enrolment.js';
 import { admitOutcome } from './outcomes.js';
+import { rateLimited } from './publish-rate.js';
 import { carryOut, drop, refuse, refuseFailed } from './respond.js';
 import { admitScore } from './scores.js';
 import type { SyncHold } from './subscribe.js';
@@ -42,18 +43,18 @@ export function authorizePublish(ctx: BrokerContext, hold: SyncHold): NonNullabl
         if (topic.startsWith(FEDERATION_PREFIX)) return federationRequest(ctx, client, packet, cb);
         return refuse(ctx, client, topic, 'ERR_TOPIC_INVALID', 'not a qis/1 topic this broker knows (o, t, s, sync)', cb);
       case 'template':
-        if (carryOut(ctx, checkRate(ctx.rate, clientId, ctx.now()), client, packet, cb)) return;
+        if (rateLimited(ctx, client, cb)) return;
         return admitTemplate(ctx, client, packet, cb, undefined);
       case 'revocation':
-        if (carryOut(ctx, checkRate(ctx.rate, clientId, ctx.now()), client, packet, cb)) return;
+        if (rateLimited(ctx, client, cb)) return;
         admitRevocation(ctx, client, packet, cb).catch(refuseFailed(ctx, client, topic, cb, 'revocation admission failed'));
         return;
       case 'score':
-        if (carryOut(ctx, checkRate(ctx.rate, clientId, ctx.now()), client, packet, cb)) return;
+        if (rateLimited(ctx, client, cb)) return;
         admitScore(ctx, client, packet, cb).catch(refuseFailed(ctx, client, topic, cb, 'score admission failed'));
         return;
       case 'outcome':
-        if (carryOut(ctx, checkRate(ctx.rate, clientId, ctx.now()), client, packet, cb)) return;
+        if (rateLimited(ctx, client, cb)) return;
         admitOutcome(ctx, client, packet, cb).catch(refuseFailed(ctx, client, topic, cb, 'admission failed'));
         return;
     }

@@ -155,6 +155,11 @@ export class Compaction {
     const tombs: Entry[] = [];
     for (const e of s.index.entries()) {
       if (e.bucket !== null) continue;
+      // A cold floor (the key never held a packet here) past the TTL is forgotten with its proof.
+      if (e.cold && s.forgotten(e, nowMs)) {
+        s.forgetCold(e);
+        continue;
+      }
       if (e.ttopic !== null && s.forgotten(e, nowMs)) {
         e.ttopic = null;
         e.slab = null;
@@ -168,9 +173,9 @@ export class Compaction {
       if (e.bucket !== null) continue; // live again meanwhile: captured
       if (e.ttopic !== null && e.slab !== null) {
         arena.adopt(e);
-        o = writeTomb(out, o, e.ttopic, e.seq, e.at, view(e.slab, e.off, e.len));
+        o = writeTomb(out, o, e.ttopic, e.seq, e.at, view(e.slab, e.off, e.len), e.cold);
       } else {
-        o = writeRemove(out, o, e.tpl, e.node, e.seq, e.at);
+        o = writeRemove(out, o, e.tpl, e.node, e.seq, e.at, e.cold);
       }
     }
     await writeAll(t, out.subarray(0, o), filePos);

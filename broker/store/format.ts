@@ -11,6 +11,7 @@ import { ID_CHARS, MAX_TOPIC } from './common.js';
 //   u32 body length | u32 CRC-32 of the body | body
 //   body: u8 type | u8 flags | u64 seq | u64 exp (put, Unix s) or at (remove, Unix ms) | u16 text length | text | packet
 //   put: text = topic, flags bit 0 = has exp, packet = the rest; remove: text = "<tplId>/<nodeId>", no packet.
+//   remove and tomb: flags bit 1 = cold (the key never held a packet here: its floor may be forgotten).
 export const LOG_FILE = 'store.log';
 export const TMP_FILE = 'store.log.tmp';
 export const LOCK_FILE = 'store.lock';
@@ -23,6 +24,8 @@ export const TYPE_REMOVE = 2;
 /** A removal with its proof: text = the tombstone's topic, packet = the signed tombstone bytes. */
 export const TYPE_TOMB = 3;
 export const FLAG_EXP = 1;
+/** A removal (type 2 or 3) of a key that never held a packet in this store (docs/store.md, "Floors for keys never held"). */
+export const FLAG_COLD = 2;
 // 'qis/1/o/' + tplId + '/' + one 10-character level + '/' + nodeId
 export const MIN_TOPIC = 8 + ID_CHARS + 1 + 10 + 1 + ID_CHARS;
 const KEY_CHARS = 2 * ID_CHARS + 1;
@@ -63,12 +66,12 @@ export function writePut(out: Buffer, off: number, topic: string, seq: number, e
   return b + body;
 }
 
-export function writeRemove(out: Buffer, off: number, tpl: string, node: string, seq: number, at: number): number {
+export function writeRemove(out: Buffer, off: number, tpl: string, node: string, seq: number, at: number, cold = false): number {
   const body = FIXED + KEY_CHARS;
   const b = off + FRAME;
   out.writeUInt32LE(body, off);
   out[b] = TYPE_REMOVE;
-  out[b + 1] = 0;
+  out[b + 1] = cold ? FLAG_COLD : 0;
   writeU53(out, seq, b + 2);
   writeU53(out, at, b + 10);
   out.writeUInt16LE(KEY_CHARS, b + 18);
@@ -78,11 +81,11 @@ export function writeRemove(out: Buffer, off: number, tpl: string, node: string,
 }
 
 /** A removal with its proof (type 3): same layout as a put, `at` in place of exp. */
-export function writeTomb(out: Buffer, off: number, topic: string, seq: number, at: number, packet: Uint8Array): number {
+export function writeTomb(out: Buffer, off: number, topic: string, seq: number, at: number, packet: Uint8Array, cold = false): number {
   const end = writePut(out, off, topic, seq, at, packet);
   const b = off + FRAME;
   out[b] = TYPE_TOMB;
-  out[b + 1] = 0;
+  out[b + 1] = cold ? FLAG_COLD : 0;
   out.writeUInt32LE(crc32(view(out, b, end - b)), off + 4);
   return end;
 }
@@ -104,8 +107,8 @@ export function frameAt(buf: Buffer, i: number, avail: number): number {
     if (flags > FLAG_EXP || text < MIN_TOPIC || text > MAX_TOPIC || packet < 1 || packet > MAX_PACKET_BYTES) return 0;
   } else if (type === TYPE_TOMB) {
     const packet = body - FIXED - text;
-    if (flags !== 0 || text < MIN_TOPIC || text > MAX_TOPIC || packet < 1 || packet > MAX_PACKET_BYTES) return 0;
-  } else if (type !== TYPE_REMOVE || flags !== 0 || text !== KEY_CHARS || body !== FIXED + KEY_CHARS) {
+    if ((flags | FLAG_COLD) !== FLAG_COLD || text < MIN_TOPIC || text > MAX_TOPIC || packet < 1 || packet > MAX_PACKET_BYTES) return 0;
+  } else if (type !== TYPE_REMOVE || (flags | FLAG_COLD) !== FLAG_COLD || text !== KEY_CHARS || body !== FIXED + KEY_CHARS) {
     return 0;
   }
   if (crc32(view(buf, b, body)) !== buf.readUInt32LE(i + 4)) return 0;

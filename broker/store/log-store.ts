@@ -71,6 +71,7 @@ class LogStore extends LogState implements Store {
     return {
       live: this.liveCount,
       tombstones: this.tombCount,
+      coldFloors: this.coldCount,
       logBytes: this.log.pos,
       liveBytes: this.liveBytes,
       compactions: c.count,
@@ -106,6 +107,9 @@ class LogStore extends LogState implements Store {
     const ti = this.index.table(t.tplId);
     const e = ti?.nodes.get(t.nodeId);
     if (e !== undefined && this.blocks(e, t.seq)) return { stale: true };
+    // A key never held here: its floor is cold, and cold floors are bounded (a stranger mints them for free).
+    const cold = e === undefined || e.cold;
+    if (e === undefined && this.coldCount >= this.o.maxColdFloors) return { full: true };
     const removed = e !== undefined && e.bucket !== null ? this.view(e) : undefined;
     const at = this.clock();
     let proof: { topic: string; packet: Uint8Array } | undefined;
@@ -114,9 +118,9 @@ class LogStore extends LogState implements Store {
       proof = { topic: flat(t.topic as string), packet: t.packet as Uint8Array };
     }
     const rec = Buffer.allocUnsafe(proof ? putBytes(proof.topic.length, proof.packet.length) : REMOVE_BYTES);
-    if (proof) writeTomb(rec, 0, proof.topic, t.seq, at, proof.packet);
-    else writeRemove(rec, 0, t.tplId, t.nodeId, t.seq, at);
-    const te = this.installTomb(ti ?? this.index.addTable(flat(t.tplId)), e, e?.node ?? flat(t.nodeId), t.seq, at, rec.length);
+    if (proof) writeTomb(rec, 0, proof.topic, t.seq, at, proof.packet, cold);
+    else writeRemove(rec, 0, t.tplId, t.nodeId, t.seq, at, cold);
+    const te = this.installTomb(ti ?? this.index.addTable(flat(t.tplId)), e, e?.node ?? flat(t.nodeId), t.seq, at, rec.length, cold);
     if (proof) {
       te.ttopic = proof.topic;
       te.len = proof.packet.length;
@@ -221,6 +225,7 @@ function resolveOptions(options: StoreOptions): Resolved {
   num('tombstoneTtlMs', o.tombstoneTtlMs, 0, Number.MAX_SAFE_INTEGER);
   num('compactRatio', o.compactRatio, 1, 1e6, true);
   num('compactMinBytes', o.compactMinBytes, 0, Number.MAX_SAFE_INTEGER);
+  num('maxColdFloors', o.maxColdFloors, 0, Number.MAX_SAFE_INTEGER);
   if (typeof o.autoCompact !== 'boolean') throw argError(`autoCompact must be a boolean, not ${show(o.autoCompact)}`);
   if (typeof o.now !== 'function') throw argError('now must be a function returning Unix ms');
   return o;

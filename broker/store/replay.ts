@@ -4,7 +4,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { ID_CHARS } from './common.js';
-import { FIXED, FLAG_EXP, FRAME, HEADER_BYTES, MAX_FRAME, REMOVE_BYTES, TYPE_PUT, TYPE_TOMB, frameAt, isPath, readU53, view } from './format.js';
+import { FIXED, FLAG_COLD, FLAG_EXP, FRAME, HEADER_BYTES, MAX_FRAME, REMOVE_BYTES, TYPE_PUT, TYPE_TOMB, frameAt, isPath, readU53, view } from './format.js';
 import { hashIdAt, type TplIndex } from './keys.js';
 import type { Entry, LogState } from './state.js';
 import type { Bucket } from './trie.js';
@@ -162,7 +162,7 @@ class Replay {
       const at = t + text - ID_CHARS;
       const e = ti.nodes.getAt(buf, at, hashIdAt(buf, at));
       if (e !== undefined && (e.bucket !== null ? seq < e.seq : s.blocks(e, seq))) return;
-      const te = s.installTomb(ti, e, e !== undefined ? e.node : buf.toString('latin1', at, at + ID_CHARS), seq, x, n);
+      const te = s.installTomb(ti, e, e !== undefined ? e.node : buf.toString('latin1', at, at + ID_CHARS), seq, x, n, (buf.readUInt8(b + 1) & FLAG_COLD) !== 0);
       // Past its TTL the proof is not loaded (the next compaction drops it from the log).
       if (!s.forgotten(te, this.nowMs)) {
         te.ttopic = buf.toString('latin1', t, t + text);
@@ -178,7 +178,7 @@ class Replay {
       const e = ti.nodes.getAt(buf, at, hashIdAt(buf, at));
       // sweepExpired removes a packet under its own seq, so a removal may equal a live seq.
       if (e !== undefined && (e.bucket !== null ? seq < e.seq : s.blocks(e, seq))) return;
-      s.installTomb(ti, e, e !== undefined ? e.node : buf.toString('latin1', at, at + ID_CHARS), seq, x, REMOVE_BYTES);
+      s.installTomb(ti, e, e !== undefined ? e.node : buf.toString('latin1', at, at + ID_CHARS), seq, x, REMOVE_BYTES, (buf.readUInt8(b + 1) & FLAG_COLD) !== 0);
     }
   }
 }

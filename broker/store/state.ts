@@ -32,6 +32,8 @@ export class Entry {
   slot = 0;
   /** Tombstone with its proof: the tombstone's topic (its bytes are at slab/off/len). null: no proof. */
   ttopic: string | null = null;
+  /** A tombstone of a key that never held a packet here (a cold floor: bounded, forgotten past the TTL). */
+  cold = false;
   constructor(
     readonly tpl: string,
     readonly node: string,
@@ -82,6 +84,8 @@ export class LogState {
   arena = new Arena();
   liveCount = 0;
   tombCount = 0;
+  /** Cold floors: tombstones of keys that never held a packet here (Entry.cold). */
+  coldCount = 0;
   /** Size the log would have right after a compaction. */
   liveBytes = HEADER_BYTES;
   /** Watchers of key changes (watchKeys): federation digests. */
@@ -171,6 +175,8 @@ export class LogState {
   installPut(ti: TplIndex<Entry>, found: Entry | undefined, node: string, bucket: Bucket<Entry>, seq: number, exp: number, len: number, rec: number): Entry {
     const before = this.#watchers.size > 0 ? stateOf(found) : undefined;
     const e = this.release(ti, found, node, bucket);
+    if (e.cold) this.coldCount--;
+    e.cold = false; // it holds a packet: its floor is exact and kept for ever from now on
     if (e.bucket === null) this.trie.attach(e, bucket);
     e.slab = null; // the caller places the bytes
     e.ttopic = null;
@@ -186,10 +192,16 @@ export class LogState {
     return e;
   }
 
-  /** Turns (ti, node) into a tombstone. `found` and `node` as for installPut. */
-  installTomb(ti: TplIndex<Entry>, found: Entry | undefined, node: string, seq: number, at: number, rec: number): Entry {
+  /**
+   * Turns (ti, node) into a tombstone. `found` and `node` as for installPut. `cold`: the deletion
+   * is of a key that never held a packet; it stays cold only if the key was unknown or cold.
+   */
+  installTomb(ti: TplIndex<Entry>, found: Entry | undefined, node: string, seq: number, at: number, rec: number, cold = false): Entry {
     const before = this.#watchers.size > 0 ? stateOf(found) : undefined;
+    const wasCold = found?.cold === true;
     const e = this.release(ti, found, node, null);
+    e.cold = cold && (found === undefined || wasCold);
+    this.coldCount += (e.cold ? 1 : 0) - (wasCold ? 1 : 0);
     e.seq = seq;
     e.at = at;
     e.exp = -1;
@@ -222,6 +234,20 @@ export class LogState {
       this.tombCount--;
     }
     return found;
+  }
+
+  /**
+   * Forgets a cold floor past the tombstone TTL (compaction): the key never held a packet here,
+   * so PROTOCOL §6 loses nothing a node ever stored; a replay of it is a new cold tombstone.
+   */
+  forgetCold(e: Entry): void {
+    const before = this.#watchers.size > 0 ? stateOf(e) : undefined;
+    this.index.delete(e);
+    this.liveBytes -= e.rec;
+    this.tombCount--;
+    this.coldCount--;
+    e.cold = false;
+    if (before !== undefined) this.changed(e, before, true);
   }
 
   /** Copies a live entry's packet into the arena. */

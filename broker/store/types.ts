@@ -78,10 +78,18 @@ export interface StoreOptions {
   readonly autoCompact?: boolean;
   /** The clock, Unix ms. Default `Date.now`. */
   readonly now?: () => number;
+  /**
+   * Cold floors kept at most: tombstones of (template, node) keys that never held a packet in
+   * this store (a stranger can mint those for free). Beyond, such a tombstone is refused
+   * (`remove` answers `{full: true}`); past the tombstone TTL the next compaction forgets them.
+   * Default 100,000. docs/store.md, "Floors for keys never held".
+   */
+  readonly maxColdFloors?: number;
 }
 
 export type PutResult = { stored: true; replaced?: StoredPacket } | { stored: false; reason: 'stale' };
-export type RemoveResult = { removed?: StoredPacket } | { stale: true };
+/** `full`: a tombstone for a key never held here, refused because `maxColdFloors` are kept already. */
+export type RemoveResult = { removed?: StoredPacket } | { stale: true } | { full: true };
 
 /** What opening the store found in the log. */
 export interface RecoveryReport {
@@ -100,6 +108,8 @@ export interface StoreStats {
   readonly live: number;
   /** Remembered deletions (including ones past their TTL, until the next compaction). */
   readonly tombstones: number;
+  /** Of those, cold floors: deletions of keys that never held a packet here (at most maxColdFloors). */
+  readonly coldFloors: number;
   /** Size of the log file. */
   readonly logBytes: number;
   /** Size the log would have right after a compaction. */
@@ -179,6 +189,7 @@ export const STORE_DEFAULTS = Object.freeze({
   compactMinBytes: 1024 * 1024,
   autoCompact: true,
   now: Date.now as () => number,
+  maxColdFloors: 100_000,
 });
 
 /** Options with every default filled in (resolveOptions in broker/store/log-store.ts). */

@@ -46,7 +46,7 @@ export const ERROR_CODES = {
   ERR_SEQ_STALE: "a packet's seq is not above the seq the broker holds for its node and template (a replay or a resend): acknowledged and dropped",
   ERR_TEMPLATE_UNKNOWN: "the template id is not in the broker's closed registry",
   ERR_TEMPLATE_HASH: "a template document published on qis/1/t/<tplId> does not hash to tplId, or is not a valid template",
-  ERR_RATE_LIMITED: "a client published on qis/1/ faster than the broker's per-client rate limit",
+  ERR_RATE_LIMITED: 'a client published on qis/1/ faster than admission.ratePerSecond allows its authenticated identity (anonymous clients: their remote address, whatever client id they choose); the connection is closed',
   ERR_NOT_AUTHORIZED: "the ACL or the qis topic rules do not let this client publish or subscribe there",
   ERR_CLIENT_ID: "a zero-length client id with clean session false (MQTT 3.1.1 [MQTT-3.1.3-8])",
   ERR_CONFIG_INVALID: 'a broker or bridge config is invalid (the message names the file, the key and what was expected)',
@@ -82,6 +82,7 @@ export const ERROR_CODES = {
   ERR_TOO_MANY_SUBSCRIPTIONS: 'a client asked for more than limits.maxSubscriptionsPerClient subscriptions (SUBACK 0x80)',
   ERR_RETAINED_LIMIT: 'a retained message outside qis/1/ beyond limits.maxRetained or limits.maxRetainedBytes: delivered live, not kept',
   ERR_TOPIC_NAME_INVALID: 'a PUBLISH topic name holds U+0000 or is not valid UTF-8 (MQTT 3.1.1 §1.5.3, §4.7.3); the connection is closed',
+  ERR_TOMBSTONE_LIMIT: 'a tombstone for a (template, node) the broker never held, beyond limits.maxColdFloors such floors: acknowledged, not kept',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
