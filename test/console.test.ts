@@ -10,7 +10,7 @@ import { Aedes } from 'aedes';
 import mqtt from 'mqtt';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import t, { type Test } from 'tap';
-import { WebSocketServer, createWebSocketStream } from 'ws';
+import { WebSocket, WebSocketServer, createWebSocketStream } from 'ws';
 import { REL_BINS, attachEnrolment, compileTemplate, createEnrolment, keyFromSeed, operatorIdOf, signScorePacket, signTemplate, templateTopic, type ScoreFields } from '../src/index.js';
 import { SIT, freePort, packetOf, peer, publishAll, seed, startRegion, until } from './helpers/federation.js';
 import { bearing, bearingDoc, fixedKey } from './helpers/fixtures.js';
@@ -261,7 +261,8 @@ t.test('fleet - enrolment operators and their node counts (two operators and a n
   const { b, http, ws } = await consoleBroker(t);
   const opA = fixedKey(0xa1);
   const opB = fixedKey(0xb2);
-  const expS = Math.floor(Date.now() / 1000) + 30 * 86_400;
+  // Valid for two years: the page's clock is the browser's, which a faked test clock (faketime ±1 y) may not move.
+  const expS = Math.floor(Date.now() / 1000) + 2 * 365 * 86_400;
   const enrolled = (i: number, op: typeof opA): { topic: string; packet: Uint8Array } => {
     const p = packetOf(i, 1, 1);
     return { topic: p.topic, packet: attachEnrolment(p.packet, createEnrolment(op, { node: keyFromSeed(seed(i, 1)).publicKey, exp: expS })) };
@@ -339,4 +340,45 @@ t.test('track records - rival templates ranked from the score packets published,
   await until(async () => (await page.$$('[data-testid=ranking] tbody tr')).length === 2, 'both again', 30_000);
   await page.screenshot({ path: join(shots, 'track.png'), fullPage: true });
   t.same(errors, [], 'no script error in the page');
+});
+
+/** An MQTT 3.1.1 packet: fixed header byte, remaining length (variable-length), body. */
+function mqttPacket(first: number, body: number[]): Buffer {
+  const len: number[] = [];
+  let n = body.length;
+  do {
+    len.push((n % 128) | (n >= 128 ? 0x80 : 0));
+    n = Math.floor(n / 128);
+  } while (n > 0);
+  return Buffer.from([first, ...len, ...body]);
+}
+const mqttString = (s: string): number[] => [s.length >> 8, s.length & 0xff, ...Buffer.from(s)];
+
+t.test('broker - one WebSocket frame per MQTT packet (what the console pays per frame)', async (t) => {
+  const { b, ws } = await consoleBroker(t);
+  const fleet = Array.from({ length: 5 }, (_, i) => packetOf(900 + i, 1, 1));
+  await publishAll(b.url, [template, ...fleet]);
+  const sock = new WebSocket(`ws://127.0.0.1:${ws}/mqtt`, 'mqtt');
+  t.teardown(() => sock.terminate());
+  const frames: Buffer[] = [];
+  sock.on('message', (d: Buffer) => frames.push(d));
+  await new Promise<void>((r, j) => sock.once('open', () => r()).once('error', j));
+  // CONNECT (clean session, keepalive 60 s), then SUBSCRIBE qis/1/o/# at QoS 0.
+  sock.send(mqttPacket(0x10, [...mqttString('MQTT'), 4, 0x02, 0, 60, ...mqttString('frames-probe')]));
+  sock.send(mqttPacket(0x82, [0, 1, ...mqttString('qis/1/o/#'), 0]));
+  await until(() => frames.filter((f) => f[0] === 0x31).length >= fleet.length, 'the retained packets', 30_000);
+  const publishes = frames.filter((f) => (f[0] as number) >> 4 === 3);
+  t.equal(publishes.length, fleet.length, 'one frame per retained PUBLISH');
+  for (const f of publishes) {
+    let len = 0;
+    let mul = 1;
+    let i = 1;
+    for (; ; i++) {
+      len += ((f[i] as number) & 0x7f) * mul;
+      mul *= 128;
+      if (((f[i] as number) & 0x80) === 0) break;
+    }
+    t.equal(f.length, i + 1 + len, 'each frame holds exactly one whole packet');
+  }
+  t.same(frames.map((f) => (f[0] as number) >> 4), [2, 9, ...fleet.map(() => 3)], 'CONNACK, SUBACK and the PUBLISHes: no frame split off a packet');
 });

@@ -7,7 +7,7 @@ import { useEffect, useMemo, useState } from 'preact/hooks';
 import { checkPacket, checkPacketEnrolment, parseOutcomeTopic, readEnrolment, type EnrolmentReason, type ErrorCode } from '../../src/index.js';
 import { TimeChart, html, type View } from './charts.js';
 import { POLL_MS, ratesPerMinute, useMetrics } from './metrics.js';
-import { backend, type Session } from './session.js';
+import { backend, topicIds, type Session } from './session.js';
 import { useVerifiedMessages } from './verified-stream.js';
 
 /** One outcome message as the Fleet page checks it: the packet's signature, then its enrolment's. */
@@ -23,12 +23,7 @@ export interface FleetEntry {
 
 /** src/'s checkPacket, then checkPacketEnrolment (any operator: the page trusts none in particular). */
 export function checkFleetMessage(topic: string, payload: Uint8Array, now: number): FleetEntry {
-  let ids = { tplId: '?', nodeId: '?' };
-  try {
-    ids = parseOutcomeTopic(topic);
-  } catch {
-    // checkPacket names the refusal
-  }
+  const ids = topicIds(parseOutcomeTopic, topic);
   const r = checkPacket(topic, payload, { backend, now });
   if (!r.ok) return { ...ids, code: r.code };
   const e = checkPacketEnrolment({ ...r.packet, tplId: ids.tplId }, { now, backend });

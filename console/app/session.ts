@@ -51,12 +51,7 @@ export interface Checked {
  * bucket and expiry rules are the protocol's, with the refusal code when one fails.
  */
 export function checkOutcomeMessage(template: Template, topic: string, payload: Uint8Array, now: number): Checked {
-  let nodeId = '?';
-  try {
-    nodeId = parseOutcomeTopic(topic).nodeId;
-  } catch {
-    // the fold below names the refusal
-  }
+  const { nodeId } = topicIds(parseOutcomeTopic, topic);
   const depth = template.fields.length;
   const fold = foldCohort([{ topic, payload }], {
     // Only the depth of the levels matters at the widest level: no level is kept.
@@ -72,6 +67,16 @@ export function checkOutcomeMessage(template: Template, topic: string, payload: 
   if (packet) return { ...base, packet };
   // A valid tombstone (fold.withdrawn): it verified, so decoding it again only reads its seq.
   return { ...base, withdrawnSeq: decodePacket(payload).seq };
+}
+
+/** The template and node a topic names, or '?' for a topic `parse` refuses (the check after it names the refusal). */
+export function topicIds(parse: (topic: string) => { tplId: string; nodeId: string }, topic: string): { tplId: string; nodeId: string } {
+  try {
+    const { tplId, nodeId } = parse(topic);
+    return { tplId, nodeId };
+  } catch {
+    return { tplId: '?', nodeId: '?' };
+  }
 }
 
 type Listener = () => void;

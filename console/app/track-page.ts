@@ -6,7 +6,7 @@
 import { useMemo, useState } from 'preact/hooks';
 import { calibrationPoints, checkScorePacket, parseScoreTopic, rankTemplates, type ErrorCode, type RankRow, type TrackRecord, type VerifiedScore } from '../../src/index.js';
 import { CalibrationChart, fmt, html, pct, type View } from './charts.js';
-import { backend, backendName, type Session } from './session.js';
+import { backend, topicIds, backendName, type Session } from './session.js';
 import { useVerifiedMessages } from './verified-stream.js';
 
 /** Every node's score packet of every template: `qis/1/s/<tplId>/<nodeId>`. */
@@ -23,12 +23,7 @@ export interface CheckedScore {
 
 /** Checks one score message as `qis templates rank` does (src/'s checkScorePacket, the same backend rules). */
 export function checkScoreMessage(topic: string, payload: Uint8Array, now: number): CheckedScore {
-  let ids = { tplId: '?', nodeId: '?' };
-  try {
-    ids = parseScoreTopic(topic);
-  } catch {
-    // checkScorePacket names the refusal
-  }
+  const ids = topicIds(parseScoreTopic, topic);
   const r = checkScorePacket(topic, payload, { backend, now });
   return r.ok ? { topic, ...ids, score: r.score } : { topic, ...ids, code: r.code };
 }
