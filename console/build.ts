@@ -7,7 +7,7 @@
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { build, type Plugin } from 'esbuild';
+import { build, type Metafile, type Plugin } from 'esbuild';
 
 function repoRoot(from: string): string {
   for (let d = from; d !== dirname(d); d = dirname(d)) if (existsSync(join(d, 'package.json'))) return d;
@@ -38,9 +38,9 @@ const nodeShims: Plugin = {
   },
 };
 
-export async function buildConsole(options: { minify?: boolean } = {}): Promise<void> {
+export async function buildConsole(options: { minify?: boolean } = {}): Promise<Metafile> {
   mkdirSync(OUT_DIR, { recursive: true });
-  await build({
+  const result = await build({
     entryPoints: { app: join(app, 'main.ts'), style: join(app, 'style.css') },
     bundle: true,
     format: 'esm',
@@ -54,8 +54,10 @@ export async function buildConsole(options: { minify?: boolean } = {}): Promise<
     define: { 'process.env.NODE_ENV': '"production"' },
     plugins: [nodeShims],
     logLevel: 'warning',
+    metafile: true,
   });
   copyFileSync(join(app, 'index.html'), join(OUT_DIR, 'index.html'));
+  return result.metafile;
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

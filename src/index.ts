@@ -158,6 +158,7 @@ export {
   betaCdf,
   betaQuantile,
   calibrationSvg,
+  calibrationPoints,
   predictionOf,
   relBin,
   EMPTY_TOTALS,
@@ -166,6 +167,7 @@ export {
   type ScoreTotals,
   type TrackRecord,
   type RankRow,
+  type CalibrationPoint,
   type ThompsonDraw,
 } from './elections/darwin.js';
 export { prng } from './elections/prng.js';

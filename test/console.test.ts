@@ -10,10 +10,10 @@ import { Aedes } from 'aedes';
 import mqtt from 'mqtt';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import t, { type Test } from 'tap';
-import { WebSocketServer, createWebSocketStream } from 'ws';
-import { signTemplate, templateTopic } from '../src/index.js';
-import { SIT, freePort, packetOf, peer, publishAll, startRegion, until } from './helpers/federation.js';
-import { bearing, fixedKey } from './helpers/fixtures.js';
+import { WebSocket, WebSocketServer, createWebSocketStream } from 'ws';
+import { REL_BINS, attachEnrolment, compileTemplate, createEnrolment, keyFromSeed, operatorIdOf, signScorePacket, signTemplate, templateTopic, type ScoreFields } from '../src/index.js';
+import { SIT, freePort, packetOf, peer, publishAll, seed, startRegion, until } from './helpers/federation.js';
+import { bearing, bearingDoc, fixedKey } from './helpers/fixtures.js';
 import { startQisBroker, type TestBroker } from './helpers/qis-broker.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -225,6 +225,12 @@ t.test('links - a federation peer up, with the packets forwarded to it', async (
   await until(async () => (await text(page, 'tr[data-peer=region-b] [data-testid=out]').catch(() => '')).trim() === String(await metric()), 'the page shows the broker counter', 30_000);
   t.ok(Number(await text(page, 'tr[data-peer=region-b] [data-testid=out]')) >= sent.length + 1, 'at least the template and the 5 packets forwarded out');
   t.match(await text(page, 'tr[data-peer=region-b] [data-testid=state]'), /up/, 'the link is up');
+  // The last catch-up: the broker's gauge (Unix s at its completion), shown as a time.
+  const lastCatchUp = async (): Promise<string> => /qis_federation_last_catchup_seconds\{peer="region-b"\} (\S+)/.exec(await (await fetch(`http://127.0.0.1:${http}/metrics`)).text())?.[1] ?? 'absent';
+  await until(async () => (await page.$eval('tr[data-peer=region-b] [data-testid=last-catchup] time', (e) => e.getAttribute('data-unix')).catch(() => null)) === (await lastCatchUp()), 'the page shows the last catch-up the broker reports', 30_000);
+  const shown = Number(await page.$eval('tr[data-peer=region-b] [data-testid=last-catchup] time', (e) => e.getAttribute('data-unix')));
+  t.ok(shown > 0, 'a catch-up completed when the link came up');
+  t.match(await text(page, 'tr[data-peer=region-b] [data-testid=last-catchup]'), /ago|Z$/, 'shown as a time');
   await until(async () => (await page.$$('.uplot')).length === 1, 'the forwarded chart drawn', 30_000);
   await page.screenshot({ path: join(shots, 'links.png'), fullPage: true });
   t.same(errors, [], 'no script error in the page');
@@ -249,4 +255,130 @@ t.test('http - the console files and nothing else', async (t) => {
   const post = await fetch(`${base}/`, { method: 'POST', body: 'x' });
   t.equal(post.status, 404, 'POST /: 404');
   await post.text();
+});
+
+t.test('fleet - enrolment operators and their node counts (two operators and a node without enrolment)', async (t) => {
+  const { b, http, ws } = await consoleBroker(t);
+  const opA = fixedKey(0xa1);
+  const opB = fixedKey(0xb2);
+  // Valid for two years: the page's clock is the browser's, which a faked test clock (faketime ±1 y) may not move.
+  const expS = Math.floor(Date.now() / 1000) + 2 * 365 * 86_400;
+  const enrolled = (i: number, op: typeof opA): { topic: string; packet: Uint8Array } => {
+    const p = packetOf(i, 1, 1);
+    return { topic: p.topic, packet: attachEnrolment(p.packet, createEnrolment(op, { node: keyFromSeed(seed(i, 1)).publicKey, exp: expS })) };
+  };
+  const byA = [700, 701, 702].map((i) => enrolled(i, opA));
+  const byB = [710, 711].map((i) => enrolled(i, opB));
+  const none = [packetOf(720, 1, 1)];
+  await publishAll(b.url, [template, ...byA, ...byB, ...none]);
+
+  const { page, errors } = await open(t, `http://127.0.0.1:${http}/?poll=1000&mqtt=${encodeURIComponent(`ws://127.0.0.1:${ws}/mqtt`)}#/fleet`);
+  const a = operatorIdOf(opA.publicKey);
+  const bId = operatorIdOf(opB.publicKey);
+  await waitText(page, `tr[data-operator="${a}"] [data-testid=operator-nodes]`, String(byA.length), 'operator A');
+  t.equal((await text(page, `tr[data-operator="${bId}"] [data-testid=operator-nodes]`)).trim(), String(byB.length), 'operator B: 2 nodes');
+  t.equal((await text(page, 'tr[data-operator=none] [data-testid=operator-nodes]')).trim(), String(none.length), 'one node without enrolment');
+  t.equal((await page.$$('[data-testid=operators] tbody tr')).length, 3, 'two operators and the not-enrolled row');
+  t.equal((await text(page, `tr[data-tpl="${bearing.tplId}"] [data-testid=nodes]`)).trim(), '6', 'all 6 nodes of the template');
+  t.same(errors, [], 'no script error in the page');
+});
+
+/** Score fields of a node that scored `k` predictions with `hits` hits; rel: [bin, n, yes] triples. */
+function scoreOf(k: number, hits: number, brier: number, rel: [number, number, number][]): ScoreFields {
+  const r = new Array<number>(2 * REL_BINS).fill(0);
+  for (const [bin, n, yes] of rel) {
+    r[2 * bin] = n;
+    r[2 * bin + 1] = yes;
+  }
+  return { seq: 1, ts: Date.now(), k, hits, brier, rel: r };
+}
+
+t.test('track records - rival templates ranked from the score packets published, a forged one refused by the page', async (t) => {
+  const { http } = await consoleBroker(t); // serves the page only
+  const evil = await untrustedBroker(t); // retains anything: the page's own verification decides
+  const rival = compileTemplate({ ...bearingDoc, version: bearingDoc.version + 1 });
+  const rivalDoc = { topic: templateTopic(rival.tplId), packet: signTemplate(curator, rival) };
+  // The rival's 4 nodes hit 8 of 10 each; bearing's 3 nodes 4 of 10: the rival ranks first.
+  const good = [0, 1, 2, 3].map((i) => signScorePacket(keyFromSeed(seed(800 + i, 1)), rival.tplId, scoreOf(10, 8, 0.12, [[1, 5, 0], [8, 5, 4]])));
+  const poor = [0, 1, 2].map((i) => signScorePacket(keyFromSeed(seed(810 + i, 1)), bearing.tplId, scoreOf(10, 4, 0.31, [[1, 5, 3], [8, 5, 2]])));
+  // A forged record for bearing: a huge claim whose signature's last byte is flipped.
+  const forged = signScorePacket(keyFromSeed(seed(820, 1)), bearing.tplId, scoreOf(1000, 1000, 0, []));
+  const bytes = Uint8Array.from(forged.bytes);
+  bytes[bytes.length - 1] = (bytes[bytes.length - 1] as number) ^ 0x01;
+  await publishAll(evil.ws, [template, rivalDoc, ...[...good, ...poor].map((s) => ({ topic: s.topic, packet: s.bytes })), { topic: forged.topic, packet: bytes }]);
+
+  const { page, errors } = await open(t, `http://127.0.0.1:${http}/?mqtt=${encodeURIComponent(evil.ws)}#/track`);
+  await waitText(page, '[data-testid=scores-received]', String(good.length + poor.length + 1), 'every score packet heard');
+  t.equal((await text(page, '[data-testid=scores-refused]')).trim(), '1', 'the forged one refused');
+  t.match(await text(page, `[data-testid=refused-scores] tr[data-node="${forged.topic.split('/').pop()}"] [data-testid=verdict]`), /refused ERR_BAD_SIGNATURE/, 'with its code');
+  await until(async () => (await page.$$('[data-testid=ranking] tbody tr')).length === 2, 'both rivals ranked', 30_000);
+  const order = await page.$$eval('[data-testid=ranking] tbody tr', (rows) => rows.map((r) => r.getAttribute('data-tpl')));
+  t.same(order, [rival.tplId, bearing.tplId], 'the rival (8 of 10 hits per node) above bearing (4 of 10)');
+  const row = (id: string, cell: string): Promise<string> => text(page, `[data-testid=ranking] tr[data-tpl="${id}"] [data-testid=${cell}]`);
+  t.equal(await row(rival.tplId, 'nodes'), String(good.length), 'rival: 4 nodes');
+  t.equal(await row(rival.tplId, 'k'), String(good.length * 10), 'rival: 40 predictions');
+  t.equal(await row(rival.tplId, 'hits'), String(good.length * 8), 'rival: 32 hits');
+  t.equal(await row(bearing.tplId, 'nodes'), String(poor.length), 'bearing: 3 nodes (the forged one not counted)');
+  t.equal(await row(bearing.tplId, 'k'), String(poor.length * 10), 'bearing: 30 predictions');
+  t.equal(await row(bearing.tplId, 'hits'), String(poor.length * 4), 'bearing: 12 hits');
+  await until(async () => (await page.$$('[data-testid=calibration] .uplot')).length === 1, 'the calibration chart drawn', 30_000);
+  const legend = await text(page, '[data-testid=calibration]');
+  t.match(legend, new RegExp(`${bearingDoc.name} v${bearingDoc.version + 1}`), 'the rival in the chart legend');
+  t.match(legend, /perfectly calibrated/, 'with the diagonal');
+
+  // Keyboard: from the top of the page, Tab reaches the skip link and then the pages; Enter opens one.
+  await page.keyboard.press('Tab');
+  t.equal(await page.evaluate('document.activeElement?.textContent'), 'Skip to content', 'Tab first reaches the skip link');
+  for (let i = 0; i < 4; i++) await page.keyboard.press('Tab'); // Cohort explorer, Fleet, Links, Track records
+  t.equal(await page.evaluate('document.activeElement?.textContent'), 'Track records', 'then the pages, in order');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Space'); // the first rival's checkbox: leave it out of the comparison
+  await until(async () => (await page.$$('[data-testid=ranking] tbody tr')).length === 1, 'one rival left after unticking one with the keyboard', 30_000);
+  const unlabelled = await page.evaluate(`[...document.querySelectorAll('input, select, button')].filter((e) => (e.labels?.length ?? 0) === 0 && !e.getAttribute('aria-label') && e.textContent.trim() === '').length`);
+  t.equal(unlabelled, 0, 'every control has a label');
+  await page.keyboard.press('Space');
+  await until(async () => (await page.$$('[data-testid=ranking] tbody tr')).length === 2, 'both again', 30_000);
+  await page.screenshot({ path: join(shots, 'track.png'), fullPage: true });
+  t.same(errors, [], 'no script error in the page');
+});
+
+/** An MQTT 3.1.1 packet: fixed header byte, remaining length (variable-length), body. */
+function mqttPacket(first: number, body: number[]): Buffer {
+  const len: number[] = [];
+  let n = body.length;
+  do {
+    len.push((n % 128) | (n >= 128 ? 0x80 : 0));
+    n = Math.floor(n / 128);
+  } while (n > 0);
+  return Buffer.from([first, ...len, ...body]);
+}
+const mqttString = (s: string): number[] => [s.length >> 8, s.length & 0xff, ...Buffer.from(s)];
+
+t.test('broker - one WebSocket frame per MQTT packet (what the console pays per frame)', async (t) => {
+  const { b, ws } = await consoleBroker(t);
+  const fleet = Array.from({ length: 5 }, (_, i) => packetOf(900 + i, 1, 1));
+  await publishAll(b.url, [template, ...fleet]);
+  const sock = new WebSocket(`ws://127.0.0.1:${ws}/mqtt`, 'mqtt');
+  t.teardown(() => sock.terminate());
+  const frames: Buffer[] = [];
+  sock.on('message', (d: Buffer) => frames.push(d));
+  await new Promise<void>((r, j) => sock.once('open', () => r()).once('error', j));
+  // CONNECT (clean session, keepalive 60 s), then SUBSCRIBE qis/1/o/# at QoS 0.
+  sock.send(mqttPacket(0x10, [...mqttString('MQTT'), 4, 0x02, 0, 60, ...mqttString('frames-probe')]));
+  sock.send(mqttPacket(0x82, [0, 1, ...mqttString('qis/1/o/#'), 0]));
+  await until(() => frames.filter((f) => f[0] === 0x31).length >= fleet.length, 'the retained packets', 30_000);
+  const publishes = frames.filter((f) => (f[0] as number) >> 4 === 3);
+  t.equal(publishes.length, fleet.length, 'one frame per retained PUBLISH');
+  for (const f of publishes) {
+    let len = 0;
+    let mul = 1;
+    let i = 1;
+    for (; ; i++) {
+      len += ((f[i] as number) & 0x7f) * mul;
+      mul *= 128;
+      if (((f[i] as number) & 0x80) === 0) break;
+    }
+    t.equal(f.length, i + 1 + len, 'each frame holds exactly one whole packet');
+  }
+  t.same(frames.map((f) => (f[0] as number) >> 4), [2, 9, ...fleet.map(() => 3)], 'CONNACK, SUBACK and the PUBLISHes: no frame split off a packet');
 });

@@ -82,6 +82,7 @@ export class CatchUp {
     this.#history.push(report);
     if (this.#history.length > HISTORY) this.#history.shift();
     m.catchUps.inc({ peer: name, mode: report.mode });
+    m.lastCatchUp.set({ peer: name }, this.s.host.now() / 1000);
     m.catchUpBytes.inc({ peer: name }, report.bytes);
     this.s.log.info(report, 'federation catch-up done');
     // What reaches the peer after this catch-up arrives live (the link subscribed first); an

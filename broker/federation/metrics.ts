@@ -8,6 +8,7 @@ export interface FedMetrics {
   dropped: Counter<'peer' | 'code'>;
   catchUpBytes: Counter<'peer'>;
   catchUps: Counter<'peer' | 'mode'>;
+  lastCatchUp: Gauge<'peer'>;
   lag: Gauge<'peer'>;
   pending: Gauge<'peer'>;
 }
@@ -21,6 +22,7 @@ export function fedMetrics(registry: Registry): FedMetrics {
     dropped: new Counter({ name: 'qis_federation_dropped_total', help: 'packets received over a link and dropped: not newer than the stored one (ERR_SEQ_STALE) or over the link rate limit (ERR_RATE_LIMITED)', labelNames: ['peer', 'code'] as const, registers: r }),
     catchUpBytes: new Counter({ name: 'qis_federation_catchup_bytes_total', help: 'payload bytes of catch-up exchanges (digests, lists and packets, both directions)', labelNames: ['peer'] as const, registers: r }),
     catchUps: new Counter({ name: 'qis_federation_catchups_total', help: 'catch-ups completed, by mode (digest, or full retained exchange with a non-qis peer)', labelNames: ['peer', 'mode'] as const, registers: r }),
+    lastCatchUp: new Gauge({ name: 'qis_federation_last_catchup_seconds', help: 'when the last catch-up with the peer completed, Unix seconds (absent before the first)', labelNames: ['peer'] as const, registers: r }),
     lag: new Gauge({ name: 'qis_federation_lag_ms', help: 'time from admission here to the peer acknowledging the last forwarded packet, ms', labelNames: ['peer'] as const, registers: r }),
     pending: new Gauge({ name: 'qis_federation_pending', help: 'packets forwarded to the peer and not yet acknowledged', labelNames: ['peer'] as const, registers: r }),
   };

@@ -9,6 +9,7 @@ import { createServer as createTlsServer } from 'node:tls';
 import type { Aedes } from 'aedes';
 import type { Logger } from 'pino';
 import { WebSocketServer, createWebSocketStream } from 'ws';
+import { framePerPacket } from './ws-frames.js';
 import { QisError } from '../../src/index.js';
 import type { ListenerOptions } from '../options.js';
 import type { Limits } from './limits.js';
@@ -115,6 +116,7 @@ function mqttServer(l: ListenerOptions, aedes: Aedes, logger: Logger, track: (s:
   wss.on('error', (e) => logger.debug({ err: e.message }, 'WebSocket server error'));
   wss.on('connection', (ws, req) => {
     const stream = createWebSocketStream(ws);
+    framePerPacket(stream, ws);
     stream.on('error', () => stream.destroy());
     arrivedOn.set(stream, l);
     if (!admit(stream, req.socket.remoteAddress)) return;

@@ -1,13 +1,13 @@
 /**
  * Charts as plain SVG where the picture is a handful of bars (label shares with their intervals,
  * a histogram): readable by a screen reader through their titles and the table beside them.
- * Time series (Fleet) use uPlot.
+ * Time series (Fleet, Links) and the calibration chart (Track records) use uPlot.
  */
 import htm from 'htm';
-import { h } from 'preact';
+import { h, type RefObject } from 'preact';
 import { useEffect, useRef } from 'preact/hooks';
 import uPlot from 'uplot';
-import type { CategorySummary, NumberSummary } from '../../src/index.js';
+import { REL_BINS, type CalibrationPoint, type CategorySummary, type NumberSummary } from '../../src/index.js';
 
 export const html = htm.bind(h);
 /** What an htm template gives: one node, or several (main.ts's header and main). */
@@ -66,30 +66,75 @@ export function Histogram({ values, s, title }: { values: readonly number[]; s: 
 
 export const fmt = (v: number): string => (Number.isInteger(v) ? String(v) : v.toPrecision(4));
 
-/** A uPlot time series; `data[0]` is Unix seconds. */
-export function TimeChart({ data, series, title }: { data: uPlot.AlignedData; series: readonly string[]; title: string }): View {
+const COLOURS = ['#1f5fa8', '#b3261e', '#2e7d32', '#7b1fa2', '#e65100', '#00695c'];
+
+/** A uPlot chart, made again when `key` changes and fed new data otherwise. */
+function usePlot(make: (el: HTMLDivElement) => uPlot, key: string, data: uPlot.AlignedData): RefObject<HTMLDivElement | null> {
   const el = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
-  const key = series.join('\u0000');
   useEffect(() => {
     if (!el.current) return;
-    const colors = ['#1f5fa8', '#b3261e', '#2e7d32', '#7b1fa2', '#e65100', '#00695c'];
-    plot.current = new uPlot(
-      {
-        title,
-        width: W + 120,
-        height: 220,
-        // At least the last ten minutes on the x axis: one or two readings would otherwise span years.
-        scales: { x: { time: true, range: (_u, min, max) => [Math.min(min, max - 600), max] } },
-        series: [{}, ...series.map((label, i) => ({ label, stroke: colors[i % colors.length] as string, width: 2 }))], axes: [{}, { label: 'per minute' }] },
-      data,
-      el.current,
-    );
+    plot.current = make(el.current);
     return () => {
       plot.current?.destroy();
       plot.current = null;
     };
   }, [key]);
   useEffect(() => plot.current?.setData(data), [data]);
+  return el;
+}
+
+/**
+ * Reliability (calibration) of rival templates: observed frequency of a label against the
+ * probability it was given, per bin of src/'s calibrationPoints (the CLI's SVG draws the same
+ * points), with the diagonal of perfect calibration.
+ */
+export function CalibrationChart({ templates, title }: { templates: readonly { name: string; points: readonly CalibrationPoint[] }[]; title: string }): View {
+  const x = Array.from({ length: REL_BINS }, (_, i) => (i + 0.5) / REL_BINS);
+  const data: uPlot.AlignedData = [x, x, ...templates.map((t) => x.map((_, i) => t.points.find((q) => q.bin === i)?.observed ?? null))];
+  const el = usePlot(
+    (node) =>
+      new uPlot(
+        {
+          title,
+          width: W,
+          height: 360,
+          scales: { x: { time: false, range: [0, 1] }, y: { range: [0, 1] } },
+          series: [
+            { label: 'predicted' },
+            { label: 'perfectly calibrated', stroke: '#757575', dash: [4, 4], width: 1, points: { show: false } },
+            ...templates.map((t, i) => ({ label: t.name, stroke: COLOURS[i % COLOURS.length] as string, width: 2, spanGaps: true, points: { show: true, size: 8 } })),
+          ],
+          axes: [{ label: 'predicted probability' }, { label: 'observed frequency' }],
+        },
+        data,
+        node,
+      ),
+    templates.map((t) => t.name).join('\u0000'),
+    data,
+  );
+  return html`<div ref=${el} role="img" aria-label=${`${title}: ${templates.map((t) => `${t.name}, ${t.points.map((q) => `${fmt(q.predicted)} predicted, ${pct(q.observed)} observed`).join('; ') || 'no reliability data'}`).join('. ')}`}></div>`;
+}
+
+/** A uPlot time series; `data[0]` is Unix seconds. */
+export function TimeChart({ data, series, title }: { data: uPlot.AlignedData; series: readonly string[]; title: string }): View {
+  const el = usePlot(
+    (node) =>
+      new uPlot(
+        {
+          title,
+          width: W + 120,
+          height: 220,
+          // At least the last ten minutes on the x axis: one or two readings would otherwise span years.
+          scales: { x: { time: true, range: (_u, min, max) => [Math.min(min, max - 600), max] } },
+          series: [{}, ...series.map((label, i) => ({ label, stroke: COLOURS[i % COLOURS.length] as string, width: 2 }))],
+          axes: [{}, { label: 'per minute' }],
+        },
+        data,
+        node,
+      ),
+    series.join('\u0000'),
+    data,
+  );
   return html`<div ref=${el} role="img" aria-label=${title}></div>`;
 }

@@ -3,67 +3,11 @@ import { useEffect, useMemo, useState } from 'preact/hooks';
 import type { Situation, Template } from '../../src/index.js';
 import { Histogram, ShareChart, fmt, html, pct, type View } from './charts.js';
 import { cohortView, fieldChoices, type CohortView } from './cohort-model.js';
-import { MAX_MESSAGES, backend, backendName, checkOutcomeMessage, cryptoReady, type Checked, type Session } from './session.js';
-import { preverify } from './webcrypto.js';
+import { backendName, checkOutcomeMessage, type Checked, type Session } from './session.js';
+import { useVerifiedMessages } from './verified-stream.js';
 
-/** Verification runs in slices so a burst of retained packets never freezes the page. */
-const SLICE = 100;
 /** Rows shown in the packets table (the counts above it cover every packet). */
 const MAX_ROWS = 200;
-
-/** Every message of one template, checked on arrival, kept per topic (what the broker retains). */
-function useTemplateMessages(session: Session, template: Template | undefined): { messages: ReadonlyMap<string, Checked>; version: number; pending: number; forgotten: number } {
-  const [state, setState] = useState({ messages: new Map<string, Checked>(), version: 0, pending: 0, forgotten: 0 });
-  useEffect(() => {
-    if (!template) return;
-    const messages = new Map<string, Checked>();
-    const queue: { topic: string; payload: Uint8Array }[] = [];
-    let forgotten = 0;
-    let version = 0;
-    let stopped = false;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let draining = false;
-    const drain = async (): Promise<void> => {
-      timer = undefined;
-      draining = true;
-      const slice = queue.splice(0, SLICE);
-      await cryptoReady;
-      if (backend === 'node') await preverify(slice);
-      draining = false;
-      if (stopped) return;
-      for (const m of slice) {
-        if (m.payload.length === 0) {
-          messages.delete(m.topic); // the broker cleared it (the node moved or the packet expired)
-          continue;
-        }
-        messages.delete(m.topic);
-        messages.set(m.topic, checkOutcomeMessage(template, m.topic, m.payload, session.now()));
-        if (messages.size > MAX_MESSAGES) {
-          const oldest = messages.keys().next();
-          if (!oldest.done) messages.delete(oldest.value);
-          forgotten++;
-        }
-      }
-      if (queue.length > 0) timer = setTimeout(() => void drain(), 0);
-      setState({ messages, version: ++version, pending: queue.length, forgotten });
-    };
-    const stop = session.watch(`qis/1/o/${template.tplId}/#`, (topic, payload) => {
-      if (queue.length >= MAX_MESSAGES) {
-        forgotten++;
-        return;
-      }
-      queue.push({ topic, payload });
-      if (!draining) timer ??= setTimeout(() => void drain(), 0);
-    });
-    setState({ messages, version: 0, pending: 0, forgotten: 0 });
-    return () => {
-      stopped = true;
-      stop();
-      if (timer) clearTimeout(timer);
-    };
-  }, [session, template]);
-  return state;
-}
 
 /** The page address's parameters after `#/cohort?`: `tpl=<id>` and a value per field (a link to an answer). */
 const hashParams = (): URLSearchParams => new URLSearchParams(location.hash.split('?')[1] ?? '');
@@ -97,8 +41,10 @@ function toSituation(t: Template, form: Record<string, string>): Situation | str
 export function CohortPage({ session }: { session: Session }): View {
   const templates = [...session.templates.values()].filter((e) => e.template);
   const [tplId, setTplId] = useState<string>(() => hashParams().get('tpl') ?? '');
-  const entry = session.templates.get(tplId) ?? templates[0];
+  // A template named in the address is waited for (another one's packets are not fetched meanwhile).
+  const entry = tplId ? session.templates.get(tplId) : templates[0];
   const template = entry?.template;
+  const check = useMemo(() => (template ? (topic: string, payload: Uint8Array, now: number) => checkOutcomeMessage(template, topic, payload, now) : noCheck), [template]);
   const [form, setForm] = useState<Record<string, string>>({});
   const [widenChoice, setWidenChoice] = useState<number | undefined>(undefined);
   useEffect(() => {
@@ -107,7 +53,7 @@ export function CohortPage({ session }: { session: Session }): View {
       setWidenChoice(undefined);
     }
   }, [template]);
-  const heard = useTemplateMessages(session, template);
+  const heard = useVerifiedMessages(session, template ? `qis/1/o/${template.tplId}/#` : undefined, check);
   const situation = template && Object.keys(form).length > 0 ? toSituation(template, form) : undefined;
   const view = useMemo<CohortView | string | undefined>(() => {
     if (!template || situation === undefined) return undefined;
@@ -119,12 +65,13 @@ export function CohortPage({ session }: { session: Session }): View {
     }
   }, [template, JSON.stringify(situation), heard.version, widenChoice]);
 
-  if (templates.length === 0) return html`<section aria-labelledby="h-cohort"><h2 id="h-cohort">Cohort explorer</h2><p>No verified template heard yet on <code>qis/1/t/+</code>.</p></section>`;
+  if (templates.length === 0 && !tplId) return html`<section aria-labelledby="h-cohort"><h2 id="h-cohort">Cohort explorer</h2><p role="status">No verified template heard yet on <code>qis/1/t/+</code>.</p></section>`;
   return html`<section aria-labelledby="h-cohort">
     <h2 id="h-cohort">Cohort explorer</h2>
     <form class="situation" onSubmit=${(e: Event) => e.preventDefault()}>
       <label>Template
-        <select id="tpl" value=${template?.tplId} onChange=${(e: Event) => setTplId((e.target as HTMLSelectElement).value)}>
+        <select id="tpl" value=${entry?.tplId ?? tplId} onChange=${(e: Event) => setTplId((e.target as HTMLSelectElement).value)}>
+          ${!entry ? html`<option value=${tplId}>waiting for ${tplId.slice(0, 8)}…</option>` : null}
           ${templates.map((t) => html`<option value=${t.tplId}>${t.template?.doc.name} v${t.template?.doc.version} (${t.tplId.slice(0, 8)}…)</option>`)}
         </select>
       </label>
@@ -140,6 +87,8 @@ export function CohortPage({ session }: { session: Session }): View {
         </label>`;
       })}
     </form>
+    ${!template && entry?.refused ? html`<p role="alert" class="error">Template ${entry.tplId} refused by this page: ${entry.refused.code}</p>` : null}
+    ${!entry ? html`<p role="status">Waiting for template <code>${tplId}</code> on <code>qis/1/t/+</code>…</p>` : null}
     ${typeof view === 'string' ? html`<p role="alert" class="error">${view}</p>` : view ? html`<${Answer} view=${view} template=${template as Template} heard=${heard} setWiden=${setWidenChoice} now=${session.now()} />` : null}
   </section>`;
 }
@@ -182,6 +131,10 @@ function Answer({ view, template, heard, setWiden, now }: { view: CohortView; te
     </table>
   </div>`;
 }
+
+const noCheck = (): never => {
+  throw new Error('no template');
+};
 
 function age(ms: number): string {
   const s = Math.max(0, Math.round(ms / 1000));

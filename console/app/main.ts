@@ -10,11 +10,13 @@ import { CohortPage } from './cohort-page.js';
 import { FleetPage } from './fleet-page.js';
 import { LinksPage } from './links-page.js';
 import { Session } from './session.js';
+import { TrackPage } from './track-page.js';
 
 const PAGES = [
   { id: 'cohort', label: 'Cohort explorer' },
   { id: 'fleet', label: 'Fleet' },
   { id: 'links', label: 'Links' },
+  { id: 'track', label: 'Track records' },
 ] as const;
 type PageId = (typeof PAGES)[number]['id'];
 
@@ -68,7 +70,9 @@ function App(): View {
           ? html`<${FleetPage} session=${session} />`
           : page === 'links'
             ? html`<${LinksPage} />`
-            : html`<${CohortPage} session=${session} />`}
+            : page === 'track'
+              ? html`<${TrackPage} session=${session} />`
+              : html`<${CohortPage} session=${session} />`}
     </main>`;
 }
 

@@ -4,7 +4,7 @@
  */
 import mqtt, { type MqttClient } from 'mqtt';
 import { decodePacket, foldCohort, topicMatches, parseOutcomeTopic, templateTopic, verifyTemplateDoc, TEMPLATE_TOPIC_PREFIX, isQisError, type Ed25519Backend, type ErrorCode, type Template, type VerifiedPacket } from '../../src/index.js';
-import { webCryptoEd25519 } from './webcrypto.js';
+import { preverify, webCryptoEd25519 } from './webcrypto.js';
 
 /**
  * Ed25519 in the browser: WebCrypto where the browser has it (src/'s `node` backend, answered by
@@ -51,12 +51,7 @@ export interface Checked {
  * bucket and expiry rules are the protocol's, with the refusal code when one fails.
  */
 export function checkOutcomeMessage(template: Template, topic: string, payload: Uint8Array, now: number): Checked {
-  let nodeId = '?';
-  try {
-    nodeId = parseOutcomeTopic(topic).nodeId;
-  } catch {
-    // the fold below names the refusal
-  }
+  const { nodeId } = topicIds(parseOutcomeTopic, topic);
   const depth = template.fields.length;
   const fold = foldCohort([{ topic, payload }], {
     // Only the depth of the levels matters at the widest level: no level is kept.
@@ -72,6 +67,16 @@ export function checkOutcomeMessage(template: Template, topic: string, payload: 
   if (packet) return { ...base, packet };
   // A valid tombstone (fold.withdrawn): it verified, so decoding it again only reads its seq.
   return { ...base, withdrawnSeq: decodePacket(payload).seq };
+}
+
+/** The template and node a topic names, or '?' for a topic `parse` refuses (the check after it names the refusal). */
+export function topicIds(parse: (topic: string) => { tplId: string; nodeId: string }, topic: string): { tplId: string; nodeId: string } {
+  try {
+    const { tplId, nodeId } = parse(topic);
+    return { tplId, nodeId };
+  } catch {
+    return { tplId: '?', nodeId: '?' };
+  }
 }
 
 type Listener = () => void;
@@ -121,7 +126,23 @@ export class Session {
     return this.#now();
   }
 
+  /** Template documents are checked in arrival order, after WebCrypto's verdicts (no noble warm-up on load). */
+  #templates: Promise<void> = Promise.resolve();
+
+  #templatesPending = 0;
+
   #onTemplate(topic: string, bytes: Uint8Array): void {
+    if (this.#templatesPending >= MAX_TEMPLATES) return; // a flood of documents waits for nobody: not believed
+    this.#templatesPending++;
+    this.#templates = this.#templates.then(async () => {
+      this.#templatesPending--;
+      await cryptoReady;
+      if (backend === 'node' && bytes.length > 0 && bytes.length <= MAX_TEMPLATE_BYTES) await preverify([{ topic, payload: bytes }]);
+      this.#checkTemplate(topic, bytes);
+    });
+  }
+
+  #checkTemplate(topic: string, bytes: Uint8Array): void {
     const tplId = topic.slice(TEMPLATE_TOPIC_PREFIX.length);
     if (bytes.length === 0) {
       this.templates.delete(tplId);
@@ -131,7 +152,7 @@ export class Session {
       this.templates.set(tplId, { tplId, refused: { code: 'ERR_TOO_LARGE', message: `${bytes.length} bytes` } });
     } else {
       try {
-        const v = verifyTemplateDoc(tplId, bytes, 'noble');
+        const v = verifyTemplateDoc(tplId, bytes, backend);
         this.templates.set(tplId, { tplId, template: v.template, curator: v.curator });
       } catch (e) {
         if (!isQisError(e)) throw e;
@@ -141,10 +162,14 @@ export class Session {
     this.emit();
   }
 
-  /** Routes messages matching `filter` to `handler` and subscribes; returns the unsubscribe. */
+  /**
+   * Routes messages matching `filter` to `handler` and subscribes; returns the unsubscribe. At
+   * QoS 0: the page only reads what the broker retains, and a reconnection subscribes again and
+   * gets all of it; QoS 1 cost a PUBACK per retained packet (a seventh of the first load).
+   */
   watch(filter: string, handler: (topic: string, payload: Uint8Array) => void): () => void {
     this.#handlers.set(filter, handler);
-    this.client.subscribe(filter, { qos: 1 });
+    this.client.subscribe(filter, { qos: 0 });
     return () => {
       this.#handlers.delete(filter);
       this.client.unsubscribe(filter);

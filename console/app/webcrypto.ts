@@ -6,7 +6,7 @@
  * Anything this pass cannot read is left to src/, which refuses it with its code.
  */
 import { decodeSign1, sigStructure } from '../../src/index.js';
-import { putVerdict, verdictKey } from './shims/verdicts.js';
+import { putVerdict } from './shims/verdicts.js';
 
 // RFC 8032 §7.1 test 1: public key and signature of the empty message.
 const RFC_PUB = 'd75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a';
@@ -29,7 +29,8 @@ const keys = new Map<string, Promise<CryptoKey | null>>();
 const MAX_KEYS = 20_000;
 
 function importKey(raw: Uint8Array): Promise<CryptoKey | null> {
-  const id = String.fromCharCode(...raw);
+  let id = '';
+  for (const b of raw) id += String.fromCharCode(b);
   let k = keys.get(id);
   if (!k) {
     if (keys.size >= MAX_KEYS) keys.delete(keys.keys().next().value as string);
@@ -39,7 +40,12 @@ function importKey(raw: Uint8Array): Promise<CryptoKey | null> {
   return k;
 }
 
-/** Checks the signatures of these messages with WebCrypto and leaves the verdicts for src/. */
+/**
+ * Checks the signatures of these messages with WebCrypto and leaves the verdicts for src/. The
+ * whole batch is in flight at once (subtle.verify runs off the main thread); templates, outcome
+ * and score packets share the envelope (PROTOCOL §5, §9: the topic is the external_aad), and an
+ * enrolment has an empty one (§10: `topic` '').
+ */
 export async function preverify(messages: readonly { topic: string; payload: Uint8Array }[]): Promise<void> {
   await Promise.all(
     messages.map(async ({ topic, payload }) => {
@@ -58,7 +64,7 @@ export async function preverify(messages: readonly { topic: string; payload: Uin
       const key = await importKey(kid);
       if (!key) return;
       const ok = await crypto.subtle.verify({ name: 'Ed25519' }, key, own(signature), own(message)).catch(() => undefined);
-      if (ok !== undefined) putVerdict(verdictKey(kid, signature, message), ok);
+      if (ok !== undefined) putVerdict(kid, signature, message, ok);
     }),
   );
 }

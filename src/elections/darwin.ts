@@ -428,6 +428,29 @@ function normalSample(rng: () => number): number {
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const COLOURS = ['#1b6ac9', '#d1495b', '#2e933c', '#edae49', '#6f42c1', '#00798c'];
 
+/** One bin of a reliability histogram that holds pairs: drawn at the bin centre. */
+export interface CalibrationPoint {
+  readonly bin: number;
+  /** Predicted probability: the bin centre. */
+  readonly predicted: number;
+  /** Share of the bin's (prediction, label) pairs whose label came true. */
+  readonly observed: number;
+  readonly n: number;
+  readonly yes: number;
+}
+
+/** The non-empty bins of a pooled reliability histogram (key 25: `[n_0, y_0, …]`), as points of a calibration chart. */
+export function calibrationPoints(rel: readonly number[]): CalibrationPoint[] {
+  const out: CalibrationPoint[] = [];
+  for (let i = 0; i < REL_BINS; i++) {
+    const n = rel[2 * i] ?? 0;
+    if (n === 0) continue;
+    const yes = rel[2 * i + 1] ?? 0;
+    out.push({ bin: i, predicted: (i + 0.5) / REL_BINS, observed: yes / n, n, yes });
+  }
+  return out;
+}
+
 /**
  * A reliability (calibration) diagram as a standalone SVG: for each template, the observed
  * frequency of a label against the probability it was given (bins of 0.1, drawn at the bin
@@ -461,18 +484,16 @@ export function calibrationSvg(rows: readonly Pick<RankRow, 'tplId' | 'name' | '
     const colour = COLOURS[idx % COLOURS.length] as string;
     const label = `${r.name ?? r.tplId}${r.brier !== undefined ? ` (Brier ${r.brier.toFixed(3)}, k ${r.k})` : r.k === 0 ? ' (no scores)' : ''}`;
     parts.push(`<rect x="${x(0)}" y="${T + S + 48 + idx * 18}" width="12" height="12" fill="${colour}"/><text x="${x(0) + 18}" y="${T + S + 58 + idx * 18}">${esc(label)}</text>`);
-    const rel = r.rel;
-    if (!rel) return;
-    const total = rel.filter((_, i) => i % 2 === 0).reduce((s, n) => s + n, 0);
+    if (!r.rel) return;
+    const points = calibrationPoints(r.rel);
+    const total = points.reduce((s, q) => s + q.n, 0);
     const pts: string[] = [];
-    for (let i = 0; i < REL_BINS; i++) {
-      const n = rel[2 * i] ?? 0;
-      if (n === 0) continue;
-      const px = x((i + 0.5) / REL_BINS);
-      const py = y((rel[2 * i + 1] ?? 0) / n);
+    for (const q of points) {
+      const px = x(q.predicted);
+      const py = y(q.observed);
       pts.push(`${px.toFixed(1)},${py.toFixed(1)}`);
-      const radius = 2.5 + 9 * Math.sqrt(n / Math.max(1, total));
-      parts.push(`<circle cx="${px.toFixed(1)}" cy="${py.toFixed(1)}" r="${radius.toFixed(1)}" fill="${colour}" fill-opacity="0.55"><title>${esc(`${r.name ?? r.tplId}: bin ${i / 10}–${(i + 1) / 10}: ${rel[2 * i + 1] ?? 0} of ${n} came true`)}</title></circle>`);
+      const radius = 2.5 + 9 * Math.sqrt(q.n / Math.max(1, total));
+      parts.push(`<circle cx="${px.toFixed(1)}" cy="${py.toFixed(1)}" r="${radius.toFixed(1)}" fill="${colour}" fill-opacity="0.55"><title>${esc(`${r.name ?? r.tplId}: bin ${q.bin / 10}–${(q.bin + 1) / 10}: ${q.yes} of ${q.n} came true`)}</title></circle>`);
     }
     if (pts.length > 1) parts.push(`<polyline points="${pts.join(' ')}" fill="none" stroke="${colour}" stroke-width="2"/>`);
   });

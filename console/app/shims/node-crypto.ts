@@ -4,7 +4,7 @@
 // ahead (console/app/webcrypto.ts), or by @noble/ed25519 when there is none.
 import * as ed from '@noble/ed25519';
 import { sha256 } from '@noble/hashes/sha2.js';
-import { takeVerdict, verdictKey, verifiedBy } from './verdicts.js';
+import { takeVerdict, verifiedBy } from './verdicts.js';
 
 class Sha256 {
   readonly #parts: Uint8Array[] = [];
@@ -70,7 +70,7 @@ function canonicalPoint(a: Uint8Array): boolean {
  * is added here to match the project's strict policy), else @noble/ed25519 in strict mode.
  */
 export function verify(_alg: null, message: Uint8Array, key: RawPublicKey, signature: Uint8Array): boolean {
-  const v = takeVerdict(verdictKey(key.raw, signature, message));
+  const v = takeVerdict(key.raw, signature, message);
   if (v !== undefined) {
     verifiedBy.webcrypto++;
     return v && canonicalPoint(key.raw);
