@@ -6,8 +6,15 @@ import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
+import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import type { Aedes, Client } from 'aedes';
 import mqtt from 'mqtt';
+import type { Logger } from 'pino';
+import { createLogger } from '../broker/log.js';
+import type { Authenticator } from '../broker/server/auth.js';
+import { CONN_LOG_BURST, logConnections } from '../broker/server/conn-log.js';
 import { createNode } from '../src/index.js';
 import { QIS, ROOT, qis, tempDir } from './helpers/cli.js';
 import { bearing, situation } from './helpers/fixtures.js';
@@ -230,4 +237,38 @@ t.test('broker ops - HTTP on 127.0.0.1:9100 by default, --http off, a held port 
   const r = await qis(['broker', '--listen', 'tcp://127.0.0.1:0', '--http', `127.0.0.1:${port}`, '--data-dir', join(dir, 'b'), '--verify-workers', '0', '--log-level', 'silent']);
   t.equal(r.status, 1);
   t.match(r.stderr, new RegExp(`qis: ERR_ADDRESS_IN_USE: the HTTP endpoint .*127\\.0\\.0\\.1:${port}.*--http off`));
+});
+
+t.test('broker ops - the logger: readable lines on a terminal, JSON otherwise', async (t) => {
+  const written: string[] = [];
+  const stream = (isTTY: boolean): NodeJS.WritableStream & { isTTY: boolean } => Object.assign(new Writable({ write: (c: Buffer, _e, cb) => (written.push(c.toString()), cb()) }), { isTTY });
+  createLogger({ level: 'info', base: { broker: 'b1' }, stream: stream(true) }).info({ clientId: 'c 1', n: 2 }, 'client connected');
+  t.match(written[0], /^\d\d:\d\d:\d\d\.\d{3} INFO  client connected {2}broker=b1 clientId="c 1" n=2\n$/, 'a terminal gets a readable line');
+  createLogger({ level: 'info', stream: stream(false) }).warn({ code: 'ERR_X' }, 'piped');
+  t.match(JSON.parse(written[1] ?? '') as object, { level: 40, code: 'ERR_X', msg: 'piped' }, 'a pipe gets JSON');
+  t.equal(written.length, 2);
+});
+
+t.test('broker ops - connects and disconnects are logged within a budget, the rest counted', async (t) => {
+  const aedes = new EventEmitter() as EventEmitter & Aedes;
+  const lines: { msg: string; notLogged?: number }[] = [];
+  const logger = { info: (o: object, msg: string) => lines.push({ ...o, msg }) } as unknown as Logger;
+  let now = 1_000_000;
+  logConnections({ logger, now: () => now, auth: { identity: () => undefined, user: () => undefined } as unknown as Authenticator }, aedes, () => false);
+  const client = (id: string): Client => ({ id, conn: {} }) as unknown as Client;
+  for (let i = 0; i < CONN_LOG_BURST + 300; i++) aedes.emit('client', client(`c${i}`));
+  t.equal(lines.length, CONN_LOG_BURST, 'a storm writes the burst, no more');
+  now += 1000; // one second: CONN_LOG_PER_SECOND lines more
+  const quiet = client('q');
+  aedes.emit('client', quiet);
+  t.match(lines.at(-2), { notLogged: 300 }, 'the lines not written are said in one line');
+  t.match(lines.at(-1), { msg: 'client connected', clientId: 'q' });
+  (quiet as Client & { _disconnected: boolean })._disconnected = true;
+  aedes.emit('clientDisconnect', quiet);
+  t.match(lines.at(-1), { msg: 'client disconnected', clientId: 'q', reason: 'DISCONNECT' });
+  const k = client('k');
+  aedes.emit('client', k);
+  aedes.emit('keepaliveTimeout', k);
+  aedes.emit('clientDisconnect', k);
+  t.match(lines.at(-1), { clientId: 'k', reason: 'keepalive timeout' });
 });
