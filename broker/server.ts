@@ -20,7 +20,7 @@ import { resolveBrokerOptions } from './config.js';
 import type { Federation } from './federation.js';
 import { createLogger } from './log.js';
 import { createMetrics, type Metrics } from './metrics.js';
-import { applyReload, type ReloadReport } from './reload.js';
+import { applyReload, type ReloadReport } from './server/reload.js';
 import type { BrokerConfig, BrokerOptions } from './options.js';
 import { openStore, type Store } from './store.js';
 import { createVerifier, defaultWorkers } from './verifier.js';

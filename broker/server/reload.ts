@@ -6,8 +6,8 @@
  * data directory, limits, federation, …) needs a restart and is said so, not applied.
  */
 import { isDeepStrictEqual } from 'node:util';
-import type { BrokerOptions } from './options.js';
-import type { BrokerContext } from './server/context.js';
+import type { BrokerOptions } from '../options.js';
+import type { BrokerContext } from './context.js';
 
 export interface ReloadReport {
   /** Key paths applied (`acl.publish`, `auth`, `admission.operators`, `log.level`). */
