@@ -118,8 +118,8 @@ t.test('broker ops - piped JSON logs, SIGHUP reload, /metrics and /healthz of a 
   await passwd(pw, 'alice', 'old-secret');
   const deadPeer = await heldPort(t); // listened on by this test, answers no MQTT: the link stays down
   const cfg = join(dir, 'broker.yaml');
-  const config = (o: { acl: string; level: string }): string =>
-    [`auth: { passwordFile: ${pw} }`, `acl: { subscribe: [ ${o.acl} ] }`, `log: { level: ${o.level} }`, `federation: { region: east, peers: [ { url: "mqtt://127.0.0.1:${deadPeer}", name: west } ] }`].join('\n') + '\n';
+  const config = (o: { acl: string; level: string; operators?: string }): string =>
+    [`auth: { passwordFile: ${pw} }`, `admission: { operators: [ ${o.operators ?? ''} ] }`, `acl: { subscribe: [ ${o.acl} ] }`, `log: { level: ${o.level} }`, `federation: { region: east, peers: [ { url: "mqtt://127.0.0.1:${deadPeer}", name: west } ] }`].join('\n') + '\n';
   writeFileSync(cfg, config({ acl: '{ allow: false, topic: "secret/#" }', level: 'info' }));
 
   const b = spawnBroker(t, ['--config', cfg, '--listen', 'tcp://127.0.0.1:0', '--http', '127.0.0.1:0', '--data-dir', join(dir, 'data'), '--verify-workers', '0']);
@@ -174,13 +174,14 @@ t.test('broker ops - piped JSON logs, SIGHUP reload, /metrics and /healthz of a 
   b.child.kill('SIGHUP');
   t.match(await b.line((l) => /config reload refused/.test(l.msg), from), { level: 50, code: 'ERR_PASSWORD_FILE_INVALID' });
   t.equal(await loginCode(url, { clientId: 'alice:4', username: 'alice', password: 'new-secret' }), 0, 'the last good password file still applies');
-  // The log level is reloaded too.
+  // The log level and the trusted operators are reloaded too.
   await passwd(join(dir, 'passwd2'), 'x', 'y'); // a valid file again, for the last reload
   writeFileSync(pw, readFileSync(join(dir, 'passwd2')));
-  writeFileSync(cfg, config({ acl: '{ allow: true, topic: "secret/#" }', level: 'debug' }));
+  writeFileSync(cfg, config({ acl: '{ allow: true, topic: "secret/#" }', level: 'debug', operators: `"${'a'.repeat(26)}"` }));
   from = b.lines.length;
   b.child.kill('SIGHUP');
-  t.ok(((await b.line((l) => /^config reloaded/.test(l.msg), from)).changed as string[]).includes('log.level'), 'log.level reloaded');
+  const last = (await b.line((l) => /^config reloaded/.test(l.msg), from)).changed as string[];
+  t.ok(last.includes('log.level') && last.includes('admission.operators'), `log.level and admission.operators reloaded: ${last.join(', ')}`);
 
   // /metrics: the standard process names, build info, the latency histograms, the reloads.
   const text = await (await fetch(`${http}/metrics`)).text();
