@@ -51,7 +51,7 @@ const signals = cleanupOnSignals('stopping the broker and removing temp dirs');
 /** `node dist/cli/qis.js broker` on a free port; stopped by cleanup(). */
 async function startBroker(dataDir: string): Promise<string> {
   const port = await freePort();
-  const child = spawn(process.execPath, [DIST, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', dataDir, '--verify-workers', '1', '--fsync', 'never', '--log-level', 'warn'], {
+  const child = spawn(process.execPath, [DIST, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', dataDir, '--verify-workers', '1', '--fsync', 'never', '--log-level', 'warn', '--http', 'off'], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';

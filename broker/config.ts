@@ -326,7 +326,8 @@ const TOP: Record<keyof BrokerOptions, Check> = {
   admission: section(ADMISSION),
   acl: section({ publish: aclRules, subscribe: aclRules, refusedPublish: (c, v, p) => oneOf(c, v, p, ['drop', 'disconnect'] as const) }),
   limits: section(LIMITS),
-  http: section(HTTP),
+  // `off` (or false): no HTTP endpoint, also where `qis broker` would open its default one.
+  http: (c, v, p) => (v === false || v === 'off' ? 'off' : section(HTTP)(c, v, p)),
   log: section({ level: (c, v, p) => oneOf(c, v, p, ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const) }),
   cluster: (c, v, p) => {
     let url: URL | undefined;
@@ -432,12 +433,14 @@ export async function loadBrokerConfig(path: string): Promise<BrokerConfig> {
  * const options = resolveBrokerOptions(await loadBrokerConfig('broker.yaml'), configFromFlags(['--fsync', 'never']));
  * @throws QisError ERR_CONFIG_INVALID (the message names the file or flag, the key path and what was expected)
  */
-export function resolveBrokerOptions(config: BrokerConfig, overrides: BrokerConfig = {}): BrokerOptions {
+export function resolveBrokerOptions(config: BrokerConfig, overrides: BrokerConfig = {}, defaults: BrokerConfig = {}): BrokerOptions {
   const base = ctxOf(config, 'config');
   const over = ctxOf(overrides, 'overrides');
   const a = checkLayer(base, config, '');
   const b = checkLayer(over, overrides, '');
-  const merged = merge(merge(BROKER_DEFAULTS as unknown as Obj, a), b);
+  // `defaults`: a caller's own defaults over BROKER_DEFAULTS (`qis broker`'s HTTP endpoint), trusted.
+  const merged = merge(merge(merge(BROKER_DEFAULTS as unknown as Obj, defaults as Obj), a), b);
+  if (merged.http === 'off') delete merged.http;
 
   const httpCtx = b.http !== undefined ? over : base;
   if (isObj(merged.http)) for (const k of ['host', 'port'] as const) HTTP[k](httpCtx, merged.http[k], `http.${k}`);
@@ -512,7 +515,7 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'limits.connect-burst', key: 'limits.connectBurst', value: 'N', help: 'token bucket size for --limits.connect-rate-per-second' },
   { name: 'limits.shutdown-grace-ms', key: 'limits.shutdownGraceMs', value: 'MS', help: 'on SIGTERM, exit anyway when the close takes longer' },
   { name: 'limits.max-cold-floors', key: 'limits.maxColdFloors', value: 'N', help: 'tombstones kept for keys the broker never held (beyond: ERR_TOMBSTONE_LIMIT)' },
-  { name: 'http', key: 'http', value: 'HOST:PORT', help: '/healthz and /metrics listener' },
+  { name: 'http', key: 'http', value: 'HOST:PORT', help: "/healthz, /metrics and the console; qis broker's default 127.0.0.1:9100 (createBroker: none); off: none" },
   { name: 'log-level', key: 'log.level', value: 'LEVEL', help: 'fatal | error | warn | info | debug | trace | silent' },
   { name: 'cluster', key: 'cluster', value: 'URL', help: 'redis://HOST:PORT shared by the brokers of one region' },
   { name: 'verify-workers', key: 'verifyWorkers', value: 'N', help: 'signature verification threads, 0..64 (default: the cores minus one, at least 1)' },
@@ -645,7 +648,7 @@ export function configFromFlags(argv: readonly string[]): BrokerConfig {
       named.set(`${flag.key}[${items.length}]`, `--${name} ${value}`);
       items.push(name === 'listen' ? listenFlag(value) : name.startsWith('acl.') ? aclFlag(name, value) : name === 'federation.peer' ? peerFlag(value) : value);
     } else {
-      parent[leaf] = name === 'http' ? httpFlag(value) : NUMERIC.has(flag.key) ? num(value) : value;
+      parent[leaf] = name === 'http' ? (value === 'off' ? 'off' : httpFlag(value)) : NUMERIC.has(flag.key) ? num(value) : value;
       named.set(flag.key, name === 'http' ? `--http ${value}` : `--${name}`);
     }
   }

@@ -10,21 +10,23 @@
  * This file wires the rooms of `broker/server/` (docs/ARCHITECTURE.md, "Layout"): each hook and service
  * there takes a `BrokerContext` (server/context.ts) instead of closing over the broker.
  */
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Aedes } from 'aedes';
-import { pino, type Logger } from 'pino';
-import { QisError } from '../src/index.js';
+import type { Logger } from 'pino';
+import { QisError, mkdirs } from '../src/index.js';
 import { RateLimiter } from './admission.js';
 import { createClusterParts } from './cluster.js';
 import { resolveBrokerOptions } from './config.js';
 import type { Federation } from './federation.js';
+import { createLogger } from './log.js';
 import { createMetrics, type Metrics } from './metrics.js';
+import { applyReload, type ReloadReport } from './server/reload.js';
 import type { BrokerConfig, BrokerOptions } from './options.js';
 import { openStore, type Store } from './store.js';
 import { createVerifier, defaultWorkers } from './verifier.js';
 import { Authenticator } from './server/auth.js';
 import { connectHooks } from './server/connect.js';
+import { logConnections } from './server/conn-log.js';
 import { authorizeForward } from './server/forward.js';
 import { createLimits } from './server/limits.js';
 import { publishOn, type BrokerContext } from './server/context.js';
@@ -36,14 +38,16 @@ import { authorizePublish } from './server/publish.js';
 import { qisPersistence } from './server/retained.js';
 import { SessionBook } from './server/session.js';
 import { SyncHold, authorizeSubscribe } from './server/subscribe.js';
+import { timedVerifier } from './server/timing.js';
 import { startSweep } from './server/sweep.js';
 import { RevocationBook } from './server/enrolment.js';
 import { TemplateBook } from './server/template-book.js';
 
 export type { BrokerAddress };
-export type { Metrics };
+export type { Metrics, ReloadReport };
 
 export interface QisBroker extends AsyncDisposable {
+  /** The options running now (a reload replaces the reloadable parts). */
   readonly options: BrokerOptions;
   readonly aedes: Aedes;
   readonly store: Store;
@@ -56,6 +60,12 @@ export interface QisBroker extends AsyncDisposable {
   addresses(): BrokerAddress[];
   /** Prometheus text exposition of the broker's metrics. */
   metricsText(): Promise<string>;
+  /**
+   * Applies the reloadable parts of `next` (ACLs, auth and its password file read again, trusted
+   * operators, log level) without dropping a client; says what changed and what needs a restart.
+   * @throws QisError ERR_CONFIG_INVALID (a rejected `next`) | ERR_FILE_IO | ERR_PASSWORD_FILE_INVALID (nothing changed)
+   */
+  reload(next: BrokerOptions | Promise<BrokerOptions>): Promise<ReloadReport>;
   close(): Promise<void>;
 }
 
@@ -75,7 +85,7 @@ export interface BrokerDeps {
 export async function createBroker(config: BrokerConfig | BrokerOptions = {}, deps: BrokerDeps = {}): Promise<QisBroker> {
   const o = resolveBrokerOptions(config as BrokerConfig);
   const now = deps.now ?? Date.now;
-  const logger = deps.logger ?? pino({ level: o.log.level, base: { broker: o.id ?? 'qis' } });
+  const logger = deps.logger ?? createLogger({ level: o.log.level, base: { broker: o.id ?? 'qis' } });
   // Read before anything is opened: a bad password file leaves nothing running.
   const auth = await Authenticator.open(o.auth);
   const stores = await openStores(o, now, logger);
@@ -93,7 +103,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     revocations: await RevocationBook.open(join(o.dataDir, 'revocations'), logger),
     metrics,
     limits: createLimits({ options: o, metrics, logger, now }),
-    verifier: createVerifier(o.verifyWorkers ?? defaultWorkers()),
+    verifier: timedVerifier(createVerifier(o.verifyWorkers ?? defaultWorkers()), metrics.verifySeconds),
     auth,
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
     publish: (m) => (aedes ? publishOn(aedes, m) : Promise.reject(new QisError('ERR_CLOSED', 'the broker is not running'))),
@@ -119,6 +129,8 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   a.on('subscribe', (subs, client) => hold.subscribed(subs, client));
   a.on('clientError', (client, err) => logger.debug({ clientId: client.id, err: err.message }, 'client error'));
   a.on('connectionError', (_client, err) => logger.debug({ err: err.message }, 'connection error'));
+  let closing: Promise<void> | undefined;
+  logConnections(ctx, a, () => closing !== undefined);
   await publishBrokerInfo(ctx);
 
   let listeners: Listeners | undefined;
@@ -145,7 +157,6 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   logger.info({ listeners: addresses(), verifyWorkers: ctx.verifier.workers, fsync: o.fsync }, 'broker listening');
   ctx.federation = startLinks(ctx);
 
-  let closing: Promise<void> | undefined;
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       stopSweep();
@@ -155,7 +166,9 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
       logger.info('broker closed');
     })());
   return {
-    options: o,
+    get options() {
+      return ctx.options;
+    },
     aedes: a,
     store,
     scoreStore,
@@ -165,6 +178,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     },
     addresses,
     metricsText: () => ctx.metrics.registry.metrics(),
+    reload: (next) => applyReload(ctx, next),
     close,
     [Symbol.asyncDispose]: close,
   };
@@ -182,7 +196,7 @@ interface Stores {
 
 /** Creates the data directory and opens the outcome store (local, or a cluster's Redis) and the score store. */
 async function openStores(o: BrokerOptions, now: () => number, logger: Logger): Promise<Stores> {
-  await mkdir(o.dataDir, { recursive: true, mode: 0o700 }).catch((e: unknown) => {
+  await mkdirs(o.dataDir, 0o700).catch((e: unknown) => {
     throw new QisError('ERR_FILE_IO', `${o.dataDir}: ${(e as Error).message}`, { cause: e });
   });
   // cluster: Redis carries the store, the message bus and the Aedes persistence of the region.

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /** `qis`: the qis-mqtt command line. Dispatches `qis <command> [<subcommand>] [flags]`. */
-import { readFileSync } from 'node:fs';
+import { packageVersion as version } from '../broker/build-info.js';
 import { EXIT_OK, EXIT_USAGE, runCommand, reportError, stdoutGone, usage, type Command, type Io } from './run.js';
 
 /**
@@ -47,10 +47,6 @@ async function load(first?: string): Promise<readonly Command[]> {
   return (await Promise.all(names.map((n) => MODULES[n]!()))).flat();
 }
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
 
 function overview(commands: readonly Command[]): string {
   const rows = commands.map((c) => `  ${c.path.join(' ').padEnd(16)} ${c.summary}`);

@@ -131,6 +131,7 @@ export {
   type RegistryEntry,
   type RegistryList,
 } from './node/registry-session.js';
+export { mkdirs } from './protocol/mkdirs.js';
 export { writeFileDurable, syncDir, lockDir, lockOwner, lockOwnerText } from './node/durable.js';
 export {
   signScorePacket,

@@ -407,7 +407,7 @@ t.test('broker cli - --help explains the config file and lists the key flags', a
 
 t.test('broker cli - runs until SIGTERM, prints where it listens, closes and exits 0', async (t) => {
   const data = join(dir, 'run-data');
-  const child = spawn(process.execPath, [QIS, 'broker', '--json', '--listen', 'tcp://127.0.0.1:0', '--data-dir', data, '--log-level', 'silent', '--verify-workers', '0'], {
+  const child = spawn(process.execPath, [QIS, 'broker', '--json', '--listen', 'tcp://127.0.0.1:0', '--data-dir', data, '--log-level', 'silent', '--verify-workers', '0', '--http', 'off'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

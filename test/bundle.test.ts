@@ -34,7 +34,7 @@ t.test('node dist/cli/qis.mjs --help lists the commands', async (t) => {
 t.test('a broker run from the bundle (worker verification) keeps a packet published by the bundle', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'qis-bundle-'));
   const port = await freePort();
-  const broker = spawn(process.execPath, [BUNDLE, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', join(dir, 'broker'), '--verify-workers', '1', '--log-level', 'warn'], {
+  const broker = spawn(process.execPath, [BUNDLE, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', join(dir, 'broker'), '--verify-workers', '1', '--log-level', 'warn', '--http', 'off'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -101,9 +101,20 @@ t.test('cli ops - a key path that is a directory is ERR_FILE_IO "is a directory"
 t.test('cli ops - a broker port another process holds is ERR_ADDRESS_IN_USE', async (t) => {
   const port = await silentServer(t);
   const dir = tempDir(t);
-  const r = await qis(['broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', join(dir, 'b'), '--log-level', 'silent']);
+  const r = await qis(['broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', join(dir, 'b'), '--log-level', 'silent', '--http', 'off']);
   t.equal(r.status, 1);
   t.match(r.stderr, new RegExp(`qis: ERR_ADDRESS_IN_USE: .*127\\.0\\.0\\.1:${port}.*choose another port`));
+});
+
+t.test('cli ops - a data directory that cannot be made (/proc/x) fails at once with ERR_FILE_IO', { skip: process.platform !== 'linux' && 'needs /proc' }, async (t) => {
+  // Node's recursive mkdir spun forever here (ENOENT for /proc/x, EEXIST for /proc, again).
+  const child = spawn(process.execPath, [QIS, 'publish', '--url', 'mqtt://127.0.0.1:1', '--data-dir', '/proc/x/node', '--template', TPL, '--situation', SIT, '--outcome', 'failure'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => child.kill('SIGKILL'));
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const status = await Promise.race([new Promise<number | null>((r) => child.on('close', r)), new Promise((r) => setTimeout(() => r('still running'), 20_000))]);
+  t.equal(status, 1, `qis publish exited 1 instead of hanging: ${err}`);
+  t.match(err, /qis: ERR_FILE_IO: \/proc\/x\/node: ENOENT/);
 });
 
 t.test('cli ops - --help names --version; the federation keys are flags too', async (t) => {

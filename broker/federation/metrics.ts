@@ -1,5 +1,6 @@
 /** Prometheus metrics of the federation links, labelled by peer, on the broker's registry. */
-import { Counter, Gauge, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { LATENCY_BUCKETS } from '../metrics.js';
 
 export interface FedMetrics {
   up: Gauge<'peer'>;
@@ -11,6 +12,8 @@ export interface FedMetrics {
   lastCatchUp: Gauge<'peer'>;
   lag: Gauge<'peer'>;
   pending: Gauge<'peer'>;
+  /** Send to the peer's acknowledgement of a forwarded packet or batch (one series per configured peer). */
+  hop: Histogram<'peer'>;
 }
 
 export function fedMetrics(registry: Registry): FedMetrics {
@@ -25,5 +28,6 @@ export function fedMetrics(registry: Registry): FedMetrics {
     lastCatchUp: new Gauge({ name: 'qis_federation_last_catchup_seconds', help: 'when the last catch-up with the peer completed, Unix seconds (absent before the first)', labelNames: ['peer'] as const, registers: r }),
     lag: new Gauge({ name: 'qis_federation_lag_ms', help: 'time from admission here to the peer acknowledging the last forwarded packet, ms', labelNames: ['peer'] as const, registers: r }),
     pending: new Gauge({ name: 'qis_federation_pending', help: 'packets forwarded to the peer and not yet acknowledged', labelNames: ['peer'] as const, registers: r }),
+    hop: new Histogram({ name: 'qis_federation_hop_seconds', help: "one federation hop: a forward sent to the peer's acknowledgement, by peer", labelNames: ['peer'] as const, buckets: [...LATENCY_BUCKETS], registers: r }),
   };
 }

@@ -58,6 +58,7 @@ export class Outbox {
       if (!e) {
         this.s.m.forwarded.inc({ peer: this.s.name, direction: 'out' });
         this.s.m.lag.set({ peer: this.s.name }, performance.now() - t0);
+        this.s.m.hop.observe({ peer: this.s.name }, (performance.now() - t0) / 1000);
       }
       this.#afterAck();
     });
@@ -83,6 +84,7 @@ export class Outbox {
       stored = typeof res.stored === 'number' ? res.stored : 0;
       this.s.m.forwarded.inc({ peer: this.s.name, direction: 'out' }, items.length);
       this.s.m.lag.set({ peer: this.s.name }, performance.now() - t0);
+      this.s.m.hop.observe({ peer: this.s.name }, (performance.now() - t0) / 1000);
     } catch (e) {
       if (this.s.client === c) {
         this.s.log.warn({ err: (e as Error).message, packets: items.length }, 'a batch to the peer failed; a catch-up will send what differs');

@@ -76,8 +76,8 @@ export function certificateUserOf(conn: unknown): string | undefined {
 
 /** One broker's authentication: its options, its password file, and who each connected client is. */
 export class Authenticator {
-  readonly #o: AuthOptions;
-  readonly #passwd: PasswdEntries | undefined;
+  #o: AuthOptions;
+  #passwd: PasswdEntries | undefined;
   readonly #who = new WeakMap<Client, Identity>();
 
   private constructor(o: AuthOptions, passwd: PasswdEntries | undefined) {
@@ -88,6 +88,17 @@ export class Authenticator {
   /** Reads the password file once. @throws QisError ERR_FILE_IO | ERR_PASSWORD_FILE_INVALID */
   static async open(o: AuthOptions = {}): Promise<Authenticator> {
     return new Authenticator(o, o.passwordFile === undefined ? undefined : await readPasswdFile(o.passwordFile));
+  }
+
+  /**
+   * Reload (SIGHUP): new CONNECTs are checked against `o` and its password file, read again;
+   * connected clients keep the identity they logged in with. Nothing changes when the file is bad.
+   * @throws QisError ERR_FILE_IO | ERR_PASSWORD_FILE_INVALID
+   */
+  async reload(o: AuthOptions = {}): Promise<void> {
+    const passwd = o.passwordFile === undefined ? undefined : await readPasswdFile(o.passwordFile);
+    this.#o = o;
+    this.#passwd = passwd;
   }
 
   /** Who a CONNECT is, or why it is refused. Never throws on hostile input. */

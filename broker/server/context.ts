@@ -35,7 +35,8 @@ export interface BrokerMessage {
 }
 
 export interface BrokerContext {
-  readonly options: BrokerOptions;
+  /** Replaced as a whole on reload (reload.ts: ACLs, auth, operators, log level): read it at use, do not keep parts. */
+  options: BrokerOptions;
   /** Clock, Unix ms. */
   readonly now: () => number;
   readonly logger: Logger;

@@ -49,7 +49,7 @@ export interface HttpEndpoint {
 
 /**
  * Starts the HTTP endpoint on `host:port`.
- * @throws QisError ERR_FILE_IO when the address cannot be bound
+ * @throws QisError ERR_ADDRESS_IN_USE (another process holds the port) | ERR_FILE_IO (any other bind failure)
  */
 export async function startHttp(d: HttpDeps, host: string, port: number): Promise<HttpEndpoint> {
   const table = routes(d);
@@ -63,6 +63,9 @@ export async function startHttp(d: HttpDeps, host: string, port: number): Promis
     await listen(server, port, host);
   } catch (e) {
     server.close();
+    if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new QisError('ERR_ADDRESS_IN_USE', `the HTTP endpoint (/healthz, /metrics) cannot listen on ${host}:${port}: another process listens there; choose another with --http HOST:PORT (port 0: any free port), or --http off`, { cause: e });
+    }
     throw new QisError('ERR_FILE_IO', `cannot listen for HTTP on ${host}:${port}: ${(e as Error).message}`, { cause: e });
   }
   server.on('error', (e) => d.ctx.logger.error({ err: e.message }, 'HTTP server error'));
@@ -94,11 +97,13 @@ function metrics({ ctx }: HttpDeps): Route {
   };
 }
 
-/** 200 while Aedes runs and the store has not failed, else 503; JSON either way. */
+/** 200 while Aedes runs and the store has not failed, else 503; JSON either way, with the federation links' state. */
 function healthz({ ctx, aedes }: HttpDeps): Route {
   const store = ctx.store;
   return (_req, res) => {
-    const body = { ok: !aedes.closed && store.failure === null, ...(store.failure ? { error: store.failure.message } : {}), packets: store.size, clients: aedes.connectedClients, uptimeS: Math.round(process.uptime()) };
+    // links: each federation peer's state (the same as qis_federation_link_up); a link down does not make the broker unhealthy.
+    const links = ctx.federation?.status().map((l) => ({ peer: l.peer, connected: l.connected, peerKind: l.peerKind, catchUps: l.catchUps }));
+    const body = { ok: !aedes.closed && store.failure === null, ...(store.failure ? { error: store.failure.message } : {}), packets: store.size, clients: aedes.connectedClients, uptimeS: Math.round(process.uptime()), ...(links ? { links } : {}) };
     res.writeHead(body.ok ? 200 : 503, { 'content-type': 'application/json' });
     res.end(JSON.stringify(body));
   };

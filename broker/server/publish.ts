@@ -16,6 +16,7 @@ import { carryOut, drop, refuse, refuseFailed } from './respond.js';
 import { admitScore } from './scores.js';
 import type { SyncHold } from './subscribe.js';
 import { admitTemplate } from './templates.js';
+import { timedAdmission, timedSyncHold } from './timing.js';
 
 export function authorizePublish(ctx: BrokerContext, hold: SyncHold): NonNullable<AedesOptions['authorizePublish']> {
   return (client, packet, cb) => {
@@ -35,7 +36,7 @@ export function authorizePublish(ctx: BrokerContext, hold: SyncHold): NonNullabl
         const d = checkSync(topic, clientId, packet.retain);
         if (carryOut(ctx, d, client, packet, cb)) return;
         if (!client) return cb(null);
-        return hold.whenRetainedWritten(client, () => cb(null));
+        return hold.whenRetainedWritten(client, timedSyncHold(ctx, () => cb(null)));
       }
       case 'broker-info':
         return refuse(ctx, client, topic, 'ERR_NOT_AUTHORIZED', `${BROKER_INFO_TOPIC} is written by the broker only`, cb);
@@ -44,19 +45,25 @@ export function authorizePublish(ctx: BrokerContext, hold: SyncHold): NonNullabl
         return refuse(ctx, client, topic, 'ERR_TOPIC_INVALID', 'not a qis/1 topic this broker knows (o, t, s, sync)', cb);
       case 'template':
         if (rateLimited(ctx, client, cb)) return;
-        return admitTemplate(ctx, client, packet, cb, undefined);
-      case 'revocation':
+        return admitTemplate(ctx, client, packet, timedAdmission(ctx, 'template', cb), undefined);
+      case 'revocation': {
         if (rateLimited(ctx, client, cb)) return;
-        admitRevocation(ctx, client, packet, cb).catch(refuseFailed(ctx, client, topic, cb, 'revocation admission failed'));
+        const rcb = timedAdmission(ctx, 'revocation', cb);
+        admitRevocation(ctx, client, packet, rcb).catch(refuseFailed(ctx, client, topic, rcb, 'revocation admission failed'));
         return;
-      case 'score':
+      }
+      case 'score': {
         if (rateLimited(ctx, client, cb)) return;
-        admitScore(ctx, client, packet, cb).catch(refuseFailed(ctx, client, topic, cb, 'score admission failed'));
+        const scb = timedAdmission(ctx, 'score', cb);
+        admitScore(ctx, client, packet, scb).catch(refuseFailed(ctx, client, topic, scb, 'score admission failed'));
         return;
-      case 'outcome':
+      }
+      case 'outcome': {
         if (rateLimited(ctx, client, cb)) return;
-        admitOutcome(ctx, client, packet, cb).catch(refuseFailed(ctx, client, topic, cb, 'admission failed'));
+        const ocb = timedAdmission(ctx, 'outcome', cb);
+        admitOutcome(ctx, client, packet, ocb).catch(refuseFailed(ctx, client, topic, ocb, 'admission failed'));
         return;
+      }
     }
   };
 }

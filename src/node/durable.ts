@@ -3,10 +3,11 @@
  * content or its new content after a crash at any instant, never a torn mix.
  */
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readFile, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { link, open, readFile, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { QisError } from '../protocol/errors.js';
+import { mkdirs } from '../protocol/mkdirs.js';
 
 /** Wraps an fs failure as ERR_FILE_IO naming the path and the errno code. */
 export function ioError(path: string, e: unknown): QisError {
@@ -68,7 +69,7 @@ export async function unlinkDurable(path: string): Promise<void> {
 /** mkdir -p with mode 0700 (a data directory holds a private key). */
 export async function ensureDir(dir: string): Promise<void> {
   try {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await mkdirs(dir, 0o700);
   } catch (e) {
     throw ioError(dir, e);
   }

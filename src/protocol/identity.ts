@@ -3,12 +3,13 @@
  * verification policy every verifier of the system applies.
  */
 import crypto from 'node:crypto';
-import { mkdir, open, link, unlink, readFile, stat } from 'node:fs/promises';
+import { open, link, unlink, readFile, stat } from 'node:fs/promises';
 import { dirname, join, basename } from 'node:path';
 import * as ed from '@noble/ed25519';
 import { sha512 } from '@noble/hashes/sha2.js';
 import { b32, isB32Id16, sha256, toHex, fromHex, equalBytes } from './bytes.js';
 import { QisError } from './errors.js';
+import { mkdirs } from './mkdirs.js';
 
 ed.hashes.sha512 = sha512;
 
@@ -194,7 +195,7 @@ export async function saveKeyFile(path: string, key: NodeKey): Promise<void> {
   const dir = dirname(path);
   const tmp = join(dir, `.${basename(path)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
   try {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await mkdirs(dir, 0o700);
     const fh = await open(tmp, 'wx', 0o600);
     try {
       await fh.writeFile(JSON.stringify(keyToJson(key), null, 2) + '\n');
