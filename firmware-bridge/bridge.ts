@@ -327,6 +327,17 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
   });
   client.on('error', () => undefined); // reported through close; mqtt.js reconnects
 
+  /** Machine and reading pairs already reported as fed by a metric that cannot drive a rule. */
+  const unusableSaid = new Set<string>();
+  const reportUnusable = (machine: string, reading: string, metric: string, unusable: ReadonlyMap<string, string>): void => {
+    // The metric itself, or the Template or DataSet it would be spread from (`Recipe` for `Recipe/0/Temp`).
+    const at = [...unusable.keys()].find((k) => metric === k || metric.startsWith(`${k}/`));
+    const key = JSON.stringify([machine, reading]);
+    if (at === undefined || unusableSaid.has(key)) return;
+    unusableSaid.add(key);
+    emit({ type: 'metric-unusable', machine, reading, metric, reason: `${at}: ${unusable.get(at)!}` });
+  };
+
   const rebirth = (edgeNode: string, reason: string): void => {
     const now = Date.now();
     const last = lastRebirth.get(edgeNode);
@@ -365,7 +376,10 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
       const values = new Map<string, ReadingValue>();
       for (const [name, reading] of m.readings) {
         const v = r.values.get(reading.metric);
-        if (v === undefined) continue;
+        if (v === undefined) {
+          if (r.unusable.size > 0) reportUnusable(m.name, name, reading.metric, r.unusable);
+          continue;
+        }
         values.set(name, typeof v === 'number' ? v * reading.scale + reading.offset : v);
       }
       const st = statuses.get(m.name)!;

@@ -18,7 +18,9 @@ export type BridgeEvent =
   | { readonly type: 'sparkplug-disconnected'; readonly reason: string }
   | { readonly type: 'rebirth-requested'; readonly edgeNode: string; readonly reason: string; readonly topic: string }
   | { readonly type: 'sparkplug-dropped'; readonly topic: string; readonly code: ErrorCode; readonly message: string }
-  | { readonly type: 'historical'; readonly edgeNode: string; readonly device?: string; readonly count: number };
+  | { readonly type: 'historical'; readonly edgeNode: string; readonly device?: string; readonly count: number }
+  /** A reading's Sparkplug metric carries a value that cannot drive a rule (Bytes, File, an oversized DataSet…): said once per machine and reading. */
+  | { readonly type: 'metric-unusable'; readonly machine: string; readonly reading: string; readonly metric: string; readonly reason: string };
 
 export interface DeviceStatus {
   readonly machine: string;
