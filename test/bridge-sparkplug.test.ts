@@ -59,15 +59,7 @@ t.test('sparkplug bridge - births, data, historical data, a seq gap and an unkno
     ]);
   };
 
-  const config = await parseSparkplugConfig(
-    `broker: ${qis.url}
-dataDir: ${join(dir, 'data')}
-sparkplug: { url: ${factory.url}, group: plant1, rebirthIntervalMs: 0 }
-machines:
-  - name: press-7
-    template: ${join(examples, 'press-bearing.yaml')}
-    source: { edgeNode: line-1, device: press-7 }
-    readings:
+  const mapping = `    readings:
       fault: Faults/Code
       load: Load/kN
       hours: { metric: Counters/RunMinutes, scale: ${1 / 60} }
@@ -77,9 +69,8 @@ machines:
     outcomes:
       - { when: { change: fault, from: 0 }, outcome: failure, conf: 0.9 }
       - { when: { change: fault, to: 0 }, outcome: no_failure }
-`,
-    join(dir, 'sp.yaml'),
-  );
+`;
+  const config = await parseSparkplugConfig(sparkplugYaml({ broker: qis.url, dataDir: join(dir, 'data'), sparkplug: `url: ${factory.url}, group: plant1, rebirthIntervalMs: 0`, mapping }), join(dir, 'sp.yaml'));
   const events: BridgeEvent[] = [];
   const bridge = await startSparkplugBridge(config, { onEvent: (e) => events.push(e), nodeReconnect: { baseMs: 50, capMs: 300 } });
   t.teardown(() => bridge.close());
@@ -146,21 +137,12 @@ t.test('sparkplug bridge - Template members and DataSet cells drive rules; a Byt
     edge.publishAsync(type.startsWith('N') ? `spBv1.0/plant1/${type}/line-1` : `spBv1.0/plant1/${type}/line-1/press-7`, Buffer.from(sp.encodePayload({ timestamp: Date.now(), seq, metrics })), { qos: 0 });
   const motor = (fault: number): SpMetric => ({ name: 'Motor', alias: 1, type: 'Template', value: { isDefinition: false, templateRef: 'Press', metrics: [{ name: 'Fault', type: 'UInt16', value: fault }, { name: 'Load', type: 'Float', value: 42.5 }, { name: 'Sealed', type: 'Boolean', value: true }] } });
   const recipe = (minutes: number): SpMetric => ({ name: 'Recipe', alias: 2, type: 'DataSet', value: { numOfColumns: 2, columns: ['Step', 'RunMinutes'], types: ['String', 'UInt32'], rows: [['heat', minutes]] } });
-  const config = await parseSparkplugConfig(
-    `broker: ${qis.url}
-dataDir: ${join(dir, 'types')}
-sparkplug: { url: ${factory.url}, group: plant1, rebirthIntervalMs: 0 }
-machines:
-  - name: press-7
-    template: ${join(examples, 'press-bearing.yaml')}
-    source: { edgeNode: line-1, device: press-7 }
-    readings: { fault: Motor/Fault, load: Motor/Load, sealed: Motor/Sealed, hours: { metric: Recipe/0/RunMinutes, scale: ${1 / 60} }, blob: Blob }
+  const mapping = `    readings: { fault: Motor/Fault, load: Motor/Load, sealed: Motor/Sealed, hours: { metric: Recipe/0/RunMinutes, scale: ${1 / 60} }, blob: Blob }
     situation: { machine_model: KX-200, bearing_type: roller, load_kn: { reading: load }, sealed: { reading: sealed } }
     context: { run_hours: { reading: hours } }
     outcomes: [{ when: { change: fault, from: 0 }, outcome: failure }, { when: { change: blob }, outcome: no_failure }]
-`,
-    join(dir, 'types.yaml'),
-  );
+`;
+  const config = await parseSparkplugConfig(sparkplugYaml({ broker: qis.url, dataDir: join(dir, 'types'), sparkplug: `url: ${factory.url}, group: plant1, rebirthIntervalMs: 0`, mapping }), join(dir, 'types.yaml'));
   const events: BridgeEvent[] = [];
   const bridge = await startSparkplugBridge(config, { onEvent: (e) => events.push(e), nodeReconnect: { baseMs: 50, capMs: 300 } });
   t.teardown(() => bridge.close());
