@@ -1,79 +1,22 @@
 /**
- * The bridges at run time. Every machine is its own node: `createNode` with its own data
- * directory (`<dataDir>/<machine>/key.json`, its outbox and seq state) and its own MQTT
- * connection, so its packets are signed by its own key and the broker keeps one packet per
- * machine and template; outages of the qis broker are covered by each node's durable outbox.
- *
- * One connection per machine, not one shared: a node's connection carries its client id, its
- * reconnect and PUBACK bookkeeping, and the broker's per-client rate limit and refusals; sharing
- * one would need a second publishing path beside the runtime's. A bridge serves tens to a few
- * hundred machines, well within what a broker holds.
+ * The bridges at run time: per-machine Modbus poll loops (machines at one endpoint share its
+ * connection) and the Sparkplug B subscriber. Publishing is publisher.ts (one node per machine),
+ * trigger state on disk trigger-store.ts.
  */
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
-import {
-  backoffDelay,
-  backoffOptions,
-  createNode,
-  isQisError,
-  type ErrorCode,
-  type NodeStatus,
-  type QisNode,
-  tlsClientOptions,
-  writeFileDurable,
-} from '../src/index.js';
-import type { BrokerTarget, Machine, ModbusBridgeConfig, ModbusMachine, SparkplugBridgeConfig, SparkplugMachine } from './config.js';
-import { isSkip, MachineMapper, type Emission, type ReadingValue, type Skip } from './mapping.js';
+import { backoffDelay, backoffOptions, type QisNode, tlsClientOptions } from '../src/index.js';
+import type { ModbusBridgeConfig, ModbusMachine, ModbusReading, SparkplugBridgeConfig } from './config.js';
+import { codeOf, type BridgeEvent, type BridgeOptions, type DeviceStatus } from './events.js';
+import { MachineMapper, type ReadingValue } from './mapping.js';
 import { decodeBit, decodeRegisters, decodeString, ModbusException, ModbusTcpClient, planBlocks, type Block, type ModbusTransport } from './modbus.js';
 import { BridgeHealth, type ConnectionState } from './health.js';
+import { openNodes, type Publisher, startPeriodic } from './publisher.js';
 import { ModbusRtuClient } from './serial.js';
-import type { ModbusReading } from './config.js';
 import { decodeSparkplugPayload, EdgeNodeState, encodeRebirthRequest, ncmdTopic, parseSparkplugTopic } from './sparkplug.js';
+import { STATE_FILE, TriggerStore } from './trigger-store.js';
 
-export type BridgeEvent =
-  | { readonly type: 'device-up'; readonly machine: string; readonly device: string }
-  | { readonly type: 'device-down'; readonly machine: string; readonly device: string; readonly code: ErrorCode; readonly message: string; readonly retryInMs: number }
-  | { readonly type: 'modbus-exception'; readonly machine: string; readonly device: string; readonly reading: string; readonly exception: number; readonly message: string }
-  | { readonly type: 'reading-recovered'; readonly machine: string; readonly device: string; readonly reading: string }
-  | { readonly type: 'state-restored'; readonly machine: string; readonly readings: number }
-  | { readonly type: 'state-ignored'; readonly machine: string; readonly code: ErrorCode; readonly message: string }
-  | { readonly type: 'published'; readonly machine: string; readonly rule: string; readonly topic: string; readonly seq: number; readonly outcome: unknown; readonly acked: boolean }
-  /** Packets logged `published … acked=false` (queued in the outbox) are now acknowledged: the outbox is empty. */
-  | { readonly type: 'acknowledged'; readonly machine: string; readonly packets: number }
-  | { readonly type: 'skipped'; readonly machine: string; readonly rule: string; readonly reason: string }
-  | { readonly type: 'publish-failed'; readonly machine: string; readonly rule: string; readonly code: ErrorCode; readonly message: string }
-  | { readonly type: 'node-refused'; readonly machine: string; readonly code: ErrorCode; readonly message: string }
-  | { readonly type: 'sparkplug-connected'; readonly url: string; readonly filter: string }
-  | { readonly type: 'sparkplug-disconnected'; readonly reason: string }
-  | { readonly type: 'rebirth-requested'; readonly edgeNode: string; readonly reason: string; readonly topic: string }
-  | { readonly type: 'sparkplug-dropped'; readonly topic: string; readonly code: ErrorCode; readonly message: string }
-  | { readonly type: 'historical'; readonly edgeNode: string; readonly device?: string; readonly count: number };
-
-export interface DeviceStatus {
-  readonly machine: string;
-  readonly device: string;
-  readonly state: 'connecting' | 'up' | 'down';
-  readonly lastError?: { readonly code: ErrorCode; readonly message: string; readonly at: number };
-  readonly lastPollAt?: number;
-  readonly polls: number;
-  readonly exceptions: number;
-  /** Polls that failed as a whole (connection lost, timeout); Sparkplug: 0. */
-  readonly failures: number;
-  /** Packets queued for the qis broker, and those it acknowledged. */
-  readonly published: number;
-  readonly acknowledged: number;
-}
-
-export interface BridgeOptions {
-  /** Every event (log lines for the CLI). */
-  readonly onEvent?: (e: BridgeEvent) => void;
-  /** Node options for tests: faster reconnects of the machines' connections to the qis broker. */
-  readonly nodeReconnect?: { readonly baseMs: number; readonly capMs: number };
-  readonly random?: () => number;
-  /** Clock, Unix ms: when readings are observed (the packets' ts). Default Date.now. */
-  readonly now?: () => number;
-}
+export type { BridgeEvent, BridgeOptions, DeviceStatus } from './events.js';
 
 export interface Bridge {
   status(): DeviceStatus[];
@@ -82,163 +25,6 @@ export interface Bridge {
   /** Metrics, /healthz, and the HTTP listener's address when `http` is configured. */
   readonly health: BridgeHealth;
   close(): Promise<void>;
-}
-
-const codeOf = (e: unknown): ErrorCode => (isQisError(e) ? e.code : 'ERR_INTERNAL');
-
-/** How long a publish waits for the qis broker's PUBACK before it is logged as queued (acked=false). */
-const ACK_WAIT_MS = 5000;
-/** With more packets than this waiting to be published, they are queued without waiting for acks. */
-const ACK_WAIT_BACKLOG = 8;
-
-/** One node per machine, publishing in order; every result is an event. */
-export class Publisher {
-  private chain: Promise<void> = Promise.resolve();
-  private backlog = 0;
-  /** Packets logged as queued (acked=false) and not yet seen acknowledged. */
-  private unacked = 0;
-  published = 0;
-  acknowledged = 0;
-  constructor(readonly node: QisNode, private readonly machine: string, private readonly emit: (e: BridgeEvent) => void) {}
-
-  send(items: readonly (Emission | Skip)[]): void {
-    for (const e of items) {
-      if (isSkip(e)) {
-        this.emit({ type: 'skipped', machine: e.machine, rule: e.rule, reason: e.reason });
-        continue;
-      }
-      this.backlog++;
-      this.chain = this.chain.then(async () => {
-        try {
-          // The packet is durable in the outbox before publish waits for the PUBACK. The wait is
-          // short on a working connection and ends at once when the node is offline (it says so),
-          // and there is none when packets pile up, so the poll loop is never held up.
-          const r = await this.node.publish(e.template, e.situation, e.outcome, {
-            ackTimeoutMs: this.backlog > ACK_WAIT_BACKLOG ? 0 : ACK_WAIT_MS,
-            ts: e.ts, // when the readings were observed (PROTOCOL §5), not when the packet is built
-            ...(e.ctx ? { ctx: e.ctx } : {}),
-            ...(e.conf === undefined ? {} : { conf: e.conf }),
-            ...(e.n === undefined ? {} : { n: e.n }),
-          });
-          this.published++;
-          if (r.acked) this.acknowledged++;
-          else this.unacked++;
-          this.emit({ type: 'published', machine: e.machine, rule: e.rule, topic: r.topic, seq: r.seq, outcome: e.outcome, acked: r.acked });
-        } catch (err) {
-          this.emit({ type: 'publish-failed', machine: e.machine, rule: e.rule, code: codeOf(err), message: (err as Error).message });
-        } finally {
-          this.backlog--;
-        }
-      });
-    }
-  }
-
-  /** The node's outbox is empty: what was logged as queued has been acknowledged (or superseded by a newer packet, itself acknowledged). */
-  flushed(): void {
-    if (this.unacked === 0) return;
-    this.acknowledged += this.unacked;
-    this.emit({ type: 'acknowledged', machine: this.machine, packets: this.unacked });
-    this.unacked = 0;
-  }
-
-  idle(): Promise<void> {
-    return this.chain;
-  }
-}
-
-async function openNodes(machines: readonly Machine<unknown>[], dataDir: string, broker: BrokerTarget, o: BridgeOptions, emit: (e: BridgeEvent) => void): Promise<Map<string, Publisher>> {
-  const out = new Map<string, Publisher>();
-  try {
-    for (const m of machines) {
-      const node = await createNode({
-        url: broker.url,
-        dataDir: join(dataDir, m.name),
-        ...(broker.username === undefined ? {} : { username: broker.username }),
-        ...(broker.password === undefined ? {} : { password: broker.password }),
-        ...(broker.tls === undefined ? {} : { tls: broker.tls }),
-        ...(o.nodeReconnect ? { reconnect: o.nodeReconnect } : {}),
-      });
-      const pub = new Publisher(node, m.name, emit);
-      out.set(m.name, pub);
-      void (async () => {
-        for await (const s of node.status() as AsyncIterable<NodeStatus>) {
-          if (s.type === 'refused') emit({ type: 'node-refused', machine: m.name, code: s.code, message: s.message });
-          if (s.type === 'outbox-flushed') pub.flushed();
-        }
-      })().catch(() => undefined);
-    }
-  } catch (e) {
-    await Promise.all([...out.values()].map((p) => p.node.close()));
-    throw e;
-  }
-  return out;
-}
-
-/** Periodic (`every`) rules of a machine: one timer each. */
-function startPeriodic(mapper: MachineMapper, pub: Publisher): NodeJS.Timeout[] {
-  return mapper.machine.rules.flatMap((rule) => (rule.when.kind === 'every' ? [setInterval(() => pub.send(mapper.periodic(rule)), rule.when.everyMs)] : []));
-}
-
-/** Where a machine's trigger state lives: beside its node's key and outbox. */
-const STATE_FILE = 'bridge-triggers.json';
-/** A trigger state file larger than this is not read (the config bounds what the bridge writes). */
-const MAX_STATE_BYTES = 1 << 20;
-
-/**
- * Persists a machine's trigger state (last values, threshold states) whenever it changes, so a
- * restart keeps edges: a fault that appeared while the bridge was down fires on its first poll.
- * Writes are durable (temp file, fsync, rename) and one at a time.
- */
-class TriggerStore {
-  private chain: Promise<void> = Promise.resolve();
-  private last = '';
-  constructor(private readonly file: string, private readonly mapper: MachineMapper, private readonly emit: (e: BridgeEvent) => void) {}
-
-  /** Restores the state saved by a previous run, if any; a corrupt file is reported and ignored. */
-  async load(): Promise<void> {
-    const m = this.mapper.machine.name;
-    let text: string;
-    try {
-      const fh = await open(this.file, 'r');
-      try {
-        const size = (await fh.stat()).size;
-        if (size > MAX_STATE_BYTES) return this.emit({ type: 'state-ignored', machine: m, code: 'ERR_FILE_IO', message: `${this.file}: ${size} bytes, more than ${MAX_STATE_BYTES}` });
-        text = await fh.readFile('utf8');
-      } finally {
-        await fh.close();
-      }
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-      return this.emit({ type: 'state-ignored', machine: m, code: 'ERR_FILE_IO', message: (e as Error).message });
-    }
-    try {
-      this.mapper.restore(JSON.parse(text));
-    } catch (e) {
-      return this.emit({ type: 'state-ignored', machine: m, code: 'ERR_FILE_IO', message: `${this.file}: ${(e as Error).message}` });
-    }
-    this.last = this.key();
-    this.emit({ type: 'state-restored', machine: m, readings: this.mapper.readings.size });
-  }
-
-  /** What decides a write: values and threshold states, not observation times (every poll). */
-  private key(): string {
-    const s = this.mapper.snapshot();
-    return JSON.stringify([Object.entries(s.readings).map(([k, r]) => [k, r.value]), s.thresholds]);
-  }
-
-  save(): void {
-    const key = this.key();
-    if (key === this.last) return;
-    this.last = key;
-    const text = JSON.stringify(this.mapper.snapshot());
-    this.chain = this.chain.then(() =>
-      writeFileDurable(this.file, text).catch((e: unknown) => this.emit({ type: 'state-ignored', machine: this.mapper.machine.name, code: 'ERR_FILE_IO', message: `cannot save ${this.file}: ${(e as Error).message}` })),
-    );
-  }
-
-  idle(): Promise<void> {
-    return this.chain;
-  }
 }
 
 /** A reading's value from the bytes (or bits) of the block that holds it. */
@@ -541,6 +327,17 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
   });
   client.on('error', () => undefined); // reported through close; mqtt.js reconnects
 
+  /** Machine and reading pairs already reported as fed by a metric that cannot drive a rule. */
+  const unusableSaid = new Set<string>();
+  const reportUnusable = (machine: string, reading: string, metric: string, unusable: ReadonlyMap<string, string>): void => {
+    // The metric itself, or the Template or DataSet it would be spread from (`Recipe` for `Recipe/0/Temp`).
+    const at = [...unusable.keys()].find((k) => metric === k || metric.startsWith(`${k}/`));
+    const key = JSON.stringify([machine, reading]);
+    if (at === undefined || unusableSaid.has(key)) return;
+    unusableSaid.add(key);
+    emit({ type: 'metric-unusable', machine, reading, metric, reason: `${at}: ${unusable.get(at)!}` });
+  };
+
   const rebirth = (edgeNode: string, reason: string): void => {
     const now = Date.now();
     const last = lastRebirth.get(edgeNode);
@@ -579,7 +376,10 @@ export async function startSparkplugBridge(config: SparkplugBridgeConfig, o: Bri
       const values = new Map<string, ReadingValue>();
       for (const [name, reading] of m.readings) {
         const v = r.values.get(reading.metric);
-        if (v === undefined) continue;
+        if (v === undefined) {
+          if (r.unusable.size > 0) reportUnusable(m.name, name, reading.metric, r.unusable);
+          continue;
+        }
         values.set(name, typeof v === 'number' ? v * reading.scale + reading.offset : v);
       }
       const st = statuses.get(m.name)!;

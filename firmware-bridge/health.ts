@@ -7,7 +7,7 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { QisError } from '../src/index.js';
-import type { BridgeEvent, DeviceStatus } from './bridge.js';
+import type { BridgeEvent, DeviceStatus } from './events.js';
 import type { HttpListen } from './config.js';
 
 /** A connection of the bridge to a broker: `qis` (one per machine) or `sparkplug` (the factory broker). */

@@ -37,7 +37,11 @@ export class ModbusRtuClient implements ModbusTransport {
     const open =
       target.kind === 'rtu'
         ? c.client.connectRTUBuffered(target.path, { baudRate: target.baudRate, parity: target.parity, dataBits: target.dataBits, stopBits: target.stopBits })
-        : c.client.connectTcpRTUBuffered(target.host, { port: target.port });
+        : // RTU frames as they are on the wire (unit, PDU, CRC16) over TCP: modbus-serial's
+          // "Telnet" port. Not connectTcpRTUBuffered: despite its name that one wraps each
+          // request in a Modbus TCP (MBAP) header and strips the CRC, so an RTU gateway (and
+          // pymodbus's RTU-framed TCP server) never sees a valid frame.
+          c.client.connectTelnet(target.host, { port: target.port });
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([open, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`not open within ${timeoutMs} ms`)), timeoutMs)))]);

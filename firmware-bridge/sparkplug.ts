@@ -1,197 +1,176 @@
 /**
- * Sparkplug B (Eclipse Tahu `sparkplug_b.proto`, Sparkplug 3.0): a small protobuf reader for the
- * Payload and Metric messages, an encoder for the one message the bridge sends (the NCMD
- * `Node Control/Rebirth` request), and the host-side state of each edge node: NBIRTH/DBIRTH
- * names and alias tables, `seq` checking (0–255, wrapping), and live values that historical
- * metrics never overwrite. Written here rather than generated with protobufjs: the bridge reads
- * scalar metrics only, the reader is ~150 lines with bounds checks on every length, and the
- * tests check it against an independent encoder (the `sparkplug-payload` package).
+ * Sparkplug B (Eclipse Tahu `sparkplug_b.proto`, Sparkplug 3.0) as a host application reads it.
+ * The wire format is decoded by Eclipse Tahu's `sparkplug-payload` (protobufjs code generated from
+ * sparkplug_b.proto), its schema-level `Payload.decode`/`encode`: the host-level
+ * `decodePayload` beside it reads a value only through the metric's own datatype, and DATA
+ * metrics normally carry none (Sparkplug 3.0: the datatype is sent in the birth), so every such
+ * value would decode as null. Here each metric keeps which value field was present and is read
+ * with its birth's datatype.
+ *
+ * Then the host-side state of each edge node: NBIRTH/DBIRTH names and alias tables, `seq` checking
+ * (0–255, wrapping), and live values that historical metrics never overwrite. Scalars become
+ * values; a Template instance (a UDT) becomes one value per member, `<metric>/<member>`, and a
+ * DataSet one per cell, `<metric>/<row>/<column>`, plus `<metric>/rows`; Bytes, File and other
+ * values that cannot drive a rule are listed as unusable, so the bridge can say so once.
  */
+import Long from 'long';
+import protobuf from 'protobufjs/minimal.js';
+import tahuProto from 'sparkplug-payload/lib/sparkplugPayloadProto.js';
 import { QisError } from '../src/index.js';
+
+// protobufjs finds `long` with an eval'd require, which a bundle (dist/cli/qis.mjs) may not
+// resolve; without it 64-bit fields become lossy numbers (a negative Int64 reads as 0). Set it.
+protobuf.util.Long = Long;
+protobuf.configure();
 
 /** Sparkplug B data types (the `DataType` enum). */
 export const DATATYPE = {
   Int8: 1, Int16: 2, Int32: 3, Int64: 4, UInt8: 5, UInt16: 6, UInt32: 7, UInt64: 8,
   Float: 9, Double: 10, Boolean: 11, String: 12, DateTime: 13, Text: 14, UUID: 15,
+  DataSet: 16, Bytes: 17, File: 18, Template: 19, PropertySet: 20, PropertySetList: 21,
 } as const;
+const TYPE_NAMES = new Map<number, string>(Object.entries(DATATYPE).map(([k, v]) => [v, k]));
 
 export type MetricValue = number | boolean | string;
 
-/** One decoded metric. `raw` keeps which value field was present, so a DATA metric without a datatype can be read with its birth's. */
-export interface Metric {
-  readonly name?: string;
-  readonly alias?: bigint;
-  readonly timestamp?: bigint;
-  readonly datatype?: number;
-  readonly isHistorical: boolean;
-  readonly isNull: boolean;
-  readonly raw?: { readonly field: number; readonly value: bigint | number | boolean | string | Uint8Array };
+/** A DataSet: column names and types, and rows of cells (undefined: no value in the cell). */
+export interface DataSet {
+  readonly columns: readonly string[];
+  readonly types: readonly number[];
+  readonly rows: readonly (readonly (RawValue | undefined)[])[];
 }
 
-export interface Payload {
-  readonly timestamp?: bigint;
-  readonly seq?: bigint;
-  readonly uuid?: string;
+/** A Template instance (a UDT) or definition, with its member metrics. */
+export interface Template {
+  readonly isDefinition: boolean;
+  readonly templateRef?: string | undefined;
   readonly metrics: readonly Metric[];
 }
 
+/**
+ * Which value field of the Metric message was present (its field number: 10 int, 11 long,
+ * 12 float, 13 double, 14 boolean, 15 string, 16 bytes, 17 dataset, 18 template, 19 extension)
+ * and its value, so a DATA metric without a datatype can be read with its birth's.
+ */
+export interface RawValue {
+  readonly field: number;
+  readonly value: bigint | number | boolean | string | Uint8Array | DataSet | Template | undefined;
+}
+
+/** A decoded metric. Absent fields are undefined (every metric has the same shape: this is the hot path). */
+export interface Metric {
+  readonly name?: string | undefined;
+  readonly alias?: bigint | undefined;
+  readonly timestamp?: bigint | undefined;
+  readonly datatype?: number | undefined;
+  readonly isHistorical: boolean;
+  readonly isNull: boolean;
+  readonly raw?: RawValue | undefined;
+}
+
+export interface Payload {
+  readonly timestamp?: bigint | undefined;
+  readonly seq?: bigint | undefined;
+  readonly uuid?: string | undefined;
+  readonly metrics: readonly Metric[];
+}
+
+/** A payload larger than this is refused before decoding (the factory broker's messages are hostile input). */
+export const MAX_PAYLOAD_BYTES = 4 << 20;
+/** Templates nested deeper than this are refused (a UDT within a UDT is common; 16 levels is not). */
+export const MAX_TEMPLATE_DEPTH = 16;
+/** A DataSet with more cells than this is not spread into values (it is listed as unusable). */
+export const MAX_DATASET_CELLS = 10_000;
+
+// The shapes of Tahu's decoded messages that are read here (protobufjs classes: unset fields
+// fall back to defaults on the prototype, so presence is an own property or the oneof `value`).
+type U64 = number | Long;
+interface ProtoValue {
+  intValue?: number; longValue?: U64; floatValue?: number; doubleValue?: number; booleanValue?: boolean; stringValue?: string;
+  bytesValue?: Uint8Array; datasetValue?: ProtoDataSet; templateValue?: ProtoTemplate;
+  /** The oneof: the name of the value field present. */
+  readonly value?: string;
+}
+interface ProtoMetric extends ProtoValue { name?: string; alias?: U64; timestamp?: U64; datatype?: number; isHistorical?: boolean; isNull?: boolean }
+interface ProtoDataSet { columns: string[]; types: number[]; rows: { elements: ProtoValue[] }[] }
+interface ProtoTemplate { isDefinition?: boolean; templateRef?: string; metrics: ProtoMetric[] }
+interface ProtoPayload { timestamp?: U64; seq?: U64; uuid?: string; metrics: ProtoMetric[] }
+interface TahuPayload {
+  decode(r: Uint8Array): ProtoPayload;
+  encode(p: object): { finish(): Uint8Array };
+}
+const TahuPayload = (tahuProto as unknown as { org: { eclipse: { tahu: { protobuf: { Payload: TahuPayload } } } } }).org.eclipse.tahu.protobuf.Payload;
+
 const malformed = (why: string): QisError => new QisError('ERR_SPARKPLUG_PAYLOAD', `Sparkplug B payload: ${why}`);
+const has = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k);
+const big = (v: U64): bigint => (typeof v === 'number' ? BigInt(v) : v.high === 0 ? BigInt(v.low >>> 0) : BigInt.asUintN(64, (BigInt(v.high >>> 0) << 32n) | BigInt(v.low >>> 0)));
 
-class Reader {
-  pos = 0;
-  constructor(private readonly b: Uint8Array, readonly end = b.length) {}
-  get done(): boolean {
-    return this.pos >= this.end;
-  }
-  /** A varint's low 32 bits, unsigned (int_value: encoders differ in sign-extending negative ints). */
-  uint32(): number {
-    const start = this.pos;
-    let v = 0;
-    let mul = 1;
-    for (let i = 0; i < 5; i++) {
-      if (this.pos >= this.end) throw malformed('truncated varint');
-      const byte = this.b[this.pos++]!;
-      v += (byte & 0x7f) * mul;
-      if ((byte & 0x80) === 0) return v % 2 ** 32;
-      mul *= 128;
+/** Metric value fields by name, as field numbers; a DataSetValue's fields map to the same numbers. */
+const FIELD: Readonly<Record<string, number>> = { intValue: 10, longValue: 11, floatValue: 12, doubleValue: 13, booleanValue: 14, stringValue: 15, bytesValue: 16, datasetValue: 17, templateValue: 18, extensionValue: 19 };
+
+function rawOf(v: ProtoValue, depth: number): RawValue | undefined {
+  const name = v.value;
+  if (name === undefined) return undefined;
+  const field = FIELD[name] ?? 19;
+  switch (field) {
+    case 10: return { field, value: v.intValue! >>> 0 };
+    case 11: return { field, value: big(v.longValue!) };
+    case 12: return { field, value: v.floatValue! };
+    case 13: return { field, value: v.doubleValue! };
+    case 14: return { field, value: v.booleanValue! };
+    case 15: return { field, value: v.stringValue! };
+    case 16: return { field, value: v.bytesValue! };
+    case 17: {
+      const d = v.datasetValue!;
+      return { field, value: { columns: d.columns, types: d.types, rows: d.rows.map((r) => r.elements.map((e) => rawOf(e, depth))) } };
     }
-    this.pos = start;
-    return Number(this.varintBig() & 0xffffffffn);
-  }
-  /** A varint as a number: the fast path for tags, lengths and values below 2^49. */
-  uint(): number {
-    let v = 0;
-    let mul = 1;
-    const start = this.pos;
-    for (let i = 0; i < 7; i++) {
-      if (this.pos >= this.end) throw malformed('truncated varint');
-      const byte = this.b[this.pos++]!;
-      v += (byte & 0x7f) * mul;
-      if ((byte & 0x80) === 0) return v;
-      mul *= 128;
+    case 18: {
+      if (depth >= MAX_TEMPLATE_DEPTH) throw malformed(`templates nested deeper than ${MAX_TEMPLATE_DEPTH}`);
+      const t = v.templateValue!;
+      return { field, value: { isDefinition: t.isDefinition === true, templateRef: has(t, 'templateRef') ? t.templateRef : undefined, metrics: t.metrics.map((m) => metricOf(m, depth + 1)) } };
     }
-    this.pos = start;
-    const big = this.varintBig();
-    if (big > BigInt(Number.MAX_SAFE_INTEGER)) throw malformed(`length or tag ${big} too large`);
-    return Number(big);
-  }
-  varint(): bigint {
-    const start = this.pos;
-    let v = 0;
-    let mul = 1;
-    for (let i = 0; i < 7; i++) {
-      if (this.pos >= this.end) throw malformed('truncated varint');
-      const byte = this.b[this.pos++]!;
-      v += (byte & 0x7f) * mul;
-      if ((byte & 0x80) === 0) return BigInt(v);
-      mul *= 128;
-    }
-    this.pos = start;
-    return this.varintBig();
-  }
-  private varintBig(): bigint {
-    let v = 0n;
-    for (let shift = 0n; shift < 70n; shift += 7n) {
-      if (this.pos >= this.end) throw malformed('truncated varint');
-      const byte = this.b[this.pos++]!;
-      v |= BigInt(byte & 0x7f) << shift;
-      if ((byte & 0x80) === 0) return BigInt.asUintN(64, v);
-    }
-    throw malformed('varint longer than 10 bytes');
-  }
-  float(): number {
-    const b = this.bytes(4);
-    return new DataView(b.buffer, b.byteOffset, 4).getFloat32(0, true);
-  }
-  double(): number {
-    const b = this.bytes(8);
-    return new DataView(b.buffer, b.byteOffset, 8).getFloat64(0, true);
-  }
-  bytes(n: number): Uint8Array {
-    if (n < 0 || this.pos + n > this.end) throw malformed(`length ${n} beyond the end`);
-    const out = this.b.subarray(this.pos, this.pos + n);
-    this.pos += n;
-    return out;
-  }
-  delimited(): Uint8Array {
-    return this.bytes(this.uint());
-  }
-  /** Skips a field of `wire` type. */
-  skip(wire: number): void {
-    if (wire === 0) this.varint();
-    else if (wire === 1) this.bytes(8);
-    else if (wire === 2) this.delimited();
-    else if (wire === 5) this.bytes(4);
-    else throw malformed(`unsupported wire type ${wire}`);
-  }
-  tag(): { field: number; wire: number } {
-    const t = this.uint();
-    const field = Math.floor(t / 8);
-    if (field === 0) throw malformed('field number 0');
-    return { field, wire: t % 8 };
+    default: return { field, value: undefined };
   }
 }
 
-const text = new TextDecoder('utf-8', { fatal: true });
-function utf8(b: Uint8Array): string {
-  try {
-    return text.decode(b);
-  } catch {
-    throw malformed('a string is not valid UTF-8');
-  }
+function metricOf(m: ProtoMetric, depth: number): Metric {
+  return {
+    name: has(m, 'name') ? m.name : undefined,
+    alias: has(m, 'alias') ? big(m.alias!) : undefined,
+    timestamp: has(m, 'timestamp') ? big(m.timestamp!) : undefined,
+    datatype: has(m, 'datatype') ? m.datatype : undefined,
+    isHistorical: m.isHistorical === true,
+    isNull: m.isNull === true,
+    raw: rawOf(m, depth),
+  };
 }
 
-function expectWire(field: number, wire: number, want: number): void {
-  if (wire !== want) throw malformed(`field ${field} has wire type ${wire}, expected ${want}`);
-}
-
-function decodeMetric(b: Uint8Array): Metric {
-  const r = new Reader(b);
-  const m: { -readonly [K in keyof Metric]: Metric[K] } = { isHistorical: false, isNull: false };
-  while (!r.done) {
-    const { field, wire } = r.tag();
-    switch (field) {
-      case 1: expectWire(field, wire, 2); m.name = utf8(r.delimited()); break;
-      case 2: expectWire(field, wire, 0); m.alias = r.varint(); break;
-      case 3: expectWire(field, wire, 0); m.timestamp = r.varint(); break;
-      case 4: expectWire(field, wire, 0); m.datatype = Number(r.varint() & 0xffffffffn); break;
-      case 5: expectWire(field, wire, 0); m.isHistorical = r.varint() !== 0n; break;
-      case 7: expectWire(field, wire, 0); m.isNull = r.varint() !== 0n; break;
-      case 10: expectWire(field, wire, 0); m.raw = { field, value: r.uint32() }; break;
-      case 11: expectWire(field, wire, 0); m.raw = { field, value: r.varint() }; break;
-      case 12: expectWire(field, wire, 5); m.raw = { field, value: r.float() }; break;
-      case 13: expectWire(field, wire, 1); m.raw = { field, value: r.double() }; break;
-      case 14: expectWire(field, wire, 0); m.raw = { field, value: r.varint() !== 0n }; break;
-      case 15: expectWire(field, wire, 2); m.raw = { field, value: utf8(r.delimited()) }; break;
-      case 16: expectWire(field, wire, 2); m.raw = { field, value: r.delimited() }; break;
-      default: r.skip(wire); // is_transient, metadata, properties, dataset, template, extension
-    }
-  }
-  return m;
-}
-
-/** Decodes a Sparkplug B Payload. @throws QisError ERR_SPARKPLUG_PAYLOAD */
+/**
+ * Decodes a Sparkplug B Payload with Tahu's decoder. Whatever it throws on junk (truncation, a
+ * bad wire type, a varint too long, nesting deep enough to exhaust the stack) is ERR_SPARKPLUG_PAYLOAD.
+ * @throws QisError ERR_SPARKPLUG_PAYLOAD
+ */
 export function decodeSparkplugPayload(bytes: Uint8Array): Payload {
-  const r = new Reader(bytes);
-  const p: { timestamp?: bigint; seq?: bigint; uuid?: string; metrics: Metric[] } = { metrics: [] };
-  while (!r.done) {
-    const { field, wire } = r.tag();
-    switch (field) {
-      case 1: expectWire(field, wire, 0); p.timestamp = r.varint(); break;
-      case 2: expectWire(field, wire, 2); p.metrics.push(decodeMetric(r.delimited())); break;
-      case 3: expectWire(field, wire, 0); p.seq = r.varint(); break;
-      case 4: expectWire(field, wire, 2); p.uuid = utf8(r.delimited()); break;
-      default: r.skip(wire);
-    }
+  if (bytes.length > MAX_PAYLOAD_BYTES) throw malformed(`${bytes.length} bytes, more than ${MAX_PAYLOAD_BYTES}`);
+  try {
+    // A plain Uint8Array view, not a Buffer: protobufjs's Buffer reader cuts a string whose
+    // length runs past the end instead of refusing it.
+    const p = TahuPayload.decode(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length));
+    return {
+      timestamp: has(p, 'timestamp') ? big(p.timestamp!) : undefined,
+      seq: has(p, 'seq') ? big(p.seq!) : undefined,
+      uuid: has(p, 'uuid') ? p.uuid : undefined,
+      metrics: p.metrics.map((m) => metricOf(m, 0)),
+    };
+  } catch (e) {
+    if (e instanceof QisError) throw e;
+    throw malformed((e as Error).message);
   }
-  return p;
 }
 
-/** A metric's value as a JS scalar, read with `datatype` (the metric's own, else its birth's); undefined for null, absent or non-scalar values. */
-export function metricValue(m: Metric, datatype: number | undefined): MetricValue | undefined {
-  if (m.isNull || !m.raw) return undefined;
-  const v = m.raw.value;
-  const dt = m.datatype ?? datatype;
+/** A scalar value field read with datatype `dt`; undefined for a non-scalar field. */
+function scalar(raw: RawValue, dt: number | undefined): MetricValue | undefined {
+  const v = raw.value;
   if (typeof v === 'bigint') {
     const u = BigInt.asUintN(64, v);
     switch (dt) {
@@ -208,8 +187,7 @@ export function metricValue(m: Metric, datatype: number | undefined): MetricValu
       default: return Number(u); // UInt8/16/32/64, DateTime, or no datatype
     }
   }
-  if (v instanceof Uint8Array) return undefined;
-  if (m.raw.field === 10 && typeof v === 'number') {
+  if (raw.field === 10 && typeof v === 'number') {
     // int_value: 32 bits; signed types are two's complement (8/16-bit ones either sign-extended or not)
     const s = v | 0;
     switch (dt) {
@@ -219,30 +197,60 @@ export function metricValue(m: Metric, datatype: number | undefined): MetricValu
       default: return v;
     }
   }
-  return v;
+  return typeof v === 'number' || typeof v === 'boolean' || typeof v === 'string' ? v : undefined;
 }
 
-/** The NCMD payload asking an edge node to publish its births again. */
+/** A metric's value as a JS scalar, read with `datatype` (the metric's own, else its birth's); undefined for null, absent or non-scalar values. */
+export function metricValue(m: Metric, datatype: number | undefined): MetricValue | undefined {
+  if (m.isNull || !m.raw) return undefined;
+  return scalar(m.raw, m.datatype ?? datatype);
+}
+
+/** What a value that cannot drive a rule is, for the log: its datatype's name, else its field's. */
+function kindOf(m: Metric, datatype: number | undefined): string {
+  const dt = m.datatype ?? datatype;
+  const name = dt === undefined ? undefined : TYPE_NAMES.get(dt);
+  if (name) return name;
+  return m.raw?.field === 16 ? 'Bytes' : m.raw?.field === 19 ? 'an extension value' : `datatype ${String(dt)}`;
+}
+
+/**
+ * Adds a live metric's values under `name`: a scalar as itself, a Template instance's members
+ * and a DataSet's cells spread out; what cannot drive a rule goes to `unusable` with the reason.
+ * `typeOf` gives the birth's datatype of a (spread) name.
+ */
+function collect(name: string, m: Metric, typeOf: (name: string) => number | undefined, values: Map<string, MetricValue>, unusable: Map<string, string>): void {
+  if (m.isNull || !m.raw) return;
+  const { field, value } = m.raw;
+  if (field === 18) {
+    const t = value as Template;
+    if (t.isDefinition) return; // a UDT's definition (in an NBIRTH), not a value
+    for (const member of t.metrics) if (member.name !== undefined && !member.isHistorical) collect(`${name}/${member.name}`, member, typeOf, values, unusable);
+    return;
+  }
+  if (field === 17) {
+    const d = value as DataSet;
+    const cells = d.rows.length * d.columns.length;
+    if (d.types.length !== d.columns.length) return void unusable.set(name, `a DataSet with ${d.columns.length} columns and ${d.types.length} types`);
+    if (cells > MAX_DATASET_CELLS) return void unusable.set(name, `a DataSet of ${cells} cells (more than ${MAX_DATASET_CELLS})`);
+    values.set(`${name}/rows`, d.rows.length);
+    d.rows.forEach((row, i) =>
+      d.columns.forEach((col, c) => {
+        const cell = row[c];
+        const v = cell ? scalar(cell, d.types[c]) : undefined;
+        if (v !== undefined) values.set(`${name}/${i}/${col}`, v);
+      }),
+    );
+    return;
+  }
+  const v = metricValue(m, typeOf(name));
+  if (v !== undefined) values.set(name, v);
+  else unusable.set(name, `${kindOf(m, typeOf(name))} cannot drive a rule`);
+}
+
+/** The NCMD payload asking an edge node to publish its births again (encoded by Tahu's encoder). */
 export function encodeRebirthRequest(timestampMs: number): Uint8Array {
-  const name = Buffer.from('Node Control/Rebirth', 'utf8');
-  const metric = Buffer.concat([
-    Buffer.from([0x0a, name.length]), name, // 1: name
-    Buffer.from([0x20, DATATYPE.Boolean]), // 4: datatype
-    Buffer.from([0x70, 0x01]), // 14: boolean_value true
-  ]);
-  return new Uint8Array(Buffer.concat([Buffer.from([0x08]), varintBytes(BigInt(timestampMs)), Buffer.from([0x12, metric.length]), metric]));
-}
-
-function varintBytes(v: bigint): Buffer {
-  const out: number[] = [];
-  let x = BigInt.asUintN(64, v);
-  do {
-    let byte = Number(x & 0x7fn);
-    x >>= 7n;
-    if (x !== 0n) byte |= 0x80;
-    out.push(byte);
-  } while (x !== 0n);
-  return Buffer.from(out);
+  return TahuPayload.encode({ timestamp: timestampMs, metrics: [{ name: 'Node Control/Rebirth', datatype: DATATYPE.Boolean, booleanValue: true }] }).finish();
 }
 
 export type MessageType = 'NBIRTH' | 'NDEATH' | 'DBIRTH' | 'DDEATH' | 'NDATA' | 'DDATA' | 'NCMD' | 'DCMD' | 'STATE';
@@ -276,7 +284,15 @@ interface MetricDef {
 /** What one message did to the state. */
 export type Outcome =
   /** Live values changed (of the edge node itself when device is undefined). */
-  | { readonly kind: 'update'; readonly device?: string; readonly values: ReadonlyMap<string, MetricValue>; readonly historical: number; readonly birth: boolean }
+  | {
+      readonly kind: 'update';
+      readonly device?: string;
+      readonly values: ReadonlyMap<string, MetricValue>;
+      /** Live metrics (or spread names) whose values cannot drive a rule, with why: Bytes, File, an oversized DataSet… */
+      readonly unusable: ReadonlyMap<string, string>;
+      readonly historical: number;
+      readonly birth: boolean;
+    }
   /** The bridge cannot trust its picture of this edge node: ask for a rebirth. */
   | { readonly kind: 'rebirth'; readonly reason: string }
   /** A death certificate: the node's (or device's) values are stale. */
@@ -289,6 +305,19 @@ interface Table {
 }
 
 const emptyTable = (): Table => ({ byAlias: new Map(), byName: new Map() });
+
+/** A birth's Template instance: its members' datatypes by spread name (`<metric>/<member>`), for DATA that sends members without them. */
+function learnMembers(t: Table, name: string, m: Metric): void {
+  if (m.raw?.field !== 18) return;
+  const tpl = m.raw.value as Template;
+  if (tpl.isDefinition) return;
+  for (const member of tpl.metrics) {
+    if (member.name === undefined) continue;
+    const n = `${name}/${member.name}`;
+    t.byName.set(n, { name: n, datatype: member.datatype });
+    learnMembers(t, n, member);
+  }
+}
 
 /** The `bdSeq` metric of an NBIRTH or NDEATH, if it has one. */
 function bdSeqOf(p: Payload): number | undefined {
@@ -380,6 +409,7 @@ export class EdgeNodeState {
       if (m.name === undefined) return 'a birth metric without a name';
       const def = { name: m.name, datatype: m.datatype };
       t.byName.set(m.name, def);
+      learnMembers(t, m.name, m);
       if (m.alias !== undefined) {
         const other = t.byAlias.get(m.alias);
         if (other && other.name !== m.name) return `alias ${m.alias} used for both "${other.name}" and "${m.name}"`;
@@ -391,6 +421,8 @@ export class EdgeNodeState {
 
   private values(t: Table, device: string | undefined, p: Payload, birth: boolean): Outcome {
     const values = new Map<string, MetricValue>();
+    const unusable = new Map<string, string>();
+    const typeOf = (name: string): number | undefined => t.byName.get(name)?.datatype;
     let historical = 0;
     for (const m of p.metrics) {
       const def = m.name !== undefined ? t.byName.get(m.name) ?? { name: m.name, datatype: m.datatype } : m.alias !== undefined ? t.byAlias.get(m.alias) : undefined;
@@ -399,9 +431,8 @@ export class EdgeNodeState {
         historical++; // stored history, not the present: never overwrites live state
         continue;
       }
-      const v = metricValue(m, def.datatype);
-      if (v !== undefined) values.set(def.name, v);
+      collect(def.name, m, typeOf, values, unusable);
     }
-    return { kind: 'update', ...(device === undefined ? {} : { device }), values, historical, birth };
+    return { kind: 'update', ...(device === undefined ? {} : { device }), values, unusable, historical, birth };
   }
 }

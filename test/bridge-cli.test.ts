@@ -12,6 +12,7 @@ import { startModbusServer } from './helpers/modbus-server.js';
 import { freePort } from './helpers/mosquitto.js';
 import { startQisBroker } from './helpers/qis-broker.js';
 import { readRetained } from './helpers/retained.js';
+import { sparkplugYaml } from './helpers/sparkplug.js';
 
 const examples = fileURLToPath(new URL('../examples/', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'qis-bridge-cli-'));
@@ -96,20 +97,7 @@ t.test('qis bridge modbus --check: an unreachable device is exit 1; a bad config
 
 t.test('qis bridge sparkplug --check prints the mapping without connecting', async (t) => {
   const file = join(dir, 'sp.yaml');
-  writeFileSync(
-    file,
-    `broker: mqtt://127.0.0.1:1
-dataDir: ${join(dir, 'sp-data')}
-sparkplug: { url: mqtt://127.0.0.1:1, group: plant1 }
-machines:
-  - name: press-7
-    template: ${join(examples, 'press-bearing.yaml')}
-    source: { edgeNode: line-1, device: press-7 }
-    readings: { fault: Faults/Code, load: Load/kN, sealed: Sealed }
-    situation: { machine_model: KX-200, bearing_type: roller, load_kn: { reading: load }, sealed: { reading: sealed } }
-    outcomes: [{ when: { change: fault, from: 0 }, outcome: failure }]
-`,
-  );
+  writeFileSync(file, sparkplugYaml({ broker: 'mqtt://127.0.0.1:1', dataDir: join(dir, 'sp-data'), sparkplug: 'url: mqtt://127.0.0.1:1, group: plant1' }));
   const r = await qis(['bridge', 'sparkplug', '--config', file, '--check', '--json']);
   t.equal(r.status, 0, r.stderr);
   t.match(JSON.parse(r.stdout), { ok: true, sparkplug: { filter: 'spBv1.0/plant1/#', rebirthIntervalMs: 5000 }, machines: [{ name: 'press-7', source: { edgeNode: 'line-1', device: 'press-7' }, readings: { fault: { metric: 'Faults/Code' } } }] });

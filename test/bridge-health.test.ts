@@ -2,7 +2,6 @@
 // behind a node:tls server) and the qis broker (its TLS listener), with certificates made by
 // openssl now; /healthz and /metrics over HTTP; `published` lines that say the qis broker acked.
 import t from 'tap';
-import { createRequire } from 'node:module';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
@@ -16,11 +15,10 @@ import { verifyPacket } from '../src/index.js';
 import { parseSparkplugConfig, startSparkplugBridge, type BridgeEvent } from '../firmware-bridge/index.js';
 import { startAedes } from './helpers/aedes.js';
 import { startQisBroker } from './helpers/qis-broker.js';
+import { sp } from './helpers/sparkplug.js';
 import { certificates } from './helpers/tls.js';
 import { waitFor } from './helpers/wait.js';
 
-const require = createRequire(import.meta.url);
-const sp = (require('sparkplug-payload') as { get(ns: string): { encodePayload(p: object): Uint8Array } }).get('spBv1.0');
 const examples = fileURLToPath(new URL('../examples/', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'qis-bridge-health-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));

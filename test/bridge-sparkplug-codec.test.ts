@@ -1,14 +1,11 @@
 // The bridge's Sparkplug B reader and edge-node state, checked against an independent encoder:
 // Eclipse Tahu's `sparkplug-payload` package (protobufjs generated from sparkplug_b.proto).
 import t from 'tap';
-import { createRequire } from 'node:module';
 import { isQisError } from '../src/index.js';
 import { prng } from './helpers/prng.js';
-import { decodeSparkplugPayload, EdgeNodeState, encodeRebirthRequest, metricValue, parseSparkplugTopic, type Payload } from '../firmware-bridge/index.js';
+import { sp, tahuPayload, type SpMetric } from './helpers/sparkplug.js';
+import { decodeSparkplugPayload, EdgeNodeState, encodeRebirthRequest, MAX_PAYLOAD_BYTES, MAX_TEMPLATE_DEPTH, metricValue, parseSparkplugTopic, type Payload } from '../firmware-bridge/index.js';
 
-const require = createRequire(import.meta.url);
-interface SpMetric { name?: string; alias?: number; type: string; value: unknown; isHistorical?: boolean; isNull?: boolean }
-const sp = (require('sparkplug-payload') as { get(ns: string): { encodePayload(p: object): Uint8Array; decodePayload(b: Uint8Array): { metrics: { name: string; type: string; value: unknown }[] } } }).get('spBv1.0');
 const enc = (seq: number | undefined, metrics: SpMetric[]): Uint8Array => sp.encodePayload({ timestamp: 1_700_000_000_000, ...(seq === undefined ? {} : { seq }), metrics });
 const dec = (seq: number | undefined, metrics: SpMetric[]): Payload => decodeSparkplugPayload(enc(seq, metrics));
 
@@ -62,15 +59,25 @@ t.test('sparkplug codec - malformed payloads are ERR_SPARKPLUG_PAYLOAD, never a 
   t.throws(() => decodeSparkplugPayload(Uint8Array.of(0x0b)), { code: 'ERR_SPARKPLUG_PAYLOAD' }, 'wire type 3 (group)');
   t.throws(() => decodeSparkplugPayload(Uint8Array.of(0x12, 0x7f, 0x00)), { code: 'ERR_SPARKPLUG_PAYLOAD' }, 'length beyond the end');
   t.throws(() => decodeSparkplugPayload(Uint8Array.of(0x08, ...new Array<number>(11).fill(0xff))), { code: 'ERR_SPARKPLUG_PAYLOAD' }, 'varint too long');
-  t.throws(() => decodeSparkplugPayload(Uint8Array.of(0x12, 0x03, 0x0a, 0x01, 0xff)), { code: 'ERR_SPARKPLUG_PAYLOAD' }, 'invalid UTF-8 name');
+  // Tahu's decoder (protobufjs) reads invalid UTF-8 leniently, as every Tahu-based host does.
+  t.equal(decodeSparkplugPayload(Uint8Array.of(0x12, 0x03, 0x0a, 0x01, 0xff)).metrics[0]!.name, '\ufffd', 'invalid UTF-8 in a name: U+FFFD');
+  t.throws(() => decodeSparkplugPayload(Uint8Array.of(0x12, 0x04, 0x0a, 0x05, 0x61, 0x62)), { code: 'ERR_SPARKPLUG_PAYLOAD' }, 'a string running past its message');
+  t.throws(() => decodeSparkplugPayload(new Uint8Array(MAX_PAYLOAD_BYTES + 1)), { code: 'ERR_SPARKPLUG_PAYLOAD', message: /more than/ }, 'a payload over the bound');
+  // Templates nested 17 deep: refused by the bound, not by the stack.
+  let nested: SpMetric = { name: 'x', type: 'Int32', value: 1 };
+  for (let i = 0; i < MAX_TEMPLATE_DEPTH + 1; i++) nested = { name: `t${i}`, type: 'Template', value: { isDefinition: false, metrics: [nested] } };
+  t.throws(() => dec(1, [nested]), { code: 'ERR_SPARKPLUG_PAYLOAD', message: /nested deeper than 16/ }, 'templates nested too deep');
   t.throws(() => parseSparkplugTopic('spBv1.0/g/NOPE/e'), { code: 'ERR_SPARKPLUG_PAYLOAD' });
   t.same(parseSparkplugTopic('spBv1.0/g/DDATA/e/d'), { group: 'g', type: 'DDATA', edgeNode: 'e', device: 'd' });
 });
 
-t.test('sparkplug codec - random and mutated bytes: a payload or ERR_SPARKPLUG_PAYLOAD, nothing else', async (t) => {
+t.test('sparkplug codec - random and mutated bytes: a payload (that the edge-node state takes) or ERR_SPARKPLUG_PAYLOAD, nothing else', async (t) => {
   const rnd = prng(6);
-  const good = enc(9, [{ name: 'a', alias: 1, type: 'Int16', value: -3 }, { name: 'b', type: 'Double', value: 2.5 }, { name: 's', type: 'String', value: 'x' }]);
+  const good = enc(9, [{ name: 'a', alias: 1, type: 'Int16', value: -3 }, { name: 'b', type: 'Double', value: 2.5 }, { name: 's', type: 'String', value: 'x' },
+    { name: 'm', type: 'Template', value: { isDefinition: false, metrics: [{ name: 'a', type: 'Int8', value: -1 }] } },
+    { name: 'r', type: 'DataSet', value: { numOfColumns: 2, columns: ['x', 'y'], types: ['Int32', 'String'], rows: [[1, 'a']] } }]);
   let other = 0;
+  const state = new EdgeNodeState();
   for (let i = 0; i < 3000; i++) {
     let b: Uint8Array;
     if (i % 2 === 0) {
@@ -82,11 +89,41 @@ t.test('sparkplug codec - random and mutated bytes: a payload or ERR_SPARKPLUG_P
     try {
       const p = decodeSparkplugPayload(b);
       for (const m of p.metrics) metricValue(m, undefined);
+      state.handle(i % 3 === 0 ? 'NBIRTH' : i % 3 === 1 ? 'DBIRTH' : 'DDATA', 'd', p); // births and data of junk: tables, spreading
     } catch (e) {
       if (!(isQisError(e) && e.code === 'ERR_SPARKPLUG_PAYLOAD')) other++;
     }
   }
   t.equal(other, 0, 'no other error');
+});
+
+t.test('sparkplug codec - a DATA metric without a datatype (as Sparkplug 3.0 sends it) is read with its birth datatype', async (t) => {
+  // Tahu's schema-level encoder: a metric with an alias and an int_value, no datatype.
+  const data = tahuPayload.encode({ seq: 2, metrics: [{ alias: 2, intValue: 0xfffe }] }).finish();
+  t.equal(sp.decodePayload(data).metrics[0]!.value, null, "Tahu's host-level decodePayload loses it (no datatype): why the bridge reads the schema level");
+  const s = new EdgeNodeState();
+  s.handle('NBIRTH', undefined, dec(0, []));
+  s.handle('DBIRTH', 'press', dec(1, [{ name: 'Delta', alias: 2, type: 'Int16', value: 0 }]));
+  t.match(s.handle('DDATA', 'press', decodeSparkplugPayload(data)), { kind: 'update', values: new Map([['Delta', -2]]) });
+});
+
+t.test('edge node state - Template members and DataSet cells become values; Bytes is unusable', async (t) => {
+  const s = new EdgeNodeState();
+  s.handle('NBIRTH', undefined, dec(0, [{ name: '_types_/Motor', type: 'Template', value: { isDefinition: true, metrics: [{ name: 'Amps', type: 'Float', value: 0 }] } }]));
+  const birth = s.handle('DBIRTH', 'press', dec(1, [
+    { name: 'Motor', alias: 1, type: 'Template', value: { isDefinition: false, templateRef: '_types_/Motor', metrics: [{ name: 'Amps', type: 'Float', value: 12.5 }, { name: 'Trips', type: 'Int16', value: -3 }, { name: 'Fan', type: 'Template', value: { isDefinition: false, metrics: [{ name: 'On', type: 'Boolean', value: true }] } }] } },
+    { name: 'Recipe', alias: 2, type: 'DataSet', value: { numOfColumns: 2, columns: ['Step', 'Temp'], types: ['Int32', 'Double'], rows: [[1, 80.5], [2, 95]] } },
+    { name: 'Blob', alias: 3, type: 'Bytes', value: Uint8Array.of(1, 2, 3) },
+  ]));
+  if (birth.kind !== 'update') return t.fail(JSON.stringify(birth));
+  t.same(Object.fromEntries(birth.values), { 'Motor/Amps': 12.5, 'Motor/Trips': -3, 'Motor/Fan/On': true, 'Recipe/rows': 2, 'Recipe/0/Step': 1, 'Recipe/0/Temp': 80.5, 'Recipe/1/Step': 2, 'Recipe/1/Temp': 95 });
+  t.same(Object.fromEntries(birth.unusable), { Blob: 'Bytes cannot drive a rule' });
+  // DATA by alias, members without datatypes (the birth's are used): Trips 0xfffd reads as -3 only as Int16.
+  const data = tahuPayload.encode({ seq: 2, metrics: [{ alias: 1, templateValue: { metrics: [{ name: 'Trips', intValue: 0xfffd }] } }, { alias: 3, bytesValue: Uint8Array.of(9) }] }).finish();
+  const r = s.handle('DDATA', 'press', decodeSparkplugPayload(data));
+  if (r.kind !== 'update') return t.fail(JSON.stringify(r));
+  t.same(Object.fromEntries(r.values), { 'Motor/Trips': -3 });
+  t.same(Object.fromEntries(r.unusable), { Blob: 'Bytes cannot drive a rule' });
 });
 
 t.test('sparkplug codec - the rebirth request decodes with sparkplug-payload as Node Control/Rebirth = true', async (t) => {

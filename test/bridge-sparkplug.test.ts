@@ -2,7 +2,6 @@
 // (Eclipse Tahu's `sparkplug-payload`) publishing to a real factory broker (Aedes), and the qis
 // broker receiving the outcome packets, which are read back and verified.
 import t, { type Test } from 'tap';
-import { createRequire } from 'node:module';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,11 +11,9 @@ import { address, loadTemplate, outcomeTopic, verifyPacket, type NodeId, type Ve
 import { parseSparkplugConfig, startSparkplugBridge, type BridgeEvent } from '../firmware-bridge/index.js';
 import { startAedes } from './helpers/aedes.js';
 import { startQisBroker } from './helpers/qis-broker.js';
+import { sp, sparkplugYaml, type SpMetric } from './helpers/sparkplug.js';
 import { waitFor } from './helpers/wait.js';
 
-const require = createRequire(import.meta.url);
-interface SpMetric { name?: string; alias?: number; type: string; value: unknown; isHistorical?: boolean }
-const sp = (require('sparkplug-payload') as { get(ns: string): { encodePayload(p: object): Uint8Array; decodePayload(b: Uint8Array): { metrics: { name: string; type: string; value: unknown }[] } } }).get('spBv1.0');
 
 const examples = fileURLToPath(new URL('../examples/', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'qis-bridge-sp-'));
@@ -62,15 +59,7 @@ t.test('sparkplug bridge - births, data, historical data, a seq gap and an unkno
     ]);
   };
 
-  const config = await parseSparkplugConfig(
-    `broker: ${qis.url}
-dataDir: ${join(dir, 'data')}
-sparkplug: { url: ${factory.url}, group: plant1, rebirthIntervalMs: 0 }
-machines:
-  - name: press-7
-    template: ${join(examples, 'press-bearing.yaml')}
-    source: { edgeNode: line-1, device: press-7 }
-    readings:
+  const mapping = `    readings:
       fault: Faults/Code
       load: Load/kN
       hours: { metric: Counters/RunMinutes, scale: ${1 / 60} }
@@ -80,9 +69,8 @@ machines:
     outcomes:
       - { when: { change: fault, from: 0 }, outcome: failure, conf: 0.9 }
       - { when: { change: fault, to: 0 }, outcome: no_failure }
-`,
-    join(dir, 'sp.yaml'),
-  );
+`;
+  const config = await parseSparkplugConfig(sparkplugYaml({ broker: qis.url, dataDir: join(dir, 'data'), sparkplug: `url: ${factory.url}, group: plant1, rebirthIntervalMs: 0`, mapping }), join(dir, 'sp.yaml'));
   const events: BridgeEvent[] = [];
   const bridge = await startSparkplugBridge(config, { onEvent: (e) => events.push(e), nodeReconnect: { baseMs: 50, capMs: 300 } });
   t.teardown(() => bridge.close());
@@ -141,6 +129,37 @@ machines:
   t.equal(bridge.status()[0]!.state, 'up');
 });
 
+t.test('sparkplug bridge - Template members and DataSet cells drive rules; a Bytes metric is reported once', async (t) => {
+  const { factory, qis, packets } = await peers(t);
+  const edge = await mqtt.connectAsync(factory.url, { reconnectPeriod: 0 });
+  t.teardown(() => edge.endAsync(true));
+  const send = (type: string, seq: number, metrics: SpMetric[]): Promise<unknown> =>
+    edge.publishAsync(type.startsWith('N') ? `spBv1.0/plant1/${type}/line-1` : `spBv1.0/plant1/${type}/line-1/press-7`, Buffer.from(sp.encodePayload({ timestamp: Date.now(), seq, metrics })), { qos: 0 });
+  const motor = (fault: number): SpMetric => ({ name: 'Motor', alias: 1, type: 'Template', value: { isDefinition: false, templateRef: 'Press', metrics: [{ name: 'Fault', type: 'UInt16', value: fault }, { name: 'Load', type: 'Float', value: 42.5 }, { name: 'Sealed', type: 'Boolean', value: true }] } });
+  const recipe = (minutes: number): SpMetric => ({ name: 'Recipe', alias: 2, type: 'DataSet', value: { numOfColumns: 2, columns: ['Step', 'RunMinutes'], types: ['String', 'UInt32'], rows: [['heat', minutes]] } });
+  const mapping = `    readings: { fault: Motor/Fault, load: Motor/Load, sealed: Motor/Sealed, hours: { metric: Recipe/0/RunMinutes, scale: ${1 / 60} }, blob: Blob }
+    situation: { machine_model: KX-200, bearing_type: roller, load_kn: { reading: load }, sealed: { reading: sealed } }
+    context: { run_hours: { reading: hours } }
+    outcomes: [{ when: { change: fault, from: 0 }, outcome: failure }, { when: { change: blob }, outcome: no_failure }]
+`;
+  const config = await parseSparkplugConfig(sparkplugYaml({ broker: qis.url, dataDir: join(dir, 'types'), sparkplug: `url: ${factory.url}, group: plant1, rebirthIntervalMs: 0`, mapping }), join(dir, 'types.yaml'));
+  const events: BridgeEvent[] = [];
+  const bridge = await startSparkplugBridge(config, { onEvent: (e) => events.push(e), nodeReconnect: { baseMs: 50, capMs: 300 } });
+  t.teardown(() => bridge.close());
+  await bridge.connected;
+  await send('NBIRTH', 0, [{ name: 'bdSeq', type: 'UInt64', value: 0 }]);
+  await send('DBIRTH', 1, [motor(0), recipe(60_000), { name: 'Blob', alias: 3, type: 'Bytes', value: Uint8Array.of(1, 2) }]);
+  await send('DDATA', 2, [{ name: 'Blob', alias: 3, type: 'Bytes', value: Uint8Array.of(3) }, recipe(120_000)]);
+  await send('DDATA', 3, [motor(7)]);
+  await waitFor(() => packets.length >= 1, 'the failure from the template member');
+  t.equal(packets[0]!.out, 'failure');
+  t.same(packets[0]!.ctx, { run_hours: 2000 }, 'run minutes from the DataSet cell of the last DDATA, scaled');
+  const unusable = events.filter((e) => e.type === 'metric-unusable');
+  t.equal(unusable.length, 1, 'the Bytes metric is reported once, not per message');
+  t.match(unusable[0], { machine: 'press-7', reading: 'blob', metric: 'Blob', reason: 'Blob: Bytes cannot drive a rule' });
+  t.same(packets.map((p) => p.out), ['failure'], 'no packet from the Bytes metric');
+});
+
 t.test('sparkplug bridge - primary host STATE: online retained, offline as the will and at close; an edge node that waits for it', async (t) => {
   const { factory, qis, packets } = await peers(t);
   // A subscriber watching the host's STATE.
@@ -164,20 +183,7 @@ t.test('sparkplug bridge - primary host STATE: online retained, offline as the w
     }
   });
   await edge.subscribeAsync('spBv1.0/STATE/qis-host', { qos: 1 });
-  const config = await parseSparkplugConfig(
-    `broker: ${qis.url}
-dataDir: ${join(dir, 'state')}
-sparkplug: { url: ${factory.url}, group: plant1, hostId: qis-host, rebirthIntervalMs: 0 }
-machines:
-  - name: press-7
-    template: ${join(examples, 'press-bearing.yaml')}
-    source: { edgeNode: line-1, device: press-7 }
-    readings: { fault: Faults/Code, load: Load/kN, sealed: Sealed }
-    situation: { machine_model: KX-200, bearing_type: roller, load_kn: { reading: load }, sealed: { reading: sealed } }
-    outcomes: [{ when: { change: fault, from: 0 }, outcome: failure }]
-`,
-    join(dir, 'state.yaml'),
-  );
+  const config = await parseSparkplugConfig(sparkplugYaml({ broker: qis.url, dataDir: join(dir, 'state'), sparkplug: `url: ${factory.url}, group: plant1, hostId: qis-host, rebirthIntervalMs: 0` }), join(dir, 'state.yaml'));
   t.equal(born, false, 'the edge node waits');
   const bridge = await startSparkplugBridge(config, { nodeReconnect: { baseMs: 50, capMs: 300 } });
   t.teardown(() => bridge.close());
