@@ -17,4 +17,5 @@ export const writeFile = unavailable;
 export const basename = unavailable;
 export const dirname = unavailable;
 export const join = unavailable;
+export const resolve = unavailable;
 export default {};
