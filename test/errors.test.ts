@@ -44,6 +44,7 @@ import { createNode, fetchTemplate, publishTemplate, type NodeOptions, type QisN
 import { ModbusTcpClient, decodeSparkplugPayload, parseReadResponse } from '../firmware-bridge/index.js';
 import { checkEnrolment, createEnrolment, decodeEnrolment, publishRevocation, signRevocation, verifyLogin, verifyRevocation } from '../src/index.js';
 import { parsePasswd } from '../broker/passwd.js';
+import { regionConflict } from '../broker/server/link-peers.js';
 import { hugePublish, junk, startHostileBroker, writeAll } from './helpers/hostile-broker.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
@@ -269,6 +270,10 @@ const triggers: Record<ErrorCode, () => unknown> = {
     if (!r.ok) throw new QisError(r.code, r.message);
   },
   ERR_PASSWORD_FILE_INVALID: () => parsePasswd('alice:md5$x'),
+  ERR_REGION_CONFLICT: () => {
+    const why = regionConflict({ own: 'east', clientId: 'qis-fed-east-0', user: undefined });
+    if (why !== undefined) throw new QisError('ERR_REGION_CONFLICT', why);
+  },
   // issue 16 §7: a broker started on a port another process listens on.
   ERR_ADDRESS_IN_USE: async () => {
     const held = createServer();
