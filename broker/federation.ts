@@ -16,7 +16,7 @@
  * that does not answer (Mosquitto) gets the full retained exchange instead.
  *
  * The parts, in broker/federation/ (docs/ARCHITECTURE.md, "Layout"): link.ts (connection, reconnect),
- * outbox.ts (forwarding, batching), inbox.ts (admitting what a peer sends), catch-up.ts (the
+ * outbox.ts (forwarding, batching), retry.ts (transient refusals sent again), inbox.ts (admitting what a peer sends), catch-up.ts (the
  * catch-up protocol), digest.ts (digests, the stale check), serve.ts (answering a peer's
  * requests), mqtt.ts (MQTT steps, request/answer matching), metrics.ts, common.ts (topics, types).
  * Only `../src/index.js` and the broker's own modules are imported (test/boundaries.test.ts).
