@@ -237,7 +237,7 @@ const AUTH: Record<keyof NonNullable<BrokerOptions['auth']>, Check> = {
 
 const positiveMs = (c: Ctx, v: unknown, p: string): number => int(c, v, p, 1, Number.MAX_SAFE_INTEGER, 'a positive integer (milliseconds)');
 
-const PEER_KEYS = ['url', 'name', 'ca', 'cert', 'key', 'rejectUnauthorized', 'username', 'passwordFile', 'share', 'accept', 'rateLimit'] as const;
+const PEER_KEYS = ['url', 'name', 'identity', 'ca', 'cert', 'key', 'rejectUnauthorized', 'username', 'passwordFile', 'share', 'accept', 'rateLimit'] as const;
 
 function templateList(c: Ctx, v: unknown, p: string): string[] {
   const items = list(c, v, p, "a list of template ids or ['*']");
@@ -269,6 +269,7 @@ function peer(c: Ctx, v: unknown, path: string): Obj {
   if ((r.cert === undefined) !== (r.key === undefined)) c.fail(`${path}.${r.cert === undefined ? 'cert' : 'key'}`, 'cert and key together (client certificate for mTLS)', undefined);
   if (r.rejectUnauthorized !== undefined) out.rejectUnauthorized = typeof r.rejectUnauthorized === 'boolean' ? r.rejectUnauthorized : c.fail(`${path}.rejectUnauthorized`, 'true or false', r.rejectUnauthorized);
   if (r.username !== undefined) out.username = text(c, r.username, `${path}.username`, 'a user name (non-empty string)');
+  if (r.identity !== undefined) out.identity = text(c, r.identity, `${path}.identity`, "the peer's identity (its broker key id, certificate CN or user name)");
   if (r.share !== undefined) out.share = templateList(c, r.share, `${path}.share`);
   if (r.accept !== undefined) out.accept = templateList(c, r.accept, `${path}.accept`);
   if (r.rateLimit !== undefined) out.rateLimit = typeof r.rateLimit === 'number' && Number.isFinite(r.rateLimit) && r.rateLimit >= 0 ? r.rateLimit : c.fail(`${path}.rateLimit`, 'a number >= 0 (packets per second from this peer; 0: no limit)', r.rateLimit);
@@ -276,10 +277,11 @@ function peer(c: Ctx, v: unknown, path: string): Obj {
 }
 
 function federation(c: Ctx, v: unknown, path: string): Obj {
-  const m = mapping(c, v, path, ['region', 'peers', 'reconnect', 'followUpMs', 'linksFrom'], 'a mapping {region: NAME, peers: [{url, …}, …], reconnect?: {baseMs, capMs}, followUpMs?, linksFrom?: [IP, …]}');
+  const m = mapping(c, v, path, ['region', 'peers', 'keyFile', 'reconnect', 'followUpMs', 'linksFrom'], 'a mapping {region: NAME, peers: [{url, …}, …], keyFile?, reconnect?: {baseMs, capMs}, followUpMs?, linksFrom?: [IP, …]}');
   const region = typeof m.region === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(m.region) ? m.region : c.fail(`${path}.region`, "a region name (1-64 letters, digits, '.', '_' or '-')", m.region);
   const peers = m.peers === undefined ? [] : list(c, m.peers, `${path}.peers`, 'a list of peers {url, …}').map((x, i) => peer(c, x, `${path}.peers[${i}]`));
   const out: Obj = { region, peers };
+  if (m.keyFile !== undefined) out.keyFile = text(c, m.keyFile, `${path}.keyFile`, "a key file path (made at first start when missing)");
   if (m.reconnect !== undefined) {
     const r = mapping(c, m.reconnect, `${path}.reconnect`, ['baseMs', 'capMs'], 'a mapping {baseMs, capMs}');
     const baseMs = r.baseMs === undefined ? 500 : positiveMs(c, r.baseMs, `${path}.reconnect.baseMs`);
@@ -528,7 +530,8 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'auth.client-id', key: 'auth.clientIds', value: 'PATTERN', list: true, help: "a client id pattern for password and certificate users (%u: the user, trailing '*'); default %u and %u:*" },
   { name: 'auth.peer', key: 'auth.peers', value: 'USER', list: true, help: 'an identity (user, certificate CN or node id) that may connect as a federation link; default: any client' },
   { name: 'federation.region', key: 'federation.region', value: 'NAME', help: 'this region\'s name (enables federation with --federation.peer)' },
-  { name: 'federation.peer', key: 'federation.peers', value: 'URL', list: true, help: 'mqtt[s]://HOST:PORT[?share=ID,…&accept=ID,…&rateLimit=N&name=N&ca=F&cert=F&key=F] a peer region\'s broker; replaces the peers of the file' },
+  { name: 'federation.peer', key: 'federation.peers', value: 'URL', list: true, help: 'mqtt[s]://HOST:PORT[?share=ID,…&accept=ID,…&rateLimit=N&name=N&identity=ID&ca=F&cert=F&key=F] a peer region\'s broker; replaces the peers of the file' },
+  { name: 'federation.key-file', key: 'federation.keyFile', value: 'FILE', help: "this broker's key, made at first start (default <data-dir>/broker-key.json); its links log in with it" },
   { name: 'federation.reconnect.base-ms', key: 'federation.reconnect.baseMs', value: 'MS', help: 'first reconnect delay bound of a link (backoff with full jitter; default 500)' },
   { name: 'federation.reconnect.cap-ms', key: 'federation.reconnect.capMs', value: 'MS', help: 'largest reconnect delay bound of a link (default 30000)' },
   { name: 'federation.follow-up-ms', key: 'federation.followUpMs', value: 'MS', help: 'another catch-up this long after one that moved packets (0: none, the default)' },

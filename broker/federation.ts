@@ -16,7 +16,7 @@
  * that does not answer (Mosquitto) gets the full retained exchange instead.
  *
  * The parts, in broker/federation/ (docs/ARCHITECTURE.md, "Layout"): link.ts (connection, reconnect),
- * outbox.ts (forwarding, batching), inbox.ts (admitting what a peer sends), catch-up.ts (the
+ * outbox.ts (forwarding, batching), retry.ts (transient refusals sent again), inbox.ts (admitting what a peer sends), catch-up.ts (the
  * catch-up protocol), digest.ts (digests, the stale check), serve.ts (answering a peer's
  * requests), mqtt.ts (MQTT steps, request/answer matching), metrics.ts, common.ts (topics, types).
  * Only `../src/index.js` and the broker's own modules are imported (test/boundaries.test.ts).
@@ -25,6 +25,7 @@ import type { FederationOptions } from './options.js';
 import type { Federation, FederationHost } from './federation/common.js';
 import { Link } from './federation/link.js';
 import { fedMetrics } from './federation/metrics.js';
+export { kindOf, receivedCounter } from './federation/metrics.js';
 import { answerPayload } from './federation/serve.js';
 
 export {
@@ -33,7 +34,12 @@ export {
   FED_RES,
   FORWARDED_PREFIXES,
   LINK_CLIENT_PREFIX,
+  TRANSIENT_CODES,
+  isRevocation,
+  linkClientId,
   passes,
+  regionOfLinkId,
+  tplOf,
   type CatchUpReport,
   type Federation,
   type FederationHost,
@@ -53,8 +59,10 @@ export function startFederation(options: FederationOptions, host: FederationHost
   const links = options.peers.map((p, i) => new Link(p, i, options, host, metrics));
   return {
     admitted(topic, payload, origin) {
-      for (const l of links) if (l.name !== origin) l.forward(topic, payload);
+      // Not back to the region it came from (PROTOCOL §8: regions exchange names), by whichever link.
+      for (const l of links) if (origin === undefined || (l.name !== origin && l.region !== origin)) l.forward(topic, payload);
     },
+    peerOfRegion: (region) => links.find((l) => l.region === region)?.peer,
     answer(clientId, payload) {
       const res = answerPayload(host.store, payload, host.scoreStore);
       if (!res) host.logger.warn({ clientId }, 'malformed federation catch-up request ignored');

@@ -100,6 +100,13 @@ export interface PeerOptions {
   readonly username?: string;
   /** A file whose content (trimmed) is the password. */
   readonly passwordFile?: string;
+  /**
+   * Who the peer is (issue 14): its broker key id (the node id of its `broker-key.json`, which its
+   * links log in with, PROTOCOL §11), or the certificate CN or password user it links in with.
+   * The link it opens to this broker is then known as this peer's, and this entry's share/accept
+   * apply to it too; the identity may use federation as if listed in `auth.peers`.
+   */
+  readonly identity?: string;
   /** Template ids whose packets go to this peer; ['*'] (default): all. */
   readonly share: readonly string[];
   /** Template ids whose packets are taken from this peer; ['*'] (default): all. */
@@ -112,6 +119,8 @@ export interface FederationOptions {
   /** This region's name (letters, digits, '.', '_', '-'): the links' client ids are qis-fed-<region>-<i>. */
   readonly region: string;
   readonly peers: readonly PeerOptions[];
+  /** This broker's key (PROTOCOL §11 login of its links; its id names it in a peer's `auth.peers`), made at first start; default `<dataDir>/broker-key.json`. */
+  readonly keyFile?: string;
   /** Link reconnect backoff with full jitter, ms (default base 500, cap 30,000). */
   readonly reconnect?: { readonly baseMs: number; readonly capMs: number };
   /** After a catch-up that exchanged packets, check again this much later, ms (default 0: never; live forwarding covers what arrives after a catch-up). */

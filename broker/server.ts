@@ -13,7 +13,7 @@
 import { join } from 'node:path';
 import { Aedes } from 'aedes';
 import type { Logger } from 'pino';
-import { QisError, mkdirs } from '../src/index.js';
+import { QisError, loadOrCreateKeyFile, mkdirs } from '../src/index.js';
 import { RateLimiter } from './admission.js';
 import { createClusterParts } from './cluster.js';
 import { resolveBrokerOptions } from './config.js';
@@ -30,6 +30,7 @@ import { logConnections } from './server/conn-log.js';
 import { authorizeForward } from './server/forward.js';
 import { createLimits } from './server/limits.js';
 import { publishOn, type BrokerContext } from './server/context.js';
+import { withPeerIdentities } from './server/link-peers.js';
 import { startLinks } from './server/peers.js';
 import { startHttp, type HttpEndpoint } from './server/http.js';
 import { publishBrokerInfo, startBrokerInfoClock } from './server/info.js';
@@ -87,7 +88,9 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const now = deps.now ?? Date.now;
   const logger = deps.logger ?? createLogger({ level: o.log.level, base: { broker: o.id ?? 'qis' } });
   // Read before anything is opened: a bad password file leaves nothing running.
-  const auth = await Authenticator.open(o.auth);
+  const auth = await Authenticator.open(withPeerIdentities(o.auth, o.federation?.peers));
+  // A federating broker's key, made at first start: its links log in with it (PROTOCOL §11).
+  const brokerKey = o.federation ? await loadOrCreateKeyFile(o.federation.keyFile ?? join(o.dataDir, 'broker-key.json')) : undefined;
   const stores = await openStores(o, now, logger);
   const { store, scoreStore } = stores;
   let aedes: Aedes | undefined;
@@ -106,6 +109,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     verifier: timedVerifier(createVerifier(o.verifyWorkers ?? defaultWorkers()), metrics.verifySeconds),
     auth,
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
+    ...(brokerKey ? { brokerKey } : {}),
     publish: (m) => (aedes ? publishOn(aedes, m) : Promise.reject(new QisError('ERR_CLOSED', 'the broker is not running'))),
     federation: undefined,
   };

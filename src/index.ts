@@ -15,6 +15,7 @@ export {
   verifyEd25519,
   saveKeyFile,
   loadKeyFile,
+  loadOrCreateKeyFile,
   keyToJson,
   keyFromJson,
   ED25519_BACKENDS,

@@ -1,20 +1,16 @@
 // Enrolment wired in (PROTOCOL §10): a broker in `required` mode over loopback refuses
 // unenrolled, expired, out-of-scope, unknown-operator and revoked nodes (ERR_NOT_ENROLLED with the
 // reason) and serves enrolled ones; a revocation list removes the revoked nodes' stored packets;
-// a node attaches its enrolment (outbox included) and warns before it expires. Every clock is
-// injected: T0 is a fixed instant, never today's date.
-import t, { type Test } from 'tap';
+// a node attaches its enrolment (outbox included) and warns before it expires; a revocation
+// reaches every federated region. Every clock is injected: T0 is a fixed instant, never today's
+// date. The querier at the issue's sizes is test/enrolment-trust.test.ts.
+import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pino } from 'pino';
-import { createBroker, type QisBroker } from '../broker/server.js';
 import type { BrokerConfig } from '../broker/options.js';
 import {
-  attachEnrolment,
-  createEnrolment,
   createNode,
-  createOutcomePacket,
   decodeEnrolment,
   keyFromSeed,
   readEnrolment,
@@ -23,56 +19,20 @@ import {
   type NodeKey,
   type NodeStatus,
 } from '../src/index.js';
-import { renderQuery } from '../cli/node-commands.js';
 import { qis } from './helpers/cli.js';
 import { bearing, situation } from './helpers/fixtures.js';
-import { publishAll, seed } from './helpers/federation.js';
+import { freePort, peer, publishAll, seed, startRegion, until } from './helpers/federation.js';
 import { publishOnce, readRetained } from './helpers/retained.js';
+import { clock, enrol, nowS, opA, opB, packet, startBroker } from './helpers/enrolment.js';
 import { waitFor } from './helpers/wait.js';
 
-const T0 = Date.UTC(2031, 5, 1);
-const started = performance.now();
-/** A clock that runs from T0 (timers still need time to pass). */
-const clock = (): number => T0 + Math.floor(performance.now() - started);
-const nowS = (): number => Math.floor(clock() / 1000);
-
-const opA = keyFromSeed(seed(1, 0xa));
-const opB = keyFromSeed(seed(2, 0xa));
 const root = mkdtempSync(join(tmpdir(), 'qis-enrol-broker-'));
 t.teardown(() => rmSync(root, { recursive: true, force: true }));
-
-interface Running {
-  readonly broker: QisBroker;
-  readonly url: string;
-  readonly lines: Record<string, unknown>[];
-}
-
-async function startBroker(t: Test, admission: BrokerConfig['admission'] = {}): Promise<Running> {
-  const lines: Record<string, unknown>[] = [];
-  const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
-  const broker = await createBroker(
-    { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], dataDir: mkdtempSync(join(root, 'b-')), verifyWorkers: 0, admission },
-    { logger, now: clock },
-  );
-  t.teardown(() => broker.close());
-  const port = broker.addresses().find((a) => a.type === 'tcp')?.port;
-  return { broker, url: `mqtt://127.0.0.1:${port}`, lines };
-}
-
-function enrol(op: NodeKey, node: NodeKey, o: { days?: number; scope?: string[]; expS?: number } = {}): Uint8Array {
-  return createEnrolment(op, { node: node.publicKey, exp: o.expS ?? nowS() + (o.days ?? 30) * 86_400, ...(o.scope ? { scope: o.scope } : {}) });
-}
-
-function packet(node: NodeKey, enrolment?: Uint8Array, seq = clock()): { topic: string; packet: Uint8Array } {
-  const p = createOutcomePacket({ key: node, template: bearing, situation, outcome: 'failure', seq, ts: clock() });
-  return { topic: p.topic, packet: enrolment ? attachEnrolment(p.packet, enrolment) : p.packet };
-}
-
 
 const enrolmentMode = (): BrokerConfig['admission'] => ({ enrolment: 'required', operators: [opA.nodeId] });
 
 t.test('required mode refuses unenrolled, expired, out-of-scope, unknown-operator and revoked nodes, each with its reason', async (t) => {
-  const b = await startBroker(t, enrolmentMode());
+  const b = await startBroker(t, root, enrolmentMode());
   const cases: [string, NodeKey, Uint8Array | undefined][] = [];
   const n = (i: number): NodeKey => keyFromSeed(seed(i, 0xb0));
   cases.push(['missing', n(1), undefined]);
@@ -96,7 +56,7 @@ t.test('required mode refuses unenrolled, expired, out-of-scope, unknown-operato
 });
 
 t.test('off mode admits packets with and without enrolment', async (t) => {
-  const b = await startBroker(t);
+  const b = await startBroker(t, root);
   const x = keyFromSeed(seed(1, 0xb1));
   const y = keyFromSeed(seed(2, 0xb1));
   t.equal(await publishOnce(b.url, packet(x).topic, packet(x).packet), 'acked', 'unenrolled');
@@ -105,7 +65,7 @@ t.test('off mode admits packets with and without enrolment', async (t) => {
 });
 
 t.test('a revocation list removes the stored packets of the nodes it names and refuses their new ones', async (t) => {
-  const b = await startBroker(t, enrolmentMode());
+  const b = await startBroker(t, root, enrolmentMode());
   const x = keyFromSeed(seed(1, 0xb2));
   const y = keyFromSeed(seed(2, 0xb2));
   for (const k of [x, y]) {
@@ -134,7 +94,7 @@ t.test('a revocation list removes the stored packets of the nodes it names and r
 });
 
 t.test('a node attaches its enrolment to every packet, outbox included, and is served by a required-mode broker', async (t) => {
-  const b = await startBroker(t, enrolmentMode());
+  const b = await startBroker(t, root, enrolmentMode());
   const dir = mkdtempSync(join(root, 'node-'));
   const key = keyFromSeed(seed(1, 0xb3));
   // Queued while the broker is unreachable (a closed port), then sent by a node that has it.
@@ -157,7 +117,7 @@ t.test('a node attaches its enrolment to every packet, outbox included, and is s
 });
 
 t.test('a node without an enrolment is refused by a required-mode broker', async (t) => {
-  const b = await startBroker(t, enrolmentMode());
+  const b = await startBroker(t, root, enrolmentMode());
   const key = keyFromSeed(seed(2, 0xb3));
   const bare = await createNode({ url: b.url, dataDir: mkdtempSync(join(root, 'node-')), key, now: clock });
   const r = await bare.publish(bearing, situation, 'failure', { ackTimeoutMs: 1500 });
@@ -168,7 +128,7 @@ t.test('a node without an enrolment is refused by a required-mode broker', async
 });
 
 t.test('a node warns when its enrolment is about to expire or has expired (at open and on connecting)', async (t) => {
-  const b = await startBroker(t);
+  const b = await startBroker(t, root);
   const key = keyFromSeed(seed(3, 0xb3));
   const dir = mkdtempSync(join(root, 'node-'));
   const soon = enrol(opA, key, { expS: nowS() + 2 * 86_400 });
@@ -192,8 +152,33 @@ t.test('a node warns when its enrolment is about to expire or has expired (at op
   await t.rejects(createNode({ url: b.url, dataDir: dir, key, now: clock, enrolment: enrol(opA, keyFromSeed(seed(4, 0xb3))) }), { code: 'ERR_NOT_ENROLLED' }, "another node's enrolment is refused at open");
 });
 
+t.test('a revocation removes the stored packets in every federated region (3 brokers in a chain, required mode)', async (t) => {
+  const [pa, pb, pc] = [await freePort(), await freePort(), await freePort()];
+  const extra = { config: { admission: { enrolment: 'required' as const, operators: [opA.nodeId] } }, now: clock };
+  // a → b → c: c hears of a's packets only through b, and a of c's list only through b.
+  const c = await startRegion('c', pc, [], undefined, {}, extra);
+  const b = await startRegion('b', pb, [peer(pc)], undefined, {}, extra);
+  const a = await startRegion('a', pa, [peer(pb)], undefined, {}, extra);
+  t.teardown(async () => {
+    for (const r of [a, b, c]) await r.close();
+  });
+  const regions = [a, b, c];
+  await until(() => [a, b].every((r) => r.broker.federation?.status().every((s) => s.connected && s.catchUps >= 1)), 'links up');
+  const x = keyFromSeed(seed(1, 0xb5));
+  const y = keyFromSeed(seed(2, 0xb5));
+  await publishAll(a.url, [packet(x, enrol(opA, x)), packet(y, enrol(opA, y))]);
+  await until(() => regions.every((r) => r.broker.store.size === 2), 'both nodes stored in every region');
+  const list = signRevocation(opA, { seq: 1, ts: clock(), revoked: [x.nodeId] });
+  t.equal(await publishOnce(c.url, list.topic, list.packet), 'acked', 'the operator publishes its list at the far end (c)');
+  await until(() => regions.every((r) => r.broker.store.get(bearing.tplId, x.nodeId) === undefined), "x's packet removed in a, b and c");
+  for (const r of regions) t.ok(r.broker.store.get(bearing.tplId, y.nodeId), `${r.name}: y keeps its packet`);
+  for (const r of regions) t.same(await readRetained(r.url, list.topic), new Uint8Array(list.packet), `${r.name} holds the list`);
+  const again = packet(x, enrol(opA, x));
+  t.equal(await publishOnce(a.url, again.topic, again.packet), 'closed', "x's new packet is refused where it is published");
+});
+
 t.test('qis revoke --url publishes the list: the broker applies it; an untrusted operator gets ERR_REVOCATION_REFUSED', async (t) => {
-  const b = await startBroker(t, enrolmentMode());
+  const b = await startBroker(t, root, enrolmentMode());
   const x = keyFromSeed(seed(1, 0xb4));
   const p = packet(x, enrol(opA, x));
   t.equal(await publishOnce(b.url, p.topic, p.packet), 'acked', 'stored');
@@ -207,60 +192,4 @@ t.test('qis revoke --url publishes the list: the broker applies it; an untrusted
   const refused = await qis(['revoke', '--operator-key', join(dir, 'b.json'), '--node', x.nodeId, '--url', b.url, '--json']);
   t.equal(refused.status, 1);
   t.match(JSON.parse(refused.stdout || refused.stderr), { code: 'ERR_REVOCATION_REFUSED' });
-});
-
-// The issue asks for N = 1000; 200 keeps this file within a few seconds on the shared 2-core
-// machine (every packet is signed, verified by the broker and again by the querier).
-const N = 200;
-
-function cohortPacket(node: NodeKey, outcome: string, enrolment?: Uint8Array): { topic: string; packet: Uint8Array } {
-  const p = createOutcomePacket({ key: node, template: bearing, situation, outcome, seq: clock(), ts: clock() });
-  return { topic: p.topic, packet: enrolment ? attachEnrolment(p.packet, enrolment) : p.packet };
-}
-
-t.test(`a querier trusting operator A ignores ${N} nodes enrolled only by B and ${N} unenrolled ones; a rogue operator's liars stay within the per-operator cap`, async (t) => {
-  const b = await startBroker(t); // off mode: the broker keeps everything, the querier judges
-  const opR = keyFromSeed(seed(3, 0xa));
-  const honest = Array.from({ length: 20 }, (_, i) => keyFromSeed(seed(i, 0xc1)));
-  const byB = Array.from({ length: N }, (_, i) => keyFromSeed(seed(i, 0xc2)));
-  const bare = Array.from({ length: N }, (_, i) => keyFromSeed(seed(i, 0xc3)));
-  const liars = Array.from({ length: N }, (_, i) => keyFromSeed(seed(i, 0xc4)));
-  const revokedHonest = keyFromSeed(seed(99, 0xc1));
-  await publishAll(b.url, [
-    ...honest.map((k) => cohortPacket(k, 'no_failure', enrol(opA, k))),
-    ...byB.map((k) => cohortPacket(k, 'failure', enrol(opB, k))),
-    ...bare.map((k) => cohortPacket(k, 'failure')),
-    ...liars.map((k) => cohortPacket(k, 'failure', enrol(opR, k))),
-  ]);
-  const list = signRevocation(opA, { seq: 7, ts: clock(), revoked: [revokedHonest.nodeId] });
-  t.equal(await publishOnce(b.url, list.topic, list.packet), 'acked', "A's revocation list is on the broker");
-  // An off-mode broker applies the list to what it holds but stores the revoked node's later packets: the querier judges them.
-  const late = cohortPacket(revokedHonest, 'failure', enrol(opA, revokedHonest));
-  t.equal(await publishOnce(b.url, late.topic, late.packet), 'acked', 'a packet of the revoked node published after the list');
-
-  const q = await createNode({ url: b.url, dataDir: mkdtempSync(join(root, 'q-')), now: clock });
-  t.teardown(() => q.close());
-  const plain = await q.query(bearing, situation);
-  t.equal(plain.packets.length, 20 + 1 + 3 * N, 'without trust every verified node counts');
-
-  const a = await q.query(bearing, situation, { trust: [opA.nodeId] });
-  t.equal(a.packets.length, 20, "trusting A: only A's non-revoked nodes count");
-  t.same(a.trust?.operators, { [opA.nodeId]: 20 }, 'per-operator node counts');
-  t.match(a.trust?.notEnrolled, { 'unknown-operator': 2 * N, missing: N, revoked: 1 }, 'the others counted by reason');
-  t.same(a.trust?.revocations, { [opA.nodeId]: 7 }, "A's revocation list was read in the same round trip");
-  t.match(a.synthesis, { kind: 'category', top: 'no_failure', labels: { failure: { count: 0 } } }, 'the answer is the honest one');
-
-  const share = 0.5;
-  const r = await q.query(bearing, situation, { trust: [opA.nodeId, opR.nodeId], maxOperatorShare: share });
-  t.same(r.trust?.operators, { [opA.nodeId]: 20, [opR.nodeId]: N }, 'both operators counted');
-  t.same(r.trust?.capped, [opR.nodeId], "the rogue operator's weight is capped");
-  const s = r.synthesis;
-  if (s.kind !== 'category') throw new Error('expected a category summary');
-  const lie = s.labels['failure']?.proportion ?? 1;
-  t.ok(lie <= share + 1e-9, `the liars' weight share ${lie.toFixed(3)} stays within the operator cap ${share} (uncapped it would be ${(N / (N + 20)).toFixed(3)})`);
-  t.ok(lie > share - 0.05, 'and the cap is what bounds it (the rogue operator still holds its full share)');
-  // qis query --trust prints this table (the CLI's own clock cannot be injected, so its renderer is run here).
-  const table = renderQuery('bearing-failure', 1, a, false);
-  t.match(table, new RegExp(`operators ${opA.nodeId}: 20 node\\(s\\) \\(revocation list seq 7\\)`), 'the table lists each operator with its node count');
-  t.match(table, new RegExp(`not counted \\(no valid enrolment\\): missing ${N}, unknown-operator ${2 * N}, revoked 1`), 'and the packets not counted, by reason');
 });

@@ -45,6 +45,7 @@ import { ModbusTcpClient, decodeSparkplugPayload, parseReadResponse } from '../f
 import { checkEnrolment, createEnrolment, decodeEnrolment, publishRevocation, signRevocation, verifyLogin, verifyRevocation } from '../src/index.js';
 import { parsePasswd } from '../broker/passwd.js';
 import { coldFloorRefusal } from '../broker/server/outcomes.js';
+import { regionConflict } from '../broker/server/link-peers.js';
 import { hugePublish, junk, startHostileBroker, writeAll } from './helpers/hostile-broker.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
@@ -270,6 +271,10 @@ const triggers: Record<ErrorCode, () => unknown> = {
     if (!r.ok) throw new QisError(r.code, r.message);
   },
   ERR_PASSWORD_FILE_INVALID: () => parsePasswd('alice:md5$x'),
+  ERR_REGION_CONFLICT: () => {
+    const why = regionConflict({ own: 'east', clientId: 'qis-fed-east-0', user: undefined });
+    if (why !== undefined) throw new QisError('ERR_REGION_CONFLICT', why);
+  },
   // issue 16 §7: a broker started on a port another process listens on.
   ERR_ADDRESS_IN_USE: async () => {
     const held = createServer();

@@ -331,6 +331,10 @@ t.test('federation - config: keys, defaults, flags and errors naming file and ke
   t.match(err('federation:\n  region: r\n  peers: [{url: "mqtt://x", rateLimit: -1}]\n'), /federation\.peers\[0\]\.rateLimit: expected a number >= 0/);
   t.match(err('federation:\n  region: r\n  followUpMs: -5\n'), /b\.yaml: federation\.followUpMs: expected a number of ms >= 0/);
   t.equal(resolveBrokerOptions(parseBrokerConfig('federation:\n  region: r\n  followUpMs: 1000\n', 'b.yaml')).federation?.followUpMs, 1000);
+  const withId = resolveBrokerOptions(parseBrokerConfig('federation:\n  region: r\n  keyFile: /k.json\n  peers: [{url: "mqtt://x", identity: abc}]\n', 'b.yaml')).federation;
+  t.match(withId, { keyFile: '/k.json', peers: [{ url: 'mqtt://x', identity: 'abc' }] }, 'keyFile and a peer identity');
+  t.match(resolveBrokerOptions({}, configFromFlags(['--federation.region', 'us', '--federation.key-file', '/k', '--federation.peer', 'mqtt://h:1883?identity=abc'])).federation, { keyFile: '/k', peers: [{ url: 'mqtt://h:1883', identity: 'abc' }] }, 'and as flags');
+  t.match(err('federation:\n  region: r\n  peers: [{url: "mqtt://x", identity: ""}]\n'), /federation\.peers\[0\]\.identity: expected the peer's identity/);
   t.match(err('cluster: redis://r:6379\nfederation:\n  region: r\n'), /b\.yaml: federation: expected no federation together with cluster/);
 });
 

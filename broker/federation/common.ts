@@ -4,7 +4,8 @@
  */
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import { parseOutcomeTopic, type ErrorCode } from '../../src/index.js';
+import { parseOutcomeTopic, type ErrorCode, type NodeKey } from '../../src/index.js';
+import type { PeerOptions } from '../options.js';
 import type { Store } from '../store.js';
 
 /** The qis/1 prefixes a link forwards (both directions): outcome packets, template documents, score packets (§9), revocation lists (§10). */
@@ -16,6 +17,20 @@ export const FED_RES = 'qis/1/f/res/';
 /** Client ids of links start with this; a qis broker sends them no retained outcome packets at subscribe (catch-up does that). */
 export const LINK_CLIENT_PREFIX = 'qis-fed-';
 
+/** A link's client id: it names the region that opened it (PROTOCOL §8: regions exchange names). */
+export function linkClientId(region: string, i: number): string {
+  return `${LINK_CLIENT_PREFIX}${region}-${i}`;
+}
+
+/** The region a link client id names (`qis-fed-<region>-<i>`), or undefined for another id. */
+export function regionOfLinkId(clientId: string): string | undefined {
+  const m = /^qis-fed-([A-Za-z0-9._-]{1,64})-\d+$/.exec(clientId);
+  return m?.[1];
+}
+
+/** Refusal codes that say "later" rather than "never": a forward refused with one is sent again (PROTOCOL §8). */
+export const TRANSIENT_CODES: ReadonlySet<string> = new Set(['ERR_RATE_LIMITED', 'ERR_TS_FUTURE']);
+
 /** What admission made of a packet received from a peer. */
 export type PeerAdmission = { readonly result: 'stored' | 'stale' } | { readonly result: 'refused'; readonly code: ErrorCode; readonly message: string };
 
@@ -26,8 +41,10 @@ export interface FederationHost {
   readonly scoreStore?: Store;
   readonly logger: Logger;
   readonly registry: Registry;
-  /** Runs a received packet through admission, then delivers it to local subscribers; `origin` is the link it came from. */
+  /** Runs a received packet through admission, then delivers it to local subscribers; `origin` is the region it came from (or the link's name while its region is unknown). */
   admit(topic: string, payload: Buffer, origin: string): Promise<PeerAdmission>;
+  /** This broker's key: links log in with it (PROTOCOL §11) unless their peer entry gives a user name or client certificate. */
+  readonly key?: NodeKey;
   /** Template documents this broker holds (topic qis/1/t/<tplId> → signed bytes). */
   templates(): Iterable<[string, Uint8Array]>;
   /** Operators' revocation lists this broker holds (topic qis/1/r/<operatorId> → signed bytes), sent on every connection like templates. */
@@ -36,8 +53,10 @@ export interface FederationHost {
 }
 
 export interface Federation {
-  /** Called by the broker after it admitted and stored a packet (or a tombstone, or a new template document). */
+  /** Called by the broker after it admitted and stored a packet (or a tombstone, or a new template document); not sent back to the `origin` region. */
   admitted(topic: string, payload: Uint8Array, origin: string | undefined): void;
+  /** The peer entry of the link that reached a broker of `region` (learned from its qis/1/broker), if any. */
+  peerOfRegion(region: string): PeerOptions | undefined;
   /** A catch-up request from a link client of a peer: returns the response payload. */
   answer(clientId: string, payload: Buffer): Buffer | undefined;
   /** Link states (for tests and /healthz). */
@@ -52,6 +71,12 @@ export interface LinkStatus {
   readonly connected: boolean;
   /** 'qis' (digest catch-up), 'mqtt' (full retained exchange), or unknown before the first connection. */
   readonly peerKind: 'qis' | 'mqtt' | 'unknown';
+  /** The peer's region, as its qis/1/broker says (unknown for a non-qis peer). */
+  readonly region?: string;
+  /** Why the link is not working (ERR_REGION_CONFLICT: the peer has this broker's region name). */
+  readonly error?: ErrorCode;
+  /** Forwards the peer refused for a transient reason, waiting to be sent again. */
+  readonly retrying: number;
   readonly catchUps: number;
   readonly lastCatchUp?: CatchUpReport;
   /** The last 8 catch-ups, oldest first. */

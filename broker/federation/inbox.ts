@@ -5,8 +5,10 @@
  */
 import { QisError } from '../../src/index.js';
 import { RateLimiter } from '../admission.js';
-import { isRevocation, passes, tplOf, type PeerAdmission } from './common.js';
+import { TRANSIENT_CODES, isRevocation, passes, tplOf, type PeerAdmission } from './common.js';
 import { notNewer } from './digest.js';
+import { kindOf, receivedCounter } from './metrics.js';
+import { RetryQueue } from './retry.js';
 import type { CatchUpTrigger, LinkState } from './state.js';
 
 /** Received packets waiting for admission above which a link drops and catches up later. */
@@ -18,12 +20,27 @@ export class Inbox {
   #queue: { topic: string; payload: Buffer }[] = [];
   #admitting = 0;
   readonly #rate: RateLimiter;
+  /** Received packets admission refused for a transient reason (a ts ahead of this broker's clock): admitted again later. */
+  readonly #retry: RetryQueue<{ topic: string; payload: Buffer }>;
 
   constructor(
     private readonly s: LinkState,
     private readonly behind: CatchUpTrigger,
   ) {
     this.#rate = new RateLimiter(s.peer.rateLimit, Math.max(100, s.peer.rateLimit));
+    this.#retry = new RetryQueue({
+      send: async (items) => {
+        const again: { topic: string; payload: Buffer }[] = [];
+        for (const m of items) if ((await this.#admit(m.topic, m.payload)) === 'again') again.push(m);
+        return { progressed: items.length - again.length, again };
+      },
+      lost: () => this.behind.soon(),
+    });
+  }
+
+  /** The link is closing: nothing more is retried. */
+  close(): void {
+    this.#retry.close();
   }
 
   /** A packet on a forwarded prefix from the peer: queued for admission. */
@@ -53,9 +70,17 @@ export class Inbox {
     }
   }
 
-  /** One received packet through admission; counted per outcome. */
+  /** One received packet through admission; counted per outcome. A transient refusal is retried later. */
   async admitOne(topic: string, payload: Buffer): Promise<PeerAdmission['result']> {
+    const r = await this.#admit(topic, payload);
+    if (r !== 'again') return r;
+    this.#retry.add([{ topic, payload }]);
+    return 'refused';
+  }
+
+  async #admit(topic: string, payload: Buffer): Promise<PeerAdmission['result'] | 'again'> {
     const { name, m, host } = this.s;
+    receivedCounter(host.registry).inc({ kind: kindOf(topic) });
     const tplId = tplOf(topic);
     if (tplId !== undefined && !isRevocation(topic) && !passes(this.s.peer.accept, tplId)) return 'refused';
     if (!this.#rate.take(name, host.now())) {
@@ -70,7 +95,7 @@ export class Inbox {
     }
     let r: PeerAdmission;
     try {
-      r = await host.admit(topic, payload, name);
+      r = await host.admit(topic, payload, this.s.peerRegion ?? name);
     } catch (e) {
       r = { result: 'refused', code: e instanceof QisError ? e.code : 'ERR_INTERNAL', message: (e as Error).message };
     }
@@ -79,6 +104,7 @@ export class Inbox {
     else if (r.result === 'refused') {
       m.refused.inc({ peer: name, code: r.code });
       this.s.log.warn({ code: r.code, topic }, `packet from peer refused: ${r.message}`);
+      if (TRANSIENT_CODES.has(r.code)) return 'again';
     }
     return r.result;
   }

@@ -6,10 +6,10 @@
  */
 import { readFileSync } from 'node:fs';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { backoffDelay, backoffOptions } from '../../src/index.js';
+import { backoffDelay, backoffOptions, createLogin, type ErrorCode } from '../../src/index.js';
 import type { FederationOptions, PeerOptions } from '../options.js';
 import { CatchUp } from './catch-up.js';
-import { FED_RES, FORWARDED_PREFIXES, LINK_CLIENT_PREFIX, passes, type FederationHost, type LinkStatus } from './common.js';
+import { FED_RES, FORWARDED_PREFIXES, linkClientId, passes, type FederationHost, type LinkStatus } from './common.js';
 import { Inbox } from './inbox.js';
 import type { FedMetrics } from './metrics.js';
 import { Requests, detectPeer, subscribe } from './mqtt.js';
@@ -41,11 +41,14 @@ export class Link {
   #attempt = 0;
   #upSince = 0;
   #retry: NodeJS.Timeout | undefined;
+  readonly #region: string;
+  #error: ErrorCode | undefined;
 
   constructor(p: PeerOptions, i: number, o: FederationOptions, host: FederationHost, m: FedMetrics) {
     this.name = peerName(p, i);
-    const clientId = `${LINK_CLIENT_PREFIX}${o.region}-${i}`;
-    this.#s = { name: this.name, clientId, peer: p, host, m, log: host.logger.child({ peer: this.name }), requests: new Requests(clientId, this.name), client: undefined, connected: false, peerKind: 'unknown' };
+    const clientId = linkClientId(o.region, i);
+    this.#region = o.region;
+    this.#s = { name: this.name, clientId, peer: p, host, m, log: host.logger.child({ peer: this.name }), requests: new Requests(clientId, this.name), client: undefined, connected: false, peerKind: 'unknown', peerRegion: undefined };
     const behind = { now: () => void this.#catchUp.now(), soon: () => this.#catchUp.soon() };
     this.#outbox = new Outbox(this.#s, behind);
     this.#inbox = new Inbox(this.#s, behind);
@@ -56,7 +59,25 @@ export class Link {
   }
 
   status(): LinkStatus {
-    return { peer: this.name, connected: this.#s.connected, peerKind: this.#s.peerKind, ...this.#catchUp.status() };
+    const s = this.#s;
+    return {
+      peer: this.name,
+      connected: s.connected,
+      peerKind: s.peerKind,
+      ...(s.peerRegion !== undefined ? { region: s.peerRegion } : {}),
+      ...(this.#error !== undefined ? { error: this.#error } : {}),
+      retrying: this.#outbox.retrying(),
+      ...this.#catchUp.status(),
+    };
+  }
+
+  /** The peer's region, once its qis/1/broker said it. */
+  get region(): string | undefined {
+    return this.#s.peerRegion;
+  }
+
+  get peer(): PeerOptions {
+    return this.#s.peer;
   }
 
   /** Forwards a packet this broker admitted. */
@@ -69,11 +90,18 @@ export class Link {
     return this.#catchUp.now();
   }
 
-  /** The client options of one attempt; files are read at every attempt (certificates rotate). */
+  /**
+   * The client options of one attempt; files are read at every attempt (certificates rotate). A
+   * peer entry without a user name or client certificate logs in with this broker's key
+   * (PROTOCOL §11, a fresh ts at every attempt), so the peer can name it in `auth.peers`.
+   */
   #clientOptions(): IClientOptions {
     const p = this.#s.peer;
     const read = (f: string): Buffer => readFileSync(f);
+    const key = this.#s.host.key;
+    const login = key !== undefined && p.username === undefined && p.cert === undefined ? createLogin(key, { clientId: this.#s.clientId, ts: Math.floor(this.#s.host.now()) }) : undefined;
     return {
+      ...(login ? { username: login.username, password: Buffer.from(login.password) } : {}),
       clientId: this.#s.clientId,
       clean: true,
       reconnectPeriod: 0, // our own backoff with jitter
@@ -149,7 +177,19 @@ export class Link {
     s.m.up.set({ peer: this.name }, 1);
     s.log.info({ clientId: s.clientId }, 'federation link up');
     try {
-      s.peerKind = await detectPeer(c);
+      const info = await detectPeer(c);
+      s.peerKind = info.kind;
+      s.peerRegion = info.region;
+      if (info.region === this.#region) {
+        // Two brokers of one region would each take the other's packets for their own region's and
+        // fight over the link: refused, loudly, and tried again only at the backoff cap.
+        this.#error = 'ERR_REGION_CONFLICT';
+        s.log.error({ code: 'ERR_REGION_CONFLICT', region: info.region }, `federation peer ${this.name} has this broker's region name ${JSON.stringify(info.region)}; give each region its own name (link stays down)`);
+        this.#attempt = 64;
+        c.end(true);
+        return;
+      }
+      this.#error = undefined;
       await subscribe(c, [`${FED_RES}${s.clientId}`, ...FORWARDED_PREFIXES.map((x) => `${x}#`)]);
       // Template documents first: a peer with a closed mind about depth needs them before packets.
       for (const [topic, bytes] of s.host.templates()) if (passes(s.peer.share, topic.slice('qis/1/t/'.length))) this.#outbox.send(topic, bytes);
@@ -178,6 +218,7 @@ export class Link {
     s.connected = false;
     s.requests.failAll();
     this.#outbox.close();
+    this.#inbox.close();
     const settled = this.#catchUp.close();
     if (c) await new Promise<void>((r) => c.end(true, {}, () => r()));
     await settled;

@@ -31,3 +31,21 @@ export function fedMetrics(registry: Registry): FedMetrics {
     hop: new Histogram({ name: 'qis_federation_hop_seconds', help: "one federation hop: a forward sent to the peer's acknowledgement, by peer", labelNames: ['peer'] as const, buckets: [...LATENCY_BUCKETS], registers: r }),
   };
 }
+
+const received = new WeakMap<Registry, Counter<'kind'>>();
+
+/**
+ * Packets that arrived over federation links, whichever side opened the link (live, 'put'
+ * batches, catch-up), before any check: what the topology costs (a ring of 3 takes 4 per update).
+ */
+export function receivedCounter(registry: Registry): Counter<'kind'> {
+  let c = received.get(registry);
+  if (!c) {
+    c = new Counter({ name: 'qis_federation_received_total', help: 'packets received over federation links (live, batches, catch-up) before any check, by kind (o, t, s, r)', labelNames: ['kind'] as const, registers: [registry] });
+    received.set(registry, c);
+  }
+  return c;
+}
+
+/** The kind label of a forwarded topic (qis/1/<kind>/…). */
+export const kindOf = (topic: string): string => topic.slice('qis/1/'.length, 'qis/1/'.length + 1);

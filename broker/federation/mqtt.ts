@@ -52,28 +52,37 @@ export function marker(c: MqttClient, topic: string): Promise<void> {
     });
   });
 }
+/** What a peer's qis/1/broker says: a qis broker (digest catch-up) or anything else, and a federating qis broker's region and key id. */
+export interface PeerInfo {
+  readonly kind: 'qis' | 'mqtt';
+  readonly region?: string;
+  readonly key?: string;
+}
+
 /** A qis broker keeps qis/1/broker retained; anything else (Mosquitto) gets the full retained exchange. */
-export function detectPeer(c: MqttClient): Promise<'qis' | 'mqtt'> {
+export function detectPeer(c: MqttClient): Promise<PeerInfo> {
   return new Promise((resolve, reject) => {
     let done = false;
-    const finish = (kind: 'qis' | 'mqtt'): void => {
+    const finish = (info: PeerInfo): void => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       c.off('message', on);
       c.unsubscribe('qis/1/broker');
-      resolve(kind);
+      resolve(info);
     };
     const on = (topic: string, payload: Buffer): void => {
       if (topic !== 'qis/1/broker') return;
       try {
-        finish((JSON.parse(payload.toString()) as { kind?: string }).kind === 'qis' ? 'qis' : 'mqtt');
+        const v = JSON.parse(payload.toString()) as { kind?: unknown; region?: unknown; key?: unknown };
+        if (v.kind !== 'qis') return finish({ kind: 'mqtt' });
+        finish({ kind: 'qis', ...(typeof v.region === 'string' ? { region: v.region } : {}), ...(typeof v.key === 'string' ? { key: v.key } : {}) });
       } catch {
-        finish('mqtt');
+        finish({ kind: 'mqtt' });
       }
     };
     c.on('message', on);
-    const timer = setTimeout(() => finish('mqtt'), 2_000);
+    const timer = setTimeout(() => finish({ kind: 'mqtt' }), 2_000);
     c.subscribe('qis/1/broker', { qos: 0 }, (e) => {
       if (e) {
         done = true;

@@ -2,10 +2,12 @@
  * Forwarding: what this broker admitted goes to the peer, to a qis peer in 'put' batches
  * (admitted there concurrently, so its disk syncs are shared), to any other as retained QoS 1
  * publishes. Unacknowledged forwards are bounded: past MAX_PENDING the link stops forwarding and
- * catches up once the peer drained.
+ * catches up once the peer drained. Forwards a qis peer refused for a transient reason are sent
+ * again (retry.ts).
  */
 import type { MqttClient } from 'mqtt';
 import { FORWARDED_PREFIXES, isRevocation, passes, tplOf } from './common.js';
+import { RetryQueue } from './retry.js';
 import type { CatchUpTrigger, LinkState } from './state.js';
 
 /** Unacknowledged forwards above which a link stops forwarding and catches up once it drained. */
@@ -19,11 +21,20 @@ export class Outbox {
   #batch: [string, Uint8Array][] = [];
   #batchTimer: NodeJS.Immediate | undefined;
   readonly #drainWaiters: (() => void)[] = [];
+  readonly #retry: RetryQueue<[string, Uint8Array]>;
 
   constructor(
     private readonly s: LinkState,
     private readonly behind: CatchUpTrigger,
-  ) {}
+  ) {
+    this.#retry = new RetryQueue({
+      send: (items) => this.#resend(items),
+      lost: (n) => {
+        this.s.log.warn({ packets: n }, 'forwards waiting for a retry dropped; a catch-up will send what differs');
+        this.behind.soon();
+      },
+    });
+  }
 
   /** Forwards a packet this broker admitted (skipped while disconnected: the next catch-up carries it). */
   forward(topic: string, payload: Uint8Array): void {
@@ -74,15 +85,28 @@ export class Outbox {
     void this.put(c, items);
   }
 
-  /** One batch of packets to a qis peer (op 'put'); resolves with how many it stored. Failures leave the rest to a catch-up. `meter` counts a catch-up's bytes. */
+  /**
+   * One batch of packets to a qis peer (op 'put'); resolves with how many it stored. What the peer
+   * refused for a transient reason waits in the retry queue; other failures leave the rest to a
+   * catch-up. `meter` counts a catch-up's bytes.
+   */
   async put(c: MqttClient, items: [string, Uint8Array][], meter?: { bytes: number }): Promise<number> {
+    const r = await this.#putOnce(c, items, meter);
+    this.#retry.add(r.again);
+    return r.stored;
+  }
+
+  /** One 'put' request: how many the peer stored, and the items it refused for a transient reason (its answer's `retry` indexes). */
+  async #putOnce(c: MqttClient, items: [string, Uint8Array][], meter?: { bytes: number }): Promise<{ stored: number; again: [string, Uint8Array][] }> {
     const t0 = performance.now();
     this.#setPending(this.#pending + items.length);
     let stored = 0;
+    let again: [string, Uint8Array][] = [];
     try {
       const res = await this.s.requests.request(c, { op: 'put', items: items.map(([t, b]) => [t, Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64')]) }, meter);
       stored = typeof res.stored === 'number' ? res.stored : 0;
-      this.s.m.forwarded.inc({ peer: this.s.name, direction: 'out' }, items.length);
+      again = retryItems(res.retry, items);
+      this.s.m.forwarded.inc({ peer: this.s.name, direction: 'out' }, items.length - again.length);
       this.s.m.lag.set({ peer: this.s.name }, performance.now() - t0);
       this.s.m.hop.observe({ peer: this.s.name }, (performance.now() - t0) / 1000);
     } catch (e) {
@@ -96,7 +120,21 @@ export class Outbox {
         this.#afterAck();
       }
     }
-    return stored;
+    return { stored, again };
+  }
+
+  /** A retry round: the waiting forwards again, in batches, on the current connection. */
+  async #resend(items: [string, Uint8Array][]): Promise<{ progressed: number; again: [string, Uint8Array][] }> {
+    const c = this.s.client;
+    if (!c || !this.s.connected) throw new Error('link not connected');
+    let again: [string, Uint8Array][] = [];
+    for (let i = 0; i < items.length; i += BATCH) again = again.concat((await this.#putOnce(c, items.slice(i, i + BATCH))).again);
+    return { progressed: items.length - again.length, again };
+  }
+
+  /** Forwards waiting to be sent again. */
+  retrying(): number {
+    return this.#retry.size;
   }
 
   #setPending(n: number): void {
@@ -122,12 +160,22 @@ export class Outbox {
   /** The connection ended: nothing is pending on it any more. */
   disconnected(): void {
     this.#setPending(0);
+    this.#retry.clear(); // the catch-up at the next connection sends what differs
   }
 
   /** The link is closing: drain waiters go, the batch timer stops. */
   close(): void {
+    this.#retry.close();
     for (const w of this.#drainWaiters.splice(0)) w();
     if (this.#batchTimer) clearImmediate(this.#batchTimer);
     this.#batchTimer = undefined;
   }
+}
+
+/** The items a 'put' answer's `retry` (indexes into the batch) names; anything malformed names none. */
+function retryItems<T>(retry: unknown, items: readonly T[]): T[] {
+  if (!Array.isArray(retry)) return [];
+  const out: T[] = [];
+  for (const i of new Set(retry)) if (Number.isInteger(i) && (i as number) >= 0 && (i as number) < items.length) out.push(items[i as number] as T);
+  return out;
 }

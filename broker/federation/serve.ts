@@ -16,8 +16,8 @@ type Req = { store?: StoreKind } & (
   | { id: string; op: 'get'; keys: [string, string][] }
 );
 
-/** The answering side of catch-up (pure over the store). */
-export function answerRequest(store: Store, req: Req): Record<string, unknown> {
+/** The answering side of catch-up (pure over the store); `serves`: the templates whose packets a 'get' may return (this side's share for the asking region). */
+export function answerRequest(store: Store, req: Req, serves: (tplId: string) => boolean = () => true): Record<string, unknown> {
   switch (req.op) {
     case 'root': {
       const d = storeRanges(store, req.scope);
@@ -37,6 +37,7 @@ export function answerRequest(store: Store, req: Req): Record<string, unknown> {
     case 'get': {
       const items: [string, string][] = [];
       for (const [tplId, nodeId] of req.keys) {
+        if (!serves(tplId)) continue;
         const p = store.get(tplId, nodeId);
         if (p) {
           // A score is filed under an outcome-shaped topic; it travels on its own (qis/1/s/…).
@@ -71,11 +72,11 @@ export function parsePut(payload: Buffer): { id: string; items: [string, Buffer]
 }
 
 /** A catch-up request's payload → the response payload (undefined for a malformed request, or one about a store this broker has not). */
-export function answerPayload(store: Store, payload: Buffer, scoreStore?: Store): Buffer | undefined {
+export function answerPayload(store: Store, payload: Buffer, scoreStore?: Store, serves?: (tplId: string) => boolean): Buffer | undefined {
   const req = parseReq(payload);
   if (!req) return undefined;
   const s = req.store === 's' ? scoreStore : store;
-  return s ? Buffer.from(JSON.stringify(answerRequest(s, req))) : undefined;
+  return s ? Buffer.from(JSON.stringify(answerRequest(s, req, serves))) : undefined;
 }
 
 function parseReq(payload: Buffer): Req | undefined {

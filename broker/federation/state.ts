@@ -21,6 +21,8 @@ export interface LinkState {
   connected: boolean;
   /** 'qis' (digest catch-up, batches), 'mqtt' (full retained exchange, single publishes), or unknown before the first connection. */
   peerKind: 'qis' | 'mqtt' | 'unknown';
+  /** The peer's region, from its qis/1/broker (PROTOCOL §8: regions exchange names); undefined until known. */
+  peerRegion: string | undefined;
 }
 
 /** How the outbox and inbox ask for a catch-up: now (a slow peer drained), or a little later (packets were dropped). */

@@ -27,7 +27,7 @@ export interface Identity {
 /** Why a CONNECT is refused: CONNACK 4 (bad user name or password) or 5 (not authorized). */
 export interface AuthRefusal {
   readonly returnCode: 4 | 5;
-  readonly code: 'ERR_LOGIN_REFUSED';
+  readonly code: 'ERR_LOGIN_REFUSED' | 'ERR_REGION_CONFLICT';
   /** Stable, for logs and tests: the node login's reasons, and password, client-id, client-id-taken, anonymous. */
   readonly reason: string;
   readonly message: string;

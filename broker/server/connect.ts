@@ -6,6 +6,7 @@ import type { AedesOptions, Client } from 'aedes';
 import { checkConnect } from '../admission.js';
 import { certificateUserOf, type AuthRefusal } from './auth.js';
 import type { BrokerContext } from './context.js';
+import { linkPeers } from './link-peers.js';
 import { listenerOf } from './listeners.js';
 
 type AuthDone = Parameters<NonNullable<AedesOptions['authenticate']>>[3];
@@ -45,6 +46,8 @@ export function connectHooks(ctx: BrokerContext): Required<Pick<AedesOptions, 'p
           if (!v.ok) return refused(client, v, username, cb);
           const peer = ctx.auth.peerCheck(client.id, v.identity);
           if (!peer.ok) return refused(client, peer, v.identity.user, cb);
+          const region = linkPeers(ctx).connectCheck(client, v.identity);
+          if (!region.ok) return refused(client, region, v.identity.user, cb);
           const live = (client as Client & { broker?: { clients?: Record<string, Client> } }).broker?.clients?.[client.id];
           const t = ctx.auth.takeover(live === client ? undefined : live, v.identity);
           if (!t.ok) return refused(client, t, v.identity.user, cb);

@@ -7,6 +7,7 @@
 import type { Aedes } from 'aedes';
 import type { IPublishPacket, QoS } from 'mqtt-packet';
 import type { Logger } from 'pino';
+import type { NodeKey } from '../../src/index.js';
 import type { RateLimiter } from '../admission.js';
 import type { Federation } from '../federation.js';
 import type { Metrics } from '../metrics.js';
@@ -57,6 +58,8 @@ export interface BrokerContext {
   readonly limits: Limits;
   /** Publishes through Aedes to local subscribers; rejects with Aedes' error. */
   publish(m: BrokerMessage): Promise<void>;
+  /** This broker's own key (with `federation` set): its links log in with it (PROTOCOL §11), qis/1/broker names its id. */
+  readonly brokerKey?: NodeKey;
   /** The links to other regions, once started (undefined without federation). */
   federation: Federation | undefined;
 }

@@ -27,7 +27,9 @@ export function startBrokerInfoClock(ctx: BrokerContext): () => void {
 }
 
 function publishInfo(ctx: BrokerContext): Promise<void> {
-  const info = { kind: 'qis', version: packageVersion(), sync: 'ordered', time: Math.floor(ctx.now()) };
+  // region and key: a peer's link learns which region it reached and the key that broker logs in with (PROTOCOL §8).
+  const f = ctx.options.federation;
+  const info = { kind: 'qis', version: packageVersion(), sync: 'ordered', time: Math.floor(ctx.now()), ...(f ? { region: f.region } : {}), ...(ctx.brokerKey ? { key: ctx.brokerKey.nodeId } : {}) };
   return ctx.publish({ topic: BROKER_INFO_TOPIC, payload: Buffer.from(JSON.stringify(info)), qos: 0, retain: true });
 }
 

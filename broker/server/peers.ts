@@ -7,10 +7,11 @@
  */
 import type { Client } from 'aedes';
 import { RateLimiter } from '../admission.js';
-import { FED_REQ, FED_RES, LINK_CLIENT_PREFIX, answerPayload, notNewer, parsePut, startFederation, type Federation, type PeerAdmission } from '../federation.js';
+import { FED_REQ, FED_RES, LINK_CLIENT_PREFIX, TRANSIENT_CODES, answerPayload, kindOf, notNewer, parsePut, passes, receivedCounter, startFederation, type Federation, type PeerAdmission } from '../federation.js';
 import { DROP_TOPIC, type AedesPublishPacket, type BrokerContext, type Done } from './context.js';
 import { admitRevocation } from './enrolment.js';
 import { admitOutcome } from './outcomes.js';
+import { linkPeers, tagOrigin } from './link-peers.js';
 import { peerGate } from './peer-gate.js';
 import { checkPublishRate } from './publish-rate.js';
 import { codeOf, refuse } from './respond.js';
@@ -21,7 +22,9 @@ import { admitTemplate } from './templates.js';
 export function startLinks(ctx: BrokerContext): Federation | undefined {
   const f = ctx.options.federation;
   if (f === undefined || f.peers.length === 0) return undefined;
+  if (ctx.brokerKey) ctx.logger.info({ region: f.region, key: ctx.brokerKey.nodeId }, 'federation links log in with this broker key (name it in a peer\'s auth.peers or federation.peers[].identity)');
   return startFederation(f, {
+    ...(ctx.brokerKey ? { key: ctx.brokerKey } : {}),
     store: ctx.store,
     scoreStore: ctx.scoreStore,
     logger: ctx.logger.child({ region: f.region }),
@@ -33,8 +36,9 @@ export function startLinks(ctx: BrokerContext): Federation | undefined {
   });
 }
 
-/** A packet received over a federation link from `origin`: the same admission as a client's publish, then local delivery. */
+/** A packet received over a federation link from region `origin`: the same admission as a client's publish, then local delivery (to every link but those of `origin`). */
 export function admitFromPeer(ctx: BrokerContext, topic: string, payload: Buffer, origin: string): Promise<PeerAdmission> {
+  tagOrigin(payload, origin);
   return new Promise((resolve) => {
     const packet = { cmd: 'publish', topic, payload, qos: 1, retain: true, dup: false, messageId: 0 } as unknown as AedesPublishPacket;
     const cb = (e?: Error | null): void => {
@@ -86,7 +90,9 @@ export function federationRequest(ctx: BrokerContext, client: Client | null, pac
   let res: Buffer | undefined;
   try {
     // Without links of its own a broker still answers the peers that link to it.
-    res = answerPayload(ctx.store, payload, ctx.scoreStore);
+    // Packets go only where this side shares them (its share for the link's region).
+    const share = linkPeers(ctx).of(client).peer?.share ?? ['*'];
+    res = answerPayload(ctx.store, payload, ctx.scoreStore, (tplId) => passes(share, tplId));
     if (!res) ctx.logger.warn({ clientId: id }, 'malformed federation catch-up request ignored');
   } catch (e) {
     ctx.logger.warn({ clientId: id, err: (e as Error).message }, 'federation catch-up request failed');
@@ -95,16 +101,32 @@ export function federationRequest(ctx: BrokerContext, client: Client | null, pac
   if (res) answer(ctx, id, res);
 }
 
+/** What a 'put' batch came to; `retry`: indexes of items refused for a transient reason, which the sender queues again (PROTOCOL §8). */
+type BatchCounts = Record<PeerAdmission['result'], number> & { retry: number[] };
+
 /**
- * Forwarded packets in a batch: each through admission (concurrently, so they share disk
- * syncs), under the same publish rate limit as single publishes (keyed on the link's identity or address).
+ * Forwarded packets in a batch from `client`'s link: those this side accepts from its region,
+ * each through admission (concurrently, so they share disk syncs), under the same per-client
+ * rate limit as single publishes.
  */
-async function admitBatch(ctx: BrokerContext, client: Client | null, id: string, items: [string, Buffer][]): Promise<Record<PeerAdmission['result'], number>> {
-  const counts = { stored: 0, stale: 0, refused: 0 };
+async function admitBatch(ctx: BrokerContext, client: Client | null, id: string, items: [string, Buffer][]): Promise<BatchCounts> {
+  const counts: BatchCounts = { stored: 0, stale: 0, refused: 0, retry: [] };
+  const peers = linkPeers(ctx);
+  const link = peers.of(client);
+  const accept = link.peer?.accept ?? ['*'];
+  const received = receivedCounter(ctx.metrics.registry);
   await Promise.all(
-    items.map(async ([topic, payload]) => {
+    items.map(async ([topic, payload], i) => {
+      received.inc({ kind: kindOf(topic) });
+      if (!peers.passes(accept, topic)) {
+        // Not taken from this region (this side's accept list): a permanent refusal, never retried.
+        ctx.metrics.refused.inc({ code: 'ERR_NOT_AUTHORIZED' });
+        counts.refused++;
+        return;
+      }
       if (checkPublishRate(ctx, client).action === 'refuse') {
         counts.refused++;
+        counts.retry.push(i);
         return;
       }
       // An echo or a loop (not newer than what is held) ends here, before any signature work.
@@ -113,8 +135,9 @@ async function admitBatch(ctx: BrokerContext, client: Client | null, id: string,
         counts.stale++;
         return;
       }
-      const r = await admitFromPeer(ctx, topic, payload, id);
+      const r = await admitFromPeer(ctx, topic, payload, link.region ?? id);
       counts[r.result]++;
+      if (r.result === 'refused' && TRANSIENT_CODES.has(r.code)) counts.retry.push(i);
     }),
   );
   return counts;
@@ -157,10 +180,10 @@ function linkLimits(ctx: BrokerContext): LinkLimits {
   return l;
 }
 
-/** A batch refused whole because its link has LINK_PUTS_QUEUED waiting: the link's next catch-up sends them again. */
-function overflow(ctx: BrokerContext, n: number): Record<PeerAdmission['result'], number> {
+/** A batch refused whole because its link has LINK_PUTS_QUEUED waiting: transient, the link sends it again later. */
+function overflow(ctx: BrokerContext, n: number): BatchCounts {
   ctx.metrics.refused.inc({ code: 'ERR_RATE_LIMITED' }, n);
-  return { stored: 0, stale: 0, refused: n };
+  return { stored: 0, stale: 0, refused: n, retry: Array.from({ length: n }, (_, i) => i) };
 }
 
 function answer(ctx: BrokerContext, clientId: string, payload: Buffer): void {

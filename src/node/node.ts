@@ -10,9 +10,9 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { equalBytes } from '../protocol/bytes.js';
-import { isQisError, QisError } from '../protocol/errors.js';
+import { QisError } from '../protocol/errors.js';
 import type { Situation } from '../protocol/fingerprint.js';
-import { generateKey, loadKeyFile, saveKeyFile, type NodeKey } from '../protocol/identity.js';
+import { loadOrCreateKeyFile, type NodeKey } from '../protocol/identity.js';
 import { createLogin } from '../protocol/login.js';
 import type { Outcome } from '../protocol/packet.js';
 import type { Template } from '../protocol/template.js';
@@ -61,7 +61,7 @@ export async function createNode(options: NodeOptions): Promise<QisNode> {
   await ensureDir(o.dataDir);
   const unlock = await lockDir(o.dataDir);
   try {
-    const key = o.key ?? (await loadOrCreateKey(join(o.dataDir, 'key.json')));
+    const key = o.key ?? (await loadOrCreateKeyFile(join(o.dataDir, 'key.json')));
     throwIfAborted(o.signal);
     const enrolled = await Enrolled.open(o, key);
     const { outbox, bad } = await Outbox.open(o.dataDir, key.nodeId);
@@ -92,18 +92,6 @@ async function useNodeLogin(conn: Connection, key: NodeKey, o: Merged): Promise<
   const enrolment = await loadEnrolment(o.dataDir);
   const bytes = enrolment !== undefined && equalBytes(enrolment.nodePublicKey, key.publicKey) ? enrolment.bytes : undefined;
   conn.useCredentials(() => createLogin(key, { clientId: conn.clientId, ts: conn.now(), ...(bytes ? { enrolment: bytes } : {}), ...(o.backend ? { backend: o.backend } : {}) }));
-}
-
-async function loadOrCreateKey(path: string): Promise<NodeKey> {
-  try {
-    return await loadKeyFile(path);
-  } catch (e) {
-    const missing = isQisError(e) && e.code === 'ERR_FILE_IO' && (e.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
-    if (!missing) throw e;
-  }
-  const key = generateKey();
-  await saveKeyFile(path, key);
-  return key;
 }
 
 class Node implements QisNode {

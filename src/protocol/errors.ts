@@ -69,6 +69,7 @@ export const ERROR_CODES = {
   ERR_LOGIN_REFUSED: 'a CONNECT or a node login (PROTOCOL §11) was refused; the message starts with the reason: malformed, user-mismatch, bad-signature, client-id, stale (a node login), password, client-id-taken, anonymous (the broker, CONNACK 4 or 5)',
   ERR_PASSWORD_FILE_INVALID: 'a password file line is not user:scrypt$N$r$p$salt$hash, or a user name holds ":" or a line break',
   ERR_ADDRESS_IN_USE: 'a listen address (host and port) of the broker is already in use by another process',
+  ERR_REGION_CONFLICT: 'a federation link joins two brokers with the same region name, or a second broker claims a region another identity already links as; the link is refused (CONNACK 5) until the names differ',
   // issue 16: delivery status, network errors
   ERR_NOTHING_TO_WITHDRAW: 'withdraw: this node never published a packet for that template (its state holds no bucket)',
   ERR_CONNECTION_REFUSED: 'nothing listens on the broker address (TCP connection refused); the runtime keeps retrying',

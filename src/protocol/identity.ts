@@ -255,3 +255,20 @@ export async function loadKeyFile(path: string): Promise<NodeKey> {
   }
   return keyFromJson(json, path);
 }
+
+/**
+ * Loads the key file at `path`, or makes a new key and saves it there when the file does not
+ * exist (a node's `key.json`, a broker's `broker-key.json`).
+ * @throws QisError ERR_FILE_IO | ERR_KEY_PERMISSIONS | ERR_KEY_FILE_INVALID | ERR_KEY_MISMATCH | ERR_KEY_EXISTS
+ */
+export async function loadOrCreateKeyFile(path: string): Promise<NodeKey> {
+  try {
+    return await loadKeyFile(path);
+  } catch (e) {
+    const missing = e instanceof QisError && e.code === 'ERR_FILE_IO' && (e.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
+    if (!missing) throw e;
+  }
+  const key = generateKey();
+  await saveKeyFile(path, key);
+  return key;
+}

@@ -1,14 +1,14 @@
 // Federated qis brokers for tests: each region in-process on a fixed free loopback port (so the
 // peers of a ring can be named before they start), with its own temp data directory.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { pino } from 'pino';
 import { createBroker, type QisBroker } from '../../broker/server.js';
-import type { PeerOptions } from '../../broker/options.js';
+import type { BrokerConfig, PeerOptions } from '../../broker/options.js';
 import { storeDigest } from '../../broker/federation.js';
-import { createOutcomePacket, keyFromSeed, type Situation } from '../../src/index.js';
+import { createOutcomePacket, keyFromSeed, saveKeyFile, type NodeKey, type Situation } from '../../src/index.js';
 import { bearing } from './fixtures.js';
 import { freePort } from './mosquitto.js';
 
@@ -29,12 +29,27 @@ export interface Region {
 
 export const peer = (port: number, extra: Partial<PeerOptions> = {}): PeerOptions => ({ url: `mqtt://127.0.0.1:${port}`, share: ['*'], accept: ['*'], rateLimit: 0, ...extra });
 
-export async function startRegion(name: string, port: number, peers: PeerOptions[], dir?: string, fed: { followUpMs?: number } = {}): Promise<Region> {
+/** More for one region: its broker key (saved as broker-key.json before the start), other config keys, a clock. */
+export interface RegionExtra {
+  readonly key?: NodeKey;
+  readonly config?: Omit<BrokerConfig, 'listeners' | 'dataDir' | 'federation'>;
+  readonly now?: () => number;
+}
+
+export async function startRegion(name: string, port: number, peers: PeerOptions[], dir?: string, fed: { followUpMs?: number } = {}, extra: RegionExtra = {}): Promise<Region> {
   const dataDir = dir ?? mkdtempSync(join(tmpdir(), `qis-fed-${name}-`));
+  if (extra.key && !existsSync(join(dataDir, 'broker-key.json'))) await saveKeyFile(join(dataDir, 'broker-key.json'), extra.key);
   const make = (): Promise<QisBroker> =>
     createBroker(
-      { listeners: [{ type: 'tcp', host: '127.0.0.1', port }], dataDir, verifyWorkers: 0, fsync: 'never', federation: { region: name, peers, reconnect: { baseMs: 100, capMs: 1000 }, linksFrom: ['127.0.0.1', '::1'], ...fed } },
-      { logger: pino({ level: process.env['QIS_TEST_LOG'] ?? 'silent' }) },
+      {
+        listeners: [{ type: 'tcp', host: '127.0.0.1', port }],
+        dataDir,
+        verifyWorkers: 0,
+        fsync: 'never',
+        ...extra.config,
+        federation: { region: name, peers, reconnect: { baseMs: 100, capMs: 1000 }, linksFrom: ['127.0.0.1', '::1'], ...fed },
+      },
+      { logger: pino({ level: process.env['QIS_TEST_LOG'] ?? 'silent' }), ...(extra.now ? { now: extra.now } : {}) },
     );
   const r: Region = {
     name,
