@@ -22,7 +22,7 @@ import type { Federation } from './federation.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import type { BrokerConfig, BrokerOptions } from './options.js';
 import { openStore, type Store } from './store.js';
-import { createVerifier, defaultWorkers } from './verifier.js';
+import { createVerifier, defaultWorkers, type Verifier } from './verifier.js';
 import { Authenticator } from './server/auth.js';
 import { connectHooks } from './server/connect.js';
 import { authorizeForward } from './server/forward.js';
@@ -63,6 +63,8 @@ export interface BrokerDeps {
   readonly logger?: Logger;
   /** Clock, Unix ms. */
   readonly now?: () => number;
+  /** The signature verifier to use instead of createVerifier(verifyWorkers) (the broker closes it): the bench's A/B. */
+  readonly verifier?: Verifier;
 }
 
 /**
@@ -92,7 +94,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     revocations: await RevocationBook.open(join(o.dataDir, 'revocations'), logger),
     metrics,
     limits: createLimits({ options: o, metrics, logger, now }),
-    verifier: createVerifier(o.verifyWorkers ?? defaultWorkers()),
+    verifier: deps.verifier ?? createVerifier(o.verifyWorkers ?? defaultWorkers()),
     auth,
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
     publish: (m) => (aedes ? publishOn(aedes, m) : Promise.reject(new QisError('ERR_CLOSED', 'the broker is not running'))),

@@ -44,6 +44,7 @@ import { createNode, fetchTemplate, publishTemplate, type NodeOptions, type QisN
 import { ModbusTcpClient, decodeSparkplugPayload, parseReadResponse } from '../firmware-bridge/index.js';
 import { checkEnrolment, createEnrolment, decodeEnrolment, publishRevocation, signRevocation, verifyLogin, verifyRevocation } from '../src/index.js';
 import { parsePasswd } from '../broker/passwd.js';
+import { createVerifier } from '../broker/verifier.js';
 import { hugePublish, junk, startHostileBroker, writeAll } from './helpers/hostile-broker.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
@@ -313,6 +314,16 @@ const triggers: Record<ErrorCode, () => unknown> = {
   ERR_TOO_MANY_SUBSCRIPTIONS: () => throwDecision(checkSubscriptionCount(1000, 1000)),
   ERR_RETAINED_LIMIT: () => throwDecision(new RetainedBudget({ maxRetained: 0, maxRetainedBytes: 0 }).admit('a', 1)),
   ERR_TOPIC_NAME_INVALID: () => throwDecision(checkTopicName(Uint8Array.of(0x61, 0xff))),
+  // issue 15: the verifier pool's bound (end to end with queued jobs in test/verify-pool.test.ts)
+  ERR_VERIFY_BUSY: async () => {
+    const pool = createVerifier(1, { maxQueued: 0 });
+    try {
+      const r = await pool.verify(topic, new Uint8Array(1), { now: 0, maxSkewMs: 0 });
+      if (!r.ok) throw new QisError(r.code, r.message);
+    } finally {
+      await pool.close();
+    }
+  },
 };
 
 t.test('errors - every code is produced by a real failure', async (t) => {
