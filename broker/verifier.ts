@@ -6,9 +6,7 @@
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
-import { QisError, type ErrorCode } from '../src/index.js';
-import { verifyJob, type JobResult } from '../src/protocol/verify-job.js';
-import { PackedBatch, resultAt, startVerifyWorker, type PackedResults } from '../src/protocol/verify-wire.js';
+import { PackedBatch, QisError, resultAt, startVerifyWorker, verifyJob, type ErrorCode, type PackedResults, type VerifyJobResult as JobResult } from '../src/index.js';
 
 export type VerifyResult = { ok: true; packet: { seq: number; del: boolean; exp?: number } } | { ok: false; code: ErrorCode; message: string };
 

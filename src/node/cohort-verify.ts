@@ -3,8 +3,8 @@
  * comes, not after the sync marker, and folded in arrival order (CohortFolder). The first
  * INLINE_FIRST messages are checked here on the main thread; a bigger cohort goes in packed
  * batches to verify worker threads (src/protocol/verify-worker.ts, shared by every query of the
- * process, started on the first big read and unref'd), one per core, while the main thread keeps
- * receiving. The verdicts are those of checkPacket with the folder's options, wherever it ran.
+ * process, started on the first big read, stopped after 2 s idle), one per core, while the main
+ * thread keeps receiving. The verdicts are those of checkPacket with the folder's options, wherever it ran.
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
@@ -32,13 +32,24 @@ interface Thread {
 
 /** The process's verify threads for queries, started on first use. Bounded: one per core. */
 let threads: Thread[] | undefined;
+/** Idle threads are stopped after this: a query process that is done exits, a busy one keeps them. */
+const IDLE_MS = 2000;
+let idleTimer: NodeJS.Timeout | undefined;
 
 function start(): Thread {
   const t: Thread = { worker: startVerifyWorker(), pending: [] };
   t.worker.unref();
-  t.worker.on('message', (r: CheckResult[]) => t.pending.shift()?.resolve(r));
+  t.worker.on('message', (r: CheckResult[]) => {
+    t.pending.shift()?.resolve(r);
+    if (threads?.every((x) => x.pending.length === 0)) {
+      idleTimer = setTimeout(stopIdle, IDLE_MS);
+      idleTimer.unref();
+    }
+  });
   const fail = (e?: Error): void => {
-    if (threads) threads[threads.indexOf(t)] = start();
+    const i = threads ? threads.indexOf(t) : -1;
+    if (i < 0) return; // stopped as idle
+    (threads as Thread[])[i] = start();
     const err = new QisError('ERR_INTERNAL', `a verify worker thread stopped: ${e?.message ?? 'it exited'}`);
     for (const p of t.pending.splice(0)) p.reject(err);
   };
@@ -47,7 +58,15 @@ function start(): Thread {
   return t;
 }
 
+function stopIdle(): void {
+  const ts = threads;
+  if (!ts || ts.some((t) => t.pending.length > 0)) return;
+  threads = undefined;
+  for (const t of ts) void t.worker.terminate();
+}
+
 function check(batch: PackedBatch, o: CheckBatch['check']): Promise<CheckResult[]> {
+  clearTimeout(idleTimer);
   threads ??= Array.from({ length: Math.max(1, availableParallelism()) }, start);
   const t = threads.reduce((a, b) => (b.pending.length < a.pending.length ? b : a));
   return new Promise((resolve, reject) => {
