@@ -122,11 +122,8 @@ interface Broker {
   readonly kind: 'mosquitto' | 'qis';
 }
 
-/** Starts the qis broker (dist/cli/qis.js broker, its own process, default verify threads, fsync 'never'); its stop is registered with the cleanups. */
-async function startQis(): Promise<Broker> {
-  const port = await freePort();
-  const dir = tempDir('qis-bench-node-broker-');
-  const child: ChildProcess = spawn(process.execPath, [QIS_CLI, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', dir, '--fsync', 'never', '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] });
+/** Registers a broker process's stop (SIGTERM, then SIGKILL after 5 s) with the cleanups; resolves when it exits. */
+function stopAtCleanup(child: ChildProcess): Promise<void> {
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   cleanups.push(async () => {
     if (child.exitCode === null && child.signalCode === null) {
@@ -135,6 +132,15 @@ async function startQis(): Promise<Broker> {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }
   });
+  return exited;
+}
+
+/** Starts the qis broker (dist/cli/qis.js broker, its own process, default verify threads, fsync 'never'); its stop is registered with the cleanups. */
+async function startQis(): Promise<Broker> {
+  const port = await freePort();
+  const dir = tempDir('qis-bench-node-broker-');
+  const child: ChildProcess = spawn(process.execPath, [QIS_CLI, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', dir, '--fsync', 'never', '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const exited = stopAtCleanup(child);
   await Promise.race([waitForPort(port, Date.now() + 30_000), exited.then(() => Promise.reject(new Error('the qis broker exited')))]);
   return { url: `mqtt://127.0.0.1:${port}`, version: 'this build', kind: 'qis' };
 }
@@ -151,14 +157,7 @@ async function startMosquitto(extra: readonly string[]): Promise<Broker> {
   const child: ChildProcess = spawn(bin, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout?.on('data', (b: Buffer) => (out = (out + b.toString()).slice(-4000)));
   child.stderr?.on('data', (b: Buffer) => (out = (out + b.toString()).slice(-4000)));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  cleanups.push(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    }
-  });
+  const exited = stopAtCleanup(child);
   await Promise.race([waitForPort(port, Date.now() + 10_000), exited.then(() => Promise.reject(new Error(`mosquitto exited: ${out}`)))]);
   const version = /mosquitto version (\S+)/.exec(out)?.[1] ?? 'unknown';
   return { url: `mqtt://127.0.0.1:${port}`, version, kind: 'mosquitto' };
