@@ -11,6 +11,12 @@
  *   node dist/bench/broker.js --n=20000 --pubs=4 --few=2 --rounds=2 --stored=100000 --million=1000000
  *   node dist/bench/broker.js --million=0      (skip the 1M restart)
  *   node dist/bench/broker.js --cpu-prof=DIR   (qis broker processes write V8 CPU profiles to DIR)
+ *   node dist/bench/broker.js --targets=qis.always.w1,qis.always.w1.legacy,aedes   (only these targets)
+ *
+ * Issue 15: every qis target also runs as `….legacy`, the verifier pool as it was before (structured-
+ * clone batches of 256; bench/legacy-verifier.ts), in the same rounds: the A/B of the packed pool.
+ * Ingest is reported against the two-core floor, per round: cores ÷ (one raw verification's time +
+ * plain Aedes' CPU per QoS 1 retained publish, both measured in that round); goal ≥ 80 %.
  *
  * Data: `--stored` (100,000) packets of as many distinct nodes, signed here with the
  * bearing-failure template (examples/) over 2,400 buckets (~182 bytes each, seq 1). Keys come from
