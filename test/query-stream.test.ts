@@ -2,7 +2,7 @@
 // main thread checks itself, packets go to worker threads; the fold must equal foldCohort's.
 import t from 'tap';
 import { address, foldCohort, keyFromSeed, outcomeTopic, signPacket } from '../src/index.js';
-import { CohortStream } from '../src/node/cohort-verify.js';
+import { CohortStream, threadsOnline } from '../src/node/cohort-verify.js';
 import { bearing, situation } from './helpers/fixtures.js';
 
 t.test('cohort stream - past the inline share, worker threads give the same fold as foldCohort, in arrival order', async (t) => {
@@ -25,7 +25,10 @@ t.test('cohort stream - past the inline share, worker threads give the same fold
   const o = { address: addr, widen: 0, now };
   const want = foldCohort(messages, o);
   const stream = new CohortStream(o);
-  for (const m of messages) stream.add(m.topic, m.payload);
+  // The first part while no thread is up (checked here), the rest once one is (sent to the threads).
+  for (const m of messages.slice(0, 150)) stream.add(m.topic, m.payload);
+  await threadsOnline();
+  for (const m of messages.slice(150)) stream.add(m.topic, m.payload);
   const got = await stream.finish();
   t.same(got, want, 'the same packets, counts and drops');
   t.ok((want.dropped.ERR_BAD_SIGNATURE ?? 0) > 0 && (want.dropped.ERR_EXPIRED ?? 0) > 0 && want.duplicates > 0 && want.superseded > 0, 'forged, expired, duplicate and superseded messages were in it');

@@ -14,7 +14,7 @@ import type { CheckResult } from '../protocol/packet.js';
 import { PackedBatch, startVerifyWorker, type CheckBatch } from '../protocol/verify-wire.js';
 
 /** Messages checked on the main thread before the workers are used: a small cohort never waits for a thread to start. */
-const INLINE_FIRST = 256;
+const INLINE_FIRST = 128;
 /** Messages per batch to a worker. */
 const BATCH = 128;
 /** A batch's buffer: 128 packets of 512 bytes and their topics. */
@@ -26,6 +26,8 @@ interface Pending {
 }
 interface Thread {
   worker: Worker;
+  /** Started (its modules loaded): until one is, the main thread goes on checking. */
+  online: boolean;
   /** Batches sent, oldest first (a worker answers in order). */
   readonly pending: Pending[];
 }
@@ -37,8 +39,9 @@ const IDLE_MS = 2000;
 let idleTimer: NodeJS.Timeout | undefined;
 
 function start(): Thread {
-  const t: Thread = { worker: startVerifyWorker(), pending: [] };
+  const t: Thread = { worker: startVerifyWorker(), online: false, pending: [] };
   t.worker.unref();
+  t.worker.once('online', () => (t.online = true));
   t.worker.on('message', (r: CheckResult[]) => {
     t.pending.shift()?.resolve(r);
     if (threads?.every((x) => x.pending.length === 0)) {
@@ -65,10 +68,23 @@ function stopIdle(): void {
   for (const t of ts) void t.worker.terminate();
 }
 
-function check(batch: PackedBatch, o: CheckBatch['check']): Promise<CheckResult[]> {
+/** Starts the threads if they are not; true once one of them is online. */
+function threadsReady(): boolean {
   clearTimeout(idleTimer);
   threads ??= Array.from({ length: Math.max(1, availableParallelism()) }, start);
-  const t = threads.reduce((a, b) => (b.pending.length < a.pending.length ? b : a));
+  return threads.some((t) => t.online);
+}
+
+/** Starts the threads and resolves once one is online (a test that must reach them waits for it). */
+export async function threadsOnline(): Promise<void> {
+  while (!threadsReady()) await new Promise((r) => setTimeout(r, 10));
+}
+
+function check(batch: PackedBatch, o: CheckBatch['check']): Promise<CheckResult[]> {
+  clearTimeout(idleTimer);
+  const all = threads as Thread[];
+  const online = all.filter((t) => t.online);
+  const t = (online.length > 0 ? online : all).reduce((a, b) => (b.pending.length < a.pending.length ? b : a));
   return new Promise((resolve, reject) => {
     t.pending.push({ resolve, reject });
     const { buf, count } = batch.seal();
@@ -89,6 +105,8 @@ export class CohortStream {
   /** The batches out, in order: each folds once it and every batch before it are back. */
   #chain: Promise<void> = Promise.resolve();
   #gen = 0;
+  /** A batch went to a thread: a message checked here must wait for it (arrival order). */
+  #sent = false;
   #failed: Error | undefined;
 
   /** `accept`: the topics of the cohort (a read may also carry other messages, e.g. revocation lists). */
@@ -100,7 +118,18 @@ export class CohortStream {
 
   add(topic: string, payload: Uint8Array): void {
     if (!this.#accept(topic)) return;
-    if (this.#count++ < INLINE_FIRST) return this.#folder.add(topic, payload);
+    // Checked here while the cohort is small or no thread has started yet (a thread takes tens of
+    // milliseconds to load, far more on a busy machine: the read does not wait for it). A message
+    // checked here waits for the batches sent before it, so the fold keeps the arrival order.
+    if (this.#count++ < INLINE_FIRST || !threadsReady()) {
+      if (!this.#sent) return this.#folder.add(topic, payload);
+      this.#send();
+      const gen = this.#gen;
+      this.#chain = this.#chain.then(() => {
+        if (gen === this.#gen) this.#folder.add(topic, payload);
+      });
+      return;
+    }
     const opts = this.#folder.verifyOptions;
     const job = { now: opts.now ?? Date.now(), maxSkewMs: Number.NaN, ...(opts.depth !== undefined ? { depth: opts.depth } : {}) };
     if (!this.#open || !this.#open.add(topic, payload, job)) {
@@ -115,6 +144,7 @@ export class CohortStream {
     const batch = this.#open;
     this.#open = undefined;
     if (!batch) return;
+    this.#sent = true;
     const gen = this.#gen;
     const opts = this.#folder.verifyOptions;
     const answer = check(batch, { ...(opts.expectFp ? { expectFp: opts.expectFp } : {}), ...(opts.backend ? { backend: opts.backend } : {}) });
@@ -136,6 +166,7 @@ export class CohortStream {
     this.#gen++;
     this.#folder = new CohortFolder(this.#o);
     this.#count = 0;
+    this.#sent = false;
     this.#open = undefined;
     this.#chain = Promise.resolve();
     this.#failed = undefined;
