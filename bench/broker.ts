@@ -11,6 +11,12 @@
  *   node dist/bench/broker.js --n=20000 --pubs=4 --few=2 --rounds=2 --stored=100000 --million=1000000
  *   node dist/bench/broker.js --million=0      (skip the 1M restart)
  *   node dist/bench/broker.js --cpu-prof=DIR   (qis broker processes write V8 CPU profiles to DIR)
+ *   node dist/bench/broker.js --targets=qis.always.w1,qis.always.w1.legacy,aedes   (only these targets)
+ *
+ * Issue 15: every qis target also runs as `….legacy`, the verifier pool as it was before (structured-
+ * clone batches of 256; bench/legacy-verifier.ts), in the same rounds: the A/B of the packed pool.
+ * Ingest is reported against the two-core floor, per round: cores ÷ (one raw verification's time +
+ * plain Aedes' CPU per QoS 1 retained publish, both measured in that round); goal ≥ 80 %.
  *
  * Data: `--stored` (100,000) packets of as many distinct nodes, signed here with the
  * bearing-failure template (examples/) over 2,400 buckets (~182 bytes each, seq 1). Keys come from
@@ -84,10 +90,15 @@ const STORED = Math.max(Math.round(optNum('stored', 100_000)), N, 10_000);
 const MILLION = Math.round(optNum('million', 1_000_000, true));
 const RAW_N = Math.min(N, 5_000);
 const CPU_PROF = optStr('cpu-prof');
+/** `--targets=qis.always.w1,aedes`: only these targets in parts 1 and 2 (a profile run, a quick A/B). */
+const ONLY = optStr('targets')?.split(',');
+const chosen = <T extends { id: string }>(ts: readonly T[]): T[] => ts.filter((t) => !ONLY || ONLY.includes(t.id));
 const CORES = os.availableParallelism();
 /** The broker's default number of verify threads (broker/verifier.ts defaultWorkers: cores − 1). */
 const WORKERS = Math.max(1, CORES - 1);
 const INGEST_GOAL = 0.7;
+/** Issue 15: verified ingest ≥ 80 % of the two-core floor. */
+const FLOOR_GOAL = 0.8;
 const LATENCY_GOAL_MS = 50;
 const PACE_MS = 20; // 50 msg/s
 const FOOT_N = 10_000;
@@ -322,9 +333,11 @@ function serveCommands(extra: { size?: () => number; close: () => Promise<void>;
 }
 
 async function childQis(): Promise<void> {
-  const [dataDir, fsync, workers] = positional();
+  const [dataDir, fsync, workers, mode] = positional();
   const { createBroker } = await import('../broker/server.js');
   const { pino } = await import('pino');
+  // The A/B: the pool as it was before issue 15, in the same run.
+  const legacy = mode === 'legacy' ? { verifier: new (await import('./legacy-verifier.js')).LegacyPool(Number(workers)) } : {};
   const broker = await createBroker(
     {
       listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }],
@@ -334,7 +347,7 @@ async function childQis(): Promise<void> {
       // Throughput from one loopback address: the per-address publish rate limit would measure itself.
       admission: { ratePerSecond: 0 },
     },
-    { logger: pino({ level: 'silent' }) },
+    { logger: pino({ level: 'silent' }), ...legacy },
   );
   const tcp = broker.addresses().find((a) => a.type === 'tcp');
   serveCommands({ size: () => broker.store.size, close: () => broker.close(), aedes: broker.aedes });
@@ -504,15 +517,16 @@ async function startOurs(name: string, args: readonly string[], execArgv: readon
   };
 }
 
-function qisTarget(fsync: 'always' | 'never', workers: number): Target {
-  const id = `qis.${fsync}.w${workers}`;
+/** `legacy`: the verifier pool as before issue 15 (bench/legacy-verifier.ts), the A/B's other arm. */
+function qisTarget(fsync: 'always' | 'never', workers: number, legacy = false): Target {
+  const id = `qis.${fsync}.w${workers}${legacy ? '.legacy' : ''}`;
   return {
     id,
-    label: `qis broker, fsync '${fsync}', ${workers === 0 ? 'inline verification' : `${workers} verify threads`}`,
+    label: `qis broker, fsync '${fsync}', ${workers === 0 ? 'inline verification' : `${workers} verify threads`}${legacy ? ', former pool' : ''}`,
     start: (dataDir?: string) => {
       const dir = dataDir ?? tempDir('qis-bench-broker-');
       const prof = CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] : [];
-      return startOurs(id, ['--child=qis', dir, fsync, String(workers)], ['--expose-gc', ...prof]);
+      return startOurs(id, ['--child=qis', dir, fsync, String(workers), legacy ? 'legacy' : 'packed'], ['--expose-gc', ...prof]);
     },
   };
 }
@@ -733,6 +747,8 @@ interface IngestRow {
   readonly otherCores: number;
   /** qis only: rate / (raw × cores), per round against the raw rate measured in that round. */
   readonly ofCeiling?: { readonly value: number; readonly rounds: readonly number[]; readonly goal?: number; readonly pass?: boolean };
+  /** qis only, with plain Aedes run: rate / the two-core floor (cores ÷ (raw verify + Aedes CPU) per packet), per round. */
+  readonly ofFloor?: { readonly value: number; readonly floor: number; readonly rounds: readonly number[]; readonly goal: number; readonly pass: boolean };
   /** qis only: (rate / brokerCores) / raw: broker CPU spent per packet vs a bare verification. */
   readonly efficiency?: number;
 }
@@ -744,6 +760,12 @@ interface Part1 {
   readonly ceiling: number;
   readonly rows: readonly IngestRow[];
   readonly loadavg1m: readonly number[];
+}
+
+/** The two-core floor of issue 15: cores ÷ (CPU of one raw verification + plain Aedes' CPU per publish), per second. */
+function floorOf(raw: number, aedes: IngestRun | undefined): number {
+  const aedesCpuPerPacket = aedes ? aedes.brokerCores / aedes.rate : 0;
+  return CORES / (1 / raw + aedesCpuPerPacket);
 }
 
 async function ingestOnce(t: Target, d: Data, pubs: number): Promise<IngestRun> {
@@ -766,7 +788,15 @@ async function ingestOnce(t: Target, d: Data, pubs: number): Promise<IngestRun> 
 
 async function part1(d: Data): Promise<Part1> {
   // The broker's default (cores − 1 verify threads), and all cores for comparison.
-  const targets = [qisTarget('always', WORKERS), qisTarget('never', WORKERS), ...(WORKERS !== CORES ? [qisTarget('always', CORES)] : []), aedesTarget, mosquittoTarget];
+  // The former pool beside it (the A/B: load drift cancels); plain Aedes gives the floor's MQTT share.
+  const targets = chosen([
+    qisTarget('always', WORKERS),
+    qisTarget('always', WORKERS, true),
+    qisTarget('never', WORKERS),
+    ...(WORKERS !== CORES ? [qisTarget('always', CORES), qisTarget('always', CORES, true)] : []),
+    aedesTarget,
+    mosquittoTarget,
+  ]);
   const pubCounts = [...new Set([PUBS, FEW])];
   log(`part 1: ingest of ${fmt(N)} packets, publishers ${pubCounts.join(' and ')}, ${ROUNDS} rounds; raw baseline on ${fmt(RAW_N)} of them`);
   const runs = new Map<string, IngestRun[]>();
@@ -816,11 +846,16 @@ async function part1(d: Data): Promise<Part1> {
       };
       if (t.id.startsWith('qis')) {
         // The ceiling is raw verification × the cores this configuration verifies on.
-        const threads = Number(/\.w(\d+)$/.exec(t.id)?.[1] ?? CORES) || 1;
+        const threads = Number(/\.w(\d+)/.exec(t.id)?.[1] ?? CORES) || 1;
         const per = rs.map((x, i) => x.rate / ((raws[i] as number) * threads));
         const v = median(per);
+        // Issue 15's floor, per round: the cores ÷ (one raw verification + plain Aedes' CPU per QoS 1 retained publish).
+        const aedes = runs.get(`aedes|${pubs}`);
+        const floors = aedes ? rs.map((_, i) => floorOf(raws[i] as number, aedes[i])) : [];
+        const perFloor = floors.map((f, i) => (rs[i] as IngestRun).rate / f);
+        const f = perFloor.length > 0 ? { ofFloor: { value: r3(median(perFloor)), floor: Math.round(median(floors)), rounds: perFloor.map(r3), goal: FLOOR_GOAL, pass: median(perFloor) >= FLOOR_GOAL } } : {};
         const goal = t.id === `qis.always.w${WORKERS}` ? { goal: INGEST_GOAL, pass: v >= INGEST_GOAL } : {};
-        rows.push({ ...row, ofCeiling: { value: r3(v), rounds: per.map(r3), ...goal }, efficiency: r3(median(rs.map((x, i) => x.rate / x.brokerCores / (raws[i] as number)))) });
+        rows.push({ ...row, ofCeiling: { value: r3(v), rounds: per.map(r3), ...goal }, ...f, efficiency: r3(median(rs.map((x, i) => x.rate / x.brokerCores / (raws[i] as number)))) });
       } else rows.push(row);
     }
   }
@@ -929,7 +964,13 @@ async function part2(d: Data): Promise<Part2> {
   const loads = [load1()];
   const rows: LatRow[] = [];
   // The default (cores − 1 verify threads leave the main thread a core), all cores, and inline verification.
-  const targets = [qisTarget('always', WORKERS), ...(WORKERS !== CORES ? [qisTarget('always', CORES)] : []), qisTarget('always', 0), aedesTarget];
+  const targets = chosen([
+    qisTarget('always', WORKERS),
+    qisTarget('always', WORKERS, true),
+    ...(WORKERS !== CORES ? [qisTarget('always', CORES), qisTarget('always', CORES, true)] : []),
+    qisTarget('always', 0),
+    aedesTarget,
+  ]);
   for (const t of targets) {
     const row = await latencyOnce(t, d, PUBS);
     rows.push(row);
@@ -1103,6 +1144,10 @@ function report(env: Record<string, unknown>, d: Data, p1?: Part1, p2?: Part2, p
     L.push('');
     L.push(`   raw node:crypto Ed25519 verify, 1 core, KeyObject built per packet: ${fmt(p1.raw.rate)}/s (rounds ${p1.raw.rounds.map((x) => fmt(x)).join(', ')})`);
     L.push(`   ceiling = raw × ${p1.verifyThreads} cores the broker verifies on = ${fmt(p1.ceiling)}/s (all cores verifying, none left for MQTT, the store or the publishers)`);
+    for (const r of p1.rows.filter((x) => x.ofFloor !== undefined && x.target.startsWith('qis.always'))) {
+      const f = r.ofFloor as NonNullable<IngestRow['ofFloor']>;
+      L.push(`   ${r.target} / two-core floor (${fmt(f.floor)}/s = ${CORES} ÷ (raw verify + plain Aedes CPU) per packet), ${r.pubs} publishers: ${(f.value * 100).toFixed(1)} % [rounds ${f.rounds.map((x) => (x * 100).toFixed(0)).join(', ')}] ${f.pass ? 'PASS' : 'MISS'} (goal ≥ ${(FLOOR_GOAL * 100).toFixed(0)} %)`);
+    }
     for (const r of p1.rows.filter((x) => x.ofCeiling?.goal !== undefined)) {
       const c = r.ofCeiling as NonNullable<IngestRow['ofCeiling']>;
       L.push(`   qis (fsync 'always') / ceiling, ${r.pubs} publishers: ${(c.value * 100).toFixed(1)} % [rounds ${c.rounds.map((x) => (x * 100).toFixed(0)).join(', ')}] ${c.pass ? 'PASS' : 'MISS'} (goal ≥ ${(INGEST_GOAL * 100).toFixed(0)} %)`);
@@ -1188,7 +1233,21 @@ function report(env: Record<string, unknown>, d: Data, p1?: Part1, p2?: Part2, p
 function goalResults(p1?: Part1, p2?: Part2): BenchResult[] {
   const out: BenchResult[] = [];
   const ingest = p1?.rows.find((r) => r.target === `qis.always.w${WORKERS}` && r.pubs === PUBS);
-  if (p1 && ingest?.ofCeiling) {
+  const former = p1?.rows.find((r) => r.target === `qis.always.w${WORKERS}.legacy` && r.pubs === PUBS);
+  if (p1 && ingest?.ofFloor) {
+    out.push({
+      bench: 'broker',
+      measure: `verified QoS 1 ingest (${WORKERS} verify thread(s), ${PUBS} publishers)`,
+      value: ingest.rate,
+      unit: 'pub/s',
+      peer: ingest.ofFloor.floor,
+      peerName: `two-core floor: ${CORES} ÷ (raw verify + Aedes CPU) per packet`,
+      ratio: ingest.ofFloor.value,
+      goal: { on: 'ratio', op: '>=', limit: FLOOR_GOAL },
+      spread: ingest.spread,
+      ...(former?.ofFloor ? { note: `former pool, same run: ${former.rate} pub/s = ${former.ofFloor.value} of the floor` } : {}),
+    });
+  } else if (p1 && ingest?.ofCeiling) {
     out.push({
       bench: 'broker',
       measure: `verified QoS 1 ingest (${WORKERS} verify thread(s), ${PUBS} publishers)`,
@@ -1202,6 +1261,7 @@ function goalResults(p1?: Part1, p2?: Part2): BenchResult[] {
     });
   }
   const lat = p2?.rows.find((r) => r.target === `qis.always.w${WORKERS}`);
+  const latFormer = p2?.rows.find((r) => r.target === `qis.always.w${WORKERS}.legacy`);
   if (lat) {
     out.push({
       bench: 'broker',
@@ -1213,7 +1273,7 @@ function goalResults(p1?: Part1, p2?: Part2): BenchResult[] {
       ratio: lat.burst.p99 / lat.idle.p99,
       goal: { on: 'value', op: '<=', limit: lat.goal },
       spread: 0,
-      note: 'one run: no spread measured',
+      note: `one run: no spread measured${latFormer ? `; former pool, same run: p99 ${latFormer.burst.p99} ms` : ''}`,
     });
   }
   return out;

@@ -50,6 +50,7 @@ const EXPECTED: readonly { readonly bench: string; readonly measure: string; rea
   { bench: 'broker', measure: 'verified QoS 1 ingest' },
   { bench: 'broker', measure: 'p99 of 50 msg/s traffic during the burst' },
   { bench: 'node', measure: 'cohort query (Mosquitto', label: '10k-node cohort query (Mosquitto)' },
+  { bench: 'node', measure: 'cohort query (qis broker', label: '10k-node cohort query (qis broker)' },
   { bench: 'federation', measure: 'added latency per hop, p50' },
   { bench: 'federation', measure: 'added latency per hop, p99' },
   { bench: 'federation', measure: 'convergence after a partition' },

@@ -23,7 +23,7 @@ import { createMetrics, type Metrics } from './metrics.js';
 import { applyReload, type ReloadReport } from './server/reload.js';
 import type { BrokerConfig, BrokerOptions } from './options.js';
 import { openStore, type Store } from './store.js';
-import { createVerifier, defaultWorkers } from './verifier.js';
+import { createVerifier, defaultWorkers, type Verifier } from './verifier.js';
 import { Authenticator } from './server/auth.js';
 import { connectHooks } from './server/connect.js';
 import { logConnections } from './server/conn-log.js';
@@ -75,6 +75,8 @@ export interface BrokerDeps {
   readonly logger?: Logger;
   /** Clock, Unix ms. */
   readonly now?: () => number;
+  /** The signature verifier to use instead of createVerifier(verifyWorkers) (the broker closes it): the bench's A/B. */
+  readonly verifier?: Verifier;
 }
 
 /**
@@ -106,7 +108,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     revocations: await RevocationBook.open(join(o.dataDir, 'revocations'), logger),
     metrics,
     limits: createLimits({ options: o, metrics, logger, now }),
-    verifier: timedVerifier(createVerifier(o.verifyWorkers ?? defaultWorkers()), metrics.verifySeconds),
+    verifier: timedVerifier(deps.verifier ?? createVerifier(o.verifyWorkers ?? defaultWorkers()), metrics.verifySeconds),
     auth,
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
     ...(brokerKey ? { brokerKey } : {}),

@@ -8,7 +8,7 @@
  * paths relative to its own file (import.meta.url); beside dist/cli/qis.js those paths hold.
  *
  * What stays out of the one file, and why:
- * - The broker's verification worker: a Worker is started from a file
+ * - The verification worker (the broker's pool and a query's): a Worker is started from a file
  *   (`new URL('./verify-worker.js', import.meta.url)`), so it is bundled as its own entry,
  *   dist/cli/verify-worker.js, next to the bundle where that URL points.
  * - modbus-serial (and serialport's native addon under it): firmware-bridge/serial.ts loads it with
@@ -73,7 +73,7 @@ export async function buildBundle(): Promise<{ bytes: number }> {
   };
   // esbuild keeps cli/qis.ts's #! line first.
   await build({ ...common, entryPoints: [join(root, 'cli', 'qis.ts')], outfile: BUNDLE });
-  await build({ ...common, entryPoints: [join(root, 'broker', 'verify-worker.ts')], outfile: WORKER });
+  await build({ ...common, entryPoints: [join(root, 'src', 'protocol', 'verify-worker.ts')], outfile: WORKER });
   return { bytes: statSync(BUNDLE).size };
 }
 

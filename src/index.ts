@@ -71,7 +71,10 @@ export {
   type CheckResult,
 } from './protocol/packet.js';
 export { createOutcomePacket, checkOutcomeFits, type OutcomePacketInput, type OutcomePacket } from './protocol/outcome.js';
-export { foldCohort, topicMatches, type CohortMessage, type CohortFold, type FoldOptions } from './protocol/cohort.js';
+export { foldCohort, topicMatches, CohortFolder, type CohortMessage, type CohortFold, type FoldOptions } from './protocol/cohort.js';
+// The verify worker's job and wire (the broker's verifier pool and a query's cohort both use them).
+export { verifyJob, type Job as VerifyJob, type JobResult as VerifyJobResult } from './protocol/verify-job.js';
+export { PackedBatch, resultAt, startVerifyWorker, type PackedResults } from './protocol/verify-wire.js';
 export { backoffDelay, backoffBound, backoffOptions, BACKOFF_DEFAULTS, type BackoffOptions } from './node/backoff.js';
 export { createNode } from './node/node.js';
 export {

@@ -46,6 +46,7 @@ import { checkEnrolment, createEnrolment, decodeEnrolment, publishRevocation, si
 import { parsePasswd } from '../broker/passwd.js';
 import { coldFloorRefusal } from '../broker/server/outcomes.js';
 import { regionConflict } from '../broker/server/link-peers.js';
+import { createVerifier } from '../broker/verifier.js';
 import { hugePublish, junk, startHostileBroker, writeAll } from './helpers/hostile-broker.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-err-'));
@@ -320,6 +321,16 @@ const triggers: Record<ErrorCode, () => unknown> = {
   ERR_RETAINED_LIMIT: () => throwDecision(new RetainedBudget({ maxRetained: 0, maxRetainedBytes: 0 }).admit('a', 1)),
   ERR_TOPIC_NAME_INVALID: () => throwDecision(checkTopicName(Uint8Array.of(0x61, 0xff))),
   ERR_TOMBSTONE_LIMIT: () => throwDecision(coldFloorRefusal(0)),
+  // issue 15: the verifier pool's bound (end to end with queued jobs in test/verify-pool.test.ts)
+  ERR_VERIFY_BUSY: async () => {
+    const pool = createVerifier(1, { maxQueued: 0 });
+    try {
+      const r = await pool.verify(topic, new Uint8Array(1), { now: 0, maxSkewMs: 0 });
+      if (!r.ok) throw new QisError(r.code, r.message);
+    } finally {
+      await pool.close();
+    }
+  },
 };
 
 t.test('errors - every code is produced by a real failure', async (t) => {

@@ -3,7 +3,6 @@
  * packet per node) and synthesised; with `includeSuperseded`, also the cohorts of the templates
  * the template supersedes while their routing is unchanged (docs/registry.md).
  */
-import { foldCohort } from '../protocol/cohort.js';
 import { isQisError, type ErrorCode } from '../protocol/errors.js';
 import { address, cohortFilter, type Situation } from '../protocol/fingerprint.js';
 import type { VerifiedPacket } from '../protocol/packet.js';
@@ -11,6 +10,7 @@ import type { Template } from '../protocol/template.js';
 import { sameRouting, supersedesOf } from '../protocol/template-doc.js';
 import { synthesize, type Synthesis, type SynthesisOptions, type SynthPacket } from '../synthesis/index.js';
 import type { Connection } from './connection.js';
+import { CohortStream } from './cohort-verify.js';
 import { checkWiden, DEFAULTS, positive, throwIfAborted } from './options.js';
 import { readRetained } from './sync.js';
 import { applyTrust, revocationFilters, splitRevocations, trustedOperators } from './trusted.js';
@@ -51,12 +51,15 @@ export class Query {
     const filter = cohortFilter(addr, widen);
     const deadline = started + (options.timeoutMs ?? DEFAULTS.queryTimeoutMs);
     const operators = options.trust === undefined ? undefined : trustedOperators(options.trust);
-    // PROTOCOL §10: the trusted operators' revocation lists come in the same round trip, before the sync marker.
-    const { messages, kind } = await readRetained(conn, operators ? [filter, ...revocationFilters(operators)] : filter, deadline, options.signal);
+    // The packets are checked as they arrive (src/node/cohort-verify.ts), against the time the read
+    // started; revocation lists (PROTOCOL §10: same round trip, before the sync marker) are not the cohort's.
+    const revocationTopics = new Set(operators ? revocationFilters(operators) : []);
+    const stream = new CohortStream({ address: addr, widen, now: conn.now(), ...conn.backend() }, (topic) => !revocationTopics.has(topic));
+    const { messages, kind } = await readRetained(conn, operators ? [filter, ...revocationTopics] : filter, deadline, options.signal, stream);
     const now = conn.now();
     const dropped: Partial<Record<ErrorCode, number>> = {};
-    const { cohort, lists } = operators ? splitRevocations(messages, operators, dropped, now) : { cohort: messages, lists: [] };
-    const fold = foldCohort(cohort, { address: addr, widen, now, ...conn.backend() });
+    const lists = operators ? splitRevocations(messages, operators, dropped, now).lists : [];
+    const fold = await stream.finish();
     for (const [c, n] of Object.entries(dropped) as [ErrorCode, number][]) fold.dropped[c] = (fold.dropped[c] ?? 0) + n;
     const trusted = operators
       ? applyTrust(fold.packets, { operators, lists, now, ...(options.maxOperatorShare !== undefined ? { maxOperatorShare: options.maxOperatorShare } : {}) })

@@ -19,6 +19,7 @@ export async function readRetained(
   filter: string | readonly string[],
   deadline: number,
   signal: AbortSignal | undefined,
+  sink?: Sink,
 ): Promise<{ messages: CohortMessage[]; kind: BrokerKind }> {
   const start = conn.gen;
   for (;;) {
@@ -27,7 +28,8 @@ export async function readRetained(
     try {
       kind = await conn.brokerKind({ timeoutMs: Math.max(1, deadline - conn.now()), ...(signal ? { signal } : {}) });
       const client = await conn.waitConnected(deadline, signal);
-      got = await collect(conn, client, filter, kind, deadline, signal);
+      sink?.reset();
+      got = await collect(conn, client, filter, kind, deadline, signal, sink);
     } catch (e) {
       // Cut off for an oversized packet, the reconnects then ran out of time: say why.
       if (isQisError(e) && e.code === 'ERR_TIMEOUT') throw conn.faultSince(start) ?? e;
@@ -41,8 +43,22 @@ export async function readRetained(
   }
 }
 
+/** Takes each kept message as it arrives (a query verifies while the read goes on); reset() when the read starts again. */
+export interface Sink {
+  add(topic: string, payload: Uint8Array): void;
+  reset(): void;
+}
+
 /** One round trip: subscribe to the sync topic and the cohort, publish the marker, collect until it returns. */
-async function collect(conn: Connection, client: MqttClient, filter: string | readonly string[], kind: BrokerKind, deadline: number, signal: AbortSignal | undefined): Promise<CohortMessage[] | 'lost'> {
+async function collect(
+  conn: Connection,
+  client: MqttClient,
+  filter: string | readonly string[],
+  kind: BrokerKind,
+  deadline: number,
+  signal: AbortSignal | undefined,
+  sink: Sink | undefined,
+): Promise<CohortMessage[] | 'lost'> {
   const wanted = typeof filter === 'string' ? [filter] : filter;
   const gen = conn.gen;
   const sync = `qis/1/sync/${conn.clientId}/${randomBytes(6).toString('hex')}`;
@@ -64,6 +80,7 @@ async function collect(conn: Connection, client: MqttClient, filter: string | re
         conn.wake();
       } else if (wanted.some((f) => topicMatches(f, topic))) {
         messages.push({ topic, payload });
+        sink?.add(topic, payload);
         lastAt = conn.now();
       }
     }

@@ -6,7 +6,7 @@ import { b32 } from './bytes.js';
 import type { ErrorCode } from './errors.js';
 import type { Address } from './fingerprint.js';
 import type { Ed25519Backend } from './identity.js';
-import { checkPacket, type VerifiedPacket } from './packet.js';
+import { checkPacket, type CheckResult, type VerifiedPacket, type VerifyOptions } from './packet.js';
 
 /** A message as a subscription delivered it. */
 export interface CohortMessage {
@@ -52,58 +52,85 @@ export interface CohortFold {
  * fold.packets.length // nodes in the cohort
  */
 export function foldCohort(messages: Iterable<CohortMessage>, o: FoldOptions): CohortFold {
-  const depth = o.address.levels.length;
-  const kept = o.address.levels.slice(0, depth - o.widen);
-  const dropped: Partial<Record<ErrorCode, number>> = {};
-  const drop = (code: ErrorCode): void => {
-    dropped[code] = (dropped[code] ?? 0) + 1;
-  };
-  const best = new Map<string, VerifiedPacket>();
-  let received = 0;
-  let superseded = 0;
-  let duplicates = 0;
-  const verifyOpts = {
-    now: o.now,
-    depth,
-    ...(o.widen === 0 ? { expectFp: o.address.fp } : {}),
-    ...(o.backend ? { backend: o.backend } : {}),
-  };
-  for (const m of messages) {
-    received++;
-    const r = checkPacket(m.topic, m.payload, verifyOpts);
-    if (!r.ok) {
-      drop(r.code);
-      continue;
-    }
+  const f = new CohortFolder(o);
+  for (const m of messages) f.add(m.topic, m.payload);
+  return f.finish();
+}
+
+/**
+ * {@link foldCohort} one message at a time, so that a query folds while its packets arrive: add()
+ * checks a message here, addChecked() takes the verdict of the same check run elsewhere (a worker
+ * thread, src/node/cohort-verify.ts) with {@link CohortFolder.verifyOptions}. Messages must come
+ * in the order they were received (the first of two equal seqs on different topics is kept).
+ */
+export class CohortFolder {
+  /** The options of the check each message gets (checkPacket). */
+  readonly verifyOptions: VerifyOptions;
+  readonly #o: FoldOptions;
+  readonly #depth: number;
+  readonly #kept: readonly string[];
+  readonly #dropped: Partial<Record<ErrorCode, number>> = {};
+  readonly #best = new Map<string, VerifiedPacket>();
+  #received = 0;
+  #superseded = 0;
+  #duplicates = 0;
+
+  constructor(o: FoldOptions) {
+    this.#o = o;
+    this.#depth = o.address.levels.length;
+    this.#kept = o.address.levels.slice(0, this.#depth - o.widen);
+    this.verifyOptions = {
+      now: o.now,
+      depth: this.#depth,
+      ...(o.widen === 0 ? { expectFp: o.address.fp } : {}),
+      ...(o.backend ? { backend: o.backend } : {}),
+    };
+  }
+
+  #drop(code: ErrorCode): void {
+    this.#dropped[code] = (this.#dropped[code] ?? 0) + 1;
+  }
+
+  /** Checks and folds one message. */
+  add(topic: string, payload: Uint8Array): void {
+    this.addChecked(checkPacket(topic, payload, this.verifyOptions));
+  }
+
+  /** Folds one message by the verdict of checkPacket(topic, payload, verifyOptions). */
+  addChecked(r: CheckResult): void {
+    this.#received++;
+    if (!r.ok) return this.#drop(r.code);
     const p = r.packet;
-    if (p.tplId !== o.address.tplId || kept.some((l, i) => p.levels[i] !== l)) {
-      drop('ERR_FP_MISMATCH'); // delivered outside the filter: a broker bug or a forged delivery
-      continue;
+    const depth = this.#depth;
+    if (p.tplId !== this.#o.address.tplId || this.#kept.some((l, i) => p.levels[i] !== l)) {
+      return this.#drop('ERR_FP_MISMATCH'); // delivered outside the filter: a broker bug or a forged delivery
     }
-    if (o.widen > 0 && b32(p.fp).slice(0, p.levels[depth - 1]?.length ?? 0) !== p.levels[depth - 1]) {
-      drop('ERR_FP_MISMATCH');
-      continue;
+    if (this.#o.widen > 0 && b32(p.fp).slice(0, p.levels[depth - 1]?.length ?? 0) !== p.levels[depth - 1]) {
+      return this.#drop('ERR_FP_MISMATCH');
     }
-    const prev = best.get(p.nodeId);
+    const prev = this.#best.get(p.nodeId);
     if (!prev) {
-      best.set(p.nodeId, p);
+      this.#best.set(p.nodeId, p);
     } else if (p.seq > prev.seq) {
-      best.set(p.nodeId, p);
-      superseded++;
+      this.#best.set(p.nodeId, p);
+      this.#superseded++;
     } else if (p.seq === prev.seq && p.topic === prev.topic) {
-      duplicates++;
+      this.#duplicates++;
     } else {
-      superseded++;
+      this.#superseded++;
     }
   }
-  const packets: VerifiedPacket[] = [];
-  let withdrawn = 0;
-  for (const p of best.values()) {
-    if (p.del) withdrawn++;
-    else packets.push(p);
+
+  finish(): CohortFold {
+    const packets: VerifiedPacket[] = [];
+    let withdrawn = 0;
+    for (const p of this.#best.values()) {
+      if (p.del) withdrawn++;
+      else packets.push(p);
+    }
+    packets.sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
+    return { packets, received: this.#received, dropped: this.#dropped, superseded: this.#superseded, withdrawn, duplicates: this.#duplicates };
   }
-  packets.sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
-  return { packets, received, dropped, superseded, withdrawn, duplicates };
 }
 
 /** True when an MQTT topic matches a subscription filter (MQTT 3.1.1 §4.7; `$` topics need a `$` filter). */

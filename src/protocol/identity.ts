@@ -82,8 +82,8 @@ export function signEd25519(key: NodeKey, message: Uint8Array, backend: Ed25519B
   return crypto.sign(null, message, privateKeyObject(key)); // a Buffer, which is a Uint8Array
 }
 
-// Public KeyObjects are cached: building one costs about a tenth of a verification, and a
-// broker sees the same few thousand keys again and again.
+// Public KeyObjects are cached (a bounded LRU): building one costs about a tenth of a
+// verification, and a broker sees the same few thousand keys again and again.
 // Enough for a large cohort read again and again; each entry is one small KeyObject.
 const PUBLIC_CACHE_MAX = 16_384;
 const publicKeyObjects = new Map<string, crypto.KeyObject>();
@@ -92,7 +92,13 @@ function publicKeyObject(publicKey: Uint8Array): crypto.KeyObject | undefined {
   const b = Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength);
   const id = b.toString('latin1');
   let ko = publicKeyObjects.get(id);
-  if (ko) return ko;
+  if (ko) {
+    // Least recently used goes first: moved to the end on each use, so a cohort read again and
+    // again keeps its keys while a stream of one-off keys passes through.
+    publicKeyObjects.delete(id);
+    publicKeyObjects.set(id, ko);
+    return ko;
+  }
   try {
     // JWK import: about 10× faster than SPKI DER under OpenSSL 3, same key, same checks at verify time.
     ko = crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: b.toString('base64url') }, format: 'jwk' });

@@ -3,7 +3,9 @@
  * worker threads (broker/verify-worker.ts) and what it runs inline with no threads. A module of
  * its own so that neither of the two imports the other.
  */
-import { checkPacket, type ErrorCode } from '../src/index.js';
+// From the module itself, not src/index.js: a worker thread starts by loading only what it runs.
+import type { ErrorCode } from './errors.js';
+import { checkPacket } from './packet.js';
 
 /** One packet to verify. */
 export interface Job {

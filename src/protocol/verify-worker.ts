@@ -1,0 +1,46 @@
+/**
+ * A verify worker thread: verifies batches of packets (PROTOCOL §5 checks) for the broker's pool
+ * (broker/verifier.ts: packed in a transferred buffer, src/protocol/verify-wire.ts) and for a
+ * query's cohort (src/node/cohort-verify.ts: the same packing, full packets back). An array of jobs
+ * (structured clone) is still understood, for the bench's A/B against the former broker pool
+ * (bench/legacy-verifier.ts). The CLI bundle carries it as dist/cli/verify-worker.js.
+ */
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { parentPort } from 'node:worker_threads';
+import { verifyJob, type Job, type JobResult } from './verify-job.js';
+import { checkPackedBatch, verifyPacked, type CheckBatch } from './verify-wire.js';
+
+// Each verified key is a KeyObject holding about 1 KB of native memory but a few bytes of heap,
+// so V8 sees no reason to collect them and RSS climbs during a long burst of new nodes (measured:
+// +122 MiB per 60k). A collection every GC_EVERY jobs keeps it flat.
+const GC_EVERY = 20_000;
+let sinceGc = 0;
+const gc = ((): (() => void) | undefined => {
+  try {
+    v8.setFlagsFromString('--expose-gc');
+    return runInNewContext('gc') as () => void;
+  } catch {
+    return undefined;
+  }
+})();
+
+parentPort?.on('message', (m: Job[] | { buf: ArrayBuffer; count: number } | CheckBatch) => {
+  if ('check' in m) {
+    // A query's batch: the verified packets themselves go back (a structured clone).
+    parentPort?.postMessage(checkPackedBatch(m));
+    sinceGc += m.count;
+  } else if (Array.isArray(m)) {
+    const out: JobResult[] = m.map((j) => verifyJob(j));
+    parentPort?.postMessage(out);
+    sinceGc += m.length;
+  } else {
+    const r = verifyPacked(m);
+    parentPort?.postMessage(r, [r.buf]);
+    sinceGc += m.count;
+  }
+  if (gc && sinceGc >= GC_EVERY) {
+    sinceGc = 0;
+    gc();
+  }
+});
