@@ -23,8 +23,6 @@ const SHIMS: Record<string, string> = {
   'node:fs/promises': join(app, 'shims', 'node-fs.ts'),
   'node:fs': join(app, 'shims', 'node-fs.ts'),
   'node:path': join(app, 'shims', 'node-fs.ts'),
-  'node:net': join(app, 'shims', 'node-net.ts'),
-  'node:tls': join(app, 'shims', 'node-net.ts'),
 };
 
 const nodeShims: Plugin = {

@@ -84,13 +84,36 @@ t.test('boundaries - src/ layers import only downwards (protocol â† synthesis â
   t.match(all, /src\/elections\/up\.ts .*src\/elections must not import src\/node/);
   t.match(all, /src\/node\/top\.ts .*must not import src\/index/);
   t.match(all, /src\/protocol\/deep\/up\.ts .*src\/protocol must not import src\/node/);
-  t.match(all, /src\/stray\.ts: every src\/ file but src\/index\.ts belongs in a layer folder/);
+  t.match(all, /src\/stray\.ts: every src\/ file but src\/index\.ts and src\/browser\.ts belongs in a layer folder/);
   t.match(all, /src\/misc\/x\.ts: every src\/ file/);
   t.match(all, /src\/node\/b\.ts imports \.\.\/stray\.js: a file outside the src\/ layer folders/);
 });
 
+t.test('boundaries - src/browser carries no node runtime; the page imports only it', async (t) => {
+  const ok: SourceFile[] = [
+    { path: 'src/browser.ts', text: "export { checkPacket } from './protocol/packet.js'; export { synthesize } from './synthesis/index.js'; export { rankTemplates } from './elections/darwin.js';" },
+    { path: 'console/app/page.ts', text: "import { checkPacket } from '../../src/browser.js';" },
+    { path: 'console/build.ts', text: "import { x } from '../src/index.js';" },
+  ];
+  t.same(boundaryViolations(ok), [], 'protocol, synthesis and elections may be re-exported; console/build (node) may use src/index');
+  const bad: SourceFile[] = [
+    { path: 'src/browser.ts', text: "export { createNode } from './node/node.js'; export * from './index.js';" },
+    { path: 'console/app/page.ts', text: "import { createNode } from '../../src/index.js';" },
+    { path: 'src/node/x.ts', text: "import { checkPacket } from '../browser.js';" },
+  ];
+  const v = boundaryViolations(bad);
+  t.equal(v.length, 4, v.join('\n'));
+  const all = v.join('\n');
+  t.match(all, /src\/browser\.ts imports \.\/node\/node\.js: src\/browser exports only/);
+  t.match(all, /src\/browser\.ts imports \.\/index\.js: src\/browser exports only/);
+  t.match(all, /console\/app\/page\.ts imports .*: the page imports only src\/browser/);
+  t.match(all, /src\/node\/x\.ts imports \.\.\/browser\.js: only the web console imports src\/browser/);
+});
+
 t.test('boundaries - the repository keeps them', async (t) => {
-  const files = [...sources('src'), ...sources('broker'), ...sources('firmware-bridge'), ...sources('cli')];
+  const files = [...sources('src'), ...sources('broker'), ...sources('firmware-bridge'), ...sources('cli'), ...sources('console/app')];
+  t.ok(files.some((f) => f.path === 'src/browser.ts'), 'walks src/browser.ts');
+  t.ok(files.some((f) => f.path.startsWith('console/app/')), 'walks console/app/');
   t.ok(files.some((f) => f.path === 'firmware-bridge/modbus.ts'), 'walks firmware-bridge/');
   t.ok(files.some((f) => f.path === 'src/index.ts'), 'walks src/');
   for (const layer of SRC_LAYERS) t.ok(files.some((f) => f.path.startsWith(`src/${layer}/`)), `walks src/${layer}/`);

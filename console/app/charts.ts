@@ -7,7 +7,7 @@ import htm from 'htm';
 import { h, type RefObject } from 'preact';
 import { useEffect, useRef } from 'preact/hooks';
 import uPlot from 'uplot';
-import { REL_BINS, type CalibrationPoint, type CategorySummary, type NumberSummary } from '../../src/index.js';
+import { REL_BINS, type CalibrationPoint, type CategorySummary, type NumberSummary } from '../../src/browser.js';
 
 export const html = htm.bind(h);
 /** What an htm template gives: one node, or several (main.ts's header and main). */

@@ -3,7 +3,7 @@
  * cohort at every level from the exact bucket to the whole template (PROTOCOL §7 widening), and
  * src/'s synthesis at the chosen level.
  */
-import { address, cohortFilter, equalBytes, synthesize, type Address, type Situation, type Synthesis, type Template, type VerifiedPacket, type FieldSpec } from '../../src/index.js';
+import { address, cohortFilter, equalBytes, synthesize, type Address, type Situation, type Synthesis, type Template, type VerifiedPacket, type FieldSpec } from '../../src/browser.js';
 import type { Checked } from './session.js';
 
 export interface Level {

@@ -1,6 +1,6 @@
 /** Page 1, the Cohort explorer: a template, a situation, the live answer and the packets behind it. */
 import { useEffect, useMemo, useState } from 'preact/hooks';
-import type { Situation, Template } from '../../src/index.js';
+import type { Situation, Template } from '../../src/browser.js';
 import { Histogram, ShareChart, fmt, html, pct, type View } from './charts.js';
 import { cohortView, fieldChoices, type CohortView } from './cohort-model.js';
 import { backendName, checkOutcomeMessage, type Checked, type Session } from './session.js';

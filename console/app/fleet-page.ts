@@ -4,7 +4,7 @@
  * The counters are the broker's word, shown as such; the templates are checked by this page.
  */
 import { useEffect, useMemo, useState } from 'preact/hooks';
-import { checkPacket, checkPacketEnrolment, parseOutcomeTopic, readEnrolment, type EnrolmentReason, type ErrorCode } from '../../src/index.js';
+import { checkPacket, checkPacketEnrolment, parseOutcomeTopic, readEnrolment, type EnrolmentReason, type ErrorCode } from '../../src/browser.js';
 import { TimeChart, html, type View } from './charts.js';
 import { POLL_MS, ratesPerMinute, useMetrics } from './metrics.js';
 import { backend, topicIds, type Session } from './session.js';

@@ -3,7 +3,7 @@
  * trusts no broker, so every buffer here has a cap, and every packet is checked by src/ code.
  */
 import mqtt, { type MqttClient } from 'mqtt';
-import { decodePacket, foldCohort, topicMatches, parseOutcomeTopic, templateTopic, verifyTemplateDoc, TEMPLATE_TOPIC_PREFIX, isQisError, type Ed25519Backend, type ErrorCode, type Template, type VerifiedPacket } from '../../src/index.js';
+import { decodePacket, foldCohort, topicMatches, parseOutcomeTopic, templateTopic, verifyTemplateDoc, TEMPLATE_TOPIC_PREFIX, isQisError, type Ed25519Backend, type ErrorCode, type Template, type VerifiedPacket } from '../../src/browser.js';
 import { preverify, webCryptoEd25519 } from './webcrypto.js';
 
 /**

@@ -4,7 +4,7 @@
  * `qis templates rank` prints), with the calibration chart of src/'s calibrationPoints.
  */
 import { useMemo, useState } from 'preact/hooks';
-import { calibrationPoints, checkScorePacket, parseScoreTopic, rankTemplates, type ErrorCode, type RankRow, type TrackRecord, type VerifiedScore } from '../../src/index.js';
+import { calibrationPoints, checkScorePacket, parseScoreTopic, rankTemplates, type ErrorCode, type RankRow, type TrackRecord, type VerifiedScore } from '../../src/browser.js';
 import { CalibrationChart, fmt, html, pct, type View } from './charts.js';
 import { backend, topicIds, backendName, type Session } from './session.js';
 import { useVerifiedMessages } from './verified-stream.js';

@@ -5,7 +5,7 @@
  * external_aad), and src/'s `node` backend then takes those verdicts (shims/node-crypto.ts).
  * Anything this pass cannot read is left to src/, which refuses it with its code.
  */
-import { decodeSign1, sigStructure } from '../../src/index.js';
+import { decodeSign1, sigStructure } from '../../src/browser.js';
 import { putVerdict } from './shims/verdicts.js';
 
 // RFC 8032 §7.1 test 1: public key and signature of the empty message.

@@ -25,11 +25,13 @@ const top = (p: string): string => p.split('/')[0] ?? '';
 /** The layers of src/, lowest first: a file imports only from its own layer or a lower one. */
 export const SRC_LAYERS = ['protocol', 'synthesis', 'elections', 'node'] as const;
 
-/** A src/ path's layer (its index in SRC_LAYERS), 'index' for src/index, undefined outside the layers. */
-export function srcLayer(path: string): number | 'index' | undefined {
+/** A src/ path's layer (its index in SRC_LAYERS), 'index' for src/index, 'browser' for src/browser
+ *  (the web console's surface: protocol, synthesis and elections only), undefined outside the layers. */
+export function srcLayer(path: string): number | 'index' | 'browser' | undefined {
   const parts = path.split('/');
   if (parts[0] !== 'src') return undefined;
   if (parts.length === 2 && /^index(\.[cm]?[jt]s)?$/.test(parts[1] ?? '')) return 'index';
+  if (parts.length === 2 && /^browser(\.[cm]?[jt]s)?$/.test(parts[1] ?? '')) return 'browser';
   if (parts.length < 3) return undefined;
   const i = (SRC_LAYERS as readonly string[]).indexOf(parts[1] ?? '');
   return i < 0 ? undefined : i;
@@ -44,6 +46,11 @@ function srcViolations(path: string, spec: string, target: string): string[] {
   const from = srcLayer(path);
   if (from === 'index' || from === undefined || !target.startsWith('src/')) return [];
   const to = srcLayer(target);
+  if (from === 'browser') {
+    const node = SRC_LAYERS.indexOf('node');
+    return typeof to === 'number' && to < node ? [] : [`${path} imports ${spec}: src/browser exports only src/protocol, src/synthesis and src/elections (the page bundles no node runtime)`];
+  }
+  if (to === 'browser') return [`${path} imports ${spec}: only the web console imports src/browser`];
   if (to === 'index') return [`${path} imports ${spec}: ${layerName(from)} must not import src/index (it is the top)`];
   if (to === undefined) return [`${path} imports ${spec}: a file outside the src/ layer folders`];
   if (to > from) return [`${path} imports ${spec}: ${layerName(from)} must not import ${layerName(to)} (one direction: ${SRC_LAYERS.join(' ← ')} ← index)`];
@@ -52,12 +59,12 @@ function srcViolations(path: string, spec: string, target: string): string[] {
 
 /** Violations of: broker/ and firmware-bridge/ use only src/index; firmware-bridge never uses
  *  broker/ (nor cli/ or anything else outside it); src/ uses nothing outside src/, and inside
- *  it keeps its layers: every file but src/index.ts in a layer folder, imports as srcViolations says. cli/ may use broker/ and firmware-bridge/. */
+ *  it keeps its layers: every file but src/index.ts and src/browser.ts in a layer folder, imports as srcViolations says. cli/ may use broker/ and firmware-bridge/. */
 export function boundaryViolations(files: readonly SourceFile[]): string[] {
   const problems: string[] = [];
   for (const f of files) {
     const from = top(f.path);
-    if (from === 'src' && srcLayer(f.path) === undefined) problems.push(`${f.path}: every src/ file but src/index.ts belongs in a layer folder (src/${SRC_LAYERS.join('/, src/')}/)`);
+    if (from === 'src' && srcLayer(f.path) === undefined) problems.push(`${f.path}: every src/ file but src/index.ts and src/browser.ts belongs in a layer folder (src/${SRC_LAYERS.join('/, src/')}/)`);
     for (const spec of specifiers(f.text)) {
       if (!spec.startsWith('.')) continue;
       const target = posix.normalize(posix.join(posix.dirname(f.path), spec));
@@ -69,6 +76,9 @@ export function boundaryViolations(files: readonly SourceFile[]): string[] {
       if (from === 'firmware-bridge' && to === 'broker') problems.push(`${f.path} imports ${spec}: firmware-bridge must not import broker/`);
       else if (from === 'firmware-bridge' && to !== 'src' && to !== 'firmware-bridge') problems.push(`${f.path} imports ${spec}: firmware-bridge imports only src/index and its own files`);
       if (from === 'src' && to !== 'src') problems.push(`${f.path} imports ${spec}: src/ must not import ${to}/`);
+      if (from === 'console' && f.path.startsWith('console/app/') && to === 'src' && !/^src\/browser(\.[cm]?[jt]s)?$/.test(target)) {
+        problems.push(`${f.path} imports ${spec}: the page imports only src/browser (no node runtime in the bundle)`);
+      }
       problems.push(...srcViolations(f.path, spec, target));
     }
   }
