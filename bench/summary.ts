@@ -43,6 +43,7 @@ const BENCHES: readonly Bench[] = [
   { name: 'enrolment' },
   { name: 'console' },
   { name: 'edge', quick: ['--runs=2'] },
+  { name: 'hostile', quick: ['--only=hangup,announce'] },
 ];
 
 /** The goals of issue 15, by bench and measure: listed even when no figure came. */
@@ -56,6 +57,8 @@ const EXPECTED: readonly { readonly bench: string; readonly measure: string; rea
   { bench: 'federation', measure: 'convergence after a partition' },
   { bench: 'edge', measure: 'qis publish (bundle) → PUBACK, wall' },
   { bench: 'edge', measure: 'qis publish (bundle), peak RSS' },
+  { bench: 'hostile', measure: 'hangup: broker RSS growth' },
+  { bench: 'hostile', measure: 'hangup: good client round trip p99' },
 ];
 
 function runBench(b: Bench, out: string): Promise<{ status: number | null; ms: number; load: number }> {

@@ -11,6 +11,7 @@ import { filtersOverlap, scoreStoreFilter, scoreTopicOfStored } from '../admissi
 import { LINK_CLIENT_PREFIX } from '../federation.js';
 import type { StoredPacket } from '../store.js';
 import type { AedesPublishPacket, BrokerContext } from './context.js';
+import { markRedeliveries } from './redelivery.js';
 import type { SyncHold } from './subscribe.js';
 
 /** The parts of aedes-persistence this module replaces. */
@@ -18,6 +19,7 @@ export interface AedesPersistence {
   storeRetained(packet: AedesPublishPacket): Promise<void>;
   createRetainedStreamCombi(patterns: string[]): Readable;
   createRetainedStream(pattern: string): Readable;
+  outgoingStream(client: unknown): Readable;
 }
 
 /** `base` (a cluster's Redis persistence), or Aedes' memory persistence, with the qis parts replaced. */
@@ -72,6 +74,7 @@ export async function qisPersistence(ctx: BrokerContext, hold: SyncHold, base?: 
     return from;
   };
   persistence.createRetainedStream = (pattern: string) => persistence.createRetainedStreamCombi([pattern]);
+  markRedeliveries(persistence);
   return persistence;
 }
 

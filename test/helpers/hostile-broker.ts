@@ -3,6 +3,9 @@
 // cannot be made to misbehave like this, so the node's defences are tested against this one.
 import { once } from 'node:events';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { varint } from '../../bench/hostile-kit.js';
+
+export { varint };
 
 export interface HostileBehaviour {
   /** Answer SUBSCRIBE (default true). */
@@ -22,18 +25,6 @@ export interface HostileBroker {
   /** Connections accepted so far. */
   connections(): number;
   close(): Promise<void>;
-}
-
-/** MQTT's remaining-length varint. */
-export function varint(n: number): Buffer {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return Buffer.from(out);
 }
 
 /** A QoS 0 PUBLISH, retained unless told otherwise. */
