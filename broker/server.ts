@@ -41,7 +41,7 @@ import { SessionBook } from './server/session.js';
 import { SyncHold, authorizeSubscribe } from './server/subscribe.js';
 import { timedVerifier } from './server/timing.js';
 import { startSweep } from './server/sweep.js';
-import { RevocationBook } from './server/enrolment.js';
+import { RevocationBook } from './server/revocation-book.js';
 import { TemplateBook } from './server/template-book.js';
 
 export type { BrokerAddress };

@@ -15,7 +15,7 @@ import type { BrokerOptions } from '../options.js';
 import type { Store } from '../store.js';
 import type { Verifier } from '../verifier.js';
 import type { Authenticator } from './auth.js';
-import type { RevocationBook } from './enrolment.js';
+import type { RevocationBook } from './revocation-book.js';
 import type { Limits } from './limits.js';
 import type { TemplateBook } from './template-book.js';
 

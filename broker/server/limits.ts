@@ -14,7 +14,18 @@ import type { AedesOptions, Client } from 'aedes';
 import { QisError, type ErrorCode } from '../../src/index.js';
 import { RateLimiter, type Decision } from '../admission.js';
 import type { LimitOptions } from '../options.js';
-import type { AedesPublishPacket, BrokerContext } from './context.js';
+import type { IPublishPacket } from 'mqtt-packet';
+import type { Logger } from 'pino';
+import type { Metrics } from '../metrics.js';
+import type { BrokerOptions } from '../options.js';
+
+/** What the limits use of the broker (a part of BrokerContext, named here so context.ts can hold a Limits without an import circle). */
+export interface LimitsDeps {
+  readonly options: Pick<BrokerOptions, 'limits'>;
+  readonly metrics: Pick<Metrics, 'limitHits'>;
+  readonly logger: Logger;
+  readonly now: () => number;
+}
 
 const refusal = (code: ErrorCode, message: string): Decision => ({ action: 'refuse', code, message });
 const PASS: Decision = { action: 'pass' };
@@ -115,7 +126,7 @@ export const EPISODE_QUIET_MS = 60_000;
  */
 export class Episodes {
   readonly #last = new Map<ErrorCode, { at: number; quiet: number }>();
-  constructor(private readonly ctx: Pick<BrokerContext, 'metrics' | 'logger' | 'now'>) {}
+  constructor(private readonly ctx: Pick<LimitsDeps, 'metrics' | 'logger' | 'now'>) {}
   hit(code: ErrorCode, message: string, fields: Record<string, unknown> = {}): void {
     this.ctx.metrics.limitHits.inc({ code });
     const now = this.ctx.now();
@@ -153,11 +164,11 @@ export interface Limits {
   /** One more subscription for `client` (a filter it does not hold yet). */
   subscription(client: Client, topic: string): Decision;
   /** Whether a retained ordinary publish is kept (counted when it is). */
-  keepRetained(packet: AedesPublishPacket): boolean;
+  keepRetained(packet: IPublishPacket): boolean;
   prune(now: number): void;
 }
 
-export function createLimits(ctx: Pick<BrokerContext, 'options' | 'metrics' | 'logger' | 'now'>): Limits {
+export function createLimits(ctx: LimitsDeps): Limits {
   const l = ctx.options.limits;
   const episodes = new Episodes(ctx);
   const gate = new ConnectionGate(l);

@@ -11,24 +11,10 @@ import { attachEnrolment, decodeEnrolment, enrolmentExpiresIn, type Enrolment } 
 import type { NodeKey } from '../protocol/identity.js';
 import { ioError } from './durable.js';
 import { loadEnrolment } from './enrolment-file.js';
-import type { NodeOptions, NodeStatus } from './types.js';
+import type { EnrolmentState, NodeOptions, NodeStatus } from './types.js';
 
 /** Default warning time before an enrolment expires: 7 days. */
 export const ENROLMENT_WARN_S = 7 * 86_400;
-
-/** What a node says about its enrolment (`QisNode.enrolment()`). */
-export interface EnrolmentState {
-  readonly operatorId: string;
-  /** Unix s. */
-  readonly exp: number;
-  readonly scope?: readonly string[];
-  /** Seconds until it expires (negative once it has). */
-  readonly expiresInS: number;
-  /** ok; expiring: within the warning time; expired: brokers in enrolment mode refuse the node's packets. */
-  readonly state: 'ok' | 'expiring' | 'expired';
-  /** What to tell the operator when it is expiring or expired. */
-  readonly message?: string;
-}
 
 export class Enrolled {
   readonly enrolment: Enrolment;

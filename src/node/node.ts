@@ -22,13 +22,14 @@ import { ensureDir, lockDir } from './durable.js';
 import { loadEnrolment } from './enrolment-file.js';
 import { mergeOptions, throwIfAborted, type Merged } from './options.js';
 import { Outbox } from './outbox.js';
-import { Enrolled, type EnrolmentState } from './enrolled.js';
+import { Enrolled } from './enrolled.js';
 import { Publisher } from './publisher.js';
 import { Query } from './query.js';
 import { Scoring } from './scoring.js';
 import { Templates } from './templates.js';
 import type {
   ConsultResult,
+  EnrolmentState,
   FlushResult,
   NodeOptions,
   NodeStatus,

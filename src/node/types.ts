@@ -13,10 +13,22 @@ import type { Prediction, PredictionScore, ThompsonDraw } from '../elections/dar
 import type { BackoffOptions } from './backoff.js';
 import type { BrokerKind } from './broker-kind.js';
 import type { TlsOptions } from './tls.js';
-import type { EnrolmentState } from './enrolled.js';
 import type { TrustReport } from './trusted.js';
 export type { TrustReport } from './trusted.js';
-export type { EnrolmentState } from './enrolled.js';
+
+/** What a node says about its enrolment (`QisNode.enrolment()`). */
+export interface EnrolmentState {
+  readonly operatorId: string;
+  /** Unix s. */
+  readonly exp: number;
+  readonly scope?: readonly string[];
+  /** Seconds until it expires (negative once it has). */
+  readonly expiresInS: number;
+  /** ok; expiring: within the warning time; expired: brokers in enrolment mode refuse the node's packets. */
+  readonly state: 'ok' | 'expiring' | 'expired';
+  /** What to tell the operator when it is expiring or expired. */
+  readonly message?: string;
+}
 
 /** Timer functions, replaceable in tests (a fake clock). */
 export interface Timers {
