@@ -25,13 +25,17 @@ export interface Running {
   readonly lines: Record<string, unknown>[];
 }
 
-/** A broker in a fresh directory under `root`, on the injected clock, closed at the end of `t`; its log lines are kept. */
-export async function startBroker(t: Test, root: string, admission: BrokerConfig['admission'] = {}): Promise<Running> {
+/**
+ * A broker in a fresh directory under `root`, on the injected clock (or `now`: a test that talks to
+ * a `qis` process, which reads the real clock, gives both the same one), closed at the end of `t`;
+ * its log lines are kept.
+ */
+export async function startBroker(t: Test, root: string, admission: BrokerConfig['admission'] = {}, now: () => number = clock): Promise<Running> {
   const lines: Record<string, unknown>[] = [];
   const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
   const broker = await createBroker(
     { listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }], dataDir: mkdtempSync(join(root, 'b-')), verifyWorkers: 0, admission },
-    { logger, now: clock },
+    { logger, now },
   );
   t.teardown(() => broker.close());
   const port = broker.addresses().find((a) => a.type === 'tcp')?.port;
@@ -43,7 +47,7 @@ export function enrol(op: NodeKey, node: NodeKey, o: { days?: number; scope?: st
 }
 
 /** A bearing packet of `node` (outcome `failure` unless given), with its enrolment attached when given. */
-export function packet(node: NodeKey, enrolment?: Uint8Array, seq = clock(), outcome = 'failure'): { topic: string; packet: Uint8Array } {
-  const p = createOutcomePacket({ key: node, template: bearing, situation, outcome, seq, ts: clock() });
+export function packet(node: NodeKey, enrolment?: Uint8Array, seq = clock(), outcome = 'failure', ts = clock()): { topic: string; packet: Uint8Array } {
+  const p = createOutcomePacket({ key: node, template: bearing, situation, outcome, seq, ts });
   return { topic: p.topic, packet: enrolment ? attachEnrolment(p.packet, enrolment) : p.packet };
 }
