@@ -1,17 +1,10 @@
 // Loading a broker with one exact cohort of distinct nodes (the 10,000-packet and kill -9 tests).
 import mqtt from 'mqtt';
-import { createOutcomePacket, keyFromSeed, type Situation } from '../../src/index.js';
+import { createOutcomePacket, keyFromSeed } from '../../src/index.js';
+import { SIT, seed } from './federation.js';
 import { bearing } from './fixtures.js';
 
-export const SIT: Situation = { machine_model: 'KX-200', bearing_type: 'roller', load_kn: 42.5, sealed: true };
-
-export function seed(i: number, salt: number): Uint8Array {
-  const s = new Uint8Array(32);
-  const v = new DataView(s.buffer);
-  v.setUint32(0, salt);
-  v.setUint32(4, i);
-  return s;
-}
+export { SIT } from './federation.js';
 
 /** n packets of n distinct nodes in one exact cohort. */
 export function cohort(n: number, salt: number): { topic: string; packet: Uint8Array }[] {
