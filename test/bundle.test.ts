@@ -1,13 +1,14 @@
-// The one-file build of the CLI (dist/cli/qis.mjs, made by cli/bundle.ts at `npm run build`) as a
-// user runs it: --help, and a broker started from the bundle (its verification in a worker
+// The build of the CLI (dist/cli/qis.mjs and its chunks, made by cli/bundle.ts at `npm run build`)
+// as a user runs it: --help, and a broker started from the bundle (its verification in a worker
 // thread, whose file the build puts next to the bundle) acknowledging and keeping a publish sent
-// by the bundle, over loopback.
+// by the bundle, over loopback; and which chunks each command reads (the broker's and the
+// bridge's code are not read by `qis publish`).
 import t from 'tap';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import mqtt from 'mqtt';
 import { freePort, waitForPort } from '../bench/net.js';
 import { ROOT } from './helpers/cli.js';
@@ -17,9 +18,21 @@ const BUNDLE = fileURLToPath(new URL('../dist/cli/qis.mjs', import.meta.url));
 const TPL = join(ROOT, 'examples/bearing-failure.yaml');
 const S = JSON.stringify({ machine_model: 'KX-200', bearing_type: 'roller', load_kn: 42.5, sealed: true });
 
-const bundled = (args: string[]) => {
+const RECORD_LOADS = fileURLToPath(new URL('./fixtures/record-loads.mjs', import.meta.url));
+/** `--import` options that make the process list every module file it loads in `out`. */
+const recordLoads = (out: string): string[] => ['--import', `${pathToFileURL(RECORD_LOADS).href}?out=${encodeURIComponent(out)}`];
+const loaded = (out: string): string[] => (existsSync(out) ? readFileSync(out, 'utf8').split('\n').filter((l) => l !== '').map((u) => fileURLToPath(u)) : []);
+/** The build's chunks holding a string only that part of the code has. */
+const chunksWith = (marker: string): string[] => {
+  const dir = join(BUNDLE, '..');
+  return readdirSync(dir)
+    .filter((f) => /^chunk-.*\.mjs$/.test(f) && readFileSync(join(dir, f), 'utf8').includes(marker))
+    .map((f) => join(dir, f));
+};
+
+const bundled = (args: string[], nodeArgs: string[] = []) => {
   if (!existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run npm run build (npm test does)`);
-  return run(process.execPath, [BUNDLE, ...args], { cwd: ROOT });
+  return run(process.execPath, [...nodeArgs, BUNDLE, ...args], { cwd: ROOT });
 };
 
 t.test('node dist/cli/qis.mjs --help lists the commands', async (t) => {
@@ -34,7 +47,8 @@ t.test('node dist/cli/qis.mjs --help lists the commands', async (t) => {
 t.test('a broker run from the bundle (worker verification) keeps a packet published by the bundle', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'qis-bundle-'));
   const port = await freePort();
-  const broker = spawn(process.execPath, [BUNDLE, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', join(dir, 'broker'), '--verify-workers', '1', '--log-level', 'warn', '--http', 'off'], {
+  const brokerLoads = join(dir, 'broker-loads.txt');
+  const broker = spawn(process.execPath, [...recordLoads(brokerLoads), BUNDLE, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', join(dir, 'broker'), '--verify-workers', '1', '--log-level', 'warn', '--http', 'off'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -49,7 +63,8 @@ t.test('a broker run from the bundle (worker verification) keeps a packet publis
   await waitForPort(port, Date.now() + 60_000);
   const url = `mqtt://127.0.0.1:${port}`;
 
-  const r = await bundled(['publish', '--url', url, '--data-dir', join(dir, 'node'), '--template', TPL, '--situation', S, '--outcome', 'failure', '--json']);
+  const publishLoads = join(dir, 'publish-loads.txt');
+  const r = await bundled(['publish', '--url', url, '--data-dir', join(dir, 'node'), '--template', TPL, '--situation', S, '--outcome', 'failure', '--json'], recordLoads(publishLoads));
   t.equal(r.status, 0, r.stderr + brokerErr);
   const j = JSON.parse(r.stdout) as { acked: boolean; queued: number; topic: string };
   t.equal(j.acked, true, 'the broker acknowledged the publish');
@@ -66,4 +81,14 @@ t.test('a broker run from the bundle (worker verification) keeps a packet publis
   t.equal(m.topic, j.topic);
   t.equal(m.retain, true, 'kept as the retained packet of its topic');
   t.ok(m.bytes > 64, 'a signed packet, not an empty payload');
+
+  // Lazy loading: the broker's code (its metrics name qis_build_info) and the bridge's (Sparkplug's
+  // spBv1.0 namespace) are chunks of their own, read by their commands and never by publish.
+  const brokerChunks = chunksWith('qis_build_info');
+  const bridgeChunks = chunksWith('spBv1.0');
+  t.ok(brokerChunks.length > 0 && bridgeChunks.length > 0, 'the broker and the bridge are chunks of the build');
+  t.ok(brokerChunks.every((c) => loaded(brokerLoads).includes(c)), 'qis broker read the broker chunk (the recording works)');
+  const pub = loaded(publishLoads);
+  t.ok(pub.includes(BUNDLE), 'qis publish loaded the entry');
+  t.same(pub.filter((f) => brokerChunks.includes(f) || bridgeChunks.includes(f)), [], 'qis publish read neither the broker nor the bridge');
 });

@@ -12,7 +12,7 @@ t.test('package - Apache-2.0, publishable, npm pack ships the CLI, the licence a
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as Record<string, unknown>;
   t.equal(pkg.license, 'Apache-2.0');
   t.notOk('private' in pkg, 'not private');
-  t.same(pkg.bin, { qis: 'dist/cli/qis.mjs' }, 'the one-file build (cli/bundle.ts)');
+  t.same(pkg.bin, { qis: 'dist/cli/qis.mjs' }, 'the esbuild build (cli/bundle.ts)');
   t.ok((pkg.engines as Record<string, string>).node, 'engines.node');
   const scripts = pkg.scripts as Record<string, string>;
   t.equal(scripts.prepublishOnly, 'npm test', 'prepublishOnly builds and tests (npm test = build, typecheck, tap)');
