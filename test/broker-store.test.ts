@@ -609,12 +609,21 @@ const { openStore } = await import(storeUrl);
 const variants = JSON.parse(readFileSync(data, 'utf8'));
 // Small compaction threshold: the kill may land inside a compaction too.
 const store = await openStore({ dir, fsync: 'always', compactMinBytes: 32 * 1024 });
-writeSync(1, 'ready\\n');
+// An ack is written before the next put starts. stdout is a non-blocking pipe: when a busy parent
+// has not read it, a write fails with EAGAIN; wait a millisecond and write the rest.
+const pause = new Int32Array(new SharedArrayBuffer(4));
+const say = (s) => {
+  const b = Buffer.from(s);
+  for (let off = 0; off < b.length; ) {
+    try { off += writeSync(1, b, off); } catch (e) { if (e.code !== 'EAGAIN') throw e; Atomics.wait(pause, 0, 0, 1); }
+  }
+};
+say('ready\\n');
 for (let r = 0; r < 100000; r++) {
   await Promise.all(variants.map((vs) => {
     const v = vs[r % vs.length];
     return store.put({ tplId: v.tplId, nodeId: v.nodeId, topic: v.topic, seq: r + 1, packet: Buffer.from(v.hex, 'hex') })
-      .then((res) => { if (res.stored) writeSync(1, v.nodeId + ' ' + (r + 1) + '\\n'); });
+      .then((res) => { if (res.stored) say(v.nodeId + ' ' + (r + 1) + '\\n'); });
   }));
 }
 `,
