@@ -62,7 +62,7 @@ async function region(name: string, port: number, peers: number[], dataDir = tem
       dataDir,
       // Catch-ups of the whole store over loopback: the publish rate limit would measure itself.
       admission: { ratePerSecond: 0 },
-      federation: { region: name, peers: peers.map((p) => ({ url: `mqtt://127.0.0.1:${p}`, share: ['*'], accept: ['*'], rateLimit: 0 })), reconnect: { baseMs: 100, capMs: 1000 } },
+      federation: { region: name, peers: peers.map((p) => ({ url: `mqtt://127.0.0.1:${p}`, share: ['*'], accept: ['*'], rateLimit: 0 })), reconnect: { baseMs: 100, capMs: 1000 }, linksFrom: ['127.0.0.1'] },
     },
     { logger: pino({ level: process.env['FEDBENCH_LOG'] ?? 'silent' }, pino.destination(2)) },
   );
