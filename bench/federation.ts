@@ -118,6 +118,10 @@ async function childBroker(): Promise<void> {
     switch (m.cmd) {
       case 'digest':
         return send({ reply: 'digest', digest: storeDigest(b.store) });
+      case 'cpu': {
+        const u = process.cpuUsage();
+        return send({ reply: 'cpu', ms: (u.user + u.system) / 1000 });
+      }
       case 'status':
         return send({ reply: 'status', status: b.federation?.status() ?? [] });
       case 'catchup':
@@ -190,6 +194,8 @@ async function latency(): Promise<Record<string, number>> {
   // in order, one disk sync each); 20 connections take the messages in turn.
   const pubs = await Promise.all(Array.from({ length: 20 }, (_, i) => mqtt.connectAsync(`mqtt://127.0.0.1:${pa}`, { clientId: `bench-pub-${i}`, reconnectPeriod: 0 })));
   for (const p of pubs) cleanups.push(() => p.endAsync(true));
+  const cpu = (): Promise<number[]> => Promise.all([a, b, c].map(async (x) => (await x.ask('cpu')).ms as number));
+  const cpu0 = await cpu();
   const sched: number[] = [];
   const t0 = performance.now() + 50;
   let k = 0;
@@ -208,6 +214,8 @@ async function latency(): Promise<Record<string, number>> {
     setTimeout(tick, 50);
   });
   await until(() => (at[2] as Map<string, number>).size >= total, 60_000).catch(() => undefined);
+  // Broker CPU (all its threads) per message: what a hop costs the machine, independent of its load.
+  const [ca, cb, cc] = (await cpu()).map((x, i) => (x - (cpu0[i] as number)) / total) as [number, number, number];
   const warm = RATE; // first second not counted
   const lat = at.map((m) => {
     const xs: number[] = [];
@@ -230,12 +238,16 @@ async function latency(): Promise<Record<string, number>> {
     p99B: pct(lb, 99),
     p50C: pct(lc, 50),
     p99C: pct(lc, 99),
+    cpuA: ca,
+    cpuB: cb,
+    cpuC: cc,
   };
   const f = (x: number): string => x.toFixed(1);
   log(`\nPart 1: latency per federation hop, ${RATE} msg/s paced for ${SECONDS} s (first second not counted), chain A → B → C, one process per broker, fsync '${FSYNC}'`);
   log(`  origin A (baseline, no hop)  p50 ${f(r.p50A)} ms  p99 ${f(r.p99A)} ms  (${la.length}/${total - warm} received)`);
   log(`  B, one hop                   p50 ${f(r.p50B)} ms  p99 ${f(r.p99B)} ms  (${lb.length}) → added p50 ${f(r.p50B - r.p50A)} ms, p99 ${f(r.p99B - r.p99A)} ms; ratio p50 ${(r.p50B / r.p50A).toFixed(2)}×`);
   log(`  C, two hops                  p50 ${f(r.p50C)} ms  p99 ${f(r.p99C)} ms  (${lc.length}) → per hop p50 ${f((r.p50C - r.p50A) / 2)} ms, p99 ${f((r.p99C - r.p99A) / 2)} ms`);
+  log(`  broker CPU per message (all threads): A ${(ca * 1000).toFixed(0)} µs (admits, forwards), B ${(cb * 1000).toFixed(0)} µs (admits, forwards), C ${(cc * 1000).toFixed(0)} µs (admits)`);
   await cleanup();
   return r;
 }
