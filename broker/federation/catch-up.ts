@@ -191,7 +191,8 @@ export class CatchUp {
     }
     let sent = 0;
     const sending = pipelined(chunks(push(), BATCH), PIPELINE, async (items) => {
-      sent += await this.outbox.put(c, items, meter);
+      const n = await this.outbox.put(c, items, meter); // not `sent += await …`: that reads `sent` before the wait
+      sent += n;
     });
     let received = 0;
     const fetching = pipelined(chunks(want, KEYS_PER_GET), PIPELINE, async (keys) => {
