@@ -20,7 +20,7 @@
  *
  * Part 2, convergence after a partition: A and B hold the same `--updates` (10,000) nodes; B stops;
  * every node gets a new packet at A (10,000 updates); B starts again. Time = B listening → B's store
- * digest equals A's (polled over IPC every 10 ms). Baseline, same run: the same 10,000 packets
+ * digest equals A's (their digest indexes' roots, polled over IPC every 10 ms). Baseline, same run: the same 10,000 packets
  * published by a client straight into a fresh broker process (admission alone, pipelined QoS 1).
  * Ratio = convergence / baseline.
  *
@@ -34,7 +34,7 @@ import { pino } from 'pino';
 import mqtt, { type MqttClient } from 'mqtt';
 import { parse } from 'yaml';
 import { createBroker } from '../broker/server.js';
-import { storeDigest } from '../broker/federation.js';
+import { rootOf, storeRanges } from '../broker/federation/digest.js';
 import { compileTemplate, createOutcomePacket, decodePacket, keyFromSeed, type NodeKey, type Situation } from '../src/index.js';
 import { JSON_OUT, optNum, optStr } from './args.js';
 import { nextMessage, request, stopChild, tracked, type Msg } from './child.js';
@@ -45,6 +45,8 @@ import { writeResults } from './result.js';
 const SELF = fileURLToPath(import.meta.url);
 const CHILD = optStr('child');
 const FSYNC = optStr('fsync') ?? 'always';
+/** `--cpu-prof=DIR`: each broker child writes a CPU profile there (node --cpu-prof). */
+const PROF = optStr('cpu-prof');
 if (FSYNC !== 'always' && FSYNC !== 'never' && FSYNC !== 'interval') throw new Error('--fsync must be always, interval or never');
 
 const RATE = optNum('rate', 1000);
@@ -82,7 +84,7 @@ interface LinkStatusLite {
 
 async function region(name: string, port: number, peers: number[], dataDir = tempDir(`qis-fedbench-${name}-`)): Promise<Region> {
   const conf = JSON.stringify({ name, port, peers, dataDir, fsync: FSYNC });
-  const child: ChildProcess = tracked(fork(SELF, ['--child=broker', `--conf=${conf}`], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+  const child: ChildProcess = tracked(fork(SELF, ['--child=broker', `--conf=${conf}`], { execArgv: PROF ? ['--cpu-prof', `--cpu-prof-dir=${PROF}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`] : [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
   await nextMessage(child, (m) => m.ready === true, 120_000, `broker ${name}`);
   const r: Region = {
     ask: (cmd, ms) => request(child, cmd, ms),
@@ -116,8 +118,12 @@ async function childBroker(): Promise<void> {
   const send = (m: Msg): void => void process.send?.(m);
   process.on('message', (m: { cmd?: string }) => {
     switch (m.cmd) {
-      case 'digest':
-        return send({ reply: 'digest', digest: storeDigest(b.store) });
+      case 'digest': {
+        // From the store's digest index (kept up to date as it changes), not storeDigest: that
+        // hashes every key at each call, and polled every 10 ms it was most of B's CPU.
+        const d = storeRanges(b.store, '*');
+        return send({ reply: 'digest', digest: rootOf(d.ranges, d.n) });
+      }
       case 'cpu': {
         const u = process.cpuUsage();
         return send({ reply: 'cpu', ms: (u.user + u.system) / 1000 });
@@ -138,8 +144,10 @@ async function childBroker(): Promise<void> {
         );
     }
   });
-  // The bench died: do not outlive it.
-  process.on('disconnect', () => void b.close().finally(() => process.exit(0)));
+  // The bench died, or stops it: do not outlive it (closing first, so a --cpu-prof profile is written).
+  const end = (): void => void b.close().finally(() => process.exit(0));
+  process.on('disconnect', end);
+  process.once('SIGTERM', end);
   send({ ready: true });
 }
 
@@ -268,9 +276,12 @@ async function partition(): Promise<Record<string, number>> {
   const pz = await freePort();
   const z = await region('z', pz, []);
   await publishAll(pz, v1);
+  const cpuOf = async (r: Region): Promise<number> => (await r.ask('cpu')).ms as number;
+  const zc = await cpuOf(z);
   const tb = performance.now();
   await publishAll(pz, v2);
   const baselineMs = performance.now() - tb;
+  const zCpu = (await cpuOf(z)) - zc;
   await z.close();
 
   const [pa, pb] = [await freePort(), await freePort()];
@@ -285,13 +296,16 @@ async function partition(): Promise<Record<string, number>> {
   const before = (await a.status())[0]?.catchUps ?? 0;
   b = await region('b', pb, [], dirB);
   const tc = performance.now(); // B listening
+  const [ac, bc] = [await cpuOf(a), await cpuOf(b)];
   await until(() => same(a, b), 300_000, 10);
   const convergeMs = performance.now() - tc;
+  const [aCpu, bCpu] = [(await cpuOf(a)) - ac, (await cpuOf(b)) - bc];
   await until(async () => ((await a.status())[0]?.catchUps ?? 0) > before, 60_000, 50);
   const st = (await a.status())[0];
   const cu = st?.history.slice(-((st?.catchUps ?? 0) - before)).reduce((x, r) => ({ sent: x.sent + r.sent, bytes: x.bytes + r.bytes, ms: x.ms + r.ms }), { sent: 0, bytes: 0, ms: 0 });
   log(`  converged in ${(convergeMs / 1000).toFixed(2)} s (catch-up: ${cu?.sent} packets sent, ${cu?.bytes} bytes, ${cu?.ms} ms)`);
   log(`  baseline: the same ${UPDATES} updates published straight into one broker: ${(baselineMs / 1000).toFixed(2)} s → ratio ${(convergeMs / baselineMs).toFixed(2)}×`);
+  log(`  broker CPU: converging A ${(aCpu / 1000).toFixed(2)} s, B ${(bCpu / 1000).toFixed(2)} s (${((bCpu / UPDATES) * 1000).toFixed(0)} µs a packet); baseline broker ${(zCpu / 1000).toFixed(2)} s (${((zCpu / UPDATES) * 1000).toFixed(0)} µs a packet)`);
 
   log(`\nPart 3: catch-up bytes when the stores agree`);
   const agree = ((await a.ask('catchup', 120_000)).status as LinkStatusLite[])[0]?.lastCatchUp;
