@@ -20,15 +20,48 @@ import type { LinkState } from './state.js';
 
 const KEYS_PER_GET = 500;
 const RANGES_PER_LIST = 64;
+/**
+ * Rounds of one kind (entries lists, gets, puts) a catch-up keeps in flight at once: the next
+ * request is on the wire while the peer answers (or admits) the one before, instead of a round
+ * trip each. Memory: at most this many answers (KEYS_PER_GET packets) or batches (BATCH) at once.
+ * The peer serves a link's requests under its rate (LINK_REQUEST_BURST 500) and queues 64 batches.
+ */
+const PIPELINE = 4;
 /** Catch-ups a link's status keeps. */
 const HISTORY = 8;
 
 type Counts = Omit<CatchUpReport, 'bytes' | 'ms'>;
 
-function chunks<T>(xs: readonly T[], n: number): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < xs.length; i += n) out.push(xs.slice(i, i + n));
-  return out;
+function* chunks<T>(xs: Iterable<T>, n: number): Generator<T[]> {
+  let out: T[] = [];
+  for (const x of xs) {
+    out.push(x);
+    if (out.length === n) {
+      yield out;
+      out = [];
+    }
+  }
+  if (out.length > 0) yield out;
+}
+
+/**
+ * Runs `fn` over `items` with at most `depth` running at once, taking the next item only when a
+ * run ended (so a lazy `items` holds at most `depth` in memory). The first failure stops it.
+ */
+async function pipelined<T>(items: Iterable<T>, depth: number, fn: (x: T) => Promise<void>): Promise<void> {
+  const it = items[Symbol.iterator]();
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    for (let n = it.next(); !failed && !n.done; n = it.next()) {
+      try {
+        await fn(n.value);
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: depth }, worker));
 }
 
 export class CatchUp {
@@ -132,10 +165,10 @@ export class CatchUp {
     if (theirs.length !== RANGES * 8) throw new QisError('ERR_PAYLOAD_INVALID', 'peer sent a digest of the wrong size');
     const diff = differingRanges(mine.ranges, theirs);
     const remote = new Map<string, [number, boolean]>();
-    for (let i = 0; i < diff.length; i += RANGES_PER_LIST) {
-      const res = await ask({ op: 'entries', scope, ranges: diff.slice(i, i + RANGES_PER_LIST) });
+    await pipelined(chunks(diff, RANGES_PER_LIST), PIPELINE, async (ranges) => {
+      const res = await ask({ op: 'entries', scope, ranges });
       for (const e of (res.entries as [string, string, number, number][]) ?? []) remote.set(`${e[0]}/${e[1]}`, [e[2], e[3] === 1]);
-    }
+    });
     // What they have newer (and we accept): fetch. What we have newer (and share): send.
     const { share, accept } = this.s.peer;
     const want: [string, string][] = [];
@@ -144,20 +177,26 @@ export class CatchUp {
       if (!passes(accept, tplId)) continue;
       if ((store.seqOf(tplId, nodeId) ?? -1) < seq) want.push([tplId, nodeId]);
     }
-    const push: [string, Uint8Array][] = [];
-    for (const r of diff) {
-      for (const k of mine.keysIn(r)) {
-        if (!passes(share, k.tplId)) continue;
-        const theirSeq = remote.get(`${k.tplId}/${k.nodeId}`)?.[0] ?? -1;
-        if (theirSeq >= k.seq) continue;
-        const bytes = packetOf(k, store, kind);
-        if (bytes) push.push(bytes);
+    // Packets are read from the store a batch at a time, as a slot frees (PIPELINE batches in memory).
+    function* push(): Generator<[string, Uint8Array]> {
+      for (const r of diff) {
+        for (const k of mine.keysIn(r)) {
+          if (!passes(share, k.tplId)) continue;
+          const theirSeq = remote.get(`${k.tplId}/${k.nodeId}`)?.[0] ?? -1;
+          if (theirSeq >= k.seq) continue;
+          const bytes = packetOf(k, store, kind);
+          if (bytes) yield bytes;
+        }
       }
     }
-    const sending = Promise.all(chunks(push, BATCH).map((items) => this.outbox.put(c, items, meter)));
+    let sent = 0;
+    const sending = pipelined(chunks(push(), BATCH), PIPELINE, async (items) => {
+      const n = await this.outbox.put(c, items, meter); // not `sent += await …`: that reads `sent` before the wait
+      sent += n;
+    });
     let received = 0;
-    for (let i = 0; i < want.length; i += KEYS_PER_GET) {
-      const res = await ask({ op: 'get', keys: want.slice(i, i + KEYS_PER_GET) });
+    const fetching = pipelined(chunks(want, KEYS_PER_GET), PIPELINE, async (keys) => {
+      const res = await ask({ op: 'get', keys });
       const items = (res.items as [string, string][]) ?? [];
       await Promise.all(
         items.map(async ([topic, b64]) => {
@@ -165,8 +204,8 @@ export class CatchUp {
           if (r === 'stored') received++;
         }),
       );
-    }
-    const sent = (await sending).reduce((n, x) => n + x, 0);
+    });
+    await Promise.all([sending, fetching]);
     return { mode: 'digest', received, sent };
   }
 

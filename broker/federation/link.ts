@@ -138,7 +138,11 @@ export class Link {
       return;
     }
     this.#s.client = c;
-    c.on('connect', () => void this.#onConnect(c));
+    c.on('connect', () => {
+      // TCP_NODELAY: a batch of one goes now, not after the peer's delayed ACK of the last one (Nagle).
+      (c.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+      void this.#onConnect(c);
+    });
     c.on('message', (topic, payload) => this.#onMessage(topic, payload));
     c.on('error', (e) => log.debug({ err: e.message }, 'federation link error'));
     c.on('close', () => this.#onClose(c));

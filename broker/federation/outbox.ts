@@ -1,9 +1,12 @@
 /**
  * Forwarding: what this broker admitted goes to the peer, to a qis peer in 'put' batches
  * (admitted there concurrently, so its disk syncs are shared), to any other as retained QoS 1
- * publishes. Unacknowledged forwards are bounded: past MAX_PENDING the link stops forwarding and
- * catches up once the peer drained. Forwards a qis peer refused for a transient reason are sent
- * again (retry.ts).
+ * publishes. Batching is Nagle-style, with no timer: while fewer than IN_FLIGHT batches wait for
+ * the peer's answer a packet goes at once (a batch of one on an idle link); what arrives while
+ * IN_FLIGHT are unanswered queues and goes as the next batch (up to BATCH) the moment an answer
+ * comes. Unacknowledged forwards (queued or sent) are bounded: past MAX_PENDING the link stops
+ * forwarding and catches up once the peer drained. Forwards a qis peer refused for a transient
+ * reason are sent again (retry.ts).
  */
 import type { MqttClient } from 'mqtt';
 import { FORWARDED_PREFIXES, isRevocation, passes, tplOf } from './common.js';
@@ -14,12 +17,20 @@ import type { CatchUpTrigger, LinkState } from './state.js';
 const MAX_PENDING = 10_000;
 /** Packets per 'put' batch to a qis peer. */
 export const BATCH = 256;
+/**
+ * Live 'put' batches a link keeps unanswered at once. Two: the next batch is on the wire while the
+ * peer admits the one before (it admits a link's batches one at a time), so a hop costs one
+ * admission, not an admission plus a round trip; more would only queue at the peer.
+ */
+export const IN_FLIGHT = 2;
 
 export class Outbox {
   #pending = 0;
   #overflow = false;
-  #batch: [string, Uint8Array][] = [];
-  #batchTimer: NodeJS.Immediate | undefined;
+  /** Packets for a qis peer waiting for a free batch slot (counted in #pending). */
+  #queue: [string, Uint8Array][] = [];
+  /** Live batches sent on the current connection and not answered yet. */
+  #inFlight = 0;
   readonly #drainWaiters: (() => void)[] = [];
   readonly #retry: RetryQueue<[string, Uint8Array]>;
 
@@ -56,9 +67,9 @@ export class Outbox {
     const c = this.s.client;
     if (!c) return;
     if (this.s.peerKind === 'qis') {
-      this.#batch.push([topic, Uint8Array.from(payload)]);
-      if (this.#batch.length >= BATCH) this.#flush();
-      else this.#batchTimer ??= setImmediate(() => this.#flush());
+      this.#queue.push([topic, Uint8Array.from(payload)]);
+      this.#setPending(this.#pending + 1);
+      this.#pump(c);
       return;
     }
     const t0 = performance.now();
@@ -75,14 +86,19 @@ export class Outbox {
     });
   }
 
-  #flush(): void {
-    if (this.#batchTimer) clearImmediate(this.#batchTimer);
-    this.#batchTimer = undefined;
-    const items = this.#batch;
-    this.#batch = [];
-    const c = this.s.client;
-    if (items.length === 0 || !c) return;
-    void this.put(c, items);
+  /** Sends what queued, a batch at a time, while fewer than IN_FLIGHT are unanswered. */
+  #pump(c: MqttClient): void {
+    while (this.#inFlight < IN_FLIGHT && this.#queue.length > 0 && this.s.client === c) {
+      const items = this.#queue.length <= BATCH ? this.#queue : this.#queue.slice(0, BATCH);
+      this.#queue = items === this.#queue ? [] : this.#queue.slice(BATCH);
+      this.#inFlight++;
+      void this.#putOnce(c, items, undefined, true).then((r) => {
+        this.#retry.add(r.again);
+        if (this.s.client !== c) return; // disconnected() started again from 0
+        this.#inFlight--;
+        this.#pump(c);
+      });
+    }
   }
 
   /**
@@ -96,10 +112,13 @@ export class Outbox {
     return r.stored;
   }
 
-  /** One 'put' request: how many the peer stored, and the items it refused for a transient reason (its answer's `retry` indexes). */
-  async #putOnce(c: MqttClient, items: [string, Uint8Array][], meter?: { bytes: number }): Promise<{ stored: number; again: [string, Uint8Array][] }> {
+  /**
+   * One 'put' request: how many the peer stored, and the items it refused for a transient reason
+   * (its answer's `retry` indexes). `counted`: the items are in #pending already (queued live forwards).
+   */
+  async #putOnce(c: MqttClient, items: [string, Uint8Array][], meter?: { bytes: number }, counted = false): Promise<{ stored: number; again: [string, Uint8Array][] }> {
     const t0 = performance.now();
-    this.#setPending(this.#pending + items.length);
+    if (!counted) this.#setPending(this.#pending + items.length);
     let stored = 0;
     let again: [string, Uint8Array][] = [];
     try {
@@ -159,16 +178,17 @@ export class Outbox {
 
   /** The connection ended: nothing is pending on it any more. */
   disconnected(): void {
+    this.#queue = []; // the catch-up at the next connection sends what differs
+    this.#inFlight = 0;
     this.#setPending(0);
     this.#retry.clear(); // the catch-up at the next connection sends what differs
   }
 
-  /** The link is closing: drain waiters go, the batch timer stops. */
+  /** The link is closing: drain waiters go, nothing queued is sent. */
   close(): void {
     this.#retry.close();
     for (const w of this.#drainWaiters.splice(0)) w();
-    if (this.#batchTimer) clearImmediate(this.#batchTimer);
-    this.#batchTimer = undefined;
+    this.#queue = [];
   }
 }
 

@@ -1,0 +1,78 @@
+// Nagle-style forwarding (issue 15, item 3): a link forwards a packet at once when no batch is
+// waiting for the peer's answer, keeps at most IN_FLIGHT batches unanswered, and sends what queued
+// meanwhile together as the next batch the moment an answer comes. The peer is scripted (a plain
+// Aedes broker and a client that says it is a qis broker and answers requests when told), so the
+// test decides when a batch is acknowledged; A is a real qis broker.
+import t from 'tap';
+import mqtt from 'mqtt';
+import { answerPayload, parsePut } from '../broker/federation.js';
+import { IN_FLIGHT } from '../broker/federation/outbox.js';
+import { startAedes } from './helpers/aedes.js';
+import { freePort, packetOf, peer, publishAll, startRegion, until } from './helpers/federation.js';
+
+t.test('a lone packet goes at once; packets queued behind unanswered batches go together as the next batch', async (t) => {
+  const p = await startAedes();
+  t.teardown(() => p.close());
+  const a = await startRegion('a', await freePort(), [peer(p.port)]);
+  t.teardown(() => a.close());
+
+  // The scripted peer: catch-up requests answered as a peer in sync with A would; 'put' batches
+  // recorded (their item counts) and answered only when released.
+  const ctl = await mqtt.connectAsync(p.url, { clientId: 'peer-script', reconnectPeriod: 0 });
+  t.teardown(() => ctl.endAsync(true));
+  const puts: { link: string; id: string; n: number }[] = [];
+  let hold = false;
+  const held: (() => void)[] = [];
+  ctl.on('message', (topic, payload) => {
+    const link = topic.slice('qis/1/f/req/'.length);
+    const answer = (body: Buffer): void => void ctl.publish(`qis/1/f/res/${link}`, body, { qos: 1 });
+    const put = parsePut(payload);
+    if (!put) {
+      const res = answerPayload(a.broker.store, payload, a.broker.scoreStore);
+      if (res) answer(res);
+      return;
+    }
+    puts.push({ link, id: put.id, n: put.items.length });
+    const ack = (): void => answer(Buffer.from(JSON.stringify({ id: put.id, stored: put.items.length, stale: 0, refused: 0, retry: [] })));
+    if (hold) held.push(ack);
+    else ack();
+  });
+  await ctl.subscribeAsync('qis/1/f/req/#', { qos: 1 });
+  await ctl.publishAsync('qis/1/broker', JSON.stringify({ kind: 'qis', region: 'p' }), { qos: 1, retain: true });
+
+  const status = () => a.broker.federation?.status()[0];
+  await until(() => (status()?.connected ?? false) && status()?.peerKind === 'qis' && (status()?.catchUps ?? 0) >= 1, 'A linked to the scripted qis peer and caught up');
+  const metric = async (name: string): Promise<number> => {
+    const m = new RegExp(`^${name}\\{peer="[^"]*"(?:,direction="out")?\\} (\\d+)$`, 'm').exec(await a.broker.metricsText());
+    return m ? Number(m[1]) : 0;
+  };
+  const before = puts.length;
+  const outBefore = await metric('qis_federation_forwarded_total');
+
+  // 1. An idle link: one packet is sent on its own, without waiting for more.
+  hold = true;
+  await publishAll(a.url, [packetOf(0, 31, 1)]);
+  await until(() => puts.length === before + 1, 'the lone packet reached the peer');
+  t.equal(puts[before]?.n, 1, 'a batch of one, sent while the link was otherwise idle');
+
+  // 2. A second packet still goes at once (IN_FLIGHT batches may be unanswered); past that they queue.
+  t.equal(IN_FLIGHT, 2, 'two batches in flight (the rest of this test counts on it)');
+  await publishAll(a.url, [packetOf(1, 31, 1)]);
+  await until(() => puts.length === before + 2, 'the second packet reached the peer');
+  t.equal(puts[before + 1]?.n, 1, 'the second packet alone too, one batch still unanswered');
+
+  const queued = Array.from({ length: 5 }, (_, i) => packetOf(10 + i, 31, 1));
+  for (const q of queued) await publishAll(a.url, [q]); // one at a time: each admitted (and forwarded) before the next
+  await until(async () => (await metric('qis_federation_pending')) === 7, 'A holds 7 forwards unacknowledged: 2 sent, 5 queued');
+  t.equal(puts.length, before + 2, 'nothing more was sent while two batches wait for their answer');
+
+  // 3. One answer: the five queued packets go as one batch.
+  hold = false;
+  held.shift()?.();
+  await until(() => puts.length === before + 3, 'the next batch reached the peer');
+  t.equal(puts[before + 2]?.n, 5, 'the five queued packets went together');
+  for (const ack of held.splice(0)) ack();
+  await until(async () => (await metric('qis_federation_pending')) === 0, 'every forward acknowledged');
+  t.equal((await metric('qis_federation_forwarded_total')) - outBefore, 7, 'seven packets forwarded and acknowledged');
+  t.equal(puts.length, before + 3, 'in three put batches: 1, 1 and 5');
+});
