@@ -48,11 +48,12 @@ let idleTimer: NodeJS.Timeout | undefined;
 
 function start(): Thread {
   const t: Thread = { worker: startVerifyWorker(), online: false, pending: [] };
-  t.worker.unref();
   t.worker.once('online', () => (t.online = true));
   t.worker.on('message', (r: CheckResult[]) => {
     t.pending.shift()?.resolve(r);
+    if (t.pending.length === 0) t.worker.unref();
     if (threads?.every((x) => x.pending.length === 0)) {
+      clearTimeout(idleTimer);
       idleTimer = setTimeout(stopIdle, IDLE_MS);
       idleTimer.unref();
     }
@@ -66,6 +67,9 @@ function start(): Thread {
   };
   t.worker.on('error', fail);
   t.worker.on('exit', () => fail());
+  // Held (ref) only while it has batches out, so a process waiting for them stays up and a finished
+  // one exits. After the listeners: adding a 'message' listener refs the worker's port again.
+  t.worker.unref();
   return t;
 }
 
@@ -113,6 +117,7 @@ function check(batch: PackedBatch, shard: number, o: CheckBatch['check']): Promi
   const own = all[shard % all.length] as Thread;
   const t = own.pending.length > least.pending.length + SKEW ? least : own;
   return new Promise((resolve, reject) => {
+    if (t.pending.length === 0) t.worker.ref();
     t.pending.push({ resolve, reject });
     const { buf, count } = batch.seal();
     t.worker.postMessage({ buf, count, check: o }, [buf]);
