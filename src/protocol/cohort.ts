@@ -150,11 +150,21 @@ export function topicMatches(filter: string, topic: string): boolean {
 export function topicMatcher(filter: string): (topic: string) => boolean {
   const f = filter.split('/');
   const dollar = filter.startsWith('$');
+  // The levels before the first wildcard are compared in one go, as one prefix with its slashes.
+  const literal = f.findIndex((l) => l === '+' || l === '#');
+  if (literal < 0) return (topic) => topic === filter;
+  const prefix = f.slice(0, literal).join('/');
+  const rest = f.slice(literal);
   return (topic) => {
-    if (topic.startsWith('$') !== dollar) return false;
+    if (topic.startsWith('$') !== dollar || !topic.startsWith(prefix)) return false;
     // `at`: where the topic's next level starts; past its end once every level is used.
     let at = 0;
-    for (const level of f) {
+    if (literal > 0) {
+      if (topic.length === prefix.length) at = topic.length + 1;
+      else if (topic.charCodeAt(prefix.length) === 0x2f) at = prefix.length + 1;
+      else return false;
+    }
+    for (const level of rest) {
       if (level === '#') return true;
       if (at > topic.length) return false;
       let end = topic.indexOf('/', at);
