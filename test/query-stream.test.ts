@@ -25,7 +25,8 @@ t.test('cohort stream - past the inline share, worker threads give the same fold
   const o = { address: addr, widen: 0, now };
   const want = foldCohort(messages, o);
   const stream = new CohortStream(o);
-  // The first part while no thread is up (checked here), the rest once one is (sent to the threads).
+  // The first part before any thread is up (the inline share, then batches queued for a starting
+  // thread), the rest once one is.
   for (const m of messages.slice(0, 150)) stream.add(m.topic, m.payload);
   await threadsOnline();
   for (const m of messages.slice(150)) stream.add(m.topic, m.payload);

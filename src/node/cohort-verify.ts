@@ -3,8 +3,12 @@
  * comes, not after the sync marker, and folded in arrival order (CohortFolder). The first
  * INLINE_FIRST messages are checked here on the main thread; a bigger cohort goes in packed
  * batches to verify worker threads (src/protocol/verify-worker.ts, shared by every query of the
- * process, started on the first big read, stopped after 2 s idle), one per core, while the main
- * thread keeps receiving. The verdicts are those of checkPacket with the folder's options, wherever it ran.
+ * process, started on the first big read, stopped after IDLE_MS idle), one per core, while the main
+ * thread only receives and packs: it never verifies past INLINE_FIRST, even while the threads are
+ * still starting (their first batches wait in their message queues), as every cycle it spends
+ * verifying delays the receipt of the rest of the cohort. It takes no share of the batches
+ * either: with one thread per core the cores are busy until the last batch is back.
+ * The verdicts are those of checkPacket with the folder's options, wherever it ran.
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
@@ -34,17 +38,22 @@ interface Thread {
 
 /** The process's verify threads for queries, started on first use. Bounded: one per core. */
 let threads: Thread[] | undefined;
-/** Idle threads are stopped after this: a query process that is done exits, a busy one keeps them. */
-const IDLE_MS = 2000;
+/**
+ * Idle threads are stopped after this (they never hold the process open: a query process that is
+ * done exits). Long enough that a node querying its cohort again finds the threads started and
+ * their key caches (node ids and KeyObjects, src/protocol/identity.ts) warm.
+ */
+const IDLE_MS = 30_000;
 let idleTimer: NodeJS.Timeout | undefined;
 
 function start(): Thread {
   const t: Thread = { worker: startVerifyWorker(), online: false, pending: [] };
-  t.worker.unref();
   t.worker.once('online', () => (t.online = true));
   t.worker.on('message', (r: CheckResult[]) => {
     t.pending.shift()?.resolve(r);
+    if (t.pending.length === 0) t.worker.unref();
     if (threads?.every((x) => x.pending.length === 0)) {
+      clearTimeout(idleTimer);
       idleTimer = setTimeout(stopIdle, IDLE_MS);
       idleTimer.unref();
     }
@@ -58,6 +67,9 @@ function start(): Thread {
   };
   t.worker.on('error', fail);
   t.worker.on('exit', () => fail());
+  // Held (ref) only while it has batches out, so a process waiting for them stays up and a finished
+  // one exits. After the listeners: adding a 'message' listener refs the worker's port again.
+  t.worker.unref();
   return t;
 }
 
@@ -75,17 +87,37 @@ function threadsReady(): boolean {
   return threads.some((t) => t.online);
 }
 
-/** Starts the threads and resolves once one is online (a test that must reach them waits for it). */
+/** Starts the threads and resolves once one is online. */
 export async function threadsOnline(): Promise<void> {
   while (!threadsReady()) await new Promise((r) => setTimeout(r, 10));
 }
 
-function check(batch: PackedBatch, o: CheckBatch['check']): Promise<CheckResult[]> {
-  clearTimeout(idleTimer);
+/** Threads (and batches) a read spreads its packets over. */
+function shards(): number {
+  threadsReady();
+  return (threads as Thread[]).length;
+}
+
+/**
+ * A packet's shard, by the node id that ends its topic: a node's packets always go to the same
+ * thread, whose key cache (src/protocol/identity.ts) then holds only its share of the cohort and
+ * finds it warm when the cohort is read again. Hostile topics only choose a thread.
+ */
+function shardOf(topic: string, n: number): number {
+  return (topic.charCodeAt(topic.length - 2) || 0) % n;
+}
+
+/** Batches more than the least busy thread's beyond which a shard's batch goes elsewhere (a skewed cohort still spreads). */
+const SKEW = 2;
+
+function check(batch: PackedBatch, shard: number, o: CheckBatch['check']): Promise<CheckResult[]> {
+  threadsReady(); // started again if they were stopped as idle while this batch filled
   const all = threads as Thread[];
-  const online = all.filter((t) => t.online);
-  const t = (online.length > 0 ? online : all).reduce((a, b) => (b.pending.length < a.pending.length ? b : a));
+  const least = all.reduce((a, b) => (b.pending.length < a.pending.length ? b : a));
+  const own = all[shard % all.length] as Thread;
+  const t = own.pending.length > least.pending.length + SKEW ? least : own;
   return new Promise((resolve, reject) => {
+    if (t.pending.length === 0) t.worker.ref();
     t.pending.push({ resolve, reject });
     const { buf, count } = batch.seal();
     t.worker.postMessage({ buf, count, check: o }, [buf]);
@@ -99,14 +131,14 @@ function check(batch: PackedBatch, o: CheckBatch['check']): Promise<CheckResult[
 export class CohortStream {
   readonly #o: FoldOptions;
   readonly #accept: (topic: string) => boolean;
+  readonly #job: { readonly now: number; readonly maxSkewMs: number; readonly depth?: number };
   #folder: CohortFolder;
   #count = 0;
-  #open: PackedBatch | undefined;
+  /** The batch being packed for each shard. */
+  #open: (PackedBatch | undefined)[] = [];
   /** The batches out, in order: each folds once it and every batch before it are back. */
   #chain: Promise<void> = Promise.resolve();
   #gen = 0;
-  /** A batch went to a thread: a message checked here must wait for it (arrival order). */
-  #sent = false;
   #failed: Error | undefined;
 
   /** `accept`: the topics of the cohort (a read may also carry other messages, e.g. revocation lists). */
@@ -114,40 +146,38 @@ export class CohortStream {
     this.#o = o;
     this.#accept = accept;
     this.#folder = new CohortFolder(o);
+    const opts = this.#folder.verifyOptions;
+    // maxSkewMs NaN: a query checks no skew (PROTOCOL §7). The same for every batch of the read.
+    this.#job = { now: opts.now ?? Date.now(), maxSkewMs: Number.NaN, ...(opts.depth !== undefined ? { depth: opts.depth } : {}) };
   }
 
   add(topic: string, payload: Uint8Array): void {
     if (!this.#accept(topic)) return;
-    // Checked here while the cohort is small or no thread has started yet (a thread takes tens of
-    // milliseconds to load, far more on a busy machine: the read does not wait for it). A message
-    // checked here waits for the batches sent before it, so the fold keeps the arrival order.
-    if (this.#count++ < INLINE_FIRST || !threadsReady()) {
-      if (!this.#sent) return this.#folder.add(topic, payload);
-      this.#send();
-      const gen = this.#gen;
-      this.#chain = this.#chain.then(() => {
-        if (gen === this.#gen) this.#folder.add(topic, payload);
-      });
-      return;
+    // A small cohort is checked here: it never waits for a thread to start. Every batch goes after
+    // all of these, so the fold keeps the arrival order.
+    if (this.#count++ < INLINE_FIRST) return this.#folder.add(topic, payload);
+    // The first batch of this read starts the threads if they are not up.
+    if (this.#open.length === 0) this.#open = new Array<PackedBatch | undefined>(shards()).fill(undefined);
+    const shard = shardOf(topic, this.#open.length);
+    let open = this.#open[shard];
+    if (!open || !open.add(topic, payload, this.#job)) {
+      if (open) this.#send(shard);
+      open = new PackedBatch(Math.max(BATCH_BYTES, PackedBatch.size(topic, payload)));
+      open.add(topic, payload, this.#job);
+      this.#open[shard] = open;
     }
-    const opts = this.#folder.verifyOptions;
-    const job = { now: opts.now ?? Date.now(), maxSkewMs: Number.NaN, ...(opts.depth !== undefined ? { depth: opts.depth } : {}) };
-    if (!this.#open || !this.#open.add(topic, payload, job)) {
-      if (this.#open) this.#send();
-      this.#open = new PackedBatch(Math.max(BATCH_BYTES, PackedBatch.size(topic, payload)));
-      this.#open.add(topic, payload, job);
-    }
-    if (this.#open.count >= BATCH) this.#send();
+    if (open.count >= BATCH) this.#send(shard);
   }
 
-  #send(): void {
-    const batch = this.#open;
-    this.#open = undefined;
+  #send(shard: number): void {
+    const batch = this.#open[shard];
+    this.#open[shard] = undefined;
     if (!batch) return;
-    this.#sent = true;
     const gen = this.#gen;
     const opts = this.#folder.verifyOptions;
-    const answer = check(batch, { ...(opts.expectFp ? { expectFp: opts.expectFp } : {}), ...(opts.backend ? { backend: opts.backend } : {}) });
+    // Batches fold in the order they are sent: a node's packets keep their arrival order, as they
+    // all go through its shard's batches; packets of different nodes fold the same in any order.
+    const answer = check(batch, shard, { ...(opts.expectFp ? { expectFp: opts.expectFp } : {}), ...(opts.backend ? { backend: opts.backend } : {}) });
     // Folded in order as the batches come back, during the read.
     this.#chain = this.#chain.then(() =>
       answer.then(
@@ -166,15 +196,14 @@ export class CohortStream {
     this.#gen++;
     this.#folder = new CohortFolder(this.#o);
     this.#count = 0;
-    this.#sent = false;
-    this.#open = undefined;
+    this.#open = [];
     this.#chain = Promise.resolve();
     this.#failed = undefined;
   }
 
   /** The fold, once every batch is back. */
   async finish(): Promise<CohortFold> {
-    this.#send();
+    for (let i = 0; i < this.#open.length; i++) this.#send(i);
     await this.#chain;
     if (this.#failed) throw this.#failed;
     return this.#folder.finish();

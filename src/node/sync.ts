@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
-import { topicMatches, type CohortMessage } from '../protocol/cohort.js';
+import { topicMatcher, type CohortMessage } from '../protocol/cohort.js';
 import { QisError, isQisError } from '../protocol/errors.js';
 import type { BrokerKind } from './broker-kind.js';
 import type { Connection, Listener } from './connection.js';
@@ -60,6 +60,7 @@ async function collect(
   sink: Sink | undefined,
 ): Promise<CohortMessage[] | 'lost'> {
   const wanted = typeof filter === 'string' ? [filter] : filter;
+  const matchers = wanted.map(topicMatcher);
   const gen = conn.gen;
   const sync = `qis/1/sync/${conn.clientId}/${randomBytes(6).toString('hex')}`;
   const messages: CohortMessage[] = [];
@@ -78,7 +79,7 @@ async function collect(
         tooMany = true;
         messages.length = 0; // nothing of this read is used: let it go now
         conn.wake();
-      } else if (wanted.some((f) => topicMatches(f, topic))) {
+      } else if (matchers.some((m) => m(topic))) {
         messages.push({ topic, payload });
         sink?.add(topic, payload);
         lastAt = conn.now();

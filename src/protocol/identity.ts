@@ -82,35 +82,60 @@ export function signEd25519(key: NodeKey, message: Uint8Array, backend: Ed25519B
   return crypto.sign(null, message, privateKeyObject(key)); // a Buffer, which is a Uint8Array
 }
 
-// Public KeyObjects are cached (a bounded LRU): building one costs about a tenth of a
-// verification, and a broker sees the same few thousand keys again and again.
-// Enough for a large cohort read again and again; each entry is one small KeyObject.
-const PUBLIC_CACHE_MAX = 16_384;
-const publicKeyObjects = new Map<string, crypto.KeyObject>();
+// Peers are cached (a bounded LRU) by public key: their node id (a SHA-256) and their public
+// KeyObject (a JWK import, about a tenth of a verification), each made once per key. A broker sees
+// the same few thousand keys again and again, and a node querying its cohort again the same peers.
+// Enough for a large cohort read again and again; each entry is one small KeyObject and a string.
+const PEER_CACHE_MAX = 16_384;
+interface Peer {
+  readonly nodeId: NodeId;
+  /** Undefined until first needed; null: the bytes are not a valid Ed25519 public key. */
+  ko: crypto.KeyObject | null | undefined;
+}
+const peers = new Map<string, Peer>();
+// The last key looked up and its entry: a packet's check asks for its kid twice (node id, then
+// KeyObject), and the second ask costs a 32-byte compare instead of a cache lookup.
+const lastKey = new Uint8Array(32);
+let lastPeer: Peer | undefined;
 
-function publicKeyObject(publicKey: Uint8Array): crypto.KeyObject | undefined {
-  const b = Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength);
-  const id = b.toString('latin1');
-  let ko = publicKeyObjects.get(id);
-  if (ko) {
+function peer(publicKey: Uint8Array): Peer {
+  if (lastPeer && equalBytes(publicKey, lastKey)) return lastPeer;
+  const id = Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength).toString('latin1');
+  let p = peers.get(id);
+  lastKey.set(publicKey);
+  if (p) {
     // Least recently used goes first: moved to the end on each use, so a cohort read again and
     // again keeps its keys while a stream of one-off keys passes through.
-    publicKeyObjects.delete(id);
-    publicKeyObjects.set(id, ko);
-    return ko;
+    peers.delete(id);
+    peers.set(id, p);
+    return (lastPeer = p);
   }
-  try {
-    // JWK import: about 10× faster than SPKI DER under OpenSSL 3, same key, same checks at verify time.
-    ko = crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: b.toString('base64url') }, format: 'jwk' });
-  } catch {
-    return undefined;
+  p = { nodeId: nodeIdOf(publicKey), ko: undefined };
+  if (peers.size >= PEER_CACHE_MAX) {
+    const oldest = peers.keys().next();
+    if (!oldest.done) peers.delete(oldest.value);
   }
-  if (publicKeyObjects.size >= PUBLIC_CACHE_MAX) {
-    const oldest = publicKeyObjects.keys().next();
-    if (!oldest.done) publicKeyObjects.delete(oldest.value);
+  peers.set(id, p);
+  return (lastPeer = p);
+}
+
+/** {@link nodeIdOf} of a 32-byte public key, from the peer cache (hashed once per key seen). */
+export function peerNodeId(publicKey: Uint8Array): NodeId {
+  return publicKey.length === 32 ? peer(publicKey).nodeId : nodeIdOf(publicKey);
+}
+
+function publicKeyObject(publicKey: Uint8Array): crypto.KeyObject | undefined {
+  const p = peer(publicKey);
+  if (p.ko === undefined) {
+    try {
+      // JWK import: about 10× faster than SPKI DER under OpenSSL 3, same key, same checks at verify time.
+      const x = Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength).toString('base64url');
+      p.ko = crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x }, format: 'jwk' });
+    } catch {
+      p.ko = null;
+    }
   }
-  publicKeyObjects.set(id, ko);
-  return ko;
+  return p.ko ?? undefined;
 }
 
 /**

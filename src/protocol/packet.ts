@@ -5,7 +5,7 @@
 import { CborFloat, CborTag, decodeCbor, encodeCbor, encodeThen, encodeWith, type CborValue, type CborWriter } from './cbor.js';
 import { equalBytes } from './bytes.js';
 import { QisError, type ErrorCode } from './errors.js';
-import { nodeIdOf, signEd25519, verifyEd25519, type Ed25519Backend, type NodeId, type NodeKey } from './identity.js';
+import { nodeIdOf, peerNodeId, signEd25519, verifyEd25519, type Ed25519Backend, type NodeId, type NodeKey } from './identity.js';
 import { parseOutcomeTopic } from './fingerprint.js';
 import type { TplId } from './template.js';
 
@@ -431,7 +431,7 @@ export function openEnvelope(topic: string, topicNodeId: string, bytes: Uint8Arr
   checkSize(bytes);
   const msg = decodeSign1(bytes);
   const publicKey = kidOf(msg);
-  const nodeId = nodeIdOf(publicKey);
+  const nodeId = peerNodeId(publicKey);
   if (nodeId !== topicNodeId) refuse('ERR_NODE_MISMATCH', `key of node ${nodeId} signed a packet on node ${topicNodeId}'s topic`);
   if (!verifySign1(msg, publicKey, topic, backend)) {
     refuse('ERR_BAD_SIGNATURE', 'signature does not verify for this topic');

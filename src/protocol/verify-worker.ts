@@ -27,8 +27,9 @@ const gc = ((): (() => void) | undefined => {
 
 parentPort?.on('message', (m: Job[] | { buf: ArrayBuffer; count: number } | CheckBatch) => {
   if ('check' in m) {
-    // A query's batch: the verified packets themselves go back (a structured clone).
-    parentPort?.postMessage(checkPackedBatch(m));
+    // A query's batch: the verified packets themselves go back (a structured clone), their byte
+    // strings as views of the batch's buffer, which goes back with them transferred, not copied.
+    parentPort?.postMessage(checkPackedBatch(m), [m.buf]);
     sinceGc += m.count;
   } else if (Array.isArray(m)) {
     const out: JobResult[] = m.map((j) => verifyJob(j));
