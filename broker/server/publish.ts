@@ -5,7 +5,7 @@
  * requests (peers.ts). A new qis topic class gets its case here.
  */
 import type { AedesOptions } from 'aedes';
-import { BROKER_INFO_TOPIC, aclAllows, checkSync, classify } from '../admission.js';
+import { BROKER_INFO_TOPIC, aclAllows, checkSync, classify, type TopicClass } from '../admission.js';
 import { FEDERATION_PREFIX } from '../federation.js';
 import type { BrokerContext } from './context.js';
 import { federationRequest } from './peers.js';
@@ -18,11 +18,16 @@ import type { SyncHold } from './subscribe.js';
 import { admitTemplate } from './templates.js';
 import { timedAdmission, timedSyncHold } from './timing.js';
 
+const SIGNED: ReadonlySet<TopicClass> = new Set<TopicClass>(['outcome', 'score', 'template', 'revocation']);
+
 export function authorizePublish(ctx: BrokerContext, hold: SyncHold): NonNullable<AedesOptions['authorizePublish']> {
   return (client, packet, cb) => {
     const topic = packet.topic;
     const clientId = client?.id ?? '';
-    switch (classify(topic)) {
+    const kind = classify(topic);
+    // The signed kinds (outcome, score, template, revocation) cost signature work: the rate limit first.
+    if (SIGNED.has(kind) && rateLimited(ctx, client, cb)) return;
+    switch (kind) {
       case 'ordinary': {
         // Mosquitto's way by default (acl.refusedPublish drop): acknowledged and delivered to
         // nobody, so an auto-reconnecting client does not loop; qis/1/ refusals still disconnect.
@@ -44,22 +49,18 @@ export function authorizePublish(ctx: BrokerContext, hold: SyncHold): NonNullabl
         if (topic.startsWith(FEDERATION_PREFIX)) return federationRequest(ctx, client, packet, cb);
         return refuse(ctx, client, topic, 'ERR_TOPIC_INVALID', 'not a qis/1 topic this broker knows (o, t, s, sync)', cb);
       case 'template':
-        if (rateLimited(ctx, client, cb)) return;
         return admitTemplate(ctx, client, packet, timedAdmission(ctx, 'template', cb), undefined);
       case 'revocation': {
-        if (rateLimited(ctx, client, cb)) return;
         const rcb = timedAdmission(ctx, 'revocation', cb);
         admitRevocation(ctx, client, packet, rcb).catch(refuseFailed(ctx, client, topic, rcb, 'revocation admission failed'));
         return;
       }
       case 'score': {
-        if (rateLimited(ctx, client, cb)) return;
         const scb = timedAdmission(ctx, 'score', cb);
         admitScore(ctx, client, packet, scb).catch(refuseFailed(ctx, client, topic, scb, 'score admission failed'));
         return;
       }
       case 'outcome': {
-        if (rateLimited(ctx, client, cb)) return;
         const ocb = timedAdmission(ctx, 'outcome', cb);
         admitOutcome(ctx, client, packet, ocb).catch(refuseFailed(ctx, client, topic, ocb, 'admission failed'));
         return;
