@@ -34,7 +34,7 @@ const BENCHES: readonly Bench[] = [
   { name: 'core' },
   { name: 'node', quick: ['--part=1', '--nodes=300', '--reps=1'] },
   { name: 'store' },
-  { name: 'broker', quick: ['--part=1', '--n=1000', '--pubs=2', '--few=1', '--rounds=1', '--stored=10000', '--million=0'] },
+  { name: 'broker', quick: ['--part=1', '--n=1000', '--pubs=2', '--few=1', '--rounds=1', '--stored=10000', '--million=0', '--warmup=500'] },
   { name: 'federation', quick: ['--rate=100', '--seconds=2', '--updates=200'] },
   { name: 'scaling-sim' },
   { name: 'bridge' },
