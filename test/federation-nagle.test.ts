@@ -4,9 +4,14 @@
 // Aedes broker and a client that says it is a qis broker and answers requests when told), so the
 // test decides when a batch is acknowledged; A is a real qis broker.
 import t from 'tap';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { answerPayload, parsePut } from '../broker/federation.js';
 import { IN_FLIGHT } from '../broker/federation/outbox.js';
+import { openStore } from '../broker/store.js';
+import { compileTemplate, keyFromSeed, signTemplate, templateTopic } from '../src/index.js';
 import { startAedes } from './helpers/aedes.js';
 import { freePort, packetOf, peer, publishAll, startRegion, until } from './helpers/federation.js';
 
@@ -75,4 +80,68 @@ t.test('a lone packet goes at once; packets queued behind unanswered batches go 
   await until(async () => (await metric('qis_federation_pending')) === 0, 'every forward acknowledged');
   t.equal((await metric('qis_federation_forwarded_total')) - outBefore, 7, 'seven packets forwarded and acknowledged');
   t.equal(puts.length, before + 3, 'in three put batches: 1, 1 and 5');
+});
+
+t.test('at connect, template documents are admitted by the peer before the catch-up sends a packet', async (t) => {
+  const p = await startAedes();
+  t.teardown(() => p.close());
+  // The scripted peer answers catch-up requests from an empty store of its own (so the catch-up
+  // sends A's packets), records what each request and put carried, and holds put answers when told.
+  const emptyDir = mkdtempSync(join(tmpdir(), 'qis-nagle-empty-'));
+  const empty = await openStore({ dir: emptyDir, fsync: 'never' });
+  t.teardown(async () => {
+    await empty.close();
+    rmSync(emptyDir, { recursive: true, force: true });
+  });
+  const ctl = await mqtt.connectAsync(p.url, { clientId: 'peer-script', reconnectPeriod: 0 });
+  t.teardown(() => ctl.endAsync(true));
+  const log: string[] = []; // 'req' for a catch-up request, 'put:<t|o>…' for a put (kind of each item)
+  let hold = true;
+  const held: (() => void)[] = [];
+  ctl.on('message', (topic, payload) => {
+    const link = topic.slice('qis/1/f/req/'.length);
+    const answer = (body: Buffer): void => void ctl.publish(`qis/1/f/res/${link}`, body, { qos: 1 });
+    const put = parsePut(payload);
+    if (!put) {
+      log.push('req');
+      const res = answerPayload(empty, payload);
+      if (res) answer(res);
+      return;
+    }
+    log.push(`put:${put.items.map(([tp]) => (tp.startsWith('qis/1/t/') ? 't' : tp.startsWith('qis/1/o/') ? 'o' : '?')).join('')}`);
+    const ack = (): void => answer(Buffer.from(JSON.stringify({ id: put.id, stored: put.items.length, stale: 0, refused: 0, retry: [] })));
+    if (hold) held.push(ack);
+    else ack();
+  });
+  await ctl.subscribeAsync('qis/1/f/req/#', { qos: 1 });
+  await ctl.publishAsync('qis/1/broker', JSON.stringify({ kind: 'qis', region: 'p' }), { qos: 1, retain: true });
+
+  // A holds three template documents (more than IN_FLIGHT batches) and a packet of the peer's
+  // cohort, stored while it had no link; then it starts with the link to the scripted peer, whose
+  // answers to puts are held: what A sends at connect is what this test watches.
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'qis-nagle-a-'));
+  const a0 = await startRegion('a', port, [], dir);
+  const curator = keyFromSeed(new Uint8Array(32).fill(7));
+  const docs = ['pump-a', 'pump-b', 'pump-c'].map((name) =>
+    compileTemplate({ name, version: 1, fields: [{ name: 'pump', kind: 'category' }], outcome: { kind: 'category', labels: ['ok', 'leak'] } }),
+  );
+  await publishAll(a0.url, docs.map((d) => ({ topic: templateTopic(d.tplId), packet: signTemplate(curator, d) })));
+  await publishAll(a0.url, [packetOf(0, 32, 1)]);
+  await a0.stop();
+  const a = await startRegion('a', port, [peer(p.port)], dir);
+  t.teardown(() => a.close());
+
+  await until(() => log.some((l) => l.startsWith('put:')), 'A sent its first put after connecting');
+  const first = log.find((l) => l.startsWith('put:')) as string;
+  t.match(first, /^put:t+$/, `the first put carries template documents only (sent: ${log.join(' ')})`);
+  t.equal(first.length - 'put:'.length, 3, 'all three documents in it');
+  // While the documents' answer is held, the catch-up has not started: no request, no packet.
+  await new Promise((r) => setTimeout(r, 300));
+  t.same(log, [first], 'nothing else sent before the peer answered the documents');
+  hold = false;
+  for (const ack of held.splice(0)) ack();
+  await until(() => log.some((l) => /^put:.*o/.test(l)), 'the catch-up sent the packet');
+  const iReq = log.indexOf('req');
+  t.ok(iReq > 0, 'the catch-up asked after the documents were answered');
 });

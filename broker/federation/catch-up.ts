@@ -48,15 +48,15 @@ function* chunks<T>(xs: Iterable<T>, n: number): Generator<T[]> {
  * Runs `fn` over `items` with at most `depth` running at once, taking the next item only when a
  * run ended (so a lazy `items` holds at most `depth` in memory). The first failure stops it.
  */
-async function pipelined<T>(items: Iterable<T>, depth: number, fn: (x: T) => Promise<void>): Promise<void> {
+async function pipelined<T>(items: Iterable<T>, depth: number, fn: (x: T) => Promise<void>, stop: { failed: boolean } = { failed: false }): Promise<void> {
   const it = items[Symbol.iterator]();
-  let failed = false;
+  // `stop` may be shared by pipelines of one catch-up: when one fails, the others stop too.
   const worker = async (): Promise<void> => {
-    for (let n = it.next(); !failed && !n.done; n = it.next()) {
+    for (let n = it.next(); !stop.failed && !n.done; n = it.next()) {
       try {
         await fn(n.value);
       } catch (e) {
-        failed = true;
+        stop.failed = true;
         throw e;
       }
     }
@@ -189,11 +189,19 @@ export class CatchUp {
         }
       }
     }
+    // One flag for both pipelines: a failed get stops the puts too (the catch-up is over; the next one starts afresh).
+    const stop = { failed: false };
     let sent = 0;
-    const sending = pipelined(chunks(push(), BATCH), PIPELINE, async (items) => {
-      const n = await this.outbox.put(c, items, meter); // not `sent += await …`: that reads `sent` before the wait
-      sent += n;
-    });
+    const sending = pipelined(
+      chunks(push(), BATCH),
+      PIPELINE,
+      async (items) => {
+        if (this.s.client !== c) throw new Error('link closed during catch-up');
+        const n = await this.outbox.put(c, items, meter); // not `sent += await …`: that reads `sent` before the wait
+        sent += n;
+      },
+      stop,
+    );
     let received = 0;
     const fetching = pipelined(chunks(want, KEYS_PER_GET), PIPELINE, async (keys) => {
       const res = await ask({ op: 'get', keys });
@@ -204,7 +212,7 @@ export class CatchUp {
           if (r === 'stored') received++;
         }),
       );
-    });
+    }, stop);
     await Promise.all([sending, fetching]);
     return { mode: 'digest', received, sent };
   }

@@ -160,7 +160,7 @@ export class Link {
     c.end(true);
     s.client = undefined;
     this.#outbox.disconnected();
-    s.requests.failAll();
+    s.requests.failAll(c);
     this.#scheduleReconnect();
   }
 
@@ -195,9 +195,12 @@ export class Link {
       }
       this.#error = undefined;
       await subscribe(c, [`${FED_RES}${s.clientId}`, ...FORWARDED_PREFIXES.map((x) => `${x}#`)]);
-      // Template documents first: a peer with a closed mind about depth needs them before packets.
-      for (const [topic, bytes] of s.host.templates()) if (passes(s.peer.share, topic.slice('qis/1/t/'.length))) this.#outbox.send(topic, bytes);
-      for (const [topic, bytes] of s.host.revocations?.() ?? []) this.#outbox.send(topic, bytes);
+      // Template documents first: a peer with a closed mind about depth needs them before packets;
+      // revocation lists too (a revoked key's packets are refused). Admitted before the catch-up starts.
+      const first: [string, Uint8Array][] = [];
+      for (const [topic, bytes] of s.host.templates()) if (passes(s.peer.share, topic.slice('qis/1/t/'.length))) first.push([topic, bytes]);
+      for (const [topic, bytes] of s.host.revocations?.() ?? []) first.push([topic, bytes]);
+      await this.#outbox.sendFirst(c, first);
       await this.#catchUp.now();
     } catch (e) {
       if (s.client === c) s.log.warn({ err: (e as Error).message }, 'federation link setup failed; reconnecting');
@@ -220,7 +223,7 @@ export class Link {
     const c = s.client;
     s.client = undefined;
     s.connected = false;
-    s.requests.failAll();
+    s.requests.failAll(c);
     this.#outbox.close();
     this.#inbox.close();
     const settled = this.#catchUp.close();

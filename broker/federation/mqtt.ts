@@ -95,6 +95,8 @@ export function detectPeer(c: MqttClient): Promise<PeerInfo> {
 /** A link's requests to a qis peer (on qis/1/f/req/<its clientId>) and their answers (qis/1/f/res/<its clientId>), matched by id. */
 export class Requests {
   readonly #waiters = new Map<string, (payload: Buffer) => void>();
+  /** Connections this link is done with: a request on one fails at once (it might never be answered). */
+  readonly #retired = new WeakSet<MqttClient>();
   constructor(
     private readonly clientId: string,
     private readonly peer: string,
@@ -103,7 +105,7 @@ export class Requests {
   /** Sends `body` with a fresh id and resolves with the parsed answer; `meter.bytes` counts both payloads. */
   async request(c: MqttClient, body: Record<string, unknown>, meter?: { bytes: number }): Promise<Record<string, unknown>> {
     // Never queued by mqtt.js while offline: a catch-up at the next connection covers it.
-    if (!c.connected) throw new QisError('ERR_CLOSED', 'link not connected');
+    if (!c.connected || this.#retired.has(c)) throw new QisError('ERR_CLOSED', 'link not connected');
     const id = randomBytes(6).toString('hex');
     const payload = Buffer.from(JSON.stringify({ id, ...body }));
     if (meter) meter.bytes += payload.length;
@@ -140,8 +142,13 @@ export class Requests {
     }
   }
 
-  /** The connection ended: every waiting request fails with ERR_CLOSED. */
-  failAll(): void {
+  /**
+   * The connection ended (or the link closes): every waiting request fails with ERR_CLOSED, and so
+   * does any later request on `c` (a catch-up still running would otherwise send one on a
+   * connection that is closing, and wait its whole timeout).
+   */
+  failAll(c?: MqttClient): void {
+    if (c) this.#retired.add(c);
     for (const w of this.#waiters.values()) w(Buffer.alloc(0));
     this.#waiters.clear();
   }

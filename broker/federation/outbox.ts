@@ -62,6 +62,20 @@ export class Outbox {
     this.send(topic, payload);
   }
 
+  /**
+   * Documents a peer needs before any packet of theirs (template documents, revocation lists), at
+   * connect: to a qis peer as 'put' batches awaited in turn, so they are admitted before the
+   * catch-up's first put, which does not queue behind live forwards; to any other peer as
+   * publishes, in order on the one connection.
+   */
+  async sendFirst(c: MqttClient, items: readonly [string, Uint8Array][]): Promise<void> {
+    if (this.s.peerKind !== 'qis') {
+      for (const [topic, bytes] of items) this.send(topic, bytes);
+      return;
+    }
+    for (let i = 0; i < items.length && this.s.client === c; i += BATCH) await this.put(c, items.slice(i, i + BATCH));
+  }
+
   /** Forwards one packet: to a qis peer in batches; otherwise a retained QoS 1 publish. */
   send(topic: string, payload: Uint8Array): void {
     const c = this.s.client;

@@ -52,11 +52,7 @@ function start(): Thread {
   t.worker.on('message', (r: CheckResult[]) => {
     t.pending.shift()?.resolve(r);
     if (t.pending.length === 0) t.worker.unref();
-    if (threads?.every((x) => x.pending.length === 0)) {
-      clearTimeout(idleTimer);
-      idleTimer = setTimeout(stopIdle, IDLE_MS);
-      idleTimer.unref();
-    }
+    armIdle();
   });
   const fail = (e?: Error): void => {
     const i = threads ? threads.indexOf(t) : -1;
@@ -73,6 +69,18 @@ function start(): Thread {
   return t;
 }
 
+/**
+ * (Re)starts the idle countdown when no thread has a batch out: after the last answer, and at every
+ * use of the threads, so a read that ends before it sends a batch (reset, or abandoned on an
+ * error) does not leave them up for ever in a long-running process.
+ */
+function armIdle(): void {
+  if (!threads?.every((x) => x.pending.length === 0)) return;
+  clearTimeout(idleTimer);
+  idleTimer = setTimeout(stopIdle, IDLE_MS);
+  idleTimer.unref();
+}
+
 function stopIdle(): void {
   const ts = threads;
   if (!ts || ts.some((t) => t.pending.length > 0)) return;
@@ -84,6 +92,7 @@ function stopIdle(): void {
 function threadsReady(): boolean {
   clearTimeout(idleTimer);
   threads ??= Array.from({ length: Math.max(1, availableParallelism()) }, start);
+  armIdle(); // stopIdle() leaves threads with batches out alone; their last answer arms it again
   return threads.some((t) => t.online);
 }
 
