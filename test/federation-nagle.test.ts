@@ -3,7 +3,7 @@
 // meanwhile together as the next batch the moment an answer comes. The peer is scripted (a plain
 // Aedes broker and a client that says it is a qis broker and answers requests when told), so the
 // test decides when a batch is acknowledged; A is a real qis broker.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,27 +23,8 @@ t.test('a lone packet goes at once; packets queued behind unanswered batches go 
 
   // The scripted peer: catch-up requests answered as a peer in sync with A would; 'put' batches
   // recorded (their item counts) and answered only when released.
-  const ctl = await mqtt.connectAsync(p.url, { clientId: 'peer-script', reconnectPeriod: 0 });
-  t.teardown(() => ctl.endAsync(true));
-  const puts: { link: string; id: string; n: number }[] = [];
-  let hold = false;
-  const held: (() => void)[] = [];
-  ctl.on('message', (topic, payload) => {
-    const link = topic.slice('qis/1/f/req/'.length);
-    const answer = (body: Buffer): void => void ctl.publish(`qis/1/f/res/${link}`, body, { qos: 1 });
-    const put = parsePut(payload);
-    if (!put) {
-      const res = answerPayload(a.broker.store, payload, a.broker.scoreStore);
-      if (res) answer(res);
-      return;
-    }
-    puts.push({ link, id: put.id, n: put.items.length });
-    const ack = (): void => answer(Buffer.from(JSON.stringify({ id: put.id, stored: put.items.length, stale: 0, refused: 0, retry: [] })));
-    if (hold) held.push(ack);
-    else ack();
-  });
-  await ctl.subscribeAsync('qis/1/f/req/#', { qos: 1 });
-  await ctl.publishAsync('qis/1/broker', JSON.stringify({ kind: 'qis', region: 'p' }), { qos: 1, retain: true });
+  const peerScript = await scriptedPeer(t, p.url, (payload) => answerPayload(a.broker.store, payload, a.broker.scoreStore));
+  const puts = peerScript.puts;
 
   const status = () => a.broker.federation?.status()[0];
   await until(() => (status()?.connected ?? false) && status()?.peerKind === 'qis' && (status()?.catchUps ?? 0) >= 1, 'A linked to the scripted qis peer and caught up');
@@ -55,7 +36,7 @@ t.test('a lone packet goes at once; packets queued behind unanswered batches go 
   const outBefore = await metric('qis_federation_forwarded_total');
 
   // 1. An idle link: one packet is sent on its own, without waiting for more.
-  hold = true;
+  peerScript.hold = true;
   await publishAll(a.url, [packetOf(0, 31, 1)]);
   await until(() => puts.length === before + 1, 'the lone packet reached the peer');
   t.equal(puts[before]?.n, 1, 'a batch of one, sent while the link was otherwise idle');
@@ -72,11 +53,11 @@ t.test('a lone packet goes at once; packets queued behind unanswered batches go 
   t.equal(puts.length, before + 2, 'nothing more was sent while two batches wait for their answer');
 
   // 3. One answer: the five queued packets go as one batch.
-  hold = false;
-  held.shift()?.();
+  peerScript.hold = false;
+  peerScript.held.shift()?.();
   await until(() => puts.length === before + 3, 'the next batch reached the peer');
   t.equal(puts[before + 2]?.n, 5, 'the five queued packets went together');
-  for (const ack of held.splice(0)) ack();
+  for (const ack of peerScript.held.splice(0)) ack();
   await until(async () => (await metric('qis_federation_pending')) === 0, 'every forward acknowledged');
   t.equal((await metric('qis_federation_forwarded_total')) - outBefore, 7, 'seven packets forwarded and acknowledged');
   t.equal(puts.length, before + 3, 'in three put batches: 1, 1 and 5');
@@ -93,28 +74,9 @@ t.test('at connect, template documents are admitted by the peer before the catch
     await empty.close();
     rmSync(emptyDir, { recursive: true, force: true });
   });
-  const ctl = await mqtt.connectAsync(p.url, { clientId: 'peer-script', reconnectPeriod: 0 });
-  t.teardown(() => ctl.endAsync(true));
-  const log: string[] = []; // 'req' for a catch-up request, 'put:<t|o>…' for a put (kind of each item)
-  let hold = true;
-  const held: (() => void)[] = [];
-  ctl.on('message', (topic, payload) => {
-    const link = topic.slice('qis/1/f/req/'.length);
-    const answer = (body: Buffer): void => void ctl.publish(`qis/1/f/res/${link}`, body, { qos: 1 });
-    const put = parsePut(payload);
-    if (!put) {
-      log.push('req');
-      const res = answerPayload(empty, payload);
-      if (res) answer(res);
-      return;
-    }
-    log.push(`put:${put.items.map(([tp]) => (tp.startsWith('qis/1/t/') ? 't' : tp.startsWith('qis/1/o/') ? 'o' : '?')).join('')}`);
-    const ack = (): void => answer(Buffer.from(JSON.stringify({ id: put.id, stored: put.items.length, stale: 0, refused: 0, retry: [] })));
-    if (hold) held.push(ack);
-    else ack();
-  });
-  await ctl.subscribeAsync('qis/1/f/req/#', { qos: 1 });
-  await ctl.publishAsync('qis/1/broker', JSON.stringify({ kind: 'qis', region: 'p' }), { qos: 1, retain: true });
+  const peerScript = await scriptedPeer(t, p.url, (payload) => answerPayload(empty, payload));
+  peerScript.hold = true;
+  const log = peerScript.log;
 
   // A holds three template documents (more than IN_FLIGHT batches) and a packet of the peer's
   // cohort, stored while it had no link; then it starts with the link to the scripted peer, whose
@@ -139,9 +101,40 @@ t.test('at connect, template documents are admitted by the peer before the catch
   // While the documents' answer is held, the catch-up has not started: no request, no packet.
   await new Promise((r) => setTimeout(r, 300));
   t.same(log, [first], 'nothing else sent before the peer answered the documents');
-  hold = false;
-  for (const ack of held.splice(0)) ack();
+  peerScript.hold = false;
+  for (const ack of peerScript.held.splice(0)) ack();
   await until(() => log.some((l) => /^put:.*o/.test(l)), 'the catch-up sent the packet');
   const iReq = log.indexOf('req');
   t.ok(iReq > 0, 'the catch-up asked after the documents were answered');
 });
+
+/**
+ * A scripted qis peer on a plain Aedes broker: says it is a qis broker, answers catch-up requests
+ * with `answer`, records every put (its link and items) and every request ('req') and put
+ * ('put:' and t/o per item: template document or outcome packet) in arrival order, and answers a
+ * put at once, or holds the answer while `hold` is set (`held` answers it later).
+ */
+async function scriptedPeer(t: Test, url: string, answer: (payload: Buffer) => Buffer | undefined) {
+  const ctl = await mqtt.connectAsync(url, { clientId: 'peer-script', reconnectPeriod: 0 });
+  t.teardown(() => ctl.endAsync(true));
+  const s = { hold: false, held: [] as (() => void)[], puts: [] as { link: string; id: string; n: number }[], log: [] as string[] };
+  ctl.on('message', (topic, payload) => {
+    const link = topic.slice('qis/1/f/req/'.length);
+    const reply = (body: Buffer): void => void ctl.publish(`qis/1/f/res/${link}`, body, { qos: 1 });
+    const put = parsePut(payload);
+    if (!put) {
+      s.log.push('req');
+      const res = answer(payload);
+      if (res) reply(res);
+      return;
+    }
+    s.puts.push({ link, id: put.id, n: put.items.length });
+    s.log.push(`put:${put.items.map(([tp]) => (tp.startsWith('qis/1/t/') ? 't' : tp.startsWith('qis/1/o/') ? 'o' : '?')).join('')}`);
+    const ack = (): void => reply(Buffer.from(JSON.stringify({ id: put.id, stored: put.items.length, stale: 0, refused: 0, retry: [] })));
+    if (s.hold) s.held.push(ack);
+    else ack();
+  });
+  await ctl.subscribeAsync('qis/1/f/req/#', { qos: 1 });
+  await ctl.publishAsync('qis/1/broker', JSON.stringify({ kind: 'qis', region: 'p' }), { qos: 1, retain: true });
+  return s;
+}
