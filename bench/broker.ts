@@ -787,7 +787,8 @@ async function part1(d: Data): Promise<Part1> {
         // The same floor in CPU: its CPU per packet ÷ the broker's (all threads). The publishers share
         // the cores in this bench and the floor leaves their CPU out, so the rate ratio above cannot
         // reach 1 even for a broker as cheap as the floor; this one says what the broker costs.
-        const cpuOf = aedes ? rs.map((x, i) => (1 / (raws[i] as number) + (aedes[i] ? (aedes[i] as IngestRun).brokerCores / (aedes[i] as IngestRun).rate : 0)) / (x.brokerCores / x.rate)) : [];
+        // The floor's CPU per packet is CORES ÷ the floor (floorOf).
+        const cpuOf = floors.map((f, i) => CORES / f / ((rs[i] as IngestRun).brokerCores / (rs[i] as IngestRun).rate));
         const f =
           perFloor.length > 0
             ? { ofFloor: { value: r3(median(perFloor)), floor: Math.round(median(floors)), rounds: perFloor.map(r3), goal: FLOOR_GOAL, pass: median(perFloor) >= FLOOR_GOAL, cpu: r3(median(cpuOf)), cpuRounds: cpuOf.map(r3), cpuSpread: r3(halfSpread(cpuOf)) } }
