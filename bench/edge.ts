@@ -22,9 +22,10 @@
  */
 import os from 'node:os';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BUNDLE, bundleFiles } from '../cli/bundle.js';
 import { createOutcomePacket, loadKeyFile, loadTemplate } from '../src/index.js';
 import { JSON_OUT, optNum } from './args.js';
 import { cleanup, cleanupOnSignals, cleanups, tempDir } from './cleanup.js';
@@ -35,7 +36,6 @@ import { writeResults, passes, type BenchResult } from './result.js';
 const RUNS = Math.round(optNum('runs', 15));
 const GOAL = 1.0;
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const BUNDLE = join(ROOT, 'dist/cli/qis.mjs');
 const DIST = join(ROOT, 'dist/cli/qis.js');
 const TEMPLATE_FILE = join(ROOT, 'examples/bearing-failure.yaml');
 const SITUATION = { machine_model: 'X1', bearing_type: 'roller', load_kn: 20, sealed: true };
@@ -134,8 +134,9 @@ async function main(): Promise<void> {
     helpBundleToNode: perRound(help.bundle, help.node, (r) => r.exitMs),
   };
   // The entry and the chunks it loads on demand (cli/bundle.ts): the whole build, in bytes.
-  const chunks = readdirSync(dirname(BUNDLE)).filter((f) => /^chunk-.*\.mjs$/.test(f));
-  const bundleBytes = [BUNDLE, ...chunks.map((f) => join(dirname(BUNDLE), f))].reduce((n, f) => n + statSync(f).size, 0);
+  const files = bundleFiles();
+  const chunks = files.slice(1);
+  const bundleBytes = files.reduce((n, f) => n + statSync(f).size, 0);
   const sp = (...xs: number[]): number => r3(Math.max(...xs));
   const results: BenchResult[] = [
     { bench: 'edge', measure: 'qis publish (bundle) → PUBACK, wall', value: s.bundle.ackMs.medianMs, unit: 'ms', peer: s.bare.ackMs.medianMs, peerName: 'bare mqtt.js script', ratio: ratios.bundle.ack, goal: { on: 'ratio', op: '<=', limit: GOAL }, spread: sp(s.bundle.ackMs.spread, s.bare.ackMs.spread) },

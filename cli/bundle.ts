@@ -24,7 +24,7 @@
  *   works without them.
  */
 import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { basename, dirname, join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build, type BuildOptions, type Plugin } from 'esbuild';
 
@@ -35,6 +35,14 @@ function repoRoot(from: string): string {
 
 const root = repoRoot(dirname(fileURLToPath(import.meta.url)));
 export const BUNDLE = join(root, 'dist', 'cli', 'qis.mjs');
+/** The chunks' file names beside the entry (esbuild's chunkNames below). */
+const CHUNK = /^chunk-[^/]*\.mjs$/;
+
+/** The build's files: the entry, then the chunks it loads on demand (whole paths). */
+export function bundleFiles(): string[] {
+  const dir = dirname(BUNDLE);
+  return [BUNDLE, ...readdirSync(dir).filter((f) => CHUNK.test(f)).map((f) => join(dir, f))];
+}
 const WORKER = join(root, 'dist', 'cli', 'verify-worker.js');
 
 /**
@@ -81,7 +89,7 @@ export async function buildBundle(): Promise<{ bytes: number; chunks: number }> 
   // go to files of their own beside the bundle, so `qis publish` never reads or compiles the
   // broker, Aedes, ioredis, ws, prom-client or the bridge. They sit in dist/cli/ itself (not a
   // subfolder) because code finds package.json, examples/ and the worker relative to its own file.
-  for (const f of readdirSync(dirname(BUNDLE))) if (/^chunk-.*\.mjs(\.map)?$/.test(f)) rmSync(join(dirname(BUNDLE), f));
+  for (const f of bundleFiles().slice(1)) for (const x of [f, `${f}.map`]) rmSync(x, { force: true });
   // esbuild keeps cli/qis.ts's #! line first.
   await build({
     ...common,
@@ -92,9 +100,8 @@ export async function buildBundle(): Promise<{ bytes: number; chunks: number }> 
     outExtension: { '.js': '.mjs' },
   });
   await build({ ...common, entryPoints: [join(root, 'src', 'protocol', 'verify-worker.ts')], outfile: WORKER });
-  const dir = dirname(BUNDLE);
-  const chunks = readdirSync(dir).filter((f) => /^chunk-.*\.mjs$/.test(f));
-  return { bytes: [basename(BUNDLE), ...chunks].reduce((n, f) => n + statSync(join(dir, f)).size, 0), chunks: chunks.length };
+  const files = bundleFiles();
+  return { bytes: files.reduce((n, f) => n + statSync(f).size, 0), chunks: files.length - 1 };
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

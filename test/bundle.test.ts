@@ -4,17 +4,17 @@
 // by the bundle, over loopback; and which chunks each command reads (the broker's and the
 // bridge's code are not read by `qis publish`).
 import t from 'tap';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import mqtt from 'mqtt';
 import { freePort, waitForPort } from '../bench/net.js';
+import { BUNDLE, bundleFiles } from '../cli/bundle.js';
 import { ROOT } from './helpers/cli.js';
 import { run } from './helpers/run.js';
 
-const BUNDLE = fileURLToPath(new URL('../dist/cli/qis.mjs', import.meta.url));
 const TPL = join(ROOT, 'examples/bearing-failure.yaml');
 const S = JSON.stringify({ machine_model: 'KX-200', bearing_type: 'roller', load_kn: 42.5, sealed: true });
 
@@ -23,12 +23,7 @@ const RECORD_LOADS = fileURLToPath(new URL('./fixtures/record-loads.mjs', import
 const recordLoads = (out: string): string[] => ['--import', `${pathToFileURL(RECORD_LOADS).href}?out=${encodeURIComponent(out)}`];
 const loaded = (out: string): string[] => (existsSync(out) ? readFileSync(out, 'utf8').split('\n').filter((l) => l !== '').map((u) => fileURLToPath(u)) : []);
 /** The build's chunks holding a string only that part of the code has. */
-const chunksWith = (marker: string): string[] => {
-  const dir = join(BUNDLE, '..');
-  return readdirSync(dir)
-    .filter((f) => /^chunk-.*\.mjs$/.test(f) && readFileSync(join(dir, f), 'utf8').includes(marker))
-    .map((f) => join(dir, f));
-};
+const chunksWith = (marker: string): string[] => bundleFiles().slice(1).filter((f) => readFileSync(f, 'utf8').includes(marker));
 
 const bundled = (args: string[], nodeArgs: string[] = []) => {
   if (!existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run npm run build (npm test does)`);
