@@ -2,7 +2,7 @@
 // main thread checks itself, packets go to worker threads; the fold must equal foldCohort's.
 import t from 'tap';
 import { address, foldCohort, keyFromSeed, outcomeTopic, signPacket } from '../src/index.js';
-import { CohortStream, threadsOnline } from '../src/node/cohort-verify.js';
+import { CohortStream, queryThreadsRunning, setQueryThreadsIdleMs, threadsOnline } from '../src/node/cohort-verify.js';
 import { bearing, situation } from './helpers/fixtures.js';
 
 t.test('cohort stream - past the inline share, worker threads give the same fold as foldCohort, in arrival order', async (t) => {
@@ -33,4 +33,36 @@ t.test('cohort stream - past the inline share, worker threads give the same fold
   const got = await stream.finish();
   t.same(got, want, 'the same packets, counts and drops');
   t.ok((want.dropped.ERR_BAD_SIGNATURE ?? 0) > 0 && (want.dropped.ERR_EXPIRED ?? 0) > 0 && want.duplicates > 0 && want.superseded > 0, 'forged, expired, duplicate and superseded messages were in it');
+});
+
+t.test('cohort stream - idle query threads stop, also after a read reset before its first batch went out', async (t) => {
+  const addr = address(bearing, situation);
+  const now = 1_795_000_000_000;
+  const messages = Array.from({ length: 140 }, (_, i) => {
+    const key = keyFromSeed(new Uint8Array(32).fill(i + 1));
+    const topic = outcomeTopic(addr, key.nodeId);
+    return { topic, payload: signPacket(key, topic, { fp: addr.fp, seq: 1, ts: now - 1000, out: 'ok' }) };
+  });
+  setQueryThreadsIdleMs(200);
+  t.teardown(() => setQueryThreadsIdleMs(30_000));
+  // Polls (bounded) until the threads are gone.
+  const stopped = async (): Promise<boolean> => {
+    for (let i = 0; i < 300 && queryThreadsRunning() > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    return queryThreadsRunning() === 0;
+  };
+
+  // A whole query: threads start, answer, and stop once idle.
+  const whole = new CohortStream({ address: addr, widen: 0, now });
+  for (const m of messages) whole.add(m.topic, m.payload);
+  t.ok(queryThreadsRunning() > 0, 'past the inline share, the threads started');
+  t.equal((await whole.finish()).packets.length, messages.length, 'every packet verified and kept');
+  t.ok(await stopped(), 'stopped after the idle time');
+
+  // A read that starts the threads, then resets (a new connection) before a batch went out: no
+  // answer will ever come back to arm the idle stop, so using the threads must arm it.
+  const reset = new CohortStream({ address: addr, widen: 0, now });
+  for (const m of messages) reset.add(m.topic, m.payload); // 128 inline, the rest packed, none sent
+  t.ok(queryThreadsRunning() > 0, 'the read started the threads again');
+  reset.reset();
+  t.ok(await stopped(), 'stopped after the idle time, with no batch ever sent');
 });

@@ -44,7 +44,23 @@ let threads: Thread[] | undefined;
  * their key caches (node ids and KeyObjects, src/protocol/identity.ts) warm.
  */
 const IDLE_MS = 30_000;
+let idleMs = IDLE_MS;
 let idleTimer: NodeJS.Timeout | undefined;
+
+/**
+ * How long idle threads stay up (default 30 s). For tests, which cannot wait 30 s, and for a
+ * long-running process that would rather free the threads sooner or keep them longer.
+ * @throws QisError ERR_INVALID_ARGUMENT unless a positive finite number of ms
+ */
+export function setQueryThreadsIdleMs(ms: number): void {
+  if (!Number.isFinite(ms) || ms <= 0) throw new QisError('ERR_INVALID_ARGUMENT', `idle ms must be a positive number, not ${ms}`);
+  idleMs = ms;
+}
+
+/** Query verify threads up now (0 when stopped as idle or never started). */
+export function queryThreadsRunning(): number {
+  return threads?.length ?? 0;
+}
 
 function start(): Thread {
   const t: Thread = { worker: startVerifyWorker(), online: false, pending: [] };
@@ -77,7 +93,7 @@ function start(): Thread {
 function armIdle(): void {
   if (!threads?.every((x) => x.pending.length === 0)) return;
   clearTimeout(idleTimer);
-  idleTimer = setTimeout(stopIdle, IDLE_MS);
+  idleTimer = setTimeout(stopIdle, idleMs);
   idleTimer.unref();
 }
 
