@@ -11,8 +11,8 @@
  *
  *   node dist/bench/verify-worker.js [--nodes=2000] [--rounds=5] [--json]
  *
- * Everything runs on this thread, in rounds that interleave the operations (raw, broker, query,
- * then again), each over every packet; CPU time is process.cpuUsage() (user + system, so the GC's
+ * Everything runs on this thread, in rounds over every packet that interleave the operations batch
+ * by batch (raw, broker, query on batch 1, then on batch 2, …); CPU time is process.cpuUsage() (user + system, so the GC's
  * threads count too), which on a shared machine is steadier than wall time. Keys are warm, as in a
  * query read again or a broker's known nodes: one untimed round comes first. Ratios are medians of
  * the per-round ratios to raw.
@@ -103,62 +103,65 @@ const cpu = (): number => {
   return u.user + u.system;
 };
 
-function runRaw(): number {
-  const t0 = cpu();
-  let ok = 0;
-  for (const r of raw) if (crypto.verify(null, r.msg, r.ko, r.sig)) ok++;
-  const us = cpu() - t0;
-  check(ok === NODES, 'every raw verification succeeds');
-  return us;
-}
-
 const brokerBatches = batches(MAX_SKEW_MS);
-function runBroker(): number {
-  const t0 = cpu();
-  let refused = 0;
-  for (const b of brokerBatches) refused += verifyPacked(b).refusals.length;
-  const us = cpu() - t0;
-  check(refused === 0, 'verifyPacked accepts every packet');
-  return us;
+const { port1, port2 } = new MessageChannel();
+
+interface Round {
+  raw: number;
+  broker: number;
+  check: number;
+  post: number;
+  receive: number;
 }
 
-const { port1, port2 } = new MessageChannel();
-/** Worker side (check + post) and main side (receipt) of a query's batches, in µs. */
-function runQuery(): { check: number; post: number; receive: number } {
-  const bs: CheckBatch[] = batches(Number.NaN).map((b) => ({ ...b, check: { expectFp: addr.fp } }));
-  let checkUs = 0;
-  let postUs = 0;
-  let receiveUs = 0;
+/**
+ * One round: for each batch in turn, raw verification of its packets, verifyPacked() of it, then
+ * checkPackedBatch() of it with the post and receipt of its results; so that each path and its
+ * raw baseline are measured within milliseconds of each other. CPU µs, summed over the batches.
+ */
+function round(): Round {
+  const queryBatches: CheckBatch[] = batches(Number.NaN).map((b) => ({ ...b, check: { expectFp: addr.fp } }));
+  const r: Round = { raw: 0, broker: 0, check: 0, post: 0, receive: 0 };
   let ok = 0;
-  for (const b of bs) {
-    const t0 = cpu();
+  for (let k = 0; k < brokerBatches.length; k++) {
+    const from = k * BATCH;
+    const to = Math.min(NODES, from + BATCH);
+    let t0 = cpu();
+    for (let i = from; i < to; i++) {
+      const x = raw[i] as (typeof raw)[number];
+      if (crypto.verify(null, x.msg, x.ko, x.sig)) ok++;
+    }
+    let t1 = cpu();
+    r.raw += t1 - t0;
+    const refused = verifyPacked(brokerBatches[k] as (typeof brokerBatches)[number]).refusals.length;
+    t0 = cpu();
+    r.broker += t0 - t1;
+    check(refused === 0, 'verifyPacked accepts every packet');
+    const b = queryBatches[k] as CheckBatch;
+    t0 = cpu();
     const rs = checkPackedBatch(b);
-    const t1 = cpu();
+    t1 = cpu();
     port1.postMessage(rs, [b.buf]);
     const t2 = cpu();
     const got = receiveMessageOnPort(port2)?.message as typeof rs;
     const t3 = cpu();
-    checkUs += t1 - t0;
-    postUs += t2 - t1;
-    receiveUs += t3 - t2;
-    for (const r of got) if (r.ok && r.packet.seq >= 1) ok++;
+    r.check += t1 - t0;
+    r.post += t2 - t1;
+    r.receive += t3 - t2;
+    for (const x of got) if (x.ok && x.packet.seq >= 1) ok++;
   }
-  check(ok === NODES, 'checkPackedBatch accepts every packet and its results arrive');
-  return { check: checkUs, post: postUs, receive: receiveUs };
+  check(ok === 2 * NODES, 'every raw verification and every query check succeeds, and the results arrive');
+  return r;
 }
 
 // ------------------------------------------------------------------------------ run
 
 log(`verify worker bench: ${NODES} nodes, batches of ${BATCH}, ${ROUNDS} rounds (CPU time, µs per packet)`);
-runRaw();
-runBroker();
-runQuery();
-const rows: { raw: number; broker: number; check: number; post: number; receive: number }[] = [];
-for (let r = 0; r < ROUNDS; r++) {
-  const rawUs = runRaw();
-  const brokerUs = runBroker();
-  const q = runQuery();
-  rows.push({ raw: rawUs / NODES, broker: brokerUs / NODES, check: q.check / NODES, post: q.post / NODES, receive: q.receive / NODES });
+round(); // warm-up: the code compiled, every key in the cache
+const rows: Round[] = [];
+for (let i = 0; i < ROUNDS; i++) {
+  const x = round();
+  rows.push({ raw: x.raw / NODES, broker: x.broker / NODES, check: x.check / NODES, post: x.post / NODES, receive: x.receive / NODES });
 }
 const med = (f: (x: (typeof rows)[number]) => number): number => median(rows.map(f));
 const result = {

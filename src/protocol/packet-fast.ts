@@ -48,6 +48,29 @@ const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 const textDecoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 const f64 = new DataView(new ArrayBuffer(8));
 
+/** `n` bytes at `b[s..]` as UTF-8 text, or undefined when they are not valid UTF-8. */
+function decodeText(b: Uint8Array, s: number, n: number): string | undefined {
+  let ascii = true;
+  for (let i = s; i < s + n; i++) {
+    if ((b[i] as number) >= 0x80) {
+      ascii = false;
+      break;
+    }
+  }
+  if (ascii) return String.fromCharCode.apply(null, b.subarray(s, s + n) as unknown as number[]);
+  try {
+    return textDecoder.decode(b.subarray(s, s + n));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Recently decoded short texts, by slot (a hash of length, first and last byte): bounded, one compare a lookup. */
+const RECENT_SLOTS = 64;
+const RECENT_MAX_BYTES = 32;
+const recentBytes: (Uint8Array | undefined)[] = new Array<Uint8Array | undefined>(RECENT_SLOTS).fill(undefined);
+const recentTexts: string[] = new Array<string>(RECENT_SLOTS).fill('');
+
 /** A cursor over `b[p..end)`; every read checks its bounds. `NO` (−1): not on this path. */
 const NO = -1;
 class Cursor {
@@ -130,20 +153,24 @@ class Cursor {
     const b = this.b;
     const s = this.p;
     this.p += n;
-    let ascii = true;
-    for (let i = s; i < s + n; i++) {
-      if ((b[i] as number) >= 0x80) {
-        ascii = false;
-        break;
-      }
+    if (n === 0) return '';
+    if (n > RECENT_MAX_BYTES) return decodeText(b, s, n);
+    // ctx keys and out labels repeat from packet to packet: one compare with the last text of its slot.
+    const slot = (n * 7 + (b[s] as number) + (b[s + n - 1] as number) * 3) & (RECENT_SLOTS - 1);
+    const r = recentBytes[slot];
+    if (r?.length === n) {
+      let i = 0;
+      while (i < n && r[i] === b[s + i]) i++;
+      if (i === n) return recentTexts[slot];
     }
-    if (ascii) return String.fromCharCode.apply(null, b.subarray(s, s + n) as unknown as number[]);
-    try {
-      return textDecoder.decode(b.subarray(s, s + n));
-    } catch {
-      return undefined;
+    const t = decodeText(b, s, n);
+    if (t !== undefined) {
+      recentBytes[slot] = b.slice(s, s + n);
+      recentTexts[slot] = t;
     }
+    return t;
   }
+
 
   /**
    * A number as the protocol reads one where it takes any number (packet.ts `num`): an integer
