@@ -67,18 +67,13 @@ import {
   loadTemplate,
   sigStructure,
   utf8Bytes,
-  encodeCbor,
-  encodePayload,
-  nodeIdOf,
   outcomeTopic,
-  CborTag,
   type CohortMessage,
-  type NodeKey,
-  type PacketFields,
   type QisNode,
   type Template,
 } from '../src/index.js';
 import { JSON_OUT, optNum, optStr } from './args.js';
+import { benchKey, benchPacket, benchSeed, SPKI_PREFIX, type BenchKey } from './bench-keys.js';
 import { cleanup, cleanupOnSignals, cleanups, tempDir } from './cleanup.js';
 import { writeResults } from './result.js';
 import { median, min, r3, runProc, stat, writeBareScript, RSS_METHOD, type ProcRun, type Stat } from './proc.js';
@@ -103,8 +98,6 @@ const QIS_CLI = join(ROOT, 'dist/cli/qis.js');
 /** Part 1's cohort; part 2 uses the situation of the CLI example (each part has its own broker). */
 const COHORT_SITUATION = { machine_model: 'BENCH-10K', bearing_type: 'roller', load_kn: 20, sealed: true };
 const CLI_SITUATION = { machine_model: 'X1', bearing_type: 'roller', load_kn: 20, sealed: true };
-const SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
-const PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
 
 const log = (s: string): void => {
   if (!JSON_OUT) process.stderr.write(s + '\n');
@@ -183,35 +176,6 @@ function sleep(ms: number): Promise<void> {
 
 // ------------------------------------------------------------------------------ part 1
 
-interface BenchKey {
-  readonly key: NodeKey;
-  readonly privateKeyObject: crypto.KeyObject;
-}
-
-/** keyFromSeed() through a JWK import (checked against keyFromSeed() in part1). */
-function benchKey(seed: Uint8Array): BenchKey {
-  const d = Buffer.from(seed).toString('base64url');
-  let privateKeyObject: crypto.KeyObject;
-  try {
-    // Node 20 requires x to be a string and derives the key from d alone.
-    privateKeyObject = crypto.createPrivateKey({ key: { kty: 'OKP', crv: 'Ed25519', d, x: '' }, format: 'jwk' });
-  } catch {
-    privateKeyObject = crypto.createPrivateKey({ key: Buffer.concat([PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });
-  }
-  const x = crypto.createPublicKey(privateKeyObject).export({ format: 'jwk' }).x as string;
-  const publicKey = new Uint8Array(Buffer.from(x, 'base64url'));
-  return { key: { secretKey: seed, publicKey, nodeId: nodeIdOf(publicKey) }, privateKeyObject };
-}
-
-const PROTECTED_ED25519 = encodeCbor(new Map([[1, -19]]));
-
-/** signPacket() with a ready private KeyObject: 18([protected, {4: kid}, payload, signature]). */
-function benchPacket(k: BenchKey, topic: string, fields: PacketFields): Uint8Array {
-  const payload = encodePayload(fields);
-  const signature = crypto.sign(null, sigStructure(PROTECTED_ED25519, topic, payload), k.privateKeyObject);
-  return encodeCbor(new CborTag(18, [PROTECTED_ED25519, new Map([[4, k.key.publicKey]]), payload, new Uint8Array(signature)]));
-}
-
 interface Part1 {
   readonly broker: string;
   readonly brokerConfig: readonly string[];
@@ -248,17 +212,10 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
   const filter = cohortFilter(addr, 0);
   log(`part 1: ${NODES.toLocaleString('en-US')} nodes on ${which} ${broker.version} (${broker.url}); ${REPS} repetitions`);
 
-  // Keys and packets. keyFromSeed() imports the seed as PKCS#8 DER, which costs OpenSSL 3 about
-  // 0.5 ms a key (5 s for 10,000); a JWK import is ten times faster. So the cohort is built here
-  // from raw node:crypto and the project's encoders, and its first keys and packets are checked
-  // byte for byte against keyFromSeed() + createOutcomePacket() before anything is timed.
+  // Keys and packets from raw node:crypto (bench/bench-keys.ts); the first ones are checked byte
+  // for byte against keyFromSeed() + createOutcomePacket() before anything is timed.
   let t0 = performance.now();
-  const seedOf = (i: number): Uint8Array => {
-    const seed = Buffer.alloc(32);
-    seed.write('qis-bench-node/', 0, 'latin1');
-    seed.writeUInt32BE(i, 28);
-    return new Uint8Array(seed);
-  };
+  const seedOf = benchSeed;
   const keys: BenchKey[] = [];
   for (let i = 0; i < NODES; i++) keys.push(benchKey(seedOf(i)));
   const keysMs = performance.now() - t0;

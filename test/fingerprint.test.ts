@@ -95,3 +95,27 @@ t.test('fingerprint - outcome topics round-trip through parseOutcomeTopic', asyn
   for (const b of bad) t.throws(() => parseOutcomeTopic(b), { code: 'ERR_TOPIC_INVALID' }, b);
   t.throws(() => parseOutcomeTopic(topic, 3), { code: 'ERR_TOPIC_INVALID', message: /4 levels/ });
 });
+
+t.test("fingerprint - a cohort's next topic (parsed by the last topic's prefix) checks the same", async (t) => {
+  const a = address(bearing, situation);
+  const first = outcomeTopic(a, fixedKey(1).nodeId);
+  const second = fixedKey(2).nodeId;
+  const p1 = parseOutcomeTopic(first, 4);
+  const p2 = parseOutcomeTopic(outcomeTopic(a, second), 4);
+  t.equal(p2.nodeId, second, 'its own node id');
+  t.equal(p2.tplId, a.tplId);
+  t.same(p2.levels, a.levels);
+  t.equal(p2.levels, p1.levels, 'the cohort shares one levels array');
+  t.ok(Object.isFrozen(p2.levels), 'which cannot be changed');
+  t.throws(() => parseOutcomeTopic(outcomeTopic(a, second), 3), { code: 'ERR_TOPIC_INVALID', message: /4 levels/ }, 'depth still checked');
+  // Same prefix, same length, not a node id: refused as when parsed alone.
+  const prefix = first.slice(0, -26);
+  for (const id of [second.toUpperCase(), second.slice(0, 25) + 'b', second.slice(0, 25) + '1', '/' + second.slice(1), second.slice(0, 25) + '\n']) {
+    parseOutcomeTopic(first);
+    t.throws(() => parseOutcomeTopic(prefix + id), { code: 'ERR_TOPIC_INVALID' }, JSON.stringify(id));
+  }
+  // Longer or shorter by a level: the whole pattern decides.
+  t.throws(() => parseOutcomeTopic(`${prefix}${'a'.repeat(10)}/${second}`, 4), { code: 'ERR_TOPIC_INVALID', message: /5 levels/ });
+  t.equal(parseOutcomeTopic(`${prefix}${'a'.repeat(10)}/${second}`).levels.length, 5);
+  t.equal(parseOutcomeTopic(first).levels.length, 4);
+});

@@ -11,7 +11,8 @@ function malformed(msg: string, at: number): QisError {
   return new QisError('ERR_CBOR_MALFORMED', `CBOR at byte ${at}: ${msg}`);
 }
 
-function halfToNumber(h: number): number {
+/** An IEEE 754 half-precision value (RFC 8949 Appendix D). */
+export function halfToNumber(h: number): number {
   const exp = (h >> 10) & 0x1f;
   const mant = h & 0x3ff;
   const sign = h & 0x8000 ? -1 : 1;

@@ -85,12 +85,25 @@ export class CborWriter {
 
   /** The UTF-8 bytes of `s` as a text string (major 3) or a byte string (major 2). */
   string(major: 2 | 3, s: string): void {
-    if (s.length < 256 && isAscii(s)) {
-      // Short ASCII: one byte per code unit, no TextEncoder call.
+    if (s.length < 256) {
+      // Short ASCII: one byte per code unit, no TextEncoder call; written in one pass (a topic is
+      // written into every Sig_structure), taken back if a code unit is not ASCII after all.
+      const start = this.pos;
+      this.ensure(2 + s.length);
       this.head(major, s.length);
-      this.ensure(s.length);
-      for (let i = 0; i < s.length; i++) this.buf[this.pos++] = s.charCodeAt(i);
-      return;
+      const buf = this.buf;
+      let pos = this.pos;
+      let all = 0;
+      for (let i = 0; i < s.length; i++) {
+        const c = s.charCodeAt(i);
+        all |= c;
+        buf[pos++] = c;
+      }
+      if (all <= 0x7f) {
+        this.pos = pos;
+        return;
+      }
+      this.pos = start;
     }
     // TextEncoder would silently turn a lone surrogate into U+FFFD: the bytes would not be the text given.
     if (!s.isWellFormed()) throw new QisError('ERR_INVALID_ARGUMENT', 'text with a lone surrogate has no UTF-8 encoding');

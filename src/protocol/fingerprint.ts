@@ -87,13 +87,34 @@ export interface ParsedTopic {
  * @throws QisError ERR_TOPIC_INVALID
  */
 export function parseOutcomeTopic(topic: string, depth?: number): ParsedTopic {
+  // A cohort's topics differ only in their node ids: one that starts with the last topic's prefix
+  // (already matched by OUTCOME_TOPIC_RE) and is as long matches the pattern when its last 26
+  // characters are a node id, and has the same parts.
+  if (typeof topic === 'string' && topic.length === last.prefix.length + NODE_ID_LENGTH && topic.startsWith(last.prefix)) {
+    NODE_ID_TAIL_RE.lastIndex = last.prefix.length;
+    if (NODE_ID_TAIL_RE.test(topic)) return parsed(topic, last.tplId, last.levels, topic.slice(last.prefix.length) as NodeId, depth);
+  }
   const m = typeof topic === 'string' ? OUTCOME_TOPIC_RE.exec(topic) : null;
   if (m === null) return explainBadTopic(topic);
-  const levels = (m[2] as string).slice(1).split('/');
-  if (depth !== undefined && levels.length !== depth) badTopic(topic, `has ${levels.length} levels, the template routes on ${depth}`);
+  const levels = Object.freeze((m[2] as string).slice(1).split('/'));
   const tplId = m[1] as TplId;
-  return { tplId, levels, nodeId: m[3] as NodeId };
+  last = { prefix: topic.slice(0, topic.length - NODE_ID_LENGTH), tplId, levels };
+  return parsed(topic, tplId, levels, m[3] as NodeId, depth);
 }
+
+function parsed(topic: string, tplId: TplId, levels: readonly string[], nodeId: NodeId, depth: number | undefined): ParsedTopic {
+  if (depth !== undefined && levels.length !== depth) badTopic(topic, `has ${levels.length} levels, the template routes on ${depth}`);
+  return { tplId, levels, nodeId };
+}
+
+const NODE_ID_LENGTH = 26;
+const NODE_ID_TAIL_RE = /[a-z2-7]{25}[aeimquy4]$/y;
+/**
+ * The last topic matched by OUTCOME_TOPIC_RE: everything before its node id, and its parts. The
+ * topics of one cohort share one frozen `levels` array (a structured clone of a batch of their
+ * packets then writes it once).
+ */
+let last: { prefix: string; tplId: TplId; levels: readonly string[] } = { prefix: '\0', tplId: '' as TplId, levels: [] };
 
 // The whole outcome topic in one pattern (ids: 26 base32 characters encoding 16 bytes, see isB32Id16).
 const OUTCOME_TOPIC_RE = /^qis\/1\/o\/([a-z2-7]{25}[aeimquy4])((?:\/[a-z2-7]{10})+)\/([a-z2-7]{25}[aeimquy4])$/;

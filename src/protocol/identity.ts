@@ -91,7 +91,11 @@ interface Peer {
   readonly nodeId: NodeId;
   /** Undefined until first needed; null: the bytes are not a valid Ed25519 public key. */
   ko: crypto.KeyObject | null | undefined;
+  /** The value of `uses` when it was last moved to the end. */
+  used: number;
 }
+/** Look-ups so far: an entry moved to the end more than PEER_CACHE_MAX / 2 ago may be near the front. */
+let uses = 0;
 const peers = new Map<string, Peer>();
 // The last key looked up and its entry: a packet's check asks for its kid twice (node id, then
 // KeyObject), and the second ask costs a 32-byte compare instead of a cache lookup.
@@ -104,13 +108,18 @@ function peer(publicKey: Uint8Array): Peer {
   let p = peers.get(id);
   lastKey.set(publicKey);
   if (p) {
-    // Least recently used goes first: moved to the end on each use, so a cohort read again and
-    // again keeps its keys while a stream of one-off keys passes through.
-    peers.delete(id);
-    peers.set(id, p);
+    // Least recently used goes first: moved to the end when used, so a cohort read again and
+    // again keeps its keys while a stream of one-off keys passes through. Only once it is in the
+    // older half (a move costs a delete and an insert, and a newer entry is not evicted soon).
+    if (uses - p.used > PEER_CACHE_MAX / 2) {
+      peers.delete(id);
+      peers.set(id, p);
+      p.used = uses;
+    }
+    uses++;
     return (lastPeer = p);
   }
-  p = { nodeId: nodeIdOf(publicKey), ko: undefined };
+  p = { nodeId: nodeIdOf(publicKey), ko: undefined, used: uses++ };
   if (peers.size >= PEER_CACHE_MAX) {
     const oldest = peers.keys().next();
     if (!oldest.done) peers.delete(oldest.value);

@@ -7,6 +7,7 @@ import { equalBytes } from './bytes.js';
 import { QisError, type ErrorCode } from './errors.js';
 import { nodeIdOf, peerNodeId, signEd25519, verifyEd25519, type Ed25519Backend, type NodeId, type NodeKey } from './identity.js';
 import { parseOutcomeTopic } from './fingerprint.js';
+import { readCanonical } from './packet-fast.js';
 import type { TplId } from './template.js';
 
 /** The largest packet anyone may send or store (PROTOCOL §5). */
@@ -309,7 +310,7 @@ export function decodeSign1(bytes: Uint8Array): Sign1 {
 }
 
 /** Verifies a COSE_Sign1 signature with a given Ed25519 public key and external_aad. */
-export function verifySign1(msg: Sign1, publicKey: Uint8Array, externalAad: Uint8Array | string, backend?: Ed25519Backend): boolean {
+export function verifySign1(msg: Pick<Sign1, 'protectedBytes' | 'payload' | 'signature'>, publicKey: Uint8Array, externalAad: Uint8Array | string, backend?: Ed25519Backend): boolean {
   return encodeThen(writeSigStructure(msg.protectedBytes, externalAad, msg.payload), (toVerify) =>
     verifyEd25519(msg.signature, toVerify, publicKey, backend),
   );
@@ -371,14 +372,14 @@ export function decodePayload(payload: Uint8Array): PayloadFields {
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
 /** Adds the envelope's facts to decoded payload fields (by assignment, see decodePayload). */
-function withEnvelope(fields: PayloadFields, msg: Sign1, publicKey: Uint8Array, nodeId: NodeId, size: number): DecodedPacket {
+function withEnvelope(fields: PayloadFields, msg: Pick<Sign1, 'alg'> & { unprotected?: Sign1['unprotected'] }, publicKey: Uint8Array, nodeId: NodeId, size: number): DecodedPacket {
   const p = fields as Mutable<DecodedPacket>;
   p.alg = msg.alg;
   p.publicKey = publicKey;
   p.nodeId = nodeId;
   p.size = size;
   // PROTOCOL §10: label 13 (kcwt) is carried for the enrolment checks, not judged here.
-  const kcwt = msg.unprotected.get(13);
+  const kcwt = msg.unprotected?.get(13);
   if (kcwt !== undefined) p.enrolment = receivedSign1(kcwt) ?? encodeCbor(kcwt);
   return p;
 }
@@ -431,12 +432,15 @@ export function openEnvelope(topic: string, topicNodeId: string, bytes: Uint8Arr
   checkSize(bytes);
   const msg = decodeSign1(bytes);
   const publicKey = kidOf(msg);
+  return { msg, publicKey, nodeId: checkSigner(topic, topicNodeId, msg, publicKey, backend) };
+}
+
+/** The key's node owns the topic and its signature verifies: the node id. */
+function checkSigner(topic: string, topicNodeId: string, msg: Pick<Sign1, 'protectedBytes' | 'payload' | 'signature'>, publicKey: Uint8Array, backend?: Ed25519Backend): NodeId {
   const nodeId = peerNodeId(publicKey);
   if (nodeId !== topicNodeId) refuse('ERR_NODE_MISMATCH', `key of node ${nodeId} signed a packet on node ${topicNodeId}'s topic`);
-  if (!verifySign1(msg, publicKey, topic, backend)) {
-    refuse('ERR_BAD_SIGNATURE', 'signature does not verify for this topic');
-  }
-  return { msg, publicKey, nodeId };
+  if (!verifySign1(msg, publicKey, topic, backend)) refuse('ERR_BAD_SIGNATURE', 'signature does not verify for this topic');
+  return nodeId;
 }
 
 /**
@@ -463,8 +467,23 @@ export function decodePacket(bytes: Uint8Array): DecodedPacket {
 export function verifyPacket(topic: string, bytes: Uint8Array, options: VerifyOptions = {}): VerifiedPacket {
   checkSize(bytes);
   const parsed = parseOutcomeTopic(topic, options.depth);
-  const { msg, publicKey, nodeId } = openEnvelope(topic, parsed.nodeId, bytes, options.backend);
-  const fields = decodePayload(msg.payload);
+  // The usual form is read straight from the bytes (packet-fast.ts); anything else, and anything
+  // refused, by the full decoder, whose codes come first in the same order either way.
+  const fast = readCanonical(bytes);
+  let fields: PayloadFields;
+  let envelope: Pick<Sign1, 'alg'> & { unprotected?: Sign1['unprotected'] };
+  let publicKey: Uint8Array;
+  let nodeId: NodeId;
+  if (fast) {
+    ({ fields, publicKey } = fast);
+    envelope = fast;
+    nodeId = checkSigner(topic, parsed.nodeId, fast, publicKey, options.backend);
+  } else {
+    const opened = openEnvelope(topic, parsed.nodeId, bytes, options.backend);
+    ({ publicKey, nodeId } = opened);
+    envelope = opened.msg;
+    fields = decodePayload(opened.msg.payload);
+  }
   if (options.expectFp && !equalBytes(fields.fp, options.expectFp)) refuse('ERR_FP_MISMATCH', 'fp is not the fingerprint of this cohort');
   const now = options.now ?? Date.now();
   if (fields.exp !== undefined && now > fields.exp * 1000) {
@@ -473,7 +492,7 @@ export function verifyPacket(topic: string, bytes: Uint8Array, options: VerifyOp
   if (options.maxSkewMs !== undefined && fields.ts > now + options.maxSkewMs) {
     refuse('ERR_TS_FUTURE', `ts is ${fields.ts - now} ms in the future; allowed skew is ${options.maxSkewMs} ms`);
   }
-  const p = withEnvelope(fields, msg, publicKey, nodeId, bytes.length) as Mutable<VerifiedPacket>;
+  const p = withEnvelope(fields, envelope, publicKey, nodeId, bytes.length) as Mutable<VerifiedPacket>;
   p.topic = topic;
   p.tplId = parsed.tplId;
   p.levels = parsed.levels;

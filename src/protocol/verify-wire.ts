@@ -12,7 +12,6 @@ import { Worker } from 'node:worker_threads';
 import type { ErrorCode } from './errors.js';
 import type { Ed25519Backend } from './identity.js';
 import { checkPacket, type CheckResult, type VerifyOptions } from './packet.js';
-import { verifyJob, type Job, type JobResult } from './verify-job.js';
 
 /**
  * A verify worker thread (src/protocol/verify-worker.ts). Started from here so that the URL is
@@ -65,27 +64,34 @@ export class PackedBatch {
   }
 }
 
-/** Worker side: the jobs of a packed batch (views into it). */
-export function unpackJobs(ab: ArrayBuffer, count: number): Job[] {
+/**
+ * Worker side: calls `fn` with each job of a packed batch, in order (topic, packet bytes as a
+ * view into the batch, and the check's options). Jobs with the same options (a query's all have
+ * them, a broker's mostly) share one options object, built once, not once per job (object
+ * spreads are slow on Node 20).
+ */
+function eachJob(ab: ArrayBuffer, count: number, extra: { readonly expectFp?: Uint8Array; readonly backend?: Ed25519Backend }, fn: (topic: string, bytes: Uint8Array, o: VerifyOptions) => void): void {
   const b = Buffer.from(ab);
-  const jobs: Job[] = [];
+  let o: VerifyOptions | undefined;
   let at = 0;
-  while (jobs.length < count) {
+  for (let i = 0; i < count; i++) {
     const bl = b.readUInt32LE(at);
     const tl = b.readUInt32LE(at + 4);
     const depth = b.readInt32LE(at + 8);
+    const now = b.readDoubleLE(at + 12);
+    const maxSkewMs = b.readDoubleLE(at + 20); // NaN in a query's batch: no skew check
+    if (!o || o.now !== now || (o.depth ?? -1) !== depth || !Object.is(o.maxSkewMs ?? Number.NaN, maxSkewMs)) {
+      const n: { -readonly [K in keyof VerifyOptions]: VerifyOptions[K] } = { now };
+      if (depth >= 0) n.depth = depth;
+      if (!Number.isNaN(maxSkewMs)) n.maxSkewMs = maxSkewMs;
+      if (extra.expectFp) n.expectFp = extra.expectFp;
+      if (extra.backend) n.backend = extra.backend;
+      o = n;
+    }
     const t0 = at + JOB_HEAD;
-    jobs.push({
-      id: jobs.length,
-      topic: b.toString('utf8', t0, t0 + tl),
-      bytes: new Uint8Array(ab, t0 + tl, bl),
-      now: b.readDoubleLE(at + 12),
-      maxSkewMs: b.readDoubleLE(at + 20), // NaN in a query's batch: no skew check
-      ...(depth >= 0 ? { depth } : {}),
-    });
+    fn(b.toString('utf8', t0, t0 + tl), new Uint8Array(ab, t0 + tl, bl), o);
     at = t0 + tl + bl;
   }
-  return jobs;
 }
 
 /** A refusal, by job index. */
@@ -104,23 +110,25 @@ export interface PackedResults {
 
 /** Worker side: verifies a packed batch and packs the results. */
 export function verifyPacked(m: { buf: ArrayBuffer; count: number }): PackedResults {
-  const jobs = unpackJobs(m.buf, m.count);
-  const out = Buffer.allocUnsafeSlow(jobs.length * RESULT_BYTES);
+  const out = Buffer.allocUnsafeSlow(m.count * RESULT_BYTES);
   const refusals: Refusal[] = [];
-  for (let i = 0; i < jobs.length; i++) {
-    const r: JobResult = verifyJob(jobs[i] as Job);
+  let i = 0;
+  eachJob(m.buf, m.count, {}, (topic, bytes, o) => {
+    // The checks of verifyJob (src/protocol/verify-job.ts), without a result object per job.
+    const r = checkPacket(topic, bytes, o);
     const at = i * RESULT_BYTES;
     if (r.ok) {
       out.writeUInt8(1, at);
-      out.writeUInt8(r.del ? 1 : 0, at + 1);
-      out.writeDoubleLE(r.seq, at + 8);
-      out.writeDoubleLE(r.exp ?? Number.NaN, at + 16);
+      out.writeUInt8(r.packet.del ? 1 : 0, at + 1);
+      out.writeDoubleLE(r.packet.seq, at + 8);
+      out.writeDoubleLE(r.packet.exp ?? Number.NaN, at + 16);
     } else {
       out.writeUInt8(0, at);
       refusals.push({ i, code: r.code, message: r.message });
     }
-  }
-  return { buf: out.buffer as ArrayBuffer, count: jobs.length, refusals };
+    i++;
+  });
+  return { buf: out.buffer as ArrayBuffer, count: m.count, refusals };
 }
 
 /** Main side: the result of job `i` of a packed batch. */
@@ -149,20 +157,7 @@ export interface CheckBatch {
 
 /** Worker side: {@link checkPacket} of every packet of a query's batch, in order. */
 export function checkPackedBatch(m: CheckBatch): CheckResult[] {
-  // A query's jobs share their options: built once, not once per packet (object spreads are slow on Node 20).
-  let last: Job | undefined;
-  let o: VerifyOptions = {};
-  return unpackJobs(m.buf, m.count).map((j) => {
-    if (!last || j.now !== last.now || j.depth !== last.depth || !Object.is(j.maxSkewMs, last.maxSkewMs)) {
-      o = {
-        now: j.now,
-        ...(j.depth !== undefined ? { depth: j.depth } : {}),
-        ...(Number.isNaN(j.maxSkewMs) ? {} : { maxSkewMs: j.maxSkewMs }),
-        ...(m.check.expectFp ? { expectFp: m.check.expectFp } : {}),
-        ...(m.check.backend ? { backend: m.check.backend } : {}),
-      };
-      last = j;
-    }
-    return checkPacket(j.topic, j.bytes, o);
-  });
+  const out: CheckResult[] = [];
+  eachJob(m.buf, m.count, m.check, (topic, bytes, o) => out.push(checkPacket(topic, bytes, o)));
+  return out;
 }
