@@ -120,7 +120,7 @@ export interface PoolOptions {
 
 /**
  * The pool: jobs wait in a lane per source (verify-queue.ts); when a worker has room, a batch is
- * filled from the lanes round robin (one job per source per turn) and sent as a transferred
+ * filled with one job of each waiting source, then the oldest jobs, and sent as a transferred
  * buffer, and each answer is resolved in slices. So a quiet source's packet waits behind the
  * batches in the workers and at most one job per busy source, not behind a flood's backlog.
  * Bounded: PER_WORKER batches in each worker, MAX_QUEUED packets in all, MAX_QUEUED_PER_SOURCE
@@ -222,16 +222,20 @@ class Pool implements Verifier {
     }
   }
 
-  /** One batch from the waiting lanes (at least one job: the caller checked). Packed now, at dispatch: the bytes are copied once. */
+  /**
+   * One batch from the waiting lanes (at least one job: the caller checked): one job of each
+   * waiting source (round robin), then the oldest jobs whatever their source. Packed now, at
+   * dispatch: the bytes are copied once.
+   */
   #fill(): Batch {
-    const max = this.#waiting.sources > 1 ? this.#mixedBatchJobs : this.#batchJobs;
-    const first = this.#waiting.peek() as Job;
+    const w = this.#waiting;
+    const max = w.sources > 1 ? this.#mixedBatchJobs : this.#batchJobs;
+    const first = w.peek() as Job;
     const packed = new PackedBatch(Math.max(BATCH_BYTES, PackedBatch.size(first.topic, first.bytes)));
     const resolvers: Resolve[] = [];
-    for (let j = this.#waiting.peek(); j && resolvers.length < max && packed.add(j.topic, j.bytes, j.o); j = this.#waiting.peek()) {
-      this.#waiting.take();
-      resolvers.push(j.resolve);
-    }
+    const add = (j: Job | undefined): boolean => j !== undefined && resolvers.length < max && packed.add(j.topic, j.bytes, j.o) && resolvers.push(j.resolve) > 0;
+    for (let turns = w.sources; turns > 0 && add(w.peek()); turns--) w.take();
+    while (add(w.peekOldest())) w.takeOldest();
     return { packed, resolvers };
   }
 

@@ -69,8 +69,9 @@ t.test('verify pool - fair across sources: a quiet source overtakes a flood queu
     const all = [...Array.from({ length: 100 }, (_, k) => job('flood', k)), job('quiet', 0), job('other', 0), job('quiet', 1)];
     await Promise.all(all);
     t.same(order.slice(0, 4), ['flood0', 'flood1', 'flood2', 'flood3'], 'the batch already in the worker first');
-    // Then round robin, one job per source per turn; a lane joins behind the lanes already waiting.
-    t.same(order.slice(4, 10), ['flood4', 'quiet0', 'other0', 'flood5', 'quiet1', 'flood6'], 'then one job per source per turn');
+    // Then one job of each source per batch (of 2 while sources mix; a lane joins behind the lanes
+    // already waiting), and once the flood is alone, batches of 4 in arrival order.
+    t.same(order.slice(4, 14), ['flood4', 'quiet0', 'other0', 'flood5', 'quiet1', 'flood6', 'flood7', 'flood8', 'flood9', 'flood10'], 'then one job per source per turn');
     t.same(order.filter((x) => x.startsWith('flood')), Array.from({ length: 100 }, (_, k) => `flood${k}`), "a source's jobs in their order");
   } finally {
     await pool.close();

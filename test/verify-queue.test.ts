@@ -1,5 +1,6 @@
 // The verifier pool's waiting room (broker/verify-queue.ts): one lane per source, served round
-// robin one job per turn; a new lane joins behind the lanes already waiting; a bound per source.
+// robin one job per turn or oldest first; a new lane joins behind the lanes already waiting; a
+// bound per source.
 import t from 'tap';
 import { FairQueue } from '../broker/verify-queue.js';
 
@@ -33,6 +34,16 @@ t.test('fair queue - a source arriving mid-round waits for one job of each lane 
   t.same([q.take(), q.take(), q.take(), q.take()], ['f3', 'q1', 'o2', 'f4']);
   t.equal(q.peek(), 'f5');
   t.equal(takeAll(q).length, 46);
+});
+
+t.test('fair queue - oldest first across sources, without moving the round-robin turn', async (t) => {
+  const q = new FairQueue<string>(100);
+  for (const [src, j] of [['a', 'a1'], ['b', 'b1'], ['a', 'a2'], ['c', 'c1'], ['b', 'b2'], ['a', 'a3']] as const) q.push(src, j);
+  t.equal(q.peekOldest(), 'a1');
+  t.same([q.takeOldest(), q.takeOldest(), q.takeOldest()], ['a1', 'b1', 'a2']);
+  t.same([q.take(), q.take()], ['a3', 'b2'], 'the turn still starts at a');
+  t.same([q.takeOldest(), q.takeOldest()], ['c1', undefined]);
+  t.equal(q.sources, 0);
 });
 
 t.test('fair queue - at most perSource jobs waiting per source; a refused push queues nothing', async (t) => {
