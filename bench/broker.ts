@@ -14,6 +14,7 @@
  *   node dist/bench/broker.js --cpu-prof=DIR   (qis broker processes write V8 CPU profiles to DIR)
  *   node dist/bench/broker.js --targets=qis.always.w1,qis.always.w1.legacy,aedes   (only these targets)
  *   node dist/bench/broker.js --part=2 --signed-probe   (also time a quiet connection's signed packets: publish → PUBACK)
+ *   QIS_BENCH_VERIFY_TUNING=32,8,1 node dist/bench/broker.js …   (qis targets: the verifier pool's batch, mixed batch, batches per worker)
  *
  * Issue 15: every qis target also runs as `….legacy`, the verifier pool as it was before (structured-
  * clone batches of 256; bench/legacy-verifier.ts), in the same rounds: the A/B of the packed pool.
@@ -257,6 +258,12 @@ async function childQis(): Promise<void> {
   const { pino } = await import('pino');
   // The A/B: the pool as it was before issue 15, in the same run.
   const legacy = mode === 'legacy' ? { verifier: new (await import('./legacy-verifier.js')).LegacyPool(Number(workers)) } : {};
+  // QIS_BENCH_VERIFY_TUNING=batch,mixed,perWorker: the pool's batch sizes and depth (broker/verifier.ts PoolOptions), for tuning them.
+  const tuning = process.env['QIS_BENCH_VERIFY_TUNING']?.split(',').map(Number);
+  if (tuning && mode !== 'legacy') {
+    const [batchJobs, mixedBatchJobs, perWorker] = tuning;
+    Object.assign(legacy, { verifier: (await import('../broker/verifier.js')).createVerifier(Number(workers), { ...(batchJobs ? { batchJobs } : {}), ...(mixedBatchJobs ? { mixedBatchJobs } : {}), ...(perWorker ? { perWorker } : {}) }) });
+  }
   const broker = await createBroker(
     {
       listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }],
