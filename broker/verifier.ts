@@ -2,8 +2,9 @@
  * Signature verification off the main thread. Every admitted packet costs one Ed25519
  * verification (~120 µs); done inline, a burst would freeze the broker's event loop for every
  * client. A pool of worker threads takes packed batches (src/protocol/verify-wire.ts), so the main
- * thread only parses MQTT, packs the bytes once and writes the store. Sources (connections) are
- * served round robin (verify-queue.ts), so one client's burst does not delay another's packet.
+ * thread only parses MQTT, packs the bytes once and writes the store. Each batch takes a packet of
+ * every waiting source (connection) first (verify-queue.ts), so one client's burst does not delay
+ * another's packet.
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
@@ -225,7 +226,8 @@ class Pool implements Verifier {
   /**
    * One batch from the waiting lanes (at least one job: the caller checked): one job of each
    * waiting source (round robin), then the oldest jobs whatever their source. Packed now, at
-   * dispatch: the bytes are copied once.
+   * dispatch: the bytes are copied once (until then they are Aedes' read buffer, which admission
+   * holds anyway until the store has copied them).
    */
   #fill(): Batch {
     const w = this.#waiting;
