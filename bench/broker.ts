@@ -13,6 +13,8 @@
  *   node dist/bench/broker.js --part=1 --warmup=0      (a cold burst: no warm-up publishes, default 4,000, before the timed one)
  *   node dist/bench/broker.js --cpu-prof=DIR   (qis broker processes write V8 CPU profiles to DIR)
  *   node dist/bench/broker.js --targets=qis.always.w1,qis.always.w1.legacy,aedes   (only these targets)
+ *   node dist/bench/broker.js --part=2 --signed-probe   (also time a quiet connection's signed packets: publish → PUBACK)
+ *   QIS_BENCH_VERIFY_TUNING=32,8,1 node dist/bench/broker.js …   (qis targets: the verifier pool's batch, mixed batch, batches per worker)
  *
  * Issue 15: every qis target also runs as `….legacy`, the verifier pool as it was before (structured-
  * clone batches of 256; bench/legacy-verifier.ts), in the same rounds: the A/B of the packed pool.
@@ -193,6 +195,12 @@ const positional = (): string[] => argv.filter((a) => !a.startsWith('--'));
 /** Absolute ms on a clock shared by every process of the run (each one's timeOrigin is wall-clock based). */
 const absNow = (): number => performance.timeOrigin + performance.now();
 const LATENCY_TOPIC = 'bench/latency';
+/**
+ * `--signed-probe` (part 2): beside the ordinary probe, a third connection publishes signed qis
+ * packets (of nodes the burst does not use) at the same pace and times publish → PUBACK: the wait
+ * of a quiet client's verified packet behind the burst (the verifier's per-connection fairness).
+ */
+const SIGNED_PROBE = argv.includes('--signed-probe');
 
 /**
  * Commands every broker child answers: mem, eld-start, eld-stop, size, lat, close. `lat` returns, for each
@@ -251,6 +259,12 @@ async function childQis(): Promise<void> {
   const { pino } = await import('pino');
   // The A/B: the pool as it was before issue 15, in the same run.
   const legacy = mode === 'legacy' ? { verifier: new (await import('./legacy-verifier.js')).LegacyPool(Number(workers)) } : {};
+  // QIS_BENCH_VERIFY_TUNING=batch,mixed,perWorker: the pool's batch sizes and depth (broker/verifier.ts PoolOptions), for tuning them.
+  const tuning = process.env['QIS_BENCH_VERIFY_TUNING']?.split(',').map(Number);
+  if (tuning && mode !== 'legacy') {
+    const [batchJobs, mixedBatchJobs, perWorker] = tuning;
+    Object.assign(legacy, { verifier: (await import('../broker/verifier.js')).createVerifier(Number(workers), { ...(batchJobs ? { batchJobs } : {}), ...(mixedBatchJobs ? { mixedBatchJobs } : {}), ...(perWorker ? { perWorker } : {}) }) });
+  }
   const broker = await createBroker(
     {
       listeners: [{ type: 'tcp', host: '127.0.0.1', port: 0 }],
@@ -834,6 +848,8 @@ interface LatRow {
   readonly brokerLoopDelay?: { readonly p50: number; readonly p99: number; readonly max: number };
   /** Publish → routed by the broker (Aedes 'publish' event in the broker process), burst probes. */
   readonly toBroker?: { readonly n: number; readonly p50: number; readonly p99: number; readonly max: number };
+  /** `--signed-probe`: publish → PUBACK of the quiet connection's signed packets sent during the burst. */
+  readonly signed?: { readonly n: number; readonly p50: number; readonly p99: number; readonly max: number };
   readonly goal: number;
   readonly pass: boolean;
 }
@@ -858,12 +874,22 @@ async function latencyOnce(t: Target, d: Data, pubs: number): Promise<LatRow> {
     sub.on('message', (tp, payload) => {
       if (tp === topic) got[Number(payload.toString().split(' ')[0])] = performance.now();
     });
+    const spub = SIGNED_PROBE ? await mqtt.connectAsync(b.url, { ...opts, clientId: `bench-lat-signed-${process.pid}` }) : undefined;
+    if (spub) clients.push(spub);
+    /** Signed probes: [sent, PUBACK] per packet; packets after the burst's n. */
+    const signed: [number, number][] = [];
     const t0 = performance.now();
     let i = 0;
     const tick = (): void => {
       const k = i++;
       sent[k] = performance.now();
       pub.publish(topic, `${k} ${absNow()}`, { qos: 1 });
+      const sp = d.packets[N + k];
+      if (spub && sp) {
+        const row: [number, number] = [performance.now(), Infinity];
+        signed.push(row);
+        spub.publish(sp.topic, sp.packet, { qos: 1, retain: true }, (e) => void (e ? undefined : (row[1] = performance.now())));
+      }
       pacer = setTimeout(tick, Math.max(0, t0 + i * PACE_MS - performance.now()));
     };
     tick();
@@ -892,6 +918,7 @@ async function latencyOnce(t: Target, d: Data, pubs: number): Promise<LatRow> {
     const fin = (xs: number[]) => xs.filter((x) => Number.isFinite(x));
     const sum = (xs: number[]) => ({ n: xs.length, p50: r1(pct(fin(xs), 50)), p99: r1(pct(xs, 99)), max: r1(Math.max(...xs)) });
     const s = sum(during);
+    const signedDuring = signed.filter(([s0]) => s0 >= burst.tGo && s0 < burst.tDone).map(([s0, s1]) => s1 - s0);
     return {
       target: t.id,
       label: t.label,
@@ -900,6 +927,7 @@ async function latencyOnce(t: Target, d: Data, pubs: number): Promise<LatRow> {
       idle: sum(idle),
       burst: { ...s, lost: during.filter((x) => !Number.isFinite(x)).length },
       ...(eld ? { brokerLoopDelay: { p50: r1(eld.p50 as number), p99: r1(eld.p99 as number), max: r1(eld.max as number) } } : {}),
+      ...(signedDuring.length > 0 ? { signed: sum(signedDuring) } : {}),
       ...(inBroker.length > 0 ? { toBroker: { n: inBroker.length, p50: r1(pct(inBroker, 50)), p99: r1(pct(inBroker, 99)), max: r1(Math.max(...inBroker)) } } : {}),
       goal: LATENCY_GOAL_MS,
       pass: s.p99 <= LATENCY_GOAL_MS,
@@ -934,7 +962,11 @@ async function part2(d: Data): Promise<Part2> {
   for (const t of targets) {
     const row = await latencyOnce(t, d, PUBS);
     rows.push(row);
-    log(`  ${t.id.padEnd(16)} burst ${fmt(row.burstRate)} pub/s; latency p50 ${row.burst.p50} ms, p99 ${row.burst.p99} ms, max ${row.burst.max} ms (n ${row.burst.n})`);
+    log(
+      `  ${t.id.padEnd(16)} burst ${fmt(row.burstRate)} pub/s; latency p50 ${row.burst.p50} ms, p99 ${row.burst.p99} ms, max ${row.burst.max} ms (n ${row.burst.n})` +
+        (row.brokerLoopDelay ? `; loop p99 ${row.brokerLoopDelay.p99} ms` : '') +
+        (row.signed ? `; signed probe → PUBACK p50 ${row.signed.p50} ms, p99 ${row.signed.p99} ms (n ${row.signed.n})` : ''),
+    );
     loads.push(load1());
   }
   return { n: N, pubs: PUBS, rows, loadavg1m: loads };

@@ -2,19 +2,33 @@
  * Signature verification off the main thread. Every admitted packet costs one Ed25519
  * verification (~120 µs); done inline, a burst would freeze the broker's event loop for every
  * client. A pool of worker threads takes packed batches (src/protocol/verify-wire.ts), so the main
- * thread only parses MQTT, packs the bytes once and writes the store.
+ * thread only parses MQTT, packs the bytes once and writes the store. Each batch takes a packet of
+ * every waiting source (connection) first (verify-queue.ts), so one client's burst does not delay
+ * another's packet.
  */
 import { availableParallelism } from 'node:os';
 import type { Worker } from 'node:worker_threads';
 import { PackedBatch, QisError, resultAt, startVerifyWorker, verifyJob, type ErrorCode, type PackedResults, type VerifyJobResult as JobResult } from '../src/index.js';
+import { FairQueue } from './verify-queue.js';
 
 export type VerifyResult = { ok: true; packet: { seq: number; del: boolean; exp?: number } } | { ok: false; code: ErrorCode; message: string };
 
 export interface Verifier {
   /** Threads verifying (0: the main thread). */
   readonly workers: number;
-  verify(topic: string, bytes: Uint8Array, o: { now: number; maxSkewMs: number; depth?: number }): Promise<VerifyResult>;
+  verify(topic: string, bytes: Uint8Array, o: VerifyOptions): Promise<VerifyResult>;
   close(): Promise<void>;
+}
+
+export interface VerifyOptions {
+  now: number;
+  maxSkewMs: number;
+  depth?: number;
+  /**
+   * Who published the packet (its Aedes client, a federation link's name; undefined: one shared
+   * lane): the pool verifies sources round robin, so one source's burst does not delay another's.
+   */
+  source?: object | string;
 }
 
 /**
@@ -29,10 +43,12 @@ export function defaultWorkers(): number {
 /**
  * Starts `workers` verify threads (0: verify inline). `maxQueued`: packets awaiting verification
  * at most (default {@link MAX_QUEUED}); beyond, verify() answers ERR_VERIFY_BUSY.
+ * `maxQueuedPerSource`: packets of one source waiting at most (default {@link MAX_QUEUED_PER_SOURCE});
+ * beyond, ERR_VERIFY_CONNECTION_BUSY.
  */
-export function createVerifier(workers: number = defaultWorkers(), o: { maxQueued?: number } = {}): Verifier {
+export function createVerifier(workers: number = defaultWorkers(), o: PoolOptions = {}): Verifier {
   if (!Number.isInteger(workers) || workers < 0) throw new QisError('ERR_INVALID_ARGUMENT', `verifyWorkers must be a non-negative integer, got ${workers}`);
-  return workers === 0 ? inlineVerifier() : new Pool(workers, o.maxQueued ?? MAX_QUEUED);
+  return workers === 0 ? inlineVerifier() : new Pool(workers, o);
 }
 
 export function toResult(r: JobResult): VerifyResult {
@@ -44,23 +60,44 @@ function inlineVerifier(): Verifier {
   let id = 0;
   return {
     workers: 0,
-    verify: (topic, bytes, o) => Promise.resolve(toResult(verifyJob({ id: id++, topic, bytes, ...o }))),
+    verify: (topic, bytes, o) => Promise.resolve(toResult(verifyJob({ id: id++, topic, bytes, now: o.now, maxSkewMs: o.maxSkewMs, ...(o.depth !== undefined ? { depth: o.depth } : {}) }))),
     close: () => Promise.resolve(),
   };
 }
 
 /** Jobs per batch: one batch's results are resolved in one event-loop turn, so this bounds how long admission holds the loop (~32 store puts). */
 const BATCH_JOBS = 32;
+/**
+ * Jobs per batch while more than one source waits: a quiet source's packet waits for the batches
+ * already in the workers, so smaller batches then shorten its wait (each costs one more message
+ * to the worker and back, a few µs against ~16 verifications).
+ */
+const MIXED_BATCH_JOBS = 16;
 /** Bytes a batch buffer holds: 32 jobs of a 512-byte packet and a long topic. */
 const BATCH_BYTES = 32 * 1024;
 /** Batches a worker holds at once: the next is ready when one is done, and no more wait in a worker that could die. */
 const PER_WORKER = 2;
 /** Packets awaiting verification, at most; beyond, a publish is refused (ERR_VERIFY_BUSY) rather than queued without bound. */
 export const MAX_QUEUED = 16_384;
+/**
+ * Packets one source (a client connection, a federation link) may have awaiting verification;
+ * beyond, its publish is refused (ERR_VERIFY_CONNECTION_BUSY). Above what flow control lets a
+ * source have unanswered: Aedes reads no further from a client until the publishes of its last
+ * read are answered (one socket read: ~450 packets of 182 B), and a federation link admits one
+ * put batch of 256 at a time. So one flooding connection cannot take the whole of MAX_QUEUED.
+ */
+export const MAX_QUEUED_PER_SOURCE = 1024;
 /** Results resolved per event-loop turn when a batch is larger than that (a batch of one big job list). */
 const SLICE = BATCH_JOBS;
 
 type Resolve = (r: VerifyResult) => void;
+
+interface Job {
+  readonly topic: string;
+  readonly bytes: Uint8Array;
+  readonly o: VerifyOptions;
+  readonly resolve: Resolve;
+}
 
 interface Batch {
   readonly packed: PackedBatch;
@@ -73,24 +110,43 @@ interface Slot {
   inflight: Batch[];
 }
 
+export interface PoolOptions {
+  maxQueued?: number;
+  maxQueuedPerSource?: number;
+  /** Tuning (the bench's A/B): jobs per batch with one source waiting, with several, and batches in a worker at once. */
+  batchJobs?: number;
+  mixedBatchJobs?: number;
+  perWorker?: number;
+}
+
 /**
- * The pool: jobs are packed as they arrive into the open batch (32 jobs at most), batches go to
- * the least busy worker as transferred buffers, and each answer is resolved in one turn. Bounded:
- * PER_WORKER batches in each worker, MAX_QUEUED packets in all.
+ * The pool: jobs wait in a lane per source (verify-queue.ts); when a worker has room, a batch is
+ * filled with one job of each waiting source, then the oldest jobs, and sent as a transferred
+ * buffer, and each answer is resolved in slices. So a quiet source's packet waits behind the
+ * batches in the workers and at most one job per busy source, not behind a flood's backlog.
+ * Bounded: PER_WORKER batches in each worker, MAX_QUEUED packets in all, MAX_QUEUED_PER_SOURCE
+ * waiting per source.
  */
 class Pool implements Verifier {
   readonly workers: number;
   readonly #slots: Slot[] = [];
-  #open: Batch | undefined;
-  readonly #ready: Batch[] = [];
+  readonly #waiting: FairQueue<Job>;
+  /** Jobs waiting or in a worker. */
   #queued = 0;
   #scheduled = false;
   #closed = false;
   readonly #maxQueued: number;
+  readonly #batchJobs: number;
+  readonly #mixedBatchJobs: number;
+  readonly #perWorker: number;
 
-  constructor(n: number, maxQueued: number) {
+  constructor(n: number, o: PoolOptions) {
     this.workers = n;
-    this.#maxQueued = maxQueued;
+    this.#maxQueued = o.maxQueued ?? MAX_QUEUED;
+    this.#waiting = new FairQueue<Job>(o.maxQueuedPerSource ?? MAX_QUEUED_PER_SOURCE);
+    this.#batchJobs = o.batchJobs ?? BATCH_JOBS;
+    this.#mixedBatchJobs = o.mixedBatchJobs ?? MIXED_BATCH_JOBS;
+    this.#perWorker = o.perWorker ?? PER_WORKER;
     for (let i = 0; i < n; i++) this.#slots.push(this.#spawn());
   }
 
@@ -131,61 +187,66 @@ class Pool implements Verifier {
     if (to < resolvers.length) setImmediate(() => this.#resolve(resolvers, r, view, to));
   }
 
-  verify(topic: string, bytes: Uint8Array, o: { now: number; maxSkewMs: number; depth?: number }): Promise<VerifyResult> {
+  verify(topic: string, bytes: Uint8Array, o: VerifyOptions): Promise<VerifyResult> {
     if (this.#closed) return Promise.reject(new QisError('ERR_CLOSED', 'the verifier is closed'));
     if (this.#queued >= this.#maxQueued) return Promise.resolve({ ok: false, code: 'ERR_VERIFY_BUSY', message: `${this.#maxQueued} packets are already awaiting verification` });
     return new Promise((resolve) => {
-      // Packed now: the bytes are copied out of the socket's read buffer at once, and only once.
-      let b = this.#open;
-      if (!b || !b.packed.add(topic, bytes, o)) {
-        if (b) this.#seal();
-        b = this.#open = { packed: new PackedBatch(Math.max(BATCH_BYTES, PackedBatch.size(topic, bytes))), resolvers: [] };
-        b.packed.add(topic, bytes, o);
+      if (!this.#waiting.push(o.source, { topic, bytes, o, resolve })) {
+        return resolve({ ok: false, code: 'ERR_VERIFY_CONNECTION_BUSY', message: `this connection already has ${this.#waiting.perSource} packets awaiting verification` });
       }
-      b.resolvers.push(resolve);
       this.#queued++;
-      if (b.resolvers.length >= BATCH_JOBS) {
-        this.#seal();
-        this.#dispatch();
-      } else this.#schedule();
+      // A full batch goes at once if a worker has room; the rest of this turn's packets (other
+      // sources' among them) once the turn's I/O is parsed.
+      if (this.#waiting.size >= this.#batchJobs) this.#dispatch();
+      else this.#schedule();
     });
   }
 
-  #seal(): void {
-    if (this.#open) this.#ready.push(this.#open);
-    this.#open = undefined;
-  }
-
-  /** The rest of this turn's packets go out together, once the turn's I/O is parsed. */
   #schedule(): void {
     if (this.#scheduled) return;
     this.#scheduled = true;
     setImmediate(() => {
       this.#scheduled = false;
-      this.#seal();
       this.#dispatch();
     });
   }
 
-  /** Ready batches to the least busy workers, PER_WORKER each at most. */
+  /** While a worker has room (PER_WORKER batches), a batch filled round robin from the waiting lanes goes to the least busy one. */
   #dispatch(): void {
-    while (this.#ready.length > 0) {
+    while (this.#waiting.size > 0) {
       const slot = this.#slots.reduce((a, b) => (b.inflight.length < a.inflight.length ? b : a));
-      if (slot.inflight.length >= PER_WORKER) return;
-      const b = this.#ready.shift() as Batch;
+      if (slot.inflight.length >= this.#perWorker) return;
+      const b = this.#fill();
       slot.inflight.push(b);
       const m = b.packed.seal();
       slot.worker.postMessage(m, [m.buf]);
     }
   }
 
+  /**
+   * One batch from the waiting lanes (at least one job: the caller checked): one job of each
+   * waiting source (round robin), then the oldest jobs whatever their source. Packed now, at
+   * dispatch: the bytes are copied once (until then they are Aedes' read buffer, which admission
+   * holds anyway until the store has copied them).
+   */
+  #fill(): Batch {
+    const w = this.#waiting;
+    const max = w.sources > 1 ? this.#mixedBatchJobs : this.#batchJobs;
+    const first = w.peek() as Job;
+    const packed = new PackedBatch(Math.max(BATCH_BYTES, PackedBatch.size(first.topic, first.bytes)));
+    const resolvers: Resolve[] = [];
+    const add = (j: Job | undefined): boolean => j !== undefined && resolvers.length < max && packed.add(j.topic, j.bytes, j.o) && resolvers.push(j.resolve) > 0;
+    for (let turns = w.sources; turns > 0 && add(w.peek()); turns--) w.take();
+    while (add(w.peekOldest())) w.takeOldest();
+    return { packed, resolvers };
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     const closing: VerifyResult = { ok: false, code: 'ERR_CLOSED', message: 'the broker is closing' };
-    this.#seal();
-    for (const b of [...this.#ready, ...this.#slots.flatMap((s) => s.inflight)]) for (const done of b.resolvers) done(closing);
-    this.#ready.length = 0;
+    for (const j of this.#waiting.drain()) j.resolve(closing);
+    for (const s of this.#slots) for (const b of s.inflight) for (const done of b.resolvers) done(closing);
     for (const s of this.#slots) s.inflight = [];
     await Promise.all(this.#slots.map((s) => s.worker.terminate()));
   }

@@ -331,6 +331,16 @@ const triggers: Record<ErrorCode, () => unknown> = {
       await pool.close();
     }
   },
+  // the per-connection bound (one connection's lane full; end to end in test/verify-pool.test.ts)
+  ERR_VERIFY_CONNECTION_BUSY: async () => {
+    const pool = createVerifier(1, { maxQueuedPerSource: 0 });
+    try {
+      const r = await pool.verify(topic, new Uint8Array(1), { now: 0, maxSkewMs: 0, source: 'a link' });
+      if (!r.ok) throw new QisError(r.code, r.message);
+    } finally {
+      await pool.close();
+    }
+  },
 };
 
 t.test('errors - every code is produced by a real failure', async (t) => {

@@ -56,3 +56,37 @@ t.test('verify pool - bounded: beyond maxQueued a job is refused with ERR_VERIFY
     await pool.close();
   }
 });
+
+t.test('verify pool - fair across sources: a quiet source overtakes a flood queued before it', async (t) => {
+  const [j] = jobs();
+  // Batches of 4 (2 while sources mix), one batch in the worker at a time: small enough that the
+  // bound (the batch in the worker + one job per busy source) is far below the flood's backlog.
+  const pool = createVerifier(1, { batchJobs: 4, mixedBatchJobs: 2, perWorker: 1 });
+  try {
+    const order: string[] = [];
+    const job = (source: string, k: number): Promise<void> => pool.verify(j!.topic, j!.bytes, { ...j!, source }).then((r) => void order.push(r.ok ? `${source}${k}` : `refused ${source}${k}`));
+    // All in one turn: the first 4 flood jobs go to the worker at once, the rest wait in the flood's lane.
+    const all = [...Array.from({ length: 100 }, (_, k) => job('flood', k)), job('quiet', 0), job('other', 0), job('quiet', 1)];
+    await Promise.all(all);
+    t.same(order.slice(0, 4), ['flood0', 'flood1', 'flood2', 'flood3'], 'the batch already in the worker first');
+    // Then one job of each source per batch (of 2 while sources mix; a lane joins behind the lanes
+    // already waiting), and once the flood is alone, batches of 4 in arrival order.
+    t.same(order.slice(4, 14), ['flood4', 'quiet0', 'other0', 'flood5', 'quiet1', 'flood6', 'flood7', 'flood8', 'flood9', 'flood10'], 'then one job per source per turn');
+    t.same(order.filter((x) => x.startsWith('flood')), Array.from({ length: 100 }, (_, k) => `flood${k}`), "a source's jobs in their order");
+  } finally {
+    await pool.close();
+  }
+});
+
+t.test('verify pool - per-source bound: beyond maxQueuedPerSource that source is refused (ERR_VERIFY_CONNECTION_BUSY), others are not', async (t) => {
+  const [j] = jobs();
+  const pool = createVerifier(1, { maxQueuedPerSource: 3 });
+  try {
+    const verify = (source: string) => pool.verify(j!.topic, j!.bytes, { ...j!, source });
+    const rs = await Promise.all([...Array.from({ length: 5 }, () => verify('flood')), verify('quiet')]);
+    t.same(rs.map((r) => (r.ok ? 'ok' : r.code)), ['ok', 'ok', 'ok', 'ERR_VERIFY_CONNECTION_BUSY', 'ERR_VERIFY_CONNECTION_BUSY', 'ok'], "the flood's 4th and 5th refused, the quiet source's job verified");
+    t.ok((await verify('flood')).ok, "room again once the flood's lane drained");
+  } finally {
+    await pool.close();
+  }
+});

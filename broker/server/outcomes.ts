@@ -27,7 +27,9 @@ export async function admitOutcome(ctx: BrokerContext, client: Client | null, pa
   const start = precheck(ctx, store, client, packet, cb, (t, size) => precheckOutcome(t, size, o.admission, (id) => ctx.templates.depthOf(id)));
   if (!start) return;
   const { pre, bytes } = start;
-  const v = await ctx.verifier.verify(topic, bytes, { now: ctx.now(), maxSkewMs: o.admission.maxSkewMs, ...(pre.depth !== undefined ? { depth: pre.depth } : {}) });
+  // The source (the client, or the federation link's region) gives each publisher its own lane in the verifier: a burst from one does not delay another's packet.
+  const source = client ?? origin;
+  const v = await ctx.verifier.verify(topic, bytes, { now: ctx.now(), maxSkewMs: o.admission.maxSkewMs, ...(pre.depth !== undefined ? { depth: pre.depth } : {}), ...(source !== undefined ? { source } : {}) });
   const d = (v.ok ? enrolmentDecision(ctx, bytes, pre.tplId) : undefined) ?? decide(v, store.seqOf(pre.tplId, pre.nodeId));
   if (carryOut(ctx, d, client, packet, cb) || !v.ok) return;
   if (v.packet.del) {

@@ -48,6 +48,7 @@ export const ERROR_CODES = {
   ERR_TEMPLATE_HASH: "a template document published on qis/1/t/<tplId> does not hash to tplId, or is not a valid template",
   ERR_RATE_LIMITED: 'a client published on qis/1/ faster than admission.ratePerSecond allows its authenticated identity (anonymous clients: their remote address, whatever client id they choose); the connection is closed',
   ERR_VERIFY_BUSY: 'the broker already had 16,384 packets awaiting signature verification; the publish is refused (the client reconnects and resends)',
+  ERR_VERIFY_CONNECTION_BUSY: 'one connection (a client, a federation link) already had 1,024 packets awaiting signature verification at the broker, more than MQTT flow control lets it have; the publish is refused (the client reconnects and resends)',
   ERR_NOT_AUTHORIZED: "the ACL or the qis topic rules do not let this client publish or subscribe there",
   ERR_CLIENT_ID: "a zero-length client id with clean session false (MQTT 3.1.1 [MQTT-3.1.3-8])",
   ERR_CONFIG_INVALID: 'a broker or bridge config is invalid (the message names the file, the key and what was expected)',
