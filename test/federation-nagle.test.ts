@@ -53,10 +53,18 @@ t.test('a lone packet goes at once; packets queued behind unanswered batches go 
   t.equal(puts.length, before + 2, 'nothing more was sent while two batches wait for their answer');
 
   // 3. One answer: the five queued packets go as one batch.
+  const admittedBy = performance.now(); // each of the five was acknowledged to its publisher, so admitted, before this
+  await new Promise((r) => setTimeout(r, 200));
   peerScript.hold = false;
+  const released = performance.now();
   peerScript.held.shift()?.();
   await until(() => puts.length === before + 3, 'the next batch reached the peer');
   t.equal(puts[before + 2]?.n, 5, 'the five queued packets went together');
+  // qis_federation_lag_ms counts from admission here, not from the send: the five waited in the
+  // queue until `released`, so their answer came at least released − admittedBy after admission.
+  await until(async () => (await metric('qis_federation_pending')) === 1, 'the batch of five answered (one lone packet still unanswered)');
+  const lag = Number(/^qis_federation_lag_ms\{peer="[^"]*"\} ([\d.e+-]+)$/m.exec(await a.broker.metricsText())?.[1]);
+  t.ok(lag >= released - admittedBy, `lag ${lag.toFixed(1)} ms counts from admission (the batch waited ${(released - admittedBy).toFixed(1)} ms in the queue)`);
   for (const ack of peerScript.held.splice(0)) ack();
   await until(async () => (await metric('qis_federation_pending')) === 0, 'every forward acknowledged');
   t.equal((await metric('qis_federation_forwarded_total')) - outBefore, 7, 'seven packets forwarded and acknowledged');
@@ -106,6 +114,53 @@ t.test('at connect, template documents are admitted by the peer before the catch
   await until(() => log.some((l) => /^put:.*o/.test(l)), 'the catch-up sent the packet');
   const iReq = log.indexOf('req');
   t.ok(iReq > 0, 'the catch-up asked after the documents were answered');
+});
+
+t.test('a peer that stops answering live batches: after putTimeoutMs the link reconnects and catches up, and forwarding resumes', async (t) => {
+  const p = await startAedes();
+  t.teardown(() => p.close());
+  const emptyDir = mkdtempSync(join(tmpdir(), 'qis-nagle-empty-'));
+  const empty = await openStore({ dir: emptyDir, fsync: 'never' });
+  t.teardown(async () => {
+    await empty.close();
+    rmSync(emptyDir, { recursive: true, force: true });
+  });
+  // The peer's catch-up answers come from an empty store: after a reconnect, A's catch-up sends
+  // every packet A holds (score packets too: none).
+  const peerScript = await scriptedPeer(t, p.url, (payload) => answerPayload(empty, payload, empty));
+  const a = await startRegion('a', await freePort(), [peer(p.port)], undefined, { putTimeoutMs: 300 });
+  t.teardown(() => a.close());
+  let connects = 0;
+  p.broker.on('client', (c) => {
+    if (c.id.startsWith('qis-fed-a-')) connects++;
+  });
+  const status = () => a.broker.federation?.status()[0];
+  await until(() => (status()?.connected ?? false) && status()?.peerKind === 'qis' && (status()?.catchUps ?? 0) >= 1, 'A linked to the scripted peer and caught up');
+  const connectsBefore = connects;
+  const puts = peerScript.puts;
+  const before = puts.length;
+
+  // The peer goes silent: two lone batches fill the IN_FLIGHT slots and are never answered; a third packet queues behind them.
+  peerScript.hold = true;
+  const packets = [packetOf(0, 33, 1), packetOf(1, 33, 1), packetOf(2, 33, 1)];
+  for (const q of packets) await publishAll(a.url, [q]);
+  await until(() => puts.length === before + 2, 'two batches sent and left unanswered');
+  // The peer answers again from now on (the two held batches stay unanswered for good).
+  peerScript.hold = false;
+
+  // Past putTimeoutMs (not the 30 s request timeout) the link is taken for dead: it reconnects and its catch-up sends what the peer lacks.
+  await until(() => connects > connectsBefore, 'the link reconnected', 20_000);
+  await until(() => (status()?.connected ?? false) && (status()?.catchUps ?? 0) >= 2, 'the link caught up after reconnecting', 20_000);
+  const sentAfter = puts.slice(before + 2).reduce((n, x) => n + x.n, 0);
+  t.ok(sentAfter >= packets.length, `the catch-up sent the three packets (${sentAfter} items in puts after the silent ones)`);
+  t.equal(peerScript.held.length, 2, 'the two silent batches were never answered');
+
+  // Live forwarding works again on the new connection: a new packet goes as a put of its own, and is answered.
+  const n = puts.length;
+  await publishAll(a.url, [packetOf(3, 33, 1)]);
+  await until(() => puts.length > n, 'a new packet forwarded live after the reconnect', 20_000);
+  t.equal(puts[n]?.n, 1, 'a batch of one, at once');
+  await until(async () => /^qis_federation_pending\{[^}]*\} 0$/m.test(await a.broker.metricsText()), 'nothing left unacknowledged on the new connection');
 });
 
 /**

@@ -50,7 +50,7 @@ export class Link {
     this.#region = o.region;
     this.#s = { name: this.name, clientId, peer: p, host, m, log: host.logger.child({ peer: this.name }), requests: new Requests(clientId, this.name), client: undefined, connected: false, peerKind: 'unknown', peerRegion: undefined };
     const behind = { now: () => void this.#catchUp.now(), soon: () => this.#catchUp.soon() };
-    this.#outbox = new Outbox(this.#s, behind);
+    this.#outbox = new Outbox(this.#s, behind, o.putTimeoutMs);
     this.#inbox = new Inbox(this.#s, behind);
     this.#catchUp = new CatchUp(this.#s, this.#outbox, this.#inbox, o.followUpMs ?? 0);
     this.#backoff = backoffOptions(o.reconnect ?? {});

@@ -92,6 +92,9 @@ export function detectPeer(c: MqttClient): Promise<PeerInfo> {
     });
   });
 }
+/** How long a catch-up request waits for its answer, ms (live 'put' batches have their own, shorter bound: federation.putTimeoutMs). */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
 /** A link's requests to a qis peer (on qis/1/f/req/<its clientId>) and their answers (qis/1/f/res/<its clientId>), matched by id. */
 export class Requests {
   readonly #waiters = new Map<string, (payload: Buffer) => void>();
@@ -102,8 +105,8 @@ export class Requests {
     private readonly peer: string,
   ) {}
 
-  /** Sends `body` with a fresh id and resolves with the parsed answer; `meter.bytes` counts both payloads. */
-  async request(c: MqttClient, body: Record<string, unknown>, meter?: { bytes: number }): Promise<Record<string, unknown>> {
+  /** Sends `body` with a fresh id and resolves with the parsed answer; `meter.bytes` counts both payloads; ERR_TIMEOUT after `timeoutMs`. */
+  async request(c: MqttClient, body: Record<string, unknown>, meter?: { bytes: number }, timeoutMs = REQUEST_TIMEOUT_MS): Promise<Record<string, unknown>> {
     // Never queued by mqtt.js while offline: a catch-up at the next connection covers it.
     if (!c.connected || this.#retired.has(c)) throw new QisError('ERR_CLOSED', 'link not connected');
     const id = randomBytes(6).toString('hex');
@@ -112,8 +115,8 @@ export class Requests {
     const answer = new Promise<Buffer>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#waiters.delete(id);
-        reject(new QisError('ERR_TIMEOUT', `peer ${this.peer} did not answer a catch-up ${String(body.op)} request`));
-      }, 30_000);
+        reject(new QisError('ERR_TIMEOUT', `peer ${this.peer} did not answer a ${String(body.op)} request within ${timeoutMs} ms`));
+      }, timeoutMs);
       timer.unref();
       this.#waiters.set(id, (b) => {
         clearTimeout(timer);
