@@ -134,6 +134,10 @@ t.test('a peer that stops answering live batches: after putTimeoutMs the link re
   p.broker.on('client', (c) => {
     if (c.id.startsWith('qis-fed-a-')) connects++;
   });
+  const answerSubs: number[] = [];
+  p.broker.on('subscribe', (subs, c) => {
+    if (c?.id.startsWith('qis-fed-a-')) for (const x of subs) if (x.topic.startsWith('qis/1/f/res/')) answerSubs.push(x.qos);
+  });
   const status = () => a.broker.federation?.status()[0];
   await until(() => (status()?.connected ?? false) && status()?.peerKind === 'qis' && (status()?.catchUps ?? 0) >= 1, 'A linked to the scripted peer and caught up');
   const connectsBefore = connects;
@@ -160,6 +164,9 @@ t.test('a peer that stops answering live batches: after putTimeoutMs the link re
   await publishAll(a.url, [packetOf(3, 33, 1)]);
   await until(() => puts.length > n, 'a new packet forwarded live after the reconnect', 20_000);
   t.equal(puts[n]?.n, 1, 'a batch of one, at once');
+  // Requests and answers travel at QoS 0 (the answer is the acknowledgement: no PUBACK either way).
+  t.same([...new Set(peerScript.reqQos)], [0], 'every request and put was published at QoS 0');
+  t.ok(answerSubs.length >= 2 && answerSubs.every((q) => q === 0), `the answer topic subscribed at QoS 0 on each connection (${answerSubs.join(', ')})`);
   await until(async () => /^qis_federation_pending\{[^}]*\} 0$/m.test(await a.broker.metricsText()), 'nothing left unacknowledged on the new connection');
 });
 
@@ -167,13 +174,15 @@ t.test('a peer that stops answering live batches: after putTimeoutMs the link re
  * A scripted qis peer on a plain Aedes broker: says it is a qis broker, answers catch-up requests
  * with `answer`, records every put (its link and items) and every request ('req') and put
  * ('put:' and t/o per item: template document or outcome packet) in arrival order, and answers a
- * put at once, or holds the answer while `hold` is set (`held` answers it later).
+ * put at once, or holds the answer while `hold` is set (`held` answers it later). `reqQos`: the QoS
+ * each request was published with (the peer subscribes at 1, so it is the sender's).
  */
 async function scriptedPeer(t: Test, url: string, answer: (payload: Buffer) => Buffer | undefined) {
   const ctl = await mqtt.connectAsync(url, { clientId: 'peer-script', reconnectPeriod: 0 });
   t.teardown(() => ctl.endAsync(true));
-  const s = { hold: false, held: [] as (() => void)[], puts: [] as { link: string; id: string; n: number }[], log: [] as string[] };
-  ctl.on('message', (topic, payload) => {
+  const s = { hold: false, held: [] as (() => void)[], puts: [] as { link: string; id: string; n: number }[], log: [] as string[], reqQos: [] as number[] };
+  ctl.on('message', (topic, payload, packet) => {
+    s.reqQos.push(packet.qos);
     const link = topic.slice('qis/1/f/req/'.length);
     const reply = (body: Buffer): void => void ctl.publish(`qis/1/f/res/${link}`, body, { qos: 1 });
     const put = parsePut(payload);

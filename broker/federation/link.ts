@@ -194,7 +194,9 @@ export class Link {
         return;
       }
       this.#error = undefined;
-      await subscribe(c, [`${FED_RES}${s.clientId}`, ...FORWARDED_PREFIXES.map((x) => `${x}#`)]);
+      // Answers at QoS 0 (see Requests.request); forwarded packets at QoS 1.
+      await subscribe(c, [`${FED_RES}${s.clientId}`], 0);
+      await subscribe(c, FORWARDED_PREFIXES.map((x) => `${x}#`));
       // Template documents first: a peer with a closed mind about depth needs them before packets;
       // revocation lists too (a revoked key's packets are refused). Admitted before the catch-up starts.
       const first: [string, Uint8Array][] = [];

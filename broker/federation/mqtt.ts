@@ -7,9 +7,9 @@ import type { MqttClient } from 'mqtt';
 import { QisError } from '../../src/index.js';
 import { FED_REQ } from './common.js';
 
-export function subscribe(c: MqttClient, filters: string[]): Promise<void> {
+export function subscribe(c: MqttClient, filters: string[], qos: 0 | 1 = 1): Promise<void> {
   return new Promise((resolve, reject) =>
-    c.subscribe(filters, { qos: 1 }, (e, granted) => {
+    c.subscribe(filters, { qos }, (e, granted) => {
       if (e) return reject(e);
       const bad = granted?.find((g) => g.qos === 128);
       if (bad) return reject(new QisError('ERR_SUBSCRIBE_DENIED', `peer refused the subscription to ${bad.topic}`));
@@ -124,7 +124,9 @@ export class Requests {
         else resolve(b);
       });
     });
-    c.publish(`${FED_REQ}${this.clientId}`, payload, { qos: 1 });
+    // QoS 0: the answer is the acknowledgement. A request or answer lost with its connection
+    // fails at once (failAll); a PUBACK each way would only cost both brokers a packet per batch.
+    c.publish(`${FED_REQ}${this.clientId}`, payload, { qos: 0 });
     const res = await answer;
     if (meter) meter.bytes += res.length;
     return JSON.parse(res.toString('utf8')) as Record<string, unknown>;
