@@ -76,12 +76,7 @@ t.test('at connect, template documents are admitted by the peer before the catch
   t.teardown(() => p.close());
   // The scripted peer answers catch-up requests from an empty store of its own (so the catch-up
   // sends A's packets), records what each request and put carried, and holds put answers when told.
-  const emptyDir = mkdtempSync(join(tmpdir(), 'qis-nagle-empty-'));
-  const empty = await openStore({ dir: emptyDir, fsync: 'never' });
-  t.teardown(async () => {
-    await empty.close();
-    rmSync(emptyDir, { recursive: true, force: true });
-  });
+  const empty = await emptyStore(t);
   const peerScript = await scriptedPeer(t, p.url, (payload) => answerPayload(empty, payload));
   peerScript.hold = true;
   const log = peerScript.log;
@@ -119,12 +114,7 @@ t.test('at connect, template documents are admitted by the peer before the catch
 t.test('a peer that stops answering live batches: after putTimeoutMs the link reconnects and catches up, and forwarding resumes', async (t) => {
   const p = await startAedes();
   t.teardown(() => p.close());
-  const emptyDir = mkdtempSync(join(tmpdir(), 'qis-nagle-empty-'));
-  const empty = await openStore({ dir: emptyDir, fsync: 'never' });
-  t.teardown(async () => {
-    await empty.close();
-    rmSync(emptyDir, { recursive: true, force: true });
-  });
+  const empty = await emptyStore(t);
   // The peer's catch-up answers come from an empty store: after a reconnect, A's catch-up sends
   // every packet A holds (score packets too: none).
   const peerScript = await scriptedPeer(t, p.url, (payload) => answerPayload(empty, payload, empty));
@@ -169,6 +159,17 @@ t.test('a peer that stops answering live batches: after putTimeoutMs the link re
   t.ok(answerSubs.length >= 2 && answerSubs.every((q) => q === 0), `the answer topic subscribed at QoS 0 on each connection (${answerSubs.join(', ')})`);
   await until(async () => /^qis_federation_pending\{[^}]*\} 0$/m.test(await a.broker.metricsText()), 'nothing left unacknowledged on the new connection');
 });
+
+/** An empty store of the scripted peer's own (its catch-up answers say it lacks everything), removed at teardown. */
+async function emptyStore(t: Test) {
+  const dir = mkdtempSync(join(tmpdir(), 'qis-nagle-empty-'));
+  const store = await openStore({ dir, fsync: 'never' });
+  t.teardown(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return store;
+}
 
 /**
  * A scripted qis peer on a plain Aedes broker: says it is a qis broker, answers catch-up requests
