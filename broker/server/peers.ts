@@ -12,7 +12,6 @@ import { DROP_TOPIC, type AedesPublishPacket, type BrokerContext, type Done } fr
 import { admitRevocation } from './enrolment.js';
 import { admitOutcome } from './outcomes.js';
 import { linkPeers, tagOrigin } from './link-peers.js';
-import { LinkPutQueue } from './link-queue.js';
 import { peerGate } from './peer-gate.js';
 import { checkPublishRate } from './publish-rate.js';
 import { codeOf, refuse } from './respond.js';
@@ -84,9 +83,7 @@ export function federationRequest(ctx: BrokerContext, client: Client | null, pac
   packet.retain = false;
   if (put) {
     cb(null);
-    // Template documents and revocation lists are admitted before any later packet (a barrier).
-    const barrier = put.items.some(([topic]) => topic.startsWith('qis/1/t/') || topic.startsWith('qis/1/r/'));
-    const counts = links.puts.queue(id, () => admitBatch(ctx, client, id, put.items), barrier);
+    const counts = links.queue(id, () => admitBatch(ctx, client, id, put.items));
     void (counts ?? Promise.resolve(overflow(ctx, put.items.length))).then((c) => answer(ctx, id, Buffer.from(JSON.stringify({ id: put.id, ...c }))));
     return;
   }
@@ -149,10 +146,31 @@ async function admitBatch(ctx: BrokerContext, client: Client | null, id: string,
 /** Requests (digests, lists, gets) one link may make per second, and its burst: a catch-up of 100k differing keys makes ~210. */
 export const LINK_REQUESTS_PER_S = 50;
 export const LINK_REQUEST_BURST = 500;
-/** Per-link request rate and `put` queue (link-queue.ts) of one broker. */
+/** `put` batches of one link admitted one at a time, at most this many waiting (256 packets each: ~40 MB at most). */
+export const LINK_PUTS_QUEUED = 64;
+
+/** Per-link request rate and `put` queue of one broker. */
 class LinkLimits {
   readonly requests = new RateLimiter(LINK_REQUESTS_PER_S, LINK_REQUEST_BURST);
-  readonly puts = new LinkPutQueue();
+  readonly #queues = new Map<string, { tail: Promise<unknown>; waiting: number }>();
+
+  /** Runs `job` after the link's earlier batches; undefined when LINK_PUTS_QUEUED are waiting already. */
+  queue<T>(id: string, job: () => Promise<T>): Promise<T> | undefined {
+    let q = this.#queues.get(id);
+    if (!q) this.#queues.set(id, (q = { tail: Promise.resolve(), waiting: 0 }));
+    if (q.waiting >= LINK_PUTS_QUEUED) return undefined;
+    q.waiting++;
+    const queue = q;
+    const run = queue.tail.then(job);
+    queue.tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    void queue.tail.then(() => {
+      if (--queue.waiting === 0 && this.#queues.get(id) === queue) this.#queues.delete(id);
+    });
+    return run;
+  }
 }
 
 const limits = new WeakMap<BrokerContext, LinkLimits>();
@@ -162,7 +180,7 @@ function linkLimits(ctx: BrokerContext): LinkLimits {
   return l;
 }
 
-/** A batch refused whole because its link has LINK_PUTS_QUEUED waiting or admitted: transient, the link sends it again later. */
+/** A batch refused whole because its link has LINK_PUTS_QUEUED waiting: transient, the link sends it again later. */
 function overflow(ctx: BrokerContext, n: number): BatchCounts {
   ctx.metrics.refused.inc({ code: 'ERR_RATE_LIMITED' }, n);
   return { stored: 0, stale: 0, refused: n, retry: Array.from({ length: n }, (_, i) => i) };
