@@ -80,6 +80,7 @@ import { argv, JSON_OUT, optNum, optStr } from './args.js';
 import { cleanup, cleanups, tempDir } from './cleanup.js';
 import { firstLine, nextMessage, request, stopChild, tracked, type Msg } from './child.js';
 import { writeResults, type BenchResult } from './result.js';
+import { procCpuMs } from './proc.js';
 
 // ------------------------------------------------------------------------------ options
 
@@ -146,17 +147,6 @@ const load1 = (): number => r1(os.loadavg()[0] ?? 0);
 
 function check(cond: boolean, what: string): void {
   if (!cond) throw new Error(`bench check failed: ${what}`);
-}
-
-/** CPU time (user + system) so far, ms, of a process (all threads) or, with `tid`, of one of its threads; Linux /proc. */
-function procCpuMs(pid: number, tid?: number): number {
-  try {
-    const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'latin1');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) * 10; // clock ticks of 10 ms (USER_HZ 100)
-  } catch {
-    return NaN;
-  }
 }
 
 /** CPU time the whole machine spent busy so far (all CPUs, not idle or iowait), ms; Linux /proc/stat. */

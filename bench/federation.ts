@@ -42,6 +42,7 @@ import { JSON_OUT, optNum, optStr } from './args.js';
 import { nextMessage, request, stopChild, tracked, type Msg } from './child.js';
 import { cleanup, cleanupOnSignals, cleanups, tempDir } from './cleanup.js';
 import { freePort } from './net.js';
+import { threadCpuMs } from './proc.js';
 import { writeResults } from './result.js';
 
 const SELF = fileURLToPath(import.meta.url);
@@ -74,6 +75,7 @@ const sign = (key: NodeKey, seq: number, i: number): { topic: string; packet: Ui
 
 /** A broker child: this file with --child=broker; answers 'digest', 'status', 'catchup', 'size', 'close' over IPC. */
 interface Region {
+  readonly pid: number;
   ask(cmd: string, ms?: number): Promise<Msg>;
   digest(): Promise<string>;
   status(): Promise<LinkStatusLite[]>;
@@ -91,6 +93,7 @@ async function region(name: string, port: number, peers: number[], dataDir = tem
   const child: ChildProcess = tracked(fork(SELF, ['--child=broker', `--conf=${conf}`], { execArgv: PROF ? ['--cpu-prof', `--cpu-prof-dir=${PROF}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`] : [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
   await nextMessage(child, (m) => m.ready === true, 120_000, `broker ${name}`);
   const r: Region = {
+    pid: child.pid as number,
     ask: (cmd, ms) => request(child, cmd, ms),
     digest: async () => String((await request(child, 'digest')).digest),
     status: async () => (await request(child, 'status')).status as LinkStatusLite[],
@@ -168,6 +171,16 @@ const same = async (a: Region, b: Region): Promise<boolean> => {
   return x === y;
 };
 
+/** CPU µs per message of each thread group between two threadCpuMs samples, largest first: "main 250, node 180, …". */
+function perThread(before: Map<string, number>, after: Map<string, number>, n: number): string {
+  return [...after]
+    .map(([k, ms]) => [k, ((ms - (before.get(k) ?? 0)) / n) * 1000] as const)
+    .filter(([, us]) => us >= 1)
+    .sort((x, y) => y[1] - x[1])
+    .map(([k, us]) => `${k} ${us.toFixed(0)}`)
+    .join(', ');
+}
+
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] as number;
@@ -239,11 +252,13 @@ async function latency(): Promise<Record<string, number>> {
     for (const m of at) m.clear();
   }
   const cpu0 = await cpu();
+  const threads0 = [a, b, c].map((x) => threadCpuMs(x.pid));
   const sched: number[] = [];
   await paced(msgs, sched);
   await until(() => (at[2] as Map<string, number>).size >= total, 60_000).catch(() => undefined);
   // Broker CPU (all its threads) per message: what a hop costs the machine, independent of its load.
   const [ca, cb, cc] = (await cpu()).map((x, i) => (x - (cpu0[i] as number)) / total) as [number, number, number];
+  const threads = [a, b, c].map((x, i) => perThread(threads0[i] as Map<string, number>, threadCpuMs(x.pid), total));
   const warm = RATE; // first second not counted
   const lat = at.map((m) => {
     const xs: number[] = [];
@@ -276,6 +291,7 @@ async function latency(): Promise<Record<string, number>> {
   log(`  B, one hop                   p50 ${f(r.p50B)} ms  p99 ${f(r.p99B)} ms  (${lb.length}) → added p50 ${f(r.p50B - r.p50A)} ms, p99 ${f(r.p99B - r.p99A)} ms; ratio p50 ${(r.p50B / r.p50A).toFixed(2)}×`);
   log(`  C, two hops                  p50 ${f(r.p50C)} ms  p99 ${f(r.p99C)} ms  (${lc.length}) → per hop p50 ${f((r.p50C - r.p50A) / 2)} ms, p99 ${f((r.p99C - r.p99A) / 2)} ms`);
   log(`  broker CPU per message (all threads): A ${(ca * 1000).toFixed(0)} µs (admits, forwards), B ${(cb * 1000).toFixed(0)} µs (admits, forwards), C ${(cc * 1000).toFixed(0)} µs (admits)`);
+  log(`  per thread (/proc, µs per message): ${['A', 'B', 'C'].map((n, i) => `${n} ${threads[i]}`).join('; ')}`);
   await cleanup();
   return r;
 }
@@ -317,15 +333,18 @@ async function partition(): Promise<Record<string, number>> {
   b = await region('b', pb, [], dirB);
   const tc = performance.now(); // B listening
   const [ac, bc] = [await cpuOf(a), await cpuOf(b)];
+  const bThreads0 = threadCpuMs(b.pid);
   await until(() => same(a, b), 300_000, 10);
   const convergeMs = performance.now() - tc;
   const [aCpu, bCpu] = [(await cpuOf(a)) - ac, (await cpuOf(b)) - bc];
+  const bThreads = perThread(bThreads0, threadCpuMs(b.pid), UPDATES);
   await until(async () => ((await a.status())[0]?.catchUps ?? 0) > before, 60_000, 50);
   const st = (await a.status())[0];
   const cu = st?.history.slice(-((st?.catchUps ?? 0) - before)).reduce((x, r) => ({ sent: x.sent + r.sent, bytes: x.bytes + r.bytes, ms: x.ms + r.ms }), { sent: 0, bytes: 0, ms: 0 });
   log(`  converged in ${(convergeMs / 1000).toFixed(2)} s (catch-up: ${cu?.sent} packets sent, ${cu?.bytes} bytes, ${cu?.ms} ms)`);
   log(`  baseline: the same ${UPDATES} updates published straight into one broker: ${(baselineMs / 1000).toFixed(2)} s → ratio ${(convergeMs / baselineMs).toFixed(2)}×`);
   log(`  broker CPU: converging A ${(aCpu / 1000).toFixed(2)} s, B ${(bCpu / 1000).toFixed(2)} s (${((bCpu / UPDATES) * 1000).toFixed(0)} µs a packet); baseline broker ${(zCpu / 1000).toFixed(2)} s (${((zCpu / UPDATES) * 1000).toFixed(0)} µs a packet)`);
+  log(`  B per thread (/proc, µs a packet): ${bThreads}`);
 
   log(`\nPart 3: catch-up bytes when the stores agree`);
   const agree = ((await a.ask('catchup', 120_000)).status as LinkStatusLite[])[0]?.lastCatchUp;

@@ -4,7 +4,7 @@
  * small statistics they report with, and the bare mqtt.js script they compare against.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 
 export const median = (xs: readonly number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -94,4 +94,45 @@ export function writeBareScript(file: string, mqttUrl: string): void {
       '',
     ].join('\n'),
   );
+}
+
+/** CPU time (user + system) so far, ms, of a process (all threads) or, with `tid`, of one of its threads; Linux /proc. */
+export function procCpuMs(pid: number, tid?: number): number {
+  try {
+    const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'latin1');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10; // clock ticks of 10 ms (USER_HZ 100)
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * CPU time so far, ms, of each thread group of a process (Linux /proc/<pid>/task): 'main' (the
+ * thread whose id is the pid), else the thread's name (`comm`: V8's compiler and GC helpers,
+ * libuv's pool, worker threads). Threads that ended are not counted: sample over a window in
+ * which none ends (a verify pool that stays up).
+ */
+export function threadCpuMs(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const t of tids) {
+    const tid = Number(t);
+    let name = 'main';
+    if (tid !== pid) {
+      try {
+        name = readFileSync(`/proc/${pid}/task/${t}/comm`, 'latin1').trim();
+      } catch {
+        continue;
+      }
+    }
+    const ms = procCpuMs(pid, tid);
+    if (Number.isFinite(ms)) out.set(name, (out.get(name) ?? 0) + ms);
+  }
+  return out;
 }

@@ -277,7 +277,7 @@ function peer(c: Ctx, v: unknown, path: string): Obj {
 }
 
 function federation(c: Ctx, v: unknown, path: string): Obj {
-  const m = mapping(c, v, path, ['region', 'peers', 'keyFile', 'reconnect', 'followUpMs', 'linksFrom'], 'a mapping {region: NAME, peers: [{url, …}, …], keyFile?, reconnect?: {baseMs, capMs}, followUpMs?, linksFrom?: [IP, …]}');
+  const m = mapping(c, v, path, ['region', 'peers', 'keyFile', 'reconnect', 'followUpMs', 'putTimeoutMs', 'linksFrom'], 'a mapping {region: NAME, peers: [{url, …}, …], keyFile?, reconnect?: {baseMs, capMs}, followUpMs?, putTimeoutMs?, linksFrom?: [IP, …]}');
   const region = typeof m.region === 'string' && /^[A-Za-z0-9._-]{1,64}$/.test(m.region) ? m.region : c.fail(`${path}.region`, "a region name (1-64 letters, digits, '.', '_' or '-')", m.region);
   const peers = m.peers === undefined ? [] : list(c, m.peers, `${path}.peers`, 'a list of peers {url, …}').map((x, i) => peer(c, x, `${path}.peers[${i}]`));
   const out: Obj = { region, peers };
@@ -295,6 +295,8 @@ function federation(c: Ctx, v: unknown, path: string): Obj {
   if (m.followUpMs !== undefined) {
     out.followUpMs = typeof m.followUpMs === 'number' && Number.isFinite(m.followUpMs) && m.followUpMs >= 0 ? m.followUpMs : c.fail(`${path}.followUpMs`, 'a number of ms >= 0 (0: no follow-up catch-up)', m.followUpMs);
   }
+  // At most an hour: a timer past 2^31 ms would fire at once.
+  if (m.putTimeoutMs !== undefined) out.putTimeoutMs = int(c, m.putTimeoutMs, `${path}.putTimeoutMs`, 1, 3_600_000, 'a positive integer of milliseconds, at most 3600000');
   return out;
 }
 
@@ -535,11 +537,12 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'federation.reconnect.base-ms', key: 'federation.reconnect.baseMs', value: 'MS', help: 'first reconnect delay bound of a link (backoff with full jitter; default 500)' },
   { name: 'federation.reconnect.cap-ms', key: 'federation.reconnect.capMs', value: 'MS', help: 'largest reconnect delay bound of a link (default 30000)' },
   { name: 'federation.follow-up-ms', key: 'federation.followUpMs', value: 'MS', help: 'another catch-up this long after one that moved packets (0: none, the default)' },
+  { name: 'federation.put-timeout-ms', key: 'federation.putTimeoutMs', value: 'MS', help: "how long a forwarded batch waits for the peer's answer before the link reconnects and catches up (default 10000)" },
 ].map((f) => Object.freeze(f)));
 
 const NUMERIC = new Set([
   ...BROKER_FLAGS.filter((f) => f.key.startsWith('limits.')).map((f) => f.key),
-  'auth.loginSkewMs', 'fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'sweepIntervalMs', 'federation.reconnect.baseMs', 'federation.reconnect.capMs', 'federation.followUpMs']);
+  'auth.loginSkewMs', 'fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'sweepIntervalMs', 'federation.reconnect.baseMs', 'federation.reconnect.capMs', 'federation.followUpMs', 'federation.putTimeoutMs']);
 
 /** A number if `s` reads as one; otherwise `s` itself, for the validator to refuse by name. */
 function num(s: string): number | string {

@@ -126,6 +126,12 @@ export interface FederationOptions {
   /** After a catch-up that exchanged packets, check again this much later, ms (default 0: never; live forwarding covers what arrives after a catch-up). */
   readonly followUpMs?: number;
   /**
+   * How long a live 'put' batch waits for the peer's answer, ms (default 10,000). Past it the peer
+   * is taken for dead: the link reconnects and catches up, so forwarding resumes instead of waiting
+   * behind unanswered batches. Catch-up requests wait 30 s.
+   */
+  readonly putTimeoutMs?: number;
+  /**
    * Addresses (besides the hosts of `peers`) whose clients may use federation: link client ids
    * (qis-fed-…) and qis/1/f/ topics. Everyone else is refused (ERR_NOT_AUTHORIZED): a region
    * that only answers links (a hub) lists its peers' addresses here. docs/security.md.

@@ -331,6 +331,10 @@ t.test('federation - config: keys, defaults, flags and errors naming file and ke
   t.match(err('federation:\n  region: r\n  peers: [{url: "mqtt://x", rateLimit: -1}]\n'), /federation\.peers\[0\]\.rateLimit: expected a number >= 0/);
   t.match(err('federation:\n  region: r\n  followUpMs: -5\n'), /b\.yaml: federation\.followUpMs: expected a number of ms >= 0/);
   t.equal(resolveBrokerOptions(parseBrokerConfig('federation:\n  region: r\n  followUpMs: 1000\n', 'b.yaml')).federation?.followUpMs, 1000);
+  t.equal(resolveBrokerOptions(parseBrokerConfig('federation:\n  region: r\n  putTimeoutMs: 2500\n', 'b.yaml')).federation?.putTimeoutMs, 2500);
+  t.match(err('federation:\n  region: r\n  putTimeoutMs: 0\n'), /b\.yaml: federation\.putTimeoutMs: expected a positive integer of milliseconds/);
+  t.match(err('federation:\n  region: r\n  putTimeoutMs: 4000000000\n'), /federation\.putTimeoutMs: expected a positive integer of milliseconds, at most 3600000/);
+  t.equal(resolveBrokerOptions({}, configFromFlags(['--federation.region', 'us', '--federation.put-timeout-ms', '700'])).federation?.putTimeoutMs, 700, 'and as a flag');
   const withId = resolveBrokerOptions(parseBrokerConfig('federation:\n  region: r\n  keyFile: /k.json\n  peers: [{url: "mqtt://x", identity: abc}]\n', 'b.yaml')).federation;
   t.match(withId, { keyFile: '/k.json', peers: [{ url: 'mqtt://x', identity: 'abc' }] }, 'keyFile and a peer identity');
   t.match(resolveBrokerOptions({}, configFromFlags(['--federation.region', 'us', '--federation.key-file', '/k', '--federation.peer', 'mqtt://h:1883?identity=abc'])).federation, { keyFile: '/k', peers: [{ url: 'mqtt://h:1883', identity: 'abc' }] }, 'and as flags');

@@ -3,7 +3,7 @@
  * XOR of entry hashes, so two brokers compare 256 × 8 bytes and list only the ranges that differ.
  */
 import { createHash } from 'node:crypto';
-import { decodePacket, parseOutcomeTopic, parseScoreTopic } from '../../src/index.js';
+import { MAX_PACKET_BYTES, decodeCbor, decodeSign1, parseOutcomeTopic, parseScoreTopic } from '../../src/index.js';
 import type { KeyState, Store, StoreKey } from '../store.js';
 
 /** Digest ranges: a key's range is the first byte of SHA-256(tplId/nodeId). */
@@ -41,44 +41,85 @@ export function digest(keys: readonly StoreKey[], scope: Scope): { ranges: Buffe
   return { ranges: Buffer.from(words.buffer), byRange, n };
 }
 
+/** One key as the index holds it: its range (hashed once, when first seen), its state and that state's 8-byte entry hash. */
+interface Entry {
+  readonly tplId: string;
+  readonly nodeId: string;
+  readonly r: number;
+  seq: number;
+  del: boolean;
+  a: number;
+  b: number;
+}
+
 /**
  * A store's range digests kept up to date as it changes (Store.watchKeys), so a peer's `root`
  * or `ranges` request costs O(ranges × templates asked about), not a hash of every key: one
  * request on a store of 100k packets used to block the event loop 0.55 s. Per template: its range
  * words and count (a scope is the XOR of its templates'); per range: its keys (for `entries`).
+ *
+ * Changes are batched: `apply` only notes a key's latest state; the hashing happens when a digest
+ * or a range's keys are asked for, once per changed key however often it changed meanwhile (a
+ * live broker updates the same nodes many times between two catch-ups). Each key keeps its range
+ * and its entry hash, so a change costs one SHA-256, not three (range, old entry, new entry).
  */
 export class DigestIndex {
   readonly #all = { words: new Uint32Array(RANGES * 2), n: 0 };
   readonly #byTpl = new Map<string, { words: Uint32Array; n: number }>();
-  readonly #byRange: Map<string, StoreKey>[] = Array.from({ length: RANGES }, () => new Map<string, StoreKey>());
+  readonly #byRange: Map<string, Entry>[] = Array.from({ length: RANGES }, () => new Map<string, Entry>());
+  /** Keys whose state changed since the last flush: their latest state (null: gone). At most one per key of the store. */
+  #dirty = new Map<string, { tplId: string; nodeId: string; after: KeyState | null }>();
+  /** Every key's entry, by `tplId/nodeId`. */
+  readonly #entries = new Map<string, Entry>();
 
   constructor(keys: readonly StoreKey[]) {
     for (const k of keys) this.apply(k.tplId, k.nodeId, undefined, k);
   }
 
+  /** A key changed (`before` is not needed: the index holds what it applied). */
   apply(tplId: string, nodeId: string, before: KeyState | undefined, after: KeyState | undefined): void {
     if (before === undefined && after === undefined) return;
-    const r = rangeOf(tplId, nodeId);
-    let t = this.#byTpl.get(tplId);
-    if (!t) this.#byTpl.set(tplId, (t = { words: new Uint32Array(RANGES * 2), n: 0 }));
-    const flip = (k: KeyState, dn: number): void => {
-      const [a, b] = entryHash({ tplId, nodeId, ...k });
-      for (const d of [this.#all, t]) {
-        d.words[2 * r] = (d.words[2 * r] as number) ^ a;
-        d.words[2 * r + 1] = (d.words[2 * r + 1] as number) ^ b;
-        d.n += dn;
+    this.#dirty.set(`${tplId}/${nodeId}`, { tplId, nodeId, after: after === undefined ? null : { seq: after.seq, del: after.del } });
+  }
+
+  #flush(): void {
+    if (this.#dirty.size === 0) return;
+    const dirty = this.#dirty;
+    this.#dirty = new Map();
+    for (const [key, { tplId, nodeId, after }] of dirty) {
+      const old = this.#entries.get(key);
+      if (old && after && old.seq === after.seq && old.del === after.del) continue;
+      let t = this.#byTpl.get(tplId);
+      if (!t) this.#byTpl.set(tplId, (t = { words: new Uint32Array(RANGES * 2), n: 0 }));
+      const r = old?.r ?? rangeOf(tplId, nodeId);
+      const flip = (a: number, b: number, dn: number): void => {
+        for (const d of [this.#all, t]) {
+          d.words[2 * r] = (d.words[2 * r] as number) ^ a;
+          d.words[2 * r + 1] = (d.words[2 * r + 1] as number) ^ b;
+          d.n += dn;
+        }
+      };
+      if (old) flip(old.a, old.b, -1);
+      if (after) {
+        const [a, b] = entryHash({ tplId, nodeId, seq: after.seq, del: after.del });
+        flip(a, b, 1);
+        if (old) Object.assign(old, { seq: after.seq, del: after.del, a, b });
+        else {
+          const e: Entry = { tplId, nodeId, r, seq: after.seq, del: after.del, a, b };
+          this.#entries.set(key, e);
+          this.#byRange[r]!.set(key, e);
+        }
+      } else if (old) {
+        this.#entries.delete(key);
+        this.#byRange[r]!.delete(key);
       }
-    };
-    if (before) flip(before, -1);
-    if (after) flip(after, 1);
-    const key = `${tplId}/${nodeId}`;
-    if (after) this.#byRange[r]!.set(key, { tplId, nodeId, seq: after.seq, del: after.del });
-    else this.#byRange[r]!.delete(key);
-    if (t.n === 0) this.#byTpl.delete(tplId);
+      if (t.n === 0) this.#byTpl.delete(tplId);
+    }
   }
 
   /** The range digests and key count of `scope`. */
   digest(scope: Scope): { ranges: Buffer; n: number } {
+    this.#flush();
     if (scope === '*') return { ranges: Buffer.from(this.#all.words.slice().buffer), n: this.#all.n };
     const words = new Uint32Array(RANGES * 2);
     let n = 0;
@@ -93,8 +134,9 @@ export class DigestIndex {
 
   /** The keys of range `r` within `scope`. */
   keysIn(r: number, scope: Scope): StoreKey[] {
+    this.#flush();
     const out: StoreKey[] = [];
-    for (const k of this.#byRange[r]?.values() ?? []) if (inScope(scope, k.tplId)) out.push(k);
+    for (const k of this.#byRange[r]?.values() ?? []) if (inScope(scope, k.tplId)) out.push({ tplId: k.tplId, nodeId: k.nodeId, seq: k.seq, del: k.del });
     return out;
   }
 }
@@ -138,8 +180,9 @@ export function storeDigest(store: Store): string {
 
 /**
  * Whether a forwarded outcome or score packet's seq is not above the one held (decoded, not
- * verified): loops and echoes end here, before any signature work. Malformed input is "not
- * stale", so admission refuses it with its own code.
+ * verified): loops and echoes end here, before any signature work. Only the seq is read (no
+ * node id hash, no check of the other fields: admission does those for a packet that is newer).
+ * Malformed input is "not stale", so admission refuses it with its own code.
  */
 export function notNewer(store: Store, scoreStore: Store | undefined, topic: string, payload: Uint8Array): boolean {
   try {
@@ -147,8 +190,18 @@ export function notNewer(store: Store, scoreStore: Store | undefined, topic: str
     if (!isScore && !topic.startsWith('qis/1/o/')) return false;
     const { tplId, nodeId } = isScore ? parseScoreTopic(topic) : parseOutcomeTopic(topic);
     const held = (isScore ? scoreStore : store)?.seqOf(tplId, nodeId);
-    return held !== undefined && decodePacket(payload).seq <= held;
+    if (held === undefined) return false;
+    const seq = seqOf(payload);
+    return seq !== undefined && seq <= held;
   } catch {
     return false;
   }
+}
+
+/** A packet's seq (payload label 3) as signed, or undefined when it is not an unsigned integer; throws on malformed CBOR or COSE. */
+function seqOf(packet: Uint8Array): number | undefined {
+  if (packet.length > MAX_PACKET_BYTES) return undefined;
+  const payload = decodeCbor(decodeSign1(packet).payload, { markFloats: true });
+  const seq = payload instanceof Map ? payload.get(3) : undefined;
+  return typeof seq === 'number' && Number.isSafeInteger(seq) && seq >= 0 ? seq : undefined;
 }

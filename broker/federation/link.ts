@@ -50,7 +50,7 @@ export class Link {
     this.#region = o.region;
     this.#s = { name: this.name, clientId, peer: p, host, m, log: host.logger.child({ peer: this.name }), requests: new Requests(clientId, this.name), client: undefined, connected: false, peerKind: 'unknown', peerRegion: undefined };
     const behind = { now: () => void this.#catchUp.now(), soon: () => this.#catchUp.soon() };
-    this.#outbox = new Outbox(this.#s, behind);
+    this.#outbox = new Outbox(this.#s, behind, o.putTimeoutMs);
     this.#inbox = new Inbox(this.#s, behind);
     this.#catchUp = new CatchUp(this.#s, this.#outbox, this.#inbox, o.followUpMs ?? 0);
     this.#backoff = backoffOptions(o.reconnect ?? {});
@@ -194,7 +194,9 @@ export class Link {
         return;
       }
       this.#error = undefined;
-      await subscribe(c, [`${FED_RES}${s.clientId}`, ...FORWARDED_PREFIXES.map((x) => `${x}#`)]);
+      // Answers at QoS 0 (see Requests.request); forwarded packets at QoS 1.
+      await subscribe(c, [`${FED_RES}${s.clientId}`], 0);
+      await subscribe(c, FORWARDED_PREFIXES.map((x) => `${x}#`));
       // Template documents first: a peer with a closed mind about depth needs them before packets;
       // revocation lists too (a revoked key's packets are refused). Admitted before the catch-up starts.
       const first: [string, Uint8Array][] = [];

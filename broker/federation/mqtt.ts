@@ -7,9 +7,9 @@ import type { MqttClient } from 'mqtt';
 import { QisError } from '../../src/index.js';
 import { FED_REQ } from './common.js';
 
-export function subscribe(c: MqttClient, filters: string[]): Promise<void> {
+export function subscribe(c: MqttClient, filters: string[], qos: 0 | 1 = 1): Promise<void> {
   return new Promise((resolve, reject) =>
-    c.subscribe(filters, { qos: 1 }, (e, granted) => {
+    c.subscribe(filters, { qos }, (e, granted) => {
       if (e) return reject(e);
       const bad = granted?.find((g) => g.qos === 128);
       if (bad) return reject(new QisError('ERR_SUBSCRIBE_DENIED', `peer refused the subscription to ${bad.topic}`));
@@ -92,6 +92,9 @@ export function detectPeer(c: MqttClient): Promise<PeerInfo> {
     });
   });
 }
+/** How long a catch-up request waits for its answer, ms (live 'put' batches have their own, shorter bound: federation.putTimeoutMs). */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
 /** A link's requests to a qis peer (on qis/1/f/req/<its clientId>) and their answers (qis/1/f/res/<its clientId>), matched by id. */
 export class Requests {
   readonly #waiters = new Map<string, (payload: Buffer) => void>();
@@ -102,8 +105,8 @@ export class Requests {
     private readonly peer: string,
   ) {}
 
-  /** Sends `body` with a fresh id and resolves with the parsed answer; `meter.bytes` counts both payloads. */
-  async request(c: MqttClient, body: Record<string, unknown>, meter?: { bytes: number }): Promise<Record<string, unknown>> {
+  /** Sends `body` with a fresh id and resolves with the parsed answer; `meter.bytes` counts both payloads; ERR_TIMEOUT after `timeoutMs`. */
+  async request(c: MqttClient, body: Record<string, unknown>, meter?: { bytes: number }, timeoutMs = REQUEST_TIMEOUT_MS): Promise<Record<string, unknown>> {
     // Never queued by mqtt.js while offline: a catch-up at the next connection covers it.
     if (!c.connected || this.#retired.has(c)) throw new QisError('ERR_CLOSED', 'link not connected');
     const id = randomBytes(6).toString('hex');
@@ -112,8 +115,8 @@ export class Requests {
     const answer = new Promise<Buffer>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#waiters.delete(id);
-        reject(new QisError('ERR_TIMEOUT', `peer ${this.peer} did not answer a catch-up ${String(body.op)} request`));
-      }, 30_000);
+        reject(new QisError('ERR_TIMEOUT', `peer ${this.peer} did not answer a ${String(body.op)} request within ${timeoutMs} ms`));
+      }, timeoutMs);
       timer.unref();
       this.#waiters.set(id, (b) => {
         clearTimeout(timer);
@@ -121,7 +124,9 @@ export class Requests {
         else resolve(b);
       });
     });
-    c.publish(`${FED_REQ}${this.clientId}`, payload, { qos: 1 });
+    // QoS 0: the answer is the acknowledgement. A request or answer lost with its connection
+    // fails at once (failAll); a PUBACK each way would only cost both brokers a packet per batch.
+    c.publish(`${FED_REQ}${this.clientId}`, payload, { qos: 0 });
     const res = await answer;
     if (meter) meter.bytes += res.length;
     return JSON.parse(res.toString('utf8')) as Record<string, unknown>;

@@ -9,6 +9,7 @@
  * reason are sent again (retry.ts).
  */
 import type { MqttClient } from 'mqtt';
+import { QisError } from '../../src/index.js';
 import { FORWARDED_PREFIXES, isRevocation, passes, tplOf } from './common.js';
 import { RetryQueue } from './retry.js';
 import type { CatchUpTrigger, LinkState } from './state.js';
@@ -23,20 +24,29 @@ export const BATCH = 256;
  * admission, not an admission plus a round trip; more would only queue at the peer.
  */
 export const IN_FLIGHT = 2;
+/** Default of federation.putTimeoutMs: how long a live batch waits for its answer before the link reconnects. */
+export const PUT_TIMEOUT_MS = 10_000;
 
 export class Outbox {
   #pending = 0;
   #overflow = false;
-  /** Packets for a qis peer waiting for a free batch slot (counted in #pending). */
+  /** Packets for a qis peer waiting for a free batch slot (counted in #pending), and when each was admitted here (performance.now()). */
   #queue: [string, Uint8Array][] = [];
+  #queuedAt: number[] = [];
   /** Live batches sent on the current connection and not answered yet. */
   #inFlight = 0;
   readonly #drainWaiters: (() => void)[] = [];
   readonly #retry: RetryQueue<[string, Uint8Array]>;
 
+  /**
+   * @param putTimeoutMs how long a live batch waits for its answer; past it the connection is
+   * ended, and the link reconnects and catches up (a peer that stopped answering would otherwise
+   * hold IN_FLIGHT slots, and with them all forwarding, for the whole request timeout).
+   */
   constructor(
     private readonly s: LinkState,
     private readonly behind: CatchUpTrigger,
+    private readonly putTimeoutMs: number = PUT_TIMEOUT_MS,
   ) {
     this.#retry = new RetryQueue({
       send: (items) => this.#resend(items),
@@ -51,8 +61,11 @@ export class Outbox {
   forward(topic: string, payload: Uint8Array): void {
     if (!this.s.connected || !this.s.client) return;
     if (!FORWARDED_PREFIXES.some((x) => topic.startsWith(x))) return;
-    const tplId = tplOf(topic);
-    if (!isRevocation(topic) && (tplId === undefined || !passes(this.s.peer.share, tplId))) return;
+    // An admitted topic is well formed: with a share of '*' it need not be parsed again.
+    if (!isRevocation(topic) && !this.s.peer.share.includes('*')) {
+      const tplId = tplOf(topic);
+      if (tplId === undefined || !passes(this.s.peer.share, tplId)) return;
+    }
     if (this.#pending >= MAX_PENDING) {
       // A slow peer: stop queueing; once it drained, a catch-up sends what differs.
       if (!this.#overflow) this.s.log.warn({ pending: this.#pending }, 'federation link is slow; forwarding paused until it catches up');
@@ -82,6 +95,7 @@ export class Outbox {
     if (!c) return;
     if (this.s.peerKind === 'qis') {
       this.#queue.push([topic, Uint8Array.from(payload)]);
+      this.#queuedAt.push(performance.now());
       this.#setPending(this.#pending + 1);
       this.#pump(c);
       return;
@@ -93,7 +107,7 @@ export class Outbox {
       this.#setPending(Math.max(0, this.#pending - 1));
       if (!e) {
         this.s.m.forwarded.inc({ peer: this.s.name, direction: 'out' });
-        this.s.m.lag.set({ peer: this.s.name }, performance.now() - t0);
+        this.s.m.lag.set({ peer: this.s.name }, performance.now() - t0); // sent as it was admitted
         this.s.m.hop.observe({ peer: this.s.name }, (performance.now() - t0) / 1000);
       }
       this.#afterAck();
@@ -104,9 +118,11 @@ export class Outbox {
   #pump(c: MqttClient): void {
     while (this.#inFlight < IN_FLIGHT && this.#queue.length > 0 && this.s.client === c) {
       const items = this.#queue.length <= BATCH ? this.#queue : this.#queue.slice(0, BATCH);
+      const admittedAt = this.#queuedAt[items.length - 1] as number;
       this.#queue = items === this.#queue ? [] : this.#queue.slice(BATCH);
+      this.#queuedAt = this.#queue.length === 0 ? [] : this.#queuedAt.slice(BATCH);
       this.#inFlight++;
-      void this.#putOnce(c, items, undefined, true).then((r) => {
+      void this.#putOnce(c, items, undefined, { admittedAt }).then((r) => {
         this.#retry.add(r.again);
         if (this.s.client !== c) return; // disconnected() started again from 0
         this.#inFlight--;
@@ -128,24 +144,34 @@ export class Outbox {
 
   /**
    * One 'put' request: how many the peer stored, and the items it refused for a transient reason
-   * (its answer's `retry` indexes). `counted`: the items are in #pending already (queued live forwards).
+   * (its answer's `retry` indexes). `live`: queued live forwards (already in #pending), with when
+   * the batch's last packet was admitted here; a live batch waits putTimeoutMs for its answer, and
+   * past that the connection is ended (the link reconnects and catches up).
    */
-  async #putOnce(c: MqttClient, items: [string, Uint8Array][], meter?: { bytes: number }, counted = false): Promise<{ stored: number; again: [string, Uint8Array][] }> {
+  async #putOnce(c: MqttClient, items: [string, Uint8Array][], meter?: { bytes: number }, live?: { admittedAt: number }): Promise<{ stored: number; again: [string, Uint8Array][] }> {
     const t0 = performance.now();
-    if (!counted) this.#setPending(this.#pending + items.length);
+    if (!live) this.#setPending(this.#pending + items.length);
     let stored = 0;
     let again: [string, Uint8Array][] = [];
     try {
-      const res = await this.s.requests.request(c, { op: 'put', items: items.map(([t, b]) => [t, Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64')]) }, meter);
+      const body = { op: 'put', items: items.map(([t, b]) => [t, Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64')]) };
+      const res = await (live ? this.s.requests.request(c, body, meter, this.putTimeoutMs) : this.s.requests.request(c, body, meter));
       stored = typeof res.stored === 'number' ? res.stored : 0;
       again = retryItems(res.retry, items);
+      const now = performance.now();
       this.s.m.forwarded.inc({ peer: this.s.name, direction: 'out' }, items.length - again.length);
-      this.s.m.lag.set({ peer: this.s.name }, performance.now() - t0);
-      this.s.m.hop.observe({ peer: this.s.name }, (performance.now() - t0) / 1000);
+      this.s.m.lag.set({ peer: this.s.name }, now - (live?.admittedAt ?? t0));
+      this.s.m.hop.observe({ peer: this.s.name }, (now - t0) / 1000);
     } catch (e) {
       if (this.s.client === c) {
-        this.s.log.warn({ err: (e as Error).message, packets: items.length }, 'a batch to the peer failed; a catch-up will send what differs');
-        this.behind.soon();
+        const timedOut = live !== undefined && e instanceof QisError && e.code === 'ERR_TIMEOUT';
+        if (timedOut) {
+          this.s.log.warn({ code: 'ERR_TIMEOUT', packets: items.length, timeoutMs: this.putTimeoutMs }, 'the peer did not answer a batch in time; reconnecting (a catch-up will send what differs)');
+          c.end(true);
+        } else {
+          this.s.log.warn({ err: (e as Error).message, packets: items.length }, 'a batch to the peer failed; a catch-up will send what differs');
+          this.behind.soon();
+        }
       }
     } finally {
       if (this.s.client === c) {
@@ -193,6 +219,7 @@ export class Outbox {
   /** The connection ended: nothing is pending on it any more. */
   disconnected(): void {
     this.#queue = []; // the catch-up at the next connection sends what differs
+    this.#queuedAt = [];
     this.#inFlight = 0;
     this.#setPending(0);
     this.#retry.clear(); // the catch-up at the next connection sends what differs
@@ -203,6 +230,7 @@ export class Outbox {
     this.#retry.close();
     for (const w of this.#drainWaiters.splice(0)) w();
     this.#queue = [];
+    this.#queuedAt = [];
   }
 }
 

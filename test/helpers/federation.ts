@@ -36,7 +36,7 @@ export interface RegionExtra {
   readonly now?: () => number;
 }
 
-export async function startRegion(name: string, port: number, peers: PeerOptions[], dir?: string, fed: { followUpMs?: number } = {}, extra: RegionExtra = {}): Promise<Region> {
+export async function startRegion(name: string, port: number, peers: PeerOptions[], dir?: string, fed: { followUpMs?: number; putTimeoutMs?: number } = {}, extra: RegionExtra = {}): Promise<Region> {
   const dataDir = dir ?? mkdtempSync(join(tmpdir(), `qis-fed-${name}-`));
   if (extra.key && !existsSync(join(dataDir, 'broker-key.json'))) await saveKeyFile(join(dataDir, 'broker-key.json'), extra.key);
   const make = (): Promise<QisBroker> =>
