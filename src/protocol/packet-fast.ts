@@ -15,7 +15,7 @@
  */
 import { halfToNumber } from './cbor-decode.js';
 import type { CborValue } from './cbor-value.js';
-import type { Outcome, PayloadFields } from './packet.js';
+import type { Outcome, PayloadFields } from './payload-fields.js';
 
 /** What the fast path read: the parts of a COSE_Sign1 and its payload's fields. */
 export interface FastPacket {

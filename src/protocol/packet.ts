@@ -9,6 +9,9 @@ import { nodeIdOf, peerNodeId, signEd25519, verifyEd25519, type Ed25519Backend, 
 import { parseOutcomeTopic } from './fingerprint.js';
 import { readCanonical } from './packet-fast.js';
 import type { TplId } from './template.js';
+import type { Outcome, PayloadFields } from './payload-fields.js';
+
+export type { Outcome, PayloadFields } from './payload-fields.js';
 
 /** The largest packet anyone may send or store (PROTOCOL §5). */
 export const MAX_PACKET_BYTES = 512;
@@ -16,9 +19,6 @@ export const MAX_PACKET_BYTES = 512;
 export const ALG_ED25519 = -19;
 export const ALG_EDDSA = -8;
 export const COSE_SIGN1_TAG = 18;
-
-/** What a node observed: a category label, a number, or a map of named values. */
-export type Outcome = string | number | { readonly [key: string]: string | number };
 
 /** Payload fields a signer supplies (PROTOCOL §5 table). `v` is always 1. */
 export interface PacketFields {
@@ -32,21 +32,6 @@ export interface PacketFields {
   readonly exp?: number;
   /** true: a tombstone that withdraws the node's packet. */
   readonly del?: boolean;
-}
-
-/** A decoded payload. Defaults are applied (`conf` 1, `n` 1, `del` false); unknown keys are kept in `extra`. */
-export interface PayloadFields {
-  readonly v: 1;
-  readonly fp: Uint8Array;
-  readonly seq: number;
-  readonly ts: number;
-  readonly out?: Outcome;
-  readonly conf: number;
-  readonly n: number;
-  readonly ctx?: { readonly [key: string]: number };
-  readonly exp?: number;
-  readonly del: boolean;
-  readonly extra: ReadonlyMap<CborValue, CborValue>;
 }
 
 /** The parts of a COSE_Sign1 message (RFC 9052 §4.2), as received. */
