@@ -141,6 +141,28 @@ t.test('federation - through a hub, a burst mixing packets and tombstones reache
   t.equal((b.broker.federation?.status()[0]?.catchUps ?? 0) + (a.broker.federation?.status()[0]?.catchUps ?? 0), catchUps, 'no catch-up ran: it came live');
 });
 
+t.test('federation - through a hub, both regions publish at once: each gets the other\'s burst live, and no request or answer is kept retained', async (t) => {
+  // The hub answers A's puts on A's link connection while it forwards B's packets to that same
+  // connection, and the other way round: every packet must still arrive live (no catch-up).
+  const { a, b, m } = await hubOfTwo(t);
+  await publishAll(a.url, [packetOf(999, 23, 1)]);
+  await until(() => caughtUp(a) && caughtUp(b) && b.broker.store.size === 1, 'links up');
+  const catchUps = (): number => (b.broker.federation?.status()[0]?.catchUps ?? 0) + (a.broker.federation?.status()[0]?.catchUps ?? 0);
+  const before = catchUps();
+  for (let round = 0; round < 3; round++) {
+    const fromA = Array.from({ length: 150 }, (_, i) => packetOf(1000 * round + i, 23, 1));
+    const fromB = Array.from({ length: 150 }, (_, i) => packetOf(1000 * round + 500 + i, 23, 1));
+    await Promise.all([publishAll(a.url, fromA), publishAll(b.url, fromB)]);
+  }
+  await until(() => digestOf(a) === digestOf(m) && digestOf(b) === digestOf(m), 'A, B and the hub hold the same', 15_000);
+  t.equal(a.broker.store.size, 901, 'every packet of both regions at A');
+  t.equal(catchUps(), before, 'no catch-up ran: it came live');
+  const kept: unknown[] = [];
+  const persistence = (m.broker.aedes as unknown as { persistence: { createRetainedStream(pattern: string): AsyncIterable<unknown> } }).persistence;
+  for await (const x of persistence.createRetainedStream('qis/1/f/#')) kept.push(x);
+  t.same(kept, [], 'no request or answer is kept retained at the hub');
+});
+
 t.test('federation - score packets (qis/1/s/) travel: live through a hub, and by catch-up after a partition', async (t) => {
   const { a, b, m } = await hubOfTwo(t);
   await until(() => caughtUp(a) && caughtUp(b), 'links up');
