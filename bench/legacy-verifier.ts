@@ -6,7 +6,7 @@
 import type { Worker } from 'node:worker_threads';
 import type { Job, JobResult } from '../src/protocol/verify-job.js';
 import { startVerifyWorker } from '../src/protocol/verify-wire.js';
-import { toResult, type Verifier, type VerifyResult } from '../broker/verifier.js';
+import { toResult, type Verifier, type VerifyOptions, type VerifyResult } from '../broker/verifier.js';
 
 const MAX_BATCH = 256;
 
@@ -41,11 +41,13 @@ export class LegacyPool implements Verifier {
     }
   }
 
-  verify(topic: string, bytes: Uint8Array, o: { now: number; maxSkewMs: number; depth?: number }): Promise<VerifyResult> {
+  verify(topic: string, bytes: Uint8Array, o: VerifyOptions): Promise<VerifyResult> {
     const id = this.#next++;
+    // The former pool had no lanes: `source` (an Aedes client, which structured clone refuses) stays here.
+    const { now, maxSkewMs, depth } = o;
     return new Promise((resolve) => {
       this.#waiting.set(id, resolve);
-      this.#queue.push({ id, topic, bytes: bytes.slice(), ...o });
+      this.#queue.push({ id, topic, bytes: bytes.slice(), now, maxSkewMs, ...(depth !== undefined ? { depth } : {}) });
       if (this.#scheduled) return;
       this.#scheduled = true;
       setImmediate(() => {
