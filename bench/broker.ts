@@ -41,7 +41,8 @@
  * timing (JWK import, the fastest way; the broker must build one per unseen key too), measured
  * right before each round of brokers. Ceiling = raw × cores the broker verifies on; goal: qis
  * (fsync 'always') ≥ 70 % of it. CPU over the same window comes from /proc: the broker process
- * (all threads, and its main thread alone), the publishers (their own process.cpuUsage) and the
+ * (all threads, its main thread alone, and µs per packet by thread name: `main`, `node` for worker
+ * threads and V8's unnamed helpers), the publishers (their own process.cpuUsage) and the
  * whole machine (/proc/stat; what is left is other people's work). So ratio = efficiency × broker
  * cores / cores, where efficiency = packets per broker CPU-second / raw per core-second says how much
  * of the broker's CPU goes to verification. `--rounds` rounds, interleaved; median shown.
@@ -80,7 +81,7 @@ import { argv, JSON_OUT, optNum, optStr } from './args.js';
 import { cleanup, cleanups, tempDir } from './cleanup.js';
 import { firstLine, nextMessage, request, stopChild, tracked, type Msg } from './child.js';
 import { writeResults, type BenchResult } from './result.js';
-import { procCpuMs } from './proc.js';
+import { procCpuMs, threadCpuMs } from './proc.js';
 
 // ------------------------------------------------------------------------------ options
 
@@ -514,6 +515,8 @@ interface Burst {
   /** Cores the broker process used over the burst (CPU time / wall time), all threads and its main thread. */
   readonly brokerCores: number;
   readonly brokerMainCores: number;
+  /** The broker's CPU per packet (µs) by thread group (/proc task names: main, node = worker threads, V8's helpers…). */
+  readonly brokerThreadsUs: Readonly<Record<string, number>>;
   readonly pubCores: number;
   /** Cores the whole machine was busy: what is left after broker and publishers is other work. */
   readonly machineCores: number;
@@ -559,6 +562,7 @@ async function publishers(broker: Running, file: string, from: number, count: nu
       const dones = children.map((c) => nextMessage(c, (m) => m.done === true, 300_000, `publishing to ${broker.name}`));
       const cpu0 = procCpuMs(broker.pid);
       const main0 = procCpuMs(broker.pid, broker.pid);
+      const threads0 = threadCpuMs(broker.pid);
       const busy0 = machineBusyMs();
       const tGo = performance.now();
       for (const c of children) c.send({ cmd: 'go' });
@@ -566,12 +570,14 @@ async function publishers(broker: Running, file: string, from: number, count: nu
       const res = await Promise.all(dones.map((d) => d.then((m) => ((tDone = Math.max(tDone, performance.now())), m))));
       const cpu1 = procCpuMs(broker.pid);
       const main1 = procCpuMs(broker.pid, broker.pid);
+      const threads1 = threadCpuMs(broker.pid);
       const busy1 = machineBusyMs();
       const ms = tDone - tGo;
       const errors = res.reduce((s, m) => s + (m.errors as number), 0);
       check(errors === 0, `${errors} publishes to ${broker.name} failed`);
       const pubCpu = res.reduce((s, m) => s + (m.cpuMs as number), 0);
-      return { ms, rate: (count * 1000) / ms, tGo, tDone, brokerCores: (cpu1 - cpu0) / ms, brokerMainCores: (main1 - main0) / ms, pubCores: pubCpu / ms, machineCores: (busy1 - busy0) / ms };
+      const brokerThreadsUs = Object.fromEntries([...threads1].map(([name, ms1]) => [name, Math.round(((ms1 - (threads0.get(name) ?? 0)) * 1000) / count)]));
+      return { ms, rate: (count * 1000) / ms, tGo, tDone, brokerCores: (cpu1 - cpu0) / ms, brokerMainCores: (main1 - main0) / ms, brokerThreadsUs, pubCores: pubCpu / ms, machineCores: (busy1 - busy0) / ms };
     },
   };
 }
@@ -668,6 +674,7 @@ interface IngestRun {
   readonly ms: number;
   readonly brokerCores: number;
   readonly brokerMainCores: number;
+  readonly brokerThreadsUs: Readonly<Record<string, number>>;
   readonly pubCores: number;
   readonly machineCores: number;
 }
@@ -736,7 +743,7 @@ async function ingestOnce(t: Target, d: Data, pubs: number): Promise<IngestRun> 
       const s = (await request(b.ipc, 'size')).size as number;
       check(s === N + WARMUP, `${t.id} stored ${N + WARMUP} packets (it holds ${s})`);
     }
-    return { rate: r.rate, ms: r.ms, brokerCores: r.brokerCores, brokerMainCores: r.brokerMainCores, pubCores: r.pubCores, machineCores: r.machineCores };
+    return { rate: r.rate, ms: r.ms, brokerCores: r.brokerCores, brokerMainCores: r.brokerMainCores, brokerThreadsUs: r.brokerThreadsUs, pubCores: r.pubCores, machineCores: r.machineCores };
   } finally {
     await p?.stop();
     await b.stop();
@@ -771,6 +778,7 @@ async function part1(d: Data): Promise<Part1> {
         log(
           `    ${t.id.padEnd(16)} ${pubs} pubs: ${fmt(run.rate).padStart(7)} pub/s, broker ${run.brokerCores.toFixed(2)} cores (main thread ${run.brokerMainCores.toFixed(2)}), publishers ${run.pubCores.toFixed(2)} cores (${((run.pubCores / run.rate) * 1e6).toFixed(0)} µs/packet), other work ${(run.machineCores - run.brokerCores - run.pubCores).toFixed(2)} cores`,
         );
+        log(`      broker µs/packet by thread: ${Object.entries(run.brokerThreadsUs).filter(([, us]) => us >= 1).sort((a, b) => b[1] - a[1]).map(([name, us]) => `${name} ${us}`).join(', ')}`);
       }
     }
   }
@@ -792,6 +800,7 @@ async function part1(d: Data): Promise<Part1> {
           ms: Math.round(x.ms),
           brokerCores: r3(x.brokerCores),
           brokerMainCores: r3(x.brokerMainCores),
+          brokerThreadsUs: x.brokerThreadsUs,
           pubCores: r3(x.pubCores),
           machineCores: r3(x.machineCores),
         })),
