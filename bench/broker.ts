@@ -565,7 +565,6 @@ async function publishers(broker: Running, file: string, from: number, count: nu
     async go() {
       const dones = children.map((c) => nextMessage(c, (m) => m.done === true, 300_000, `publishing to ${broker.name}`));
       const cpu0 = procCpuMs(broker.pid);
-      const main0 = procCpuMs(broker.pid, broker.pid);
       const threads0 = threadCpuMs(broker.pid);
       const busy0 = machineBusyMs();
       const tGo = performance.now();
@@ -573,7 +572,6 @@ async function publishers(broker: Running, file: string, from: number, count: nu
       let tDone = tGo;
       const res = await Promise.all(dones.map((d) => d.then((m) => ((tDone = Math.max(tDone, performance.now())), m))));
       const cpu1 = procCpuMs(broker.pid);
-      const main1 = procCpuMs(broker.pid, broker.pid);
       const threads1 = threadCpuMs(broker.pid);
       const busy1 = machineBusyMs();
       const ms = tDone - tGo;
@@ -581,7 +579,7 @@ async function publishers(broker: Running, file: string, from: number, count: nu
       check(errors === 0, `${errors} publishes to ${broker.name} failed`);
       const pubCpu = res.reduce((s, m) => s + (m.cpuMs as number), 0);
       const brokerThreadsUs = Object.fromEntries([...threads1].map(([name, ms1]) => [name, Math.round(((ms1 - (threads0.get(name) ?? 0)) * 1000) / count)]));
-      return { ms, rate: (count * 1000) / ms, tGo, tDone, brokerCores: (cpu1 - cpu0) / ms, brokerMainCores: (main1 - main0) / ms, brokerThreadsUs, pubCores: pubCpu / ms, machineCores: (busy1 - busy0) / ms };
+      return { ms, rate: (count * 1000) / ms, tGo, tDone, brokerCores: (cpu1 - cpu0) / ms, brokerMainCores: ((threads1.get('main') ?? NaN) - (threads0.get('main') ?? NaN)) / ms, brokerThreadsUs, pubCores: pubCpu / ms, machineCores: (busy1 - busy0) / ms };
     },
   };
 }
