@@ -208,6 +208,12 @@ export interface BrokerOptions {
   readonly cluster?: string;
   /** Threads that verify signatures; 0 verifies on the main thread. Default: the machine's cores minus one (at least 1). */
   readonly verifyWorkers?: number;
+  /**
+   * Niceness of the verify threads, 0..19 (Linux). Default 0: they share the cores with the main
+   * thread as equals. 19: the main thread (MQTT, the store, ordinary traffic) goes first whenever
+   * the cores are short, which lets `verifyWorkers` take every core (README, "Verify threads").
+   */
+  readonly verifyNice?: number;
   /** How often packets past their `exp` are swept, ms. */
   readonly sweepIntervalMs: number;
   /** Broker id (Aedes id, log field); default random. */

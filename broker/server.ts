@@ -108,7 +108,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     revocations: await RevocationBook.open(join(o.dataDir, 'revocations'), logger),
     metrics,
     limits: createLimits({ options: o, metrics, logger, now }),
-    verifier: timedVerifier(deps.verifier ?? createVerifier(o.verifyWorkers ?? defaultWorkers()), metrics.verifySeconds),
+    verifier: timedVerifier(deps.verifier ?? createVerifier(o.verifyWorkers ?? defaultWorkers(), o.verifyNice ? { nice: o.verifyNice } : {}), metrics.verifySeconds),
     auth,
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
     ...(brokerKey ? { brokerKey } : {}),
@@ -160,7 +160,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const stopSweep = startSweep(ctx);
   const stopInfoClock = startBrokerInfoClock(ctx);
   const addresses = (): BrokerAddress[] => [...(listeners?.addresses() ?? []), ...[http?.address()].filter((x) => x !== undefined)];
-  logger.info({ listeners: addresses(), verifyWorkers: ctx.verifier.workers, fsync: o.fsync }, 'broker listening');
+  logger.info({ listeners: addresses(), verifyWorkers: ctx.verifier.workers, ...(o.verifyNice ? { verifyNice: o.verifyNice } : {}), fsync: o.fsync }, 'broker listening');
   ctx.federation = startLinks(ctx);
 
   const close = (): Promise<void> =>

@@ -111,6 +111,8 @@ interface Slot {
 }
 
 export interface PoolOptions {
+  /** Niceness of the verify threads, 0..19 (Linux; the broker's verifyNice). 0: the process's own. */
+  nice?: number;
   maxQueued?: number;
   maxQueuedPerSource?: number;
   /** Tuning (the bench's A/B): jobs per batch with one source waiting, with several, and batches in a worker at once. */
@@ -139,8 +141,10 @@ class Pool implements Verifier {
   readonly #batchJobs: number;
   readonly #mixedBatchJobs: number;
   readonly #perWorker: number;
+  readonly #nice: number;
 
   constructor(n: number, o: PoolOptions) {
+    this.#nice = o.nice ?? 0;
     this.workers = n;
     this.#maxQueued = o.maxQueued ?? MAX_QUEUED;
     this.#waiting = new FairQueue<Job>(o.maxQueuedPerSource ?? MAX_QUEUED_PER_SOURCE);
@@ -151,7 +155,7 @@ class Pool implements Verifier {
   }
 
   #spawn(): Slot {
-    const worker = startVerifyWorker();
+    const worker = startVerifyWorker({ nice: this.#nice });
     const slot: Slot = { worker, inflight: [] };
     worker.unref();
     worker.on('message', (r: PackedResults) => {

@@ -4,7 +4,8 @@
 // dashboard's metric names.
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { getPriority } from 'node:os';
 import { createServer, type AddressInfo } from 'node:net';
 import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
@@ -15,7 +16,7 @@ import type { Logger } from 'pino';
 import { createLogger } from '../broker/log.js';
 import type { Authenticator } from '../broker/server/auth.js';
 import { CONN_LOG_BURST, logConnections } from '../broker/server/conn-log.js';
-import { createNode } from '../src/index.js';
+import { createNode, createOutcomePacket, keyFromSeed } from '../src/index.js';
 import { QIS, ROOT, qis, tempDir } from './helpers/cli.js';
 import { bearing, situation } from './helpers/fixtures.js';
 
@@ -238,6 +239,53 @@ t.test('broker ops - HTTP on 127.0.0.1:9100 by default, --http off, a held port 
   const r = await qis(['broker', '--listen', 'tcp://127.0.0.1:0', '--http', `127.0.0.1:${port}`, '--data-dir', join(dir, 'b'), '--verify-workers', '0', '--log-level', 'silent']);
   t.equal(r.status, 1);
   t.match(r.stderr, new RegExp(`qis: ERR_ADDRESS_IN_USE: the HTTP endpoint .*127\\.0\\.0\\.1:${port}.*--http off`));
+});
+
+/** Each thread of process `pid` and its niceness (Linux: field 19 of /proc/PID/task/TID/stat). */
+function threadNice(pid: number): { tid: number; nice: number }[] {
+  return readdirSync(`/proc/${pid}/task`).flatMap((tid) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      return [{ tid: Number(tid), nice: Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]) }];
+    } catch {
+      return []; // the thread ended
+    }
+  });
+}
+
+t.test('broker ops - --verify-nice 19: the verify threads, and only they, run at niceness 19 and still verify', { skip: process.platform !== 'linux' || getPriority() >= 19 ? 'needs Linux and a test process below niceness 19' : false }, async (t) => {
+  const dir = tempDir(t, 'qis-broker-nice-');
+  const b = spawnBroker(t, ['--listen', 'tcp://127.0.0.1:0', '--http', 'off', '--data-dir', join(dir, 'data'), '--verify-workers', '2', '--verify-nice', '19']);
+  const listening = await b.line((l) => l.msg === 'broker listening');
+  t.match(listening, { verifyWorkers: 2, verifyNice: 19 }, 'the start line says it');
+  const pid = b.child.pid as number;
+  const base = getPriority(); // the broker inherits this process's niceness
+  // Each thread lowers its own priority as it starts.
+  for (let i = 0; threadNice(pid).filter((x) => x.nice === 19).length < 2; i++) {
+    if (i > 200) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const threads = threadNice(pid);
+  t.equal(threads.filter((x) => x.nice === 19).length, 2, 'two threads at 19: the verify threads');
+  t.equal(threads.find((x) => x.tid === pid)?.nice, base, 'the main thread keeps the niceness it was started with');
+  t.ok(threads.filter((x) => x.nice === base).length > 1, 'and so do the threads that are not verify threads');
+
+  // The niced threads verify: a signed packet is stored, a forged one refused.
+  const url = `mqtt://127.0.0.1:${(listening.listeners as { type: string; port: number }[]).find((a) => a.type === 'tcp')?.port}`;
+  const c = await connect(url, { clientId: 'nice-pub' });
+  t.teardown(() => c.end(true));
+  const key = keyFromSeed(new Uint8Array(32).fill(7));
+  const good = createOutcomePacket({ key, template: bearing, situation, outcome: 'failure', seq: 1, ts: Date.now() });
+  await c.publishAsync(good.topic, Buffer.from(good.packet), { qos: 1, retain: true });
+  const forged = Buffer.from(createOutcomePacket({ key, template: bearing, situation, outcome: 'failure', seq: 2, ts: Date.now() }).packet);
+  forged[forged.length - 1] = (forged[forged.length - 1] as number) ^ 1; // the signature's last byte
+  c.publish(good.topic, forged, { qos: 1, retain: true }, () => undefined); // no PUBACK: a bad signature closes the connection
+  t.match(await b.line((l) => l.code === 'ERR_BAD_SIGNATURE'), { code: 'ERR_BAD_SIGNATURE', clientId: 'nice-pub' }, 'the forgery is refused as a bad signature');
+  const sub = await connect(url, { clientId: 'nice-sub' });
+  t.teardown(() => sub.end(true));
+  const got = new Promise<Buffer>((r) => sub.once('message', (_topic, payload) => r(payload)));
+  await sub.subscribeAsync(good.topic, { qos: 1 });
+  t.same([...(await got)], [...good.packet], 'the retained packet is the signed one');
 });
 
 t.test('broker ops - the logger: readable lines on a terminal, JSON otherwise', async (t) => {

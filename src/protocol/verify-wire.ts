@@ -16,10 +16,12 @@ import { checkPacket, type CheckResult, type VerifyOptions } from './packet.js';
 /**
  * A verify worker thread (src/protocol/verify-worker.ts). Started from here so that the URL is
  * resolved beside this module: in dist/src/protocol/ as compiled, and in dist/cli/ in the CLI
- * bundle, where cli/bundle.ts writes the worker as its own entry.
+ * bundle, where cli/bundle.ts writes the worker as its own entry. `nice` (1..19, Linux): the thread
+ * lowers its own CPU priority to that niceness as it starts (the broker's `verifyNice`), so the
+ * threads that do not verify (MQTT, the store) go first when the cores are short.
  */
-export function startVerifyWorker(): Worker {
-  return new Worker(new URL('./verify-worker.js', import.meta.url));
+export function startVerifyWorker(o: { readonly nice?: number } = {}): Worker {
+  return new Worker(new URL('./verify-worker.js', import.meta.url), o.nice ? { workerData: { nice: o.nice } } : {});
 }
 
 const JOB_HEAD = 28;

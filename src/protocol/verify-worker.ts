@@ -5,9 +5,11 @@
  * (structured clone) is still understood, for the bench's A/B against the former broker pool
  * (bench/legacy-verifier.ts). The CLI bundle carries it as dist/cli/verify-worker.js.
  */
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { verifyJob, type Job, type JobResult } from './verify-job.js';
 import { checkPackedBatch, verifyPacked, type CheckBatch } from './verify-wire.js';
 
@@ -24,6 +26,18 @@ const gc = ((): (() => void) | undefined => {
     return undefined;
   }
 })();
+
+// The broker's verifyNice: this thread's own niceness (Linux keeps one per thread; its id is the
+// last part of /proc/thread-self). Raising one's own niceness needs no privilege. Elsewhere (no
+// /proc/thread-self) the thread keeps the process's priority.
+const nice = (workerData as { nice?: unknown } | undefined)?.nice;
+if (typeof nice === 'number' && nice > 0) {
+  try {
+    setPriority(Number(readlinkSync('/proc/thread-self').split('/').pop()), nice);
+  } catch {
+    // not Linux: verifyNice is documented as Linux-only
+  }
+}
 
 parentPort?.on('message', (m: Job[] | { buf: ArrayBuffer; count: number } | CheckBatch) => {
   if ('check' in m) {
