@@ -53,7 +53,8 @@
  * connection (this process) publishes to an ordinary topic at a paced 50 msg/s, QoS 1, and another
  * connection subscribed to it timestamps arrivals. Latency = arrival − publish call, same clock.
  * Figures over the messages sent between go and the last publisher done; idle figures from the
- * second before go. Brokers: qis (verifyWorkers = cores), qis with cores − 1 verify threads (for
+ * second before go. Brokers: qis (verifyWorkers = cores), the same at verifyNice 19 (the verify
+ * threads yield the CPU to the main thread: `….nice19`), qis with cores − 1 verify threads (for
  * comparison: the main thread keeps a core), qis inline (verifyWorkers 0), plain Aedes (reference: the
  * same burst without verification). Beside: "routed", publish → the broker's Aedes
  * 'publish' event for the probe (probes carry their send time on a clock shared by the processes:
@@ -250,7 +251,8 @@ function serveCommands(extra: { size?: () => number; close: () => Promise<void>;
 }
 
 async function childQis(): Promise<void> {
-  const [dataDir, fsync, workers, mode] = positional();
+  const [dataDir, fsync, workers, mode, nice] = positional();
+  const verifyNice = Number(nice ?? 0);
   const { createBroker } = await import('../broker/server.js');
   const { pino } = await import('pino');
   // The A/B: the pool as it was before issue 15, in the same run.
@@ -259,7 +261,7 @@ async function childQis(): Promise<void> {
   const tuning = process.env['QIS_BENCH_VERIFY_TUNING']?.split(',').map(Number);
   if (tuning && mode !== 'legacy') {
     const [batchJobs, mixedBatchJobs, perWorker] = tuning;
-    Object.assign(legacy, { verifier: (await import('../broker/verifier.js')).createVerifier(Number(workers), { ...(batchJobs ? { batchJobs } : {}), ...(mixedBatchJobs ? { mixedBatchJobs } : {}), ...(perWorker ? { perWorker } : {}) }) });
+    Object.assign(legacy, { verifier: (await import('../broker/verifier.js')).createVerifier(Number(workers), { ...(verifyNice ? { nice: verifyNice } : {}), ...(batchJobs ? { batchJobs } : {}), ...(mixedBatchJobs ? { mixedBatchJobs } : {}), ...(perWorker ? { perWorker } : {}) }) });
   }
   const broker = await createBroker(
     {
@@ -267,6 +269,7 @@ async function childQis(): Promise<void> {
       dataDir: dataDir as string,
       fsync: fsync as 'always' | 'never',
       verifyWorkers: Number(workers),
+      ...(verifyNice ? { verifyNice } : {}),
       // Throughput from one loopback address: the per-address publish rate limit would measure itself.
       admission: { ratePerSecond: 0 },
     },
@@ -461,15 +464,16 @@ async function startOurs(name: string, args: readonly string[], execArgv: readon
 }
 
 /** `legacy`: the verifier pool as before issue 15 (bench/legacy-verifier.ts), the A/B's other arm. */
-function qisTarget(fsync: 'always' | 'never', workers: number, legacy = false): Target {
-  const id = `qis.${fsync}.w${workers}${legacy ? '.legacy' : ''}`;
+/** `nice`: the broker's verifyNice (the verify threads' niceness; 0: the broker's default). */
+function qisTarget(fsync: 'always' | 'never', workers: number, legacy = false, nice = 0): Target {
+  const id = `qis.${fsync}.w${workers}${legacy ? '.legacy' : ''}${nice ? `.nice${nice}` : ''}`;
   return {
     id,
-    label: `qis broker, fsync '${fsync}', ${workers === 0 ? 'inline verification' : `${workers} verify threads`}${legacy ? ', former pool' : ''}`,
+    label: `qis broker, fsync '${fsync}', ${workers === 0 ? 'inline verification' : `${workers} verify threads`}${legacy ? ', former pool' : ''}${nice ? ` at nice ${nice}` : ''}`,
     start: (dataDir?: string) => {
       const dir = dataDir ?? tempDir('qis-bench-broker-');
       const prof = CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] : [];
-      return startOurs(id, ['--child=qis', dir, fsync, String(workers), legacy ? 'legacy' : 'packed'], ['--expose-gc', ...prof]);
+      return startOurs(id, ['--child=qis', dir, fsync, String(workers), legacy ? 'legacy' : 'packed', String(nice)], ['--expose-gc', ...prof]);
     },
   };
 }
@@ -759,7 +763,7 @@ async function part1(d: Data): Promise<Part1> {
     qisTarget('always', WORKERS),
     qisTarget('always', WORKERS, true),
     qisTarget('never', WORKERS),
-    ...(WORKERS !== CORES ? [qisTarget('always', CORES), ...named(qisTarget('always', CORES, true))] : []),
+    ...(WORKERS !== CORES ? [qisTarget('always', CORES), ...named(qisTarget('always', CORES, true)), ...named(qisTarget('always', CORES, false, 19))] : []),
     aedesTarget,
     mosquittoTarget,
   ]);
@@ -953,11 +957,12 @@ async function part2(d: Data): Promise<Part2> {
   log(`part 2: ordinary-topic latency at ${1000 / PACE_MS} msg/s during a ${fmt(N)}-packet burst from ${PUBS} publishers`);
   const loads = [load1()];
   const rows: LatRow[] = [];
-  // The default (cores − 1 verify threads leave the main thread a core), all cores, and inline verification.
+  // The default (cores − 1 verify threads leave the main thread a core), all cores (as equals of the
+  // main thread, and at nice 19: verifyNice), and inline verification.
   const targets = chosen([
     qisTarget('always', WORKERS),
     qisTarget('always', WORKERS, true),
-    ...(WORKERS !== CORES ? [qisTarget('always', CORES), ...named(qisTarget('always', CORES, true))] : []),
+    ...(WORKERS !== CORES ? [qisTarget('always', CORES), qisTarget('always', CORES, false, 19), ...named(qisTarget('always', CORES, true))] : []),
     qisTarget('always', 0),
     aedesTarget,
   ]);
@@ -1170,10 +1175,10 @@ function report(env: Record<string, unknown>, d: Data, p1?: Part1, p2?: Part2, p
     L.push(`2. Ordinary traffic during a verification burst: ${1000 / PACE_MS} msg/s QoS 1 on an ordinary topic (own publisher and subscriber`);
     L.push(`   connections), while ${p2.pubs} publisher processes push ${fmt(p2.n)} qis packets; latency = publish → delivery (load ${p2.loadavg1m.join(' → ')})`);
     L.push('');
-    L.push(`   ${'broker'.padEnd(46)}${'burst pub/s'.padStart(12)}${'idle p50/p99'.padStart(15)}${'n'.padStart(6)}${'p50'.padStart(8)}${'p99'.padStart(8)}${'max'.padStart(8)}${'routed p50/p99'.padStart(16)}${'loop p99/max'.padStart(15)}`);
+    L.push(`   ${'broker'.padEnd(62)}${'burst pub/s'.padStart(12)}${'idle p50/p99'.padStart(15)}${'n'.padStart(6)}${'p50'.padStart(8)}${'p99'.padStart(8)}${'max'.padStart(8)}${'routed p50/p99'.padStart(16)}${'loop p99/max'.padStart(15)}`);
     for (const r of p2.rows) {
       L.push(
-        `   ${r.label.padEnd(46)}${fmt(r.burstRate).padStart(12)}${`${r.idle.p50}/${r.idle.p99}`.padStart(15)}${String(r.burst.n).padStart(6)}${r.burst.p50.toFixed(1).padStart(8)}` +
+        `   ${r.label.padEnd(62)}${fmt(r.burstRate).padStart(12)}${`${r.idle.p50}/${r.idle.p99}`.padStart(15)}${String(r.burst.n).padStart(6)}${r.burst.p50.toFixed(1).padStart(8)}` +
           `${r.burst.p99.toFixed(1).padStart(8)}${r.burst.max.toFixed(1).padStart(8)}${(r.toBroker ? `${r.toBroker.p50}/${r.toBroker.p99}` : '').padStart(16)}` +
           `${(r.brokerLoopDelay ? `${r.brokerLoopDelay.p99}/${r.brokerLoopDelay.max}` : '').padStart(15)}` +
           `${r.burst.lost > 0 ? `  (${r.burst.lost} not delivered)` : ''}`,
@@ -1186,6 +1191,13 @@ function report(env: Record<string, unknown>, d: Data, p1?: Part1, p2?: Part2, p
     }
     const alt = p2.rows.find((x) => WORKERS !== CORES && x.target === `qis.always.w${CORES}`);
     if (alt) L.push(`   (for comparison, verifyWorkers = all ${CORES} cores: p99 ${alt.burst.p99} ms at ${fmt(alt.burstRate)} pub/s)`);
+    const niced = p2.rows.find((x) => WORKERS !== CORES && x.target === `qis.always.w${CORES}.nice19`);
+    if (niced) {
+      L.push(
+        `   (the same at verifyNice 19: p99 ${niced.burst.p99} ms at ${fmt(niced.burstRate)} pub/s; loop p99 ${niced.brokerLoopDelay?.p99 ?? '?'} ms` +
+          `${niced.signed ? `; a quiet signed client's PUBACK p50 ${niced.signed.p50} ms, p99 ${niced.signed.p99} ms` : ''})`,
+      );
+    }
   }
   if (p3) {
     L.push('');
