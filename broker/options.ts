@@ -209,9 +209,10 @@ export interface BrokerOptions {
   /** Threads that verify signatures; 0 verifies on the main thread. Default: the machine's cores minus one (at least 1). */
   readonly verifyWorkers?: number;
   /**
-   * Niceness of the verify threads, 0..19 (Linux). Default 0: they share the cores with the main
-   * thread as equals. 19: the main thread (MQTT, the store, ordinary traffic) goes first whenever
-   * the cores are short, which lets `verifyWorkers` take every core (README, "Verify threads").
+   * Niceness of the verify threads, 0..19 (Linux; never below the broker's own, which they keep
+   * when it is higher). Default 0: they share the cores with the main thread as equals. 19: the
+   * main thread (MQTT, the store, ordinary traffic) goes first whenever the cores are short, which
+   * lets `verifyWorkers` take every core (README, where the broker's verify threads are described).
    */
   readonly verifyNice?: number;
   /** How often packets past their `exp` are swept, ms. */

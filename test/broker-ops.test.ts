@@ -34,8 +34,10 @@ interface Broker {
   exited: Promise<number | null>;
 }
 
-function spawnBroker(t: Test, args: string[]): Broker {
-  const child = spawn(process.execPath, [QIS, 'broker', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+/** `under`: a command the broker runs under (e.g. ['nice', '-n', '10']). */
+function spawnBroker(t: Test, args: string[], under: string[] = []): Broker {
+  const [cmd, ...pre] = [...under, process.execPath];
+  const child = spawn(cmd as string, [...pre, QIS, 'broker', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: Line[] = [];
   const notJson: string[] = [];
   let buf = '';
@@ -286,6 +288,23 @@ t.test('broker ops - --verify-nice 19: the verify threads, and only they, run at
   const got = new Promise<Buffer>((r) => sub.once('message', (_topic, payload) => r(payload)));
   await sub.subscribeAsync(good.topic, { qos: 1 });
   t.same([...(await got)], [...good.packet], 'the retained packet is the signed one');
+});
+
+t.test('broker ops - --verify-nice never raises a priority, and says when it does nothing', { skip: process.platform !== 'linux' || getPriority() > 9 ? 'needs Linux and a test process below niceness 10' : false }, async (t) => {
+  const dir = tempDir(t, 'qis-broker-nice-');
+  const base = getPriority();
+  // Started at niceness base + 10, asked for 5 (below that): the verify threads stay where the broker is.
+  const b = spawnBroker(t, ['--listen', 'tcp://127.0.0.1:0', '--http', 'off', '--data-dir', join(dir, 'a'), '--verify-workers', '2', '--verify-nice', '5'], ['nice', '-n', '10']);
+  const listening = await b.line((l) => l.msg === 'broker listening');
+  t.equal(listening.verifyNice, 5, 'asked for, on Linux with threads: no warning');
+  await new Promise((r) => setTimeout(r, 500)); // the threads have started (the start line comes after the verifier)
+  const nices = threadNice(b.child.pid as number).map((x) => x.nice);
+  t.same([...new Set(nices)], [base + 10], 'every thread, the verify threads among them, at the niceness the broker was started with');
+  t.notOk(nices.includes(5), 'none raised to 5');
+
+  const inline = spawnBroker(t, ['--listen', 'tcp://127.0.0.1:0', '--http', 'off', '--data-dir', join(dir, 'b'), '--verify-workers', '0', '--verify-nice', '19']);
+  t.match(await inline.line((l) => /verifyNice ignored/.test(l.msg)), { level: 40, msg: 'verifyNice ignored: no verify threads (verifyWorkers 0)', verifyNice: 19 });
+  t.notOk('verifyNice' in (await inline.line((l) => l.msg === 'broker listening')), 'the start line does not claim it');
 });
 
 t.test('broker ops - the logger: readable lines on a terminal, JSON otherwise', async (t) => {

@@ -5,8 +5,7 @@
  * (structured clone) is still understood, for the bench's A/B against the former broker pool
  * (bench/legacy-verifier.ts). The CLI bundle carries it as dist/cli/verify-worker.js.
  */
-import { readlinkSync } from 'node:fs';
-import { setPriority } from 'node:os';
+import { getPriority, setPriority } from 'node:os';
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -27,17 +26,12 @@ const gc = ((): (() => void) | undefined => {
   }
 })();
 
-// The broker's verifyNice: this thread's own niceness (Linux keeps one per thread; its id is the
-// last part of /proc/thread-self). Raising one's own niceness needs no privilege. Elsewhere (no
-// /proc/thread-self) the thread keeps the process's priority.
+// The broker's verifyNice: Linux keeps a niceness per thread, and pid 0 is the calling thread, so
+// this lowers this thread's priority alone. Only ever lowered (a broker already started at a higher
+// niceness keeps it), which needs no privilege. Elsewhere a process has one niceness: unchanged
+// (the broker warns at start).
 const nice = (workerData as { nice?: unknown } | undefined)?.nice;
-if (typeof nice === 'number' && nice > 0) {
-  try {
-    setPriority(Number(readlinkSync('/proc/thread-self').split('/').pop()), nice);
-  } catch {
-    // not Linux: verifyNice is documented as Linux-only
-  }
-}
+if (process.platform === 'linux' && typeof nice === 'number' && nice > getPriority()) setPriority(nice);
 
 parentPort?.on('message', (m: Job[] | { buf: ArrayBuffer; count: number } | CheckBatch) => {
   if ('check' in m) {
