@@ -161,7 +161,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const stopInfoClock = startBrokerInfoClock(ctx);
   const addresses = (): BrokerAddress[] => [...(listeners?.addresses() ?? []), ...[http?.address()].filter((x) => x !== undefined)];
   // verifyNice lowers the verify threads' own priority: Linux only (one niceness per thread), and only with threads.
-  const niced = o.verifyNice !== undefined && o.verifyNice > 0 && process.platform === 'linux' && ctx.verifier.workers > 0;
+  const niced = Boolean(o.verifyNice) && process.platform === 'linux' && ctx.verifier.workers > 0;
   if (o.verifyNice && !niced) logger.warn({ verifyNice: o.verifyNice, verifyWorkers: ctx.verifier.workers, platform: process.platform }, `verifyNice ignored: ${ctx.verifier.workers === 0 ? 'no verify threads (verifyWorkers 0)' : 'it needs Linux'}`);
   logger.info({ listeners: addresses(), verifyWorkers: ctx.verifier.workers, ...(niced ? { verifyNice: o.verifyNice } : {}), fsync: o.fsync }, 'broker listening');
   ctx.federation = startLinks(ctx);
