@@ -3,9 +3,10 @@
  * this broker to a peer broker; over it both directions carry the forwarded qis/1 prefixes:
  *
  * - peer → here: the link subscribes to the prefixes on the peer; every packet received goes
- *   through this broker's admission (verify, seq check, durable store, then retained delivery to
- *   local subscribers) exactly as a client's publish would. A packet that is not newer than the
- *   stored one is dropped and so never forwarded again: loops die.
+ *   through this broker's admission (verify, seq check, store) exactly as a client's publish
+ *   would; an outcome packet is delivered to local subscribers and forwarded on once it is in the
+ *   store's index, and the peer's answer follows the durable write (server/outcomes.ts, `relay`).
+ *   A packet that is not newer than the stored one is dropped and so never forwarded again: loops die.
  * - here → peer: every packet this broker admits (from a client or another link) is published
  *   on the peer, which admits it in turn.
  *

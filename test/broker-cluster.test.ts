@@ -109,6 +109,11 @@ t.test('redis store - a put on A is seen by B (seqOf, get, getByTopic, match)', 
   // Stale on either side, whether its mirror knows it already or only Redis does.
   t.same(await a.put(pkt(1, 8)), { stored: false, reason: 'stale' });
   t.same(await b.put(pkt(1, 3)), { stored: false, reason: 'stale' });
+  // put's indexed callback: Redis answers once, so it comes with the result, before the promise resolves.
+  const seen: unknown[] = [];
+  const r9 = await a.put(pkt(1, 9), (x) => seen.push(x));
+  t.ok(r9.stored && r9.replaced?.seq === 8, 'seq 9 replaced seq 8');
+  t.same(seen, [r9], 'indexed was called once, with the result');
 });
 
 t.test('redis store - concurrent puts of seqs 1..200 from both stores leave the highest, each seq stored at most once', async (t) => {

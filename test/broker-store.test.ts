@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, tru
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { openStore, STORE_FILES, type Store, type StoreOptions, type StoredPacket } from '../broker/store.js';
+import { openStore, STORE_FILES, type PutResult, type Store, type StoreOptions, type StoredPacket } from '../broker/store.js';
 import { QisError, topicMatches, b32, createOutcomePacket, keyFromSeed, signPacket, type NodeKey } from '../src/index.js';
 import { bearing, situation } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
@@ -114,6 +114,22 @@ t.test('store - one packet per (template, node): a higher seq replaces, an equal
   t.equal(s.size, 2);
   t.equal(s.seqOf(a5.tplId, keyOf(3).nodeId), undefined);
   t.equal(s.get(a5.tplId, keyOf(3).nodeId), undefined);
+  await s.close();
+});
+
+t.test("store - put's indexed callback: the result, inside the call, before the record is durable", async (t) => {
+  const s = await open(newDir());
+  const seen: PutResult[] = [];
+  const first = s.put(pkt(1, 5), (r) => seen.push(r));
+  t.same(seen, [{ stored: true }], 'called before put returned its promise');
+  t.equal(s.seqOf(pkt(1, 5).tplId, keyOf(1).nodeId), 5, 'the index holds it when the callback runs');
+  t.same(await first, seen[0], 'the promise resolves with the same result');
+  const again = s.put(pkt(1, 6), (r) => seen.push(r));
+  t.ok(seen[1]?.stored === true && seen[1].replaced?.seq === 5, 'a replacement names what it replaced');
+  await again;
+  const stale = s.put(pkt(1, 4), (r) => seen.push(r));
+  t.same(seen[2], { stored: false, reason: 'stale' }, 'stale: known at once too');
+  t.same(await stale, seen[2]);
   await s.close();
 });
 

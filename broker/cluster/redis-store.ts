@@ -294,7 +294,14 @@ export class RedisStore implements Store {
     return packetOf(tplId, nodeId, r.topic, r.seq, Buffer.from(r.packet), r.exp);
   }
 
-  async put(p: StoredPacket): Promise<PutResult> {
+  async put(p: StoredPacket, indexed?: (r: PutResult) => void): Promise<PutResult> {
+    const r = await this.#put(p);
+    // Redis answers once: the result is known, indexed and durable (per Redis' own policy) together.
+    indexed?.(r);
+    return r;
+  }
+
+  async #put(p: StoredPacket): Promise<PutResult> {
     this.assertOpen();
     const v = checkStoredPacket(p);
     const field = `${v.tpl}/${v.node}`;

@@ -20,8 +20,9 @@ const MAX_PENDING = 10_000;
 export const BATCH = 256;
 /**
  * Live 'put' batches a link keeps unanswered at once. Two: the next batch is on the wire while the
- * peer admits the one before (it admits a link's batches one at a time), so a hop costs one
- * admission, not an admission plus a round trip; more would only queue at the peer.
+ * peer admits the one before (it admits a link's batches in turn, each once the one before is
+ * relayed), so a hop costs one admission, not an admission plus a round trip; more would only
+ * queue at the peer.
  */
 export const IN_FLIGHT = 2;
 /** Default of federation.putTimeoutMs: how long a live batch waits for its answer before the link reconnects. */

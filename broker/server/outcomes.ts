@@ -5,7 +5,7 @@
  */
 import type { Client } from 'aedes';
 import { decide, precheckOutcome, type Decision } from '../admission.js';
-import type { StoredPacket } from '../store.js';
+import type { PutResult, StoredPacket } from '../store.js';
 import type { AedesPublishPacket, BrokerContext, Done } from './context.js';
 import { enrolmentDecision } from './enrolment.js';
 import { accept, carryOut, drop, precheck } from './respond.js';
@@ -20,8 +20,15 @@ export function coldFloorRefusal(max: number): Extract<Decision, { action: 'drop
   return { action: 'drop', code: 'ERR_TOMBSTONE_LIMIT', message: `a tombstone for a key this broker never held: ${max} such floors are kept already (limits.maxColdFloors)` };
 }
 
-/** `origin`: the federation link the packet came from (it is not forwarded back there). */
-export async function admitOutcome(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, cb: Done, origin?: string): Promise<void> {
+/**
+ * `origin`: the federation link the packet came from (it is not forwarded back there). `relay`
+ * (a peer's packet): called once the packet is in the store's index, before its record is
+ * durable; it delivers the packet here, and the packet is forwarded on to the other links at the
+ * same moment. `cb`, which answers the peer, still follows the durable write. So a hop costs a
+ * verification, not also a disk sync; the region where the packet entered holds it durably, and
+ * a link left unanswered by a crash catches up (docs/protocol-choices.md, "Federation").
+ */
+export async function admitOutcome(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, cb: Done, origin?: string, relay?: () => void): Promise<void> {
   const { store, options: o } = ctx;
   const topic = packet.topic;
   const start = precheck(ctx, store, client, packet, cb, (t, size) => precheckOutcome(t, size, o.admission, (id) => ctx.templates.depthOf(id)));
@@ -54,8 +61,19 @@ export async function admitOutcome(ctx: BrokerContext, client: Client | null, pa
   }
   // The store copies the bytes out of Aedes' read buffer.
   const stored: StoredPacket = { tplId: pre.tplId, nodeId: pre.nodeId, topic, seq: v.packet.seq, packet: bytes, ...(v.packet.exp !== undefined ? { exp: v.packet.exp } : {}) };
-  const r = await store.put(stored);
+  let relayed = false;
+  const early =
+    relay &&
+    ((x: PutResult): void => {
+      if (!x.stored) return;
+      relayed = true;
+      ctx.federation?.admitted(topic, bytes, origin);
+      relay();
+    });
+  const r = await store.put(stored, early);
   if (!r.stored) return drop(ctx, client, packet, 'ERR_SEQ_STALE', 'a newer packet was stored meanwhile', cb);
   ctx.metrics.admitted.inc({ kind: r.replaced && r.replaced.topic !== topic ? 'move' : 'packet' });
-  accept(ctx, client, packet, bytes, origin, cb);
+  if (!relayed) return accept(ctx, client, packet, bytes, origin, cb);
+  packet.retain = true;
+  cb(null);
 }

@@ -36,16 +36,27 @@ export function startLinks(ctx: BrokerContext): Federation | undefined {
   });
 }
 
-/** A packet received over a federation link from region `origin`: the same admission as a client's publish, then local delivery (to every link but those of `origin`). */
-export function admitFromPeer(ctx: BrokerContext, topic: string, payload: Buffer, origin: string): Promise<PeerAdmission> {
+/**
+ * A packet received over a federation link from region `origin`: the same admission as a client's
+ * publish, then local delivery (to every link but those of `origin`). An outcome packet is
+ * delivered and forwarded on once it is in the store's index (admitOutcome's `relay`); the
+ * result, the peer's answer, waits for the durable write all the same.
+ */
+export function admitFromPeer(ctx: BrokerContext, topic: string, payload: Buffer, origin: string, relayed?: () => void): Promise<PeerAdmission> {
   tagOrigin(payload, origin);
   return new Promise((resolve) => {
     const packet = { cmd: 'publish', topic, payload, qos: 1, retain: true, dup: false, messageId: 0 } as unknown as AedesPublishPacket;
+    let delivered: Promise<void> | undefined;
+    const relay = (): void => {
+      // Never rejects: the durable write may still fail, and then nothing waits for this.
+      delivered = ctx.publish({ topic, payload, qos: 1, retain: true }).catch(() => undefined);
+      relayed?.();
+    };
     const cb = (e?: Error | null): void => {
       if (e) return resolve({ result: 'refused', code: codeOf(e), message: e.message });
       if (packet.topic === DROP_TOPIC) return resolve({ result: 'stale' });
       const stored = (): void => resolve({ result: 'stored' });
-      ctx.publish({ topic: packet.topic, payload, qos: 1, retain: packet.retain }).then(stored, stored);
+      (delivered ?? ctx.publish({ topic: packet.topic, payload, qos: 1, retain: packet.retain })).then(stored, stored);
     };
     const failed =
       (what: string) =>
@@ -58,7 +69,7 @@ export function admitFromPeer(ctx: BrokerContext, topic: string, payload: Buffer
     // A peer's score packet: the same admission as a client's (PROTOCOL §9: §6 applies).
     if (topic.startsWith('qis/1/s/')) return void admitScore(ctx, null, packet, cb, origin).catch(failed('admission of a peer score packet failed'));
     if (!topic.startsWith('qis/1/o/')) return resolve({ result: 'refused', code: 'ERR_TOPIC_INVALID', message: `${topic} is not forwarded between regions` });
-    admitOutcome(ctx, null, packet, cb, origin).catch(failed('admission of a peer packet failed'));
+    admitOutcome(ctx, null, packet, cb, origin, relay).catch(failed('admission of a peer packet failed'));
   });
 }
 
@@ -83,6 +94,8 @@ export function federationRequest(ctx: BrokerContext, client: Client | null, pac
   packet.retain = false;
   if (put) {
     cb(null);
+    // The link's next batch is admitted once this one is relayed (every item in the index or
+    // settled); the answer waits for the durable write.
     const counts = links.queue(id, () => admitBatch(ctx, client, id, put.items));
     void (counts ?? Promise.resolve(overflow(ctx, put.items.length))).then((c) => answer(ctx, id, Buffer.from(JSON.stringify({ id: put.id, ...c }))));
     return;
@@ -107,15 +120,18 @@ type BatchCounts = Record<PeerAdmission['result'], number> & { retry: number[] }
 /**
  * Forwarded packets in a batch from `client`'s link: those this side accepts from its region,
  * each through admission (concurrently, so they share disk syncs), under the same per-client
- * rate limit as single publishes.
+ * rate limit as single publishes. `relayed` resolves once every item is in the store's index
+ * (delivered here and forwarded on) or settled otherwise; `counts` once every item is durable.
+ * Neither rejects.
  */
-async function admitBatch(ctx: BrokerContext, client: Client | null, id: string, items: [string, Buffer][]): Promise<BatchCounts> {
+function admitBatch(ctx: BrokerContext, client: Client | null, id: string, items: [string, Buffer][]): { relayed: Promise<unknown>; counts: Promise<BatchCounts> } {
   const counts: BatchCounts = { stored: 0, stale: 0, refused: 0, retry: [] };
   const peers = linkPeers(ctx);
   const link = peers.of(client);
   const accept = link.peer?.accept ?? ['*'];
   const received = receivedCounter(ctx.metrics.registry);
-  await Promise.all(
+  const relayed: Promise<void>[] = [];
+  const all = Promise.all(
     items.map(async ([topic, payload], i) => {
       received.inc({ kind: kindOf(topic) });
       if (!peers.passes(accept, topic)) {
@@ -135,12 +151,16 @@ async function admitBatch(ctx: BrokerContext, client: Client | null, id: string,
         counts.stale++;
         return;
       }
-      const r = await admitFromPeer(ctx, topic, payload, link.region ?? id);
+      let relay = (): void => undefined;
+      relayed.push(new Promise<void>((res) => (relay = res)));
+      const r = await admitFromPeer(ctx, topic, payload, link.region ?? id, relay);
+      relay();
       counts[r.result]++;
       if (r.result === 'refused' && TRANSIENT_CODES.has(r.code)) counts.retry.push(i);
     }),
-  );
-  return counts;
+  ).then(() => counts);
+  // Every item not relayed settles in `all`: the batch is relayed by then at the latest.
+  return { relayed: Promise.race([Promise.all(relayed), all]), counts: all };
 }
 
 /** Requests (digests, lists, gets) one link may make per second, and its burst: a catch-up of 100k differing keys makes ~210. */
@@ -154,24 +174,29 @@ class LinkLimits {
   readonly requests = new RateLimiter(LINK_REQUESTS_PER_S, LINK_REQUEST_BURST);
   readonly #queues = new Map<string, { tail: Promise<unknown>; waiting: number }>();
 
-  /** Runs `job` after the link's earlier batches; undefined when LINK_PUTS_QUEUED are waiting already. */
-  queue<T>(id: string, job: () => Promise<T>): Promise<T> | undefined {
+  /**
+   * Runs `job` once the link's earlier batches are relayed (their `relayed`); its `counts` keep
+   * the batch's place among the LINK_PUTS_QUEUED until they resolve, so batches waiting for a
+   * slow disk are bounded like those waiting for their turn. Undefined when LINK_PUTS_QUEUED
+   * are waiting already.
+   */
+  queue<T>(id: string, job: () => { relayed: Promise<unknown>; counts: Promise<T> }): Promise<T> | undefined {
     let q = this.#queues.get(id);
     if (!q) this.#queues.set(id, (q = { tail: Promise.resolve(), waiting: 0 }));
     if (q.waiting >= LINK_PUTS_QUEUED) return undefined;
     q.waiting++;
     const queue = q;
     const run = queue.tail.then(job);
-    queue.tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    void queue.tail.then(() => {
+    queue.tail = run.then((j) => j.relayed).then(noop, noop);
+    const counts = run.then((j) => j.counts);
+    void counts.then(noop, noop).then(() => {
       if (--queue.waiting === 0 && this.#queues.get(id) === queue) this.#queues.delete(id);
     });
-    return run;
+    return counts;
   }
 }
+
+const noop = (): void => undefined;
 
 const limits = new WeakMap<BrokerContext, LinkLimits>();
 function linkLimits(ctx: BrokerContext): LinkLimits {

@@ -85,20 +85,29 @@ class LogStore extends LogState implements Store {
 
   // ---------------------------------------------------------------- writes
 
-  async put(p: StoredPacket): Promise<PutResult> {
+  async put(p: StoredPacket, indexed?: (r: PutResult) => void): Promise<PutResult> {
     this.assertWritable();
     const v = checkStoredPacket(p);
     const ti = this.index.table(v.tpl);
     const e = ti?.nodes.get(v.node);
-    if (e !== undefined && this.blocks(e, v.seq)) return STALE;
+    if (e !== undefined && this.blocks(e, v.seq)) {
+      indexed?.(STALE);
+      return STALE;
+    }
     const replaced = e !== undefined && e.bucket !== null ? this.view(e) : undefined;
     const rec = Buffer.allocUnsafe(putBytes(p.topic.length, p.packet.length));
     writePut(rec, 0, p.topic, v.seq, v.exp, p.packet);
     const bucket = this.trie.bucketAt(p.topic.slice(0, p.topic.length - ID_CHARS - 1));
     const stored = this.installPut(ti ?? this.index.addTable(flat(v.tpl)), e, e?.node ?? flat(v.node), bucket, v.seq, v.exp, p.packet.length, rec.length);
     this.keepBytes(stored, p.packet);
-    await this.log.append(rec);
-    return replaced !== undefined ? { stored: true, replaced } : { stored: true };
+    const durable = this.log.append(rec);
+    const r: PutResult = replaced !== undefined ? { stored: true, replaced } : { stored: true };
+    try {
+      indexed?.(r);
+    } finally {
+      await durable;
+    }
+    return r;
   }
 
   async remove(t: { readonly tplId: string; readonly nodeId: string; readonly seq: number; readonly topic?: string; readonly packet?: Uint8Array }): Promise<RemoveResult> {
