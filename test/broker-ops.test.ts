@@ -4,7 +4,7 @@
 // dashboard's metric names.
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { getPriority } from 'node:os';
 import { createServer, type AddressInfo } from 'node:net';
 import { EventEmitter } from 'node:events';
@@ -19,6 +19,7 @@ import { CONN_LOG_BURST, logConnections } from '../broker/server/conn-log.js';
 import { createNode, createOutcomePacket, keyFromSeed } from '../src/index.js';
 import { QIS, ROOT, qis, tempDir } from './helpers/cli.js';
 import { bearing, situation } from './helpers/fixtures.js';
+import { threadNice, untilNiced } from './helpers/threads.js';
 
 type Line = Record<string, unknown> & { level: number; msg: string };
 
@@ -243,18 +244,6 @@ t.test('broker ops - HTTP on 127.0.0.1:9100 by default, --http off, a held port 
   t.match(r.stderr, new RegExp(`qis: ERR_ADDRESS_IN_USE: the HTTP endpoint .*127\\.0\\.0\\.1:${port}.*--http off`));
 });
 
-/** Each thread of process `pid` and its niceness (Linux: field 19 of /proc/PID/task/TID/stat). */
-function threadNice(pid: number): { tid: number; nice: number }[] {
-  return readdirSync(`/proc/${pid}/task`).flatMap((tid) => {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      return [{ tid: Number(tid), nice: Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]) }];
-    } catch {
-      return []; // the thread ended
-    }
-  });
-}
-
 t.test('broker ops - --verify-nice 19: the verify threads, and only they, run at niceness 19 and still verify', { skip: process.platform !== 'linux' || getPriority() >= 19 ? 'needs Linux and a test process below niceness 19' : false }, async (t) => {
   const dir = tempDir(t, 'qis-broker-nice-');
   const b = spawnBroker(t, ['--listen', 'tcp://127.0.0.1:0', '--http', 'off', '--data-dir', join(dir, 'data'), '--verify-workers', '2', '--verify-nice', '19']);
@@ -263,11 +252,7 @@ t.test('broker ops - --verify-nice 19: the verify threads, and only they, run at
   const pid = b.child.pid as number;
   const base = getPriority(); // the broker inherits this process's niceness
   // Each thread lowers its own priority as it starts.
-  for (let i = 0; threadNice(pid).filter((x) => x.nice === 19).length < 2; i++) {
-    if (i > 200) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  const threads = threadNice(pid);
+  const threads = await untilNiced(pid, 19, 2);
   t.equal(threads.filter((x) => x.nice === 19).length, 2, 'two threads at 19: the verify threads');
   t.equal(threads.find((x) => x.tid === pid)?.nice, base, 'the main thread keeps the niceness it was started with');
   t.ok(threads.filter((x) => x.nice === base).length > 1, 'and so do the threads that are not verify threads');

@@ -5,7 +5,7 @@
 // bridge's code are not read by `qis publish`).
 import t from 'tap';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { getPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -14,8 +14,12 @@ import { freePort, waitForPort } from '../bench/net.js';
 import { BUNDLE, bundleFiles } from '../cli/bundle.js';
 import { ROOT } from './helpers/cli.js';
 import { run } from './helpers/run.js';
+import { untilNiced } from './helpers/threads.js';
 
 const TPL = join(ROOT, 'examples/bearing-failure.yaml');
+/** --verify-nice where it can be seen (Linux, a test process below niceness 19): the bundle's worker gets it too. */
+const NICE_OK = process.platform === 'linux' && getPriority() < 19;
+const NICE = NICE_OK ? ['--verify-nice', '19'] : [];
 const S = JSON.stringify({ machine_model: 'KX-200', bearing_type: 'roller', load_kn: 42.5, sealed: true });
 
 const RECORD_LOADS = fileURLToPath(new URL('./fixtures/record-loads.mjs', import.meta.url));
@@ -43,7 +47,7 @@ t.test('a broker run from the bundle (worker verification) keeps a packet publis
   const dir = mkdtempSync(join(tmpdir(), 'qis-bundle-'));
   const port = await freePort();
   const brokerLoads = join(dir, 'broker-loads.txt');
-  const broker = spawn(process.execPath, [...recordLoads(brokerLoads), BUNDLE, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', join(dir, 'broker'), '--verify-workers', '1', '--log-level', 'warn', '--http', 'off'], {
+  const broker = spawn(process.execPath, [...recordLoads(brokerLoads), BUNDLE, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', join(dir, 'broker'), '--verify-workers', '1', ...NICE, '--log-level', 'warn', '--http', 'off'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -57,6 +61,12 @@ t.test('a broker run from the bundle (worker verification) keeps a packet publis
   });
   await waitForPort(port, Date.now() + 60_000);
   const url = `mqtt://127.0.0.1:${port}`;
+  if (NICE_OK) {
+    // The bundle starts its verify worker from its own file (dist/cli/verify-worker.js): with the niceness passed on.
+    const threads = await untilNiced(broker.pid as number, 19, 1);
+    t.equal(threads.filter((x) => x.nice === 19).length, 1, 'the one verify thread runs at niceness 19 (--verify-nice reached the bundled worker)');
+    t.equal(threads.find((x) => x.tid === broker.pid)?.nice, getPriority(), 'the main thread keeps its niceness');
+  }
 
   const publishLoads = join(dir, 'publish-loads.txt');
   const r = await bundled(['publish', '--url', url, '--data-dir', join(dir, 'node'), '--template', TPL, '--situation', S, '--outcome', 'failure', '--json'], recordLoads(publishLoads));
