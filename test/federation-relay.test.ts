@@ -17,6 +17,7 @@ import type { StoreOptions } from '../broker/store.js';
 import type { PeerOptions } from '../broker/options.js';
 import { decodePacket } from '../src/index.js';
 import { freePort, packetOf, peer, publishAll, until } from './helpers/federation.js';
+import { startMosquitto } from './helpers/mosquitto.js';
 
 /** B's disk syncs: while `held`, each waits until release(); `waiting` counts those waiting now. */
 const gate = {
@@ -175,4 +176,88 @@ t.test('batches a held disk keeps unanswered are bounded: past LINK_PUTS_QUEUED 
   gate.release();
   await until(() => answers.size === n, 'every batch answered');
   t.equal([...answers.values()].filter((a) => a.stored === 1).length, LINK_PUTS_QUEUED, 'the queued batches stored, answered once durable');
+});
+
+t.test("a peer's packet is not relayed ahead of an earlier packet or tombstone of its key that waits for its sync", async (t) => {
+  const createBroker = await brokers(t);
+  // B's other link goes to a Mosquitto region, which keeps whatever arrives last (no seq check).
+  const m = await startMosquitto();
+  t.teardown(() => m.stop());
+  const dir = mkdtempSync(join(tmpdir(), 'qis-relay-order-'));
+  gated.push(dir);
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const port = await freePort();
+  const b = await createBroker(
+    { listeners: [{ type: 'tcp', host: '127.0.0.1', port }], dataDir: dir, verifyWorkers: 0, fsync: 'always', federation: { region: 'b', peers: [peer(m.port)], reconnect: { baseMs: 100, capMs: 1000 }, linksFrom: ['127.0.0.1', '::1'] } },
+    { logger: pino({ level: process.env['QIS_TEST_LOG'] ?? 'silent' }) },
+  );
+  t.teardown(async () => {
+    gate.release();
+    await b.close();
+  });
+  await until(() => b.federation?.status().every((s) => s.connected && s.catchUps >= 1) ?? false, 'B linked to the Mosquitto region');
+  const url = `mqtt://127.0.0.1:${port}`;
+  const got = new Map<string, string[]>(); // topic → what B's subscriber saw, in order ("5", "5del")
+  const sub = await mqtt.connectAsync(url, { clientId: 'order-sub', reconnectPeriod: 0 });
+  t.teardown(() => sub.endAsync(true));
+  sub.on('message', (topic, payload) => {
+    const d = decodePacket(payload);
+    got.set(topic, [...(got.get(topic) ?? []), `${d.seq}${d.del ? 'del' : ''}`]);
+  });
+  await sub.subscribeAsync('qis/1/o/#', { qos: 1 });
+  const link = await mqtt.connectAsync(url, { clientId: 'qis-fed-x-0', reconnectPeriod: 0 });
+  t.teardown(() => link.endAsync(true));
+  const answers = new Set<string>();
+  link.on('message', (_t, payload) => answers.add((JSON.parse(payload.toString()) as { id: string }).id));
+  await link.subscribeAsync('qis/1/f/res/qis-fed-x-0', { qos: 0 });
+  const enc = (p: { topic: string; packet: Uint8Array }): string[] => [p.topic, Buffer.from(p.packet).toString('base64')];
+  const put = (id: string, ...items: { topic: string; packet: Uint8Array }[]): void => void link.publish('qis/1/f/req/qis-fed-x-0', JSON.stringify({ id, op: 'put', items: items.map(enc) }), { qos: 0 });
+  const node = await mqtt.connectAsync(url, { clientId: 'order-node', reconnectPeriod: 0 });
+  t.teardown(() => node.endAsync(true));
+  /** What the Mosquitto region retains on `topic` (its first message on subscribing). */
+  const retainedAtMosquitto = async (topic: string): Promise<string> => {
+    const r = await mqtt.connectAsync(`mqtt://127.0.0.1:${m.port}`, { clientId: `reader-${Math.random().toString(36).slice(2)}`, reconnectPeriod: 0 });
+    try {
+      const first = new Promise<string>((res) => r.once('message', (_t, p) => res(`${decodePacket(p).seq}${decodePacket(p).del ? 'del' : ''}`)));
+      await r.subscribeAsync(topic, { qos: 1 });
+      return await first;
+    } finally {
+      await r.endAsync(true);
+    }
+  };
+  const forwarded = async (): Promise<number> => Number(/^qis_federation_forwarded_total\{peer="[^"]*",direction="out"\} (\d+)$/m.exec(await b.metricsText())?.[1] ?? 0);
+
+  for (const del of [false, true]) {
+    const what = del ? 'tombstone' : 'packet';
+    // A node's seq 5 (a packet, or its withdrawal) from its client waits for B's held sync; the
+    // same node's seq 6 comes from a peer meanwhile and is in B's index at once.
+    const salt = del ? 62 : 61;
+    const p5 = packetOf(1, salt, 5, { del });
+    const p6 = packetOf(1, salt, 6);
+    const tpl = p6.topic.split('/')[3] as string;
+    const nodeId = decodePacket(p6.packet).nodeId;
+    const out0 = await forwarded();
+    gate.held = true;
+    const acked = node.publishAsync(p5.topic, Buffer.from(p5.packet), { qos: 1, retain: true });
+    await until(() => b.store.seqOf(tpl, nodeId) === 5, `the client's ${what} 5 in B's index`);
+    put(`${what}6`, p6);
+    await until(() => b.store.seqOf(tpl, nodeId) === 6, "the peer's packet 6 in B's index");
+    gate.release();
+    await acked;
+    await until(() => answers.has(`${what}6`) && (got.get(p6.topic) ?? []).includes('6'), 'both out');
+    await until(async () => (await forwarded()) >= out0 + 2, 'both forwarded to the Mosquitto region');
+    t.same(got.get(p6.topic), [del ? '5del' : '5', '6'], `B's subscriber got the ${what} 5, then the packet 6`);
+    t.equal(await retainedAtMosquitto(p6.topic), '6', 'the Mosquitto region retains the packet 6, which came last');
+  }
+
+  // One batch from the peer with both: a tombstone 5 and the packet 6 of one node (it withdrew and
+  // published again in the same bucket). They are admitted together; the tombstone goes out first.
+  const t5 = packetOf(1, 63, 5, { del: true });
+  const p6 = packetOf(1, 63, 6);
+  const out0 = await forwarded();
+  put('batch', t5, p6);
+  await until(() => answers.has('batch') && (got.get(p6.topic) ?? []).length === 2, 'the batch answered and both delivered');
+  await until(async () => (await forwarded()) >= out0 + 2, 'both forwarded to the Mosquitto region');
+  t.same(got.get(p6.topic), ['5del', '6'], "B's subscriber got the tombstone, then the packet");
+  t.equal(await retainedAtMosquitto(p6.topic), '6', 'the Mosquitto region retains the packet 6');
 });

@@ -39,25 +39,16 @@ export async function admitOutcome(ctx: BrokerContext, client: Client | null, pa
   const v = await ctx.verifier.verify(topic, bytes, { now: ctx.now(), maxSkewMs: o.admission.maxSkewMs, ...(pre.depth !== undefined ? { depth: pre.depth } : {}), ...(source !== undefined ? { source } : {}) });
   const d = (v.ok ? enrolmentDecision(ctx, bytes, pre.tplId) : undefined) ?? decide(v, store.seqOf(pre.tplId, pre.nodeId));
   if (carryOut(ctx, d, client, packet, cb) || !v.ok) return;
+  const key = `${pre.tplId}/${pre.nodeId}`;
+  const unsynced = unsyncedOf(ctx);
   if (v.packet.del) {
     // The signed tombstone is kept (for the tombstone TTL) as the proof a federation peer needs.
-    const r = await store.remove({ tplId: pre.tplId, nodeId: pre.nodeId, seq: v.packet.seq, topic, packet: bytes });
-    if ('stale' in r) return drop(ctx, client, packet, 'ERR_SEQ_STALE', 'tombstone not newer than the stored seq', cb);
-    if ('full' in r) {
-      const full = coldFloorRefusal(o.limits.maxColdFloors);
-      ctx.limits.episodes.hit(full.code, full.message, { clientId: client?.id });
-      carryOut(ctx, full, client, packet, cb);
-      return;
+    const release = hold(unsynced, key);
+    try {
+      return await removeAndAccept(ctx, client, packet, cb, origin, { pre, seq: v.packet.seq, topic, bytes });
+    } finally {
+      release();
     }
-    ctx.metrics.admitted.inc({ kind: 'tombstone' });
-    // Live watchers see the withdrawal; nothing is retained (storeRetained skips qis/1/o/). The
-    // flag stays set so that Aedes takes the same path as for a packet: its per-subscriber
-    // dedupe drops any message whose counter is below one already delivered, and a non-retained
-    // publish skips the storeRetained step, overtook the packet published just before it and
-    // made Aedes drop that packet for every live subscriber (moscajs/aedes#994;
-    // docs/protocol-choices.md, "Federation": the lost-forward race). Aedes clears the flag on
-    // live delivery to MQTT 3.1.1 subscribers.
-    return accept(ctx, client, packet, bytes, origin, cb);
   }
   // The store copies the bytes out of Aedes' read buffer.
   const stored: StoredPacket = { tplId: pre.tplId, nodeId: pre.nodeId, topic, seq: v.packet.seq, packet: bytes, ...(v.packet.exp !== undefined ? { exp: v.packet.exp } : {}) };
@@ -65,15 +56,73 @@ export async function admitOutcome(ctx: BrokerContext, client: Client | null, pa
   const early =
     relay &&
     ((x: PutResult): void => {
-      if (!x.stored) return;
+      // Not ahead of an earlier packet or tombstone of this key still waiting for its sync: that
+      // one goes out first (after the sync), and this one after it, in seq order.
+      if (!x.stored || unsynced.has(key)) return;
       relayed = true;
       ctx.federation?.admitted(topic, bytes, origin);
       relay();
     });
-  const r = await store.put(stored, early);
-  if (!r.stored) return drop(ctx, client, packet, 'ERR_SEQ_STALE', 'a newer packet was stored meanwhile', cb);
-  ctx.metrics.admitted.inc({ kind: r.replaced && r.replaced.topic !== topic ? 'move' : 'packet' });
-  if (!relayed) return accept(ctx, client, packet, bytes, origin, cb);
-  packet.retain = true;
-  cb(null);
+  const putting = store.put(stored, early);
+  // Not relayed: this key's later packets are not relayed ahead of this one's delivery either.
+  const release = relayed ? noop : hold(unsynced, key);
+  try {
+    const r = await putting;
+    if (!r.stored) return drop(ctx, client, packet, 'ERR_SEQ_STALE', 'a newer packet was stored meanwhile', cb);
+    ctx.metrics.admitted.inc({ kind: r.replaced && r.replaced.topic !== topic ? 'move' : 'packet' });
+    if (!relayed) return accept(ctx, client, packet, bytes, origin, cb);
+    packet.retain = true;
+    cb(null);
+  } finally {
+    release();
+  }
+}
+
+/** A signed tombstone accepted by admission: removed from the store, then delivered and forwarded (after the sync). */
+async function removeAndAccept(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, cb: Done, origin: string | undefined, t: { pre: { tplId: string; nodeId: string }; seq: number; topic: string; bytes: Uint8Array }): Promise<void> {
+  const { store, options: o } = ctx;
+  const { pre, topic, bytes } = t;
+  const r = await store.remove({ tplId: pre.tplId, nodeId: pre.nodeId, seq: t.seq, topic, packet: bytes });
+  if ('stale' in r) return drop(ctx, client, packet, 'ERR_SEQ_STALE', 'tombstone not newer than the stored seq', cb);
+  if ('full' in r) {
+    const full = coldFloorRefusal(o.limits.maxColdFloors);
+    ctx.limits.episodes.hit(full.code, full.message, { clientId: client?.id });
+    carryOut(ctx, full, client, packet, cb);
+    return;
+  }
+  ctx.metrics.admitted.inc({ kind: 'tombstone' });
+  // Live watchers see the withdrawal; nothing is retained (storeRetained skips qis/1/o/). The
+  // flag stays set so that Aedes takes the same path as for a packet: its per-subscriber
+  // dedupe drops any message whose counter is below one already delivered, and a non-retained
+  // publish skips the storeRetained step, overtook the packet published just before it and
+  // made Aedes drop that packet for every live subscriber (moscajs/aedes#994;
+  // docs/protocol-choices.md, "Federation": the lost-forward race). Aedes clears the flag on
+  // live delivery to MQTT 3.1.1 subscribers.
+  accept(ctx, client, packet, bytes, origin, cb);
+}
+
+const noop = (): void => undefined;
+
+/**
+ * Keys (`tplId/nodeId`) with an admission that was not relayed early and has not gone out yet (it
+ * waits for its sync), and how many: a peer's packet of such a key is not relayed ahead of it.
+ */
+const unsyncedKeys = new WeakMap<BrokerContext, Map<string, number>>();
+function unsyncedOf(ctx: BrokerContext): Map<string, number> {
+  let m = unsyncedKeys.get(ctx);
+  if (!m) unsyncedKeys.set(ctx, (m = new Map()));
+  return m;
+}
+
+/** Counts one admission of `key` in `m` until the returned function is called (once). */
+function hold(m: Map<string, number>, key: string): () => void {
+  m.set(key, (m.get(key) ?? 0) + 1);
+  let held = true;
+  return () => {
+    if (!held) return;
+    held = false;
+    const n = (m.get(key) ?? 1) - 1;
+    if (n === 0) m.delete(key);
+    else m.set(key, n);
+  };
 }

@@ -166,7 +166,7 @@ function admitBatch(ctx: BrokerContext, client: Client | null, id: string, items
 /** Requests (digests, lists, gets) one link may make per second, and its burst: a catch-up of 100k differing keys makes ~210. */
 export const LINK_REQUESTS_PER_S = 50;
 export const LINK_REQUEST_BURST = 500;
-/** `put` batches of one link admitted one at a time, at most this many waiting (256 packets each: ~40 MB at most). */
+/** `put` batches of one link waiting for their turn (each once the one before is relayed) or for their answer (after the sync), at most (256 packets each: ~40 MB at most). */
 export const LINK_PUTS_QUEUED = 64;
 
 /** Per-link request rate and `put` queue of one broker. */
