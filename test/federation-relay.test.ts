@@ -250,6 +250,30 @@ t.test("a peer's packet is not relayed ahead of an earlier packet or tombstone o
     t.equal(await retainedAtMosquitto(p6.topic), '6', 'the Mosquitto region retains the packet 6, which came last');
   }
 
+  // The same two in one group commit: an unrelated packet's sync is held first, so the client's 5
+  // and the peer's 6 (not relayed early: 5 waits) are made durable together and go out in one
+  // turn. The client's 5 is delivered then, not a turn later after its PUBACK is written.
+  for (const del of [false, true]) {
+    const what = del ? 'tombstone' : 'packet';
+    const salt = del ? 72 : 71;
+    const x = packetOf(2, salt, 1);
+    const p5 = packetOf(1, salt, 5, { del });
+    const p6 = packetOf(1, salt, 6);
+    const tpl = p6.topic.split('/')[3] as string;
+    const nodeId = decodePacket(p6.packet).nodeId;
+    gate.held = true;
+    const ackX = node.publishAsync(x.topic, Buffer.from(x.packet), { qos: 1, retain: true });
+    await until(() => gate.waiting >= 1, "an unrelated packet's sync held");
+    const acked = node.publishAsync(p5.topic, Buffer.from(p5.packet), { qos: 1, retain: true });
+    await until(() => b.store.seqOf(tpl, nodeId) === 5, `the client's ${what} 5 in B's index`);
+    put(`same-${what}`, p6);
+    await until(() => b.store.seqOf(tpl, nodeId) === 6, "the peer's packet 6 in B's index");
+    gate.release();
+    await Promise.all([ackX, acked]);
+    await until(() => (got.get(p6.topic) ?? []).length === 2, 'both delivered');
+    t.same(got.get(p6.topic), [del ? '5del' : '5', '6'], `one group commit: B's subscriber got the ${what} 5, then the packet 6`);
+  }
+
   // One batch from the peer with both: a tombstone 5 and the packet 6 of one node (it withdrew and
   // published again in the same bucket). They are admitted together; the tombstone goes out first.
   const t5 = packetOf(1, 63, 5, { del: true });

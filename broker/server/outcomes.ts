@@ -70,7 +70,7 @@ export async function admitOutcome(ctx: BrokerContext, client: Client | null, pa
     const r = await putting;
     if (!r.stored) return drop(ctx, client, packet, 'ERR_SEQ_STALE', 'a newer packet was stored meanwhile', cb);
     ctx.metrics.admitted.inc({ kind: r.replaced && r.replaced.topic !== topic ? 'move' : 'packet' });
-    if (!relayed) return accept(ctx, client, packet, bytes, origin, cb);
+    if (!relayed) return accept(ctx, client, packet, bytes, origin, cb, true);
     packet.retain = true;
     cb(null);
   } finally {
@@ -98,7 +98,7 @@ async function removeAndAccept(ctx: BrokerContext, client: Client | null, packet
   // made Aedes drop that packet for every live subscriber (moscajs/aedes#994;
   // docs/protocol-choices.md, "Federation": the lost-forward race). Aedes clears the flag on
   // live delivery to MQTT 3.1.1 subscribers.
-  accept(ctx, client, packet, bytes, origin, cb);
+  accept(ctx, client, packet, bytes, origin, cb, true);
 }
 
 const noop = (): void => undefined;

@@ -83,9 +83,21 @@ export function refuseFailed(ctx: BrokerContext, client: Client | null, topic: s
 /**
  * A stored packet is let through: retained delivery (`retain` set; storeRetained skips qis
  * topics), live delivery even when its publisher left, and forwarding to the other regions.
+ * `now` (outcome packets): a client's publish is delivered here, at once, and Aedes' own copy
+ * (published after the PUBACK is written: a turn later, or once a backed-up socket drained) goes
+ * nowhere. So live subscribers get a node's packets in the order admission let them through,
+ * the same order as the other regions, whether they came from a client or a peer (whose packets
+ * are published at once too).
  */
-export function accept(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, bytes: Uint8Array, origin: string | undefined, cb: Done): void {
+export function accept(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, bytes: Uint8Array, origin: string | undefined, cb: Done, now = false): void {
   packet.retain = true;
+  if (now && client) {
+    ctx.publish({ topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: true }).catch(() => undefined);
+    ctx.federation?.admitted(packet.topic, bytes, origin);
+    packet.topic = DROP_TOPIC; // acknowledged, delivered to nobody (delivered above)
+    packet.retain = false;
+    return cb(null);
+  }
   forwardIfGone(ctx, client, packet);
   ctx.federation?.admitted(packet.topic, bytes, origin);
   cb(null);

@@ -145,9 +145,10 @@ export interface Store {
    * Stores p if p.seq > seqOf(…); returns what it replaced (its topic may differ: a bucket move)
    * or 'stale'. The index changes at once; the promise resolves when the record is durable per
    * the fsync policy. `indexed`, if given, is called with the same result as soon as it is known
-   * and the index holds it, before the record is durable: synchronously, inside the call, for the
-   * log store; just before the promise resolves for a store that learns it later (Redis). A
-   * federation hop relays a peer's packet then (PROTOCOL.md §8 in docs/protocol-choices.md).
+   * and the index holds it: for the log store synchronously, inside the call, before the record
+   * is durable (a federation hop relays a peer's packet then: docs/protocol-choices.md,
+   * "Federation"); for a store that learns the result only with its durable write (Redis), just
+   * before the promise resolves, which gains a hop nothing.
    * @throws QisError ERR_INVALID_ARGUMENT (malformed p) | ERR_FILE_IO (closed, or the log failed)
    */
   put(p: StoredPacket, indexed?: (r: PutResult) => void): Promise<PutResult>;
