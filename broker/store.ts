@@ -16,7 +16,7 @@ import type { Store, StoreOptions } from './store/types.js';
 export type { FsyncPolicy, KeyState, KeyWatcher, PutResult, RecoveryReport, RemoveResult, Store, StoreKey, StoreOptions, StoreStats, StoredPacket, Tombstone } from './store/types.js';
 export { STORE_DEFAULTS } from './store/types.js';
 export { STORE_FILES } from './store/format.js';
-export { argError, checkStoredPacket, parseFilter, show, type Checked } from './store/common.js';
+export { argError, checkStoredPacket, noop, parseFilter, show, type Checked } from './store/common.js';
 
 /**
  * Opens (or creates) the store in `options.dir` and replays its log. A torn or corrupt tail is

@@ -5,7 +5,7 @@
  */
 import type { Client } from 'aedes';
 import { decide, precheckOutcome, type Decision } from '../admission.js';
-import type { PutResult, StoredPacket } from '../store.js';
+import { noop, type PutResult, type StoredPacket } from '../store.js';
 import type { AedesPublishPacket, BrokerContext, Done } from './context.js';
 import { enrolmentDecision } from './enrolment.js';
 import { accept, carryOut, drop, precheck } from './respond.js';
@@ -100,8 +100,6 @@ async function removeAndAccept(ctx: BrokerContext, client: Client | null, packet
   // live delivery to MQTT 3.1.1 subscribers.
   accept(ctx, client, packet, bytes, origin, cb, true);
 }
-
-const noop = (): void => undefined;
 
 /**
  * Keys (`tplId/nodeId`) with an admission that was not relayed early and has not gone out yet (it

@@ -7,6 +7,7 @@
  */
 import type { Client } from 'aedes';
 import { RateLimiter } from '../admission.js';
+import { noop } from '../store.js';
 import { FED_REQ, FED_RES, LINK_CLIENT_PREFIX, TRANSIENT_CODES, answerPayload, kindOf, notNewer, parsePut, passes, receivedCounter, startFederation, type Federation, type PeerAdmission } from '../federation.js';
 import { DROP_TOPIC, type AedesPublishPacket, type BrokerContext, type Done } from './context.js';
 import { admitRevocation } from './enrolment.js';
@@ -195,8 +196,6 @@ class LinkLimits {
     return counts;
   }
 }
-
-const noop = (): void => undefined;
 
 const limits = new WeakMap<BrokerContext, LinkLimits>();
 function linkLimits(ctx: BrokerContext): LinkLimits {
