@@ -82,33 +82,23 @@ export function refuseFailed(ctx: BrokerContext, client: Client | null, topic: s
 
 /**
  * A stored packet is let through: retained delivery (`retain` set; storeRetained skips qis
- * topics), live delivery even when its publisher left, and forwarding to the other regions.
- * `now` (outcome packets): a client's publish is delivered here, at once, and Aedes' own copy
- * (published after the PUBACK is written: a turn later, or once a backed-up socket drained) goes
- * nowhere. So live subscribers get a node's packets in the order admission let them through,
- * the same order as the other regions, whether they came from a client or a peer (whose packets
- * are published at once too).
+ * topics), live delivery, and forwarding to the other regions. Aedes delivers a client's publish
+ * itself, but only after writing its PUBACK: a turn later, or once a backed-up socket drained,
+ * and never when the publisher left during admission (that write fails). So the broker delivers
+ * it here instead when the publisher left, and with `now` (outcome packets) always, at once,
+ * Aedes' own copy then going nowhere: live subscribers get a node's packets in the order
+ * admission let them through, the same order as the other regions, whether they came from a
+ * client or a peer (whose packets are published at once too).
  */
 export function accept(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket, bytes: Uint8Array, origin: string | undefined, cb: Done, now = false): void {
   packet.retain = true;
-  if (now && client) {
-    ctx.publish({ topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: true }).catch(() => undefined);
-    ctx.federation?.admitted(packet.topic, bytes, origin);
+  const here = client !== null && (now || Boolean((client as Client & { closed?: boolean }).closed));
+  // retain: the same Aedes path as every qis publish (see admitOutcome's tombstones); never stored.
+  if (here) ctx.publish({ topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: true }).catch(() => undefined);
+  ctx.federation?.admitted(packet.topic, bytes, origin);
+  if (here && now) {
     packet.topic = DROP_TOPIC; // acknowledged, delivered to nobody (delivered above)
     packet.retain = false;
-    return cb(null);
   }
-  forwardIfGone(ctx, client, packet);
-  ctx.federation?.admitted(packet.topic, bytes, origin);
   cb(null);
-}
-
-/**
- * Aedes forwards a publish to live subscribers only after writing its PUBACK; when the publisher
- * left during admission that write fails and the stored packet would reach no live watcher.
- */
-function forwardIfGone(ctx: BrokerContext, client: Client | null, packet: AedesPublishPacket): void {
-  if (!client || !(client as Client & { closed?: boolean }).closed) return;
-  // retain: the same Aedes path as every qis publish (see admitOutcome's tombstones); never stored.
-  ctx.publish({ topic: packet.topic, payload: packet.payload, qos: packet.qos, retain: true }).catch(() => undefined);
 }
