@@ -15,6 +15,7 @@
  *   node dist/bench/broker.js --targets=qis.always.w1,qis.always.w1.legacy,aedes   (only these targets)
  *   node dist/bench/broker.js --part=2 --no-signed-probe   (no quiet connection publishing signed packets beside the ordinary probe)
  *   QIS_BENCH_VERIFY_TUNING=32,8,1 node dist/bench/broker.js …   (qis targets: the verifier pool's batch, mixed batch, batches per worker)
+ *   QIS_BENCH_VERIFY_INLINE=0 node dist/bench/broker.js …   (qis targets: the broker's verifyInline; default theirs, 2,000 a second)
  *
  * Issue 15: the default qis target (cores − 1 verify threads) also runs as `….legacy`, the verifier
  * pool as it was before (structured-clone batches of 256; bench/legacy-verifier.ts), in the same
@@ -270,6 +271,7 @@ async function childQis(): Promise<void> {
       fsync: fsync as 'always' | 'never',
       verifyWorkers: Number(workers),
       ...(verifyNice ? { verifyNice } : {}),
+      ...(process.env['QIS_BENCH_VERIFY_INLINE'] !== undefined ? { verifyInline: Number(process.env['QIS_BENCH_VERIFY_INLINE']) } : {}),
       // Throughput from one loopback address: the per-address publish rate limit would measure itself.
       admission: { ratePerSecond: 0 },
     },

@@ -10,6 +10,7 @@
  *   npm run bench                      (build, the other benches, then this)
  *   node dist/bench/federation.js      (about a minute)
  *   node dist/bench/federation.js --json --rate=1000 --seconds=10 --updates=10000 --fsync=never
+ *   node dist/bench/federation.js --verify-inline=0   (the brokers' verifyInline: 0, every packet to a verify thread)
  *
  * Part 1, latency per hop: `--rate` (1,000) signed packets a second for `--seconds` (10), paced
  * (each is sent at its scheduled time), published at QoS 1 to A over 20 connections; 100 nodes with
@@ -51,6 +52,9 @@ const FSYNC = optStr('fsync') ?? 'always';
 /** `--cpu-prof=DIR`: each broker child writes a CPU profile there (node --cpu-prof). */
 const PROF = optStr('cpu-prof');
 if (FSYNC !== 'always' && FSYNC !== 'never' && FSYNC !== 'interval') throw new Error('--fsync must be always, interval or never');
+/** `--verify-inline=N`: the brokers' verifyInline (default: theirs, 2,000 a second), for an A/B. */
+const INLINE = optStr('verify-inline');
+if (INLINE !== undefined && !/^\d+$/.test(INLINE)) throw new Error('--verify-inline must be a non-negative integer');
 
 const RATE = optNum('rate', 1000);
 const SECONDS = optNum('seconds', 10);
@@ -89,7 +93,7 @@ interface LinkStatusLite {
 }
 
 async function region(name: string, port: number, peers: number[], dataDir = tempDir(`qis-fedbench-${name}-`)): Promise<Region> {
-  const conf = JSON.stringify({ name, port, peers, dataDir, fsync: FSYNC });
+  const conf = JSON.stringify({ name, port, peers, dataDir, fsync: FSYNC, ...(INLINE !== undefined ? { verifyInline: Number(INLINE) } : {}) });
   const child: ChildProcess = tracked(fork(SELF, ['--child=broker', `--conf=${conf}`], { execArgv: PROF ? ['--cpu-prof', `--cpu-prof-dir=${PROF}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`] : [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
   await nextMessage(child, (m) => m.ready === true, 120_000, `broker ${name}`);
   const r: Region = {
@@ -110,12 +114,13 @@ async function region(name: string, port: number, peers: number[], dataDir = tem
 
 /** The broker child: a qis broker of region `name` on 127.0.0.1:`port`, linked to `peers`. */
 async function childBroker(): Promise<void> {
-  const o = JSON.parse(optStr('conf') ?? '{}') as { name: string; port: number; peers: number[]; dataDir: string; fsync: 'always' | 'interval' | 'never' };
+  const o = JSON.parse(optStr('conf') ?? '{}') as { name: string; port: number; peers: number[]; dataDir: string; fsync: 'always' | 'interval' | 'never'; verifyInline?: number };
   const b = await createBroker(
     {
       listeners: [{ type: 'tcp', host: '127.0.0.1', port: o.port }],
       dataDir: o.dataDir,
       fsync: o.fsync,
+      ...(o.verifyInline !== undefined ? { verifyInline: o.verifyInline } : {}),
       // Catch-ups of the whole store over loopback: the publish rate limit would measure itself.
       admission: { ratePerSecond: 0 },
       federation: { region: o.name, peers: o.peers.map((p) => ({ url: `mqtt://127.0.0.1:${p}`, share: ['*'], accept: ['*'], rateLimit: 0 })), reconnect: { baseMs: 100, capMs: 1000 }, linksFrom: ['127.0.0.1'] },
@@ -286,7 +291,7 @@ async function latency(): Promise<Record<string, number>> {
     cpuC: cc,
   };
   const f = (x: number): string => x.toFixed(1);
-  log(`\nPart 1: latency per federation hop, ${RATE} msg/s paced for ${SECONDS} s (after ${WARM_S} s of warm-up traffic; first second not counted), chain A → B → C, one process per broker, fsync '${FSYNC}'`);
+  log(`\nPart 1: latency per federation hop, ${RATE} msg/s paced for ${SECONDS} s (after ${WARM_S} s of warm-up traffic; first second not counted), chain A → B → C, one process per broker, fsync '${FSYNC}'${INLINE !== undefined ? `, verifyInline ${INLINE}` : ''}`);
   log(`  origin A (baseline, no hop)  p50 ${f(r.p50A)} ms  p99 ${f(r.p99A)} ms  (${la.length}/${total - warm} received)`);
   log(`  B, one hop                   p50 ${f(r.p50B)} ms  p99 ${f(r.p99B)} ms  (${lb.length}) → added p50 ${f(r.p50B - r.p50A)} ms, p99 ${f(r.p99B - r.p99A)} ms; ratio p50 ${(r.p50B / r.p50A).toFixed(2)}×`);
   log(`  C, two hops                  p50 ${f(r.p50C)} ms  p99 ${f(r.p99C)} ms  (${lc.length}) → per hop p50 ${f((r.p50C - r.p50A) / 2)} ms, p99 ${f((r.p99C - r.p99A) / 2)} ms`);

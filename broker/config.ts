@@ -344,6 +344,7 @@ const TOP: Record<keyof BrokerOptions, Check> = {
   },
   verifyWorkers: (c, v, p) => int(c, v, p, 0, 64, 'an integer 0..64 (0: verify on the main thread)'),
   verifyNice: (c, v, p) => int(c, v, p, 0, 19, 'an integer 0..19 (the niceness of the verify threads)'),
+  verifyInline: (c, v, p) => int(c, v, p, 0, 100_000, 'an integer 0..100000 (verifications a second on the main thread while the verify threads are idle; 0: never)'),
   sweepIntervalMs: positiveMs,
   id: (c, v, p) => text(c, v, p, 'a broker id (non-empty string)'),
   federation,
@@ -525,6 +526,7 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
   { name: 'cluster', key: 'cluster', value: 'URL', help: 'redis://HOST:PORT shared by the brokers of one region' },
   { name: 'verify-workers', key: 'verifyWorkers', value: 'N', help: 'signature verification threads, 0..64 (default: the cores minus one, at least 1)' },
   { name: 'verify-nice', key: 'verifyNice', value: 'N', help: 'niceness of the verification threads, 0..19 (default 0; 19: MQTT goes first when the cores are short; Linux)' },
+  { name: 'verify-inline', key: 'verifyInline', value: 'N', help: 'verifications a second the main thread runs itself while the verify threads are idle (default 2000; 0: never)' },
   { name: 'sweep-interval-ms', key: 'sweepIntervalMs', value: 'MS', help: 'how often expired packets are swept' },
   { name: 'id', key: 'id', value: 'ID', help: 'broker id (default: random)' },
   { name: 'auth.allow-anonymous', key: 'auth.allowAnonymous', value: 'BOOL', help: 'true | false: anonymous clients on every listener (default: allowed on loopback listeners only)' },
@@ -544,7 +546,7 @@ export const BROKER_FLAGS: readonly BrokerFlag[] = Object.freeze([
 
 const NUMERIC = new Set([
   ...BROKER_FLAGS.filter((f) => f.key.startsWith('limits.')).map((f) => f.key),
-  'auth.loginSkewMs', 'fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'verifyNice', 'sweepIntervalMs', 'federation.reconnect.baseMs', 'federation.reconnect.capMs', 'federation.followUpMs', 'federation.putTimeoutMs']);
+  'auth.loginSkewMs', 'fsyncIntervalMs', 'admission.maxSkewMs', 'admission.ratePerSecond', 'admission.burst', 'verifyWorkers', 'verifyNice', 'verifyInline', 'sweepIntervalMs', 'federation.reconnect.baseMs', 'federation.reconnect.capMs', 'federation.followUpMs', 'federation.putTimeoutMs']);
 
 /** A number if `s` reads as one; otherwise `s` itself, for the validator to refuse by name. */
 function num(s: string): number | string {

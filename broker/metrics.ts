@@ -30,7 +30,8 @@ export interface Metrics {
   readonly reloads: Counter<'result'>;
 }
 
-export function createMetrics(store: Store, clients: () => number): Metrics {
+/** `inlined`: verifications the main thread ran so far (broker/verifier.ts), for `qis_verify_inline_total`. */
+export function createMetrics(store: Store, clients: () => number, inlined: () => number = () => 0): Metrics {
   const registry = new Registry();
   // The standard names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, …) that
   // dashboards and alerts expect; each broker's registry is its own, so brokers in one process do not collide.
@@ -88,6 +89,15 @@ export function createMetrics(store: Store, clients: () => number): Metrics {
   const buckets = [...LATENCY_BUCKETS];
   const admissionSeconds = new Histogram({ name: 'qis_admission_seconds', help: 'qis publish to admission decision (verification, seq check, durable write), by kind', labelNames: ['kind'] as const, buckets, registers: [registry] });
   const verifySeconds = new Histogram({ name: 'qis_verify_seconds', help: 'one signature verification, waiting for a verifier thread included', buckets, registers: [registry] });
+  new Counter({
+    name: 'qis_verify_inline_total',
+    help: 'signature verifications run on the main thread (the verify threads idle, within verifyInline a second; all of them with verifyWorkers 0)',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(inlined());
+    },
+  });
   const syncHoldSeconds = new Histogram({ name: 'qis_sync_hold_seconds', help: "time a query's sync marker was held until the client's retained delivery was written (PROTOCOL §7)", buckets, registers: [registry] });
   const reloads = new Counter({ name: 'qis_config_reloads_total', help: 'config reloads (SIGHUP), by result: applied or refused (the running config kept)', labelNames: ['result'] as const, registers: [registry] });
   return { registry, admitted, refused, dropped, expired, limitHits, admissionSeconds, verifySeconds, syncHoldSeconds, reloads };

@@ -215,6 +215,12 @@ export interface BrokerOptions {
    * lets `verifyWorkers` take every core (README, where the broker's verify threads are described).
    */
   readonly verifyNice?: number;
+  /**
+   * Verifications a second the main thread may run itself while the verify threads are idle
+   * (default 2,000; 0: never). A packet arriving alone then skips the round trip to a thread
+   * (README, where the broker's verify threads are described).
+   */
+  readonly verifyInline?: number;
   /** How often packets past their `exp` are swept, ms. */
   readonly sweepIntervalMs: number;
   /** Broker id (Aedes id, log field); default random. */

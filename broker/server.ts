@@ -23,7 +23,7 @@ import { createMetrics, type Metrics } from './metrics.js';
 import { applyReload, type ReloadReport } from './server/reload.js';
 import type { BrokerConfig, BrokerOptions } from './options.js';
 import { openStore, type Store } from './store.js';
-import { createVerifier, defaultWorkers, type Verifier } from './verifier.js';
+import { createVerifier, defaultWorkers, INLINE_PER_SECOND, type Verifier } from './verifier.js';
 import { Authenticator } from './server/auth.js';
 import { connectHooks } from './server/connect.js';
 import { logConnections } from './server/conn-log.js';
@@ -96,7 +96,8 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const stores = await openStores(o, now, logger);
   const { store, scoreStore } = stores;
   let aedes: Aedes | undefined;
-  const metrics = createMetrics(store, () => aedes?.connectedClients ?? 0);
+  let verifier: Verifier | undefined;
+  const metrics = createMetrics(store, () => aedes?.connectedClients ?? 0, () => verifier?.inlined ?? 0);
   const ctx: BrokerContext = {
     options: o,
     now,
@@ -108,7 +109,10 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     revocations: await RevocationBook.open(join(o.dataDir, 'revocations'), logger),
     metrics,
     limits: createLimits({ options: o, metrics, logger, now }),
-    verifier: timedVerifier(deps.verifier ?? createVerifier(o.verifyWorkers ?? defaultWorkers(), o.verifyNice ? { nice: o.verifyNice } : {}), metrics.verifySeconds),
+    verifier: (verifier = timedVerifier(
+      deps.verifier ?? createVerifier(o.verifyWorkers ?? defaultWorkers(), { ...(o.verifyNice ? { nice: o.verifyNice } : {}), ...(o.verifyInline !== undefined ? { inlinePerSecond: o.verifyInline } : {}) }),
+      metrics.verifySeconds,
+    )),
     auth,
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
     ...(brokerKey ? { brokerKey } : {}),
@@ -163,7 +167,7 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   // verifyNice lowers the verify threads' own priority: Linux only (one niceness per thread), and only with threads.
   const niced = Boolean(o.verifyNice) && process.platform === 'linux' && ctx.verifier.workers > 0;
   if (o.verifyNice && !niced) logger.warn({ verifyNice: o.verifyNice, verifyWorkers: ctx.verifier.workers, platform: process.platform }, `verifyNice ignored: ${ctx.verifier.workers === 0 ? 'no verify threads (verifyWorkers 0)' : 'it needs Linux'}`);
-  logger.info({ listeners: addresses(), verifyWorkers: ctx.verifier.workers, ...(niced ? { verifyNice: o.verifyNice } : {}), fsync: o.fsync }, 'broker listening');
+  logger.info({ listeners: addresses(), verifyWorkers: ctx.verifier.workers, ...(niced ? { verifyNice: o.verifyNice } : {}), ...(ctx.verifier.workers > 0 && !deps.verifier ? { verifyInline: o.verifyInline ?? INLINE_PER_SECOND } : {}), fsync: o.fsync }, 'broker listening');
   ctx.federation = startLinks(ctx);
 
   const close = (): Promise<void> =>

@@ -13,6 +13,7 @@ export {
   isNodeId,
   signEd25519,
   verifyEd25519,
+  peerCachedOrRoom,
   saveKeyFile,
   loadKeyFile,
   loadOrCreateKeyFile,
@@ -74,6 +75,7 @@ export { createOutcomePacket, checkOutcomeFits, type OutcomePacketInput, type Ou
 export { foldCohort, topicMatches, CohortFolder, type CohortMessage, type CohortFold, type FoldOptions } from './protocol/cohort.js';
 // The verify worker's job and wire (the broker's verifier pool and a query's cohort both use them).
 export { verifyJob, type Job as VerifyJob, type JobResult as VerifyJobResult } from './protocol/verify-job.js';
+export { canonicalKid } from './protocol/packet-fast.js';
 export { PackedBatch, resultAt, startVerifyWorker, type PackedResults } from './protocol/verify-wire.js';
 export { backoffDelay, backoffBound, backoffOptions, BACKOFF_DEFAULTS, type BackoffOptions } from './node/backoff.js';
 export { createNode } from './node/node.js';

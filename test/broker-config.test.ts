@@ -57,6 +57,7 @@ t.test('broker config - nested sections merge key by key over the defaults; list
         'http: {host: 127.0.0.1, port: 9100}',
         'verifyWorkers: 0',
         'verifyNice: 19',
+        'verifyInline: 0',
         'id: eu-1',
         'cluster: rediss://redis.example:6380',
       ].join('\n'),
@@ -69,6 +70,7 @@ t.test('broker config - nested sections merge key by key over the defaults; list
   t.same(o.http, { host: '127.0.0.1', port: 9100 });
   t.equal(o.verifyWorkers, 0);
   t.equal(o.verifyNice, 19);
+  t.equal(o.verifyInline, 0);
   t.equal(o.id, 'eu-1');
   t.equal(o.cluster, 'rediss://redis.example:6380');
   t.equal(o.fsync, BROKER_DEFAULTS.fsync);
@@ -147,9 +149,12 @@ t.test('broker config - each bad value is ERR_CONFIG_INVALID naming the file, th
     ['verifyWorkers: -1', /verifyWorkers: .*got -1/],
     ['verifyNice: 20', /verifyNice: expected an integer 0\.\.19 \(the niceness of the verify threads\), got 20/],
     ['verifyNice: -5', /verifyNice: .*got -5/],
+    ['verifyInline: 1.5', /verifyInline: expected an integer 0\.\.100000 \(verifications a second on the main thread while the verify threads are idle; 0: never\), got 1\.5/],
+    ['verifyInline: 100001', /verifyInline: .*got 100001/],
+    ['verifyInline: fast', /verifyInline: .*got "fast"/],
     ['sweepIntervalMs: 0', /sweepIntervalMs: expected a positive integer \(milliseconds\), got 0/],
     ['id: ""', /^bad\.yaml: id: expected a broker id \(non-empty string\), got ""$/],
-    ['datadir: x', /^bad\.yaml: datadir: unknown key \(expected one of: listeners, dataDir, fsync, fsyncIntervalMs, admission, acl, limits, http, log, cluster, verifyWorkers, verifyNice, sweepIntervalMs, id, federation, auth\)$/],
+    ['datadir: x', /^bad\.yaml: datadir: unknown key \(expected one of: listeners, dataDir, fsync, fsyncIntervalMs, admission, acl, limits, http, log, cluster, verifyWorkers, verifyNice, verifyInline, sweepIntervalMs, id, federation, auth\)$/],
     ['fsync: null', /fsync: expected one of always, interval, never, got null/],
     ['- a\n- b', /^bad\.yaml: expected a mapping of broker options.*got a list$/],
     ['just text', /^bad\.yaml: expected a mapping of broker options.*got "just text"$/],
@@ -214,6 +219,7 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
     '--cluster', 'redis://127.0.0.1:6379',
     '--verify-workers', '2',
     '--verify-nice', '10',
+    '--verify-inline', '500',
     '--sweep-interval-ms', '1000',
     '--id', 'eu-west-1',
     '--auth.allow-anonymous', 'false',
@@ -269,12 +275,13 @@ t.test('broker config - every key flag maps to its key and overrides the file', 
     cluster: 'redis://127.0.0.1:6379',
     verifyWorkers: 2,
     verifyNice: 10,
+    verifyInline: 500,
     sweepIntervalMs: 1000,
     id: 'eu-west-1',
     auth: { allowAnonymous: false, passwordFile: '/etc/qis/passwd', nodeLogin: true, loginSkewMs: 60000, clientIds: ['%u', 'gw-%u-*'] },
   });
   const keys = new Set(BROKER_FLAGS.map((f) => f.key.split('.')[0]));
-  t.same([...keys].sort(), Object.keys({ ...BROKER_DEFAULTS, http: 0, cluster: 0, verifyWorkers: 0, verifyNice: 0, id: 0, federation: 0, auth: 0 }).sort(), 'a flag for every top-level key');
+  t.same([...keys].sort(), Object.keys({ ...BROKER_DEFAULTS, http: 0, cluster: 0, verifyWorkers: 0, verifyNice: 0, verifyInline: 0, id: 0, federation: 0, auth: 0 }).sort(), 'a flag for every top-level key');
   t.same(resolveBrokerOptions(file, configFromFlags([])).dataDir, '/from/file', 'no flags: the file');
 });
 
@@ -323,6 +330,7 @@ t.test('broker config - flag errors name the flag; unknown flags and missing val
   bad(['--fsync', 'sometimes'], 'ERR_CONFIG_INVALID', /^--fsync \(fsync\): expected one of always, interval, never, got "sometimes"/);
   bad(['--verify-workers', '100'], 'ERR_CONFIG_INVALID', /^--verify-workers \(verifyWorkers\): expected an integer 0\.\.64/);
   bad(['--verify-nice=-1'], 'ERR_CONFIG_INVALID', /^--verify-nice \(verifyNice\): expected an integer 0\.\.19/);
+  bad(['--verify-inline=-1'], 'ERR_CONFIG_INVALID', /^--verify-inline \(verifyInline\): expected an integer 0\.\.100000/);
   bad(['--admission.template', TPL, '--admission.template', 'nope'], 'ERR_CONFIG_INVALID', /^--admission\.template nope \(admission\.templates\[1\]\): expected a template id/);
   bad(['--acl.subscribe', 'allow:a/#/b'], 'ERR_CONFIG_INVALID', /^--acl\.subscribe allow:a\/#\/b \(acl\.subscribe\[0\]\.topic\): expected an MQTT topic filter/);
   bad(['--http', 'h:99999'], 'ERR_CONFIG_INVALID', /^--http h:99999 \(http\.port\): expected an integer port 0\.\.65535.*got 99999/);

@@ -194,6 +194,7 @@ t.test('broker ops - piped JSON logs, SIGHUP reload, /metrics and /healthz of a 
   t.match(text, /^qis_build_info\{version="\d+\.\d+\.\d+[^"]*",node="v\d+\.\d+\.\d+"\} 1$/m);
   t.match(text, /^qis_admission_seconds_count\{kind="outcome"\} [1-9]/m, 'the outcome admission was timed');
   t.match(text, /^qis_verify_seconds_count [1-9]/m, 'its verification was timed');
+  t.match(text, /^qis_verify_inline_total [1-9]/m, 'verifyWorkers 0: the main thread verified it');
   t.match(text, /^# TYPE qis_sync_hold_seconds histogram$/m);
   t.match(text, /^# TYPE qis_federation_hop_seconds histogram$/m);
   t.match(text, /^qis_config_reloads_total\{result="applied"\} 2$/m);

@@ -808,6 +808,23 @@ t.test('http - /healthz, /metrics, and 404 elsewhere', async (t) => {
   await missing.text();
 });
 
+t.test('http - qis_verify_inline_total: a packet that finds the verify thread idle is verified on the main thread, unless verifyInline is 0', async (t) => {
+  for (const [verifyInline, inline] of [[undefined, 2], [0, 0]] as const) {
+    const b = await brokerFor(t, { http: { host: '127.0.0.1', port: 0 }, ...(verifyInline !== undefined ? { verifyInline } : {}) }, 1);
+    const h = b.broker.addresses().find((a) => a.type === 'http');
+    const c = await b.client();
+    // One at a time: the thread is idle for each.
+    for (const key of [fixedKey(0x84), fixedKey(0x85)]) {
+      const p = pkt(key);
+      await c.publishAsync(p.topic, p.packet, { qos: 1, retain: true });
+    }
+    const text = await (await fetch(`http://127.0.0.1:${h?.port}/metrics`)).text();
+    t.equal(metric(text, 'qis_admitted_total{kind="packet"}'), 2, `verifyInline ${verifyInline ?? 'default'}: both admitted`);
+    t.equal(metric(text, 'qis_verify_seconds_count'), 2, 'both verified');
+    t.equal(metric(text, 'qis_verify_inline_total'), inline, `verifyInline ${verifyInline ?? 'default'}: ${inline} on the main thread`);
+  }
+});
+
 // ------------------------------------------------------------------------------------ 9. listeners
 
 t.test('listeners - the node runtime publishes and queries over a ws listener', async (t) => {

@@ -323,7 +323,7 @@ const triggers: Record<ErrorCode, () => unknown> = {
   ERR_TOMBSTONE_LIMIT: () => throwDecision(coldFloorRefusal(0)),
   // issue 15: the verifier pool's bound (end to end with queued jobs in test/verify-pool.test.ts)
   ERR_VERIFY_BUSY: async () => {
-    const pool = createVerifier(1, { maxQueued: 0 });
+    const pool = createVerifier(1, { maxQueued: 0, inlinePerSecond: 0 });
     try {
       const r = await pool.verify(topic, new Uint8Array(1), { now: 0, maxSkewMs: 0 });
       if (!r.ok) throw new QisError(r.code, r.message);
@@ -333,7 +333,7 @@ const triggers: Record<ErrorCode, () => unknown> = {
   },
   // the per-connection bound (one connection's lane full; end to end in test/verify-pool.test.ts)
   ERR_VERIFY_CONNECTION_BUSY: async () => {
-    const pool = createVerifier(1, { maxQueuedPerSource: 0 });
+    const pool = createVerifier(1, { maxQueuedPerSource: 0, inlinePerSecond: 0 });
     try {
       const r = await pool.verify(topic, new Uint8Array(1), { now: 0, maxSkewMs: 0, source: 'a link' });
       if (!r.ok) throw new QisError(r.code, r.message);

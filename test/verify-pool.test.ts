@@ -1,16 +1,21 @@
 // The broker's verifier pool (broker/verifier.ts, packed batches to worker threads) against the
 // inline check of the same jobs: every accept, refusal code, seq, del and exp the same, in order,
-// across batch boundaries; and its bound (ERR_VERIFY_BUSY).
+// across batch boundaries; and its bound (ERR_VERIFY_BUSY). The tests of the threads' own
+// mechanics turn main-thread verification off (inlinePerSecond 0); the last ones test it.
 import t from 'tap';
 import { verifyJob } from '../src/protocol/verify-job.js';
-import { createVerifier, toResult } from '../broker/verifier.js';
+import { createVerifier, INLINE_KEYS, toResult } from '../broker/verifier.js';
+import { createOutcomePacket } from '../src/index.js';
+import { peerCachedOrRoom, peerNodeId } from '../src/protocol/identity.js';
+import { bearing, fixedKey, situation } from './helpers/fixtures.js';
 import { hex, vector } from './helpers/vectors.js';
 
 interface PacketCase { topic: string; packet: string; fields: Record<string, unknown> }
 const v = vector<{ packet: PacketCase[] }>('protocol-v1.json');
 
 /** Valid packets, one-bit forgeries of each part, and a packet on another node's topic. */
-function jobs(): { topic: string; bytes: Uint8Array; now: number; maxSkewMs: number }[] {
+interface Job { topic: string; bytes: Uint8Array; now: number; maxSkewMs: number }
+function jobs(): Job[] {
   const out: { topic: string; bytes: Uint8Array; now: number; maxSkewMs: number }[] = [];
   for (const c of v.packet) {
     const bytes = hex(c.packet);
@@ -31,7 +36,7 @@ t.test('verify pool - same verdicts as the inline check, in order, over many bat
   const base = jobs();
   const all = Array.from({ length: 150 }, (_, i) => base[i % base.length]!);
   // One pool of two workers (a worker thread's start is slow under the test loader): batches go to both.
-  const pool = createVerifier(2);
+  const pool = createVerifier(2, { inlinePerSecond: 0 });
   try {
     const got = await Promise.all(all.map((j) => pool.verify(j.topic, j.bytes, j)));
     const want = all.map((j, i) => toResult(verifyJob({ id: i, ...j })));
@@ -44,7 +49,7 @@ t.test('verify pool - same verdicts as the inline check, in order, over many bat
 
 t.test('verify pool - bounded: beyond maxQueued a job is refused with ERR_VERIFY_BUSY, and the rest still verify', async (t) => {
   const [j] = jobs();
-  const pool = createVerifier(1, { maxQueued: 3 });
+  const pool = createVerifier(1, { maxQueued: 3, inlinePerSecond: 0 });
   try {
     const ps = Array.from({ length: 5 }, () => pool.verify(j!.topic, j!.bytes, j!));
     const rs = await Promise.all(ps);
@@ -61,7 +66,7 @@ t.test('verify pool - fair across sources: a quiet source overtakes a flood queu
   const [j] = jobs();
   // Batches of 4 (2 while sources mix), one batch in the worker at a time: small enough that the
   // bound (the batch in the worker + one job per busy source) is far below the flood's backlog.
-  const pool = createVerifier(1, { batchJobs: 4, mixedBatchJobs: 2, perWorker: 1 });
+  const pool = createVerifier(1, { batchJobs: 4, mixedBatchJobs: 2, perWorker: 1, inlinePerSecond: 0 });
   try {
     const order: string[] = [];
     const job = (source: string, k: number): Promise<void> => pool.verify(j!.topic, j!.bytes, { ...j!, source }).then((r) => void order.push(r.ok ? `${source}${k}` : `refused ${source}${k}`));
@@ -80,12 +85,90 @@ t.test('verify pool - fair across sources: a quiet source overtakes a flood queu
 
 t.test('verify pool - per-source bound: beyond maxQueuedPerSource that source is refused (ERR_VERIFY_CONNECTION_BUSY), others are not', async (t) => {
   const [j] = jobs();
-  const pool = createVerifier(1, { maxQueuedPerSource: 3 });
+  const pool = createVerifier(1, { maxQueuedPerSource: 3, inlinePerSecond: 0 });
   try {
     const verify = (source: string) => pool.verify(j!.topic, j!.bytes, { ...j!, source });
     const rs = await Promise.all([...Array.from({ length: 5 }, () => verify('flood')), verify('quiet')]);
     t.same(rs.map((r) => (r.ok ? 'ok' : r.code)), ['ok', 'ok', 'ok', 'ERR_VERIFY_CONNECTION_BUSY', 'ERR_VERIFY_CONNECTION_BUSY', 'ok'], "the flood's 4th and 5th refused, the quiet source's job verified");
     t.ok((await verify('flood')).ok, "room again once the flood's lane drained");
+  } finally {
+    await pool.close();
+  }
+});
+
+t.test('verify pool - while the pool is idle the main thread verifies, with the same verdicts as the threads', async (t) => {
+  const all = jobs();
+  const pool = createVerifier(1, { clock: () => 0, inlineBurst: all.length });
+  try {
+    const got = [];
+    for (const j of all) got.push(await pool.verify(j.topic, j.bytes, j)); // one at a time: the pool is idle at each
+    t.same(got, all.map((j, i) => toResult(verifyJob({ id: i, ...j }))), 'every verdict as the check of verify-job');
+    // A forgery in the envelope's first bytes has no kid where the main thread looks: the pool checks it.
+    const canonical = all.filter((j) => j.bytes[3] === 0xa1).length;
+    t.ok(canonical > 0 && canonical < all.length, 'the jobs hold packets of both starts');
+    t.equal(pool.inlined, canonical, 'each packet of the canonical start verified on the main thread, the rest by the pool');
+  } finally {
+    await pool.close();
+  }
+});
+
+t.test('verify pool - the inline budget: a burst, then a refill over time; none while a job of the pool is unanswered', async (t) => {
+  const [j] = jobs();
+  let ms = 1000;
+  // 4 a second: a token each 250 ms; at most 2 in a row.
+  const pool = createVerifier(1, { clock: () => ms, inlinePerSecond: 4, inlineBurst: 2 });
+  try {
+    const order: number[] = [];
+    const verify = (k: number) => pool.verify(j!.topic, j!.bytes, j!).then((r) => void order.push(r.ok ? k : -k));
+    // One turn: two tokens, then the pool; the third and fourth wait for a worker.
+    const first = [verify(1), verify(2), verify(3), verify(4)];
+    t.equal(pool.inlined, 2, 'the bucket\'s two tokens spent on the main thread');
+    ms += 250; // a token back, but jobs 3 and 4 are still unanswered
+    const fifth = verify(5);
+    t.equal(pool.inlined, 2, 'no inline check while the pool holds an earlier job');
+    await Promise.all([...first, fifth]);
+    t.same(order, [1, 2, 3, 4, 5], 'answered in the order asked');
+    await verify(6);
+    t.equal(pool.inlined, 3, 'the pool idle again: the refilled token spent');
+    await verify(7);
+    t.equal(pool.inlined, 3, 'no token left: to the pool');
+    ms += 10_000; // long idle: the bucket holds its size, not more
+    for (let k = 8; k < 12; k++) await verify(k);
+    t.equal(pool.inlined, 5, 'two more in a row after a long wait, then the pool');
+  } finally {
+    await pool.close();
+  }
+});
+
+t.test('verify pool - inlinePerSecond 0: every packet goes to the threads', async (t) => {
+  const [j] = jobs();
+  const pool = createVerifier(1, { inlinePerSecond: 0 });
+  try {
+    for (let k = 0; k < 3; k++) t.ok((await pool.verify(j!.topic, j!.bytes, j!)).ok);
+    t.equal(pool.inlined, 0);
+  } finally {
+    await pool.close();
+  }
+});
+
+// Last: it fills this process's key cache.
+t.test('verify pool - the main thread checks a new key only while its key cache has room for it (INLINE_KEYS)', async (t) => {
+  const TS = 1_700_000_000_000; // the packets' own ts and the check's clock: no dependence on today's date
+  const [known, fresh] = [901, 902].map((n) => {
+    const p = createOutcomePacket({ key: fixedKey(n), template: bearing, situation, outcome: 'failure', seq: 1, ts: TS });
+    return { topic: p.topic, bytes: p.packet, now: TS + 1000, maxSkewMs: 60_000 };
+  }) as [Job, Job];
+  t.notOk(peerCachedOrRoom(known.bytes.subarray(10, 42), 0) || peerCachedOrRoom(fresh.bytes.subarray(10, 42), 0), 'neither key is cached yet');
+  const pool = createVerifier(1, { clock: () => 0, inlineBurst: 100 });
+  try {
+    t.ok((await pool.verify(known.topic, known.bytes, known)).ok);
+    t.equal(pool.inlined, 1, 'a new key while the cache has room: the main thread');
+    // Other keys until the cache holds INLINE_KEYS.
+    for (let i = 0; i < INLINE_KEYS; i++) peerNodeId(Uint8Array.from({ length: 32 }, (_, k) => (k < 4 ? (i >> (8 * k)) & 255 : 7)));
+    t.ok((await pool.verify(fresh.topic, fresh.bytes, fresh)).ok, 'a new key is still verified');
+    t.equal(pool.inlined, 1, '... by the pool: checking it here would evict a key');
+    t.ok((await pool.verify(known.topic, known.bytes, known)).ok);
+    t.equal(pool.inlined, 2, 'a cached key: the main thread');
   } finally {
     await pool.close();
   }

@@ -31,6 +31,9 @@ export function timedSyncHold(ctx: Pick<BrokerContext, 'metrics'>, done: () => v
 export function timedVerifier(v: Verifier, histogram: { observe(v: number): void }): Verifier {
   return {
     workers: v.workers,
+    get inlined() {
+      return v.inlined ?? 0;
+    },
     verify(topic, bytes, o) {
       const t0 = performance.now();
       const p = v.verify(topic, bytes, o);

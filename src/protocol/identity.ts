@@ -128,6 +128,20 @@ function peer(publicKey: Uint8Array): Peer {
   return (lastPeer = p);
 }
 
+/**
+ * True when checking a packet signed by `publicKey` now evicts no other key from the peer cache:
+ * the key is cached, or the cache holds fewer than `room` keys (at most its own size). The
+ * broker's main thread verifies a packet itself only then (broker/verifier.ts), so that its own
+ * checks never churn the cache: each evicted key's KeyObject holds native memory until a full
+ * collection, which the main thread does not force.
+ */
+export function peerCachedOrRoom(publicKey: Uint8Array, room: number = PEER_CACHE_MAX): boolean {
+  if (publicKey.length !== 32) return false;
+  if (peers.size < Math.min(room, PEER_CACHE_MAX)) return true;
+  if (lastPeer && equalBytes(publicKey, lastKey)) return true;
+  return peers.has(Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength).toString('latin1'));
+}
+
 /** {@link nodeIdOf} of a 32-byte public key, from the peer cache (hashed once per key seen). */
 export function peerNodeId(publicKey: Uint8Array): NodeId {
   return publicKey.length === 32 ? peer(publicKey).nodeId : nodeIdOf(publicKey);

@@ -306,6 +306,17 @@ function payloadFields(b: Uint8Array, start: number, end: number): PayloadFields
 }
 
 /**
+ * The signer's public key (kid) of a packet that starts as the recognised form does (module
+ * comment), as a view; undefined for any other start. Checks nothing else: a cheap look before
+ * the full check, which may still refuse the packet.
+ */
+export function canonicalKid(b: Uint8Array): Uint8Array | undefined {
+  if (b.length < 42 || b[0] !== 0xd2 || b[1] !== 0x84 || b[2] !== 0x43 || b[3] !== 0xa1 || b[4] !== 0x01) return undefined;
+  if ((b[5] !== 0x32 && b[5] !== 0x27) || b[6] !== 0xa1 || b[7] !== 0x04 || b[8] !== 0x58 || b[9] !== 0x20) return undefined;
+  return b.subarray(10, 42);
+}
+
+/**
  * Reads a packet of the recognised form (module comment); undefined for anything else, which the
  * caller hands to the full decoder. Checks no signature and no topic.
  */
