@@ -95,7 +95,7 @@ function inlineVerifier(): Verifier {
  * thread. Enough for a region's paced traffic and a federation hop's at 1,000 packets a second.
  */
 export const INLINE_PER_SECOND = 2000;
-/** Inline verifications in a row at most (the bucket's size): ~1 ms of the event loop at once. */
+/** Inline verifications in one event-loop turn at most (the bucket's size, refilled once a turn): ~1 ms of the loop at once. */
 export const INLINE_BURST = 8;
 /**
  * A packet is verified inline only if its key is in the main thread's key cache, or that cache
@@ -161,7 +161,7 @@ export interface PoolOptions {
   perWorker?: number;
   /** Verifications a second the main thread may run while the pool is idle (default {@link INLINE_PER_SECOND}; 0: never). */
   inlinePerSecond?: number;
-  /** Inline verifications in a row at most (default {@link INLINE_BURST}). */
+  /** Inline verifications in one event-loop turn at most (default {@link INLINE_BURST}). */
   inlineBurst?: number;
   /** Milliseconds of a monotonic clock, for the inline budget (default performance.now). */
   clock?: () => number;
@@ -189,6 +189,8 @@ class Pool implements Verifier {
   readonly #inlinePerMs: number;
   readonly #inlineBurst: number;
   readonly #clock: () => number;
+  /** The bucket was refilled this event-loop turn. */
+  #refilled = false;
   #inlined = 0;
   #scheduled = false;
   #closed = false;
@@ -227,10 +229,18 @@ class Pool implements Verifier {
     if (this.#unresolved > 0 || this.#inlinePerMs === 0) return false;
     const kid = canonicalKid(bytes);
     if (!kid || !peerCachedOrRoom(kid, INLINE_KEYS)) return false;
-    const now = this.#clock();
-    this.#tokens = Math.min(this.#inlineBurst, this.#tokens + (now - this.#tokensAt) * this.#inlinePerMs);
-    this.#tokensAt = now;
-    if (this.#tokens < 1) return false;
+    // Refilled once per event-loop turn, not per packet: the checks of one turn (one socket read
+    // of many packets) take time of their own, which must not buy more of them in the same turn.
+    if (!this.#refilled) {
+      this.#refilled = true;
+      setImmediate(() => {
+        this.#refilled = false;
+      });
+      const now = this.#clock();
+      this.#tokens = Math.min(this.#inlineBurst, this.#tokens + (now - this.#tokensAt) * this.#inlinePerMs);
+      this.#tokensAt = now;
+    }
+    if (!(this.#tokens >= 1)) return false; // NaN (a clock gone wrong): none
     this.#tokens -= 1;
     return true;
   }

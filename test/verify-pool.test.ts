@@ -2,6 +2,7 @@
 // inline check of the same jobs: every accept, refusal code, seq, del and exp the same, in order,
 // across batch boundaries; and its bound (ERR_VERIFY_BUSY). The tests of the threads' own
 // mechanics turn main-thread verification off (inlinePerSecond 0); the last ones test it.
+import type { Worker } from 'node:worker_threads';
 import t from 'tap';
 import { verifyJob } from '../src/protocol/verify-job.js';
 import { createVerifier, INLINE_KEYS, toResult } from '../broker/verifier.js';
@@ -96,7 +97,7 @@ t.test('verify pool - per-source bound: beyond maxQueuedPerSource that source is
   }
 });
 
-t.test('verify pool - while the pool is idle the main thread verifies, with the same verdicts as the threads', async (t) => {
+t.test('verify pool - while the pool is idle the main thread verifies, with the verdicts of verify-job\'s check', async (t) => {
   const all = jobs();
   const pool = createVerifier(1, { clock: () => 0, inlineBurst: all.length });
   try {
@@ -135,6 +136,65 @@ t.test('verify pool - the inline budget: a burst, then a refill over time; none 
     ms += 10_000; // long idle: the bucket holds its size, not more
     for (let k = 8; k < 12; k++) await verify(k);
     t.equal(pool.inlined, 5, 'two more in a row after a long wait, then the pool');
+  } finally {
+    await pool.close();
+  }
+});
+
+t.test('verify pool - the budget is refilled once an event-loop turn: one read of many packets takes at most inlineBurst inline', async (t) => {
+  const [j] = jobs();
+  let ms = 0;
+  // A clock that jumps a second at each look: refilled at each packet, the bucket would never run out.
+  const pool = createVerifier(1, { clock: () => (ms += 1000), inlinePerSecond: 1000, inlineBurst: 3 });
+  try {
+    const rs = await Promise.all(Array.from({ length: 20 }, () => pool.verify(j!.topic, j!.bytes, j!)));
+    t.ok(rs.every((r) => r.ok), 'all 20 verified');
+    t.equal(pool.inlined, 3, 'three on the main thread in that turn, the rest by the pool');
+    await pool.verify(j!.topic, j!.bytes, j!);
+    t.equal(pool.inlined, 4, 'a later turn: refilled');
+  } finally {
+    await pool.close();
+  }
+});
+
+t.test('verify pool - back to inline once the pool\'s answers are all resolved: a batch resolved in several slices, a worker that died', async (t) => {
+  const [j] = jobs();
+  let ms = 0;
+  let swallow = false;
+  const workers: Worker[] = [];
+  const real = await import('../src/index.js');
+  // The pool's threads, captured; while `swallow`, a job sent to one never reaches it (so it is in flight when the thread dies).
+  const { createVerifier: create } = await t.mockImport<typeof import('../broker/verifier.js')>('../broker/verifier.js', {
+    '../src/index.js': {
+      ...real,
+      startVerifyWorker: (o: { nice?: number }) => {
+        const w = real.startVerifyWorker(o);
+        const post = w.postMessage.bind(w);
+        w.postMessage = (m: unknown, tl?: Parameters<Worker["postMessage"]>[1]) => (swallow ? undefined : post(m, tl));
+        workers.push(w);
+        return w;
+      },
+    },
+  });
+  // A token a second; batches of 64, answered in slices of 32.
+  const pool = create(1, { clock: () => ms, inlinePerSecond: 1, inlineBurst: 1, batchJobs: 64 });
+  try {
+    const first = await Promise.all(Array.from({ length: 60 }, () => pool.verify(j!.topic, j!.bytes, j!)));
+    t.ok(first.every((r) => r.ok));
+    t.equal(pool.inlined, 1, 'one inline, 59 to the pool in one batch');
+    ms += 1000;
+    t.ok((await pool.verify(j!.topic, j!.bytes, j!)).ok);
+    t.equal(pool.inlined, 2, 'the batch resolved in two slices: the pool idle again, inline');
+    swallow = true;
+    const lost = pool.verify(j!.topic, j!.bytes, j!);
+    await new Promise((r) => setImmediate(r)); // dispatched to the thread, which never gets it
+    swallow = false;
+    await workers[0]!.terminate();
+    t.match(await lost, { ok: false, code: 'ERR_INTERNAL' }, 'the job of the dead thread is refused');
+    ms += 1000;
+    t.ok((await pool.verify(j!.topic, j!.bytes, j!)).ok);
+    t.equal(pool.inlined, 3, 'its job counted out: inline again');
+    t.equal(workers.length, 2, 'the thread was replaced');
   } finally {
     await pool.close();
   }
