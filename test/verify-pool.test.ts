@@ -99,7 +99,7 @@ t.test('verify pool - per-source bound: beyond maxQueuedPerSource that source is
 
 t.test('verify pool - while the pool is idle the main thread verifies, with the verdicts of verify-job\'s check', async (t) => {
   const all = jobs();
-  const pool = createVerifier(1, { clock: () => 0, inlineBurst: all.length });
+  const pool = createVerifier(1, { clock: () => 0, inlineBurst: all.length, inlineAfterIdleMs: 0 });
   try {
     const got = [];
     for (const j of all) got.push(await pool.verify(j.topic, j.bytes, j)); // one at a time: the pool is idle at each
@@ -117,7 +117,7 @@ t.test('verify pool - the inline budget: a burst, then a refill over time; none 
   const [j] = jobs();
   let ms = 1000;
   // 4 a second: a token each 250 ms; at most 2 in a row.
-  const pool = createVerifier(1, { clock: () => ms, inlinePerSecond: 4, inlineBurst: 2 });
+  const pool = createVerifier(1, { clock: () => ms, inlinePerSecond: 4, inlineBurst: 2, inlineAfterIdleMs: 0 });
   try {
     const order: number[] = [];
     const verify = (k: number) => pool.verify(j!.topic, j!.bytes, j!).then((r) => void order.push(r.ok ? k : -k));
@@ -200,6 +200,28 @@ t.test('verify pool - back to inline once the pool\'s answers are all resolved: 
   }
 });
 
+t.test('verify pool - a packet arriving within inlineAfterIdleMs of the pool\'s last answer goes to the pool (a burst between two reads)', async (t) => {
+  const [j] = jobs();
+  let ms = 100;
+  const pool = createVerifier(1, { clock: () => ms, inlinePerSecond: 1000, inlineBurst: 1, inlineAfterIdleMs: 5 });
+  try {
+    const verify = async (): Promise<void> => void t.ok((await pool.verify(j!.topic, j!.bytes, j!)).ok);
+    await Promise.all([verify(), verify()]);
+    t.equal(pool.inlined, 1, 'a pool idle since it started: the first inline, the second (no token left) to the pool');
+    ms += 3; // tokens back, but the pool answered 3 ms ago
+    await verify();
+    t.equal(pool.inlined, 1, 'within 5 ms of its answer: to the pool');
+    ms += 4;
+    await verify();
+    t.equal(pool.inlined, 1, 'still within 5 ms of its last answer');
+    ms += 5;
+    await verify();
+    t.equal(pool.inlined, 2, '5 ms after its last answer: inline');
+  } finally {
+    await pool.close();
+  }
+});
+
 t.test('verify pool - inlinePerSecond 0: every packet goes to the threads', async (t) => {
   const [j] = jobs();
   const pool = createVerifier(1, { inlinePerSecond: 0 });
@@ -219,7 +241,7 @@ t.test('verify pool - the main thread checks a new key only while its key cache 
     return { topic: p.topic, bytes: p.packet, now: TS + 1000, maxSkewMs: 60_000 };
   }) as [Job, Job];
   t.notOk(peerCachedOrRoom(known.bytes.subarray(10, 42), 0) || peerCachedOrRoom(fresh.bytes.subarray(10, 42), 0), 'neither key is cached yet');
-  const pool = createVerifier(1, { clock: () => 0, inlineBurst: 100 });
+  const pool = createVerifier(1, { clock: () => 0, inlineBurst: 100, inlineAfterIdleMs: 0 });
   try {
     t.ok((await pool.verify(known.topic, known.bytes, known)).ok);
     t.equal(pool.inlined, 1, 'a new key while the cache has room: the main thread');
