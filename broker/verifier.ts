@@ -235,8 +235,9 @@ class Pool implements Verifier {
 
   /**
    * Whether this packet is verified here: nothing of the pool's is unresolved (so no packet
-   * accepted before it is answered after it), its key needs no eviction (INLINE_KEYS), the pool
-   * has been idle for INLINE_AFTER_IDLE_MS, and the budget has a token.
+   * accepted before it is answered after it), it starts as the recognised form does (its key read
+   * where packet-fast.ts reads it; any other form goes to the pool), its key needs no eviction
+   * (INLINE_KEYS), the pool has been idle for INLINE_AFTER_IDLE_MS, and the budget has a token.
    */
   #inline(bytes: Uint8Array): boolean {
     if (this.#unresolved > 0 || this.#inlinePerMs === 0) return false;
@@ -250,14 +251,22 @@ class Pool implements Verifier {
         this.#refilled = false;
       });
       const now = this.#clock();
-      this.#tokens = Math.min(this.#inlineBurst, this.#tokens + (now - this.#tokensAt) * this.#inlinePerMs);
+      if (!Number.isFinite(now)) return false; // a clock gone wrong: none this turn, and the bucket kept as it was
+      // No refill for the time since a reading that was not a number.
+      if (Number.isFinite(this.#tokensAt)) this.#tokens = Math.min(this.#inlineBurst, this.#tokens + (now - this.#tokensAt) * this.#inlinePerMs);
       this.#tokensAt = now;
     }
     // A burst: the threads answered their last job just now, and the next packets are already here.
     if (!(this.#tokensAt - this.#idleAt >= this.#idleMs)) return false;
-    if (!(this.#tokens >= 1)) return false; // NaN (a clock gone wrong): none
+    if (!(this.#tokens >= 1)) return false;
     this.#tokens -= 1;
     return true;
+  }
+
+  /** The pool answered its last job: now, or (a clock that is not a number) as if long ago. */
+  #wentIdle(): void {
+    const now = this.#clock();
+    this.#idleAt = Number.isFinite(now) ? now : Number.NEGATIVE_INFINITY;
   }
 
   #spawn(): Slot {
@@ -281,7 +290,7 @@ class Pool implements Verifier {
       for (const b of slot.inflight) {
         this.#queued -= b.resolvers.length;
         this.#unresolved -= b.resolvers.length;
-        if (this.#unresolved === 0) this.#idleAt = this.#clock();
+        if (this.#unresolved === 0) this.#wentIdle();
         for (const done of b.resolvers) done({ ok: false, code: 'ERR_INTERNAL', message: 'a verify worker thread died' });
       }
       slot.inflight = [];
@@ -296,7 +305,7 @@ class Pool implements Verifier {
   #resolve(resolvers: readonly Resolve[], r: PackedResults, view: Buffer, from: number): void {
     const to = Math.min(resolvers.length, from + SLICE);
     this.#unresolved -= to - from;
-    if (this.#unresolved === 0) this.#idleAt = this.#clock();
+    if (this.#unresolved === 0) this.#wentIdle();
     for (let i = from; i < to; i++) (resolvers[i] as Resolve)(resultAt(r, view, i));
     if (to < resolvers.length) setImmediate(() => this.#resolve(resolvers, r, view, to));
   }

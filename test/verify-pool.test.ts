@@ -179,9 +179,28 @@ t.test('verify pool - back to inline once the pool\'s answers are all resolved: 
   // A token a second; batches of 64, answered in slices of 32.
   const pool = create(1, { clock: () => ms, inlinePerSecond: 1, inlineBurst: 1, batchJobs: 64 });
   try {
-    const first = await Promise.all(Array.from({ length: 60 }, () => pool.verify(j!.topic, j!.bytes, j!)));
+    // Between the two slices (job 32 answered, 27 still to resolve), with a token back: a packet goes to the pool, behind them.
+    const order: number[] = [];
+    let between: Promise<unknown> | undefined;
+    let inlinedBetween = -1;
+    const first = await Promise.all(
+      Array.from({ length: 60 }, (_, k) =>
+        pool.verify(j!.topic, j!.bytes, j!).then((r) => {
+          order.push(k);
+          if (k === 32) {
+            ms += 1000;
+            between = pool.verify(j!.topic, j!.bytes, j!).then(() => void order.push(60));
+            inlinedBetween = pool.inlined ?? -1;
+          }
+          return r;
+        }),
+      ),
+    );
+    await between;
     t.ok(first.every((r) => r.ok));
-    t.equal(pool.inlined, 1, 'one inline, 59 to the pool in one batch');
+    t.equal(inlinedBetween, 1, 'one inline, 59 to the pool in one batch, and the packet between its slices to the pool too');
+    t.same(order, Array.from({ length: 61 }, (_, k) => k), 'answered in the order asked');
+    t.equal(pool.inlined, 1);
     ms += 1000;
     t.ok((await pool.verify(j!.topic, j!.bytes, j!)).ok);
     t.equal(pool.inlined, 2, 'the batch resolved in two slices: the pool idle again, inline');
@@ -217,6 +236,24 @@ t.test('verify pool - a packet arriving within inlineAfterIdleMs of the pool\'s 
     ms += 5;
     await verify();
     t.equal(pool.inlined, 2, '5 ms after its last answer: inline');
+  } finally {
+    await pool.close();
+  }
+});
+
+t.test('verify pool - a clock that gives NaN or Infinity: no inline check then, and the budget as before once it is right again', async (t) => {
+  const [j] = jobs();
+  let ms = Number.NaN;
+  const pool = createVerifier(1, { clock: () => ms, inlineBurst: 2, inlineAfterIdleMs: 0 });
+  try {
+    for (const bad of [Number.NaN, Number.POSITIVE_INFINITY]) {
+      ms = bad;
+      t.ok((await pool.verify(j!.topic, j!.bytes, j!)).ok);
+    }
+    t.equal(pool.inlined, 0, 'both to the pool');
+    ms = 5000;
+    await Promise.all([0, 1, 2].map(() => pool.verify(j!.topic, j!.bytes, j!)));
+    t.equal(pool.inlined, 2, 'a finite clock again: the bucket\'s two tokens');
   } finally {
     await pool.close();
   }
