@@ -251,7 +251,11 @@ class Pool implements Verifier {
         this.#refilled = false;
       });
       const now = this.#clock();
-      if (!Number.isFinite(now)) return false; // a clock gone wrong: none this turn, and the bucket kept as it was
+      if (!Number.isFinite(now)) {
+        // A clock gone wrong: none this turn (NaN fails the idle check below), the bucket kept as it was.
+        this.#tokensAt = Number.NaN;
+        return false;
+      }
       // No refill for the time since a reading that was not a number.
       if (Number.isFinite(this.#tokensAt)) this.#tokens = Math.min(this.#inlineBurst, this.#tokens + (now - this.#tokensAt) * this.#inlinePerMs);
       this.#tokensAt = now;
