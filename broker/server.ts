@@ -96,8 +96,8 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
   const stores = await openStores(o, now, logger);
   const { store, scoreStore } = stores;
   let aedes: Aedes | undefined;
-  let verifier: Verifier | undefined;
-  const metrics = createMetrics(store, () => aedes?.connectedClients ?? 0, () => verifier?.inlined ?? 0);
+  // Read at a scrape, once ctx (below) holds the verifier.
+  const metrics = createMetrics(store, () => aedes?.connectedClients ?? 0, () => ctx.verifier.inlined ?? 0);
   const ctx: BrokerContext = {
     options: o,
     now,
@@ -109,10 +109,10 @@ export async function createBroker(config: BrokerConfig | BrokerOptions = {}, de
     revocations: await RevocationBook.open(join(o.dataDir, 'revocations'), logger),
     metrics,
     limits: createLimits({ options: o, metrics, logger, now }),
-    verifier: (verifier = timedVerifier(
+    verifier: timedVerifier(
       deps.verifier ?? createVerifier(o.verifyWorkers ?? defaultWorkers(), { ...(o.verifyNice ? { nice: o.verifyNice } : {}), ...(o.verifyInline !== undefined ? { inlinePerSecond: o.verifyInline } : {}) }),
       metrics.verifySeconds,
-    )),
+    ),
     auth,
     rate: new RateLimiter(o.admission.ratePerSecond, o.admission.burst),
     ...(brokerKey ? { brokerKey } : {}),
