@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { openStore, STORE_FILES, type PutResult, type Store, type StoreOptions, type StoredPacket } from '../broker/store.js';
 import { QisError, topicMatches, b32, createOutcomePacket, keyFromSeed, signPacket, type NodeKey } from '../src/index.js';
+import { withMethods } from './helpers/file-handles.js';
 import { bearing, situation } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
 import { RANGES, digest, storeRanges } from '../broker/federation/digest.js';
@@ -793,23 +794,15 @@ t.test('store - I/O failures: a failed write or sync stops writes, a failed comp
   const fakeOpen = async (...args: Parameters<typeof real.open>): Promise<Awaited<ReturnType<typeof real.open>>> => {
     const fh = await real.open(...args);
     const isTmp = String(args[0]).endsWith(STORE_FILES.temp);
-    return new Proxy(fh, {
-      get(target, prop) {
-        if (prop === 'write') {
-          return async (...w: Parameters<typeof fh.write>) => {
-            if (ctl.failWrite) throw eio();
-            if (isTmp && ctl.slowTmpMs > 0) await sleep(ctl.slowTmpMs);
-            return target.write(...w);
-          };
-        }
-        if (prop === 'datasync') {
-          return async () => {
-            if (ctl.failSync) throw eio();
-            return target.datasync();
-          };
-        }
-        const v: unknown = Reflect.get(target, prop, target);
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    return withMethods(fh, {
+      write: (async (...w: Parameters<typeof fh.write>) => {
+        if (ctl.failWrite) throw eio();
+        if (isTmp && ctl.slowTmpMs > 0) await sleep(ctl.slowTmpMs);
+        return fh.write(...w);
+      }) as typeof fh.write,
+      datasync: async () => {
+        if (ctl.failSync) throw eio();
+        return fh.datasync();
       },
     });
   };

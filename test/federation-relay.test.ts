@@ -16,6 +16,7 @@ import * as realStore from '../broker/store.js';
 import type { StoreOptions } from '../broker/store.js';
 import type { PeerOptions } from '../broker/options.js';
 import { decodePacket } from '../src/index.js';
+import { withMethods } from './helpers/file-handles.js';
 import { freePort, packetOf, peer, publishAll, until } from './helpers/federation.js';
 import { startMosquitto } from './helpers/mosquitto.js';
 
@@ -36,21 +37,15 @@ const gatedFs: typeof fsp = {
   ...fsp,
   open: async (...a: Parameters<typeof fsp.open>) => {
     const fh = await fsp.open(...a);
-    return new Proxy(fh, {
-      get(target, prop) {
-        if (prop === 'datasync') {
-          return async () => {
-            if (gate.held) {
-              gate.waiting++;
-              await new Promise<void>((r) => gate.releases.push(r));
-              gate.waiting--;
-            }
-            await target.datasync();
-            gate.synced++;
-          };
+    return withMethods(fh, {
+      datasync: async () => {
+        if (gate.held) {
+          gate.waiting++;
+          await new Promise<void>((r) => gate.releases.push(r));
+          gate.waiting--;
         }
-        const v: unknown = Reflect.get(target, prop, target);
-        return typeof v === 'function' ? (v as (...x: unknown[]) => unknown).bind(target) : v;
+        await fh.datasync();
+        gate.synced++;
       },
     });
   },
