@@ -308,7 +308,8 @@ function payloadFields(b: Uint8Array, start: number, end: number): PayloadFields
 /**
  * The signer's public key (kid) of a packet that starts as the recognised form does (module
  * comment), as a view; undefined for any other start. Checks nothing else: a cheap look before
- * the full check, which may still refuse the packet.
+ * the full check, which may still refuse the packet (readCanonical starts with it).
+ * 18([bstr .cbor {1: alg}, {4: bstr(32)}, ...]): d2 84 43 a1 01 (32|27) a1 04 58 20 <kid>.
  */
 export function canonicalKid(b: Uint8Array): Uint8Array | undefined {
   if (b.length < 42 || b[0] !== 0xd2 || b[1] !== 0x84 || b[2] !== 0x43 || b[3] !== 0xa1 || b[4] !== 0x01) return undefined;
@@ -321,12 +322,11 @@ export function canonicalKid(b: Uint8Array): Uint8Array | undefined {
  * caller hands to the full decoder. Checks no signature and no topic.
  */
 export function readCanonical(b: Uint8Array): FastPacket | undefined {
-  // 18([bstr .cbor {1: alg}, {4: bstr(32)}, ...]): d2 84 43 a1 01 (32|27) a1 04 58 20 <kid>, then at
-  // least a payload's head and the signature's 66 bytes.
-  if (b.length < 42 + 1 + 66 || b[0] !== 0xd2 || b[1] !== 0x84 || b[2] !== 0x43 || b[3] !== 0xa1 || b[4] !== 0x01) return undefined;
+  // The start canonicalKid reads, then at least a payload's head and the signature's 66 bytes.
+  if (b.length < 42 + 1 + 66) return undefined;
+  const publicKey = canonicalKid(b);
+  if (!publicKey) return undefined;
   const algByte = b[5];
-  if (algByte !== 0x32 && algByte !== 0x27) return undefined;
-  if (b[6] !== 0xa1 || b[7] !== 0x04 || b[8] !== 0x58 || b[9] !== 0x20) return undefined;
   const c = new Cursor(b, 42, b.length);
   const payloadLength = c.stringLength(2);
   if (payloadLength === NO) return undefined;
@@ -339,7 +339,7 @@ export function readCanonical(b: Uint8Array): FastPacket | undefined {
   return {
     protectedBytes: b.subarray(3, 6),
     alg: algByte === 0x32 ? -19 : -8,
-    publicKey: b.subarray(10, 42),
+    publicKey,
     payload: b.subarray(payloadAt, payloadAt + payloadLength),
     signature: b.subarray(c.p + 2, c.p + 66),
     fields,
