@@ -102,9 +102,16 @@ const peers = new Map<string, Peer>();
 const lastKey = new Uint8Array(32);
 let lastPeer: Peer | undefined;
 
+/** A public key's key in `peers`: its bytes as a latin1 string. */
+const peerId = (publicKey: Uint8Array): string => Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength).toString('latin1');
+
+/** The entry of the key looked up last, if `publicKey` is that key. */
+const lastLookedUp = (publicKey: Uint8Array): Peer | undefined => (lastPeer && equalBytes(publicKey, lastKey) ? lastPeer : undefined);
+
 function peer(publicKey: Uint8Array): Peer {
-  if (lastPeer && equalBytes(publicKey, lastKey)) return lastPeer;
-  const id = Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength).toString('latin1');
+  const last = lastLookedUp(publicKey);
+  if (last) return last;
+  const id = peerId(publicKey);
   let p = peers.get(id);
   lastKey.set(publicKey);
   if (p) {
@@ -138,8 +145,7 @@ function peer(publicKey: Uint8Array): Peer {
 export function peerCachedOrRoom(publicKey: Uint8Array, room: number = PEER_CACHE_MAX): boolean {
   if (publicKey.length !== 32) return false;
   if (peers.size < Math.min(room, PEER_CACHE_MAX)) return true;
-  if (lastPeer && equalBytes(publicKey, lastKey)) return true;
-  return peers.has(Buffer.from(publicKey.buffer, publicKey.byteOffset, publicKey.byteLength).toString('latin1'));
+  return lastLookedUp(publicKey) !== undefined || peers.has(peerId(publicKey));
 }
 
 /** {@link nodeIdOf} of a 32-byte public key, from the peer cache (hashed once per key seen). */
