@@ -32,6 +32,11 @@
  *             alone, for attribution (not part of any floor).
  *   import    crypto.createPublicKey of every key from SPKI DER, which is what
  *             src/protocol/identity.ts does on a cache miss (attribution only).
+ *   verify∥   the same raw verification spread over one worker thread per core, measured: each
+ *             thread holds its share of the signatures and KeyObjects, made before any timing, and
+ *             the time is from the go message to the last thread's answer. The goal's floor divides
+ *             the one-core time by the cores, which a machine whose cores slow each other down does
+ *             not reach; floor∥ = fetch + verify∥ shows by how much (no goal; attribution only).
  * The figures are the median and the minimum of the repetitions; the ratio is the median of the
  * per-repetition ratios (runtime / floor of the same repetition), which cancels drift.
  *
@@ -50,6 +55,7 @@
 import crypto from 'node:crypto';
 import os from 'node:os';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -76,7 +82,7 @@ import { JSON_OUT, optNum, optStr } from './args.js';
 import { benchKey, benchPacket, benchSeed, SPKI_PREFIX, type BenchKey } from './bench-keys.js';
 import { cleanup, cleanupOnSignals, cleanups, tempDir } from './cleanup.js';
 import { writeResults } from './result.js';
-import { median, min, r3, runProc, stat, writeBareScript, RSS_METHOD, type ProcRun, type Stat } from './proc.js';
+import { median, min, procCpuMs, r1, r3, runProc, stat, writeBareScript, RSS_METHOD, type ProcRun, type Stat } from './proc.js';
 
 // ------------------------------------------------------------------------------ options
 
@@ -111,6 +117,7 @@ const signals = cleanupOnSignals('stopping Mosquitto and removing temp dirs');
 
 interface Broker {
   readonly url: string;
+  readonly pid: number;
   readonly version: string;
   readonly kind: 'mosquitto' | 'qis';
 }
@@ -135,7 +142,7 @@ async function startQis(): Promise<Broker> {
   const child: ChildProcess = spawn(process.execPath, [QIS_CLI, 'broker', '--listen', `tcp://127.0.0.1:${port}`, '--data-dir', dir, '--fsync', 'never', '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] });
   const exited = stopAtCleanup(child);
   await Promise.race([waitForPort(port, Date.now() + 30_000), exited.then(() => Promise.reject(new Error('the qis broker exited')))]);
-  return { url: `mqtt://127.0.0.1:${port}`, version: 'this build', kind: 'qis' };
+  return { url: `mqtt://127.0.0.1:${port}`, pid: child.pid ?? -1, version: 'this build', kind: 'qis' };
 }
 
 /** Starts Mosquitto; its stop is registered with the cleanups. */
@@ -153,7 +160,7 @@ async function startMosquitto(extra: readonly string[]): Promise<Broker> {
   const exited = stopAtCleanup(child);
   await Promise.race([waitForPort(port, Date.now() + 10_000), exited.then(() => Promise.reject(new Error(`mosquitto exited: ${out}`)))]);
   const version = /mosquitto version (\S+)/.exec(out)?.[1] ?? 'unknown';
-  return { url: `mqtt://127.0.0.1:${port}`, version, kind: 'mosquitto' };
+  return { url: `mqtt://127.0.0.1:${port}`, pid: child.pid ?? -1, version, kind: 'mosquitto' };
 }
 
 // ------------------------------------------------------------------------------ helpers
@@ -189,6 +196,15 @@ interface Part1 {
   readonly verifyWithKeyObjects: Stat;
   readonly fold: Stat;
   readonly importDer: Stat;
+  /**
+   * CPU per timed query (mean over the repetitions, Linux /proc in 10 ms ticks): this process's
+   * main thread, its other threads (the query's verify threads and V8's helpers), the broker.
+   */
+  readonly cpuPerQuery: { readonly main: number; readonly threads: number; readonly broker: number };
+  /** Raw verification over one thread per core, measured (attribution; bench header). */
+  readonly verifyPar: Stat;
+  readonly floorPar: Stat;
+  readonly ratioPar: { readonly value: number; readonly reps: readonly number[] };
   /** fetch + verify ÷ cores: the goal's floor (issue 15). */
   readonly floor: Stat;
   /** fetch + verify on one core (the former floor). */
@@ -205,6 +221,38 @@ interface Part1 {
 }
 
 const MOSQ_PART1 = ['max_queued_messages 0'];
+
+/**
+ * A thread's share of the raw verification (verify∥): KeyObjects made from the JWK `x` of each key
+ * when the thread starts; each `go` verifies the whole share and answers how many succeeded.
+ */
+const VERIFY_SHARE = `
+const crypto = require('node:crypto');
+const { parentPort, workerData } = require('node:worker_threads');
+const { msgs, sigs, xs } = workerData;
+const kos = xs.map((x) => crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x }, format: 'jwk' }));
+parentPort.on('message', () => {
+  let ok = 0;
+  for (let i = 0; i < msgs.length; i++) if (crypto.verify(null, msgs[i], kos[i], sigs[i])) ok++;
+  parentPort.postMessage(ok);
+});
+parentPort.postMessage('ready');
+`;
+
+/** One thread per core, each with its contiguous share of the inputs; resolves once every thread is ready. */
+async function verifyThreads(msgs: readonly Uint8Array[], sigs: readonly Uint8Array[], xs: readonly string[]): Promise<Worker[]> {
+  const per = Math.ceil(msgs.length / CORES);
+  const ws = Array.from({ length: CORES }, (_, t) => {
+    const [a, b] = [t * per, Math.min(msgs.length, (t + 1) * per)];
+    return new Worker(VERIFY_SHARE, { eval: true, workerData: { msgs: msgs.slice(a, b), sigs: sigs.slice(a, b), xs: xs.slice(a, b) } });
+  });
+  for (const w of ws) cleanups.push(() => w.terminate().then(() => undefined));
+  await Promise.all(ws.map((w) => new Promise<void>((resolve, reject) => {
+    w.once('message', () => resolve());
+    w.once('error', reject);
+  })));
+  return ws;
+}
 
 async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Part1> {
   const broker = which === 'qis' ? await startQis() : await startMosquitto(MOSQ_PART1);
@@ -284,11 +332,20 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
     await sleep(10);
   }
   const raw = await rawClient(broker.url, `bench-raw-${process.pid}`);
+  const threads = await verifyThreads(msgs, sigs, xs);
 
-  const runRuntime = async (): Promise<number> => {
+  const cpu = { main: 0, all: 0, broker: 0, n: 0 };
+  const runRuntime = async (timed = true): Promise<number> => {
+    const [m0, a0, b0] = [procCpuMs(process.pid, process.pid), procCpuMs(process.pid), procCpuMs(broker.pid)];
     const t = performance.now();
     const r = await node.query(template, COHORT_SITUATION, { minCohort: 1, timeoutMs: 120_000 });
     const ms = performance.now() - t;
+    if (timed) {
+      cpu.main += procCpuMs(process.pid, process.pid) - m0;
+      cpu.all += procCpuMs(process.pid) - a0;
+      cpu.broker += procCpuMs(broker.pid) - b0;
+      cpu.n++;
+    }
     check(r.completeness === 'sync', `query completeness is sync (got ${r.completeness})`);
     check(r.received === NODES, `query received ${NODES} messages (got ${r.received})`);
     check(r.packets.length === NODES, `query kept ${NODES} packets (got ${r.packets.length}; dropped ${JSON.stringify(r.dropped)})`);
@@ -324,6 +381,16 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
     check(ok === NODES, 'every raw verification succeeds');
     return ms;
   };
+  const runVerifyPar = async (): Promise<number> => {
+    const t = performance.now();
+    const oks = await Promise.all(threads.map((w) => new Promise<number>((resolve) => {
+      w.once('message', resolve);
+      w.postMessage('go');
+    })));
+    const ms = performance.now() - t;
+    check(oks.reduce((a, b) => a + b, 0) === NODES, 'every raw verification over the threads succeeds');
+    return ms;
+  };
   // The fastest node:crypto way from 32 raw bytes to a KeyObject is a JWK import.
   const runVerifyKo = (): number => {
     const t = performance.now();
@@ -355,24 +422,27 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
 
   // Warm-up (untimed): one of each; it also checks every count.
   log('  warm-up …');
-  await runRuntime();
+  await runRuntime(false);
   await runFetch();
   runVerify();
+  await runVerifyPar();
   runVerifyKo();
   runFold();
   runImportDer();
 
-  const s = { runtime: [] as number[], fetch: [] as number[], verify: [] as number[], verifyKo: [] as number[], fold: [] as number[], importDer: [] as number[] };
+  const s = { runtime: [] as number[], fetch: [] as number[], verify: [] as number[], verifyPar: [] as number[], verifyKo: [] as number[], fold: [] as number[], importDer: [] as number[] };
   for (let rep = 0; rep < REPS; rep++) {
     // Alternate which side goes first, so neither always runs on a freshly collected heap.
     if (rep % 2 === 0) {
       s.runtime.push(await runRuntime());
       s.fetch.push(await runFetch());
       s.verify.push(runVerify());
+      s.verifyPar.push(await runVerifyPar());
       s.verifyKo.push(runVerifyKo());
     } else {
       s.fetch.push(await runFetch());
       s.verify.push(runVerify());
+      s.verifyPar.push(await runVerifyPar());
       s.verifyKo.push(runVerifyKo());
       s.runtime.push(await runRuntime());
     }
@@ -380,10 +450,11 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
     s.importDer.push(runImportDer());
     log(
       `  rep ${rep + 1}/${REPS}: runtime ${fmt(s.runtime[rep] as number, 0)} ms, fetch ${fmt(s.fetch[rep] as number, 0)} ms, ` +
-        `verify ${fmt(s.verify[rep] as number, 0)} ms (with KeyObjects ${fmt(s.verifyKo[rep] as number, 0)}), fold ${fmt(s.fold[rep] as number, 0)} ms, SPKI imports ${fmt(s.importDer[rep] as number, 0)} ms`,
+        `verify ${fmt(s.verify[rep] as number, 0)} ms (over ${CORES} threads ${fmt(s.verifyPar[rep] as number, 0)}; with KeyObjects ${fmt(s.verifyKo[rep] as number, 0)}), fold ${fmt(s.fold[rep] as number, 0)} ms, SPKI imports ${fmt(s.importDer[rep] as number, 0)} ms`,
     );
   }
   await node.close();
+  await Promise.all(threads.map((w) => w.terminate()));
 
   const floor = s.fetch.map((f, i) => f + (s.verify[i] as number) / CORES);
   const floor1 = s.fetch.map((f, i) => f + (s.verify[i] as number));
@@ -393,7 +464,9 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
   const ratios = s.runtime.map((r, i) => r / (floor[i] as number));
   const ratiosKo = s.runtime.map((r, i) => r / (floorKo[i] as number));
   const ratio = median(ratios);
-  const stats = { runtime: stat(s.runtime), fetch: stat(s.fetch), verify: stat(s.verify), verifyWithKeyObjects: stat(s.verifyKo), fold: stat(s.fold), importDer: stat(s.importDer) };
+  const floorPar = s.fetch.map((f, i) => f + (s.verifyPar[i] as number));
+  const ratiosPar = s.runtime.map((r, i) => r / (floorPar[i] as number));
+  const stats = { runtime: stat(s.runtime), fetch: stat(s.fetch), verify: stat(s.verify), verifyPar: stat(s.verifyPar), verifyWithKeyObjects: stat(s.verifyKo), fold: stat(s.fold), importDer: stat(s.importDer) };
   return {
     broker: `${which} ${broker.version}`,
     brokerConfig: which === 'qis' ? ['fsync never', 'default verify threads'] : MOSQ_PART1,
@@ -405,6 +478,9 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
     floor: stat(floor),
     floorOneCore: stat(floor1),
     floorWithKeyObjects: stat(floorKo),
+    floorPar: stat(floorPar),
+    cpuPerQuery: { main: r1(cpu.main / cpu.n), threads: r1((cpu.all - cpu.main) / cpu.n), broker: r1(cpu.broker / cpu.n) },
+    ratioPar: { value: r3(median(ratiosPar)), reps: ratiosPar.map(r3) },
     former: stat(former),
     ofFormer: { value: r3(median(ofFormer)), reps: ofFormer.map(r3) },
     ratio: { value: r3(ratio), reps: ratios.map(r3), goal: QUERY_GOAL, pass: ratio <= QUERY_GOAL },
@@ -577,17 +653,29 @@ function report(p1: Part1 | undefined, p2: Part2 | undefined, load: { before: nu
     L.push(row('verify   raw crypto.verify, KeyObjects prepared', p1.verify));
     L.push(row(`floor  = fetch + verify ÷ ${CORES} cores        (the goal)`, p1.floor));
     L.push(row('floor1 = fetch + verify on one core', p1.floorOneCore));
+    L.push(row(`verify∥  raw crypto.verify over ${CORES} threads, measured`, p1.verifyPar));
+    L.push(row('floor∥ = fetch + verify∥', p1.floorPar));
     L.push(row('former = fetch, then foldCohort (A/B)', p1.former));
     L.push(row('verify+  raw createPublicKey (JWK) + verify each', p1.verifyWithKeyObjects));
     L.push(row('floor+ = fetch + verify+', p1.floorWithKeyObjects));
     L.push(row('(fold    foldCohort() on the fetched messages)', p1.fold));
     L.push(row('(import  createPublicKey from SPKI DER, every key)', p1.importDer));
+    const c = p1.cpuPerQuery;
+    L.push(
+      `  CPU a query (mean of the repetitions; /proc, 10 ms ticks): main thread ${fmt(c.main, 0)} ms, other threads ${fmt(c.threads, 0)} ms ` +
+        `(verify threads and V8's helpers; raw verify on one core: ${fmt(p1.verify.medianMs, 0)} ms), broker ${fmt(c.broker, 0)} ms; ` +
+        `all ÷ ${CORES} cores ${fmt((c.main + c.threads + c.broker) / CORES, 0)} ms`,
+    );
     L.push('');
     const rng = (xs: readonly number[]): string => `[${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}]`;
     L.push(
       `  runtime / floor   ${p1.ratio.value.toFixed(3)}× ${rng(p1.ratio.reps)}  ${p1.ratio.pass ? 'PASS' : 'MISS'} (goal ≤ ${p1.ratio.goal.toFixed(2)}×; median of per-repetition ratios)`,
     );
     L.push(`  runtime / former  ${p1.ofFormer.value.toFixed(3)}× ${rng(p1.ofFormer.reps)}  (the former path: verification after the marker, on the main thread; same run)`);
+    L.push(
+      `  runtime / floor∥  ${p1.ratioPar.value.toFixed(3)}× ${rng(p1.ratioPar.reps)}  (no goal: the verification measured over ${CORES} threads, ` +
+        `${(p1.verifyPar.medianMs / p1.verify.medianMs).toFixed(2)}× the one-core time against the floor's ${(1 / CORES).toFixed(2)}×)`,
+    );
     L.push(`  runtime / floor+  ${p1.ratioWithKeyObjects.value.toFixed(3)}× ${rng(p1.ratioWithKeyObjects.reps)}  (no goal: KeyObject creation counted in the floor)`);
     L.push(`  min(runtime) / min(floor)  ${p1.ratioOfMinimums.toFixed(3)}×  (the least disturbed repetitions; a check when the machine is busy)`);
     if (p1.noisy.length > 0) L.push(`  note: repetitions varied by more than ±10 % (${p1.noisy.join(', ')}): the machine was busy; run again before trusting a ratio`);
@@ -653,7 +741,7 @@ async function main(): Promise<void> {
       ratio: p1.ratio.value,
       goal: { on: 'ratio', op: '<=', limit: QUERY_GOAL },
       spread: Math.max(p1.runtime.spread, p1.floor.spread),
-      note: `former path (verify after the marker) ${Math.round(p1.former.medianMs)} ms, same run`,
+      note: `former path (verify after the marker) ${Math.round(p1.former.medianMs)} ms, same run; raw verify measured over ${CORES} threads ${(p1.verifyPar.medianMs / p1.verify.medianMs).toFixed(2)}× the one-core time (the floor assumes ${(1 / CORES).toFixed(2)}×), runtime / that floor ${p1.ratioPar.value.toFixed(3)}×`,
     })),
   );
   if (JSON_OUT) {
