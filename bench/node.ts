@@ -247,11 +247,24 @@ async function verifyThreads(msgs: readonly Uint8Array[], sigs: readonly Uint8Ar
     return new Worker(VERIFY_SHARE, { eval: true, workerData: { msgs: msgs.slice(a, b), sigs: sigs.slice(a, b), xs: xs.slice(a, b) } });
   });
   for (const w of ws) cleanups.push(() => w.terminate().then(() => undefined));
-  await Promise.all(ws.map((w) => new Promise<void>((resolve, reject) => {
-    w.once('message', () => resolve());
-    w.once('error', reject);
-  })));
+  await Promise.all(ws.map((w) => answer(w)));
   return ws;
+}
+
+/** A thread's next answer; a thread that fails or exits first fails the bench instead of hanging it. */
+function answer<T>(w: Worker): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const failed = (e: Error): void => {
+      w.off('message', done).off('error', failed).off('exit', exited);
+      reject(e);
+    };
+    const exited = (): void => failed(new Error('a verify∥ thread exited'));
+    const done = (m: T): void => {
+      w.off('error', failed).off('exit', exited);
+      resolve(m);
+    };
+    w.once('message', done).once('error', failed).once('exit', exited);
+  });
 }
 
 async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Part1> {
@@ -383,10 +396,11 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
   };
   const runVerifyPar = async (): Promise<number> => {
     const t = performance.now();
-    const oks = await Promise.all(threads.map((w) => new Promise<number>((resolve) => {
-      w.once('message', resolve);
+    const oks = await Promise.all(threads.map((w) => {
+      const ok = answer<number>(w);
       w.postMessage('go');
-    })));
+      return ok;
+    }));
     const ms = performance.now() - t;
     check(oks.reduce((a, b) => a + b, 0) === NODES, 'every raw verification over the threads succeeds');
     return ms;
