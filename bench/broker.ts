@@ -14,6 +14,7 @@
  *   node dist/bench/broker.js --cpu-prof=DIR   (qis broker processes write V8 CPU profiles to DIR)
  *   node dist/bench/broker.js --targets=qis.always.w1,qis.always.w1.legacy,aedes   (only these targets)
  *   node dist/bench/broker.js --part=2 --no-signed-probe   (no quiet connection publishing signed packets beside the ordinary probe)
+ *   node dist/bench/broker.js --part=2 --latency-runs=K   (the goal's broker K times, default 3: its p99 is their median)
  *   QIS_BENCH_VERIFY_TUNING=32,8,1 node dist/bench/broker.js …   (qis targets: the verifier pool's batch, mixed batch, batches per worker)
  *   QIS_BENCH_VERIFY_INLINE=0 node dist/bench/broker.js …   (qis targets: the broker's verifyInline; default theirs, 2,000 a second)
  *
@@ -53,6 +54,10 @@
  * Part 2, latency: during a burst of the same n packets from `--pubs` publishers, a separate
  * connection (this process) publishes to an ordinary topic at a paced 50 msg/s, QoS 1, and another
  * connection subscribed to it timestamps arrivals. Latency = arrival − publish call, same clock.
+ * The goal's broker (the default verify threads) runs `--latency-runs` times (default 3), the
+ * others once; its extra runs come after the other brokers, so they fall at other moments of the
+ * machine's load. The goal's p99 is the median of its runs' p99s, with their spread (one run's
+ * p99 of ~120 probes is its second-worst probe: single runs spread ±40 %).
  * Figures over the messages sent between go and the last publisher done; idle figures from the
  * second before go. Brokers: qis (verifyWorkers = cores), the same at verifyNice 19 (the verify
  * threads yield the CPU to the main thread: `….nice19`), qis with cores − 1 verify threads (for
@@ -122,6 +127,8 @@ const INGEST_GOAL = 0.7;
 /** Issue 15: verified ingest ≥ 80 % of the two-core floor. */
 const FLOOR_GOAL = 0.8;
 const LATENCY_GOAL_MS = 20; // issue 15 (was 50 ms, issue "Regional broker")
+/** `--latency-runs=K`: runs of the goal's broker in part 2 (header). */
+const LATENCY_RUNS = Math.max(1, Math.round(optNum('latency-runs', 3)));
 const PACE_MS = 20; // 50 msg/s
 const FOOT_N = 10_000;
 const TEMPLATE_FILE = join(ROOT, 'examples/bearing-failure.yaml');
@@ -860,6 +867,8 @@ interface LatRow {
   readonly signed?: { readonly n: number; readonly p50: number; readonly p99: number; readonly max: number };
   readonly goal: number;
   readonly pass: boolean;
+  /** The goal's broker: which of its `--latency-runs` runs this is (1 for the others' only run). */
+  readonly run: number;
 }
 
 async function latencyOnce(t: Target, d: Data, pubs: number): Promise<LatRow> {
@@ -939,6 +948,7 @@ async function latencyOnce(t: Target, d: Data, pubs: number): Promise<LatRow> {
       ...(inBroker.length > 0 ? { toBroker: { n: inBroker.length, p50: r1(pct(inBroker, 50)), p99: r1(pct(inBroker, 99)), max: r1(Math.max(...inBroker)) } } : {}),
       goal: LATENCY_GOAL_MS,
       pass: s.p99 <= LATENCY_GOAL_MS,
+      run: 1,
     };
   } finally {
     if (pacer) clearTimeout(pacer);
@@ -955,24 +965,58 @@ interface Part2 {
   readonly loadavg1m: readonly number[];
 }
 
+/** The goal's figures over its runs (header: --latency-runs): medians of the runs' p99s and p50s. */
+interface GoalLatency {
+  readonly label: string;
+  readonly p99: number;
+  readonly p99s: readonly number[];
+  readonly spread: number;
+  readonly idleP99: number;
+  readonly pass: boolean;
+  readonly signed?: { readonly p50: number; readonly p99: number; readonly spread: number };
+}
+function goalLatency(rows: readonly LatRow[]): GoalLatency | undefined {
+  const rs = rows.filter((r) => r.target === `qis.always.w${WORKERS}`);
+  const first = rs[0];
+  if (!first) return undefined;
+  const p99s = rs.map((r) => r.burst.p99);
+  const p99 = r1(median(p99s));
+  const signed = rs.flatMap((r) => (r.signed ? [r.signed] : []));
+  return {
+    label: first.label,
+    p99,
+    p99s,
+    spread: r3(halfSpread(p99s)),
+    idleP99: r1(median(rs.map((r) => r.idle.p99))),
+    pass: p99 <= LATENCY_GOAL_MS,
+    ...(signed.length === rs.length
+      ? { signed: { p50: r1(median(signed.map((x) => x.p50))), p99: r1(median(signed.map((x) => x.p99))), spread: r3(halfSpread(signed.map((x) => x.p99))) } }
+      : {}),
+  };
+}
+
 async function part2(d: Data): Promise<Part2> {
   log(`part 2: ordinary-topic latency at ${1000 / PACE_MS} msg/s during a ${fmt(N)}-packet burst from ${PUBS} publishers`);
   const loads = [load1()];
   const rows: LatRow[] = [];
   // The default (cores − 1 verify threads leave the main thread a core), all cores (as equals of the
   // main thread, and at nice 19: verifyNice), and inline verification.
+  const goal = qisTarget('always', WORKERS);
   const targets = chosen([
-    qisTarget('always', WORKERS),
+    goal,
     qisTarget('always', WORKERS, true),
     ...(WORKERS !== CORES ? [qisTarget('always', CORES), qisTarget('always', CORES, false, 19), ...named(qisTarget('always', CORES, true))] : []),
     qisTarget('always', 0),
     aedesTarget,
   ]);
-  for (const t of targets) {
-    const row = await latencyOnce(t, d, PUBS);
+  // The goal's broker again after the others (header: --latency-runs).
+  const runs = [...targets.map((t) => ({ t, run: 1 })), ...(targets.includes(goal) ? Array.from({ length: LATENCY_RUNS - 1 }, (_, i) => ({ t: goal, run: i + 2 })) : [])];
+  for (const { t, run } of runs) {
+    const once = await latencyOnce(t, d, PUBS);
+    const row = run === 1 ? once : { ...once, label: `${once.label} (run ${run})`, run };
     rows.push(row);
     log(
-      `  ${t.id.padEnd(16)} burst ${fmt(row.burstRate)} pub/s; latency p50 ${row.burst.p50} ms, p99 ${row.burst.p99} ms, max ${row.burst.max} ms (n ${row.burst.n})` +
+      `  ${(run === 1 ? t.id : `${t.id} #${run}`).padEnd(16)} burst ${fmt(row.burstRate)} pub/s; latency p50 ${row.burst.p50} ms, p99 ${row.burst.p99} ms, max ${row.burst.max} ms (n ${row.burst.n})` +
         (row.brokerLoopDelay ? `; loop p99 ${row.brokerLoopDelay.p99} ms` : '') +
         (row.signed ? `; signed probe → PUBACK p50 ${row.signed.p50} ms, p99 ${row.signed.p99} ms (n ${row.signed.n})` : ''),
     );
@@ -1188,7 +1232,14 @@ function report(env: Record<string, unknown>, d: Data, p1?: Part1, p2?: Part2, p
     }
     L.push('   (ms; routed = publish → the broker has routed it to subscribers (its Aedes \'publish\' event; the rest is delivery to the');
     L.push('   subscriber); loop = the broker process\'s own event-loop delay over the burst)');
-    for (const r of p2.rows.filter((x) => x.target === `qis.always.w${WORKERS}` || x.target === 'qis.always.w0')) {
+    const g = goalLatency(p2.rows);
+    if (g) {
+      L.push(
+        `   ${g.label}: p99 ${g.p99} ms ${g.pass ? 'PASS' : 'MISS'} (goal ≤ ${LATENCY_GOAL_MS} ms; the median of ${g.p99s.length} run(s): ${g.p99s.join(', ')} ms` +
+          `${g.p99s.length > 1 ? `, spread ±${(g.spread * 100).toFixed(0)} %` : ''})`,
+      );
+    }
+    for (const r of p2.rows.filter((x) => x.target === 'qis.always.w0')) {
       L.push(`   ${r.label}: p99 ${r.burst.p99} ms ${r.pass ? 'PASS' : 'MISS'} (goal ≤ ${r.goal} ms)`);
     }
     const alt = p2.rows.find((x) => WORKERS !== CORES && x.target === `qis.always.w${CORES}`);
@@ -1301,21 +1352,21 @@ function goalResults(p1?: Part1, p2?: Part2): BenchResult[] {
       spread: ingest.spread,
     });
   }
-  const lat = p2?.rows.find((r) => r.target === `qis.always.w${WORKERS}`);
+  const lat = p2 ? goalLatency(p2.rows) : undefined;
   const latFormer = p2?.rows.find((r) => r.target === `qis.always.w${WORKERS}.legacy`);
   const aedesLat = p2?.rows.find((r) => r.target === 'aedes');
   if (lat) {
     out.push({
       bench: 'broker',
       measure: `p99 of 50 msg/s traffic during the burst (${WORKERS} verify thread(s))`,
-      value: lat.burst.p99,
+      value: lat.p99,
       unit: 'ms',
-      peer: lat.idle.p99,
+      peer: lat.idleP99,
       peerName: 'same traffic, idle broker',
-      ratio: lat.burst.p99 / lat.idle.p99,
-      goal: { on: 'value', op: '<=', limit: lat.goal },
-      spread: 0,
-      note: `one run: no spread measured${aedesLat ? `; plain Aedes (no verification) under its own burst, same run: p99 ${aedesLat.burst.p99} ms` : ''}${latFormer ? `; former pool, same run: p99 ${latFormer.burst.p99} ms` : ''}`,
+      ratio: lat.p99 / lat.idleP99,
+      goal: { on: 'value', op: '<=', limit: LATENCY_GOAL_MS },
+      spread: lat.spread,
+      note: `${lat.p99s.length > 1 ? `the median of ${lat.p99s.length} runs' p99s: ${lat.p99s.join(', ')} ms` : 'one run: no spread measured'}${aedesLat ? `; plain Aedes (no verification) under its own burst, same run: p99 ${aedesLat.burst.p99} ms` : ''}${latFormer ? `; former pool, same run: p99 ${latFormer.burst.p99} ms` : ''}`,
     });
     if (lat.signed) {
       out.push({
@@ -1326,7 +1377,7 @@ function goalResults(p1?: Part1, p2?: Part2): BenchResult[] {
         peer: lat.signed.p50,
         peerName: 'their p50',
         ratio: lat.signed.p99 / lat.signed.p50,
-        spread: 0,
+        spread: lat.signed.spread,
         note: `no goal: the wait of a verified packet behind the burst (per-connection fairness)${latFormer?.signed ? `; former pool, same run: p50 ${latFormer.signed.p50} ms, p99 ${latFormer.signed.p99} ms` : ''}`,
       });
     }
