@@ -4,6 +4,7 @@
  * and bench/federation.ts.
  */
 import type { ChildProcess } from 'node:child_process';
+import type { Worker } from 'node:worker_threads';
 import { cleanups } from './cleanup.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -35,33 +36,43 @@ export function tracked(child: ChildProcess): ChildProcess {
 export interface Msg {
   readonly [k: string]: unknown;
 }
-/** The next IPC message from `child` that satisfies `pred`, or an error when it exits first or after `ms`. */
-export function nextMessage(child: ChildProcess, pred: (m: Msg) => boolean, ms: number, what: string): Promise<Msg> {
+/**
+ * The next message from `child` (a process's IPC, or a worker thread's) that satisfies `pred`, or
+ * an error when it fails or exits first or after `ms`.
+ */
+export function nextMessage(child: ChildProcess | Worker, pred: (m: Msg) => boolean, ms: number, what: string): Promise<Msg> {
+  const name = 'threadId' in child ? `thread ${child.threadId}` : `child ${child.pid}`;
   return new Promise((resolve, reject) => {
     const onMsg = (m: Msg): void => {
       if (typeof m === 'object' && m !== null && 'error' in m) {
         done();
-        reject(new Error(`${what}: child ${child.pid} reports ${String(m.error)}`));
+        reject(new Error(`${what}: ${name} reports ${String(m.error)}`));
       } else if (pred(m)) {
         done();
         resolve(m);
       }
     };
-    const onExit = (code: number | null, sig: string | null): void => {
+    const onExit = (code: number | null, sig?: string | null): void => {
       done();
-      reject(new Error(`${what}: child ${child.pid} exited (${code ?? sig})`));
+      reject(new Error(`${what}: ${name} exited (${code ?? sig})`));
+    };
+    const onError = (e: Error): void => {
+      done();
+      reject(new Error(`${what}: ${name} failed: ${e.message}`));
     };
     const timer = setTimeout(() => {
       done();
-      reject(new Error(`${what}: no answer from child ${child.pid} within ${ms} ms`));
+      reject(new Error(`${what}: no answer from ${name} within ${ms} ms`));
     }, ms);
     const done = (): void => {
       clearTimeout(timer);
       child.off('message', onMsg);
       child.off('exit', onExit);
+      child.off('error', onError);
     };
     child.on('message', onMsg);
     child.once('exit', onExit);
+    child.once('error', onError);
   });
 }
 export function request(child: ChildProcess, cmd: string, ms = 30_000): Promise<Msg> {

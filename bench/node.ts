@@ -81,6 +81,7 @@ import {
 import { JSON_OUT, optNum, optStr } from './args.js';
 import { benchKey, benchPacket, benchSeed, SPKI_PREFIX, type BenchKey } from './bench-keys.js';
 import { cleanup, cleanupOnSignals, cleanups, tempDir } from './cleanup.js';
+import { nextMessage } from './child.js';
 import { writeResults } from './result.js';
 import { median, min, procCpuMs, r1, r3, runProc, stat, writeBareScript, RSS_METHOD, type ProcRun, type Stat } from './proc.js';
 
@@ -234,9 +235,9 @@ const kos = xs.map((x) => crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25
 parentPort.on('message', () => {
   let ok = 0;
   for (let i = 0; i < msgs.length; i++) if (crypto.verify(null, msgs[i], kos[i], sigs[i])) ok++;
-  parentPort.postMessage(ok);
+  parentPort.postMessage({ ok });
 });
-parentPort.postMessage('ready');
+parentPort.postMessage({ ready: true });
 `;
 
 /** One thread per core, each with its contiguous share of the inputs; resolves once every thread is ready. */
@@ -247,24 +248,8 @@ async function verifyThreads(msgs: readonly Uint8Array[], sigs: readonly Uint8Ar
     return new Worker(VERIFY_SHARE, { eval: true, workerData: { msgs: msgs.slice(a, b), sigs: sigs.slice(a, b), xs: xs.slice(a, b) } });
   });
   for (const w of ws) cleanups.push(() => w.terminate().then(() => undefined));
-  await Promise.all(ws.map((w) => answer(w)));
+  await Promise.all(ws.map((w) => nextMessage(w, (m) => m.ready === true, 60_000, 'verify∥ start')));
   return ws;
-}
-
-/** A thread's next answer; a thread that fails or exits first fails the bench instead of hanging it. */
-function answer<T>(w: Worker): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const failed = (e: Error): void => {
-      w.off('message', done).off('error', failed).off('exit', exited);
-      reject(e);
-    };
-    const exited = (): void => failed(new Error('a verify∥ thread exited'));
-    const done = (m: T): void => {
-      w.off('error', failed).off('exit', exited);
-      resolve(m);
-    };
-    w.once('message', done).once('error', failed).once('exit', exited);
-  });
 }
 
 async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Part1> {
@@ -347,7 +332,8 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
   const raw = await rawClient(broker.url, `bench-raw-${process.pid}`);
   const threads = await verifyThreads(msgs, sigs, xs);
 
-  const cpu = { main: 0, all: 0, broker: 0, n: 0 };
+  /** CPU of the timed repetitions (REPS of them), summed. */
+  const cpu = { main: 0, all: 0, broker: 0 };
   const runRuntime = async (timed = true): Promise<number> => {
     const [m0, a0, b0] = [procCpuMs(process.pid, process.pid), procCpuMs(process.pid), procCpuMs(broker.pid)];
     const t = performance.now();
@@ -357,7 +343,6 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
       cpu.main += procCpuMs(process.pid, process.pid) - m0;
       cpu.all += procCpuMs(process.pid) - a0;
       cpu.broker += procCpuMs(broker.pid) - b0;
-      cpu.n++;
     }
     check(r.completeness === 'sync', `query completeness is sync (got ${r.completeness})`);
     check(r.received === NODES, `query received ${NODES} messages (got ${r.received})`);
@@ -397,12 +382,12 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
   const runVerifyPar = async (): Promise<number> => {
     const t = performance.now();
     const oks = await Promise.all(threads.map((w) => {
-      const ok = answer<number>(w);
+      const answer = nextMessage(w, (m) => typeof m.ok === 'number', 120_000, 'verify∥');
       w.postMessage('go');
-      return ok;
+      return answer;
     }));
     const ms = performance.now() - t;
-    check(oks.reduce((a, b) => a + b, 0) === NODES, 'every raw verification over the threads succeeds');
+    check(oks.reduce((a, m) => a + (m.ok as number), 0) === NODES, 'every raw verification over the threads succeeds');
     return ms;
   };
   // The fastest node:crypto way from 32 raw bytes to a KeyObject is a JWK import.
@@ -493,7 +478,7 @@ async function part1(template: Template, which: 'mosquitto' | 'qis'): Promise<Pa
     floorOneCore: stat(floor1),
     floorWithKeyObjects: stat(floorKo),
     floorPar: stat(floorPar),
-    cpuPerQuery: { main: r1(cpu.main / cpu.n), threads: r1((cpu.all - cpu.main) / cpu.n), broker: r1(cpu.broker / cpu.n) },
+    cpuPerQuery: { main: r1(cpu.main / REPS), threads: r1((cpu.all - cpu.main) / REPS), broker: r1(cpu.broker / REPS) },
     ratioPar: { value: r3(median(ratiosPar)), reps: ratiosPar.map(r3) },
     former: stat(former),
     ofFormer: { value: r3(median(ofFormer)), reps: ofFormer.map(r3) },
