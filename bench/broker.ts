@@ -867,8 +867,6 @@ interface LatRow {
   readonly signed?: { readonly n: number; readonly p50: number; readonly p99: number; readonly max: number };
   readonly goal: number;
   readonly pass: boolean;
-  /** The goal's broker: which of its `--latency-runs` runs this is (1 for the others' only run). */
-  readonly run: number;
 }
 
 async function latencyOnce(t: Target, d: Data, pubs: number): Promise<LatRow> {
@@ -948,7 +946,6 @@ async function latencyOnce(t: Target, d: Data, pubs: number): Promise<LatRow> {
       ...(inBroker.length > 0 ? { toBroker: { n: inBroker.length, p50: r1(pct(inBroker, 50)), p99: r1(pct(inBroker, 99)), max: r1(Math.max(...inBroker)) } } : {}),
       goal: LATENCY_GOAL_MS,
       pass: s.p99 <= LATENCY_GOAL_MS,
-      run: 1,
     };
   } finally {
     if (pacer) clearTimeout(pacer);
@@ -1013,7 +1010,7 @@ async function part2(d: Data): Promise<Part2> {
   const runs = [...targets.map((t) => ({ t, run: 1 })), ...(targets.includes(goal) ? Array.from({ length: LATENCY_RUNS - 1 }, (_, i) => ({ t: goal, run: i + 2 })) : [])];
   for (const { t, run } of runs) {
     const once = await latencyOnce(t, d, PUBS);
-    const row = run === 1 ? once : { ...once, label: `${once.label} (run ${run})`, run };
+    const row = run === 1 ? once : { ...once, label: `${once.label} (run ${run})` };
     rows.push(row);
     log(
       `  ${(run === 1 ? t.id : `${t.id} #${run}`).padEnd(16)} burst ${fmt(row.burstRate)} pub/s; latency p50 ${row.burst.p50} ms, p99 ${row.burst.p99} ms, max ${row.burst.max} ms (n ${row.burst.n})` +
