@@ -533,18 +533,21 @@ t.test('synthesis - bad options and packets are refused with ERR_INVALID_ARGUMEN
   for (const [name, options] of bad) {
     t.throws(() => synthesize(bearing, ok, options as never), { code: 'ERR_INVALID_ARGUMENT' }, name);
   }
-  const badPackets: Array<[string, unknown]> = [
-    ['not an array', {}],
-    ['conf above 1', [{ ...ok[0], conf: 1.5 }]],
-    ['n 0', [{ ...ok[0], n: 0 }]],
-    ['n 1.5', [{ ...ok[0], n: 1.5 }]],
-    ['ts NaN', [{ ...ok[0], ts: NaN }]],
-    ['no nodeId', [{ ...ok[0], nodeId: '' }]],
-    ['ctx value not a number', [{ ...ok[0], ctx: { rpm: 'fast' } }]],
-    ['a node twice', [ok[0], ok[1], ok[0]]],
+  // Each refusal names the packet (its index) and what is wrong with it.
+  const badPackets: Array<[string, unknown, string]> = [
+    ['not an array', {}, 'synthesize: packets must be an array'],
+    ['not an object', [ok[0], null], 'synthesize: packets[1] must be an object'],
+    ['conf above 1', [ok[0], { ...ok[1], conf: 1.5 }], 'synthesize: packets[1].conf must be a number from 0 to 1'],
+    ['n 0', [{ ...ok[0], n: 0 }], 'synthesize: packets[0].n must be an integer ≥ 1'],
+    ['n 1.5', [ok[0], ok[1], { ...ok[2], n: 1.5 }], 'synthesize: packets[2].n must be an integer ≥ 1'],
+    ['ts NaN', [{ ...ok[0], ts: NaN }], 'synthesize: packets[0].ts must be a finite number (Unix ms)'],
+    ['no nodeId', [{ ...ok[0], nodeId: '' }], 'synthesize: packets[0].nodeId must be a non-empty string'],
+    ['ctx not a map', [{ ...ok[0], ctx: [1] }], 'synthesize: packets[0].ctx must be a map of text to number'],
+    ['ctx value not a number', [ok[0], { ...ok[1], ctx: { ambient_c: 20, rpm: 'fast' } }], 'synthesize: packets[1].ctx["rpm"] must be a finite number'],
+    ['a node twice', [ok[0], ok[1], ok[0]], `synthesize: packets[2]: node ${ok[0]!.nodeId} appears twice (keep one packet per node, the highest seq)`],
   ];
-  for (const [name, packets] of badPackets) {
-    t.throws(() => synthesize(bearing, packets as never), { code: 'ERR_INVALID_ARGUMENT' }, name);
+  for (const [name, packets, message] of badPackets) {
+    t.throws(() => synthesize(bearing, packets as never), { code: 'ERR_INVALID_ARGUMENT', message }, name);
   }
   t.throws(() => synthesize({} as never, ok), { code: 'ERR_INVALID_ARGUMENT' }, 'not a template');
   t.doesNotThrow(() => synthesize(bearing, ok, { trim: 0, now: 0, confidence: 0.999 }), 'edges that are allowed');

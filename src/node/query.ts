@@ -164,7 +164,13 @@ export class Query {
 
 /** The outcome-bearing packets of a cohort as synthesis reads them (tombstones carry none). */
 function synthPackets(packets: readonly VerifiedPacket[]): SynthPacket[] {
-  return packets.flatMap((p) => (p.out === undefined ? [] : [{ nodeId: p.nodeId, out: p.out, conf: p.conf, n: p.n, ts: p.ts, ...(p.ctx ? { ctx: p.ctx } : {}) }]));
+  // A loop, not flatMap with a spread: this runs after the cohort's last batch, with the cores idle.
+  const out: SynthPacket[] = [];
+  for (const p of packets) {
+    if (p.out === undefined) continue;
+    out.push(p.ctx ? { nodeId: p.nodeId, out: p.out, conf: p.conf, n: p.n, ts: p.ts, ctx: p.ctx } : { nodeId: p.nodeId, out: p.out, conf: p.conf, n: p.n, ts: p.ts });
+  }
+  return out;
 }
 
 function synthesisOptions(o: QueryOptions): SynthesisOptions {
