@@ -1,8 +1,9 @@
 // A query's verification while its packets arrive (src/node/cohort-verify.ts): past the share the
 // main thread checks itself, packets go to worker threads; the fold must equal foldCohort's.
+import { availableParallelism } from 'node:os';
 import t from 'tap';
 import { address, foldCohort, keyFromSeed, outcomeTopic, signPacket } from '../src/index.js';
-import { CohortStream, queryThreadsRunning, setQueryThreadsIdleMs, threadsOnline } from '../src/node/cohort-verify.js';
+import { CohortStream, queryThreadBatches, queryThreadsRunning, setQueryThreadsIdleMs, shardOf, threadsOnline } from '../src/node/cohort-verify.js';
 import { bearing, situation } from './helpers/fixtures.js';
 
 t.test('cohort stream - past the inline share, worker threads give the same fold as foldCohort, in arrival order', async (t) => {
@@ -65,4 +66,70 @@ t.test('cohort stream - idle query threads stop, also after a read reset before 
   t.ok(queryThreadsRunning() > 0, 'the read started the threads again');
   reset.reset();
   t.ok(await stopped(), 'stopped after the idle time, with no batch ever sent');
+});
+
+t.test('cohort stream - a read that finds the threads up checks none of its packets here; one that does not, a small cohort all', async (t) => {
+  const addr = address(bearing, situation);
+  const now = 1_795_000_000_000;
+  const messages = Array.from({ length: 50 }, (_, i) => {
+    const key = keyFromSeed(new Uint8Array(32).fill(i + 101));
+    const topic = outcomeTopic(addr, key.nodeId);
+    return { topic, payload: signPacket(key, topic, { fp: addr.fp, seq: 1, ts: now - 1000, out: i % 2 === 0 ? 'failure' : 'ok' }) };
+  });
+  const forged = Uint8Array.from(messages[7]!.payload);
+  forged[forged.length - 1] = (forged[forged.length - 1] as number) ^ 1;
+  messages.push({ topic: messages[7]!.topic, payload: forged });
+  const o = { address: addr, widen: 0, now };
+  const want = foldCohort(messages, o);
+  t.equal(want.dropped.ERR_BAD_SIGNATURE, 1, 'the forged copy is refused');
+
+  setQueryThreadsIdleMs(100);
+  t.teardown(() => setQueryThreadsIdleMs(30_000));
+  await threadsOnline();
+  for (let i = 0; i < 300 && queryThreadsRunning() > 0; i++) await new Promise((r) => setTimeout(r, 50));
+  t.equal(queryThreadsRunning(), 0, 'the threads stopped as idle');
+  const alone = new CohortStream(o);
+  for (const m of messages) alone.add(m.topic, m.payload);
+  t.equal(alone.inlined, messages.length, 'with no thread up, a small cohort is checked here');
+  t.equal(queryThreadsRunning(), 0, '... and starts none');
+  t.same(await alone.finish(), want, 'the same fold as foldCohort');
+
+  setQueryThreadsIdleMs(30_000);
+  await threadsOnline();
+  const before = queryThreadBatches().reduce((a, b) => a + b, 0);
+  const up = new CohortStream(o);
+  for (const m of messages) up.add(m.topic, m.payload);
+  t.equal(up.inlined, 0, 'with a thread up, none is checked here');
+  t.same(await up.finish(), want, 'the same fold as foldCohort');
+  t.ok(queryThreadBatches().reduce((a, b) => a + b, 0) > before, 'the threads answered its batches');
+});
+
+const oneCore = availableParallelism() < 2 ? 'one core here: one query thread, nothing to spread over' : false;
+t.test('cohort stream - a cohort all of one shard is verified by every thread, and folds the same', { skip: oneCore }, async (t) => {
+  await threadsOnline();
+  const n = queryThreadsRunning();
+  const addr = address(bearing, situation);
+  const now = 1_795_000_000_000;
+  // 600 nodes whose packets all belong to shard 0: its thread alone would get them by shard.
+  const messages: { topic: string; payload: Uint8Array }[] = [];
+  for (let i = 0; messages.length < 600; i++) {
+    const seed = new Uint8Array(32);
+    new DataView(seed.buffer).setUint32(0, i + 1000);
+    const key = keyFromSeed(seed);
+    const topic = outcomeTopic(addr, key.nodeId);
+    if (shardOf(topic, n) !== 0) continue;
+    messages.push({ topic, payload: signPacket(key, topic, { fp: addr.fp, seq: 1, ts: now - 1000, out: i % 3 === 0 ? 'failure' : 'ok' }) });
+  }
+  const o = { address: addr, widen: 0, now };
+  const want = foldCohort(messages, o);
+  const before = queryThreadBatches();
+  const stream = new CohortStream(o);
+  for (const m of messages) stream.add(m.topic, m.payload);
+  t.same(await stream.finish(), want, 'the same fold as foldCohort');
+  const after = queryThreadBatches();
+  t.equal(after.length, n, 'the same threads');
+  t.ok(
+    after.every((x, i) => x > (before[i] as number)),
+    `every thread answered some of its batches (batches by thread: ${after.map((x, i) => x - (before[i] as number)).join(', ')})`,
+  );
 });
