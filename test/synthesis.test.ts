@@ -545,9 +545,12 @@ t.test('synthesis - bad options and packets are refused with ERR_INVALID_ARGUMEN
     ['ctx not a map', [{ ...ok[0], ctx: [1] }], 'synthesize: packets[0].ctx must be a map of text to number'],
     ['ctx value not a number', [ok[0], { ...ok[1], ctx: { ambient_c: 20, rpm: 'fast' } }], 'synthesize: packets[1].ctx["rpm"] must be a finite number'],
     ['a node twice', [ok[0], ok[1], ok[0]], `synthesize: packets[2]: node ${ok[0]!.nodeId} appears twice (keep one packet per node, the highest seq)`],
+    // A hole is refused like any other non-object (an array's forEach skipped holes before).
+    ['a hole', [ok[0], , ok[1]], 'synthesize: packets[1] must be an object'],
   ];
+  const whole = (m: string): RegExp => new RegExp(`^${m.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`);
   for (const [name, packets, message] of badPackets) {
-    t.throws(() => synthesize(bearing, packets as never), { code: 'ERR_INVALID_ARGUMENT', message }, name);
+    t.throws(() => synthesize(bearing, packets as never), { code: 'ERR_INVALID_ARGUMENT', message: whole(message) }, name);
   }
   t.throws(() => synthesize({} as never, ok), { code: 'ERR_INVALID_ARGUMENT' }, 'not a template');
   t.doesNotThrow(() => synthesize(bearing, ok, { trim: 0, now: 0, confidence: 0.999 }), 'edges that are allowed');
