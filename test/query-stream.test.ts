@@ -3,7 +3,7 @@
 import { availableParallelism } from 'node:os';
 import t from 'tap';
 import { address, foldCohort, keyFromSeed, outcomeTopic, signPacket } from '../src/index.js';
-import { CohortStream, queryThreadBatches, queryThreadsRunning, setQueryThreadsIdleMs, shardOf, threadsOnline } from '../src/node/cohort-verify.js';
+import { CohortStream, queryThreadsLoad, queryThreadsRunning, setQueryThreadsIdleMs, shardOf, stopQueryThread, threadsOnline } from '../src/node/cohort-verify.js';
 import { bearing, situation } from './helpers/fixtures.js';
 
 t.test('cohort stream - past the inline share, worker threads give the same fold as foldCohort, in arrival order', async (t) => {
@@ -55,7 +55,7 @@ t.test('cohort stream - idle query threads stop, also after a read reset before 
   // A whole query: threads start, answer, and stop once idle.
   const whole = new CohortStream({ address: addr, widen: 0, now });
   for (const m of messages) whole.add(m.topic, m.payload);
-  t.ok(queryThreadsRunning() > 0, 'past the inline share, the threads started');
+  t.ok(queryThreadsRunning() > 0, 'the threads are up (started by this read, or still up from the test before)');
   t.equal((await whole.finish()).packets.length, messages.length, 'every packet verified and kept');
   t.ok(await stopped(), 'stopped after the idle time');
 
@@ -96,40 +96,105 @@ t.test('cohort stream - a read that finds the threads up checks none of its pack
 
   setQueryThreadsIdleMs(30_000);
   await threadsOnline();
-  const before = queryThreadBatches().reduce((a, b) => a + b, 0);
+  const answered = (): number => queryThreadsLoad().answered.reduce((a, b) => a + b, 0);
+  const before = answered();
   const up = new CohortStream(o);
   for (const m of messages) up.add(m.topic, m.payload);
   t.equal(up.inlined, 0, 'with a thread up, none is checked here');
   t.same(await up.finish(), want, 'the same fold as foldCohort');
-  t.ok(queryThreadBatches().reduce((a, b) => a + b, 0) > before, 'the threads answered its batches');
+  t.ok(answered() > before, 'the threads answered its batches');
 });
 
 const oneCore = availableParallelism() < 2 ? 'one core here: one query thread, nothing to spread over' : false;
-t.test('cohort stream - a cohort all of one shard is verified by every thread, and folds the same', { skip: oneCore }, async (t) => {
-  await threadsOnline();
-  const n = queryThreadsRunning();
+
+/** `count` signed packets of distinct nodes whose topics all fall in shard 0 of `n` (one thread's by shard). */
+function oneShard(n: number, count: number, seedBase: number): { topic: string; payload: Uint8Array }[] {
   const addr = address(bearing, situation);
-  const now = 1_795_000_000_000;
-  // 600 nodes whose packets all belong to shard 0: its thread alone would get them by shard.
   const messages: { topic: string; payload: Uint8Array }[] = [];
-  for (let i = 0; messages.length < 600; i++) {
+  for (let i = 0; messages.length < count; i++) {
     const seed = new Uint8Array(32);
-    new DataView(seed.buffer).setUint32(0, i + 1000);
+    new DataView(seed.buffer).setUint32(0, seedBase + i);
     const key = keyFromSeed(seed);
     const topic = outcomeTopic(addr, key.nodeId);
     if (shardOf(topic, n) !== 0) continue;
-    messages.push({ topic, payload: signPacket(key, topic, { fp: addr.fp, seq: 1, ts: now - 1000, out: i % 3 === 0 ? 'failure' : 'ok' }) });
+    messages.push({ topic, payload: signPacket(key, topic, { fp: addr.fp, seq: 1, ts: NOW - 1000, out: i % 3 === 0 ? 'failure' : 'ok' }) });
   }
-  const o = { address: addr, widen: 0, now };
+  return messages;
+}
+const NOW = 1_795_000_000_000;
+
+t.test('cohort stream - a cohort all of one shard: each thread holds 2 batches at most, the rest wait and are spread over every thread; a small read meanwhile is checked here', { skip: oneCore }, async (t) => {
+  await threadsOnline();
+  const n = queryThreadsRunning();
+  // Two batches of 128 per thread and two more: some must wait.
+  const messages = oneShard(n, 128 * (2 * n + 2), 1000);
+  const o = { address: address(bearing, situation), widen: 0, now: NOW };
   const want = foldCohort(messages, o);
-  const before = queryThreadBatches();
+  const before = queryThreadsLoad().answered;
   const stream = new CohortStream(o);
   for (const m of messages) stream.add(m.topic, m.payload);
-  t.same(await stream.finish(), want, 'the same fold as foldCohort');
-  const after = queryThreadBatches();
-  t.equal(after.length, n, 'the same threads');
+  const load = queryThreadsLoad();
+  t.same(load.inFlight, Array.from({ length: n }, () => 2), 'every thread holds 2 batches, its shard or not');
+  t.equal(load.waiting, 2, 'the other 2 wait on the main thread');
+
+  // A small read now finds the threads busy: it is checked here, not queued behind the big one.
+  const small = oneShard(n, 20, 900_000);
+  const smallStream = new CohortStream(o);
+  for (const m of small) smallStream.add(m.topic, m.payload);
+  t.equal(smallStream.inlined, small.length, 'a small read meanwhile is checked on the main thread');
+  t.same(await smallStream.finish(), foldCohort(small, o), '... and folds the same as foldCohort');
+
+  t.same(await stream.finish(), want, 'the big one folds the same as foldCohort');
+  const after = queryThreadsLoad();
+  t.same(after.inFlight, Array.from({ length: n }, () => 0), 'nothing out');
+  t.equal(after.waiting, 0, 'nothing waiting');
   t.ok(
-    after.every((x, i) => x > (before[i] as number)),
-    `every thread answered some of its batches (batches by thread: ${after.map((x, i) => x - (before[i] as number)).join(', ')})`,
+    after.answered.every((x, i) => x > (before[i] as number)),
+    `every thread answered some of them (batches by thread: ${after.answered.map((x, i) => x - (before[i] as number)).join(', ')})`,
   );
+});
+
+t.test('cohort stream - a read reset (or abandoned) takes its waiting batches out; the next round folds alone', { skip: oneCore }, async (t) => {
+  await threadsOnline();
+  const n = queryThreadsRunning();
+  const messages = oneShard(n, 128 * (2 * n + 3), 2000);
+  const o = { address: address(bearing, situation), widen: 0, now: NOW };
+  const stream = new CohortStream(o);
+  for (const m of messages) stream.add(m.topic, m.payload);
+  t.equal(queryThreadsLoad().waiting, 3, '3 batches wait');
+  stream.reset();
+  t.equal(queryThreadsLoad().waiting, 0, 'the reset took them out');
+  const again = messages.slice(0, 300);
+  for (const m of again) stream.add(m.topic, m.payload);
+  t.same(await stream.finish(), foldCohort(again, o), 'the new round folds its own messages only');
+});
+
+t.test('cohort stream - a thread lost mid-read, behind a batch still out, fails the read with ERR_INTERNAL, not the process; a new thread takes its place', { skip: oneCore }, async (t) => {
+  const n = availableParallelism();
+  // Threads stopped first, so that this read starts them: the first thread is still loading (its
+  // batches, first in the fold, wait for it) when the last one is lost.
+  setQueryThreadsIdleMs(50);
+  t.teardown(() => setQueryThreadsIdleMs(30_000));
+  await threadsOnline();
+  for (let i = 0; i < 300 && queryThreadsRunning() > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  t.equal(queryThreadsRunning(), 0, 'no thread up');
+  setQueryThreadsIdleMs(30_000);
+  const messages = oneShard(n, 128 + 128 * (2 * n + 2), 3000);
+  const o = { address: address(bearing, situation), widen: 0, now: NOW };
+  const unhandled: unknown[] = [];
+  const onUnhandled = (e: unknown): void => void unhandled.push(e);
+  process.on('unhandledRejection', onUnhandled);
+  t.teardown(() => void process.off('unhandledRejection', onUnhandled));
+  const stream = new CohortStream(o);
+  for (const m of messages) stream.add(m.topic, m.payload);
+  t.equal(stream.inlined, 128, 'the first 128 checked here (no thread was up)');
+  await stopQueryThread(n - 1);
+  await t.rejects(stream.finish(), { code: 'ERR_INTERNAL', message: /a verify worker thread stopped/ }, 'the read fails');
+  await new Promise((r) => setTimeout(r, 50));
+  t.same(unhandled, [], 'no unhandled rejection');
+  t.equal(queryThreadsRunning(), n, 'as many threads as before');
+  const small = messages.slice(0, 300);
+  const next = new CohortStream(o);
+  for (const m of small) next.add(m.topic, m.payload);
+  t.same(await next.finish(), foldCohort(small, o), 'the next read is verified (by the new thread too)');
 });

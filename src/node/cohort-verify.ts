@@ -4,8 +4,9 @@
  * INLINE_FIRST messages are checked here on the main thread, unless the threads are up already; a
  * bigger cohort goes in packed batches to verify worker threads (src/protocol/verify-worker.ts,
  * shared by every query of the process, started on the first big read, stopped after IDLE_MS
- * idle), one per core. A thread holds IN_FLIGHT batches at most; the rest wait here (as many as the
- * read's maxQueryMessages bound) and go to the first thread with room, its own shard's first, so
+ * idle), one per core. A thread holds IN_FLIGHT batches at most; the rest wait here (a read's
+ * round has maxQueryMessages at most; a round reset or abandoned takes its own out) and go to the
+ * first thread with room, its own shard's first, so
  * the thread that shares its core with the main thread (reading, collecting garbage) does less and
  * both finish together. Meanwhile the main thread only receives and packs: it never verifies past
  * INLINE_FIRST, even while the threads are still starting (their first batches wait), as every
@@ -67,9 +68,12 @@ export function queryThreadsRunning(): number {
   return threads?.length ?? 0;
 }
 
-/** Batches each query verify thread up now has answered since it started (empty when none is up). */
-export function queryThreadBatches(): number[] {
-  return threads?.map((t) => t.answered) ?? [];
+/**
+ * What the query verify threads up now hold (empty lists when none is up): batches each has
+ * answered since it started and has out now, and the batches waiting on the main thread for one.
+ */
+export function queryThreadsLoad(): { answered: number[]; inFlight: number[]; waiting: number } {
+  return { answered: threads?.map((t) => t.answered) ?? [], inFlight: threads?.map((t) => t.pending.length) ?? [], waiting: waiting.reduce((a, q) => a + q.length, 0) };
 }
 
 function start(): Thread {
@@ -89,6 +93,7 @@ function start(): Thread {
     const err = new QisError('ERR_INTERNAL', `a verify worker thread stopped: ${e?.message ?? 'it exited'}`);
     for (const p of t.pending.splice(0)) p.reject(err);
     pump(); // what waited for it goes to its successor
+    armIdle(); // it may have held the last batches out
   };
   t.worker.on('error', fail);
   t.worker.on('exit', () => fail());
@@ -125,6 +130,11 @@ function threadsReady(): boolean {
   return threads.some((t) => t.online);
 }
 
+/** Threads up, one of them online, none with a batch out and none waiting: a read's first packets would find them idle. */
+function threadsFree(): boolean {
+  return threads !== undefined && threads.some((t) => t.online) && threads.every((t) => t.pending.length === 0) && waiting.every((q) => q.length === 0);
+}
+
 /** Starts the threads and resolves once one is online. */
 export async function threadsOnline(): Promise<void> {
   while (!threadsReady()) await new Promise((r) => setTimeout(r, 10));
@@ -155,6 +165,8 @@ export function shardOf(topic: string, n: number): number {
 const IN_FLIGHT = 2;
 
 interface Waiting {
+  /** The read's round it belongs to (CohortStream): a reset or abandoned round takes its own out. */
+  readonly round: object;
   readonly buf: ArrayBuffer;
   readonly count: number;
   readonly o: CheckBatch['check'];
@@ -188,14 +200,38 @@ function pump(): void {
   });
 }
 
-function check(batch: PackedBatch, shard: number, o: CheckBatch['check']): Promise<CheckResult[]> {
+function check(batch: PackedBatch, shard: number, o: CheckBatch['check'], round: object): Promise<CheckResult[]> {
   threadsReady(); // started again if they were stopped as idle while this batch filled
   const n = (threads as Thread[]).length;
   return new Promise((resolve, reject) => {
     const { buf, count } = batch.seal();
-    (waiting[shard % n] ??= []).push({ buf, count, o, p: { resolve, reject } });
+    (waiting[shard % n] ??= []).push({ round, buf, count, o, p: { resolve, reject } });
     pump();
   });
+}
+
+/**
+ * Stops query thread `i` as if it had died (for tests of a thread lost mid-read): its batches out
+ * fail with ERR_INTERNAL and a new thread takes its place. Resolves once it has exited.
+ */
+export async function stopQueryThread(i: number): Promise<void> {
+  const t = threads?.[i];
+  if (!t) throw new QisError('ERR_INVALID_ARGUMENT', `no query thread ${i} is up`);
+  await t.worker.terminate();
+}
+
+/** Takes a round's batches out of the queues unchecked (each answers no results): nobody reads them. */
+function drop(round: object): void {
+  for (let i = 0; i < waiting.length; i++) {
+    const q = waiting[i];
+    if (!q?.some((w) => w.round === round)) continue;
+    waiting[i] = q.filter((w) => {
+      if (w.round !== round) return true;
+      w.p.resolve([]);
+      return false;
+    });
+  }
+  armIdle();
 }
 
 /**
@@ -208,6 +244,8 @@ export class CohortStream {
   readonly #job: { readonly now: number; readonly maxSkewMs: number; readonly depth?: number };
   #folder: CohortFolder;
   #count = 0;
+  /** This round of the read (a reset starts another): its batches in the queues carry it. */
+  #round: object = {};
   /** Messages of this read checked here: INLINE_FIRST, or none when the threads were up at its first. */
   #inline = INLINE_FIRST;
   /** The batch being packed for each shard. */
@@ -229,11 +267,11 @@ export class CohortStream {
 
   add(topic: string, payload: Uint8Array): void {
     if (!this.#accept(topic)) return;
-    // A small cohort is checked here: it never waits for a thread to start. Every batch goes after
-    // all of these, so the fold keeps the arrival order. With the threads up already (an earlier
-    // query), none is: they would wait idle while the main thread checked them (10–25 ms of a 10k
-    // read, scratch timeline).
-    if (this.#count === 0) this.#inline = threads?.some((t) => t.online) ? 0 : INLINE_FIRST;
+    // A small cohort is checked here: it never waits for a thread to start, nor behind another
+    // read's batches. Every batch goes after all of these, so the fold keeps the arrival order.
+    // With the threads up and free (an earlier query), none is: they would wait idle while the
+    // main thread checked them (10–25 ms of a 10k read, scratch timeline).
+    if (this.#count === 0) this.#inline = threadsFree() ? 0 : INLINE_FIRST;
     if (this.#count++ < this.#inline) return this.#folder.add(topic, payload);
     // The first batch of this read starts the threads if they are not up.
     if (this.#open.length === 0) this.#open = new Array<PackedBatch | undefined>(shards()).fill(undefined);
@@ -256,17 +294,19 @@ export class CohortStream {
     const opts = this.#folder.verifyOptions;
     // Batches fold in the order they are sent: a node's packets keep their arrival order, as they
     // all go through its shard's batches; packets of different nodes fold the same in any order.
-    const answer = check(batch, shard, { ...(opts.expectFp ? { expectFp: opts.expectFp } : {}), ...(opts.backend ? { backend: opts.backend } : {}) });
+    // Its failure is taken at once, not when the chain reaches it: a batch that fails (its thread
+    // stopped) while an earlier one is still out would otherwise be an unhandled rejection.
+    const answer = check(batch, shard, { ...(opts.expectFp ? { expectFp: opts.expectFp } : {}), ...(opts.backend ? { backend: opts.backend } : {}) }, this.#round).then(
+      (rs) => ({ rs }),
+      (e: unknown) => ({ e: e as Error }),
+    );
     // Folded in order as the batches come back, during the read.
     this.#chain = this.#chain.then(() =>
-      answer.then(
-        (rs) => {
-          if (gen === this.#gen) for (const r of rs) this.#folder.addChecked(r);
-        },
-        (e: unknown) => {
-          if (gen === this.#gen) this.#failed = e as Error;
-        },
-      ),
+      answer.then((a) => {
+        if (gen !== this.#gen) return;
+        if ('e' in a) this.#failed = a.e;
+        else for (const r of a.rs) this.#folder.addChecked(r);
+      }),
     );
   }
 
@@ -275,8 +315,13 @@ export class CohortStream {
     return Math.min(this.#count, this.#inline);
   }
 
-  /** The read starts again (a new connection): what came so far is forgotten. */
+  /**
+   * The read starts again (a new connection), or is abandoned: what came so far is forgotten, and
+   * its batches still waiting for a thread are taken out.
+   */
   reset(): void {
+    drop(this.#round);
+    this.#round = {};
     this.#gen++;
     this.#folder = new CohortFolder(this.#o);
     this.#count = 0;
