@@ -6,6 +6,18 @@ import { address, foldCohort, keyFromSeed, outcomeTopic, signPacket } from '../s
 import { CohortStream, queryThreadsLoad, queryThreadsRunning, setQueryThreadsIdleMs, shardOf, stopQueryThread, threadsOnline } from '../src/node/cohort-verify.js';
 import { bearing, situation } from './helpers/fixtures.js';
 
+const NOW = 1_795_000_000_000;
+
+/** `count` packets of distinct nodes (seeds filled with first, first + 1, …), one each, seq 1. */
+function signedCohort(count: number, first: number, out: (i: number) => string = () => 'ok'): { topic: string; payload: Uint8Array }[] {
+  const addr = address(bearing, situation);
+  return Array.from({ length: count }, (_, i) => {
+    const key = keyFromSeed(new Uint8Array(32).fill(i + first));
+    const topic = outcomeTopic(addr, key.nodeId);
+    return { topic, payload: signPacket(key, topic, { fp: addr.fp, seq: 1, ts: NOW - 1000, out: out(i) }) };
+  });
+}
+
 t.test('cohort stream - past the inline share, worker threads give the same fold as foldCohort, in arrival order', async (t) => {
   const addr = address(bearing, situation);
   const now = 1_795_000_000_000;
@@ -38,12 +50,7 @@ t.test('cohort stream - past the inline share, worker threads give the same fold
 
 t.test('cohort stream - idle query threads stop, also after a read reset before its first batch went out', async (t) => {
   const addr = address(bearing, situation);
-  const now = 1_795_000_000_000;
-  const messages = Array.from({ length: 140 }, (_, i) => {
-    const key = keyFromSeed(new Uint8Array(32).fill(i + 1));
-    const topic = outcomeTopic(addr, key.nodeId);
-    return { topic, payload: signPacket(key, topic, { fp: addr.fp, seq: 1, ts: now - 1000, out: 'ok' }) };
-  });
+  const messages = signedCohort(140, 1);
   setQueryThreadsIdleMs(200);
   t.teardown(() => setQueryThreadsIdleMs(30_000));
   // Polls (bounded) until the threads are gone.
@@ -53,7 +60,7 @@ t.test('cohort stream - idle query threads stop, also after a read reset before 
   };
 
   // A whole query: threads start, answer, and stop once idle.
-  const whole = new CohortStream({ address: addr, widen: 0, now });
+  const whole = new CohortStream({ address: addr, widen: 0, now: NOW });
   for (const m of messages) whole.add(m.topic, m.payload);
   t.ok(queryThreadsRunning() > 0, 'the threads are up (started by this read, or still up from the test before)');
   t.equal((await whole.finish()).packets.length, messages.length, 'every packet verified and kept');
@@ -61,7 +68,7 @@ t.test('cohort stream - idle query threads stop, also after a read reset before 
 
   // A read that starts the threads, then resets (a new connection) before a batch went out: no
   // answer will ever come back to arm the idle stop, so using the threads must arm it.
-  const reset = new CohortStream({ address: addr, widen: 0, now });
+  const reset = new CohortStream({ address: addr, widen: 0, now: NOW });
   for (const m of messages) reset.add(m.topic, m.payload); // 128 inline, the rest packed, none sent
   t.ok(queryThreadsRunning() > 0, 'the read started the threads again');
   reset.reset();
@@ -70,16 +77,11 @@ t.test('cohort stream - idle query threads stop, also after a read reset before 
 
 t.test('cohort stream - a read that finds the threads up checks none of its packets here; one that does not, a small cohort all', async (t) => {
   const addr = address(bearing, situation);
-  const now = 1_795_000_000_000;
-  const messages = Array.from({ length: 50 }, (_, i) => {
-    const key = keyFromSeed(new Uint8Array(32).fill(i + 101));
-    const topic = outcomeTopic(addr, key.nodeId);
-    return { topic, payload: signPacket(key, topic, { fp: addr.fp, seq: 1, ts: now - 1000, out: i % 2 === 0 ? 'failure' : 'ok' }) };
-  });
+  const messages = signedCohort(50, 101, (i) => (i % 2 === 0 ? 'failure' : 'ok'));
   const forged = Uint8Array.from(messages[7]!.payload);
   forged[forged.length - 1] = (forged[forged.length - 1] as number) ^ 1;
   messages.push({ topic: messages[7]!.topic, payload: forged });
-  const o = { address: addr, widen: 0, now };
+  const o = { address: addr, widen: 0, now: NOW };
   const want = foldCohort(messages, o);
   t.equal(want.dropped.ERR_BAD_SIGNATURE, 1, 'the forged copy is refused');
 
@@ -121,8 +123,6 @@ function oneShard(n: number, count: number, seedBase: number): { topic: string; 
   }
   return messages;
 }
-const NOW = 1_795_000_000_000;
-
 t.test('cohort stream - a cohort all of one shard: each thread holds 2 batches at most, the rest wait and are spread over every thread; a small read meanwhile is checked here', { skip: oneCore }, async (t) => {
   await threadsOnline();
   const n = queryThreadsRunning();
