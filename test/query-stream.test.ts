@@ -8,6 +8,12 @@ import { bearing, situation } from './helpers/fixtures.js';
 
 const NOW = 1_795_000_000_000;
 
+/** Polls (bounded: 300 polls) until the query threads are gone; true once they are. */
+async function stopped(pollMs = 50): Promise<boolean> {
+  for (let i = 0; i < 300 && queryThreadsRunning() > 0; i++) await new Promise((r) => setTimeout(r, pollMs));
+  return queryThreadsRunning() === 0;
+}
+
 /** `count` packets of distinct nodes (seeds filled with first, first + 1, …), one each, seq 1. */
 function signedCohort(count: number, first: number, out: (i: number) => string = () => 'ok'): { topic: string; payload: Uint8Array }[] {
   const addr = address(bearing, situation);
@@ -20,7 +26,7 @@ function signedCohort(count: number, first: number, out: (i: number) => string =
 
 t.test('cohort stream - past the inline share, worker threads give the same fold as foldCohort, in arrival order', async (t) => {
   const addr = address(bearing, situation);
-  const now = 1_795_000_000_000;
+  const now = NOW;
   const keys = Array.from({ length: 200 }, (_, i) => keyFromSeed(new Uint8Array(32).fill(i + 1)));
   const messages: { topic: string; payload: Uint8Array }[] = [];
   keys.forEach((key, i) => {
@@ -53,11 +59,6 @@ t.test('cohort stream - idle query threads stop, also after a read reset before 
   const messages = signedCohort(140, 1);
   setQueryThreadsIdleMs(200);
   t.teardown(() => setQueryThreadsIdleMs(30_000));
-  // Polls (bounded) until the threads are gone.
-  const stopped = async (): Promise<boolean> => {
-    for (let i = 0; i < 300 && queryThreadsRunning() > 0; i++) await new Promise((r) => setTimeout(r, 50));
-    return queryThreadsRunning() === 0;
-  };
 
   // A whole query: threads start, answer, and stop once idle.
   const whole = new CohortStream({ address: addr, widen: 0, now: NOW });
@@ -88,8 +89,7 @@ t.test('cohort stream - a read that finds the threads up checks none of its pack
   setQueryThreadsIdleMs(100);
   t.teardown(() => setQueryThreadsIdleMs(30_000));
   await threadsOnline();
-  for (let i = 0; i < 300 && queryThreadsRunning() > 0; i++) await new Promise((r) => setTimeout(r, 50));
-  t.equal(queryThreadsRunning(), 0, 'the threads stopped as idle');
+  t.ok(await stopped(), 'the threads stopped as idle');
   const alone = new CohortStream(o);
   for (const m of messages) alone.add(m.topic, m.payload);
   t.equal(alone.inlined, messages.length, 'with no thread up, a small cohort is checked here');
@@ -176,8 +176,7 @@ t.test('cohort stream - a thread lost mid-read, behind a batch still out, fails 
   setQueryThreadsIdleMs(50);
   t.teardown(() => setQueryThreadsIdleMs(30_000));
   await threadsOnline();
-  for (let i = 0; i < 300 && queryThreadsRunning() > 0; i++) await new Promise((r) => setTimeout(r, 20));
-  t.equal(queryThreadsRunning(), 0, 'no thread up');
+  t.ok(await stopped(20), 'no thread up');
   setQueryThreadsIdleMs(30_000);
   const messages = oneShard(n, 128 + 128 * (2 * n + 2), 3000);
   const o = { address: address(bearing, situation), widen: 0, now: NOW };

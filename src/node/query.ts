@@ -55,14 +55,10 @@ export class Query {
     // started; revocation lists (PROTOCOL §10: same round trip, before the sync marker) are not the cohort's.
     const revocationTopics = new Set(operators ? revocationFilters(operators) : []);
     const stream = new CohortStream({ address: addr, widen, now: conn.now(), ...conn.backend() }, (topic) => !revocationTopics.has(topic));
-    let read: Awaited<ReturnType<typeof readRetained>>;
-    try {
-      read = await readRetained(conn, operators ? [filter, ...revocationTopics] : filter, deadline, options.signal, stream);
-    } catch (e) {
+    const { messages, kind } = await readRetained(conn, operators ? [filter, ...revocationTopics] : filter, deadline, options.signal, stream).catch((e: unknown) => {
       stream.reset(); // abandoned: its batches still waiting for a thread are not checked
       throw e;
-    }
-    const { messages, kind } = read;
+    });
     const now = conn.now();
     const dropped: Partial<Record<ErrorCode, number>> = {};
     const lists = operators ? splitRevocations(messages, operators, dropped, now).lists : [];
