@@ -45,8 +45,8 @@
  * timing (JWK import, the fastest way; the broker must build one per unseen key too), measured
  * right before each round of brokers. Ceiling = raw × cores the broker verifies on; goal: qis
  * (fsync 'always') ≥ 70 % of it. CPU over the same window comes from /proc: the broker process
- * (all threads, its main thread alone, and µs per packet by thread name: `main`, `node` for worker
- * threads and V8's unnamed helpers), the publishers (their own process.cpuUsage) and the
+ * (all threads, its main thread alone, and µs per packet by thread name: `main`, `qis-verify` for
+ * the verify threads, `node` for V8's and libuv's unnamed helpers), the publishers (their own process.cpuUsage) and the
  * whole machine (/proc/stat; what is left is other people's work). So ratio = efficiency × broker
  * cores / cores, where efficiency = packets per broker CPU-second / raw per core-second says how much
  * of the broker's CPU goes to verification. `--rounds` rounds, interleaved; median shown.

@@ -263,3 +263,18 @@ t.test('verify pool - the main thread checks a new key only while its key cache 
   t.ok((await pool.verify(known.topic, known.bytes, known)).ok);
   t.equal(pool.inlined, 2, 'a cached key: the main thread');
 });
+
+t.test('verify pool - its threads are named qis-verify in /proc (top -H, ps -L), and no other thread is', { skip: process.platform !== 'linux' && 'thread names are read from Linux /proc' }, async (t) => {
+  const { readdirSync, readFileSync } = await import('node:fs');
+  const named = (): number => readdirSync('/proc/self/task').filter((tid) => readFileSync(`/proc/self/task/${tid}/comm`, 'latin1').trim() === 'qis-verify').length;
+  const before = named();
+  const [j] = jobs();
+  const pool = createVerifier(2, { inlinePerSecond: 0 });
+  t.teardown(() => pool.close());
+  // One answer from each thread: a job per thread, both busy at once (each holds a batch).
+  const rs = await Promise.all(Array.from({ length: 64 }, (_, i) => pool.verify(j!.topic, j!.bytes, { ...j!, source: `s${i % 2}` })));
+  t.ok(rs.every((r) => r.ok), 'the threads verified');
+  t.equal(named() - before, 2, 'two more threads named qis-verify: the pool\'s two');
+  await pool.close();
+  t.equal(named(), before, 'gone once the pool is closed');
+});

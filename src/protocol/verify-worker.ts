@@ -5,6 +5,7 @@
  * (structured clone) is still understood, for the bench's A/B against the former broker pool
  * (bench/legacy-verifier.ts). The CLI bundle carries it as dist/cli/verify-worker.js.
  */
+import { writeFileSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -32,6 +33,18 @@ const gc = ((): (() => void) | undefined => {
 // (the broker warns at start).
 const nice = (workerData as { nice?: unknown } | undefined)?.nice;
 if (process.platform === 'linux' && typeof nice === 'number' && nice > getPriority()) setPriority(nice);
+
+// Named, so that `top -H`, `ps -L` and /proc tell the verify threads from V8's helpers and libuv's
+// pool (they are all "node" otherwise): Linux lets a process rename its own threads, and
+// /proc/thread-self is this thread. Elsewhere, or if /proc is not there: unnamed, as before.
+export const THREAD_NAME = 'qis-verify';
+if (process.platform === 'linux') {
+  try {
+    writeFileSync('/proc/thread-self/comm', THREAD_NAME);
+  } catch {
+    // no /proc (a container without it): the name is only for people and the bench
+  }
+}
 
 parentPort?.on('message', (m: Job[] | { buf: ArrayBuffer; count: number } | CheckBatch) => {
   if ('check' in m) {
