@@ -47,7 +47,7 @@ export {
   type LinkStatus,
   type PeerAdmission,
 } from './federation/common.js';
-export { RANGES, differingRanges, digest, notNewer, storeDigest } from './federation/digest.js';
+export { RANGES, differingRanges, digest, digestReady, notNewer, storeDigest } from './federation/digest.js';
 export { peerName } from './federation/link.js';
 export { answerPayload, answerRequest, parsePut, type StoreKind } from './federation/serve.js';
 

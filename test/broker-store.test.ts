@@ -9,7 +9,7 @@ import { QisError, topicMatches, b32, createOutcomePacket, keyFromSeed, signPack
 import { withMethods } from './helpers/file-handles.js';
 import { bearing, situation } from './helpers/fixtures.js';
 import { prng } from './helpers/prng.js';
-import { RANGES, digest, storeRanges } from '../broker/federation/digest.js';
+import { DIGEST_SLICE, RANGES, digest, digestReady, storeRanges } from '../broker/federation/digest.js';
 
 const NOW = 1_795_000_000_000;
 const root = mkdtempSync(join(tmpdir(), 'qis-broker-store-'));
@@ -911,5 +911,65 @@ t.test('store - federation digests kept up to date by watchKeys equal digests co
     check(`after round ${round}`);
   }
   t.equal(storeRanges(s, '*').n, s.keys?.().length, 'one entry per key');
+  await s.close();
+});
+
+t.test('store - digestReady builds a big index in slices (the event loop turns meanwhile), keeps what changes during it, and equals a digest computed afresh', async (t) => {
+  const s = await open(newDir());
+  const n = 3 * DIGEST_SLICE + 500;
+  const puts: Promise<unknown>[] = [];
+  for (let i = 0; i < n; i++) puts.push(s.put(synthetic(i, 1, i % 5)));
+  await Promise.all(puts);
+  const tpl = synthetic(0, 1, 0).tplId;
+  let turns = 0;
+  let counting = true;
+  const count = (): void => {
+    turns++;
+    if (counting) setImmediate(count);
+  };
+  setImmediate(count);
+  const ready = digestReady(s);
+  t.ok(ready instanceof Promise, `${n} keys to hash: a promise, not the work at once`);
+  t.equal(digestReady(s), ready, 'a second caller meanwhile shares it');
+  // While it is seeding: newer states of known keys, removals, a new key (what the store reports
+  // after the snapshot must win over the snapshot's older state).
+  await new Promise((r) => setImmediate(r));
+  await s.put(synthetic(1, 5, 1));
+  await s.put(synthetic(n - 1, 7, 0));
+  await s.remove({ tplId: tpl, nodeId: synthetic(2, 1, 0).nodeId, seq: 9 });
+  await s.remove({ tplId: tpl, nodeId: synthetic(n - 2, 1, 0).nodeId, seq: 9 });
+  await s.put(synthetic(n + 10, 1, 3));
+  await ready;
+  counting = false;
+  t.ok(turns >= Math.floor(n / DIGEST_SLICE), `the event loop turned while it worked (${turns} turns for ${n} keys, ${DIGEST_SLICE} a turn)`);
+  t.equal(digestReady(s), undefined, 'up to date: nothing to wait for');
+  const fresh = digest(s.keys?.() ?? [], '*');
+  const kept = storeRanges(s, '*');
+  t.equal(kept.ranges.toString('hex'), fresh.ranges.toString('hex'), 'the range digests of a digest computed afresh');
+  t.equal(kept.n, fresh.n, 'the same count');
+  t.equal(kept.n, n + 1, 'every key once, the new one too (removed keys are tombstones, still keys)');
+  // Later changes, more than a slice of them: again in slices, again equal.
+  for (let i = 0; i < DIGEST_SLICE + 100; i++) await s.put(synthetic(i, 20, i % 5));
+  const again = digestReady(s);
+  t.ok(again instanceof Promise, 'more than a slice changed: in slices again');
+  await again;
+  t.equal(storeRanges(s, '*').ranges.toString('hex'), digest(s.keys?.() ?? [], '*').ranges.toString('hex'), 'equal after the second round');
+  await s.close();
+});
+
+t.test('store - storeRanges called while digestReady is still seeding answers the whole store at once', async (t) => {
+  const s = await open(newDir());
+  const puts: Promise<unknown>[] = [];
+  for (let i = 0; i < 2 * DIGEST_SLICE + 10; i++) puts.push(s.put(synthetic(i, 1, i % 5)));
+  await Promise.all(puts);
+  const ready = digestReady(s);
+  t.ok(ready instanceof Promise, 'seeding in slices');
+  await new Promise((r) => setImmediate(r));
+  const now = storeRanges(s, '*');
+  const fresh = digest(s.keys?.() ?? [], '*');
+  t.equal(now.ranges.toString('hex'), fresh.ranges.toString('hex'), 'mid-build: the digest of every key, not of the slices seeded so far');
+  t.equal(now.n, fresh.n);
+  await ready;
+  t.equal(storeRanges(s, '*').ranges.toString('hex'), fresh.ranges.toString('hex'), 'and the same once done');
   await s.close();
 });

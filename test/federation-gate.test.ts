@@ -8,18 +8,23 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { pino } from 'pino';
 import { createBroker } from '../broker/server.js';
+import { storeDigest } from '../broker/federation.js';
+import { DIGEST_SLICE, digestReady } from '../broker/federation/digest.js';
+import type { Store } from '../broker/store.js';
+import { b32, createOutcomePacket, keyFromSeed } from '../src/index.js';
+import { bearing, situation } from './helpers/fixtures.js';
 import { freePort } from './helpers/federation.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qis-fed-gate-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
-async function broker(linksFrom: string[]): Promise<{ url: string; close: () => Promise<void> }> {
+async function broker(linksFrom: string[]): Promise<{ url: string; store: Store; close: () => Promise<void> }> {
   const port = await freePort();
   const b = await createBroker(
     { listeners: [{ type: 'tcp', host: '127.0.0.1', port }], dataDir: mkdtempSync(join(dir, 'b-')), verifyWorkers: 0, fsync: 'never', federation: { region: 'g', peers: [], linksFrom } },
     { logger: pino({ level: 'silent' }) },
   );
-  return { url: `mqtt://127.0.0.1:${port}`, close: () => b.close() };
+  return { url: `mqtt://127.0.0.1:${port}`, store: b.store, close: () => b.close() };
 }
 
 /** A root request from a link client id: the answer's payload, or 'closed' when the broker hung up. */
@@ -54,4 +59,25 @@ t.test('a link client from a configured address gets its answer', async (t) => {
   const r = await askRoot(b.url);
   t.equal(r.sub, 1);
   t.match(JSON.parse(r.answer), { id: 'r1', n: 0 });
+});
+
+t.test('a root request on a store bigger than a digest slice: answered once the index is built in slices, with the store\'s root', async (t) => {
+  const b = await broker(['127.0.0.1', '::1']);
+  t.teardown(() => b.close());
+  // One real signed packet under many synthetic node ids: the store does not verify (admission does).
+  const real = createOutcomePacket({ key: keyFromSeed(new Uint8Array(32).fill(7)), template: bearing, situation, outcome: 'failure', conf: 0.9, ctx: { rpm: 1480 }, seq: 1, ts: 1_795_000_000_000 });
+  const n = DIGEST_SLICE * 2 + 100;
+  const puts: Promise<unknown>[] = [];
+  for (let i = 0; i < n; i++) {
+    const id = new Uint8Array(16);
+    new DataView(id.buffer).setUint32(0, 0x5eed0000 + i);
+    const nodeId = b32(id);
+    puts.push(b.store.put({ tplId: real.address.tplId, nodeId, topic: real.topic.replace(/[^/]+$/, nodeId), seq: 1, packet: real.packet }));
+  }
+  await Promise.all(puts);
+  const r = await askRoot(b.url);
+  const answer = JSON.parse(r.answer) as { id: string; root: string; n: number };
+  t.equal(answer.n, n, 'every key counted');
+  t.equal(answer.root, storeDigest(b.store), 'the root of a digest computed afresh');
+  t.equal(digestReady(b.store), undefined, 'the index is up to date after it');
 });

@@ -11,7 +11,7 @@ import { QisError } from '../../src/index.js';
 import { scoreTopicOfStored } from '../admission.js';
 import type { Store, StoreKey } from '../store.js';
 import { passes, type CatchUpReport } from './common.js';
-import { RANGES, differingRanges, rootOf, storeRanges, type Scope } from './digest.js';
+import { RANGES, differingRanges, digestReady, rootOf, storeRanges, type Scope } from './digest.js';
 import type { Inbox } from './inbox.js';
 import { marker } from './mqtt.js';
 import { BATCH, type Outbox } from './outbox.js';
@@ -157,10 +157,13 @@ export class CatchUp {
   async #digestCatchUp(c: MqttClient, store: Store, kind: StoreKind, meter: { bytes: number }): Promise<Counts> {
     const ask = (body: Record<string, unknown>): Promise<Record<string, unknown>> => this.s.requests.request(c, { ...(kind === 's' ? { store: kind } : {}), ...body }, meter);
     const scope = this.#scope();
+    // The index is brought up to date in slices first (digest.ts): never the loop held for it.
+    await digestReady(store);
     let mine = storeRanges(store, scope);
     const root = await ask({ op: 'root', scope });
     if (root.root === rootOf(mine.ranges, mine.n)) return { mode: 'digest', received: 0, sent: 0 };
     const theirs = Buffer.from(String((await ask({ op: 'ranges', scope })).ranges), 'base64');
+    await digestReady(store);
     mine = storeRanges(store, scope);
     if (theirs.length !== RANGES * 8) throw new QisError('ERR_PAYLOAD_INVALID', 'peer sent a digest of the wrong size');
     const diff = differingRanges(mine.ranges, theirs);

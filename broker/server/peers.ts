@@ -8,7 +8,7 @@
 import type { Client } from 'aedes';
 import { RateLimiter } from '../admission.js';
 import { noop } from '../store.js';
-import { FED_REQ, FED_RES, LINK_CLIENT_PREFIX, TRANSIENT_CODES, answerPayload, kindOf, notNewer, parsePut, passes, receivedCounter, startFederation, type Federation, type PeerAdmission } from '../federation.js';
+import { FED_REQ, FED_RES, LINK_CLIENT_PREFIX, TRANSIENT_CODES, answerPayload, digestReady, kindOf, notNewer, parsePut, passes, receivedCounter, startFederation, type Federation, type PeerAdmission } from '../federation.js';
 import { DROP_TOPIC, type AedesPublishPacket, type BrokerContext, type Done } from './context.js';
 import { admitRevocation } from './enrolment.js';
 import { admitOutcome } from './outcomes.js';
@@ -101,18 +101,25 @@ export function federationRequest(ctx: BrokerContext, client: Client | null, pac
     void (counts ?? Promise.resolve(overflow(ctx, put.items.length))).then((c) => answer(ctx, id, Buffer.from(JSON.stringify({ id: put.id, ...c }))));
     return;
   }
-  let res: Buffer | undefined;
-  try {
-    // Without links of its own a broker still answers the peers that link to it.
-    // Packets go only where this side shares them (its share for the link's region).
-    const share = linkPeers(ctx).of(client).peer?.share ?? ['*'];
-    res = answerPayload(ctx.store, payload, ctx.scoreStore, (tplId) => passes(share, tplId));
-    if (!res) ctx.logger.warn({ clientId: id }, 'malformed federation catch-up request ignored');
-  } catch (e) {
-    ctx.logger.warn({ clientId: id, err: (e as Error).message }, 'federation catch-up request failed');
-  }
-  cb(null);
-  if (res) answer(ctx, id, res);
+  const serve = (): void => {
+    let res: Buffer | undefined;
+    try {
+      // Without links of its own a broker still answers the peers that link to it.
+      // Packets go only where this side shares them (its share for the link's region).
+      const share = linkPeers(ctx).of(client).peer?.share ?? ['*'];
+      res = answerPayload(ctx.store, payload, ctx.scoreStore, (tplId) => passes(share, tplId));
+      if (!res) ctx.logger.warn({ clientId: id }, 'malformed federation catch-up request ignored');
+    } catch (e) {
+      ctx.logger.warn({ clientId: id, err: (e as Error).message }, 'federation catch-up request failed');
+    }
+    cb(null);
+    if (res) answer(ctx, id, res);
+  };
+  // The stores' digest indexes brought up to date in slices first (digest.ts), not inside the
+  // answer: the first request after a restart hashes every key (8 s of a held loop at 1M keys).
+  const ready = [digestReady(ctx.store), ctx.scoreStore && digestReady(ctx.scoreStore)].filter((p) => p !== undefined);
+  if (ready.length === 0) serve();
+  else void Promise.all(ready).then(serve, serve);
 }
 
 /** What a 'put' batch came to; `retry`: indexes of items refused for a transient reason, which the sender queues again (PROTOCOL §8). */
