@@ -77,7 +77,7 @@ export class DigestIndex {
   readonly #all = { words: new Uint32Array(RANGES * 2), n: 0 };
   readonly #byTpl = new Map<string, { words: Uint32Array; n: number }>();
   readonly #byRange: Map<string, Entry>[] = Array.from({ length: RANGES }, () => new Map<string, Entry>());
-  /** Keys whose state changed since the last flush: their latest state (null: gone). At most one per key of the store. */
+  /** Keys whose state changed since the last round of flushSome took the noted ones: their latest state (null: gone). At most one per key of the store. */
   #dirty = new Map<string, { tplId: string; nodeId: string; after: KeyState | null }>();
   /** Every key's entry, by `tplId/nodeId`. */
   readonly #entries = new Map<string, Entry>();
@@ -96,9 +96,12 @@ export class DigestIndex {
   /** A snapshot of the store's keys still to note (digestReady seeds them in slices), and the keys changed since it was taken. */
   #seeding: { keys: readonly StoreKey[]; at: number; since: Set<string> } | undefined;
 
+  /** A round of flushSome: the noted changes it took, and how many of them are not yet hashed. */
+  #work: { it: Iterator<[string, { tplId: string; nodeId: string; after: KeyState | null }]>; left: number } | undefined;
+
   /** Keys still to note or hash. */
   get pending(): number {
-    return this.#dirty.size + (this.#seeding ? this.#seeding.keys.length - this.#seeding.at : 0);
+    return this.#dirty.size + (this.#work?.left ?? 0) + (this.#seeding ? this.#seeding.keys.length - this.#seeding.at : 0);
   }
 
   /**
@@ -131,35 +134,55 @@ export class DigestIndex {
     this.flushSome(Number.POSITIVE_INFINITY);
   }
 
-  /** Hashes up to `max` of the noted changes, oldest first; returns how many are left. */
+  /**
+   * Hashes up to `max` of the noted changes, oldest first; returns how many are left. A round
+   * takes the noted changes as they are (changes noted meanwhile wait for the next round, after
+   * them) and walks them with one iterator across calls: deleting entries as they are hashed left
+   * a 1M-entry map full of holes that every call's new iterator walked over again.
+   */
   flushSome(max: number): number {
-    const dirty = this.#dirty;
     let done = 0;
-    for (const [key, { tplId, nodeId, after }] of dirty) {
-      if (done++ >= max) break;
-      dirty.delete(key);
-      const old = this.#entries.get(key);
-      if (old && after && old.seq === after.seq && old.del === after.del) continue;
-      let t = this.#byTpl.get(tplId);
-      if (!t) this.#byTpl.set(tplId, (t = { words: new Uint32Array(RANGES * 2), n: 0 }));
-      const r = old?.r ?? rangeOf(tplId, nodeId);
-      if (old) this.#flip(t, r, old.a, old.b, -1);
-      if (after) {
-        const [a, b] = entryHash({ tplId, nodeId, seq: after.seq, del: after.del });
-        this.#flip(t, r, a, b, 1);
-        if (old) Object.assign(old, { seq: after.seq, del: after.del, a, b });
-        else {
-          const e: Entry = { tplId, nodeId, r, seq: after.seq, del: after.del, a, b };
-          this.#entries.set(key, e);
-          this.#byRange[r]!.set(key, e);
-        }
-      } else if (old) {
-        this.#entries.delete(key);
-        this.#byRange[r]!.delete(key);
+    while (done < max) {
+      let w = this.#work;
+      if (w === undefined) {
+        if (this.#dirty.size === 0) break;
+        w = this.#work = { it: this.#dirty.entries(), left: this.#dirty.size };
+        this.#dirty = new Map();
       }
-      if (t.n === 0) this.#byTpl.delete(tplId);
+      const next = w.it.next();
+      if (next.done) {
+        this.#work = undefined;
+        continue;
+      }
+      w.left--;
+      done++;
+      this.#hashOne(next.value[0], next.value[1]);
     }
-    return dirty.size;
+    return (this.#work?.left ?? 0) + this.#dirty.size;
+  }
+
+  /** One noted change into the digests and the key's entry. */
+  #hashOne(key: string, { tplId, nodeId, after }: { tplId: string; nodeId: string; after: KeyState | null }): void {
+    const old = this.#entries.get(key);
+    if (old && after && old.seq === after.seq && old.del === after.del) return;
+    let t = this.#byTpl.get(tplId);
+    if (!t) this.#byTpl.set(tplId, (t = { words: new Uint32Array(RANGES * 2), n: 0 }));
+    const r = old?.r ?? rangeOf(tplId, nodeId);
+    if (old) this.#flip(t, r, old.a, old.b, -1);
+    if (after) {
+      const [a, b] = entryHash({ tplId, nodeId, seq: after.seq, del: after.del });
+      this.#flip(t, r, a, b, 1);
+      if (old) Object.assign(old, { seq: after.seq, del: after.del, a, b });
+      else {
+        const e: Entry = { tplId, nodeId, r, seq: after.seq, del: after.del, a, b };
+        this.#entries.set(key, e);
+        this.#byRange[r]!.set(key, e);
+      }
+    } else if (old) {
+      this.#entries.delete(key);
+      this.#byRange[r]!.delete(key);
+    }
+    if (t.n === 0) this.#byTpl.delete(tplId);
   }
 
   /** XORs an entry hash into range `r` of the whole store's digest and of its template's `t`; dn: the entry counted in (1) or out (-1). */
