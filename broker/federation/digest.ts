@@ -17,10 +17,7 @@ const inScope = (scope: Scope, tplId: string): boolean => scope === '*' || scope
  * 0.7 µs here against 1.6 µs for createHash().update().digest() (a scratch loop of 200,000), and
  * an index of 1M keys hashes 2M of them.
  */
-const sha256: (s: string) => Buffer =
-  typeof (crypto as { hash?: unknown }).hash === 'function'
-    ? (s) => (crypto as unknown as { hash(alg: string, data: string, enc: 'buffer'): Buffer }).hash('sha256', s, 'buffer')
-    : (s) => createHash('sha256').update(s).digest();
+const sha256: (s: string) => Buffer = typeof crypto.hash === 'function' ? (s) => crypto.hash('sha256', s, 'buffer') : (s) => createHash('sha256').update(s).digest();
 
 function rangeOf(tplId: string, nodeId: string): number {
   return sha256(`${tplId}/${nodeId}`)[0] as number;
@@ -51,6 +48,13 @@ export function digest(keys: readonly StoreKey[], scope: Scope): { ranges: Buffe
   return { ranges: Buffer.from(words.buffer), byRange, n };
 }
 
+/** A key's change as the index notes it, to be hashed: its latest state (null: gone). */
+interface Noted {
+  readonly tplId: string;
+  readonly nodeId: string;
+  readonly after: KeyState | null;
+}
+
 /** One key as the index holds it: its range (hashed once, when first seen), its state and that state's 8-byte entry hash. */
 interface Entry {
   readonly tplId: string;
@@ -78,12 +82,17 @@ export class DigestIndex {
   readonly #byTpl = new Map<string, { words: Uint32Array; n: number }>();
   readonly #byRange: Map<string, Entry>[] = Array.from({ length: RANGES }, () => new Map<string, Entry>());
   /** Keys whose state changed since the last round of flushSome took the noted ones: their latest state (null: gone). At most one per key of the store. */
-  #dirty = new Map<string, { tplId: string; nodeId: string; after: KeyState | null }>();
+  #dirty = new Map<string, Noted>();
   /** Every key's entry, by `tplId/nodeId`. */
   readonly #entries = new Map<string, Entry>();
 
+  /**
+   * Starts from a snapshot of the store's keys without noting them yet: seedSome notes them (or
+   * the first digest, all at once), each unless the store reported a change of it since (newer,
+   * already noted by apply).
+   */
   constructor(keys: readonly StoreKey[]) {
-    for (const k of keys) this.apply(k.tplId, k.nodeId, undefined, k);
+    if (keys.length > 0) this.#seeding = { keys, at: 0, since: new Set() };
   }
 
   /** A key changed (`before` is not needed: the index holds what it applied). */
@@ -97,21 +106,11 @@ export class DigestIndex {
   #seeding: { keys: readonly StoreKey[]; at: number; since: Set<string> } | undefined;
 
   /** A round of flushSome: the noted changes it took, and how many of them are not yet hashed. */
-  #work: { it: Iterator<[string, { tplId: string; nodeId: string; after: KeyState | null }]>; left: number } | undefined;
+  #work: { it: Iterator<[string, Noted]>; left: number } | undefined;
 
   /** Keys still to note or hash. */
   get pending(): number {
     return this.#dirty.size + (this.#work?.left ?? 0) + (this.#seeding ? this.#seeding.keys.length - this.#seeding.at : 0);
-  }
-
-  /**
-   * Starts from a snapshot of the store's keys without noting them yet: seedSome notes them, each
-   * unless the store reported a change of it since (newer, already noted by apply).
-   */
-  static seeded(keys: readonly StoreKey[]): DigestIndex {
-    const ix = new DigestIndex([]);
-    ix.#seeding = { keys, at: 0, since: new Set() };
-    return ix;
   }
 
   /** Notes up to `max` keys of the snapshot; returns how many are left. */
@@ -162,7 +161,7 @@ export class DigestIndex {
   }
 
   /** One noted change into the digests and the key's entry. */
-  #hashOne(key: string, { tplId, nodeId, after }: { tplId: string; nodeId: string; after: KeyState | null }): void {
+  #hashOne(key: string, { tplId, nodeId, after }: Noted): void {
     const old = this.#entries.get(key);
     if (old && after && old.seq === after.seq && old.del === after.del) return;
     let t = this.#byTpl.get(tplId);
@@ -235,7 +234,7 @@ function indexOf(store: Store): DigestIndex | undefined {
   if (!store.watchKeys || !store.keys) return undefined;
   let ix = indexes.get(store);
   if (!ix) {
-    const built = DigestIndex.seeded(store.keys());
+    const built = new DigestIndex(store.keys());
     store.watchKeys((tpl, node, before, after) => built.apply(tpl, node, before, after));
     indexes.set(store, (ix = built));
   }

@@ -37,7 +37,7 @@ if (process.platform === 'linux' && typeof nice === 'number' && nice > getPriori
 // Named, so that `top -H`, `ps -L` and /proc tell the verify threads from V8's helpers and libuv's
 // pool (they are all "node" otherwise): Linux lets a process rename its own threads, and
 // /proc/thread-self is this thread. Elsewhere, or if /proc is not there: unnamed, as before.
-export const THREAD_NAME = 'qis-verify';
+const THREAD_NAME = 'qis-verify';
 if (process.platform === 'linux') {
   try {
     writeFileSync('/proc/thread-self/comm', THREAD_NAME);
