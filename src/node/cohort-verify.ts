@@ -109,7 +109,7 @@ function start(): Thread {
  * error) does not leave them up for ever in a long-running process.
  */
 function armIdle(): void {
-  if (!threads?.every((x) => x.pending.length === 0)) return;
+  if (!threads || !idle(threads)) return;
   clearTimeout(idleTimer);
   idleTimer = setTimeout(stopIdle, idleMs);
   idleTimer.unref();
@@ -117,7 +117,7 @@ function armIdle(): void {
 
 function stopIdle(): void {
   const ts = threads;
-  if (!ts || ts.some((t) => t.pending.length > 0) || waiting.some((q) => q.length > 0)) return;
+  if (!ts || !idle(ts)) return;
   threads = undefined;
   for (const t of ts) void t.worker.terminate();
 }
@@ -130,9 +130,14 @@ function threadsReady(): boolean {
   return threads.some((t) => t.online);
 }
 
-/** Threads up, one of them online, none with a batch out and none waiting: a read's first packets would find them idle. */
+/** No batch out in `ts` and none waiting for one (pump() sends a waiting batch as soon as a thread has room, so the second is a guard). */
+function idle(ts: readonly Thread[]): boolean {
+  return ts.every((t) => t.pending.length === 0) && waiting.every((q) => q.length === 0);
+}
+
+/** Threads up, one of them online, and idle: a read's first packets would find them so. */
 function threadsFree(): boolean {
-  return threads !== undefined && threads.some((t) => t.online) && threads.every((t) => t.pending.length === 0) && waiting.every((q) => q.length === 0);
+  return threads !== undefined && threads.some((t) => t.online) && idle(threads);
 }
 
 /** Starts the threads and resolves once one is online. */
